@@ -1,0 +1,626 @@
+#!/usr/bin/env python3
+"""Side-by-side reference benchmark for tfla: the published Triton kernels on the same GPU.
+
+References: TFLA (mlstm_kernels 2.0.6: mLSTMexp and mLSTMsig chunkwise "xl_chunk" kernels),
+FLA (fla-core 0.6.0: chunk_simple_gla, chunk_gla) and PyTorch SDPA (flash backend, causal).
+Also measures the card's matmul and copy ceilings, and (--check-dir) compares our outputs
+with the TFLA kernels on identical inputs.
+
+Every measurement runs in a worker subprocess: a Triton/LLVM assertion aborts the whole
+process and an illegal memory access poisons the CUDA context, and neither can be caught in
+Python. The parent touches no CUDA; it records a dead worker's entry as an error and starts a
+fresh worker for the entries that remain.
+"""
+import argparse
+import collections
+import gc
+import importlib.util
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from importlib import metadata
+
+GRIDS = {  # (B, S); "paper" keeps B*S = 65,536 tokens
+    "paper": [(32, 2048), (16, 4096), (8, 8192), (4, 16384)],
+    "quick": [(8, 8192)],
+    "smoke": [(2, 1024)],  # tiny: checks that every reference runs at all
+    "none": [],
+}
+HEADS = [(8, 512, 512), (8, 256, 512), (16, 128, 128)]  # (NH, DQK, DHV)
+CHUNKS = (64, 128, 256)
+REFS = {  # id -> (ref, variant, worker group)
+    "tfla:exp": ("tfla", "exp", "tfla"),
+    "tfla:sig": ("tfla", "sig", "tfla"),
+    "tfla:sig_nonorm": ("tfla", "sig_nonorm", "tfla"),
+    "fla:simple_gla": ("fla", "simple_gla", "fla"),
+    "fla:gla": ("fla", "gla", "fla"),
+    "sdpa:flash_causal": ("sdpa", "flash_causal", "torch"),
+}
+TFLA_NAMES = {"exp": "chunkwise--triton_xl_chunk", "sig": "chunkwise--triton_xl_chunk_siging",
+              "sig_nonorm": "chunkwise--triton_xl_chunk_siging"}
+FLA_CHUNK = 64  # FLA's default chunk size, used only for its FLOP count
+FATAL_MARKERS = ("illegal memory access", "unspecified launch failure", "device-side assert",
+                 "CUDA error", "CUBLAS_STATUS_EXECUTION_FAILED")
+
+
+def mlstm_flops(B, NH, S, DQK, DHV, chunk):
+    """Forward model FLOPs of the chunkwise mLSTM (a multiply-add counts 2).
+
+    Per (batch, head):
+      2*S*DQK*DHV    chunk states: K~^T V accumulated over every chunk (each token once)
+      2*S*DQK*DHV    inter-chunk output: every query times the state C of the chunks before it
+      S*L*(DQK+DHV)  intra-chunk: causal Q K^T and (Q K^T * D) V, each half of an L x L tile
+    Gates, normalizer and stabilizer are O(S*L + S*D) and are left out.
+    Backward is counted as 2x forward, so forward+backward = 3x this number.
+    The same function serves FLA's GLA kernels (with L = their chunk size, 64).
+    """
+    L = chunk
+    return B * NH * (2 * S * DQK * DHV + 2 * S * DQK * DHV + S * L * (DQK + DHV))
+
+
+def attention_flops(B, NH, S, D):
+    """Causal softmax attention forward: Q K^T and P V are 2*S*S*D each, the mask halves
+    both: 4*B*NH*S^2*D/2. Backward ~2.5x forward (it recomputes Q K^T), so fwd+bwd = 3.5x."""
+    return 4 * B * NH * S * S * D // 2
+
+
+def flops(row):
+    """(forward, forward+backward) FLOPs of a result row, or (None, None)."""
+    B, NH, S, DQK, DHV = (row[k] for k in ("B", "NH", "S", "DQK", "DHV"))
+    if row["ref"] == "sdpa":
+        f = attention_flops(B, NH, S, DQK)
+        return f, f * 7 // 2
+    chunk = row["chunk"] or FLA_CHUNK
+    f = mlstm_flops(B, NH, S, DQK, DHV, chunk)
+    return f, 3 * f
+
+
+# ----------------------------------------------------------------------------- the plan
+def build_plan(args):
+    """Every (reference, point, chunk) entry, with a skip reason where it must not run."""
+    wanted = set(args.only.split(",")) if args.only else set(REFS)
+    unknown = wanted - set(REFS)
+    if unknown:
+        sys.exit(f"unknown --only ids {sorted(unknown)}; known: {', '.join(REFS)}")
+    plan = []
+    for (B, S) in GRIDS[args.grid]:
+        for (NH, DQK, DHV) in HEADS:
+            for rid, (ref, var, group) in REFS.items():
+                if rid not in wanted:
+                    continue
+                base = dict(kind="bench", ref=ref, variant=var, group=group, B=B, S=S, NH=NH,
+                            DQK=DQK, DHV=DHV, dtype=args.dtype, chunk=None)
+                if ref != "tfla":
+                    e = dict(base)
+                    if ref == "sdpa" and (DQK != DHV or DQK > 256):
+                        e["skip"] = "flash backend needs equal q/k/v head dims <= 256"
+                    plan.append(e)
+                    continue
+                for L in CHUNKS:
+                    e = dict(base, chunk=L)
+                    if S % L:
+                        e["skip"] = f"S={S} is not a multiple of chunk {L}"
+                    elif L == 64 and B >= 16 and not args.include_risky:
+                        # Seen with mlstm_kernels 2.0.6: an illegal memory access, which would
+                        # poison the CUDA context. Never trigger it by default.
+                        e["skip"] = "chunk 64 at B>=16 can hit an illegal memory access"
+                    plan.append(e)
+    return plan
+
+
+def extra_entries(args):
+    extra = [] if args.no_ceilings else [dict(kind="ceil", group="torch")]
+    if args.check_dir:
+        for name in sorted(os.listdir(args.check_dir)):
+            if name.endswith(".safetensors"):
+                extra.append(dict(kind="check", group="check",
+                                  path=os.path.abspath(os.path.join(args.check_dir, name))))
+    return extra
+
+
+def group_setup(group, args):
+    """(set DISABLE_LLVM_OPT=1?, other env) for a worker group."""
+    if group in ("tfla", "check"):
+        # TRITON_F32_DEFAULT=ieee: fp32 check inputs get true fp32 dots, not TF32.
+        return True, ({"TRITON_F32_DEFAULT": "ieee"} if group == "check" else {})
+    return args.llvm_opt_off == "all" and group == "fla", {}
+
+
+def package_versions():
+    out = {}
+    for dist in ("mlstm-kernels", "fla-core", "flash-linear-attention", "torch", "triton",
+                 "safetensors", "numpy", "einops"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+# ----------------------------------------------------------------------------- the worker
+class Unavailable(Exception):
+    pass
+
+
+_CACHE = {}
+
+
+def load_ref(ref, variant):
+    """The reference's callable; raises Unavailable with the reason when it cannot import."""
+    key = (ref, variant)
+    if key not in _CACHE:
+        try:
+            if ref == "tfla":
+                from mlstm_kernels.torch import get_mlstm_kernel
+                _CACHE[key] = get_mlstm_kernel(TFLA_NAMES[variant])
+            elif ref == "fla" and variant == "simple_gla":
+                from fla.ops.simple_gla import chunk_simple_gla
+                _CACHE[key] = chunk_simple_gla
+            elif ref == "fla":
+                from fla.ops.gla import chunk_gla
+                _CACHE[key] = chunk_gla
+            else:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+                _CACHE[key] = (SDPBackend, sdpa_kernel)
+        except Exception as ex:  # ImportError, or the registry's ValueError without triton
+            _CACHE[key] = Unavailable(f"{type(ex).__name__}: {ex}")
+    if isinstance(_CACHE[key], Unavailable):
+        raise _CACHE[key]
+    return _CACHE[key]
+
+
+def bench_ms(torch, fn, grad_to_none=None):
+    """Median milliseconds of fn(), CUDA-event timed, L2 flushed between calls."""
+    try:
+        from triton.testing import do_bench
+        if "return_mode" in inspect.signature(do_bench).parameters:
+            return float(do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none,
+                                  return_mode="median"))
+    except ImportError:
+        pass
+    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(20):
+        for x in grad_to_none or ():
+            x.grad = None
+        flush.zero_()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def build_case(torch, e):
+    """(fn, leaf inputs, output picker) with fresh random inputs in the reference's layout."""
+    ref, var = e["ref"], e["variant"]
+    impl = load_ref(ref, var)  # first, so a missing package is reported before any CUDA work
+    B, S, NH, DQK, DHV = e["B"], e["S"], e["NH"], e["DQK"], e["DHV"]
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[e["dtype"]]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def rn(*shape, shift=0.0):
+        x = torch.randn(*shape, device="cuda", dtype=dt, generator=gen)
+        return x.add_(shift) if shift else x
+
+    if ref == "tfla":  # (B, NH, S, D); gates (B, NH, S) as pre-activations
+        # f + 3: sigma(3) ~ 0.95 keeps the forget gates open, as in a trained model.
+        q, k, v, i, f = rn(B, NH, S, DQK), rn(B, NH, S, DQK), rn(B, NH, S, DHV), \
+            rn(B, NH, S), rn(B, NH, S, shift=3.0)
+        kw = {"chunk_size": e["chunk"]}
+        if var != "exp":
+            kw["normalize"] = var == "sig"
+        return (lambda: impl(q, k, v, i, f, **kw)), [q, k, v, i, f], (lambda o: o)
+    if ref == "fla":  # (B, T, H, D); g is the log decay per step, log sigma(f)
+        F = torch.nn.functional
+        q, k, v = rn(B, S, NH, DQK), rn(B, S, NH, DQK), rn(B, S, NH, DHV)
+        g = F.logsigmoid(rn(B, S, NH, shift=3.0) if var == "simple_gla"
+                         else rn(B, S, NH, DQK, shift=3.0))
+        return (lambda: impl(q, k, v, g)), [q, k, v, g], (lambda o: o[0])
+    SDPBackend, sdpa_kernel = impl
+    q, k, v = rn(B, NH, S, DQK), rn(B, NH, S, DQK), rn(B, NH, S, DHV)
+
+    def fn():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # refuse the silent fallback to math
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return fn, [q, k, v], (lambda o: o)
+
+
+def describe(ex):
+    text = " | ".join(line.strip() for line in str(ex).splitlines() if line.strip())
+    return f"{type(ex).__name__}: {text}"[:500]
+
+
+def run_bench(torch, e, row):
+    try:
+        fn, inputs, pick = build_case(torch, e)
+    except Unavailable as ex:
+        row["error"] = f"unavailable: {ex}"
+        return
+    row["input_bytes"] = sum(x.numel() * x.element_size() for x in inputs)
+    try:
+        with torch.no_grad():
+            fn()  # first call compiles; its errors come out here, not inside do_bench
+            row["fwd_ms"] = bench_ms(torch, fn)
+    except Exception as ex:
+        row["error"] = "fwd: " + describe(ex)
+        return
+    try:
+        for x in inputs:
+            x.requires_grad_(True)
+        dh = torch.randn_like(pick(fn()).detach())  # random upstream gradient
+
+        def step():
+            pick(fn()).backward(dh)
+        for x in inputs:
+            x.grad = None
+        torch.cuda.synchronize()
+        gc.collect()
+        torch.cuda.empty_cache()
+        # Peak on top of what is resident (inputs and dh): outputs, saved/recomputed
+        # states, gradients and workspace of one forward+backward.
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        row["peak_mem_bytes"] = torch.cuda.max_memory_allocated() - base
+        row["fwdbwd_ms"] = bench_ms(torch, step, grad_to_none=inputs)
+    except Exception as ex:
+        row["error"] = "fwdbwd: " + describe(ex)
+        if "3.7.1" in str(ex):
+            row["note"] = "FLA refuses its gated backward on Hopper with Triton < 3.7.1"
+
+
+def run_ceilings(torch, row):
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = bench_ms(torch, lambda: torch.matmul(a, b))
+    row.update(matmul_ms=ms, matmul_bf16_tflops=2 * n ** 3 / (ms * 1e-3) / 1e12)
+    del a, b
+    src = torch.randn(1 << 30, device="cuda", dtype=torch.bfloat16)  # 2 GiB
+    dst = torch.empty_like(src)
+    ms = bench_ms(torch, lambda: dst.copy_(src))
+    nbytes = 2 * src.numel() * src.element_size()  # read + written
+    row.update(copy_ms=ms, copy_bytes=nbytes, copy_gbps=nbytes / (ms * 1e-3) / 1e9)
+
+
+def run_check(torch, e, row):
+    """Our output h against the TFLA kernel on the same inputs (see the README's notes on
+    definitions: both sides scale q by 1/sqrt(DQK); exp: h = C~^T q / (max(|n~^T q|,
+    e^-m) + eps); sig: sigma(i), sigma(f), h = C~^T q / (max(|n~^T q|, 1) + eps);
+    sig_nonorm: h = C~^T q, eps unused)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    with safe_open(e["path"], framework="pt") as fh:
+        meta = fh.metadata() or {}
+    t = load_file(e["path"], device="cuda")
+    var = meta.get("variant", "exp")
+    eps, chunk = float(meta.get("eps", 1e-6)), int(meta.get("chunk", 128))
+    B, NH, S, DQK = t["q"].shape
+    row.update(file=os.path.basename(e["path"]), variant=var, eps=eps, chunk=chunk, B=B,
+               NH=NH, S=S, DQK=DQK, DHV=t["v"].shape[-1], dtype=str(t["q"].dtype))
+    try:
+        impl = load_ref("tfla", var)
+    except Unavailable as ex:
+        row["error"] = f"unavailable: {ex}"
+        return
+    kw = {"eps": eps, "chunk_size": chunk}
+    if var != "exp":
+        kw["normalize"] = var == "sig"
+    with torch.no_grad():
+        h_ref = impl(t["q"], t["k"], t["v"], t["i"], t["f"], **kw).float()
+    ours = t["h"].float()
+    row["rel_l2"] = float((h_ref - ours).norm() / ours.norm().clamp_min(1e-30))
+    row["max_abs"] = float((h_ref - ours).abs().max())
+
+
+def machine_info(torch):
+    info = {"torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "python": sys.version.split()[0], "packages": package_versions()}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count,
+                    gpu_mem_bytes=p.total_memory)
+    try:
+        info["driver"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+    except Exception:
+        info["driver"] = None
+    return info
+
+
+def worker_main(task_path, out_path):
+    with open(task_path) as fh:
+        task = json.load(fh)
+    if task["disable_llvm_opt"]:
+        # Must be set before Triton compiles anything: without it the TFLA exp forward
+        # kernel aborts Triton 3.6's compiler (LLVM SLPVectorizer assertion).
+        os.environ["DISABLE_LLVM_OPT"] = "1"
+    else:
+        os.environ.pop("DISABLE_LLVM_OPT", None)
+    os.environ.update(task["env"])
+    print(f"[worker {task['group']}] pid {os.getpid()} DISABLE_LLVM_OPT="
+          f"{os.environ.get('DISABLE_LLVM_OPT', '(unset)')} {task['env'] or ''}", flush=True)
+    import torch
+    out = open(out_path, "a", buffering=1)
+
+    def emit(obj):
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+    emit({"machine": machine_info(torch)})
+    for idx, e in task["entries"]:
+        emit({"start": idx})
+        row = {k: v for k, v in e.items() if k not in ("group", "kind")}
+        row.update(kind=e["kind"], error=None)
+        try:
+            {"bench": run_bench, "ceil": lambda t, _e, r: run_ceilings(t, r),
+             "check": run_check}[e["kind"]](torch, e, row)
+        except torch.cuda.OutOfMemoryError as ex:
+            row["error"] = "OOM: " + describe(ex)
+        except Exception as ex:
+            row["error"] = describe(ex)
+        gc.collect()
+        torch.cuda.empty_cache()  # free this entry's memory before the next one
+        print("  " + fmt_row(row), flush=True)
+        fatal = row["error"] and any(m in row["error"] for m in FATAL_MARKERS)
+        emit({"done": idx, "row": row})
+        if fatal:  # a sticky CUDA error: nothing more can run in this context
+            sys.exit(3)
+
+
+# ----------------------------------------------------------------------------- the parent
+def run_group(group, items, args):
+    """Run (index, entry) items in worker processes; restart after a crash or timeout."""
+    disable, env_extra = group_setup(group, args)
+    results, machine, pending = {}, None, list(items)
+    while pending:
+        with tempfile.TemporaryDirectory() as td:
+            task, outp = os.path.join(td, "task.json"), os.path.join(td, "out.jsonl")
+            with open(task, "w") as fh:
+                json.dump({"group": group, "entries": pending, "disable_llvm_opt": disable,
+                           "env": env_extra}, fh)
+            open(outp, "w").close()
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", task,
+                                     "--worker-out", outp], env=env, stderr=subprocess.PIPE,
+                                    text=True, errors="replace")
+            tail = collections.deque(maxlen=40)
+
+            def pump():  # echo the worker's stderr live and keep its end for error messages
+                for line in proc.stderr:
+                    sys.stderr.write(line)
+                    tail.append(line.rstrip())
+            pumper = threading.Thread(target=pump, daemon=True)
+            pumper.start()
+            current, since, timed_out = None, time.time(), False
+            while proc.poll() is None:
+                time.sleep(1.0)
+                msgs = read_jsonl(outp)
+                started = [m["start"] for m in msgs if "start" in m]
+                done = {m["done"] for m in msgs if "done" in m}
+                cur = started[-1] if started and started[-1] not in done else None
+                if cur != current:
+                    current, since = cur, time.time()
+                elif cur is not None and time.time() - since > args.entry_timeout:
+                    proc.kill()  # only this worker, by its own handle
+                    proc.wait()
+                    timed_out = True
+            pumper.join(timeout=5)
+            msgs = read_jsonl(outp)
+        for m in msgs:
+            machine = m.get("machine", machine)
+            if "done" in m:
+                results[m["done"]] = m["row"]
+        started = [m["start"] for m in msgs if "start" in m]
+        crashed = [i for i in started if i not in results]
+        why = (f"timed out after {args.entry_timeout} s" if timed_out
+               else f"worker died ({signal_name(proc.returncode)})")
+        last = next((": " + line for line in reversed(tail) if line.strip()), "")
+        for i in crashed:
+            e = dict(pending)[i]
+            results[i] = dict({k: v for k, v in e.items() if k != "group"},
+                              error=f"{why}{last}"[:500])
+            print(f"  [{group}] entry {i} failed: {results[i]['error']}", flush=True)
+        if not started:  # ended before its first entry: retrying would loop forever
+            for i, e in pending:
+                results[i] = dict({k: v for k, v in e.items() if k != "group"},
+                                  error=f"{why} before running anything{last}"[:500])
+            break
+        pending = [(i, e) for i, e in pending if i not in results]
+        if pending:
+            print(f"[{group}] starting a fresh worker for {len(pending)} remaining entries",
+                  flush=True)
+    return results, machine
+
+
+def signal_name(rc):
+    if rc is not None and rc < 0:
+        try:
+            return f"signal {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"signal {-rc}"
+    return f"exit code {rc}"
+
+
+def read_jsonl(path):
+    msgs = []
+    with open(path) as fh:
+        for line in fh:
+            if line.endswith("\n"):  # skip a line the worker is still writing
+                msgs.append(json.loads(line))
+    return msgs
+
+
+def mark_best(rows):
+    """Per TFLA variant and point, flag the chunk size with the least fwd+bwd time (else fwd)."""
+    by_point = collections.defaultdict(list)
+    for r in rows:
+        if r.get("kind") == "bench" and r["ref"] == "tfla":
+            by_point[(r["variant"], r["B"], r["S"], r["NH"], r["DQK"], r["DHV"])].append(r)
+    for group in by_point.values():
+        for key in ("fwdbwd_ms", "fwd_ms"):
+            timed = [r for r in group if r.get(key)]
+            if timed:
+                min(timed, key=lambda r: r[key])["best"] = key
+                break
+
+
+def fmt_row(r):
+    if r.get("kind") == "ceil":
+        if r.get("error"):
+            return f"ceilings: {r['error']}"
+        return (f"ceilings: bf16 matmul 8192^3 {r['matmul_bf16_tflops']:.0f} TFLOP/s, "
+                f"device copy {r['copy_gbps']:.0f} GB/s (read+write)")
+    if r.get("kind") == "check":
+        res = r.get("error") or f"rel L2 {r.get('rel_l2', float('nan')):.3e}"
+        return f"check {r.get('file')} [{r.get('variant')}]: {res}"
+    f_fwd, f_all = flops(r)
+
+    def t(ms, fl):
+        return (f"{ms:9.3f} {fl / (ms * 1e-3) / 1e12:6.1f}" if ms else f"{'-':>9} {'-':>6}")
+    mem = f"{r['peak_mem_bytes'] / 2**30:7.2f}" if r.get("peak_mem_bytes") else f"{'-':>7}"
+    note = ("best " if r.get("best") else "") + (r.get("error") or "")
+    return (f"{r['ref'] + ':' + r['variant']:18} {r['B']:3} {r['S']:6} {r['NH']:3} {r['DQK']:4}"
+            f" {r['DHV']:4} {r['chunk'] or '-':>5} {t(r.get('fwd_ms'), f_fwd)}"
+            f" {t(r.get('fwdbwd_ms'), f_all)} {mem}  {note[:110]}")
+
+
+HEADER = (f"{'reference':18} {'B':>3} {'S':>6} {'NH':>3} {'DQK':>4} {'DHV':>4} {'chunk':>5}"
+          f" {'fwd ms':>9} {'TF/s':>6} {'f+b ms':>9} {'TF/s':>6} {'peakGiB':>7}  note")
+FLOP_TEXT = ("FLOPs: mLSTM/GLA fwd = B*NH*(4*S*DQK*DHV + S*L*(DQK+DHV)), fwd+bwd = 3x fwd "
+             f"(L = chunk; FLA: L = {FLA_CHUNK});\n       SDPA causal fwd = 4*B*NH*S^2*D/2, "
+             "fwd+bwd = 3.5x fwd")
+
+
+def workaround_lines(args, plan):
+    lines = ["DISABLE_LLVM_OPT=1 is set in the TFLA worker (and the check worker) before Triton "
+             "is imported: without it Triton 3.6 aborts (LLVM SLPVectorizer assertion) compiling "
+             "the TFLA exp forward kernel. FLA workers compile with LLVM optimizations "
+             + ("OFF too (--llvm-opt-off all)." if args.llvm_opt_off == "all" else "ON.")]
+    risky = sorted({(e["B"], e["S"]) for e in plan if "illegal memory" in e.get("skip", "")})
+    if risky:
+        lines.append(f"TFLA chunk 64 skipped at (B, S) in {risky}: it can hit an illegal memory "
+                     "access, which poisons the CUDA context (--include-risky runs it).")
+    lines.append("FLA refuses its gated backward (chunk_simple_gla) on Hopper with Triton < "
+                 "3.7.1; the refusal is caught and recorded, the forward time is kept.")
+    if any("flash backend" in e.get("skip", "") for e in plan):
+        lines.append("SDPA flash runs only where DQK == DHV <= 256 (head configs with 512 "
+                     "are skipped).")
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="quick",
+                    help="paper: B*S=65536 at S=2k..16k; quick: B=8, S=8192; smoke: tiny; "
+                         "none: ceilings and checks only")
+    ap.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    ap.add_argument("--json", metavar="OUT.json", help="write every measurement here")
+    ap.add_argument("--check-dir", metavar="DIR",
+                    help="compare our outputs in DIR/*.safetensors with the TFLA kernels")
+    ap.add_argument("--only", metavar="IDS", help="comma-separated subset of: " + ", ".join(REFS))
+    ap.add_argument("--no-ceilings", action="store_true", help="skip the matmul/copy ceilings")
+    ap.add_argument("--include-risky", action="store_true",
+                    help="also run TFLA chunk 64 at B>=16 (may hit an illegal memory access)")
+    ap.add_argument("--llvm-opt-off", choices=["tfla", "all"], default="tfla",
+                    help="which workers get DISABLE_LLVM_OPT=1 (default: TFLA and check only)")
+    ap.add_argument("--entry-timeout", type=float, default=900.0,
+                    help="seconds one entry may run (compiles included) before its worker is "
+                         "killed")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan and what would be skipped; touch no GPU")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker_main(args.worker, args.worker_out)
+    if args.check_dir and not os.path.isdir(args.check_dir):
+        sys.exit(f"--check-dir {args.check_dir}: not a directory")
+
+    plan = build_plan(args)
+    everything = plan + extra_entries(args)
+    print("== workarounds applied")
+    for line in workaround_lines(args, plan):
+        print("  - " + line)
+    if args.dry_run:
+        print("== packages (located, not imported)")
+        for mod in ("torch", "triton", "mlstm_kernels", "fla", "safetensors"):
+            spec = importlib.util.find_spec(mod)
+            print(f"  {mod:14} {spec.origin if spec else 'NOT FOUND: its entries will report unavailable'}")
+        print(f"  versions: {package_versions()}")
+        print(f"== plan: grid {args.grid}, dtype {args.dtype}, {len(everything)} entries")
+        for e in everything:
+            if e["kind"] != "bench":
+                print(f"  [{e['group']:5}] {e['kind']} {e.get('path', '')}")
+                continue
+            tag = f"skip: {e['skip']}" if "skip" in e else "run"
+            print(f"  [{e['group']:5}] {e['ref'] + ':' + e['variant']:18} B={e['B']:<3} "
+                  f"S={e['S']:<6} NH={e['NH']:<3} DQK={e['DQK']:<4} DHV={e['DHV']:<4} "
+                  f"chunk={e['chunk'] or '-':<4} {tag}")
+        for group in ("torch", "tfla", "fla", "check"):
+            disable, env = group_setup(group, args)
+            print(f"  worker {group}: DISABLE_LLVM_OPT={'1' if disable else '(unset)'} {env or ''}")
+        return 0
+
+    rows, machine = [None] * len(everything), None
+    for group in ("torch", "tfla", "fla", "check"):  # cuBLAS ceilings first, before Triton
+        items = [(i, e) for i, e in enumerate(everything)
+                 if e["group"] == group and "skip" not in e]
+        if not items:
+            continue
+        print(f"== worker group {group}: {len(items)} entries", flush=True)
+        results, m = run_group(group, items, args)
+        machine = machine or m
+        for i, r in results.items():
+            rows[i] = r
+    for i, e in enumerate(everything):
+        if rows[i] is None:  # skipped in the plan
+            rows[i] = dict({k: v for k, v in e.items() if k not in ("group", "skip")},
+                           skipped=e.get("skip"), error=f"skipped: {e.get('skip')}")
+    bench_rows = [r for r in rows if r.get("kind") == "bench"]
+    for r in bench_rows:
+        r.setdefault("kind", "bench")
+        for key in ("fwd_ms", "fwdbwd_ms", "peak_mem_bytes"):
+            r.setdefault(key, None)
+        r["flops_fwd"], r["flops_fwdbwd"] = flops(r)
+    mark_best(bench_rows)
+
+    print("\n== results")
+    print("  " + FLOP_TEXT)
+    for r in rows:
+        if r.get("kind") != "bench":
+            print("  " + fmt_row(r))
+    print("  " + HEADER)
+    for r in bench_rows:
+        print("  " + fmt_row(r))
+    if args.json:
+        doc = {"schema": 1, "grid": args.grid, "dtype": args.dtype, "machine": machine,
+               "ceilings": next((r for r in rows if r.get("kind") == "ceil"), None),
+               "workarounds": workaround_lines(args, plan), "flop_formula": FLOP_TEXT,
+               "rows": bench_rows, "checks": [r for r in rows if r.get("kind") == "check"]}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(doc, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+//! The recurrent form: one step per token, O(S·DQK·DHV) per head.
+//!
+//! Notation: `B`, `NH`, `S`, `DQK`, `DHV` as in the parent module (no chunks here).
+//!
+//! Per head, for t = 1…S:
+//! m_t = max(λ_t + m_{t−1}, ι_t) (mLSTMexp) or 0 (mLSTMsig),
+//! C̃_t = e^{λ_t + m_{t−1} − m_t} C̃_{t−1} + e^{ι_t − m_t} k_t v_tᵀ, ñ_t likewise with k_t,
+//! h_t = C̃_tᵀ q̂_t / den_t with den_t = max(|ñ_tᵀ q̂_t|, e^{−m_t}) + eps (1 without normalizer).
+
+use super::gates::{denominator, stabilizer};
+use super::head::HeadInputs;
+use super::state::State;
+use super::{RefInputs, RefOutputs, RefParams};
+use crate::Variant;
+
+/// Runs the recurrence; returns h and the final states (C̃_S, ñ_S, m_S).
+pub fn recurrent(inp: &RefInputs, p: &RefParams) -> RefOutputs {
+    inp.validate();
+    let shape = inp.shape;
+    let mut out = RefOutputs::zeros(&shape);
+    for bh in 0..shape.heads() {
+        let head = HeadInputs::new(inp, p.variant, bh);
+        let last = run_head(&head, p, out.head_h_mut(&shape, bh));
+        out.store_final(bh, &last);
+    }
+    out
+}
+
+/// Runs one head, writing h (S, DHV); returns the final state.
+fn run_head(head: &HeadInputs<'_>, p: &RefParams, h: &mut [f64]) -> State {
+    let mut state = head.init.clone();
+    let mut qhat = vec![0.0; head.shape.dqk];
+    for (t, h_t) in h.chunks_exact_mut(head.shape.dhv).enumerate() {
+        step(&mut state, head, p.variant, t);
+        head.qhat(t, p.scale, &mut qhat);
+        readout(&state, p, &qhat, h_t);
+    }
+    state
+}
+
+/// Advances `state` from step t−1 to t (0-based `t`: consumes k_t, v_t, λ_t, ι_t).
+pub(super) fn step(state: &mut State, head: &HeadInputs<'_>, variant: Variant, t: usize) {
+    let (lambda, iota) = (head.gates.lambda[t], head.gates.iota[t]);
+    let m_new = stabilizer(variant, lambda + state.m, &[iota]);
+    state.advance(m_new, lambda, iota, head.key(t), head.value(t));
+}
+
+/// Writes h = C̃ᵀq̂ / den (DHV) for the state after a step and its query q̂ (DQK).
+fn readout(state: &State, p: &RefParams, qhat: &[f64], h: &mut [f64]) {
+    let s = state.query(qhat, h);
+    let den = denominator(p, s, state.m);
+    h.iter_mut().for_each(|x| *x /= den);
+}
+
+/// All states of one head, before step 1 through after step S: S + 1 states.
+pub(super) fn trajectory(head: &HeadInputs<'_>, variant: Variant) -> Vec<State> {
+    let mut states = Vec::with_capacity(head.shape.s + 1);
+    states.push(head.init.clone());
+    for t in 0..head.shape.s {
+        let mut next = states[t].clone();
+        step(&mut next, head, variant, t);
+        states.push(next);
+    }
+    states
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::Shape;
+    use crate::reference::test_util::{VARIANTS, assert_close, seeded_rng, time_slice};
+
+    /// Running the first part, then the rest from its final states, equals one run.
+    #[test]
+    fn recurrent_state_passing_matches_single_run() {
+        let mut rng = seeded_rng("recurrent_state_passing_matches_single_run");
+        let shape = Shape { b: 2, nh: 2, s: 23, dqk: 5, dhv: 3 };
+        for variant in VARIANTS {
+            for with_init in [false, true] {
+                let p = RefParams::new(variant, shape.dqk);
+                let inp = RefInputs::random(shape, with_init, &mut rng);
+                let whole = recurrent(&inp, &p);
+                let split = 9;
+                let first = recurrent(&time_slice(&inp, 0..split, None), &p);
+                let rest = recurrent(&time_slice(&inp, split..shape.s, Some(&first)), &p);
+                let label = format!("{variant:?}, init {with_init}");
+                let dhv = shape.dhv;
+                for bh in 0..shape.heads() {
+                    let want = &whole.h[bh * shape.s * dhv..(bh + 1) * shape.s * dhv];
+                    let (w1, w2) = want.split_at(split * dhv);
+                    let rest_len = (shape.s - split) * dhv;
+                    let got1 = &first.h[bh * split * dhv..(bh + 1) * split * dhv];
+                    let got2 = &rest.h[bh * rest_len..(bh + 1) * rest_len];
+                    assert_close(&format!("h head {bh}, first part, {label}"), got1, w1, 1e-13);
+                    assert_close(&format!("h head {bh}, second part, {label}"), got2, w2, 1e-13);
+                }
+                assert_close(&format!("c, {label}"), &rest.c, &whole.c, 1e-13);
+                assert_close(&format!("n, {label}"), &rest.n, &whole.n, 1e-13);
+                assert_close(&format!("m, {label}"), &rest.m, &whole.m, 1e-13);
+            }
+        }
+    }
+
+    /// `None` initial states mean zeros (m0 = 0), and mLSTMsig ignores m0.
+    #[test]
+    fn absent_initial_state_equals_zero_state() {
+        let mut rng = seeded_rng("absent_initial_state_equals_zero_state");
+        let shape = Shape { b: 1, nh: 3, s: 6, dqk: 4, dhv: 2 };
+        let heads = shape.heads();
+        for variant in VARIANTS {
+            let p = RefParams::new(variant, shape.dqk);
+            let inp = RefInputs::random(shape, false, &mut rng);
+            let zeros = RefInputs {
+                c0: Some(vec![0.0; heads * shape.dqk * shape.dhv]),
+                n0: Some(vec![0.0; heads * shape.dqk]),
+                m0: Some(vec![0.0; heads]),
+                ..inp.clone()
+            };
+            assert_eq!(recurrent(&inp, &p), recurrent(&zeros, &p), "{variant:?}");
+        }
+        let p = RefParams::new(Variant::Sig { normalize: true }, shape.dqk);
+        let inp = RefInputs::random(shape, true, &mut rng);
+        let other_m0 = RefInputs { m0: Some(vec![5.0; heads]), ..inp.clone() };
+        assert_eq!(recurrent(&inp, &p), recurrent(&other_m0, &p));
+    }
+
+    /// mLSTMsig with a single step: h = σ(ĩ)(q̂·k) v / (max(|σ(ĩ)(q̂·k)|, 1) + eps), by hand.
+    #[test]
+    fn single_step_matches_hand_computation() {
+        let shape = Shape { b: 1, nh: 1, s: 1, dqk: 2, dhv: 2 };
+        let inp = RefInputs {
+            shape,
+            q: vec![1.0, 2.0],
+            k: vec![3.0, -1.0],
+            v: vec![0.5, -2.0],
+            i: vec![0.3],
+            f: vec![1.0],
+            c0: None,
+            n0: None,
+            m0: None,
+        };
+        let mut p = RefParams::new(Variant::Sig { normalize: true }, 2);
+        p.scale = 0.5;
+        let gate = 1.0 / (1.0 + f64::exp(-0.3));
+        let score = gate * 0.5 * (3.0 - 2.0);
+        let den = score.abs().max(1.0) + p.eps;
+        let out = recurrent(&inp, &p);
+        assert_close("h", &out.h, &[score * 0.5 / den, score * -2.0 / den], 1e-15);
+        assert_close("n", &out.n, &[gate * 3.0, -gate], 1e-15);
+        // mLSTMexp: m_1 = max(logσ(1), 0.3) = 0.3, so C̃_1 = k vᵀ and the floor is e^{−0.3}.
+        p.variant = Variant::Exp;
+        let out = recurrent(&inp, &p);
+        let den = (0.5f64).max(f64::exp(-0.3)) + p.eps;
+        assert_close("h exp", &out.h, &[0.5 * 0.5 / den, 0.5 * -2.0 / den], 1e-15);
+        assert_close("m exp", &out.m, &[0.3], 0.0);
+    }
+}

@@ -1,0 +1,134 @@
+//! Global-memory loads and stores with explicit widths. Addresses are the device pointers the
+//! host passes (u64); they are used with `.global` instructions directly, as the global window
+//! of the generic address space is the identity on every NVIDIA GPU.
+use core::arch::asm;
+
+/// Read-only (non-coherent cache) 16-byte load.
+///
+/// # Safety
+/// `ptr` is 16-byte aligned, points to 16 readable bytes, and nothing writes them during the
+/// kernel.
+#[inline(always)]
+pub unsafe fn ld_nc_v4(ptr: u64) -> [u32; 4] {
+    let (x, y, z, w): (u32, u32, u32, u32);
+    unsafe {
+        asm!("ld.global.nc.v4.b32 {{{x}, {y}, {z}, {w}}}, [{p}];", p = in(reg64) ptr,
+             x = out(reg32) x, y = out(reg32) y, z = out(reg32) z, w = out(reg32) w,
+             options(pure, readonly, nostack))
+    };
+    [x, y, z, w]
+}
+
+/// Read-only 4-byte load.
+///
+/// # Safety
+/// As [`ld_nc_v4`] for 4 aligned bytes.
+#[inline(always)]
+pub unsafe fn ld_nc_f32(ptr: u64) -> f32 {
+    let v: f32;
+    unsafe {
+        asm!("ld.global.nc.f32 {v}, [{p}];", p = in(reg64) ptr, v = out(reg32) v,
+             options(pure, readonly, nostack))
+    };
+    v
+}
+
+/// 4-byte store.
+///
+/// # Safety
+/// `ptr` is 4-byte aligned and points to 4 writable bytes no other thread accesses.
+#[inline(always)]
+pub unsafe fn st_b32(ptr: u64, v: u32) {
+    unsafe { asm!("st.global.b32 [{p}], {v};", p = in(reg64) ptr, v = in(reg32) v, options(nostack)) };
+}
+
+/// 4-byte f32 store.
+///
+/// # Safety
+/// As [`st_b32`].
+#[inline(always)]
+pub unsafe fn st_f32(ptr: u64, v: f32) {
+    unsafe { asm!("st.global.f32 [{p}], {v};", p = in(reg64) ptr, v = in(reg32) v, options(nostack)) };
+}
+
+/// 8-byte store of two f32.
+///
+/// # Safety
+/// `ptr` is 8-byte aligned and points to 8 writable bytes no other thread accesses.
+#[inline(always)]
+pub unsafe fn st_v2_f32(ptr: u64, v: [f32; 2]) {
+    unsafe {
+        asm!("st.global.v2.f32 [{p}], {{{x}, {y}}};", p = in(reg64) ptr,
+             x = in(reg32) v[0], y = in(reg32) v[1], options(nostack))
+    };
+}
+
+/// 8-byte load of two f32 (coherent: the data may have been written by an earlier launch).
+///
+/// # Safety
+/// `ptr` is 8-byte aligned and points to 8 readable bytes.
+#[inline(always)]
+pub unsafe fn ld_v2_f32(ptr: u64) -> [f32; 2] {
+    let (x, y): (f32, f32);
+    unsafe {
+        asm!("ld.global.v2.f32 {{{x}, {y}}}, [{p}];", p = in(reg64) ptr,
+             x = out(reg32) x, y = out(reg32) y, options(pure, readonly, nostack))
+    };
+    [x, y]
+}
+
+/// 16-byte load of four f32 (coherent).
+///
+/// # Safety
+/// `ptr` is 16-byte aligned and points to 16 readable bytes.
+#[inline(always)]
+pub unsafe fn ld_v4_f32(ptr: u64) -> [f32; 4] {
+    let (x, y, z, w): (f32, f32, f32, f32);
+    unsafe {
+        asm!("ld.global.v4.f32 {{{x}, {y}, {z}, {w}}}, [{p}];", p = in(reg64) ptr,
+             x = out(reg32) x, y = out(reg32) y, z = out(reg32) z, w = out(reg32) w,
+             options(pure, readonly, nostack))
+    };
+    [x, y, z, w]
+}
+
+/// [`st_v2_f32`] when `pred` holds, nothing otherwise; branch-free (a predicated store), so
+/// loops over register tiles that contain it unroll and keep the tile in registers.
+///
+/// # Safety
+/// As [`st_v2_f32`] whenever `pred` holds.
+#[inline(always)]
+pub unsafe fn st_v2_f32_if(pred: bool, ptr: u64, v: [f32; 2]) {
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.u32 p, {c}, 0; @p st.global.v2.f32 [{p}], {{{x}, {y}}}; }}",
+             c = in(reg32) pred as u32, p = in(reg64) ptr, x = in(reg32) v[0], y = in(reg32) v[1],
+             options(nostack))
+    };
+}
+
+/// [`st_b32`] when `pred` holds; branch-free as [`st_v2_f32_if`].
+///
+/// # Safety
+/// As [`st_b32`] whenever `pred` holds.
+#[inline(always)]
+pub unsafe fn st_b32_if(pred: bool, ptr: u64, v: u32) {
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.u32 p, {c}, 0; @p st.global.b32 [{p}], {v}; }}",
+             c = in(reg32) pred as u32, p = in(reg64) ptr, v = in(reg32) v, options(nostack))
+    };
+}
+
+/// [`ld_v2_f32`] when `pred` holds, zeros otherwise; branch-free as [`st_v2_f32_if`].
+///
+/// # Safety
+/// As [`ld_v2_f32`] whenever `pred` holds.
+#[inline(always)]
+pub unsafe fn ld_v2_f32_or_zero(pred: bool, ptr: u64) -> [f32; 2] {
+    let (x, y): (f32, f32);
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.u32 p, {c}, 0; mov.b32 {x}, 0; mov.b32 {y}, 0; @p ld.global.v2.f32 {{{x}, {y}}}, [{p}]; }}",
+             c = in(reg32) pred as u32, p = in(reg64) ptr, x = out(reg32) x, y = out(reg32) y,
+             options(pure, readonly, nostack))
+    };
+    [x, y]
+}

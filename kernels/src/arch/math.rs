@@ -1,0 +1,37 @@
+//! Fast transcendental functions (`ex2.approx`, `lg2.approx`: about 2 ulp) and the gate math
+//! built on them.
+use core::arch::asm;
+
+pub const LOG2_E: f32 = core::f32::consts::LOG2_E;
+pub const LN_2: f32 = core::f32::consts::LN_2;
+
+/// 2^x.
+#[inline(always)]
+pub fn exp2(x: f32) -> f32 {
+    let r: f32;
+    // SAFETY: arithmetic only.
+    unsafe { asm!("ex2.approx.ftz.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x, options(pure, nomem, nostack)) };
+    r
+}
+
+/// log2(x).
+#[inline(always)]
+pub fn log2(x: f32) -> f32 {
+    let r: f32;
+    // SAFETY: arithmetic only.
+    unsafe { asm!("lg2.approx.ftz.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x, options(pure, nomem, nostack)) };
+    r
+}
+
+/// e^x.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    exp2(x * LOG2_E)
+}
+
+/// log σ(x) = min(x, 0) − ln(1 + e^{−|x|}), exact in the tails.
+#[inline(always)]
+pub fn log_sigmoid(x: f32) -> f32 {
+    let t = exp2(-x.abs() * LOG2_E);
+    x.min(0.0) - log2(1.0 + t) * LN_2
+}

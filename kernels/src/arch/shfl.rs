@@ -1,0 +1,30 @@
+//! Warp shuffles.
+use core::arch::asm;
+
+/// Value of `v` held by lane `lane ^ mask`.
+///
+/// # Safety
+/// All 32 lanes of the warp call it together.
+#[inline(always)]
+pub unsafe fn xor_f32(v: f32, mask: u32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("shfl.sync.bfly.b32 {r}, {v}, {m}, 0x1f, 0xffffffff;", r = out(reg32) r,
+             v = in(reg32) v, m = in(reg32) mask, options(nomem, nostack))
+    };
+    r
+}
+
+/// Value of `v` held by lane `lane - delta` (own value for lanes below `delta`).
+///
+/// # Safety
+/// All 32 lanes of the warp call it together.
+#[inline(always)]
+pub unsafe fn up_f32(v: f32, delta: u32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("shfl.sync.up.b32 {r}, {v}, {d}, 0x0, 0xffffffff;", r = out(reg32) r,
+             v = in(reg32) v, d = in(reg32) delta, options(nomem, nostack))
+    };
+    r
+}

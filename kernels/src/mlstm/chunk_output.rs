@@ -1,0 +1,270 @@
+//! Chunk outputs (forward, intra-chunk): h for TILE_Q rows of one chunk and TILE_HV value
+//! columns. This is TFLA's second level of parallelism: the L rows of a chunk are spread over
+//! L / TILE_Q blocks, each looping over the key tiles of its chunk up to the diagonal, so L can
+//! be large while each block's work stays bounded.
+//!
+//! Notation as in `chunk_state`; i a row (query step) and j a column (key step) of chunk k,
+//! b the inclusive cumulative log forget gate in the chunk, u_j = ι_j − b_j. Then (MATH.md)
+//!   m_i = b_i + M_i,  M_i = max(m_k, max_{j≤i} u_j)          (exp; m ≡ 0 and M_i = −b_i for sig)
+//!   num_i = e^{m_k − M_i} C̃_kᵀ q̂_i + Σ_{j≤i} e^{u_j − M_i} (q̂_i·k_j) v_j
+//!   s_i   = e^{m_k − M_i} ñ_kᵀ q̂_i + Σ_{j≤i} e^{u_j − M_i} (q̂_i·k_j)
+//!   h_i = num_i / (max(|s_i|, e^{−m_i}) + eps)                (sig: floor 1; no-norm: h = num)
+//! The weight of (i, j) is 2^(R_i + C_j) with a row term R_i = −M_i·log2e (sig: b_i·log2e) and
+//! a column term C_j = u_j·log2e, so the masked gate matrix costs one add and one `ex2` per
+//! element. Every warp owns 16 rows; S = Q·Kᵀ and the gated P stay in registers (P feeds the
+//! P·V `mma` as its A operand directly).
+use super::block::{self, Add, Max};
+use super::gates::GateKind;
+use super::stage;
+use crate::arch::convert::Elem;
+use crate::arch::{cp_async, global, math, shared, shfl, thread};
+use crate::tile::{SmemTile, acc_pos, acc_to_a};
+use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, output::*};
+
+const NB: usize = (TILE_HV / 8) as usize;
+const NB_S: usize = (TILE_K / 8) as usize;
+const _: () = assert!(
+    NB == 16 && NB_S == 8 && TILE_C == 64,
+    "the unroll! counts below assume 16 value n-blocks, 8 key n-blocks, 64-row C slices"
+);
+
+/// # Safety
+/// Launched with `grid(p)`, THREADS threads and `smem_bytes(p.chunk, p.dqk)` bytes of dynamic
+/// shared memory, after `chunk_state` wrote the chunk states, on parameters validated by the
+/// host (shapes, alignment, chunk size).
+pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
+    let tid = thread::thread_idx();
+    let (lane, warp) = (tid % 32, tid / 32);
+    let (bx, by, bh) = thread::block_idx();
+    let row_tiles = p.chunk / TILE_Q;
+    let (k, i0) = (by / row_tiles, (by % row_tiles) * TILE_Q);
+    let v0 = bx * TILE_HV;
+    let (l, s, dqk, dhv, nc) = (p.chunk, p.s, p.dqk, p.dhv, p.num_chunks);
+    let t0 = k * l;
+    if t0 + i0 >= s {
+        return; // a row tile past the end of a ragged last chunk: the whole block leaves
+    }
+    let len = l.min(s - t0);
+    let nkeys = (i0 + TILE_Q).min(len);
+
+    // Shared memory layout.
+    let sq = SmemTile { base: shared::base(), stride: (dqk + SMEM_ROW_PAD) * 2 };
+    let kc = sq.base + q_bytes(dqk);
+    let sk = SmemTile { base: kc, stride: (dqk + SMEM_ROW_PAD) * 2 };
+    let sc = SmemTile { base: kc, stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
+    let sv = SmemTile { base: kc + kc_bytes(dqk), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
+    let scol = sv.base + v_bytes(); // C_j
+    let stmp = scol + 4 * l; // u_j, then its running max
+    let srow_r = stmp + 4 * l; // b_i, then R_i
+    let srow_scale = srow_r + 4 * TILE_Q; // e^{m_k − M_i}
+    let srow_floor = srow_scale + 4 * TILE_Q; // e^{−m_i} (1 for sig)
+    let srow_sn = srow_floor + 4 * TILE_Q; // ñ_kᵀ q_i
+    let sn = srow_sn + 4 * TILE_Q; // ñ_k
+    let scratch = sn + 4 * dqk;
+
+    // Global bases of this head.
+    let head = bh as u64;
+    let gq = p.q + head * (s as u64) * (dqk as u64) * 2;
+    let gk = p.k + head * (s as u64) * (dqk as u64) * 2;
+    let gv = p.v + head * (s as u64) * (dhv as u64) * 2;
+    let gh = p.h + head * (s as u64) * (dhv as u64) * 2;
+    let g_i = p.i + head * (s as u64) * 4;
+    let g_f = p.f + head * (s as u64) * 4;
+    let hk = head * nc as u64 + k as u64;
+
+    // The Q tile stays resident; its copy overlaps the gate math.
+    unsafe {
+        stage::rows::<THREADS>(sq, gq, (t0 + i0, t0 + len), (0, dqk), TILE_Q, dqk / 8);
+        cp_async::commit();
+    }
+
+    // Gates: b_j by a scan, u_j = ι_j − b_j and its running max.
+    unsafe {
+        let mut j = tid;
+        while j < nkeys {
+            shared::st_f32(scol + 4 * j, math::log_sigmoid(global::ld_nc_f32(g_f + (t0 + j) as u64 * 4)));
+            j += THREADS;
+        }
+        thread::sync_threads();
+        block::scan::<Add, THREADS>(scol, nkeys, scratch);
+        let mut j = tid;
+        while j < nkeys {
+            let b = shared::ld_f32(scol + 4 * j);
+            let u = G::log_input(global::ld_nc_f32(g_i + (t0 + j) as u64 * 4)) - b;
+            if j >= i0 {
+                shared::st_f32(srow_r + 4 * (j - i0), b);
+            }
+            shared::st_f32(stmp + 4 * j, u);
+            shared::st_f32(scol + 4 * j, u * math::LOG2_E);
+            j += THREADS;
+        }
+        thread::sync_threads();
+        if G::STABILIZED {
+            block::scan::<Max, THREADS>(stmp, nkeys, scratch);
+        }
+    }
+    let m_k = if G::STABILIZED { unsafe { global::ld_nc_f32(p.m_states + hk * 4) } } else { 0.0 };
+    if tid < TILE_Q {
+        let i = i0 + tid;
+        let (r, scale, floor, m_row) = if i >= len {
+            (0.0, 0.0, 1.0, 0.0)
+        } else {
+            let b = unsafe { shared::ld_f32(srow_r + 4 * tid) };
+            if G::STABILIZED {
+                let big_m = m_k.max(unsafe { shared::ld_f32(stmp + 4 * i) });
+                (-big_m, math::exp(m_k - big_m), math::exp(-(b + big_m)), b + big_m)
+            } else {
+                (b, math::exp(b), 1.0, 0.0)
+            }
+        };
+        unsafe {
+            shared::st_f32(srow_r + 4 * tid, r * math::LOG2_E);
+            shared::st_f32(srow_scale + 4 * tid, scale);
+            shared::st_f32(srow_floor + 4 * tid, floor);
+            if p.m_rows != 0 && v0 == 0 && i < len {
+                global::st_f32(p.m_rows + (head * s as u64 + (t0 + i) as u64) * 4, m_row);
+            }
+        }
+    }
+    if G::NORMALIZED {
+        let mut d = tid;
+        while d < dqk {
+            unsafe { shared::st_f32(sn + 4 * d, global::ld_nc_f32(p.n_states + (hk * dqk as u64 + d as u64) * 4)) };
+            d += THREADS;
+        }
+    }
+    unsafe {
+        cp_async::wait::<0>();
+        thread::sync_threads();
+    }
+
+    // Inter-chunk term: Q·C̃_k over TILE_C-row slices of C̃_k staged as 16-bit.
+    let mut acc = [[0f32; 4]; NB];
+    let gc = p.c_states + hk * (dqk as u64) * (dhv as u64) * 4;
+    let mut dc = 0;
+    while dc < dqk {
+        unsafe {
+            stage::f32_block::<E, THREADS>(sc, gc, (dc, v0), (dqk, dhv), (TILE_C, TILE_HV));
+            thread::sync_threads();
+        }
+        unroll!(4, ks => {
+            let ks = ks as u32;
+            if dc + ks * 16 < dqk {
+                let a = unsafe { sq.a(warp * 16, dc + ks * 16, lane) };
+                unroll!(8, pair => {
+                    let b = unsafe { sc.b_kn(ks * 16, pair as u32 * 16, lane) };
+                    unsafe {
+                        E::mma(&mut acc[2 * pair], a, b[0]);
+                        E::mma(&mut acc[2 * pair + 1], a, b[1]);
+                    }
+                });
+            }
+        });
+        unsafe { thread::sync_threads() };
+        dc += TILE_C;
+    }
+    if G::NORMALIZED {
+        // ñ_kᵀ q_i: two threads per row, interleaved over d.
+        let (r, half) = (tid / 2, tid % 2);
+        let mut dot = 0f32;
+        let mut d = half;
+        while d < dqk {
+            let q = E::unpack(unsafe { shared::ld_u16(sq.offset(r, d)) }).0;
+            dot += q * unsafe { shared::ld_f32(sn + 4 * d) };
+            d += 2;
+        }
+        dot += unsafe { shfl::xor_f32(dot, 1) };
+        if half == 0 {
+            unsafe { shared::st_f32(srow_sn + 4 * r, dot) };
+        }
+    }
+    unroll!(2, half => {
+        let e = 2 * half;
+        let scale = unsafe { shared::ld_f32(srow_scale + 4 * (warp * 16 + acc_pos(lane, e).0)) };
+        unroll!(16, nb => {
+            acc[nb][e] *= scale;
+            acc[nb][e + 1] *= scale;
+        });
+    });
+
+    // Intra-chunk term over the key tiles up to the diagonal.
+    let mut row_sum = [0f32; 2];
+    let mut kb = 0;
+    while kb <= i0 {
+        unsafe {
+            stage::rows::<THREADS>(sk, gk, (t0 + kb, t0 + len), (0, dqk), TILE_K, dqk / 8);
+            stage::rows::<THREADS>(sv, gv, (t0 + kb, t0 + len), (v0, dhv), TILE_K, TILE_HV / 8);
+            cp_async::commit();
+            cp_async::wait::<0>();
+            thread::sync_threads();
+        }
+        let mut sacc = [[0f32; 4]; NB_S];
+        for ks in 0..dqk / 16 {
+            let a = unsafe { sq.a(warp * 16, ks * 16, lane) };
+            unroll!(4, pair => {
+                let b = unsafe { sk.b_nk(pair as u32 * 16, ks * 16, lane) };
+                unsafe {
+                    E::mma(&mut sacc[2 * pair], a, b[0]);
+                    E::mma(&mut sacc[2 * pair + 1], a, b[1]);
+                }
+            });
+        }
+        unroll!(8, nb => {
+            unroll!(4, e => {
+                let x = &mut sacc[nb][e];
+                let (r, c) = acc_pos(lane, e);
+                let rr = warp * 16 + r;
+                let (i, j) = (i0 + rr, kb + nb as u32 * 8 + c);
+                // Computed for masked elements too (then discarded): a branch-free body keeps
+                // the unrolled tile in registers.
+                let w = math::exp2(unsafe { shared::ld_f32(srow_r + 4 * rr) + shared::ld_f32(scol + 4 * j) });
+                let w = if j <= i && i < len { w } else { 0.0 };
+                *x *= w;
+                row_sum[e / 2] += *x;
+            });
+        });
+        unroll!(4, ks => {
+            let a = acc_to_a::<E>(&sacc[2 * ks], &sacc[2 * ks + 1]);
+            unroll!(8, pair => {
+                let b = unsafe { sv.b_kn(ks as u32 * 16, pair as u32 * 16, lane) };
+                unsafe {
+                    E::mma(&mut acc[2 * pair], a, b[0]);
+                    E::mma(&mut acc[2 * pair + 1], a, b[1]);
+                }
+            });
+        });
+        unsafe { thread::sync_threads() };
+        kb += TILE_K;
+    }
+
+    // Normalize and store.
+    unroll!(2, x => {
+        let rs = &mut row_sum[x];
+        *rs += unsafe { shfl::xor_f32(*rs, 1) };
+        *rs += unsafe { shfl::xor_f32(*rs, 2) };
+        let rr = warp * 16 + lane / 4 + 8 * x as u32;
+        let i = i0 + rr;
+        let den = if G::NORMALIZED {
+            let (scale, sn_q, floor) = unsafe {
+                (
+                    shared::ld_f32(srow_scale + 4 * rr),
+                    shared::ld_f32(srow_sn + 4 * rr),
+                    shared::ld_f32(srow_floor + 4 * rr),
+                )
+            };
+            (p.scale * (scale * sn_q + *rs)).abs().max(floor) + p.eps
+        } else {
+            1.0
+        };
+        let factor = p.scale / den;
+        let row = gh + ((t0 + i) as u64) * (dhv as u64) * 2;
+        unroll!(16, nb => {
+            let c = v0 + nb as u32 * 8 + (lane % 4) * 2;
+            let h = E::pack(acc[nb][2 * x] * factor, acc[nb][2 * x + 1] * factor);
+            unsafe { global::st_b32_if(i < len && c < dhv, row + c as u64 * 2, h) };
+        });
+        if i < len && p.den_rows != 0 && v0 == 0 && lane % 4 == 0 {
+            unsafe { global::st_f32(p.den_rows + (head * s as u64 + (t0 + i) as u64) * 4, den) };
+        }
+    });
+}

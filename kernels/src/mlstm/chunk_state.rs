@@ -1,0 +1,218 @@
+//! Chunk states (forward, inter-chunk): for one head and one TILE_QK × TILE_HV tile of its
+//! state, walk the chunks in order and write the state before each chunk.
+//!
+//! Notation: BH = B·NH heads, S steps, L chunk size, NC = ceil(S/L) chunks, DQK × DHV state.
+//! Inside chunk k (steps kL … kL+len−1, local index j), λ_j = logσ(f̃_j), ι_j the log input gate,
+//! b_j = Σ_{s≤j} λ_s, g = b_{len−1}, a_j = g − b_j + ι_j:
+//!   m_{k+1} = max(g + m_k, max_j a_j)                      (m ≡ 0 without the stabilizer)
+//!   C̃_{k+1} = e^{g + m_k − m_{k+1}} C̃_k + Σ_j e^{a_j − m_{k+1}} k_j v_jᵀ   (K̃ᵀV on tensor cores)
+//!   ñ_{k+1} = e^{g + m_k − m_{k+1}} ñ_k + Σ_j e^{a_j − m_{k+1}} k_j
+//! Each warp holds 16 rows (DQK) × TILE_HV columns of C̃ in registers across the whole walk; K
+//! and V are staged in SUB_L-step sub-tiles with `cp.async`; the gate weights e^{a_j − m} are
+//! applied to the K fragments in registers.
+use super::block::{self, Add, Max};
+use super::gates::GateKind;
+use super::stage;
+use crate::arch::convert::Elem;
+use crate::arch::{cp_async, global, math, shared, thread};
+use crate::tile::{SmemTile, acc_pos};
+use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, state::*};
+
+const NB: usize = (TILE_HV / 8) as usize;
+const _: () = assert!(
+    NB == 16 && SUB_L == 64,
+    "the unroll! counts below assume 16 n-blocks and 64-step sub-tiles"
+);
+
+/// # Safety
+/// Launched with `grid(p)`, THREADS threads and `smem_bytes(p.chunk)` bytes of dynamic shared
+/// memory, on parameters validated by the host (shapes, alignment, chunk size).
+pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
+    let tid = thread::thread_idx();
+    let (lane, warp) = (tid % 32, tid / 32);
+    let (bx, bh, _) = thread::block_idx();
+    let tiles_hv = p.dhv.div_ceil(TILE_HV);
+    let (d0, v0) = ((bx / tiles_hv) * TILE_QK, (bx % tiles_hv) * TILE_HV);
+    let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
+    let (dqk, dhv) = (p.dqk, p.dhv);
+
+    // Shared memory layout.
+    let sk = SmemTile { base: shared::base(), stride: (TILE_QK + SMEM_ROW_PAD) * 2 };
+    let sv = SmemTile { base: sk.base + k_bytes(), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
+    let sb = sv.base + v_bytes(); // b_j, then reused
+    let sw = sb + l * 4; // weights e^{a_j − m}
+    let scratch = sw + l * 4;
+
+    // Global bases of this head (bytes).
+    let esz = 2u64;
+    let head = bh as u64;
+    let gq_k = p.k + head * (s as u64) * (dqk as u64) * esz;
+    let gq_v = p.v + head * (s as u64) * (dhv as u64) * esz;
+    let g_i = p.i + head * (s as u64) * 4;
+    let g_f = p.f + head * (s as u64) * 4;
+
+    // The warp's accumulator rows (within the tile) and columns of element e of n-block nb.
+    let row = |e: usize| warp * 16 + acc_pos(lane, e).0;
+    let col = |nb: usize, e: usize| nb as u32 * 8 + acc_pos(lane, e).1;
+
+    // Initial state.
+    let mut acc = [[0f32; 4]; NB];
+    if p.c0 != 0 {
+        let base = p.c0 + head * (dqk as u64) * (dhv as u64) * 4;
+        unroll!(16, nb => {
+            for half in 0..2 {
+                let e = 2 * half;
+                let (r, c) = (d0 + row(e), v0 + col(nb, e));
+                let ptr = base + ((r * dhv + c) as u64) * 4;
+                let x = unsafe { global::ld_v2_f32_or_zero(r < dqk && c < dhv, ptr) };
+                acc[nb][e] = x[0];
+                acc[nb][e + 1] = x[1];
+            }
+        });
+    }
+    // n: thread t < TILE_QK of the first DHV tile owns ñ[d0 + t].
+    let owns_n = G::NORMALIZED && v0 == 0 && tid < TILE_QK && d0 + tid < dqk;
+    let mut n = 0f32;
+    if owns_n && p.n0 != 0 {
+        n = unsafe { global::ld_nc_f32(p.n0 + (head * dqk as u64 + (d0 + tid) as u64) * 4) };
+    }
+    let mut m = 0f32;
+    if G::STABILIZED && p.m0 != 0 {
+        m = unsafe { global::ld_nc_f32(p.m0 + head * 4) };
+    }
+
+    for k in 0..=nc {
+        // Store the state before chunk k (k = NC: the final state).
+        let (c_out, n_out, m_out) = if k < nc {
+            let hk = head * nc as u64 + k as u64;
+            (
+                p.c_states + hk * (dqk as u64) * (dhv as u64) * 4,
+                p.n_states + hk * dqk as u64 * 4,
+                p.m_states + hk * 4,
+            )
+        } else {
+            (
+                p.c_final + head * (dqk as u64) * (dhv as u64) * 4,
+                p.n_final + head * dqk as u64 * 4,
+                p.m_final + head * 4,
+            )
+        };
+        if k < nc || p.c_final != 0 {
+            unroll!(16, nb => {
+                for half in 0..2 {
+                    let e = 2 * half;
+                    let (r, c) = (d0 + row(e), v0 + col(nb, e));
+                    let ptr = c_out + ((r * dhv + c) as u64) * 4;
+                    let v = [acc[nb][e], acc[nb][e + 1]];
+                    unsafe { global::st_v2_f32_if(r < dqk && c < dhv, ptr, v) };
+                }
+            });
+            if owns_n {
+                unsafe { global::st_f32(n_out + (d0 + tid) as u64 * 4, n) };
+            }
+            if bx == 0 && tid == 0 {
+                unsafe { global::st_f32(m_out, m) };
+            }
+        }
+        if k == nc {
+            break;
+        }
+
+        // Gates of chunk k.
+        let t0 = k * l;
+        let len = l.min(s - t0);
+        unsafe {
+            let mut j = tid;
+            while j < len {
+                let f = global::ld_nc_f32(g_f + (t0 + j) as u64 * 4);
+                shared::st_f32(sb + 4 * j, math::log_sigmoid(f));
+                j += THREADS;
+            }
+            thread::sync_threads();
+            block::scan::<Add, THREADS>(sb, len, scratch);
+        }
+        let g = unsafe { shared::ld_f32(sb + 4 * (len - 1)) };
+        // a_j = g − b_j + ι_j, kept in sw; its maximum gives the new max state.
+        let mut amax = f32::NEG_INFINITY;
+        unsafe {
+            let mut j = tid;
+            while j < len {
+                let iota = G::log_input(global::ld_nc_f32(g_i + (t0 + j) as u64 * 4));
+                let a = g - shared::ld_f32(sb + 4 * j) + iota;
+                shared::st_f32(sw + 4 * j, a);
+                amax = amax.max(a);
+                j += THREADS;
+            }
+        }
+        let m_next = if G::STABILIZED {
+            let amax = unsafe { block::reduce::<Max, THREADS>(amax, scratch) };
+            (g + m).max(amax)
+        } else {
+            0.0
+        };
+        let decay = math::exp(g + m - m_next);
+        unsafe {
+            // Weights; steps past the end of a ragged last chunk weigh 0.
+            let mut j = tid;
+            while j < len.next_multiple_of(SUB_L) {
+                let w = if j < len { math::exp(shared::ld_f32(sw + 4 * j) - m_next) } else { 0.0 };
+                shared::st_f32(sw + 4 * j, w);
+                j += THREADS;
+            }
+        }
+        m = m_next;
+        for a in acc.iter_mut() {
+            for x in a.iter_mut() {
+                *x *= decay;
+            }
+        }
+        n *= decay;
+
+        // C̃ += Σ_j w_j k_j v_jᵀ over SUB_L-step sub-tiles.
+        let mut j0 = 0;
+        while j0 < len {
+            unsafe {
+                stage::rows::<THREADS>(sk, gq_k, (t0 + j0, t0 + len), (d0, dqk), SUB_L, TILE_QK / 8);
+                stage::rows::<THREADS>(sv, gq_v, (t0 + j0, t0 + len), (v0, dhv), SUB_L, TILE_HV / 8);
+                cp_async::commit();
+                cp_async::wait::<0>();
+                thread::sync_threads();
+            }
+            if owns_n {
+                for j in 0..SUB_L {
+                    let w = unsafe { shared::ld_f32(sw + 4 * (j0 + j)) };
+                    let kj = E::unpack(unsafe { shared::ld_u16(sk.offset(j, tid)) }).0;
+                    n += w * kj;
+                }
+            }
+            unroll!(4, ks => {
+                let ks = ks as u32;
+                let jj = j0 + ks * 16 + (lane % 4) * 2;
+                let mut a = unsafe { sk.a_trans(ks * 16, warp * 16, lane) };
+                // a0, a1 hold steps jj, jj+1; a2, a3 hold jj+8, jj+9.
+                let w = unsafe {
+                    [
+                        shared::ld_f32(sw + 4 * jj),
+                        shared::ld_f32(sw + 4 * (jj + 1)),
+                        shared::ld_f32(sw + 4 * (jj + 8)),
+                        shared::ld_f32(sw + 4 * (jj + 9)),
+                    ]
+                };
+                unroll!(4, r => {
+                    let (lo, hi) = E::unpack(a[r]);
+                    let wi = (r / 2) * 2;
+                    a[r] = E::pack(lo * w[wi], hi * w[wi + 1]);
+                });
+                unroll!(8, pair => {
+                    let b = unsafe { sv.b_kn(ks * 16, pair as u32 * 16, lane) };
+                    unsafe {
+                        E::mma(&mut acc[2 * pair], a, b[0]);
+                        E::mma(&mut acc[2 * pair + 1], a, b[1]);
+                    }
+                });
+            });
+            unsafe { thread::sync_threads() };
+            j0 += SUB_L;
+        }
+    }
+}

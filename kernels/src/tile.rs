@@ -1,0 +1,91 @@
+//! Shared-memory tiles of 16-bit elements and the `mma.sync` m16n8k16 fragment maps over them.
+//!
+//! Fragment layouts, with g = lane / 4 and t = lane % 4 (each register holds 2 elements, the
+//! lower column in the low half):
+//! - A (16×16, row-major, 4 regs): a0 (g, 2t), a1 (g+8, 2t), a2 (g, 2t+8), a3 (g+8, 2t+8).
+//! - B (16×8, "col": indexed (k, n), 2 regs): b0 (k=2t, n=g), b1 (k=2t+8, n=g).
+//! - C/D (16×8 f32, 4 regs): c0, c1 at (g, 2t), (g, 2t+1); c2, c3 at (g+8, 2t), (g+8, 2t+1).
+//! The C layout of two adjacent n-blocks, packed pairwise, is exactly an A fragment: that is
+//! how a product computed in registers (P = S ⊙ gates) feeds the next `mma` without shared
+//! memory (see [`acc_to_a`]).
+use crate::arch::ldmatrix;
+
+/// A row-major tile of 16-bit elements in shared memory: `rows × cols`, rows `stride` bytes
+/// apart (cols · 2 plus padding, a multiple of 16).
+#[derive(Clone, Copy)]
+pub struct SmemTile {
+    pub base: u32,
+    pub stride: u32,
+}
+
+impl SmemTile {
+    /// Byte address of element (r, c).
+    #[inline(always)]
+    pub fn offset(self, r: u32, c: u32) -> u32 {
+        self.base + r * self.stride + c * 2
+    }
+
+    /// A fragment of rows r0..r0+16, cols c0..c0+16 (the tile holds A itself).
+    ///
+    /// # Safety
+    /// Warp-collective; the 16×16 block lies inside the tile.
+    #[inline(always)]
+    pub unsafe fn a(self, r0: u32, c0: u32, lane: u32) -> [u32; 4] {
+        // Matrices: (rows 0-7, cols 0-7), (rows 8-15, cols 0-7), (rows 0-7, cols 8-15), (8-15, 8-15).
+        unsafe { ldmatrix::x4(self.offset(r0 + lane % 16, c0 + (lane / 16) * 8)) }
+    }
+
+    /// A fragment of Aᵀ where the tile holds A transposed: A's rows m0..m0+16 are tile columns,
+    /// A's k0..k0+16 are tile rows.
+    ///
+    /// # Safety
+    /// Warp-collective; the 16×16 block lies inside the tile.
+    #[inline(always)]
+    pub unsafe fn a_trans(self, k0: u32, m0: u32, lane: u32) -> [u32; 4] {
+        // Stored blocks: (k 0-7, m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15).
+        let k = k0 + lane % 8 + (lane / 16) * 8;
+        let m = m0 + ((lane / 8) % 2) * 8;
+        unsafe { ldmatrix::x4_trans(self.offset(k, m)) }
+    }
+
+    /// B fragments of two adjacent n-blocks (n0..n0+16) for k0..k0+16, where the tile is
+    /// indexed (n, k): rows are the output columns (as K in S = Q·Kᵀ).
+    ///
+    /// # Safety
+    /// Warp-collective; the 16×16 block lies inside the tile.
+    #[inline(always)]
+    pub unsafe fn b_nk(self, n0: u32, k0: u32, lane: u32) -> [[u32; 2]; 2] {
+        // Stored blocks: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+        let n = n0 + lane % 8 + (lane / 16) * 8;
+        let k = k0 + ((lane / 8) % 2) * 8;
+        let r = unsafe { ldmatrix::x4(self.offset(n, k)) };
+        [[r[0], r[1]], [r[2], r[3]]]
+    }
+
+    /// B fragments of two adjacent n-blocks (n0..n0+16) for k0..k0+16, where the tile is
+    /// indexed (k, n): rows are the reduction index (as V in O = P·V).
+    ///
+    /// # Safety
+    /// Warp-collective; the 16×16 block lies inside the tile.
+    #[inline(always)]
+    pub unsafe fn b_kn(self, k0: u32, n0: u32, lane: u32) -> [[u32; 2]; 2] {
+        // Stored blocks: (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15).
+        let k = k0 + lane % 8 + ((lane / 8) % 2) * 8;
+        let n = n0 + (lane / 16) * 8;
+        let r = unsafe { ldmatrix::x4_trans(self.offset(k, n)) };
+        [[r[0], r[1]], [r[2], r[3]]]
+    }
+}
+
+/// Packs the f32 accumulators of n-blocks 2s and 2s+1 (16 rows × 16 cols) into the A fragment
+/// of the k-step s of the next product.
+#[inline(always)]
+pub fn acc_to_a<E: crate::arch::convert::Elem>(lo: &[f32; 4], hi: &[f32; 4]) -> [u32; 4] {
+    [E::pack(lo[0], lo[1]), E::pack(lo[2], lo[3]), E::pack(hi[0], hi[1]), E::pack(hi[2], hi[3])]
+}
+
+/// Row (within the warp's 16) and column (within the n-block) of accumulator element `e`.
+#[inline(always)]
+pub fn acc_pos(lane: u32, e: usize) -> (u32, u32) {
+    (lane / 4 + ((e as u32) / 2) * 8, (lane % 4) * 2 + (e as u32) % 2)
+}

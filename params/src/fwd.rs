@@ -1,0 +1,169 @@
+//! Forward pass: the chunk-state kernel (inter-chunk recurrence, writes C, n, m at every chunk
+//! boundary) and the chunk-output kernel (H of one row tile of one chunk, TFLA's second level of
+//! parallelism). Both take [`FwdParams`] by value.
+
+use crate::{Dtype, Gates, WARP, div_ceil};
+
+/// Parameters of both forward kernels. Pointers are device addresses (0 where absent); every
+/// tensor is contiguous, row-major, in the shape its comment gives. Built only from validated
+/// host arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FwdParams {
+    /// (BH, S, DQK) in the input dtype.
+    pub q: u64,
+    /// (BH, S, DQK) in the input dtype.
+    pub k: u64,
+    /// (BH, S, DHV) in the input dtype.
+    pub v: u64,
+    /// Input-gate pre-activations ĩ: (BH, S) f32.
+    pub i: u64,
+    /// Forget-gate pre-activations f̃: (BH, S) f32.
+    pub f: u64,
+    /// Initial state C̃0: (BH, DQK, DHV) f32, or 0 for zeros.
+    pub c0: u64,
+    /// Initial normalizer ñ0: (BH, DQK) f32, or 0 for zeros.
+    pub n0: u64,
+    /// Initial max state m0: (BH,) f32, or 0 for zeros (exp gates only).
+    pub m0: u64,
+    /// States before each chunk, C̃_k: (BH, NC, DQK, DHV) f32. Written by chunk_state.
+    pub c_states: u64,
+    /// ñ_k: (BH, NC, DQK) f32. Written by chunk_state.
+    pub n_states: u64,
+    /// m_k: (BH, NC) f32. Written by chunk_state.
+    pub m_states: u64,
+    /// Final states after the last step, or 0: (BH, DQK, DHV), (BH, DQK), (BH,) f32.
+    pub c_final: u64,
+    pub n_final: u64,
+    pub m_final: u64,
+    /// Output h: (BH, S, DHV) in the input dtype. Written by chunk_output.
+    pub h: u64,
+    /// Per-row max state m_i: (BH, S) f32, or 0 (kept for the backward pass).
+    pub m_rows: u64,
+    /// Per-row denominator max(|s_i|, floor_i) + eps: (BH, S) f32, or 0.
+    pub den_rows: u64,
+    pub bh: u32,
+    pub s: u32,
+    pub dqk: u32,
+    pub dhv: u32,
+    /// Chunk size L (one of `CHUNK_SIZES`).
+    pub chunk: u32,
+    /// NC = ceil(S / L).
+    pub num_chunks: u32,
+    /// q̂ = q·scale.
+    pub scale: f32,
+    pub eps: f32,
+}
+
+/// Padding, in elements, added to every shared-memory row of 16-bit elements: rows then start
+/// 16 bytes apart modulo 128, so the 8 row addresses of one `ldmatrix` 8×8 load hit 8 different
+/// 16-byte bank groups.
+pub const SMEM_ROW_PAD: u32 = 8;
+
+/// Chunk-state kernel: one block owns a TILE_QK × TILE_HV tile of one head's state and walks
+/// the chunks in order; each warp owns 16 rows (DQK) of the tile.
+pub mod state {
+    use super::*;
+    pub const WARPS: u32 = 4;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// Rows (DQK) of the state tile: 16 per warp.
+    pub const TILE_QK: u32 = 16 * WARPS;
+    /// Columns (DHV) of the state tile, all of them held by every warp (register accumulator
+    /// 16 × TILE_HV per warp).
+    pub const TILE_HV: u32 = 128;
+    /// Time steps of K and V staged in shared memory per step of the chunk loop.
+    pub const SUB_L: u32 = 64;
+
+    /// Shared memory: K sub-tile (SUB_L × TILE_QK), V sub-tile (SUB_L × TILE_HV), both 16-bit,
+    /// padded rows; the chunk's cumulative log forget gates and per-step weights (2 × L f32);
+    /// reduction scratch (WARPS f32).
+    pub const fn smem_bytes(chunk: u32) -> u32 {
+        k_bytes() + v_bytes() + 2 * chunk * 4 + WARPS * 4
+    }
+    pub const fn k_bytes() -> u32 {
+        SUB_L * (TILE_QK + SMEM_ROW_PAD) * 2
+    }
+    pub const fn v_bytes() -> u32 {
+        SUB_L * (TILE_HV + SMEM_ROW_PAD) * 2
+    }
+
+    /// (tiles of the state, BH, 1): x enumerates (DQK tile, DHV tile) with the DHV tile fastest.
+    pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
+        (div_ceil(p.dqk, TILE_QK) * div_ceil(p.dhv, TILE_HV), p.bh, 1)
+    }
+}
+
+/// Chunk-output kernel: one block owns TILE_Q rows of one chunk and TILE_HV value columns;
+/// it keeps the rows' Q tile (TILE_Q × DQK) in shared memory, adds the inter-chunk term
+/// Q·C̃_k and then walks the key tiles of the chunk up to the diagonal.
+pub mod output {
+    use super::*;
+    pub const WARPS: u32 = 4;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// Query rows per block: 16 per warp.
+    pub const TILE_Q: u32 = 16 * WARPS;
+    /// Key rows per step of the intra-chunk loop (equal to TILE_Q, so the diagonal tile is one).
+    pub const TILE_K: u32 = TILE_Q;
+    /// Value columns per block (register accumulator 16 × TILE_HV per warp).
+    pub const TILE_HV: u32 = 128;
+    /// Rows of C̃_k staged (as 16-bit) per step of the inter-chunk loop.
+    pub const TILE_C: u32 = 64;
+
+    pub const fn q_bytes(dqk: u32) -> u32 {
+        TILE_Q * (dqk + SMEM_ROW_PAD) * 2
+    }
+    /// The K tile and the staged C̃_k slice are never live together: one region serves both.
+    pub const fn kc_bytes(dqk: u32) -> u32 {
+        let k = TILE_K * (dqk + SMEM_ROW_PAD) * 2;
+        let c = TILE_C * (TILE_HV + SMEM_ROW_PAD) * 2;
+        if k > c { k } else { c }
+    }
+    pub const fn v_bytes() -> u32 {
+        TILE_K * (TILE_HV + SMEM_ROW_PAD) * 2
+    }
+    /// f32 vectors: column gate terms and a running-max scratch (2 × L), and per row: row gate
+    /// term, inter-chunk scale, normalizer floor, inter-chunk q·n (4 × TILE_Q); n_k (DQK);
+    /// scan scratch (WARPS).
+    pub const fn gate_bytes(chunk: u32, dqk: u32) -> u32 {
+        (2 * chunk + 4 * TILE_Q + dqk + WARPS) * 4
+    }
+    pub const fn smem_bytes(chunk: u32, dqk: u32) -> u32 {
+        q_bytes(dqk) + kc_bytes(dqk) + v_bytes() + gate_bytes(chunk, dqk)
+    }
+
+    /// (DHV tiles, NC · L / TILE_Q row tiles, BH): the DHV tiles of one row tile run side by
+    /// side, so its Q and K tiles are read from L2 while still there.
+    pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
+        (div_ceil(p.dhv, TILE_HV), p.num_chunks * (p.chunk / TILE_Q), p.bh)
+    }
+}
+
+/// Which forward kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FwdKernel {
+    ChunkState,
+    ChunkOutput,
+}
+
+/// Entry-point name of a forward kernel in the PTX module: one entry per (kernel, gates, dtype).
+/// The device crate's `entry!` invocations and this table must name the same symbols; the host
+/// tests load every name listed here.
+pub const fn entry_name(kernel: FwdKernel, gates: Gates, dtype: Dtype) -> &'static str {
+    use Dtype::*;
+    use FwdKernel::*;
+    use Gates::*;
+    match (kernel, gates, dtype) {
+        (ChunkState, Exp, Bf16) => "mlstm_fwd_chunk_state_exp_bf16",
+        (ChunkState, Exp, F16) => "mlstm_fwd_chunk_state_exp_f16",
+        (ChunkState, Sig, Bf16) => "mlstm_fwd_chunk_state_sig_bf16",
+        (ChunkState, Sig, F16) => "mlstm_fwd_chunk_state_sig_f16",
+        (ChunkState, SigNoNorm, Bf16) => "mlstm_fwd_chunk_state_signn_bf16",
+        (ChunkState, SigNoNorm, F16) => "mlstm_fwd_chunk_state_signn_f16",
+        (ChunkOutput, Exp, Bf16) => "mlstm_fwd_chunk_output_exp_bf16",
+        (ChunkOutput, Exp, F16) => "mlstm_fwd_chunk_output_exp_f16",
+        (ChunkOutput, Sig, Bf16) => "mlstm_fwd_chunk_output_sig_bf16",
+        (ChunkOutput, Sig, F16) => "mlstm_fwd_chunk_output_sig_f16",
+        (ChunkOutput, SigNoNorm, Bf16) => "mlstm_fwd_chunk_output_signn_bf16",
+        (ChunkOutput, SigNoNorm, F16) => "mlstm_fwd_chunk_output_signn_f16",
+    }
+}
