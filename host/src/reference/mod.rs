@@ -17,10 +17,10 @@
 //!   states are comparable across variants.
 //! - Initial state: C̃_0 = c0, ñ_0 = n0 (default 0), m_0 = m0 (mLSTMexp only, default 0).
 //!
-//! The three forward forms compute the same function: [`recurrent`] (step by step),
-//! [`parallel`] (quadratic, one row of gate weights per step) and [`chunkwise`] (the TFLA form
+//! The three forward forms compute the same function: [`recurrent()`] (step by step),
+//! [`parallel()`] (quadratic, one row of gate weights per step) and [`chunkwise()`] (the TFLA form
 //! of `shared/MATH.md`: states at chunk boundaries, [`chunk_states`], plus an intra-chunk part).
-//! [`backward`] is the hand-written reverse of the recurrence, exact or with a detached
+//! [`backward()`] is the hand-written reverse of the recurrence, exact or with a detached
 //! normalizer ([`GradMode`]).
 
 mod backward;

@@ -39,12 +39,20 @@ fn run_head(head: &HeadInputs<'_>, p: &RefParams, h: &mut [f64]) -> State {
     let mut logs = Vec::with_capacity(head.shape.s); // (i): D_ij for j ≤ i
     for (t, h_t) in h.chunks_exact_mut(dhv).enumerate() {
         let init_log = row_log_weights(&head.gates, t + 1, head.init.m, &mut logs);
-        let keys = GatedKeys { logs: &logs, k: &head.k[..(t + 1) * dqk], v: &head.v[..(t + 1) * dhv] };
+        let keys = GatedKeys {
+            logs: &logs,
+            k: &head.k[..(t + 1) * dqk],
+            v: &head.v[..(t + 1) * dhv],
+        };
         head.qhat(t, p.scale, &mut qhat);
         gated_output(p, &head.init, init_log, keys, &qhat, h_t);
     }
     let init_log = row_log_weights(&head.gates, head.shape.s, head.init.m, &mut logs);
-    let keys = GatedKeys { logs: &logs, k: head.k, v: head.v };
+    let keys = GatedKeys {
+        logs: &logs,
+        k: head.k,
+        v: head.v,
+    };
     gated_state(p.variant, &head.init, init_log, keys)
 }
 
@@ -65,8 +73,9 @@ fn row_log_weights(gates: &LogGates, i: usize, m0: f64, logs: &mut Vec<f64>) -> 
 mod tests {
     use super::*;
     use crate::reference::recurrent;
-    use crate::reference::test_util::{VARIANTS, assert_outputs_close, seeded_rng};
-    use crate::reference::Shape;
+    use crate::reference::test_util::{
+        FORMS_TOL, VARIANTS, assert_outputs_close, seeded_rng, shape,
+    };
 
     /// Parallel and recurrent agree in h and final states on random inputs: every variant,
     /// with and without initial states, S = 0, 1 and longer, DQK ≠ DHV.
@@ -74,10 +83,10 @@ mod tests {
     fn parallel_matches_recurrent() {
         let mut rng = seeded_rng("parallel_matches_recurrent");
         let shapes = [
-            Shape { b: 1, nh: 2, s: 37, dqk: 5, dhv: 3 },
-            Shape { b: 2, nh: 1, s: 1, dqk: 4, dhv: 6 },
-            Shape { b: 1, nh: 2, s: 64, dqk: 8, dhv: 4 },
-            Shape { b: 1, nh: 1, s: 0, dqk: 3, dhv: 2 },
+            shape(1, 2, 37, 5, 3),
+            shape(2, 1, 1, 4, 6),
+            shape(1, 2, 64, 8, 4),
+            shape(1, 1, 0, 3, 2),
         ];
         let mut worst: f64 = 0.0;
         for shape in shapes {
@@ -86,7 +95,12 @@ mod tests {
                     let p = RefParams::new(variant, shape.dqk);
                     let inp = RefInputs::random(shape, with_init, &mut rng);
                     let what = format!("{shape:?}, {variant:?}, init {with_init}");
-                    let err = assert_outputs_close(&what, &parallel(&inp, &p), &recurrent(&inp, &p), 1e-12);
+                    let err = assert_outputs_close(
+                        &what,
+                        &parallel(&inp, &p),
+                        &recurrent(&inp, &p),
+                        FORMS_TOL,
+                    );
                     worst = worst.max(err);
                 }
             }

@@ -25,7 +25,17 @@ impl RefInputs {
         let i = (0..heads * s).map(|_| rng.gen_range(-6.0..6.0)).collect();
         let f = (0..heads * s).map(|_| forget_preactivation(rng)).collect();
         let m0 = with_initial_state.then(|| (0..heads).map(|_| rng.gen_range(-3.0..3.0)).collect());
-        Self { shape, q, k, v, i, f, c0, n0, m0 }
+        Self {
+            shape,
+            q,
+            k,
+            v,
+            i,
+            f,
+            c0,
+            n0,
+            m0,
+        }
     }
 }
 
@@ -48,22 +58,28 @@ fn forget_preactivation(rng: &mut impl Rng) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::test_util::seeded_rng;
+    use crate::reference::test_util::{seeded_rng, shape};
 
     /// Sample moments of the normal sampler, and the gate ranges.
     #[test]
     fn random_inputs_have_the_documented_ranges() {
         let mut rng = seeded_rng("random_inputs_have_the_documented_ranges");
-        let shape = Shape { b: 2, nh: 2, s: 4000, dqk: 2, dhv: 3 };
+        let shape = shape(2, 2, 4000, 2, 3);
         let inp = RefInputs::random(shape, true, &mut rng);
         let n = inp.q.len() as f64;
         let mean = inp.q.iter().sum::<f64>() / n;
         let var = inp.q.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
-        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "mean {mean}, var {var}");
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "mean {mean}, var {var}"
+        );
         assert!(inp.i.iter().all(|x| (-6.0..6.0).contains(x)));
         assert!(inp.f.iter().all(|x| (-12.0..8.0).contains(x)));
         let resets = inp.f.iter().filter(|&&x| x < -4.0).count() as f64 / inp.f.len() as f64;
-        assert!((resets - 0.1).abs() < 0.02, "share of strongly negative f̃: {resets}");
+        assert!(
+            (resets - 0.1).abs() < 0.02,
+            "share of strongly negative f̃: {resets}"
+        );
         assert!(inp.m0.unwrap().iter().all(|x| (-3.0..3.0).contains(x)));
         assert_eq!(inp.c0.map(|c| c.len()), Some(4 * 2 * 3));
     }

@@ -67,36 +67,37 @@ pub(super) fn trajectory(head: &HeadInputs<'_>, variant: Variant) -> Vec<State> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::Shape;
-    use crate::reference::test_util::{VARIANTS, assert_close, seeded_rng, time_slice};
+    use crate::reference::test_util::{VARIANTS, assert_close, seeded_rng, shape, time_slice};
 
-    /// Running the first part, then the rest from its final states, equals one run.
+    /// Running the first part, then the rest from its final states, equals one run bit for bit
+    /// (the same operations in the same order).
     #[test]
     fn recurrent_state_passing_matches_single_run() {
         let mut rng = seeded_rng("recurrent_state_passing_matches_single_run");
-        let shape = Shape { b: 2, nh: 2, s: 23, dqk: 5, dhv: 3 };
+        let shape = shape(2, 2, 23, 5, 3);
+        let split = 9;
         for variant in VARIANTS {
             for with_init in [false, true] {
                 let p = RefParams::new(variant, shape.dqk);
                 let inp = RefInputs::random(shape, with_init, &mut rng);
                 let whole = recurrent(&inp, &p);
-                let split = 9;
                 let first = recurrent(&time_slice(&inp, 0..split, None), &p);
                 let rest = recurrent(&time_slice(&inp, split..shape.s, Some(&first)), &p);
+                let (first_h, rest_h) = (
+                    first.h.chunks(split * shape.dhv),
+                    rest.h.chunks((shape.s - split) * shape.dhv),
+                );
+                let joined: Vec<f64> = first_h
+                    .zip(rest_h)
+                    .flat_map(|(a, b)| [a, b].concat())
+                    .collect();
                 let label = format!("{variant:?}, init {with_init}");
-                let dhv = shape.dhv;
-                for bh in 0..shape.heads() {
-                    let want = &whole.h[bh * shape.s * dhv..(bh + 1) * shape.s * dhv];
-                    let (w1, w2) = want.split_at(split * dhv);
-                    let rest_len = (shape.s - split) * dhv;
-                    let got1 = &first.h[bh * split * dhv..(bh + 1) * split * dhv];
-                    let got2 = &rest.h[bh * rest_len..(bh + 1) * rest_len];
-                    assert_close(&format!("h head {bh}, first part, {label}"), got1, w1, 1e-13);
-                    assert_close(&format!("h head {bh}, second part, {label}"), got2, w2, 1e-13);
-                }
-                assert_close(&format!("c, {label}"), &rest.c, &whole.c, 1e-13);
-                assert_close(&format!("n, {label}"), &rest.n, &whole.n, 1e-13);
-                assert_close(&format!("m, {label}"), &rest.m, &whole.m, 1e-13);
+                assert_eq!(joined, whole.h, "h, {label}");
+                assert_eq!(
+                    (&rest.c, &rest.n, &rest.m),
+                    (&whole.c, &whole.n, &whole.m),
+                    "{label}"
+                );
             }
         }
     }
@@ -105,7 +106,7 @@ mod tests {
     #[test]
     fn absent_initial_state_equals_zero_state() {
         let mut rng = seeded_rng("absent_initial_state_equals_zero_state");
-        let shape = Shape { b: 1, nh: 3, s: 6, dqk: 4, dhv: 2 };
+        let shape = shape(1, 3, 6, 4, 2);
         let heads = shape.heads();
         for variant in VARIANTS {
             let p = RefParams::new(variant, shape.dqk);
@@ -120,14 +121,17 @@ mod tests {
         }
         let p = RefParams::new(Variant::Sig { normalize: true }, shape.dqk);
         let inp = RefInputs::random(shape, true, &mut rng);
-        let other_m0 = RefInputs { m0: Some(vec![5.0; heads]), ..inp.clone() };
+        let other_m0 = RefInputs {
+            m0: Some(vec![5.0; heads]),
+            ..inp.clone()
+        };
         assert_eq!(recurrent(&inp, &p), recurrent(&other_m0, &p));
     }
 
     /// mLSTMsig with a single step: h = σ(ĩ)(q̂·k) v / (max(|σ(ĩ)(q̂·k)|, 1) + eps), by hand.
     #[test]
     fn single_step_matches_hand_computation() {
-        let shape = Shape { b: 1, nh: 1, s: 1, dqk: 2, dhv: 2 };
+        let shape = shape(1, 1, 1, 2, 2);
         let inp = RefInputs {
             shape,
             q: vec![1.0, 2.0],

@@ -124,7 +124,9 @@ pub(super) fn gated_output(
     for (d, k_j, v_j) in keys.iter(dqk, dhv) {
         let score = (d - m).exp() * dot(qhat, k_j);
         s += score;
-        h.iter_mut().zip(v_j).for_each(|(o, &v_d)| *o += score * v_d);
+        h.iter_mut()
+            .zip(v_j)
+            .for_each(|(o, &v_d)| *o += score * v_d);
     }
     let den = denominator(p, s, m);
     h.iter_mut().for_each(|x| *x /= den);

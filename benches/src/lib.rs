@@ -1,0 +1,1 @@
+//! Benchmarks live in this package's `benches` targets; the library is empty.

@@ -1,0 +1,164 @@
+//! What a caller chooses: the gate variant, the chunk size and the constants of the forward
+//! pass, plus the problem dimensions and the chunk-size heuristic.
+use crate::error::{Error, Result};
+use crate::variant::Variant;
+use tfla_params::{CHUNK_SIZES, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM};
+
+/// Problem dimensions: batch, heads, steps, query/key head dim, value head dim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub b: usize,
+    pub nh: usize,
+    pub s: usize,
+    pub dqk: usize,
+    pub dhv: usize,
+}
+
+impl Dims {
+    /// Checks every dimension against what the kernels support.
+    pub fn validate(&self) -> Result<()> {
+        for (arg, value) in [("B", self.b), ("NH", self.nh), ("S", self.s)] {
+            if value == 0 {
+                return Err(Error::Invalid { arg, value: "0".into(), reason: "must be at least 1" });
+            }
+        }
+        for (arg, value) in [("DQK", self.dqk), ("DHV", self.dhv)] {
+            let ok = value > 0
+                && value % HEAD_DIM_MULTIPLE as usize == 0
+                && value <= MAX_HEAD_DIM as usize;
+            if !ok {
+                return Err(Error::HeadDim { arg, value });
+            }
+        }
+        // Kernels index one head's (S, D) rows with 32-bit offsets and put B·NH on a grid axis.
+        if self.s.saturating_mul(self.dqk.max(self.dhv)) > u32::MAX as usize / 2 {
+            return Err(Error::Invalid {
+                arg: "S",
+                value: self.s.to_string(),
+                reason: "S·max(DQK, DHV) must stay below 2^31",
+            });
+        }
+        if self.b * self.nh > 65_535 {
+            return Err(Error::Invalid {
+                arg: "B·NH",
+                value: (self.b * self.nh).to_string(),
+                reason: "at most 65535 heads per call",
+            });
+        }
+        Ok(())
+    }
+
+    pub fn bh(&self) -> usize {
+        self.b * self.nh
+    }
+}
+
+/// Forward-pass configuration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MlstmConfig {
+    pub variant: Variant,
+    /// Chunk size L; `None` picks one with [`select_chunk_size`].
+    pub chunk_size: Option<usize>,
+    /// Added to the denominator of the normalized variants.
+    pub eps: f32,
+    /// q̂ = q·scale; `None` means 1/√DQK.
+    pub scale: Option<f32>,
+    /// Also write the per-row max state and denominator (what the backward pass reuses).
+    pub row_stats: bool,
+}
+
+impl MlstmConfig {
+    /// Defaults: heuristic chunk size, eps = 1e-6, scale = 1/√DQK, no row statistics.
+    pub fn new(variant: Variant) -> Self {
+        MlstmConfig { variant, chunk_size: None, eps: 1e-6, scale: None, row_stats: false }
+    }
+
+    pub fn with_chunk_size(mut self, chunk: usize) -> Self {
+        self.chunk_size = Some(chunk);
+        self
+    }
+
+    /// The chunk size this config gives for `dims`, validated.
+    pub fn chunk_for(&self, dims: &Dims) -> Result<usize> {
+        match self.chunk_size {
+            None => Ok(select_chunk_size(dims) as usize),
+            Some(c) if CHUNK_SIZES.contains(&(c as u32)) => Ok(c),
+            Some(c) => Err(Error::ChunkSize { value: c, supported: &CHUNK_SIZES }),
+        }
+    }
+
+    /// The q scale for `dims`, validated.
+    pub fn scale_for(&self, dims: &Dims) -> Result<f32> {
+        let scale = self.scale.unwrap_or(1.0 / (dims.dqk as f32).sqrt());
+        if !scale.is_finite() {
+            return Err(Error::Invalid { arg: "scale", value: scale.to_string(), reason: "must be finite" });
+        }
+        if !(self.eps.is_finite() && self.eps >= 0.0) {
+            return Err(Error::Invalid {
+                arg: "eps",
+                value: self.eps.to_string(),
+                reason: "must be finite and non-negative",
+            });
+        }
+        Ok(scale)
+    }
+}
+
+/// Chunk size when the caller gives none: the L that minimizes a two-term cost model of the
+/// forward pass, `intra-chunk FLOPs / tensor rate + state bytes / memory bandwidth`:
+/// - the intra-chunk part costs S·L·(DQK + DHV) FLOPs per head, growing with L;
+/// - the chunk states cost 2·(S/L)·DQK·DHV·4 bytes per head (written once, read once),
+///   shrinking with L.
+///
+/// With rates of about 300 TFLOP/s (what the mma.sync kernels reach) and 3 TB/s (H100 HBM3),
+/// the balance is L ≈ √(800·DQK·DHV/(DQK+DHV)): 226 for 128/128 heads (→ 256), 369 for
+/// 256/512 and 452 for 512/512 (→ 512). Chunks are never longer than needed to cover S.
+pub fn select_chunk_size(dims: &Dims) -> u32 {
+    const FLOPS_PER_BYTE: f64 = 100.0; // 300e12 / 3e12
+    let (dqk, dhv) = (dims.dqk as f64, dims.dhv as f64);
+    let cost = |l: f64| l * (dqk + dhv) / FLOPS_PER_BYTE + 8.0 * dqk * dhv / l;
+    let best = CHUNK_SIZES
+        .iter()
+        .copied()
+        .min_by(|&a, &b| cost(a as f64).total_cmp(&cost(b as f64)))
+        .unwrap_or(CHUNK_SIZES[0]);
+    let cover = CHUNK_SIZES.iter().copied().find(|&l| l as usize >= dims.s).unwrap_or(u32::MAX);
+    best.min(cover)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims(s: usize, dqk: usize, dhv: usize) -> Dims {
+        Dims { b: 1, nh: 1, s, dqk, dhv }
+    }
+
+    #[test]
+    fn heuristic_chunk_sizes() {
+        assert_eq!(select_chunk_size(&dims(8192, 128, 128)), 256);
+        assert_eq!(select_chunk_size(&dims(8192, 256, 512)), 512);
+        assert_eq!(select_chunk_size(&dims(8192, 512, 512)), 512);
+        assert_eq!(select_chunk_size(&dims(100, 512, 512)), 128);
+        assert_eq!(select_chunk_size(&dims(1, 512, 512)), 64);
+    }
+
+    #[test]
+    fn rejects_bad_dims() {
+        assert!(matches!(dims(8, 24, 64).validate(), Err(Error::HeadDim { arg: "DQK", value: 24 })));
+        assert!(matches!(dims(8, 64, 528).validate(), Err(Error::HeadDim { arg: "DHV", value: 528 })));
+        assert!(matches!(dims(0, 64, 64).validate(), Err(Error::Invalid { arg: "S", .. })));
+        assert!(dims(8, 16, 512).validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_chunk_and_constants() {
+        let d = dims(64, 64, 64);
+        let cfg = MlstmConfig::new(Variant::Exp).with_chunk_size(96);
+        assert!(matches!(cfg.chunk_for(&d), Err(Error::ChunkSize { value: 96, .. })));
+        let cfg = MlstmConfig { eps: -1.0, ..MlstmConfig::new(Variant::Exp) };
+        assert!(matches!(cfg.scale_for(&d), Err(Error::Invalid { arg: "eps", .. })));
+        let cfg = MlstmConfig { scale: Some(f32::NAN), ..MlstmConfig::new(Variant::Exp) };
+        assert!(matches!(cfg.scale_for(&d), Err(Error::Invalid { arg: "scale", .. })));
+    }
+}

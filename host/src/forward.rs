@@ -1,0 +1,401 @@
+//! The forward pass: chunk states, then chunk outputs (TFLA).
+//!
+//! Notation: B batch, NH heads, S steps, DQK / DHV head dims, L chunk size, NC = ceil(S/L).
+//! Inputs q, k (B, NH, S, DQK), v (B, NH, S, DHV) in bf16 or f16; gate pre-activations ĩ, f̃
+//! (B, NH, S) f32; optional initial states C̃0 (B, NH, DQK, DHV), ñ0 (B, NH, DQK), m0 (B, NH)
+//! f32. Outputs h (B, NH, S, DHV) in the input dtype and the final states in f32.
+use crate::config::{Dims, MlstmConfig};
+use crate::error::{Error, Result};
+use crate::launch::Launch;
+use crate::runtime::Runtime;
+use crate::tensor::{Dtype, Tensor};
+use crate::variant::Variant;
+use cust::stream::Stream;
+use tfla_params::fwd::{self, FwdKernel, FwdParams};
+use tfla_params::{Dtype as KDtype, Gates};
+
+/// The forward pass's inputs.
+#[derive(Clone, Copy)]
+pub struct MlstmInputs<'a> {
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    /// Input-gate pre-activations ĩ.
+    pub i: &'a Tensor,
+    /// Forget-gate pre-activations f̃.
+    pub f: &'a Tensor,
+    pub c0: Option<&'a Tensor>,
+    pub n0: Option<&'a Tensor>,
+    /// Initial max state (mLSTMexp only; ignored by mLSTMsig, which has none).
+    pub m0: Option<&'a Tensor>,
+}
+
+impl<'a> MlstmInputs<'a> {
+    /// Inputs without initial states.
+    pub fn new(q: &'a Tensor, k: &'a Tensor, v: &'a Tensor, i: &'a Tensor, f: &'a Tensor) -> Self {
+        MlstmInputs { q, k, v, i, f, c0: None, n0: None, m0: None }
+    }
+
+    /// Dimensions implied by the inputs, after checking every shape and dtype.
+    pub fn dims(&self) -> Result<Dims> {
+        let q = self.q.shape();
+        if q.len() != 4 {
+            return Err(Error::Invalid {
+                arg: "q",
+                value: format!("shape {q:?}"),
+                reason: "expected rank 4: (B, NH, S, DQK)",
+            });
+        }
+        let v = self.v.shape();
+        let dhv = if v.len() == 4 { v[3] } else { 0 };
+        let dims = Dims { b: q[0], nh: q[1], s: q[2], dqk: q[3], dhv };
+        dims.validate()?;
+        let (b, nh, s) = (dims.b, dims.nh, dims.s);
+        expect_shape("k", self.k, &[b, nh, s, dims.dqk])?;
+        expect_shape("v", self.v, &[b, nh, s, dims.dhv])?;
+        expect_shape("i", self.i, &[b, nh, s])?;
+        expect_shape("f", self.f, &[b, nh, s])?;
+        let dtype = self.q.dtype();
+        if dtype == Dtype::F32 {
+            return Err(Error::Dtype { arg: "q", expected: "bf16 or f16", got: dtype });
+        }
+        for (arg, t) in [("k", self.k), ("v", self.v)] {
+            if t.dtype() != dtype {
+                return Err(Error::Dtype { arg, expected: dtype.name(), got: t.dtype() });
+            }
+        }
+        for (arg, t) in [("i", Some(self.i)), ("f", Some(self.f)), ("c0", self.c0), ("n0", self.n0), ("m0", self.m0)] {
+            if let Some(t) = t {
+                if t.dtype() != Dtype::F32 {
+                    return Err(Error::Dtype { arg, expected: "f32", got: t.dtype() });
+                }
+            }
+        }
+        if let Some(c0) = self.c0 {
+            expect_shape("c0", c0, &[b, nh, dims.dqk, dims.dhv])?;
+        }
+        if let Some(n0) = self.n0 {
+            expect_shape("n0", n0, &[b, nh, dims.dqk])?;
+        }
+        if let Some(m0) = self.m0 {
+            expect_shape("m0", m0, &[b, nh])?;
+        }
+        Ok(dims)
+    }
+}
+
+fn expect_shape(arg: &'static str, t: &Tensor, expected: &[usize]) -> Result<()> {
+    if t.shape() != expected {
+        return Err(Error::Shape { arg, expected: expected.to_vec(), got: t.shape().to_vec() });
+    }
+    Ok(())
+}
+
+/// The states at every chunk boundary: the interface between the two forward kernels, and
+/// what the backward pass starts from. C̃_k, ñ_k, m_k are the states *before* chunk k.
+#[derive(Debug)]
+pub struct ChunkStates {
+    pub chunk_size: usize,
+    /// (B, NH, NC, DQK, DHV) f32.
+    pub c: Tensor,
+    /// (B, NH, NC, DQK) f32.
+    pub n: Tensor,
+    /// (B, NH, NC) f32.
+    pub m: Tensor,
+}
+
+/// Per-row statistics of the forward pass (kept when `MlstmConfig::row_stats` is set).
+#[derive(Debug)]
+pub struct RowStats {
+    /// Max state m_i: (B, NH, S) f32 (zeros for mLSTMsig).
+    pub m: Tensor,
+    /// Denominator max(|s_i|, floor_i) + eps: (B, NH, S) f32 (1 without the normalizer).
+    pub den: Tensor,
+}
+
+/// The forward pass's outputs.
+#[derive(Debug)]
+pub struct MlstmOutputs {
+    /// (B, NH, S, DHV) in the input dtype.
+    pub h: Tensor,
+    /// Final states: (B, NH, DQK, DHV), (B, NH, DQK), (B, NH) f32.
+    pub c: Tensor,
+    pub n: Tensor,
+    pub m: Tensor,
+    pub states: ChunkStates,
+    pub row_stats: Option<RowStats>,
+}
+
+impl MlstmOutputs {
+    /// Allocates outputs for `dims` (contents unspecified until a forward pass writes them).
+    pub fn alloc(rt: &Runtime, dims: &Dims, dtype: Dtype, cfg: &MlstmConfig) -> Result<Self> {
+        let Dims { b, nh, s, dqk, dhv } = *dims;
+        let chunk = cfg.chunk_for(dims)?;
+        let nc = s.div_ceil(chunk);
+        let f32_ = Dtype::F32;
+        Ok(MlstmOutputs {
+            h: Tensor::uninit(rt, dtype, &[b, nh, s, dhv])?,
+            c: Tensor::uninit(rt, f32_, &[b, nh, dqk, dhv])?,
+            n: Tensor::uninit(rt, f32_, &[b, nh, dqk])?,
+            m: Tensor::uninit(rt, f32_, &[b, nh])?,
+            states: ChunkStates {
+                chunk_size: chunk,
+                c: Tensor::uninit(rt, f32_, &[b, nh, nc, dqk, dhv])?,
+                n: Tensor::uninit(rt, f32_, &[b, nh, nc, dqk])?,
+                m: Tensor::uninit(rt, f32_, &[b, nh, nc])?,
+            },
+            row_stats: if cfg.row_stats {
+                Some(RowStats {
+                    m: Tensor::uninit(rt, f32_, &[b, nh, s])?,
+                    den: Tensor::uninit(rt, f32_, &[b, nh, s])?,
+                })
+            } else {
+                None
+            },
+        })
+    }
+
+    fn check(&self, dims: &Dims, dtype: Dtype, cfg: &MlstmConfig) -> Result<()> {
+        let Dims { b, nh, s, dqk, dhv } = *dims;
+        let chunk = cfg.chunk_for(dims)?;
+        let nc = s.div_ceil(chunk);
+        expect_shape("h", &self.h, &[b, nh, s, dhv])?;
+        if self.h.dtype() != dtype {
+            return Err(Error::Dtype { arg: "h", expected: dtype.name(), got: self.h.dtype() });
+        }
+        if self.states.chunk_size != chunk {
+            return Err(Error::Invalid {
+                arg: "states.chunk_size",
+                value: self.states.chunk_size.to_string(),
+                reason: "the outputs were allocated for another chunk size",
+            });
+        }
+        let f32s = [
+            ("c", &self.c, vec![b, nh, dqk, dhv]),
+            ("n", &self.n, vec![b, nh, dqk]),
+            ("m", &self.m, vec![b, nh]),
+            ("states.c", &self.states.c, vec![b, nh, nc, dqk, dhv]),
+            ("states.n", &self.states.n, vec![b, nh, nc, dqk]),
+            ("states.m", &self.states.m, vec![b, nh, nc]),
+        ];
+        for (arg, t, shape) in f32s {
+            expect_shape(arg, t, &shape)?;
+            if t.dtype() != Dtype::F32 {
+                return Err(Error::Dtype { arg, expected: "f32", got: t.dtype() });
+            }
+        }
+        match (&self.row_stats, cfg.row_stats) {
+            (Some(r), _) => {
+                expect_shape("row_stats.m", &r.m, &[b, nh, s])?;
+                expect_shape("row_stats.den", &r.den, &[b, nh, s])?;
+            }
+            (None, true) => {
+                return Err(Error::Invalid {
+                    arg: "row_stats",
+                    value: "None".into(),
+                    reason: "the config asks for row statistics but the outputs have none",
+                });
+            }
+            (None, false) => {}
+        }
+        Ok(())
+    }
+}
+
+/// Runs the forward pass, allocating the outputs.
+pub fn mlstm_fwd(rt: &Runtime, inputs: &MlstmInputs, cfg: &MlstmConfig) -> Result<MlstmOutputs> {
+    let dims = inputs.dims()?;
+    let mut out = MlstmOutputs::alloc(rt, &dims, inputs.q.dtype(), cfg)?;
+    mlstm_fwd_into(rt, inputs, cfg, &mut out)?;
+    Ok(out)
+}
+
+/// Runs the forward pass into caller-allocated outputs (see [`MlstmOutputs::alloc`]).
+pub fn mlstm_fwd_into(
+    rt: &Runtime,
+    inputs: &MlstmInputs,
+    cfg: &MlstmConfig,
+    out: &mut MlstmOutputs,
+) -> Result<()> {
+    let dims = inputs.dims()?;
+    let dtype = inputs.q.dtype();
+    out.check(&dims, dtype, cfg)?;
+    let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
+    let ptrs = FwdPointers {
+        q: inputs.q.device_ptr(),
+        k: inputs.k.device_ptr(),
+        v: inputs.v.device_ptr(),
+        i: inputs.i.device_ptr(),
+        f: inputs.f.device_ptr(),
+        c0: ptr(inputs.c0),
+        n0: ptr(inputs.n0),
+        m0: ptr(inputs.m0),
+        h: out.h.device_ptr(),
+        c_states: out.states.c.device_ptr(),
+        n_states: out.states.n.device_ptr(),
+        m_states: out.states.m.device_ptr(),
+        c_final: out.c.device_ptr(),
+        n_final: out.n.device_ptr(),
+        m_final: out.m.device_ptr(),
+        m_rows: out.row_stats.as_ref().map_or(0, |r| r.m.device_ptr()),
+        den_rows: out.row_stats.as_ref().map_or(0, |r| r.den.device_ptr()),
+    };
+    // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked
+    // against `dims` above (inputs by `dims()`, outputs by `check`); cuMemAlloc aligns them.
+    unsafe { mlstm_fwd_raw(rt, rt.stream(), &ptrs, dims, dtype, cfg) }
+}
+
+/// Device addresses for [`mlstm_fwd_raw`]; 0 for an absent optional tensor. Shapes and dtypes
+/// as in [`MlstmInputs`] and [`MlstmOutputs`]; all contiguous.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FwdPointers {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub i: u64,
+    pub f: u64,
+    pub c0: u64,
+    pub n0: u64,
+    pub m0: u64,
+    pub h: u64,
+    /// Chunk states (B, NH, NC, DQK, DHV), (B, NH, NC, DQK), (B, NH, NC) f32: required.
+    pub c_states: u64,
+    pub n_states: u64,
+    pub m_states: u64,
+    /// Final states: optional (all three or none).
+    pub c_final: u64,
+    pub n_final: u64,
+    pub m_final: u64,
+    /// Per-row statistics (B, NH, S) f32: optional.
+    pub m_rows: u64,
+    pub den_rows: u64,
+}
+
+/// The forward pass on caller-owned device memory, launched on `stream` (for frameworks that
+/// own their buffers). Validates the dimensions, config and pointer alignment; returns once
+/// the kernels are queued.
+///
+/// # Safety
+/// Every non-zero pointer addresses a live allocation of the runtime's context, large enough
+/// for its tensor at `dims` (and the chunk count NC = ceil(S / L) of `cfg`), holding `dtype`
+/// (q, k, v, h) or f32 (everything else); outputs do not overlap inputs or each other.
+pub unsafe fn mlstm_fwd_raw(
+    rt: &Runtime,
+    stream: &Stream,
+    ptrs: &FwdPointers,
+    dims: Dims,
+    dtype: Dtype,
+    cfg: &MlstmConfig,
+) -> Result<()> {
+    dims.validate()?;
+    let chunk = cfg.chunk_for(&dims)?;
+    let scale = cfg.scale_for(&dims)?;
+    let kdtype = match dtype {
+        Dtype::Bf16 => KDtype::Bf16,
+        Dtype::F16 => KDtype::F16,
+        Dtype::F32 => return Err(Error::Dtype { arg: "q", expected: "bf16 or f16", got: dtype }),
+    };
+    let required = [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("i", ptrs.i), ("f", ptrs.f)];
+    let required_out = [("h", ptrs.h), ("c_states", ptrs.c_states), ("n_states", ptrs.n_states), ("m_states", ptrs.m_states)];
+    for (arg, p) in required.iter().chain(required_out.iter()) {
+        if *p == 0 {
+            return Err(Error::Invalid { arg, value: "null".into(), reason: "required pointer" });
+        }
+    }
+    let finals = [ptrs.c_final, ptrs.n_final, ptrs.m_final];
+    if finals.iter().any(|&p| p == 0) && finals.iter().any(|&p| p != 0) {
+        return Err(Error::Invalid {
+            arg: "c_final/n_final/m_final",
+            value: format!("{finals:?}"),
+            reason: "give all three final-state pointers or none",
+        });
+    }
+    // 16-byte vector accesses on q, k, v, C̃ states and C̃0; 4-byte on the rest.
+    let aligned = [
+        ("q", ptrs.q, 16),
+        ("k", ptrs.k, 16),
+        ("v", ptrs.v, 16),
+        ("h", ptrs.h, 4),
+        ("c0", ptrs.c0, 16),
+        ("c_states", ptrs.c_states, 16),
+        ("c_final", ptrs.c_final, 8),
+        ("i", ptrs.i, 4),
+        ("f", ptrs.f, 4),
+        ("n0", ptrs.n0, 4),
+        ("m0", ptrs.m0, 4),
+        ("n_states", ptrs.n_states, 4),
+        ("m_states", ptrs.m_states, 4),
+        ("n_final", ptrs.n_final, 4),
+        ("m_final", ptrs.m_final, 4),
+        ("m_rows", ptrs.m_rows, 4),
+        ("den_rows", ptrs.den_rows, 4),
+    ];
+    for (arg, p, align) in aligned {
+        if p % align != 0 {
+            return Err(Error::Invalid {
+                arg,
+                value: format!("{p:#x}"),
+                reason: "device pointer not aligned (q, k, v, c0, c_states: 16 bytes; others 4)",
+            });
+        }
+    }
+    let gates = match cfg.variant {
+        Variant::Exp => Gates::Exp,
+        Variant::Sig { normalize: true } => Gates::Sig,
+        Variant::Sig { normalize: false } => Gates::SigNoNorm,
+    };
+    let params = FwdParams {
+        q: ptrs.q,
+        k: ptrs.k,
+        v: ptrs.v,
+        i: ptrs.i,
+        f: ptrs.f,
+        c0: ptrs.c0,
+        n0: ptrs.n0,
+        m0: ptrs.m0,
+        c_states: ptrs.c_states,
+        n_states: ptrs.n_states,
+        m_states: ptrs.m_states,
+        c_final: ptrs.c_final,
+        n_final: ptrs.n_final,
+        m_final: ptrs.m_final,
+        h: ptrs.h,
+        m_rows: ptrs.m_rows,
+        den_rows: ptrs.den_rows,
+        bh: dims.bh() as u32,
+        s: dims.s as u32,
+        dqk: dims.dqk as u32,
+        dhv: dims.dhv as u32,
+        chunk: chunk as u32,
+        num_chunks: dims.s.div_ceil(chunk) as u32,
+        scale,
+        eps: cfg.eps,
+    };
+    let launches = fwd_launches(&params, gates, kdtype);
+    for l in &launches {
+        l.check(rt)?;
+    }
+    for l in &launches {
+        // SAFETY: pointers per this function's contract; dims, chunk and alignment checked.
+        unsafe { l.run(rt, stream, &params)? };
+    }
+    Ok(())
+}
+
+/// The two launches of the forward pass, in order.
+fn fwd_launches(p: &FwdParams, gates: Gates, dtype: KDtype) -> [Launch; 2] {
+    [
+        Launch {
+            name: fwd::entry_name(FwdKernel::ChunkState, gates, dtype),
+            grid: fwd::state::grid(p),
+            threads: fwd::state::THREADS,
+            smem: fwd::state::smem_bytes(p.chunk),
+        },
+        Launch {
+            name: fwd::entry_name(FwdKernel::ChunkOutput, gates, dtype),
+            grid: fwd::output::grid(p),
+            threads: fwd::output::THREADS,
+            smem: fwd::output::smem_bytes(p.chunk, p.dqk),
+        },
+    ]
+}

@@ -1,0 +1,315 @@
+//! Builds the device crate (`kernels/`) into one self-contained PTX module, and assembles it
+//! with `ptxas` to read each kernel's resources. Used by the host crate's build script (so
+//! `cargo build`/`cargo test` embed fresh PTX with no manual step) and by `cargo xtask`.
+//!
+//! The PTX comes from rustc's own NVPTX backend: `cargo rustc --target nvptx64-nvidia-cuda
+//! -Zbuild-std=core -- --emit=asm`. The final link step (`llvm-bitcode-linker`) is not needed
+//! for `--emit=asm` and is replaced by a no-op linker.
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Target architecture of the PTX.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Hopper, portable instructions only (`mma.sync`, `ldmatrix`, `cp.async`).
+    Sm90,
+    /// Hopper with the arch-specific features (`wgmma`, `setmaxnreg`); PTX ISA 8.0.
+    Sm90a,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Sm90 => "sm_90",
+            Arch::Sm90a => "sm_90a",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, BuildError> {
+        match s {
+            "sm_90" => Ok(Arch::Sm90),
+            "sm_90a" => Ok(Arch::Sm90a),
+            other => Err(BuildError::UnknownArch(other.to_string())),
+        }
+    }
+
+    fn rustc_flags(self) -> Vec<String> {
+        let mut f = vec![format!("-Ctarget-cpu={}", self.name())];
+        if self == Arch::Sm90a {
+            f.push("-Ctarget-feature=+ptx80".into());
+        }
+        f
+    }
+}
+
+/// Why a build failed; each message says what to do.
+#[derive(Debug)]
+pub enum BuildError {
+    UnknownArch(String),
+    /// The toolchain is not nightly or lacks a component.
+    Toolchain(String),
+    /// A command could not be started.
+    Spawn { what: String, err: std::io::Error },
+    /// rustc or ptxas failed; `output` is what it printed.
+    Failed { what: String, output: String },
+    /// The PTX references functions it does not define.
+    UnresolvedExterns(Vec<String>),
+    Io(PathBuf, std::io::Error),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::UnknownArch(a) => write!(f, "unknown arch `{a}`: expected sm_90 or sm_90a"),
+            BuildError::Toolchain(m) => write!(f, "{m}"),
+            BuildError::Spawn { what, err } => write!(f, "could not run {what}: {err}"),
+            BuildError::Failed { what, output } => write!(f, "{what} failed:\n{output}"),
+            BuildError::UnresolvedExterns(names) => {
+                write!(f, "the PTX calls functions it does not define: {}", names.join(", "))
+            }
+            BuildError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// The workspace root (the folder holding `kernels/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("ptx-build lives in the workspace").to_path_buf()
+}
+
+/// The folder of the device crate.
+pub fn kernels_dir() -> PathBuf {
+    workspace_root().join("kernels")
+}
+
+/// Every source file the PTX depends on (for `cargo:rerun-if-changed`).
+pub fn inputs() -> Vec<PathBuf> {
+    let root = workspace_root();
+    vec![
+        root.join("kernels/src"),
+        root.join("kernels/Cargo.toml"),
+        root.join("params/src"),
+        root.join("params/Cargo.toml"),
+        root.join("rust-toolchain.toml"),
+    ]
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Checks that the toolchain rustup picks in `dir` is a nightly with `rust-src`.
+fn check_toolchain(dir: &Path) -> Result<(), BuildError> {
+    let rustc = |args: &[&str]| -> Result<String, BuildError> {
+        let out = clean(Command::new("rustc"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|err| BuildError::Spawn { what: "rustc".into(), err })?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let version = rustc(&["-vV"])?;
+    if !version.contains("nightly") {
+        return Err(BuildError::Toolchain(format!(
+            "building the kernels needs the nightly toolchain pinned in rust-toolchain.toml, \
+             but rustc is `{}`; run `rustup toolchain install` in the repository",
+            version.lines().next().unwrap_or("?")
+        )));
+    }
+    let sysroot = PathBuf::from(rustc(&["--print", "sysroot"])?);
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        return Err(BuildError::Toolchain(format!(
+            "the toolchain at {} lacks `rust-src` (needed by -Zbuild-std=core); run \
+             `rustup toolchain install` in the repository, or `rustup component add rust-src`",
+            sysroot.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A command with the variables a parent cargo (build script) sets that must not leak into
+/// the nested device build.
+fn clean(mut cmd: Command) -> Command {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_PKG_NAME",
+        "RUSTDOCFLAGS",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Builds the device crate for `arch` and returns the PTX text. The build directory is
+/// `kernels/target`, shared by every caller so `core` is compiled once.
+pub fn build_ptx(arch: Arch) -> Result<String, BuildError> {
+    let dir = kernels_dir();
+    check_toolchain(&dir)?;
+    let target_dir = dir.join("target");
+    let mut cmd = clean(Command::new(cargo()));
+    cmd.current_dir(&dir)
+        .args(["rustc", "--release", "--target", "nvptx64-nvidia-cuda", "-Zbuild-std=core"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .args(["--", "--emit=asm", "-Clinker=true"])
+        .args(arch.rustc_flags());
+    let out = cmd.output().map_err(|err| BuildError::Spawn { what: "cargo rustc".into(), err })?;
+    if !out.status.success() {
+        return Err(BuildError::Failed {
+            what: "cargo rustc (kernels)".into(),
+            output: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    let ptx_path = target_dir.join("nvptx64-nvidia-cuda/release/deps/tfla_kernels.s");
+    let ptx = std::fs::read_to_string(&ptx_path).map_err(|e| BuildError::Io(ptx_path, e))?;
+    let unresolved = unresolved_externs(&ptx);
+    if !unresolved.is_empty() {
+        return Err(BuildError::UnresolvedExterns(unresolved));
+    }
+    Ok(ptx)
+}
+
+/// Functions the PTX declares `.extern` (called but not defined): must be none, or the module
+/// fails to load on the device.
+pub fn unresolved_externs(ptx: &str) -> Vec<String> {
+    ptx.lines()
+        .filter(|l| l.trim_start().starts_with(".extern .func"))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// Names of the kernel entry points in a PTX module.
+pub fn entry_points(ptx: &str) -> Vec<String> {
+    ptx.lines()
+        .filter_map(|l| l.trim_start().strip_prefix(".visible .entry "))
+        .map(|l| l.split('(').next().unwrap_or(l).trim().to_string())
+        .collect()
+}
+
+/// `ptxas` from PATH, else from `$CUDA_PATH/bin`, else the root `.ci/install-cuda` lays out.
+pub fn find_ptxas() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|p| p.join("ptxas")).find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        ["CUDA_PATH", "CUDA_HOME"]
+            .iter()
+            .filter_map(std::env::var_os)
+            .map(|root| PathBuf::from(root).join("bin/ptxas"))
+            .chain(std::iter::once(PathBuf::from("/opt/tfla-cuda/bin/ptxas")))
+            .find(|p| p.is_file())
+    })
+}
+
+/// One kernel's resources as ptxas reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelReport {
+    pub name: String,
+    pub registers: u32,
+    /// Static shared memory (the kernels use dynamic shared memory, sized at launch).
+    pub shared_bytes: u32,
+    pub stack_bytes: u32,
+    pub spill_store_bytes: u32,
+    pub spill_load_bytes: u32,
+}
+
+/// Assembles `ptx` for `arch` with `ptxas -v` and returns each entry point's resources.
+pub fn ptxas_report(ptxas: &Path, ptx: &str, arch: Arch) -> Result<Vec<KernelReport>, BuildError> {
+    let dir = std::env::temp_dir().join(format!("tfla-ptxas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| BuildError::Io(dir.clone(), e))?;
+    let src = dir.join("tfla_kernels.ptx");
+    std::fs::write(&src, ptx).map_err(|e| BuildError::Io(src.clone(), e))?;
+    let out = Command::new(ptxas)
+        .arg(format!("-arch={}", arch.name()))
+        .args(["-v", "--warn-on-spills", "-o"])
+        .arg(dir.join("tfla_kernels.cubin"))
+        .arg(&src)
+        .output()
+        .map_err(|err| BuildError::Spawn { what: ptxas.display().to_string(), err })?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(BuildError::Failed { what: "ptxas".into(), output: text });
+    }
+    Ok(parse_ptxas(&text))
+}
+
+/// Parses `ptxas -v` output (one "Compiling entry function", then "Function properties",
+/// "N bytes stack frame, N bytes spill stores, N bytes spill loads" and "Used N registers, …
+/// N bytes smem" lines per kernel).
+pub fn parse_ptxas(text: &str) -> Vec<KernelReport> {
+    let mut reports: Vec<KernelReport> = Vec::new();
+    let num_before = |line: &str, unit: &str| -> Option<u32> {
+        let idx = line.find(unit)?;
+        line[..idx].split_whitespace().last()?.parse().ok()
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let name = rest.split('\'').next().unwrap_or("").to_string();
+            reports.push(KernelReport { name, ..Default::default() });
+            continue;
+        }
+        let Some(r) = reports.last_mut() else { continue };
+        if line.contains("stack frame") {
+            r.stack_bytes = num_before(line, "bytes stack frame").unwrap_or(0);
+            r.spill_store_bytes = num_before(line, "bytes spill stores").unwrap_or(0);
+            r.spill_load_bytes = num_before(line, "bytes spill loads").unwrap_or(0);
+        } else if line.contains("Used") && line.contains("registers") {
+            r.registers = num_before(line, "registers").unwrap_or(0);
+            r.shared_bytes = num_before(line, "bytes smem").unwrap_or(0);
+        }
+    }
+    reports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_ptxas_report() {
+        let text = "ptxas info    : 0 bytes gmem\n\
+            ptxas info    : Compiling entry function 'k1' for 'sm_90'\n\
+            ptxas info    : Function properties for k1\n\
+            \x20   8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\
+            ptxas info    : Used 167 registers, used 1 barriers, 8 bytes cumulative stack size, 1024 bytes smem\n\
+            ptxas info    : Compiling entry function 'k2' for 'sm_90'\n\
+            ptxas info    : Function properties for k2\n\
+            \x20   0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
+            ptxas info    : Used 10 registers, used 0 barriers\n";
+        let r = parse_ptxas(text);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0],
+            KernelReport {
+                name: "k1".into(),
+                registers: 167,
+                shared_bytes: 1024,
+                stack_bytes: 8,
+                spill_store_bytes: 4,
+                spill_load_bytes: 12
+            }
+        );
+        assert_eq!((r[1].name.as_str(), r[1].registers, r[1].stack_bytes), ("k2", 10, 0));
+    }
+
+    #[test]
+    fn finds_entries_and_externs() {
+        let ptx = ".extern .func (.param .b32 r) foo\n.visible .entry k_a(\n.visible .entry k_b(\n";
+        assert_eq!(entry_points(ptx), vec!["k_a", "k_b"]);
+        assert_eq!(unresolved_externs(ptx).len(), 1);
+    }
+}

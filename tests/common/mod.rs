@@ -1,0 +1,118 @@
+//! Helpers shared by the integration tests: the GPU runtime, inputs rounded to the kernel's
+//! precision, and error norms.
+#![allow(dead_code)] // each test binary uses a subset
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tfla::reference::{RefInputs, Shape};
+use tfla::{Dtype, Runtime, Tensor};
+
+/// The runtime for GPU tests. GPU tests are `#[ignore]`d (reported as ignored, never as
+/// passed, on machines without a GPU) and run with `--include-ignored`; there a missing device
+/// is a failure.
+pub fn runtime() -> Runtime {
+    Runtime::new().unwrap_or_else(|e| panic!("GPU test run without a usable GPU: {e}"))
+}
+
+/// A fresh random generator; the seed is printed so a failure can be replayed with TFLA_SEED.
+pub fn rng(test: &str) -> StdRng {
+    let seed = std::env::var("TFLA_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("{test}: seed {seed} (replay with TFLA_SEED={seed})");
+    StdRng::seed_from_u64(seed)
+}
+
+/// Rounds to what `dtype` can hold, so the reference sees exactly the kernel's inputs.
+pub fn round_to(dtype: Dtype, x: &[f64]) -> Vec<f64> {
+    match dtype {
+        Dtype::Bf16 => x.iter().map(|&v| half::bf16::from_f64(v).to_f64()).collect(),
+        Dtype::F16 => x.iter().map(|&v| half::f16::from_f64(v).to_f64()).collect(),
+        Dtype::F32 => x.iter().map(|&v| v as f32 as f64).collect(),
+    }
+}
+
+/// Rounds every tensor of `inp` to its device precision: q, k, v to `dtype`, the rest to f32.
+pub fn round_inputs(inp: &mut RefInputs, dtype: Dtype) {
+    inp.q = round_to(dtype, &inp.q);
+    inp.k = round_to(dtype, &inp.k);
+    inp.v = round_to(dtype, &inp.v);
+    inp.i = round_to(Dtype::F32, &inp.i);
+    inp.f = round_to(Dtype::F32, &inp.f);
+    for t in [&mut inp.c0, &mut inp.n0, &mut inp.m0].into_iter().flatten() {
+        *t = round_to(Dtype::F32, t);
+    }
+}
+
+pub fn to_f32(x: &[f64]) -> Vec<f32> {
+    x.iter().map(|&v| v as f32).collect()
+}
+
+/// Uploads the reference inputs: (q, k, v, i, f, c0, n0, m0).
+pub struct DeviceInputs {
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub i: Tensor,
+    pub f: Tensor,
+    pub c0: Option<Tensor>,
+    pub n0: Option<Tensor>,
+    pub m0: Option<Tensor>,
+}
+
+impl DeviceInputs {
+    pub fn upload(rt: &Runtime, inp: &RefInputs, dtype: Dtype) -> DeviceInputs {
+        let Shape { b, nh, s, dqk, dhv } = inp.shape;
+        let up = |dt, x: &[f64], shape: &[usize]| Tensor::from_f32_as(rt, dt, &to_f32(x), shape).unwrap();
+        DeviceInputs {
+            q: up(dtype, &inp.q, &[b, nh, s, dqk]),
+            k: up(dtype, &inp.k, &[b, nh, s, dqk]),
+            v: up(dtype, &inp.v, &[b, nh, s, dhv]),
+            i: up(Dtype::F32, &inp.i, &[b, nh, s]),
+            f: up(Dtype::F32, &inp.f, &[b, nh, s]),
+            c0: inp.c0.as_ref().map(|x| up(Dtype::F32, x, &[b, nh, dqk, dhv])),
+            n0: inp.n0.as_ref().map(|x| up(Dtype::F32, x, &[b, nh, dqk])),
+            m0: inp.m0.as_ref().map(|x| up(Dtype::F32, x, &[b, nh])),
+        }
+    }
+
+    pub fn as_inputs(&self) -> tfla::MlstmInputs<'_> {
+        tfla::MlstmInputs {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            i: &self.i,
+            f: &self.f,
+            c0: self.c0.as_ref(),
+            n0: self.n0.as_ref(),
+            m0: self.m0.as_ref(),
+        }
+    }
+}
+
+/// ‖got − want‖₂ / ‖want‖₂, or +∞ when `got` holds a NaN or ±∞ (which never passes).
+pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    if got.iter().any(|x| !x.is_finite()) {
+        return f64::INFINITY;
+    }
+    let (mut num, mut den) = (0.0, 0.0);
+    for (&g, &w) in got.iter().zip(want) {
+        num += (g as f64 - w).powi(2);
+        den += w * w;
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// Relative error bound of the forward outputs per input dtype. The kernels round P = S ⊙ D,
+/// the gate-weighted K and the chunk state C̃_k to the input dtype before each `mma`
+/// (accumulating in f32), so errors are a few units of that dtype's rounding (2^-9 for bf16,
+/// 2^-12 for f16), relative to the outputs' norm.
+pub fn fwd_tolerance(dtype: Dtype) -> f64 {
+    match dtype {
+        Dtype::Bf16 => 1e-2,
+        Dtype::F16 => 2e-3,
+        Dtype::F32 => 1e-5,
+    }
+}
