@@ -369,6 +369,7 @@ def worker_main(task_path, out_path):
         emit({"start": idx})
         row = {k: v for k, v in e.items() if k not in ("group", "kind")}
         row.update(kind=e["kind"], error=None)
+        t0 = time.time()
         try:
             {"bench": run_bench, "ceil": lambda t, _e, r: run_ceilings(t, r),
              "check": run_check}[e["kind"]](torch, e, row)
@@ -376,6 +377,7 @@ def worker_main(task_path, out_path):
             row["error"] = "OOM: " + describe(ex)
         except Exception as ex:
             row["error"] = describe(ex)
+        row["wall_s"] = round(time.time() - t0, 1)  # compiles and autotuning included
         gc.collect()
         torch.cuda.empty_cache()  # free this entry's memory before the next one
         print("  " + fmt_row(row), flush=True)
@@ -386,10 +388,15 @@ def worker_main(task_path, out_path):
 
 
 # ----------------------------------------------------------------------------- the parent
-def run_group(group, items, args):
-    """Run (index, entry) items in worker processes; restart after a crash or timeout."""
+def strip(e, **extra):
+    return dict({k: v for k, v in e.items() if k not in ("group", "skip")}, **extra)
+
+
+def run_group(group, items, args, rows, machine):
+    """Run (index, entry) items in worker processes, storing each row in rows[index] as it
+    arrives; a worker that crashes or overruns --entry-timeout costs only its current entry."""
     disable, env_extra = group_setup(group, args)
-    results, machine, pending = {}, None, list(items)
+    pending = list(items)
     while pending:
         with tempfile.TemporaryDirectory() as td:
             task, outp = os.path.join(td, "task.json"), os.path.join(td, "out.jsonl")
@@ -397,10 +404,9 @@ def run_group(group, items, args):
                 json.dump({"group": group, "entries": pending, "disable_llvm_opt": disable,
                            "env": env_extra}, fh)
             open(outp, "w").close()
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
             proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", task,
-                                     "--worker-out", outp], env=env, stderr=subprocess.PIPE,
-                                    text=True, errors="replace")
+                                     "--worker-out", outp], stderr=subprocess.PIPE, text=True,
+                                    env=dict(os.environ, PYTHONUNBUFFERED="1"), errors="replace")
             tail = collections.deque(maxlen=40)
 
             def pump():  # echo the worker's stderr live and keep its end for error messages
@@ -410,44 +416,48 @@ def run_group(group, items, args):
             pumper = threading.Thread(target=pump, daemon=True)
             pumper.start()
             current, since, timed_out = None, time.time(), False
-            while proc.poll() is None:
-                time.sleep(1.0)
-                msgs = read_jsonl(outp)
-                started = [m["start"] for m in msgs if "start" in m]
-                done = {m["done"] for m in msgs if "done" in m}
-                cur = started[-1] if started and started[-1] not in done else None
-                if cur != current:
-                    current, since = cur, time.time()
-                elif cur is not None and time.time() - since > args.entry_timeout:
-                    proc.kill()  # only this worker, by its own handle
-                    proc.wait()
-                    timed_out = True
+            try:
+                while proc.poll() is None:
+                    time.sleep(1.0)
+                    cur = collect(read_jsonl(outp), rows, machine)
+                    if cur != current:
+                        current, since = cur, time.time()
+                    elif cur is not None and time.time() - since > args.entry_timeout:
+                        proc.kill()  # only this worker, through its own handle
+                        proc.wait()
+                        timed_out = True
+            except KeyboardInterrupt:  # SIGTERM/SIGINT: stop the worker, keep what it finished
+                proc.kill()
+                proc.wait()
+                collect(read_jsonl(outp), rows, machine)
+                raise
             pumper.join(timeout=5)
-            msgs = read_jsonl(outp)
-        for m in msgs:
-            machine = m.get("machine", machine)
-            if "done" in m:
-                results[m["done"]] = m["row"]
-        started = [m["start"] for m in msgs if "start" in m]
-        crashed = [i for i in started if i not in results]
-        why = (f"timed out after {args.entry_timeout} s" if timed_out
+            cur = collect(read_jsonl(outp), rows, machine)
+        why = (f"timed out after {args.entry_timeout:.0f} s" if timed_out
                else f"worker died ({signal_name(proc.returncode)})")
         last = next((": " + line for line in reversed(tail) if line.strip()), "")
-        for i in crashed:
-            e = dict(pending)[i]
-            results[i] = dict({k: v for k, v in e.items() if k != "group"},
-                              error=f"{why}{last}"[:500])
-            print(f"  [{group}] entry {i} failed: {results[i]['error']}", flush=True)
-        if not started:  # ended before its first entry: retrying would loop forever
+        if cur is not None:  # the entry it was running when it died
+            rows[cur] = strip(dict(pending)[cur], error=f"{why}{last}"[:500])
+            print(f"  [{group}] entry {cur} failed: {rows[cur]['error']}", flush=True)
+        elif all(rows[i] is None for i, _ in pending):  # died before its first entry
             for i, e in pending:
-                results[i] = dict({k: v for k, v in e.items() if k != "group"},
-                                  error=f"{why} before running anything{last}"[:500])
-            break
-        pending = [(i, e) for i, e in pending if i not in results]
+                rows[i] = strip(e, error=f"{why} before running anything{last}"[:500])
+        pending = [(i, e) for i, e in pending if rows[i] is None]
         if pending:
-            print(f"[{group}] starting a fresh worker for {len(pending)} remaining entries",
-                  flush=True)
-    return results, machine
+            print(f"[{group}] fresh worker for the {len(pending)} remaining entries", flush=True)
+
+
+def collect(msgs, rows, machine):
+    """Store finished rows; return the index of the entry still running, if any."""
+    running = None
+    for m in msgs:
+        if "machine" in m and not machine:
+            machine.update(m["machine"])
+        elif "start" in m:
+            running = m["start"]
+        elif "done" in m:
+            rows[m["done"]], running = m["row"], None
+    return running
 
 
 def signal_name(rc):
@@ -460,12 +470,8 @@ def signal_name(rc):
 
 
 def read_jsonl(path):
-    msgs = []
-    with open(path) as fh:
-        for line in fh:
-            if line.endswith("\n"):  # skip a line the worker is still writing
-                msgs.append(json.loads(line))
-    return msgs
+    with open(path) as fh:  # a line without its newline is still being written: skip it
+        return [json.loads(line) for line in fh if line.endswith("\n")]
 
 
 def mark_best(rows):
@@ -475,6 +481,8 @@ def mark_best(rows):
         if r.get("kind") == "bench" and r["ref"] == "tfla":
             by_point[(r["variant"], r["B"], r["S"], r["NH"], r["DQK"], r["DHV"])].append(r)
     for group in by_point.values():
+        for r in group:
+            r.pop("best", None)
         for key in ("fwdbwd_ms", "fwd_ms"):
             timed = [r for r in group if r.get(key)]
             if timed:
@@ -499,11 +507,11 @@ def fmt_row(r):
     note = ("best " if r.get("best") else "") + (r.get("error") or "")
     return (f"{r['ref'] + ':' + r['variant']:18} {r['B']:3} {r['S']:6} {r['NH']:3} {r['DQK']:4}"
             f" {r['DHV']:4} {r['chunk'] or '-':>5} {t(r.get('fwd_ms'), f_fwd)}"
-            f" {t(r.get('fwdbwd_ms'), f_all)} {mem}  {note[:110]}")
+            f" {t(r.get('fwdbwd_ms'), f_all)} {mem} {r.get('wall_s') or '-':>6}  {note[:110]}")
 
 
 HEADER = (f"{'reference':18} {'B':>3} {'S':>6} {'NH':>3} {'DQK':>4} {'DHV':>4} {'chunk':>5}"
-          f" {'fwd ms':>9} {'TF/s':>6} {'f+b ms':>9} {'TF/s':>6} {'peakGiB':>7}  note")
+          f" {'fwd ms':>9} {'TF/s':>6} {'f+b ms':>9} {'TF/s':>6} {'peakGiB':>7} {'wall s':>6}  note")
 FLOP_TEXT = ("FLOPs: mLSTM/GLA fwd = B*NH*(4*S*DQK*DHV + S*L*(DQK+DHV)), fwd+bwd = 3x fwd "
              f"(L = chunk; FLA: L = {FLA_CHUNK});\n       SDPA causal fwd = 4*B*NH*S^2*D/2, "
              "fwd+bwd = 3.5x fwd")
@@ -579,47 +587,57 @@ def main():
             print(f"  worker {group}: DISABLE_LLVM_OPT={'1' if disable else '(unset)'} {env or ''}")
         return 0
 
-    rows, machine = [None] * len(everything), None
-    for group in ("torch", "tfla", "fla", "check"):  # cuBLAS ceilings first, before Triton
-        items = [(i, e) for i, e in enumerate(everything)
-                 if e["group"] == group and "skip" not in e]
-        if not items:
-            continue
-        print(f"== worker group {group}: {len(items)} entries", flush=True)
-        results, m = run_group(group, items, args)
-        machine = machine or m
-        for i, r in results.items():
-            rows[i] = r
-    for i, e in enumerate(everything):
-        if rows[i] is None:  # skipped in the plan
-            rows[i] = dict({k: v for k, v in e.items() if k not in ("group", "skip")},
-                           skipped=e.get("skip"), error=f"skipped: {e.get('skip')}")
-    bench_rows = [r for r in rows if r.get("kind") == "bench"]
+    rows, machine, status = [None] * len(everything), {}, "complete"
+
+    def on_term(signum, frame):  # let `timeout` or a CI kill still leave a JSON behind
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        for group in ("torch", "tfla", "fla", "check"):  # cuBLAS ceilings first
+            items = [(i, e) for i, e in enumerate(everything)
+                     if e["group"] == group and "skip" not in e]
+            if items:
+                print(f"== worker group {group}: {len(items)} entries", flush=True)
+                run_group(group, items, args, rows, machine)
+                write_json(args, plan, everything, rows, machine, "partial")
+    except KeyboardInterrupt:
+        status = "interrupted"
+        print("\n== interrupted: writing what has finished", flush=True)
+    bench_rows, other = write_json(args, plan, everything, rows, machine, status)
+    print("\n== results (" + status + ")\n  " + FLOP_TEXT)
+    for r in other + [HEADER] + bench_rows:
+        print("  " + (r if isinstance(r, str) else fmt_row(r)))
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0 if status == "complete" else 130
+
+
+def write_json(args, plan, everything, rows, machine, status):
+    """Complete the rows (skips, not-yet-run, FLOPs, best chunk) and write --json."""
+    done = []
+    for e, r in zip(everything, rows):
+        if r is None:
+            r = strip(e, skipped=e["skip"], error=f"skipped: {e['skip']}") if "skip" in e \
+                else strip(e, error="not run (the benchmark was interrupted or is still running)")
+        done.append(r)
+    bench_rows = [r for r in done if r.get("kind") == "bench"]
     for r in bench_rows:
-        r.setdefault("kind", "bench")
         for key in ("fwd_ms", "fwdbwd_ms", "peak_mem_bytes"):
             r.setdefault(key, None)
         r["flops_fwd"], r["flops_fwdbwd"] = flops(r)
     mark_best(bench_rows)
-
-    print("\n== results")
-    print("  " + FLOP_TEXT)
-    for r in rows:
-        if r.get("kind") != "bench":
-            print("  " + fmt_row(r))
-    print("  " + HEADER)
-    for r in bench_rows:
-        print("  " + fmt_row(r))
+    other = [r for r in done if r.get("kind") != "bench"]
     if args.json:
-        doc = {"schema": 1, "grid": args.grid, "dtype": args.dtype, "machine": machine,
-               "ceilings": next((r for r in rows if r.get("kind") == "ceil"), None),
-               "workarounds": workaround_lines(args, plan), "flop_formula": FLOP_TEXT,
-               "rows": bench_rows, "checks": [r for r in rows if r.get("kind") == "check"]}
+        doc = {"schema": 1, "status": status, "grid": args.grid, "dtype": args.dtype,
+               "machine": machine, "workarounds": workaround_lines(args, plan),
+               "ceilings": next((r for r in other if r["kind"] == "ceil"), None),
+               "flop_formula": FLOP_TEXT, "rows": bench_rows,
+               "checks": [r for r in other if r["kind"] == "check"]}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
+        with open(args.json + ".tmp", "w") as fh:
             json.dump(doc, fh, indent=1)
-        print(f"wrote {args.json}")
-    return 0
+        os.replace(args.json + ".tmp", args.json)  # never leave a half-written file
+    return bench_rows, other
 
 
 if __name__ == "__main__":

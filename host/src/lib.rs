@@ -8,6 +8,7 @@
 //! - [`registry`]: the kernel variants by name.
 pub mod config;
 pub mod error;
+pub mod flops;
 pub mod forward;
 mod launch;
 pub mod reference;

@@ -1,0 +1,102 @@
+//! Times tfla's forward kernels over the benchmark grid on the GPU and prints one table (and,
+//! with `--json PATH`, every number). Run by `cargo xtask bench` and by the bundle on machines
+//! without Rust.
+//!
+//! Usage: tfla-bench [--grid paper|quick|smoke] [--json PATH]
+//! Timing: CUDA events around each call on the runtime's stream, 3 warm-up calls, then the
+//! median of 20 timed calls; inputs random (never zeros), bf16.
+use cust::event::{Event, EventFlags};
+use rand::Rng;
+use std::fmt::Write as _;
+use tfla::flops::{forward_flops, state_bytes};
+use tfla::{Dims, Dtype, MlstmConfig, MlstmInputs, MlstmOutputs, Runtime, Tensor, Variant};
+
+const HEADS: [(usize, usize, usize); 3] = [(8, 512, 512), (8, 256, 512), (16, 128, 128)];
+
+fn grid(name: &str) -> Vec<(usize, usize)> {
+    match name {
+        "paper" => vec![(32, 2048), (16, 4096), (8, 8192), (4, 16384)],
+        "quick" => vec![(8, 8192)],
+        "smoke" => vec![(2, 1024)],
+        other => panic!("unknown grid `{other}`: paper, quick or smoke"),
+    }
+}
+
+fn random_tensor(rt: &Runtime, rng: &mut impl Rng, dtype: Dtype, shape: &[usize], lo: f32, hi: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|_| rng.gen_range(lo..hi)).collect();
+    Tensor::from_f32_as(rt, dtype, &data, shape).expect("upload")
+}
+
+/// Median time in ms of `f` over `reps` calls, after `warmup` calls.
+fn time_ms(rt: &Runtime, warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    rt.synchronize().unwrap();
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let (start, stop) = (Event::new(EventFlags::DEFAULT).unwrap(), Event::new(EventFlags::DEFAULT).unwrap());
+        start.record(rt.stream()).unwrap();
+        f();
+        stop.record(rt.stream()).unwrap();
+        stop.synchronize().unwrap();
+        times.push(stop.elapsed_time_f32(&start).unwrap() as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    times[reps / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let grid_name = opt("--grid").unwrap_or_else(|| "quick".into());
+    let rt = Runtime::new().unwrap_or_else(|e| {
+        eprintln!("tfla-bench: {e}");
+        std::process::exit(2)
+    });
+    let device = rt.device_name().unwrap_or_default();
+    let mut rng = rand::thread_rng();
+    let variants = [("exp", Variant::Exp), ("sig", Variant::Sig { normalize: true }), ("sig_nonorm", Variant::Sig { normalize: false })];
+    let mut table = String::new();
+    let mut json = String::from("[\n");
+    writeln!(table, "tfla forward, {device}, bf16; TFLOP/s of model FLOPs (README)").unwrap();
+    writeln!(table, "{:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>5} {:>9} {:>8} {:>10}", "variant", "B", "S", "NH", "DQK", "DHV", "L", "fwd ms", "TFLOP/s", "states MB").unwrap();
+    for (nh, dqk, dhv) in HEADS {
+        for &(b, s) in &grid(&grid_name) {
+            let dims = Dims { b, nh, s, dqk, dhv };
+            let q = random_tensor(&rt, &mut rng, Dtype::Bf16, &[b, nh, s, dqk], -2.0, 2.0);
+            let k = random_tensor(&rt, &mut rng, Dtype::Bf16, &[b, nh, s, dqk], -2.0, 2.0);
+            let v = random_tensor(&rt, &mut rng, Dtype::Bf16, &[b, nh, s, dhv], -2.0, 2.0);
+            let i = random_tensor(&rt, &mut rng, Dtype::F32, &[b, nh, s], -4.0, 4.0);
+            let f = random_tensor(&rt, &mut rng, Dtype::F32, &[b, nh, s], 0.0, 6.0);
+            let inputs = MlstmInputs::new(&q, &k, &v, &i, &f);
+            for (vname, variant) in variants {
+                for chunk in [64usize, 128, 256, 512] {
+                    let cfg = MlstmConfig::new(variant).with_chunk_size(chunk);
+                    let mut out = match MlstmOutputs::alloc(&rt, &dims, Dtype::Bf16, &cfg) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {e}").unwrap();
+                            continue;
+                        }
+                    };
+                    let ms = time_ms(&rt, 3, 20, || tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap());
+                    let tflops = forward_flops(&dims, chunk) / (ms * 1e-3) / 1e12;
+                    let mb = state_bytes(&dims, chunk) as f64 / 1e6;
+                    writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1}").unwrap();
+                    writeln!(json, "  {{\"impl\": \"tfla\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}}},", state_bytes(&dims, chunk)).unwrap();
+                }
+            }
+        }
+    }
+    if json.ends_with(",\n") {
+        json.truncate(json.len() - 2);
+        json.push('\n');
+    }
+    json.push_str("]\n");
+    print!("{table}");
+    if let Some(path) = opt("--json") {
+        std::fs::write(&path, json).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+}
