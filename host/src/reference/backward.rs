@@ -19,6 +19,13 @@
 //! - gates: dĩ = dι (mLSTMexp) or σ(−ĩ)·dι (mLSTMsig), df̃ = σ(−f̃)·dλ.
 //!
 //! The forward states C̃_t, ñ_t, m_t are stored for all t (S + 1 per head).
+//!
+//! Gate identities (`shared/MATH.md`): where L depends on the inputs only through the readouts
+//! C_i q̂_i, n_i q̂_i and the final states — Exact mode for mLSTMsig, DetachedNormalizer for both
+//! variants — dι_j = k_j·dk_j and dλ_t = Σ_{i≥t}(q_i·dq_i − k_i·dk_i) + ⟨dC̃_S, C̃_S⟩ + ⟨dñ_S, ñ_S⟩
+//! hold to rounding (the ñ_S term only where dn is followed). For mLSTMexp in Exact mode they
+//! miss the path through m: at most Σ_t |dh_t·h_t|·eps/den_t without final-state gradients, and
+//! O(1) with them (the stabilized final state depends on m_S).
 
 use super::gates::{denominator, is_stabilized, sigmoid};
 use super::head::{HeadInputs, head_slice, head_slice_mut};
@@ -88,6 +95,9 @@ pub struct RefGrads {
 }
 
 /// The gradient of L = Σ dh·h + Σ dc·C̃_S + Σ dn·ñ_S + Σ dm·m_S w.r.t. the inputs.
+///
+/// # Panics
+/// If a tensor of `inp` or `g` does not match `inp.shape` or a head dimension is 0.
 pub fn backward(inp: &RefInputs, p: &RefParams, g: &RefGradOutputs, mode: GradMode) -> RefGrads {
     inp.validate();
     g.validate(&inp.shape);
@@ -607,7 +617,7 @@ mod tests {
         worst
     }
 
-    /// Exact gradients equal central differences of `recurrent` for every input and every
+    /// Exact gradients equal finite differences of `recurrent` for every input and every
     /// variant, with upstream gradients on h and all final states.
     #[test]
     fn backward_matches_finite_differences() {
@@ -717,7 +727,7 @@ mod tests {
         total
     }
 
-    /// Detached-normalizer gradients equal central differences of a forward whose m_t and den_t
+    /// Detached-normalizer gradients equal finite differences of a forward whose m_t and den_t
     /// are frozen copies; no gradient reaches ñ_0 or m_0.
     #[test]
     fn detached_normalizer_matches_frozen_finite_differences() {
@@ -801,12 +811,12 @@ mod tests {
                     u.as_ref()
                         .map_or(0.0, |u| dot(head_slice(u, bh, len), head_slice(x, bh, len)))
                 };
-                head_dot(&g.dc, &out.c, c_len)
-                    + if with_n {
-                        head_dot(&g.dn, &out.n, n_len)
-                    } else {
-                        0.0
-                    }
+                let n_term = if with_n {
+                    head_dot(&g.dn, &out.n, n_len)
+                } else {
+                    0.0
+                };
+                head_dot(&g.dc, &out.c, c_len) + n_term
             })
             .collect()
     }
@@ -848,8 +858,9 @@ mod tests {
         let mut rng = seeded_rng("gate_gradient_identities_hold_up_to_eps_for_exp");
         let (shape, _) = CASES[1];
         let p = RefParams::new(Variant::Exp, shape.dqk);
+        let mut worst_share: f64 = 0.0;
         for with_init in [false, true] {
-            let inp = well_conditioned_random(shape, with_init, &p, &mut rng);
+            let inp = RefInputs::random(shape, with_init, &mut rng);
             let g = RefGradOutputs {
                 dc: None,
                 dn: None,
@@ -861,8 +872,8 @@ mod tests {
             let h = recurrent(&inp, &p).h;
             let mut bound = vec![0.0; shape.heads()];
             for_each_step(&inp, &p, |st| {
-                let row =
-                    (st.bh * shape.s + st.t) * shape.dhv..(st.bh * shape.s + st.t + 1) * shape.dhv;
+                let start = (st.bh * shape.s + st.t) * shape.dhv;
+                let row = start..start + shape.dhv;
                 bound[st.bh] += dot(&g.dh[row.clone()], &h[row]).abs() * p.eps / st.den;
             });
             let size = grads
@@ -870,23 +881,19 @@ mod tests {
                 .iter()
                 .chain(&grads.df)
                 .fold(0.0, |m: f64, x| m.max(x.abs()));
-            for (idx, ((got_i, want_i), (got_f, want_f))) in grads
-                .di
-                .iter()
-                .zip(&di)
-                .zip(grads.df.iter().zip(&df))
-                .enumerate()
-            {
-                let allowed = bound[idx / shape.s] + 1e-12 * size;
+            let residuals = grads.di.iter().zip(&di).chain(grads.df.iter().zip(&df));
+            for (idx, (got, want)) in residuals.enumerate() {
+                // The bound is attained (every m_t with slope 1 in the gate, terms of one sign):
+                // leave room for rounding only.
+                let allowed = bound[(idx % grads.di.len()) / shape.s] * (1.0 + 1e-9) + 1e-12 * size;
+                let residual = (got - want).abs();
                 assert!(
-                    (got_i - want_i).abs() <= allowed,
-                    "dĩ[{idx}]: {got_i:e} vs identity {want_i:e}, allowed {allowed:e}"
+                    residual <= allowed,
+                    "gate {idx}: {got:e} vs identity {want:e}, allowed {allowed:e}"
                 );
-                assert!(
-                    (got_f - want_f).abs() <= allowed,
-                    "df̃[{idx}]: {got_f:e} vs identity {want_f:e}, allowed {allowed:e}"
-                );
+                worst_share = worst_share.max(residual / allowed);
             }
         }
+        println!("exp identities: largest residual {worst_share:.3} of the eps-path bound");
     }
 }

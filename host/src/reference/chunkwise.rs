@@ -39,6 +39,9 @@ pub struct ChunkStates {
 }
 
 /// The states before each chunk of length `chunk` (L, positive) and the final state.
+///
+/// # Panics
+/// If a tensor's length does not match `inp.shape`, a head dimension is 0 or `chunk` is 0.
 pub fn chunk_states(inp: &RefInputs, p: &RefParams, chunk: usize) -> ChunkStates {
     inp.validate();
     assert!(chunk > 0, "reference: chunk size must be positive");
@@ -70,6 +73,9 @@ pub fn chunk_states(inp: &RefInputs, p: &RefParams, chunk: usize) -> ChunkStates
 
 /// Runs the chunkwise form with chunk size `chunk` (L, positive; S need not be a multiple);
 /// returns h and the final states, which are the boundary states after the last chunk.
+///
+/// # Panics
+/// If a tensor's length does not match `inp.shape`, a head dimension is 0 or `chunk` is 0.
 pub fn chunkwise(inp: &RefInputs, p: &RefParams, chunk: usize) -> RefOutputs {
     inp.validate();
     assert!(chunk > 0, "reference: chunk size must be positive");
@@ -130,7 +136,7 @@ fn next_chunk_state(
         .zip(&head.gates.iota[range.clone()])
         .map(|(b_j, i_j)| g - b_j + i_j)
         .collect();
-    let keys = chunk_keys(head, &logs, range.start..range.end);
+    let keys = chunk_keys(head, &logs, range);
     gated_state(variant, before, g + before.m, keys)
 }
 

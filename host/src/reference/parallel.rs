@@ -20,6 +20,9 @@ use super::state::{GatedKeys, State, gated_output, gated_state};
 use super::{RefInputs, RefOutputs, RefParams};
 
 /// Runs the parallel form; returns h and the final states (C̃_S, ñ_S, m_S) as direct sums.
+///
+/// # Panics
+/// If a tensor's length does not match `inp.shape` or a head dimension is 0.
 pub fn parallel(inp: &RefInputs, p: &RefParams) -> RefOutputs {
     inp.validate();
     let shape = inp.shape;

@@ -14,6 +14,9 @@ use super::{RefInputs, RefOutputs, RefParams};
 use crate::Variant;
 
 /// Runs the recurrence; returns h and the final states (C̃_S, ñ_S, m_S).
+///
+/// # Panics
+/// If a tensor's length does not match `inp.shape` or a head dimension is 0.
 pub fn recurrent(inp: &RefInputs, p: &RefParams) -> RefOutputs {
     inp.validate();
     let shape = inp.shape;
