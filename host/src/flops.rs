@@ -12,10 +12,10 @@ pub fn forward_flops(dims: &Dims, chunk: usize) -> f64 {
 }
 
 /// Bytes of chunk states the forward pass writes (and the output kernel reads back):
-/// NC boundaries of C̃ (DQK·DHV), ñ (DQK) and m (1) in f32, per head.
+/// NC boundaries of C̃ (DQK·DHV, 16-bit), ñ (DQK, f32) and m (1, f32), per head.
 pub fn state_bytes(dims: &Dims, chunk: usize) -> u64 {
     let nc = dims.s.div_ceil(chunk) as u64;
-    dims.bh() as u64 * nc * (dims.dqk * dims.dhv + dims.dqk + 1) as u64 * 4
+    dims.bh() as u64 * nc * ((dims.dqk * dims.dhv) as u64 * 2 + (dims.dqk + 1) as u64 * 4)
 }
 
 #[cfg(test)]
@@ -27,6 +27,6 @@ mod tests {
         let d = Dims { b: 8, nh: 8, s: 8192, dqk: 512, dhv: 512 };
         // 64 heads · (4·8192·512² + 8192·256·1024) = 64 · (8.59e9 + 2.15e9)
         assert!((forward_flops(&d, 256) - 64.0 * (8_589_934_592.0 + 2_147_483_648.0)).abs() < 1.0);
-        assert_eq!(state_bytes(&d, 256), 64 * 32 * (512 * 512 + 513) * 4);
+        assert_eq!(state_bytes(&d, 256), 64 * 32 * (512 * 512 * 2 + 513 * 4));
     }
 }

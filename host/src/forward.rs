@@ -96,7 +96,8 @@ fn expect_shape(arg: &'static str, t: &Tensor, expected: &[usize]) -> Result<()>
 #[derive(Debug)]
 pub struct ChunkStates {
     pub chunk_size: usize,
-    /// (B, NH, NC, DQK, DHV) f32.
+    /// (B, NH, NC, DQK, DHV) in the input dtype: the output kernel consumes C̃_k rounded to
+    /// that dtype for its `mma`, so storing it rounded changes no result and halves the bytes.
     pub c: Tensor,
     /// (B, NH, NC, DQK) f32.
     pub n: Tensor,
@@ -140,7 +141,7 @@ impl MlstmOutputs {
             m: Tensor::uninit(rt, f32_, &[b, nh])?,
             states: ChunkStates {
                 chunk_size: chunk,
-                c: Tensor::uninit(rt, f32_, &[b, nh, nc, dqk, dhv])?,
+                c: Tensor::uninit(rt, dtype, &[b, nh, nc, dqk, dhv])?,
                 n: Tensor::uninit(rt, f32_, &[b, nh, nc, dqk])?,
                 m: Tensor::uninit(rt, f32_, &[b, nh, nc])?,
             },
@@ -170,11 +171,14 @@ impl MlstmOutputs {
                 reason: "the outputs were allocated for another chunk size",
             });
         }
+        expect_shape("states.c", &self.states.c, &[b, nh, nc, dqk, dhv])?;
+        if self.states.c.dtype() != dtype {
+            return Err(Error::Dtype { arg: "states.c", expected: dtype.name(), got: self.states.c.dtype() });
+        }
         let f32s = [
             ("c", &self.c, vec![b, nh, dqk, dhv]),
             ("n", &self.n, vec![b, nh, dqk]),
             ("m", &self.m, vec![b, nh]),
-            ("states.c", &self.states.c, vec![b, nh, nc, dqk, dhv]),
             ("states.n", &self.states.n, vec![b, nh, nc, dqk]),
             ("states.m", &self.states.m, vec![b, nh, nc]),
         ];
@@ -258,7 +262,8 @@ pub struct FwdPointers {
     pub n0: u64,
     pub m0: u64,
     pub h: u64,
-    /// Chunk states (B, NH, NC, DQK, DHV), (B, NH, NC, DQK), (B, NH, NC) f32: required.
+    /// Chunk states (B, NH, NC, DQK, DHV) in the input dtype, (B, NH, NC, DQK) and (B, NH, NC)
+    /// f32: required.
     pub c_states: u64,
     pub n_states: u64,
     pub m_states: u64,
@@ -278,7 +283,7 @@ pub struct FwdPointers {
 /// # Safety
 /// Every non-zero pointer addresses a live allocation of the runtime's context, large enough
 /// for its tensor at `dims` (and the chunk count NC = ceil(S / L) of `cfg`), holding `dtype`
-/// (q, k, v, h) or f32 (everything else); outputs do not overlap inputs or each other.
+/// (q, k, v, h, c_states) or f32 (everything else); outputs do not overlap inputs or each other.
 pub unsafe fn mlstm_fwd_raw(
     rt: &Runtime,
     stream: &Stream,

@@ -26,7 +26,8 @@ pub struct FwdParams {
     pub n0: u64,
     /// Initial max state m0: (BH,) f32, or 0 for zeros (exp gates only).
     pub m0: u64,
-    /// States before each chunk, C̃_k: (BH, NC, DQK, DHV) f32. Written by chunk_state.
+    /// States before each chunk, C̃_k: (BH, NC, DQK, DHV) in the input dtype (the output
+    /// kernel's `mma` consumes it rounded to that dtype anyway). Written by chunk_state.
     pub c_states: u64,
     /// ñ_k: (BH, NC, DQK) f32. Written by chunk_state.
     pub n_states: u64,
@@ -73,12 +74,14 @@ pub mod state {
     pub const TILE_HV: u32 = 128;
     /// Time steps of K and V staged in shared memory per step of the chunk loop.
     pub const SUB_L: u32 = 64;
+    /// Sub-tiles in flight: the next one loads while this one multiplies.
+    pub const STAGES: u32 = 2;
 
-    /// Shared memory: K sub-tile (SUB_L × TILE_QK), V sub-tile (SUB_L × TILE_HV), both 16-bit,
+    /// Shared memory: STAGES × (K sub-tile SUB_L × TILE_QK, V sub-tile SUB_L × TILE_HV), 16-bit,
     /// padded rows; the chunk's cumulative log forget gates and per-step weights (2 × L f32);
     /// reduction scratch (WARPS f32).
     pub const fn smem_bytes(chunk: u32) -> u32 {
-        k_bytes() + v_bytes() + 2 * chunk * 4 + WARPS * 4
+        STAGES * (k_bytes() + v_bytes()) + 2 * chunk * 4 + WARPS * 4
     }
     pub const fn k_bytes() -> u32 {
         SUB_L * (TILE_QK + SMEM_ROW_PAD) * 2
@@ -95,7 +98,8 @@ pub mod state {
 
 /// Chunk-output kernel: one block owns TILE_Q rows of one chunk and TILE_HV value columns;
 /// it keeps the rows' Q tile (TILE_Q × DQK) in shared memory, adds the inter-chunk term
-/// Q·C̃_k and then walks the key tiles of the chunk up to the diagonal.
+/// Q·C̃_k and then walks the key tiles of the chunk up to the diagonal, streaming C̃_k, K and V
+/// through a STAGES-deep ring.
 pub mod output {
     use super::*;
     pub const WARPS: u32 = 4;
@@ -106,18 +110,25 @@ pub mod output {
     pub const TILE_K: u32 = TILE_Q;
     /// Value columns per block (register accumulator 16 × TILE_HV per warp).
     pub const TILE_HV: u32 = 128;
-    /// Rows of C̃_k staged (as 16-bit) per step of the inter-chunk loop.
+    /// Rows of C̃_k per item of the inter-chunk part.
     pub const TILE_C: u32 = 64;
+    /// Columns (DQK) of K per item of the intra-chunk part.
+    pub const KD: u32 = 64;
+    /// Items in flight: the next one loads while the current one multiplies.
+    pub const STAGES: u32 = 2;
 
+    /// The resident Q tile (TILE_Q × DQK, 16-bit, padded rows).
     pub const fn q_bytes(dqk: u32) -> u32 {
         TILE_Q * (dqk + SMEM_ROW_PAD) * 2
     }
-    /// The K tile and the staged C̃_k slice are never live together: one region serves both.
-    pub const fn kc_bytes(dqk: u32) -> u32 {
-        let k = TILE_K * (dqk + SMEM_ROW_PAD) * 2;
+    /// One stage of the B-operand ring: a C̃_k slice (TILE_C × TILE_HV) or a K slice
+    /// (TILE_K × KD), whichever is larger.
+    pub const fn ring_bytes() -> u32 {
         let c = TILE_C * (TILE_HV + SMEM_ROW_PAD) * 2;
-        if k > c { k } else { c }
+        let k = TILE_K * (KD + SMEM_ROW_PAD) * 2;
+        if c > k { c } else { k }
     }
+    /// One stage of the V ring (TILE_K × TILE_HV).
     pub const fn v_bytes() -> u32 {
         TILE_K * (TILE_HV + SMEM_ROW_PAD) * 2
     }
@@ -128,7 +139,7 @@ pub mod output {
         (2 * chunk + 4 * TILE_Q + dqk + WARPS) * 4
     }
     pub const fn smem_bytes(chunk: u32, dqk: u32) -> u32 {
-        q_bytes(dqk) + kc_bytes(dqk) + v_bytes() + gate_bytes(chunk, dqk)
+        q_bytes(dqk) + STAGES * (ring_bytes() + v_bytes()) + gate_bytes(chunk, dqk)
     }
 
     /// (DHV tiles, NC · L / TILE_Q row tiles, BH): the DHV tiles of one row tile run side by

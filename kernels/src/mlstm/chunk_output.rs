@@ -13,6 +13,12 @@
 //! a column term C_j = u_j·log2e, so the masked gate matrix costs one add and one `ex2` per
 //! element. Every warp owns 16 rows; S = Q·Kᵀ and the gated P stay in registers (P feeds the
 //! P·V `mma` as its A operand directly).
+//!
+//! Loads: the Q tile stays resident; everything else streams through one two-stage `cp.async`
+//! pipeline of "items" — first the TILE_C-row slices of C̃_k (stored 16-bit by chunk_state),
+//! then for each key tile its KD-column slices of K (with the key tile's V on the first) — so
+//! the next item loads while the current one multiplies, and shared memory stays small enough
+//! for two blocks per SM up to DQK = 256.
 use super::block::{self, Add, Max};
 use super::gates::GateKind;
 use super::stage;
@@ -24,14 +30,15 @@ use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, output::*};
 const NB: usize = (TILE_HV / 8) as usize;
 const NB_S: usize = (TILE_K / 8) as usize;
 const _: () = assert!(
-    NB == 16 && NB_S == 8 && TILE_C == 64,
-    "the unroll! counts below assume 16 value n-blocks, 8 key n-blocks, 64-row C slices"
+    NB == 16 && NB_S == 8 && TILE_C == 64 && KD == 64,
+    "the unroll! counts below assume 16 value n-blocks, 8 key n-blocks, 64-wide slices"
 );
 
 /// # Safety
 /// Launched with `grid(p)`, THREADS threads and `smem_bytes(p.chunk, p.dqk)` bytes of dynamic
 /// shared memory, after `chunk_state` wrote the chunk states, on parameters validated by the
 /// host (shapes, alignment, chunk size).
+#[inline(always)]
 pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
@@ -49,11 +56,12 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
 
     // Shared memory layout.
     let sq = SmemTile { base: shared::base(), stride: (dqk + SMEM_ROW_PAD) * 2 };
-    let kc = sq.base + q_bytes(dqk);
-    let sk = SmemTile { base: kc, stride: (dqk + SMEM_ROW_PAD) * 2 };
-    let sc = SmemTile { base: kc, stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
-    let sv = SmemTile { base: kc + kc_bytes(dqk), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
-    let scol = sv.base + v_bytes(); // C_j
+    let ring = sq.base + q_bytes(dqk);
+    // Stage st of the B-operand ring, as a C̃ slice (TILE_C × TILE_HV) or a K slice (TILE_K × KD).
+    let stage_c = |st: u32| SmemTile { base: ring + st * ring_bytes(), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
+    let stage_k = |st: u32| SmemTile { base: ring + st * ring_bytes(), stride: (KD + SMEM_ROW_PAD) * 2 };
+    let stage_v = |st: u32| SmemTile { base: ring + STAGES * ring_bytes() + st * v_bytes(), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
+    let scol = ring + STAGES * (ring_bytes() + v_bytes()); // C_j
     let stmp = scol + 4 * l; // u_j, then its running max
     let srow_r = stmp + 4 * l; // b_i, then R_i
     let srow_scale = srow_r + 4 * TILE_Q; // e^{m_k − M_i}
@@ -72,7 +80,7 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     let g_f = p.f + head * (s as u64) * 4;
     let hk = head * nc as u64 + k as u64;
 
-    // The Q tile stays resident; its copy overlaps the gate math.
+    // The Q tile stays resident; its copy overlaps the gate math (and lands with item 0).
     unsafe {
         stage::rows::<THREADS>(sq, gq, (t0 + i0, t0 + len), (0, dqk), TILE_Q, dqk / 8);
         cp_async::commit();
@@ -133,108 +141,135 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
             d += THREADS;
         }
     }
-    unsafe {
-        cp_async::wait::<0>();
-        thread::sync_threads();
-    }
+    // The item pipeline: items 0..n_c are C̃_k slices, then key tile kt, K slice ds is item
+    // n_c + kt·n_d + ds.
+    let gc = p.c_states + hk * (dqk as u64) * (dhv as u64) * 2;
+    // (max(1): lets the compiler drop its division-by-zero check.)
+    let (n_c, n_d) = (dqk.div_ceil(TILE_C).max(1), dqk.div_ceil(KD).max(1));
+    let n_items = n_c + (i0 / TILE_K + 1) * n_d;
+    let issue = |item: u32| unsafe {
+        let st = item % STAGES;
+        if item < n_c {
+            stage::rows::<THREADS>(stage_c(st), gc, (item * TILE_C, dqk), (v0, dhv), TILE_C, TILE_HV / 8);
+        } else {
+            let (kt, ds) = ((item - n_c) / n_d, (item - n_c) % n_d);
+            let keys = (t0 + kt * TILE_K, t0 + len);
+            stage::rows::<THREADS>(stage_k(st), gk, keys, (ds * KD, dqk), TILE_K, KD / 8);
+            if ds == 0 {
+                stage::rows::<THREADS>(stage_v(kt % STAGES), gv, keys, (v0, dhv), TILE_K, TILE_HV / 8);
+            }
+        }
+        cp_async::commit();
+    };
+    issue(0);
 
-    // Inter-chunk term: Q·C̃_k over TILE_C-row slices of C̃_k staged as 16-bit.
     let mut acc = [[0f32; 4]; NB];
-    let gc = p.c_states + hk * (dqk as u64) * (dhv as u64) * 4;
-    let mut dc = 0;
-    while dc < dqk {
+    let mut sacc = [[0f32; 4]; NB_S];
+    let mut row_sum = [0f32; 2];
+    for item in 0..n_items {
+        if item + 1 < n_items {
+            issue(item + 1);
+        } else {
+            unsafe { cp_async::commit() }; // an empty group keeps the wait count uniform
+        }
         unsafe {
-            stage::f32_block::<E, THREADS>(sc, gc, (dc, v0), (dqk, dhv), (TILE_C, TILE_HV));
+            cp_async::wait::<1>();
             thread::sync_threads();
         }
-        unroll!(4, ks => {
-            let ks = ks as u32;
-            if dc + ks * 16 < dqk {
-                let a = unsafe { sq.a(warp * 16, dc + ks * 16, lane) };
-                unroll!(8, pair => {
-                    let b = unsafe { sc.b_kn(ks * 16, pair as u32 * 16, lane) };
-                    unsafe {
-                        E::mma(&mut acc[2 * pair], a, b[0]);
-                        E::mma(&mut acc[2 * pair + 1], a, b[1]);
-                    }
+        if item == 0 && G::NORMALIZED {
+            // ñ_kᵀ q_i (the Q tile has landed): two threads per row, interleaved over d.
+            let (r, half) = (tid / 2, tid % 2);
+            let mut dot = 0f32;
+            let mut d = half;
+            while d < dqk {
+                let q = E::unpack(unsafe { shared::ld_u16(sq.offset(r, d)) }).0;
+                dot += q * unsafe { shared::ld_f32(sn + 4 * d) };
+                d += 2;
+            }
+            dot += unsafe { shfl::xor_f32(dot, 1) };
+            if half == 0 {
+                unsafe { shared::st_f32(srow_sn + 4 * r, dot) };
+            }
+        }
+        let st = item % STAGES;
+        if item < n_c {
+            // Inter-chunk term: acc += Q[:, dc..dc+TILE_C] · C̃_k[dc..dc+TILE_C, v0..].
+            let (dc, sc) = (item * TILE_C, stage_c(st));
+            unroll!(4, ks => {
+                let ks = ks as u32;
+                if dc + ks * 16 < dqk {
+                    let a = unsafe { sq.a(warp * 16, dc + ks * 16, lane) };
+                    unroll!(8, pair => {
+                        let b = unsafe { sc.b_kn(ks * 16, pair as u32 * 16, lane) };
+                        unsafe {
+                            E::mma(&mut acc[2 * pair], a, b[0]);
+                            E::mma(&mut acc[2 * pair + 1], a, b[1]);
+                        }
+                    });
+                }
+            });
+            if item + 1 == n_c {
+                // Scale the inter-chunk term by e^{m_k − M_i} (sig: e^{b_i}) per row.
+                unroll!(2, half => {
+                    let e = 2 * half;
+                    let scale = unsafe { shared::ld_f32(srow_scale + 4 * (warp * 16 + acc_pos(lane, e).0)) };
+                    unroll!(16, nb => {
+                        acc[nb][e] *= scale;
+                        acc[nb][e + 1] *= scale;
+                    });
                 });
             }
-        });
-        unsafe { thread::sync_threads() };
-        dc += TILE_C;
-    }
-    if G::NORMALIZED {
-        // ñ_kᵀ q_i: two threads per row, interleaved over d.
-        let (r, half) = (tid / 2, tid % 2);
-        let mut dot = 0f32;
-        let mut d = half;
-        while d < dqk {
-            let q = E::unpack(unsafe { shared::ld_u16(sq.offset(r, d)) }).0;
-            dot += q * unsafe { shared::ld_f32(sn + 4 * d) };
-            d += 2;
-        }
-        dot += unsafe { shfl::xor_f32(dot, 1) };
-        if half == 0 {
-            unsafe { shared::st_f32(srow_sn + 4 * r, dot) };
-        }
-    }
-    unroll!(2, half => {
-        let e = 2 * half;
-        let scale = unsafe { shared::ld_f32(srow_scale + 4 * (warp * 16 + acc_pos(lane, e).0)) };
-        unroll!(16, nb => {
-            acc[nb][e] *= scale;
-            acc[nb][e + 1] *= scale;
-        });
-    });
-
-    // Intra-chunk term over the key tiles up to the diagonal.
-    let mut row_sum = [0f32; 2];
-    let mut kb = 0;
-    while kb <= i0 {
-        unsafe {
-            stage::rows::<THREADS>(sk, gk, (t0 + kb, t0 + len), (0, dqk), TILE_K, dqk / 8);
-            stage::rows::<THREADS>(sv, gv, (t0 + kb, t0 + len), (v0, dhv), TILE_K, TILE_HV / 8);
-            cp_async::commit();
-            cp_async::wait::<0>();
-            thread::sync_threads();
-        }
-        let mut sacc = [[0f32; 4]; NB_S];
-        for ks in 0..dqk / 16 {
-            let a = unsafe { sq.a(warp * 16, ks * 16, lane) };
-            unroll!(4, pair => {
-                let b = unsafe { sk.b_nk(pair as u32 * 16, ks * 16, lane) };
-                unsafe {
-                    E::mma(&mut sacc[2 * pair], a, b[0]);
-                    E::mma(&mut sacc[2 * pair + 1], a, b[1]);
+        } else {
+            // Intra-chunk term, key tile kt: S += Q[:, ds·KD..] · K[kt, ds·KD..]ᵀ.
+            let (kt, ds) = ((item - n_c) / n_d, (item - n_c) % n_d);
+            if ds == 0 {
+                sacc = [[0f32; 4]; NB_S];
+            }
+            let sk = stage_k(st);
+            unroll!(4, ks => {
+                let ks = ks as u32;
+                if ds * KD + ks * 16 < dqk {
+                    let a = unsafe { sq.a(warp * 16, ds * KD + ks * 16, lane) };
+                    unroll!(4, pair => {
+                        let b = unsafe { sk.b_nk(pair as u32 * 16, ks * 16, lane) };
+                        unsafe {
+                            E::mma(&mut sacc[2 * pair], a, b[0]);
+                            E::mma(&mut sacc[2 * pair + 1], a, b[1]);
+                        }
+                    });
                 }
             });
+            if ds + 1 == n_d {
+                // P = S ⊙ 2^(R_i + C_j) (causal, ragged rows masked), then acc += P·V.
+                let kb = kt * TILE_K;
+                unroll!(8, nb => {
+                    unroll!(4, e => {
+                        let x = &mut sacc[nb][e];
+                        let (r, c) = acc_pos(lane, e);
+                        let rr = warp * 16 + r;
+                        let (i, j) = (i0 + rr, kb + nb as u32 * 8 + c);
+                        // Computed for masked elements too (then discarded): a branch-free body
+                        // keeps the unrolled tile in registers.
+                        let w = math::exp2(unsafe { shared::ld_f32(srow_r + 4 * rr) + shared::ld_f32(scol + 4 * j) });
+                        let w = if j <= i && i < len { w } else { 0.0 };
+                        *x *= w;
+                        row_sum[e / 2] += *x;
+                    });
+                });
+                let sv = stage_v(kt % STAGES);
+                unroll!(4, ks => {
+                    let a = acc_to_a::<E>(&sacc[2 * ks], &sacc[2 * ks + 1]);
+                    unroll!(8, pair => {
+                        let b = unsafe { sv.b_kn(ks as u32 * 16, pair as u32 * 16, lane) };
+                        unsafe {
+                            E::mma(&mut acc[2 * pair], a, b[0]);
+                            E::mma(&mut acc[2 * pair + 1], a, b[1]);
+                        }
+                    });
+                });
+            }
         }
-        unroll!(8, nb => {
-            unroll!(4, e => {
-                let x = &mut sacc[nb][e];
-                let (r, c) = acc_pos(lane, e);
-                let rr = warp * 16 + r;
-                let (i, j) = (i0 + rr, kb + nb as u32 * 8 + c);
-                // Computed for masked elements too (then discarded): a branch-free body keeps
-                // the unrolled tile in registers.
-                let w = math::exp2(unsafe { shared::ld_f32(srow_r + 4 * rr) + shared::ld_f32(scol + 4 * j) });
-                let w = if j <= i && i < len { w } else { 0.0 };
-                *x *= w;
-                row_sum[e / 2] += *x;
-            });
-        });
-        unroll!(4, ks => {
-            let a = acc_to_a::<E>(&sacc[2 * ks], &sacc[2 * ks + 1]);
-            unroll!(8, pair => {
-                let b = unsafe { sv.b_kn(ks as u32 * 16, pair as u32 * 16, lane) };
-                unsafe {
-                    E::mma(&mut acc[2 * pair], a, b[0]);
-                    E::mma(&mut acc[2 * pair + 1], a, b[1]);
-                }
-            });
-        });
         unsafe { thread::sync_threads() };
-        kb += TILE_K;
     }
 
     // Normalize and store.

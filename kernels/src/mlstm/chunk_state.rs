@@ -8,8 +8,13 @@
 //!   C̃_{k+1} = e^{g + m_k − m_{k+1}} C̃_k + Σ_j e^{a_j − m_{k+1}} k_j v_jᵀ   (K̃ᵀV on tensor cores)
 //!   ñ_{k+1} = e^{g + m_k − m_{k+1}} ñ_k + Σ_j e^{a_j − m_{k+1}} k_j
 //! Each warp holds 16 rows (DQK) × TILE_HV columns of C̃ in registers across the whole walk; K
-//! and V are staged in SUB_L-step sub-tiles with `cp.async`; the gate weights e^{a_j − m} are
-//! applied to the K fragments in registers.
+//! and V are staged in SUB_L-step sub-tiles with `cp.async`, two deep (the next sub-tile loads
+//! while this one multiplies; a chunk's first sub-tile loads during its gate math); the gate
+//! weights e^{a_j − m} are applied to the K fragments in registers.
+//!
+//! C̃_k is stored in the input dtype: the chunk-output kernel rounds it to that dtype for its
+//! `mma` anyway, so storing it rounded changes no result and halves the bytes materialized.
+//! The final state is stored in f32.
 use super::block::{self, Add, Max};
 use super::gates::GateKind;
 use super::stage;
@@ -27,6 +32,7 @@ const _: () = assert!(
 /// # Safety
 /// Launched with `grid(p)`, THREADS threads and `smem_bytes(p.chunk)` bytes of dynamic shared
 /// memory, on parameters validated by the host (shapes, alignment, chunk size).
+#[inline(always)]
 pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
@@ -36,10 +42,10 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
     let (dqk, dhv) = (p.dqk, p.dhv);
 
-    // Shared memory layout.
-    let sk = SmemTile { base: shared::base(), stride: (TILE_QK + SMEM_ROW_PAD) * 2 };
-    let sv = SmemTile { base: sk.base + k_bytes(), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
-    let sb = sv.base + v_bytes(); // b_j, then reused
+    // Shared memory layout: two stages of (K, V) sub-tiles, then the gate vectors.
+    let stage_k = |st: u32| SmemTile { base: shared::base() + st * (k_bytes() + v_bytes()), stride: (TILE_QK + SMEM_ROW_PAD) * 2 };
+    let stage_v = |st: u32| SmemTile { base: stage_k(st).base + k_bytes(), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
+    let sb = shared::base() + STAGES * (k_bytes() + v_bytes()); // b_j
     let sw = sb + l * 4; // weights e^{a_j − m}
     let scratch = sw + l * 4;
 
@@ -86,7 +92,7 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         let (c_out, n_out, m_out) = if k < nc {
             let hk = head * nc as u64 + k as u64;
             (
-                p.c_states + hk * (dqk as u64) * (dhv as u64) * 4,
+                p.c_states + hk * (dqk as u64) * (dhv as u64) * 2,
                 p.n_states + hk * dqk as u64 * 4,
                 p.m_states + hk * 4,
             )
@@ -102,9 +108,14 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                 for half in 0..2 {
                     let e = 2 * half;
                     let (r, c) = (d0 + row(e), v0 + col(nb, e));
-                    let ptr = c_out + ((r * dhv + c) as u64) * 4;
+                    let inside = r < dqk && c < dhv;
+                    let idx = (r * dhv + c) as u64;
                     let v = [acc[nb][e], acc[nb][e + 1]];
-                    unsafe { global::st_v2_f32_if(r < dqk && c < dhv, ptr, v) };
+                    if k < nc {
+                        unsafe { global::st_b32_if(inside, c_out + idx * 2, E::pack(v[0], v[1])) };
+                    } else {
+                        unsafe { global::st_v2_f32_if(inside, c_out + idx * 4, v) };
+                    }
                 }
             });
             if owns_n {
@@ -118,9 +129,17 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             break;
         }
 
-        // Gates of chunk k.
+        // Gates of chunk k, while its first sub-tile loads.
         let t0 = k * l;
         let len = l.min(s - t0);
+        let n_sub = len.div_ceil(SUB_L);
+        let issue = |sub: u32| unsafe {
+            let (tk, tv, j0) = (stage_k(sub % STAGES), stage_v(sub % STAGES), t0 + sub * SUB_L);
+            stage::rows::<THREADS>(tk, gq_k, (j0, t0 + len), (d0, dqk), SUB_L, TILE_QK / 8);
+            stage::rows::<THREADS>(tv, gq_v, (j0, t0 + len), (v0, dhv), SUB_L, TILE_HV / 8);
+            cp_async::commit();
+        };
+        issue(0);
         unsafe {
             let mut j = tid;
             while j < len {
@@ -168,16 +187,18 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         }
         n *= decay;
 
-        // C̃ += Σ_j w_j k_j v_jᵀ over SUB_L-step sub-tiles.
-        let mut j0 = 0;
-        while j0 < len {
+        // C̃ += Σ_j w_j k_j v_jᵀ over SUB_L-step sub-tiles, the next one loading meanwhile.
+        for sub in 0..n_sub {
+            if sub + 1 < n_sub {
+                issue(sub + 1);
+            } else {
+                unsafe { cp_async::commit() }; // an empty group keeps the wait count uniform
+            }
             unsafe {
-                stage::rows::<THREADS>(sk, gq_k, (t0 + j0, t0 + len), (d0, dqk), SUB_L, TILE_QK / 8);
-                stage::rows::<THREADS>(sv, gq_v, (t0 + j0, t0 + len), (v0, dhv), SUB_L, TILE_HV / 8);
-                cp_async::commit();
-                cp_async::wait::<0>();
+                cp_async::wait::<1>();
                 thread::sync_threads();
             }
+            let (sk, sv, j0) = (stage_k(sub % STAGES), stage_v(sub % STAGES), sub * SUB_L);
             if owns_n {
                 for j in 0..SUB_L {
                     let w = unsafe { shared::ld_f32(sw + 4 * (j0 + j)) };
@@ -212,7 +233,6 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                 });
             });
             unsafe { thread::sync_threads() };
-            j0 += SUB_L;
         }
     }
 }
