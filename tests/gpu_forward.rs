@@ -243,6 +243,10 @@ fn bad_arguments_get_typed_errors() {
         c_states: out.states.c.device_ptr(),
         n_states: out.states.n.device_ptr(),
         m_states: out.states.m.device_ptr(),
+        gate_b: out.gates.b.device_ptr(),
+        gate_u: out.gates.u.device_ptr(),
+        gate_cm: out.gates.cm.device_ptr(),
+        gate_g: out.gates.g.device_ptr(),
         ..Default::default()
     };
     let cfg64 = cfg.with_chunk_size(out.states.chunk_size);

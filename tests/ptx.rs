@@ -7,13 +7,15 @@ use tfla_ptx_build::{Arch, entry_points, find_ptxas, ptxas_report, unresolved_ex
 
 fn all_entry_names() -> Vec<&'static str> {
     let mut names = Vec::new();
-    for kernel in [FwdKernel::ChunkState, FwdKernel::ChunkOutput] {
+    for kernel in [FwdKernel::ChunkGates, FwdKernel::ChunkState, FwdKernel::ChunkOutput] {
         for gates in [Gates::Exp, Gates::Sig, Gates::SigNoNorm] {
             for dtype in [Dtype::Bf16, Dtype::F16] {
                 names.push(entry_name(kernel, gates, dtype));
             }
         }
     }
+    names.sort();
+    names.dedup();
     names
 }
 

@@ -105,6 +105,19 @@ pub struct ChunkStates {
     pub m: Tensor,
 }
 
+/// The gate vectors chunk_gates writes (inside each chunk: cumulative log forget gate b,
+/// u = ι − b, running max cm of u; per chunk g = b at its last step). Rows are chunk-padded to
+/// NC·L steps so every chunk starts 16-byte aligned.
+#[derive(Debug)]
+pub struct ChunkGates {
+    /// (B, NH, NC·L) f32 each.
+    pub b: Tensor,
+    pub u: Tensor,
+    pub cm: Tensor,
+    /// (B, NH, NC) f32.
+    pub g: Tensor,
+}
+
 /// Per-row statistics of the forward pass (kept when `MlstmConfig::row_stats` is set).
 #[derive(Debug)]
 pub struct RowStats {
@@ -124,6 +137,7 @@ pub struct MlstmOutputs {
     pub n: Tensor,
     pub m: Tensor,
     pub states: ChunkStates,
+    pub gates: ChunkGates,
     pub row_stats: Option<RowStats>,
 }
 
@@ -144,6 +158,12 @@ impl MlstmOutputs {
                 c: Tensor::uninit(rt, dtype, &[b, nh, nc, dqk, dhv])?,
                 n: Tensor::uninit(rt, f32_, &[b, nh, nc, dqk])?,
                 m: Tensor::uninit(rt, f32_, &[b, nh, nc])?,
+            },
+            gates: ChunkGates {
+                b: Tensor::uninit(rt, f32_, &[b, nh, nc * chunk])?,
+                u: Tensor::uninit(rt, f32_, &[b, nh, nc * chunk])?,
+                cm: Tensor::uninit(rt, f32_, &[b, nh, nc * chunk])?,
+                g: Tensor::uninit(rt, f32_, &[b, nh, nc])?,
             },
             row_stats: if cfg.row_stats {
                 Some(RowStats {
@@ -181,6 +201,10 @@ impl MlstmOutputs {
             ("m", &self.m, vec![b, nh]),
             ("states.n", &self.states.n, vec![b, nh, nc, dqk]),
             ("states.m", &self.states.m, vec![b, nh, nc]),
+            ("gates.b", &self.gates.b, vec![b, nh, nc * chunk]),
+            ("gates.u", &self.gates.u, vec![b, nh, nc * chunk]),
+            ("gates.cm", &self.gates.cm, vec![b, nh, nc * chunk]),
+            ("gates.g", &self.gates.g, vec![b, nh, nc]),
         ];
         for (arg, t, shape) in f32s {
             expect_shape(arg, t, &shape)?;
@@ -238,6 +262,10 @@ pub fn mlstm_fwd_into(
         c_states: out.states.c.device_ptr(),
         n_states: out.states.n.device_ptr(),
         m_states: out.states.m.device_ptr(),
+        gate_b: out.gates.b.device_ptr(),
+        gate_u: out.gates.u.device_ptr(),
+        gate_cm: out.gates.cm.device_ptr(),
+        gate_g: out.gates.g.device_ptr(),
         c_final: out.c.device_ptr(),
         n_final: out.n.device_ptr(),
         m_final: out.m.device_ptr(),
@@ -267,6 +295,11 @@ pub struct FwdPointers {
     pub c_states: u64,
     pub n_states: u64,
     pub m_states: u64,
+    /// Gate vectors (B, NH, NC·L) f32 and (B, NH, NC) f32 (see [`ChunkGates`]): required.
+    pub gate_b: u64,
+    pub gate_u: u64,
+    pub gate_cm: u64,
+    pub gate_g: u64,
     /// Final states: optional (all three or none).
     pub c_final: u64,
     pub n_final: u64,
@@ -301,7 +334,16 @@ pub unsafe fn mlstm_fwd_raw(
         Dtype::F32 => return Err(Error::Dtype { arg: "q", expected: "bf16 or f16", got: dtype }),
     };
     let required = [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("i", ptrs.i), ("f", ptrs.f)];
-    let required_out = [("h", ptrs.h), ("c_states", ptrs.c_states), ("n_states", ptrs.n_states), ("m_states", ptrs.m_states)];
+    let required_out = [
+        ("h", ptrs.h),
+        ("c_states", ptrs.c_states),
+        ("n_states", ptrs.n_states),
+        ("m_states", ptrs.m_states),
+        ("gate_b", ptrs.gate_b),
+        ("gate_u", ptrs.gate_u),
+        ("gate_cm", ptrs.gate_cm),
+        ("gate_g", ptrs.gate_g),
+    ];
     for (arg, p) in required.iter().chain(required_out.iter()) {
         if *p == 0 {
             return Err(Error::Invalid { arg, value: "null".into(), reason: "required pointer" });
@@ -332,6 +374,10 @@ pub unsafe fn mlstm_fwd_raw(
         ("m_states", ptrs.m_states, 4),
         ("n_final", ptrs.n_final, 4),
         ("m_final", ptrs.m_final, 4),
+        ("gate_b", ptrs.gate_b, 4),
+        ("gate_u", ptrs.gate_u, 16),
+        ("gate_cm", ptrs.gate_cm, 4),
+        ("gate_g", ptrs.gate_g, 4),
         ("m_rows", ptrs.m_rows, 4),
         ("den_rows", ptrs.den_rows, 4),
     ];
@@ -340,7 +386,7 @@ pub unsafe fn mlstm_fwd_raw(
             return Err(Error::Invalid {
                 arg,
                 value: format!("{p:#x}"),
-                reason: "device pointer not aligned (q, k, v, c0, c_states: 16 bytes; others 4)",
+                reason: "device pointer not aligned (q, k, v, c0, c_states, gate_u: 16 bytes; others 4)",
             });
         }
     }
@@ -361,6 +407,10 @@ pub unsafe fn mlstm_fwd_raw(
         c_states: ptrs.c_states,
         n_states: ptrs.n_states,
         m_states: ptrs.m_states,
+        gate_b: ptrs.gate_b,
+        gate_u: ptrs.gate_u,
+        gate_cm: ptrs.gate_cm,
+        gate_g: ptrs.gate_g,
         c_final: ptrs.c_final,
         n_final: ptrs.n_final,
         m_final: ptrs.m_final,
@@ -387,9 +437,15 @@ pub unsafe fn mlstm_fwd_raw(
     Ok(())
 }
 
-/// The two launches of the forward pass, in order.
-fn fwd_launches(p: &FwdParams, gates: Gates, dtype: KDtype) -> [Launch; 2] {
+/// The three launches of the forward pass, in order.
+fn fwd_launches(p: &FwdParams, gates: Gates, dtype: KDtype) -> [Launch; 3] {
     [
+        Launch {
+            name: fwd::entry_name(FwdKernel::ChunkGates, gates, dtype),
+            grid: fwd::gates::grid(p),
+            threads: fwd::gates::THREADS,
+            smem: fwd::gates::smem_bytes(p.chunk),
+        },
         Launch {
             name: fwd::entry_name(FwdKernel::ChunkState, gates, dtype),
             grid: fwd::state::grid(p),

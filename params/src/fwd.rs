@@ -39,6 +39,14 @@ pub struct FwdParams {
     pub m_final: u64,
     /// Output h: (BH, S, DHV) in the input dtype. Written by chunk_output.
     pub h: u64,
+    /// Gate vectors written by chunk_gates, read by the other two kernels (and kept for the
+    /// backward pass): per step, inside its chunk, b = Σλ (inclusive), u = ι − b and
+    /// cm = running max of u (stabilized variant only): (BH, S) f32 each; per chunk
+    /// g = b at the chunk's last step: (BH, NC) f32.
+    pub gate_b: u64,
+    pub gate_u: u64,
+    pub gate_cm: u64,
+    pub gate_g: u64,
     /// Per-row max state m_i: (BH, S) f32, or 0 (kept for the backward pass).
     pub m_rows: u64,
     /// Per-row denominator max(|s_i|, floor_i) + eps: (BH, S) f32, or 0.
@@ -77,11 +85,13 @@ pub mod state {
     /// Sub-tiles in flight: the next one loads while this one multiplies.
     pub const STAGES: u32 = 2;
 
-    /// Shared memory: STAGES × (K sub-tile SUB_L × TILE_QK, V sub-tile SUB_L × TILE_HV), 16-bit,
-    /// padded rows; the chunk's cumulative log forget gates and per-step weights (2 × L f32);
-    /// reduction scratch (WARPS f32).
-    pub const fn smem_bytes(chunk: u32) -> u32 {
-        STAGES * (k_bytes() + v_bytes()) + 2 * chunk * 4 + WARPS * 4
+    /// Shared memory: STAGES × (K sub-tile SUB_L × TILE_QK, V sub-tile SUB_L × TILE_HV, 16-bit,
+    /// padded rows; the sub-tile's u, then weights, SUB_L f32).
+    pub const fn smem_bytes(_chunk: u32) -> u32 {
+        STAGES * stage_bytes()
+    }
+    pub const fn stage_bytes() -> u32 {
+        k_bytes() + v_bytes() + SUB_L * 4
     }
     pub const fn k_bytes() -> u32 {
         SUB_L * (TILE_QK + SMEM_ROW_PAD) * 2
@@ -97,9 +107,9 @@ pub mod state {
 }
 
 /// Chunk-output kernel: one block owns TILE_Q rows of one chunk and TILE_HV value columns;
-/// it keeps the rows' Q tile (TILE_Q × DQK) in shared memory, adds the inter-chunk term
-/// Q·C̃_k and then walks the key tiles of the chunk up to the diagonal, streaming C̃_k, K and V
-/// through a STAGES-deep ring.
+/// it adds the inter-chunk term Q·C̃_k and then walks the key tiles of the chunk up to the
+/// diagonal, streaming KD-wide slices of Q with slices of C̃_k or K, and V tiles, through a
+/// STAGES-deep ring (shared memory independent of DQK).
 pub mod output {
     use super::*;
     pub const WARPS: u32 = 4;
@@ -117,9 +127,9 @@ pub mod output {
     /// Items in flight: the next one loads while the current one multiplies.
     pub const STAGES: u32 = 2;
 
-    /// The resident Q tile (TILE_Q × DQK, 16-bit, padded rows).
-    pub const fn q_bytes(dqk: u32) -> u32 {
-        TILE_Q * (dqk + SMEM_ROW_PAD) * 2
+    /// One stage of the Q ring: a KD-wide slice of the Q tile (TILE_Q × KD, 16-bit, padded).
+    pub const fn q_bytes() -> u32 {
+        TILE_Q * (KD + SMEM_ROW_PAD) * 2
     }
     /// One stage of the B-operand ring: a C̃_k slice (TILE_C × TILE_HV) or a K slice
     /// (TILE_K × KD), whichever is larger.
@@ -132,14 +142,13 @@ pub mod output {
     pub const fn v_bytes() -> u32 {
         TILE_K * (TILE_HV + SMEM_ROW_PAD) * 2
     }
-    /// f32 vectors: column gate terms and a running-max scratch (2 × L), and per row: row gate
-    /// term, inter-chunk scale, normalizer floor, inter-chunk q·n (4 × TILE_Q); n_k (DQK);
-    /// scan scratch (WARPS).
+    /// f32 vectors: column gate terms (L), and per row: row gate term, inter-chunk scale,
+    /// normalizer floor, inter-chunk q·n (4 × TILE_Q); n_k (DQK).
     pub const fn gate_bytes(chunk: u32, dqk: u32) -> u32 {
-        (2 * chunk + 4 * TILE_Q + dqk + WARPS) * 4
+        (chunk + 4 * TILE_Q + dqk) * 4
     }
     pub const fn smem_bytes(chunk: u32, dqk: u32) -> u32 {
-        q_bytes(dqk) + STAGES * (ring_bytes() + v_bytes()) + gate_bytes(chunk, dqk)
+        STAGES * (q_bytes() + ring_bytes() + v_bytes()) + gate_bytes(chunk, dqk)
     }
 
     /// (DHV tiles, NC · L / TILE_Q row tiles, BH): the DHV tiles of one row tile run side by
@@ -149,9 +158,29 @@ pub mod output {
     }
 }
 
+/// Chunk-gates kernel: one block per (chunk, head) turns the gate pre-activations into the
+/// chunk's cumulative log forget gates and running maxima, so the other two kernels need no
+/// scans (and no block-wide barriers for them).
+pub mod gates {
+    use super::*;
+    pub const WARPS: u32 = 4;
+    pub const THREADS: u32 = WARPS * WARP;
+
+    /// b and u of the chunk (2 × L f32) and scan scratch (WARPS f32).
+    pub const fn smem_bytes(chunk: u32) -> u32 {
+        2 * chunk * 4 + WARPS * 4
+    }
+
+    /// (NC, BH, 1).
+    pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
+        (p.num_chunks, p.bh, 1)
+    }
+}
+
 /// Which forward kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FwdKernel {
+    ChunkGates,
     ChunkState,
     ChunkOutput,
 }
@@ -164,6 +193,9 @@ pub const fn entry_name(kernel: FwdKernel, gates: Gates, dtype: Dtype) -> &'stat
     use FwdKernel::*;
     use Gates::*;
     match (kernel, gates, dtype) {
+        // The gate math does not depend on the element type or on the normalizer.
+        (ChunkGates, Exp, _) => "mlstm_fwd_chunk_gates_exp",
+        (ChunkGates, Sig | SigNoNorm, _) => "mlstm_fwd_chunk_gates_sig",
         (ChunkState, Exp, Bf16) => "mlstm_fwd_chunk_state_exp_bf16",
         (ChunkState, Exp, F16) => "mlstm_fwd_chunk_state_exp_f16",
         (ChunkState, Sig, Bf16) => "mlstm_fwd_chunk_state_sig_bf16",

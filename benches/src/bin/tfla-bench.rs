@@ -2,7 +2,8 @@
 //! with `--json PATH`, every number). Run by `cargo xtask bench` and by the bundle on machines
 //! without Rust.
 //!
-//! Usage: tfla-bench [--grid paper|quick|smoke] [--json PATH]
+//! Usage: tfla-bench [--grid paper|quick|smoke] [--json PATH] [--variants exp,sig,sig_nonorm]
+//!                   [--chunks 64,128,...] [--heads NH:DQK:DHV,...] [--reps N]
 //! Timing: CUDA events around each call on the runtime's stream, 3 warm-up calls, then the
 //! median of 20 timed calls; inputs random (never zeros), bf16.
 use cust::event::{Event, EventFlags};
@@ -51,6 +52,22 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let grid_name = opt("--grid").unwrap_or_else(|| "quick".into());
+    let list = |name: &str, default: &str| -> Vec<String> {
+        opt(name).unwrap_or_else(|| default.into()).split(',').map(str::to_string).collect()
+    };
+    let want_variants = list("--variants", "exp,sig,sig_nonorm");
+    let chunks: Vec<usize> = list("--chunks", "64,128,256,512").iter().map(|c| c.parse().expect("--chunks")).collect();
+    let heads: Vec<(usize, usize, usize)> = match opt("--heads") {
+        None => HEADS.to_vec(),
+        Some(h) => h
+            .split(',')
+            .map(|t| {
+                let v: Vec<usize> = t.split(':').map(|x| x.parse().expect("--heads NH:DQK:DHV")).collect();
+                (v[0], v[1], v[2])
+            })
+            .collect(),
+    };
+    let reps: usize = opt("--reps").map_or(20, |r| r.parse().expect("--reps"));
     let rt = Runtime::new().unwrap_or_else(|e| {
         eprintln!("tfla-bench: {e}");
         std::process::exit(2)
@@ -62,7 +79,7 @@ fn main() {
     let mut json = String::from("[\n");
     writeln!(table, "tfla forward, {device}, bf16; TFLOP/s of model FLOPs (README)").unwrap();
     writeln!(table, "{:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>5} {:>9} {:>8} {:>10}", "variant", "B", "S", "NH", "DQK", "DHV", "L", "fwd ms", "TFLOP/s", "states MB").unwrap();
-    for (nh, dqk, dhv) in HEADS {
+    for &(nh, dqk, dhv) in &heads {
         for &(b, s) in &grid(&grid_name) {
             let dims = Dims { b, nh, s, dqk, dhv };
             let q = random_tensor(&rt, &mut rng, Dtype::Bf16, &[b, nh, s, dqk], -2.0, 2.0);
@@ -71,8 +88,8 @@ fn main() {
             let i = random_tensor(&rt, &mut rng, Dtype::F32, &[b, nh, s], -4.0, 4.0);
             let f = random_tensor(&rt, &mut rng, Dtype::F32, &[b, nh, s], 0.0, 6.0);
             let inputs = MlstmInputs::new(&q, &k, &v, &i, &f);
-            for (vname, variant) in variants {
-                for chunk in [64usize, 128, 256, 512] {
+            for (vname, variant) in variants.into_iter().filter(|(n, _)| want_variants.iter().any(|w| w == n)) {
+                for &chunk in &chunks {
                     let cfg = MlstmConfig::new(variant).with_chunk_size(chunk);
                     let mut out = match MlstmOutputs::alloc(&rt, &dims, Dtype::Bf16, &cfg) {
                         Ok(o) => o,
@@ -81,7 +98,7 @@ fn main() {
                             continue;
                         }
                     };
-                    let ms = time_ms(&rt, 3, 20, || tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap());
+                    let ms = time_ms(&rt, 3, reps, || tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap());
                     let tflops = forward_flops(&dims, chunk) / (ms * 1e-3) / 1e12;
                     let mb = state_bytes(&dims, chunk) as f64 / 1e6;
                     writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1}").unwrap();

@@ -1,12 +1,12 @@
 //! `cp.async`: asynchronous 16-byte global → shared copies (sm_80+), with zero fill.
 use core::arch::asm;
 
-/// Copies `src_bytes` (0 or 16) bytes from `gptr` to `saddr` and zero-fills the rest of the 16.
+/// Copies `src_bytes` (0..=16) bytes from `gptr` to `saddr` and zero-fills the rest of the 16.
 /// With `src_bytes == 0` nothing is read, which is how out-of-range rows become zeros.
 ///
 /// # Safety
 /// `saddr` is a 16-byte aligned shared address inside the dynamic shared memory; `gptr` is a
-/// 16-byte aligned readable global address whenever `src_bytes` is 16. The copy is complete
+/// 16-byte aligned global address with `src_bytes` readable bytes. The copy is complete
 /// only after [`commit`] and a matching [`wait`], followed by a barrier for other threads.
 #[inline(always)]
 pub unsafe fn copy_16(saddr: u32, gptr: u64, src_bytes: u32) {
@@ -33,3 +33,4 @@ pub unsafe fn commit() {
 pub unsafe fn wait<const N: u32>() {
     unsafe { asm!("cp.async.wait_group {n};", n = const N, options(nostack)) };
 }
+

@@ -14,12 +14,11 @@
 //! element. Every warp owns 16 rows; S = Q·Kᵀ and the gated P stay in registers (P feeds the
 //! P·V `mma` as its A operand directly).
 //!
-//! Loads: the Q tile stays resident; everything else streams through one two-stage `cp.async`
-//! pipeline of "items" — first the TILE_C-row slices of C̃_k (stored 16-bit by chunk_state),
-//! then for each key tile its KD-column slices of K (with the key tile's V on the first) — so
-//! the next item loads while the current one multiplies, and shared memory stays small enough
-//! for two blocks per SM up to DQK = 256.
-use super::block::{self, Add, Max};
+//! Loads: one two-stage `cp.async` pipeline of "items", each a KD-wide slice of the head dim
+//! DQK: first the TILE_C-row slices of C̃_k (stored 16-bit by chunk_state), then for each key
+//! tile its slices of K (with the key tile's V on the first); every item brings the matching
+//! slice of the Q tile along. The next item loads while the current one multiplies, and shared
+//! memory stays independent of DQK: two blocks per SM at every head dim.
 use super::gates::GateKind;
 use super::stage;
 use crate::arch::convert::Elem;
@@ -29,6 +28,7 @@ use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, output::*};
 
 const NB: usize = (TILE_HV / 8) as usize;
 const NB_S: usize = (TILE_K / 8) as usize;
+const _: () = assert!(TILE_C == KD, "a C̃_k slice and a K slice pair with the same Q slice");
 const _: () = assert!(
     NB == 16 && NB_S == 8 && TILE_C == 64 && KD == 64,
     "the unroll! counts below assume 16 value n-blocks, 8 key n-blocks, 64-wide slices"
@@ -54,21 +54,19 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     let len = l.min(s - t0);
     let nkeys = (i0 + TILE_Q).min(len);
 
-    // Shared memory layout.
-    let sq = SmemTile { base: shared::base(), stride: (dqk + SMEM_ROW_PAD) * 2 };
-    let ring = sq.base + q_bytes(dqk);
+    // Shared memory layout: STAGES × (Q slice, B-operand slice), STAGES × V tile, gate vectors.
+    let stage_q = |st: u32| SmemTile { base: shared::base() + st * q_bytes(), stride: (KD + SMEM_ROW_PAD) * 2 };
+    let ring = shared::base() + STAGES * q_bytes();
     // Stage st of the B-operand ring, as a C̃ slice (TILE_C × TILE_HV) or a K slice (TILE_K × KD).
     let stage_c = |st: u32| SmemTile { base: ring + st * ring_bytes(), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
     let stage_k = |st: u32| SmemTile { base: ring + st * ring_bytes(), stride: (KD + SMEM_ROW_PAD) * 2 };
     let stage_v = |st: u32| SmemTile { base: ring + STAGES * ring_bytes() + st * v_bytes(), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
     let scol = ring + STAGES * (ring_bytes() + v_bytes()); // C_j
-    let stmp = scol + 4 * l; // u_j, then its running max
-    let srow_r = stmp + 4 * l; // b_i, then R_i
+    let srow_r = scol + 4 * l; // R_i
     let srow_scale = srow_r + 4 * TILE_Q; // e^{m_k − M_i}
     let srow_floor = srow_scale + 4 * TILE_Q; // e^{−m_i} (1 for sig)
     let srow_sn = srow_floor + 4 * TILE_Q; // ñ_kᵀ q_i
     let sn = srow_sn + 4 * TILE_Q; // ñ_k
-    let scratch = sn + 4 * dqk;
 
     // Global bases of this head.
     let head = bh as u64;
@@ -76,40 +74,16 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     let gk = p.k + head * (s as u64) * (dqk as u64) * 2;
     let gv = p.v + head * (s as u64) * (dhv as u64) * 2;
     let gh = p.h + head * (s as u64) * (dhv as u64) * 2;
-    let g_i = p.i + head * (s as u64) * 4;
-    let g_f = p.f + head * (s as u64) * 4;
+    let gate_row = head * ((nc * l) as u64) + t0 as u64; // chunk k in the (BH, NC·L) gate vectors
     let hk = head * nc as u64 + k as u64;
 
-    // The Q tile stays resident; its copy overlaps the gate math (and lands with item 0).
-    unsafe {
-        stage::rows::<THREADS>(sq, gq, (t0 + i0, t0 + len), (0, dqk), TILE_Q, dqk / 8);
-        cp_async::commit();
-    }
 
-    // Gates: b_j by a scan, u_j = ι_j − b_j and its running max.
-    unsafe {
-        let mut j = tid;
-        while j < nkeys {
-            shared::st_f32(scol + 4 * j, math::log_sigmoid(global::ld_nc_f32(g_f + (t0 + j) as u64 * 4)));
-            j += THREADS;
-        }
-        thread::sync_threads();
-        block::scan::<Add, THREADS>(scol, nkeys, scratch);
-        let mut j = tid;
-        while j < nkeys {
-            let b = shared::ld_f32(scol + 4 * j);
-            let u = G::log_input(global::ld_nc_f32(g_i + (t0 + j) as u64 * 4)) - b;
-            if j >= i0 {
-                shared::st_f32(srow_r + 4 * (j - i0), b);
-            }
-            shared::st_f32(stmp + 4 * j, u);
-            shared::st_f32(scol + 4 * j, u * math::LOG2_E);
-            j += THREADS;
-        }
-        thread::sync_threads();
-        if G::STABILIZED {
-            block::scan::<Max, THREADS>(stmp, nkeys, scratch);
-        }
+    // Gates (from chunk_gates): C_j = u_j·log2e for the key steps up to the tile's last row.
+    let mut j = tid;
+    while j < nkeys {
+        let u = unsafe { global::ld_nc_f32(p.gate_u + (gate_row + j as u64) * 4) };
+        unsafe { shared::st_f32(scol + 4 * j, u * math::LOG2_E) };
+        j += THREADS;
     }
     let m_k = if G::STABILIZED { unsafe { global::ld_nc_f32(p.m_states + hk * 4) } } else { 0.0 };
     if tid < TILE_Q {
@@ -117,9 +91,10 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
         let (r, scale, floor, m_row) = if i >= len {
             (0.0, 0.0, 1.0, 0.0)
         } else {
-            let b = unsafe { shared::ld_f32(srow_r + 4 * tid) };
+            let b = unsafe { global::ld_nc_f32(p.gate_b + (gate_row + i as u64) * 4) };
             if G::STABILIZED {
-                let big_m = m_k.max(unsafe { shared::ld_f32(stmp + 4 * i) });
+                let cm = unsafe { global::ld_nc_f32(p.gate_cm + (gate_row + i as u64) * 4) };
+                let big_m = m_k.max(cm);
                 (-big_m, math::exp(m_k - big_m), math::exp(-(b + big_m)), b + big_m)
             } else {
                 (b, math::exp(b), 1.0, 0.0)
@@ -149,6 +124,8 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     let n_items = n_c + (i0 / TILE_K + 1) * n_d;
     let issue = |item: u32| unsafe {
         let st = item % STAGES;
+        let dd = if item < n_c { item * TILE_C } else { ((item - n_c) % n_d) * KD };
+        stage::rows::<THREADS>(stage_q(st), gq, (t0 + i0, t0 + len), (dd, dqk), TILE_Q, KD / 8);
         if item < n_c {
             stage::rows::<THREADS>(stage_c(st), gc, (item * TILE_C, dqk), (v0, dhv), TILE_C, TILE_HV / 8);
         } else {
@@ -166,6 +143,7 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     let mut acc = [[0f32; 4]; NB];
     let mut sacc = [[0f32; 4]; NB_S];
     let mut row_sum = [0f32; 2];
+    let mut qn = 0f32; // this thread's part of ñ_kᵀ q for row tid / 2
     for item in 0..n_items {
         if item + 1 < n_items {
             issue(item + 1);
@@ -176,29 +154,25 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
             cp_async::wait::<1>();
             thread::sync_threads();
         }
-        if item == 0 && G::NORMALIZED {
-            // ñ_kᵀ q_i (the Q tile has landed): two threads per row, interleaved over d.
-            let (r, half) = (tid / 2, tid % 2);
-            let mut dot = 0f32;
-            let mut d = half;
-            while d < dqk {
-                let q = E::unpack(unsafe { shared::ld_u16(sq.offset(r, d)) }).0;
-                dot += q * unsafe { shared::ld_f32(sn + 4 * d) };
-                d += 2;
-            }
-            dot += unsafe { shfl::xor_f32(dot, 1) };
-            if half == 0 {
-                unsafe { shared::st_f32(srow_sn + 4 * r, dot) };
-            }
-        }
         let st = item % STAGES;
+        let sq = stage_q(st);
         if item < n_c {
             // Inter-chunk term: acc += Q[:, dc..dc+TILE_C] · C̃_k[dc..dc+TILE_C, v0..].
             let (dc, sc) = (item * TILE_C, stage_c(st));
+            if G::NORMALIZED {
+                // ñ_kᵀ q over this slice: two threads per row, interleaved over d.
+                let (r, half) = (tid / 2, tid % 2);
+                let mut d = half;
+                while d < TILE_C && dc + d < dqk {
+                    let q = E::unpack(unsafe { shared::ld_u16(sq.offset(r, d)) }).0;
+                    qn += q * unsafe { shared::ld_f32(sn + 4 * (dc + d)) };
+                    d += 2;
+                }
+            }
             unroll!(4, ks => {
                 let ks = ks as u32;
                 if dc + ks * 16 < dqk {
-                    let a = unsafe { sq.a(warp * 16, dc + ks * 16, lane) };
+                    let a = unsafe { sq.a(warp * 16, ks * 16, lane) };
                     unroll!(8, pair => {
                         let b = unsafe { sc.b_kn(ks * 16, pair as u32 * 16, lane) };
                         unsafe {
@@ -209,6 +183,12 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
                 }
             });
             if item + 1 == n_c {
+                if G::NORMALIZED {
+                    qn += unsafe { shfl::xor_f32(qn, 1) };
+                    if tid % 2 == 0 {
+                        unsafe { shared::st_f32(srow_sn + 4 * (tid / 2), qn) };
+                    }
+                }
                 // Scale the inter-chunk term by e^{m_k − M_i} (sig: e^{b_i}) per row.
                 unroll!(2, half => {
                     let e = 2 * half;
@@ -229,7 +209,7 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
             unroll!(4, ks => {
                 let ks = ks as u32;
                 if ds * KD + ks * 16 < dqk {
-                    let a = unsafe { sq.a(warp * 16, ds * KD + ks * 16, lane) };
+                    let a = unsafe { sq.a(warp * 16, ks * 16, lane) };
                     unroll!(4, pair => {
                         let b = unsafe { sk.b_nk(pair as u32 * 16, ks * 16, lane) };
                         unsafe {

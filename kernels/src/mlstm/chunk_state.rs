@@ -3,8 +3,9 @@
 //!
 //! Notation: BH = B·NH heads, S steps, L chunk size, NC = ceil(S/L) chunks, DQK × DHV state.
 //! Inside chunk k (steps kL … kL+len−1, local index j), λ_j = logσ(f̃_j), ι_j the log input gate,
-//! b_j = Σ_{s≤j} λ_s, g = b_{len−1}, a_j = g − b_j + ι_j:
-//!   m_{k+1} = max(g + m_k, max_j a_j)                      (m ≡ 0 without the stabilizer)
+//! b_j = Σ_{s≤j} λ_s, g = b_{len−1}, a_j = g − b_j + ι_j = g + u_j (chunk_gates wrote b, u, the
+//! running max cm of u, and g):
+//!   m_{k+1} = max(g + m_k, g + cm_{len−1})                 (m ≡ 0 without the stabilizer)
 //!   C̃_{k+1} = e^{g + m_k − m_{k+1}} C̃_k + Σ_j e^{a_j − m_{k+1}} k_j v_jᵀ   (K̃ᵀV on tensor cores)
 //!   ñ_{k+1} = e^{g + m_k − m_{k+1}} ñ_k + Σ_j e^{a_j − m_{k+1}} k_j
 //! Each warp holds 16 rows (DQK) × TILE_HV columns of C̃ in registers across the whole walk; K
@@ -15,7 +16,6 @@
 //! C̃_k is stored in the input dtype: the chunk-output kernel rounds it to that dtype for its
 //! `mma` anyway, so storing it rounded changes no result and halves the bytes materialized.
 //! The final state is stored in f32.
-use super::block::{self, Add, Max};
 use super::gates::GateKind;
 use super::stage;
 use crate::arch::convert::Elem;
@@ -42,20 +42,17 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
     let (dqk, dhv) = (p.dqk, p.dhv);
 
-    // Shared memory layout: two stages of (K, V) sub-tiles, then the gate vectors.
-    let stage_k = |st: u32| SmemTile { base: shared::base() + st * (k_bytes() + v_bytes()), stride: (TILE_QK + SMEM_ROW_PAD) * 2 };
+    // Shared memory layout: STAGES × (K sub-tile, V sub-tile, u of the sub-tile).
+    let stage_k = |st: u32| SmemTile { base: shared::base() + st * stage_bytes(), stride: (TILE_QK + SMEM_ROW_PAD) * 2 };
     let stage_v = |st: u32| SmemTile { base: stage_k(st).base + k_bytes(), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
-    let sb = shared::base() + STAGES * (k_bytes() + v_bytes()); // b_j
-    let sw = sb + l * 4; // weights e^{a_j − m}
-    let scratch = sw + l * 4;
+    let stage_u = |st: u32| stage_v(st).base + v_bytes();
 
     // Global bases of this head (bytes).
     let esz = 2u64;
     let head = bh as u64;
     let gq_k = p.k + head * (s as u64) * (dqk as u64) * esz;
     let gq_v = p.v + head * (s as u64) * (dhv as u64) * esz;
-    let g_i = p.i + head * (s as u64) * 4;
-    let g_f = p.f + head * (s as u64) * 4;
+    let g_u = p.gate_u + head * ((nc * l) as u64) * 4; // (BH, NC·L) rows
 
     // The warp's accumulator rows (within the tile) and columns of element e of n-block nb.
     let row = |e: usize| warp * 16 + acc_pos(lane, e).0;
@@ -76,11 +73,20 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             }
         });
     }
-    // n: thread t < TILE_QK of the first DHV tile owns ñ[d0 + t].
-    let owns_n = G::NORMALIZED && v0 == 0 && tid < TILE_QK && d0 + tid < dqk;
-    let mut n = 0f32;
-    if owns_n && p.n0 != 0 {
-        n = unsafe { global::ld_nc_f32(p.n0 + (head * dqk as u64 + (d0 + tid) as u64) * 4) };
+    // ñ rides along as a value column of ones, in the blocks of the first DHV tile: the
+    // accumulator `nacc` is one more n-block whose 8 columns all hold ñ of the warp's rows
+    // (rows g and g+8 in elements 0 and 2).
+    let with_n = G::NORMALIZED && v0 == 0;
+    let ones = [E::pack(1.0, 1.0); 2];
+    let mut nacc = [0f32; 4];
+    if with_n && p.n0 != 0 {
+        for half in 0..2 {
+            let r = d0 + row(2 * half);
+            let ptr = p.n0 + (head * dqk as u64 + r as u64) * 4;
+            let x = unsafe { global::ld_v2_f32_or_zero(r < dqk, ptr) }[0];
+            nacc[2 * half] = x;
+            nacc[2 * half + 1] = x;
+        }
     }
     let mut m = 0f32;
     if G::STABILIZED && p.m0 != 0 {
@@ -118,8 +124,11 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                     }
                 }
             });
-            if owns_n {
-                unsafe { global::st_f32(n_out + (d0 + tid) as u64 * 4, n) };
+            if with_n && lane % 4 == 0 {
+                for half in 0..2 {
+                    let r = d0 + row(2 * half);
+                    unsafe { global::st_b32_if(r < dqk, n_out + r as u64 * 4, nacc[2 * half].to_bits()) };
+                }
             }
             if bx == 0 && tid == 0 {
                 unsafe { global::st_f32(m_out, m) };
@@ -129,63 +138,37 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             break;
         }
 
-        // Gates of chunk k, while its first sub-tile loads.
+        // Chunk k: its first sub-tile loads while the max state advances.
         let t0 = k * l;
         let len = l.min(s - t0);
         let n_sub = len.div_ceil(SUB_L);
         let issue = |sub: u32| unsafe {
-            let (tk, tv, j0) = (stage_k(sub % STAGES), stage_v(sub % STAGES), t0 + sub * SUB_L);
-            stage::rows::<THREADS>(tk, gq_k, (j0, t0 + len), (d0, dqk), SUB_L, TILE_QK / 8);
-            stage::rows::<THREADS>(tv, gq_v, (j0, t0 + len), (v0, dhv), SUB_L, TILE_HV / 8);
+            let (st, j0) = (sub % STAGES, t0 + sub * SUB_L);
+            stage::rows::<THREADS>(stage_k(st), gq_k, (j0, t0 + len), (d0, dqk), SUB_L, TILE_QK / 8);
+            stage::rows::<THREADS>(stage_v(st), gq_v, (j0, t0 + len), (v0, dhv), SUB_L, TILE_HV / 8);
+            stage::f32_vec::<THREADS>(stage_u(st), g_u, (j0, t0 + len), SUB_L);
             cp_async::commit();
         };
         issue(0);
-        unsafe {
-            let mut j = tid;
-            while j < len {
-                let f = global::ld_nc_f32(g_f + (t0 + j) as u64 * 4);
-                shared::st_f32(sb + 4 * j, math::log_sigmoid(f));
-                j += THREADS;
-            }
-            thread::sync_threads();
-            block::scan::<Add, THREADS>(sb, len, scratch);
-        }
-        let g = unsafe { shared::ld_f32(sb + 4 * (len - 1)) };
-        // a_j = g − b_j + ι_j, kept in sw; its maximum gives the new max state.
-        let mut amax = f32::NEG_INFINITY;
-        unsafe {
-            let mut j = tid;
-            while j < len {
-                let iota = G::log_input(global::ld_nc_f32(g_i + (t0 + j) as u64 * 4));
-                let a = g - shared::ld_f32(sb + 4 * j) + iota;
-                shared::st_f32(sw + 4 * j, a);
-                amax = amax.max(a);
-                j += THREADS;
-            }
-        }
+        let g = unsafe { global::ld_nc_f32(p.gate_g + (head * nc as u64 + k as u64) * 4) };
         let m_next = if G::STABILIZED {
-            let amax = unsafe { block::reduce::<Max, THREADS>(amax, scratch) };
-            (g + m).max(amax)
+            let last = head * (nc * l) as u64 + (t0 + len - 1) as u64;
+            let umax = unsafe { global::ld_nc_f32(p.gate_cm + last * 4) };
+            (g + m).max(g + umax)
         } else {
             0.0
         };
         let decay = math::exp(g + m - m_next);
-        unsafe {
-            // Weights; steps past the end of a ragged last chunk weigh 0.
-            let mut j = tid;
-            while j < len.next_multiple_of(SUB_L) {
-                let w = if j < len { math::exp(shared::ld_f32(sw + 4 * j) - m_next) } else { 0.0 };
-                shared::st_f32(sw + 4 * j, w);
-                j += THREADS;
-            }
-        }
+        let log_w0 = g - m_next; // weight of step j: e^{log_w0 + u_j}
         m = m_next;
         for a in acc.iter_mut() {
             for x in a.iter_mut() {
                 *x *= decay;
             }
         }
-        n *= decay;
+        for x in nacc.iter_mut() {
+            *x *= decay;
+        }
 
         // C̃ += Σ_j w_j k_j v_jᵀ over SUB_L-step sub-tiles, the next one loading meanwhile.
         for sub in 0..n_sub {
@@ -198,27 +181,15 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                 cp_async::wait::<1>();
                 thread::sync_threads();
             }
-            let (sk, sv, j0) = (stage_k(sub % STAGES), stage_v(sub % STAGES), sub * SUB_L);
-            if owns_n {
-                for j in 0..SUB_L {
-                    let w = unsafe { shared::ld_f32(sw + 4 * (j0 + j)) };
-                    let kj = E::unpack(unsafe { shared::ld_u16(sk.offset(j, tid)) }).0;
-                    n += w * kj;
-                }
-            }
+            let st = sub % STAGES;
+            let (sk, sv, su) = (stage_k(st), stage_v(st), stage_u(st));
             unroll!(4, ks => {
                 let ks = ks as u32;
-                let jj = j0 + ks * 16 + (lane % 4) * 2;
+                let jj = ks * 16 + (lane % 4) * 2;
                 let mut a = unsafe { sk.a_trans(ks * 16, warp * 16, lane) };
-                // a0, a1 hold steps jj, jj+1; a2, a3 hold jj+8, jj+9.
-                let w = unsafe {
-                    [
-                        shared::ld_f32(sw + 4 * jj),
-                        shared::ld_f32(sw + 4 * (jj + 1)),
-                        shared::ld_f32(sw + 4 * (jj + 8)),
-                        shared::ld_f32(sw + 4 * (jj + 9)),
-                    ]
-                };
+                // a0, a1 hold steps jj, jj+1; a2, a3 hold jj+8, jj+9. Their weights
+                // e^{g + u_j − m}; steps past a ragged end have zero K rows, so need no mask.
+                let w = [jj, jj + 1, jj + 8, jj + 9].map(|j| math::exp(log_w0 + unsafe { shared::ld_f32(su + 4 * j) }));
                 unroll!(4, r => {
                     let (lo, hi) = E::unpack(a[r]);
                     let wi = (r / 2) * 2;
@@ -231,6 +202,9 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                         E::mma(&mut acc[2 * pair + 1], a, b[1]);
                     }
                 });
+                if with_n {
+                    unsafe { E::mma(&mut nacc, a, ones) };
+                }
             });
             unsafe { thread::sync_threads() };
         }

@@ -2,6 +2,7 @@
 //! variant (`GateKind`); `entry!` instantiates the PTX entry points under the names that
 //! `tfla_params::fwd::entry_name` lists.
 mod block;
+mod chunk_gates;
 mod chunk_output;
 mod chunk_state;
 mod gates;
@@ -22,6 +23,24 @@ macro_rules! entry {
             unsafe { $body::$body::<$elem, $gates>(&p) }
         }
     )*};
+}
+
+/// PTX entry point of the gate kernel (no element type).
+///
+/// # Safety
+/// As `chunk_gates`.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn mlstm_fwd_chunk_gates_exp(p: FwdParams) {
+    unsafe { chunk_gates::chunk_gates::<ExpGates>(&p) }
+}
+
+/// PTX entry point of the gate kernel (no element type).
+///
+/// # Safety
+/// As `chunk_gates`.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn mlstm_fwd_chunk_gates_sig(p: FwdParams) {
+    unsafe { chunk_gates::chunk_gates::<SigGates>(&p) }
 }
 
 entry! {

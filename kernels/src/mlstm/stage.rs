@@ -1,5 +1,5 @@
 //! Staging global tiles into shared memory.
-use crate::arch::{cp_async, global, shared, thread};
+use crate::arch::{cp_async, thread};
 use crate::tile::SmemTile;
 
 /// Issues `cp.async` copies of `rows` rows of a row-major (S, dim) tensor of 16-bit elements,
@@ -29,30 +29,21 @@ pub unsafe fn rows<const THREADS: u32>(
     }
 }
 
-/// Converts an f32 (rows × cols) block of a row-major (·, dim) f32 matrix, starting at
-/// (r0, c0), into 16-bit elements of `tile`; entries outside (r_end, dim) become zeros.
+/// Issues `cp.async` copies of `n` f32 of a (S,) vector from index `t` into `saddr`; entries
+/// at or past `t_end` become zeros. The caller commits and waits.
 ///
 /// # Safety
-/// Called by all THREADS threads; `base` is 16-byte aligned; `dim` and `cols` are multiples of
-/// 4; the tile has `rows` rows of `cols` columns.
+/// Called by all THREADS threads; `base` is 16-byte aligned; `t` and `n` are multiples of 4;
+/// `saddr` holds `n` f32 and is 16-byte aligned.
 #[inline(always)]
-pub unsafe fn f32_block<E: crate::arch::convert::Elem, const THREADS: u32>(
-    tile: SmemTile,
-    base: u64,
-    (r0, c0): (u32, u32),
-    (r_end, dim): (u32, u32),
-    (rows, cols): (u32, u32),
-) {
-    let vecs = cols / 4;
+pub unsafe fn f32_vec<const THREADS: u32>(saddr: u32, base: u64, (t, t_end): (u32, u32), n: u32) {
     let mut idx = thread::thread_idx();
-    while idx < rows * vecs {
-        let (r, c) = (idx / vecs, (idx % vecs) * 4);
-        let x = if r0 + r < r_end && c0 + c < dim {
-            unsafe { global::ld_v4_f32(base + (((r0 + r) * dim + c0 + c) as u64) * 4) }
-        } else {
-            [0.0; 4]
-        };
-        unsafe { shared::st_v2(tile.offset(r, c), [E::pack(x[0], x[1]), E::pack(x[2], x[3])]) };
+    while idx < n / 4 {
+        let j = t + 4 * idx;
+        // Copy the valid prefix of this group of 4; a partial group zero-fills its tail.
+        let bytes = (t_end.saturating_sub(j)).min(4) * 4;
+        let src = if bytes > 0 { base + j as u64 * 4 } else { base };
+        unsafe { cp_async::copy_16(saddr + 16 * idx, src, bytes) };
         idx += THREADS;
     }
 }

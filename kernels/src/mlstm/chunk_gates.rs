@@ -1,0 +1,60 @@
+//! Chunk gates (forward): for one chunk of one head, the gate vectors the other two kernels
+//! read, so they need no scans.
+//!
+//! Notation as in `chunk_state`: inside chunk k (local index j < len), λ_j = logσ(f̃_j), ι_j the
+//! log input gate. Writes, per step, b_j = Σ_{s≤j} λ_s, u_j = ι_j − b_j and (stabilized
+//! variant) cm_j = max_{s≤j} u_s; per chunk, g = b_{len−1}. In these terms the state update's
+//! weights are e^{g + u_j − m} and the output's row max is m_i = b_i + max(m_k, cm_i).
+use super::block::{self, Add, Max};
+use super::gates::GateKind;
+use crate::arch::{global, math, shared, thread};
+use tfla_params::fwd::{FwdParams, gates::*};
+
+/// # Safety
+/// Launched with `grid(p)`, THREADS threads and `smem_bytes(p.chunk)` bytes of dynamic shared
+/// memory, on parameters validated by the host.
+#[inline(always)]
+pub unsafe fn chunk_gates<G: GateKind>(p: &FwdParams) {
+    let tid = thread::thread_idx();
+    let (k, bh, _) = thread::block_idx();
+    let (l, s) = (p.chunk, p.s);
+    let t0 = k * l;
+    let len = l.min(s - t0);
+    let sb = shared::base();
+    let su = sb + 4 * l;
+    let scratch = su + 4 * l;
+    // First step of the chunk in the (BH, NC·L) gate vectors (chunk-padded rows keep every
+    // chunk 16-byte aligned for the consumers' `cp.async`).
+    let row = bh as u64 * (p.num_chunks * l) as u64 + t0 as u64;
+    let in_row = bh as u64 * s as u64 + t0 as u64; // the same step in the (BH, S) inputs
+    unsafe {
+        let mut j = tid;
+        while j < len {
+            shared::st_f32(sb + 4 * j, math::log_sigmoid(global::ld_nc_f32(p.f + (in_row + j as u64) * 4)));
+            j += THREADS;
+        }
+        thread::sync_threads();
+        block::scan::<Add, THREADS>(sb, len, scratch);
+        let mut j = tid;
+        while j < len {
+            let b = shared::ld_f32(sb + 4 * j);
+            let u = G::log_input(global::ld_nc_f32(p.i + (in_row + j as u64) * 4)) - b;
+            global::st_f32(p.gate_b + (row + j as u64) * 4, b);
+            global::st_f32(p.gate_u + (row + j as u64) * 4, u);
+            shared::st_f32(su + 4 * j, u);
+            j += THREADS;
+        }
+        if tid == 0 {
+            global::st_f32(p.gate_g + (bh as u64 * p.num_chunks as u64 + k as u64) * 4, shared::ld_f32(sb + 4 * (len - 1)));
+        }
+        if G::STABILIZED {
+            thread::sync_threads();
+            block::scan::<Max, THREADS>(su, len, scratch);
+            let mut j = tid;
+            while j < len {
+                global::st_f32(p.gate_cm + (row + j as u64) * 4, shared::ld_f32(su + 4 * j));
+                j += THREADS;
+            }
+        }
+    }
+}
