@@ -128,6 +128,7 @@ fn forward_hard_gate_regimes() {
         ("forget≈1", |t| (((t * 5) % 11) as f64 - 5.0, 12.0 + (t % 4) as f64)),
         ("big input gates", |t| (if t % 17 == 0 { 25.0 } else { ((t * 3) % 9) as f64 }, 2.0)),
     ];
+    let mut failures = Vec::new();
     for variant in [EXP, SIG] {
         for (label, gate) in regimes {
             let case = Case { shape: shape(1, 2, 333, 64, 64), chunk: 128, variant, dtype: Dtype::Bf16, initial_state: true };
@@ -139,9 +140,12 @@ fn forward_hard_gate_regimes() {
             let (h, st, cs) = check(&rt, case, &inp);
             let tol = fwd_tolerance(case.dtype);
             eprintln!("{label} {variant:?}: h {h:.2e}, final states {st:.2e}, chunk states {cs:.2e}");
-            assert!(h <= tol && st <= tol && cs <= tol, "{label} {variant:?} over tolerance {tol}");
+            if !(h <= tol && st <= tol && cs <= tol) {
+                failures.push(format!("{label} {variant:?}"));
+            }
         }
     }
+    assert!(failures.is_empty(), "over tolerance: {failures:?}");
 }
 
 #[test]

@@ -89,3 +89,13 @@ pub fn acc_to_a<E: crate::arch::convert::Elem>(lo: &[f32; 4], hi: &[f32; 4]) -> 
 pub fn acc_pos(lane: u32, e: usize) -> (u32, u32) {
     (lane / 4 + ((e as u32) / 2) * 8, (lane % 4) * 2 + (e as u32) % 2)
 }
+
+/// Splits a pair of f32 into a packed 16-bit head (round to nearest) and the packed 16-bit
+/// rounding error of that head: head + tail carries about 16 significant bits instead of 8
+/// (bf16) or 11 (f16), at the price of a second `mma` with the tail.
+#[inline(always)]
+pub fn split2<E: crate::arch::convert::Elem>(x: [f32; 2]) -> (u32, u32) {
+    let hi = E::pack(x[0], x[1]);
+    let (h0, h1) = E::unpack(hi);
+    (hi, E::pack(x[0] - h0, x[1] - h1))
+}

@@ -143,9 +143,9 @@ pub mod output {
         TILE_K * (TILE_HV + SMEM_ROW_PAD) * 2
     }
     /// f32 vectors: column gate terms (L), and per row: row gate term, inter-chunk scale,
-    /// normalizer floor, inter-chunk q·n (4 × TILE_Q); n_k (DQK).
+    /// normalizer floor (3 × TILE_Q); ñ_k (DQK).
     pub const fn gate_bytes(chunk: u32, dqk: u32) -> u32 {
-        (chunk + 4 * TILE_Q + dqk) * 4
+        (chunk + 3 * TILE_Q + dqk) * 4
     }
     pub const fn smem_bytes(chunk: u32, dqk: u32) -> u32 {
         STAGES * (q_bytes() + ring_bytes() + v_bytes()) + gate_bytes(chunk, dqk)

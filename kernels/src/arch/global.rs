@@ -132,3 +132,18 @@ pub unsafe fn ld_v2_f32_or_zero(pred: bool, ptr: u64) -> [f32; 2] {
     };
     [x, y]
 }
+
+/// [`ld_nc_f32`] when `pred` holds, 0.0 otherwise; branch-free as [`st_v2_f32_if`].
+///
+/// # Safety
+/// As [`ld_nc_f32`] whenever `pred` holds.
+#[inline(always)]
+pub unsafe fn ld_nc_f32_or_zero(pred: bool, ptr: u64) -> f32 {
+    let x: f32;
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.u32 p, {c}, 0; mov.b32 {x}, 0; @p ld.global.nc.f32 {x}, [{p}]; }}",
+             c = in(reg32) pred as u32, p = in(reg64) ptr, x = out(reg32) x,
+             options(pure, readonly, nostack))
+    };
+    x
+}

@@ -23,7 +23,7 @@ use super::gates::GateKind;
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, shfl, thread};
-use crate::tile::{SmemTile, acc_pos, acc_to_a};
+use crate::tile::{SmemTile, acc_pos, acc_to_a, split2};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, output::*};
 
 const NB: usize = (TILE_HV / 8) as usize;
@@ -65,8 +65,7 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     let srow_r = scol + 4 * l; // R_i
     let srow_scale = srow_r + 4 * TILE_Q; // e^{m_k − M_i}
     let srow_floor = srow_scale + 4 * TILE_Q; // e^{−m_i} (1 for sig)
-    let srow_sn = srow_floor + 4 * TILE_Q; // ñ_kᵀ q_i
-    let sn = srow_sn + 4 * TILE_Q; // ñ_k
+    let sn = srow_floor + 4 * TILE_Q; // ñ_k
 
     // Global bases of this head.
     let head = bh as u64;
@@ -143,7 +142,9 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     let mut acc = [[0f32; 4]; NB];
     let mut sacc = [[0f32; 4]; NB_S];
     let mut row_sum = [0f32; 2];
-    let mut qn = 0f32; // this thread's part of ñ_kᵀ q for row tid / 2
+    // ñ_kᵀ q rides along as one more n-block of the inter-chunk product, a value column ñ_k
+    // (all 8 columns equal): rows g and g+8 in elements 0 and 2.
+    let mut snacc = [0f32; 4];
     for item in 0..n_items {
         if item + 1 < n_items {
             issue(item + 1);
@@ -159,16 +160,6 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
         if item < n_c {
             // Inter-chunk term: acc += Q[:, dc..dc+TILE_C] · C̃_k[dc..dc+TILE_C, v0..].
             let (dc, sc) = (item * TILE_C, stage_c(st));
-            if G::NORMALIZED {
-                // ñ_kᵀ q over this slice: two threads per row, interleaved over d.
-                let (r, half) = (tid / 2, tid % 2);
-                let mut d = half;
-                while d < TILE_C && dc + d < dqk {
-                    let q = E::unpack(unsafe { shared::ld_u16(sq.offset(r, d)) }).0;
-                    qn += q * unsafe { shared::ld_f32(sn + 4 * (dc + d)) };
-                    d += 2;
-                }
-            }
             unroll!(4, ks => {
                 let ks = ks as u32;
                 if dc + ks * 16 < dqk {
@@ -180,15 +171,22 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
                             E::mma(&mut acc[2 * pair + 1], a, b[1]);
                         }
                     });
+                    if G::NORMALIZED {
+                        // B fragment of the ñ_k column: b0 (k = 2t, 2t+1), b1 (k = 2t+8, 2t+9).
+                        let d = sn + 4 * (dc + ks * 16 + (lane % 4) * 2);
+                        let n = unsafe { [0, 1, 8, 9].map(|o| shared::ld_f32(d + 4 * o)) };
+                        // ñ_k split into a 16-bit head and tail: |ñᵀq| can be far below
+                        // ‖ñ‖‖q‖, and the whole row is divided by it, so it gets ~16 bits.
+                        let (hi, lo) = split2::<E>([n[0], n[1]]);
+                        let (hi2, lo2) = split2::<E>([n[2], n[3]]);
+                        unsafe {
+                            E::mma(&mut snacc, a, [hi, hi2]);
+                            E::mma(&mut snacc, a, [lo, lo2]);
+                        }
+                    }
                 }
             });
             if item + 1 == n_c {
-                if G::NORMALIZED {
-                    qn += unsafe { shfl::xor_f32(qn, 1) };
-                    if tid % 2 == 0 {
-                        unsafe { shared::st_f32(srow_sn + 4 * (tid / 2), qn) };
-                    }
-                }
                 // Scale the inter-chunk term by e^{m_k − M_i} (sig: e^{b_i}) per row.
                 unroll!(2, half => {
                     let e = 2 * half;
@@ -197,6 +195,7 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
                         acc[nb][e] *= scale;
                         acc[nb][e + 1] *= scale;
                     });
+                    snacc[e] *= scale;
                 });
             }
         } else {
@@ -260,14 +259,8 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
         let rr = warp * 16 + lane / 4 + 8 * x as u32;
         let i = i0 + rr;
         let den = if G::NORMALIZED {
-            let (scale, sn_q, floor) = unsafe {
-                (
-                    shared::ld_f32(srow_scale + 4 * rr),
-                    shared::ld_f32(srow_sn + 4 * rr),
-                    shared::ld_f32(srow_floor + 4 * rr),
-                )
-            };
-            (p.scale * (scale * sn_q + *rs)).abs().max(floor) + p.eps
+            let floor = unsafe { shared::ld_f32(srow_floor + 4 * rr) };
+            (p.scale * (snacc[2 * x] + *rs)).abs().max(floor) + p.eps
         } else {
             1.0
         };

@@ -20,7 +20,7 @@ use super::gates::GateKind;
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{SmemTile, acc_pos};
+use crate::tile::{SmemTile, acc_pos, split2};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, state::*};
 
 const NB: usize = (TILE_HV / 8) as usize;
@@ -83,7 +83,7 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         for half in 0..2 {
             let r = d0 + row(2 * half);
             let ptr = p.n0 + (head * dqk as u64 + r as u64) * 4;
-            let x = unsafe { global::ld_v2_f32_or_zero(r < dqk, ptr) }[0];
+            let x = unsafe { global::ld_nc_f32_or_zero(r < dqk, ptr) };
             nacc[2 * half] = x;
             nacc[2 * half + 1] = x;
         }
@@ -190,10 +190,13 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                 // a0, a1 hold steps jj, jj+1; a2, a3 hold jj+8, jj+9. Their weights
                 // e^{g + u_j − m}; steps past a ragged end have zero K rows, so need no mask.
                 let w = [jj, jj + 1, jj + 8, jj + 9].map(|j| math::exp(log_w0 + unsafe { shared::ld_f32(su + 4 * j) }));
+                // The weighted K, and (for ñ, which ends up dividing a whole row of h) the
+                // rounding error of that product as a second 16-bit term.
+                let mut a_lo = [0u32; 4];
                 unroll!(4, r => {
                     let (lo, hi) = E::unpack(a[r]);
                     let wi = (r / 2) * 2;
-                    a[r] = E::pack(lo * w[wi], hi * w[wi + 1]);
+                    (a[r], a_lo[r]) = split2::<E>([lo * w[wi], hi * w[wi + 1]]);
                 });
                 unroll!(8, pair => {
                     let b = unsafe { sv.b_kn(ks * 16, pair as u32 * 16, lane) };
@@ -203,7 +206,10 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                     }
                 });
                 if with_n {
-                    unsafe { E::mma(&mut nacc, a, ones) };
+                    unsafe {
+                        E::mma(&mut nacc, a, ones);
+                        E::mma(&mut nacc, a_lo, ones);
+                    }
                 }
             });
             unsafe { thread::sync_threads() };
