@@ -4,7 +4,10 @@ use tfla::{Error, Runtime};
 #[test]
 fn runtime_without_gpu_is_a_typed_error() {
     match Runtime::new() {
-        Ok(rt) => eprintln!("a GPU is present ({}); the no-device path is not exercised here", rt.device_name().unwrap()),
+        Ok(rt) => eprintln!(
+            "a GPU is present ({}); the no-device path is not exercised here",
+            rt.device_name().unwrap()
+        ),
         Err(Error::NoDevice(msg)) => assert!(!msg.is_empty()),
         Err(e) => panic!("expected Ok or Error::NoDevice, got {e:?}"),
     }
@@ -15,5 +18,8 @@ fn registry_names_every_variant() {
     for k in tfla::registry::KERNELS {
         assert_eq!(tfla::registry::lookup(k.name).unwrap().variant, k.variant);
     }
-    assert!(matches!(tfla::registry::lookup("triton"), Err(Error::UnknownKernel { .. })));
+    assert!(matches!(
+        tfla::registry::lookup("triton"),
+        Err(Error::UnknownKernel { .. })
+    ));
 }

@@ -30,10 +30,21 @@ fn shape(b: usize, nh: usize, s: usize, dqk: usize, dhv: usize) -> Shape {
 /// Runs one case and returns (h error, final-state error, chunk-state error).
 fn check(rt: &Runtime, case: Case, inp: &RefInputs) -> (f64, f64, f64) {
     let dev = DeviceInputs::upload(rt, inp, case.dtype);
-    let cfg = MlstmConfig { row_stats: true, ..MlstmConfig::new(case.variant).with_chunk_size(case.chunk) };
+    let cfg = MlstmConfig {
+        row_stats: true,
+        ..MlstmConfig::new(case.variant).with_chunk_size(case.chunk)
+    };
     let dims = dev.as_inputs().dims().unwrap();
     let mut out = MlstmOutputs::alloc(rt, &dims, case.dtype, &cfg).unwrap();
-    for t in [&mut out.h, &mut out.c, &mut out.n, &mut out.m, &mut out.states.c, &mut out.states.n, &mut out.states.m] {
+    for t in [
+        &mut out.h,
+        &mut out.c,
+        &mut out.n,
+        &mut out.m,
+        &mut out.states.c,
+        &mut out.states.n,
+        &mut out.states.m,
+    ] {
         t.fill_nan().unwrap();
     }
     tfla::mlstm_fwd_into(rt, &dev.as_inputs(), &cfg, &mut out).unwrap();
@@ -49,19 +60,36 @@ fn check(rt: &Runtime, case: Case, inp: &RefInputs) -> (f64, f64, f64) {
     }
     // Chunk states: the reference lists NC + 1 boundaries (the last is the final state).
     let cs = reference::chunk_states(inp, &p, case.chunk);
-    let (bh, nc, dqk, dhv) = (case.shape.heads(), cs.num_chunks, case.shape.dqk, case.shape.dhv);
+    let (bh, nc, dqk, dhv) = (
+        case.shape.heads(),
+        cs.num_chunks,
+        case.shape.dqk,
+        case.shape.dhv,
+    );
     let drop_last = |x: &[f64], per: usize| -> Vec<f64> {
-        (0..bh).flat_map(|h| x[h * (nc + 1) * per..(h * (nc + 1) + nc) * per].to_vec()).collect()
+        (0..bh)
+            .flat_map(|h| x[h * (nc + 1) * per..(h * (nc + 1) + nc) * per].to_vec())
+            .collect()
     };
-    let mut chunk_err = rel_err(&out.states.c.to_f32_vec().unwrap(), &drop_last(&cs.c, dqk * dhv));
+    let mut chunk_err = rel_err(
+        &out.states.c.to_f32_vec().unwrap(),
+        &drop_last(&cs.c, dqk * dhv),
+    );
     if case.variant.normalizes() {
-        chunk_err = chunk_err.max(rel_err(&out.states.n.to_f32_vec().unwrap(), &drop_last(&cs.n, dqk)));
+        chunk_err = chunk_err.max(rel_err(
+            &out.states.n.to_f32_vec().unwrap(),
+            &drop_last(&cs.n, dqk),
+        ));
     }
     if case.variant == EXP {
         // m_k can be 0 at every boundary for some inputs: compare absolutely.
         let got = out.states.m.to_f32_vec().unwrap();
         let want_m = drop_last(&cs.m, 1);
-        let abs = got.iter().zip(&want_m).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+        let abs = got
+            .iter()
+            .zip(&want_m)
+            .map(|(&g, &w)| (g as f64 - w).abs())
+            .fold(0.0, f64::max);
         assert!(abs < 1e-3, "{case:?}: chunk max states differ by {abs}");
     }
     (h_err, state_err, chunk_err)
@@ -77,12 +105,20 @@ fn run(cases: &[Case], name: &str) {
         let (h, st, cs) = check(&rt, case, &inp);
         let tol = fwd_tolerance(case.dtype);
         let ok = h <= tol && st <= tol && cs <= tol;
-        eprintln!("{} {case:?}: h {h:.2e}, final states {st:.2e}, chunk states {cs:.2e}", if ok { "ok  " } else { "FAIL" });
+        eprintln!(
+            "{} {case:?}: h {h:.2e}, final states {st:.2e}, chunk states {cs:.2e}",
+            if ok { "ok  " } else { "FAIL" }
+        );
         if !ok {
             failures.push(case);
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases over tolerance: {failures:?}", failures.len(), cases.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases over tolerance: {failures:?}",
+        failures.len(),
+        cases.len()
+    );
 }
 
 #[test]
@@ -91,8 +127,20 @@ fn forward_matches_reference_all_variants_and_dtypes() {
     let mut cases = Vec::new();
     for variant in [EXP, SIG, SIG_NONORM] {
         for dtype in [Dtype::Bf16, Dtype::F16] {
-            cases.push(Case { shape: shape(1, 2, 300, 64, 128), chunk: 64, variant, dtype, initial_state: true });
-            cases.push(Case { shape: shape(2, 1, 200, 128, 32), chunk: 128, variant, dtype, initial_state: false });
+            cases.push(Case {
+                shape: shape(1, 2, 300, 64, 128),
+                chunk: 64,
+                variant,
+                dtype,
+                initial_state: true,
+            });
+            cases.push(Case {
+                shape: shape(2, 1, 200, 128, 32),
+                chunk: 128,
+                variant,
+                dtype,
+                initial_state: false,
+            });
         }
     }
     run(&cases, "forward_matches_reference_all_variants_and_dtypes");
@@ -103,16 +151,52 @@ fn forward_matches_reference_all_variants_and_dtypes() {
 fn forward_ragged_shapes_and_every_chunk_size() {
     let mut cases = vec![
         // S = 1; smallest head dims.
-        Case { shape: shape(2, 1, 1, 16, 16), chunk: 64, variant: EXP, dtype: Dtype::Bf16, initial_state: true },
+        Case {
+            shape: shape(2, 1, 1, 16, 16),
+            chunk: 64,
+            variant: EXP,
+            dtype: Dtype::Bf16,
+            initial_state: true,
+        },
         // Head dims that are not multiples of the 64/128 tiles.
-        Case { shape: shape(1, 2, 513, 48, 80), chunk: 256, variant: SIG, dtype: Dtype::Bf16, initial_state: true },
-        Case { shape: shape(1, 1, 77, 208, 144), chunk: 64, variant: EXP, dtype: Dtype::Bf16, initial_state: false },
+        Case {
+            shape: shape(1, 2, 513, 48, 80),
+            chunk: 256,
+            variant: SIG,
+            dtype: Dtype::Bf16,
+            initial_state: true,
+        },
+        Case {
+            shape: shape(1, 1, 77, 208, 144),
+            chunk: 64,
+            variant: EXP,
+            dtype: Dtype::Bf16,
+            initial_state: false,
+        },
         // DQK ≠ DHV at the largest head dims.
-        Case { shape: shape(1, 1, 200, 512, 512), chunk: 128, variant: EXP, dtype: Dtype::Bf16, initial_state: true },
-        Case { shape: shape(1, 1, 130, 256, 512), chunk: 64, variant: SIG_NONORM, dtype: Dtype::Bf16, initial_state: false },
+        Case {
+            shape: shape(1, 1, 200, 512, 512),
+            chunk: 128,
+            variant: EXP,
+            dtype: Dtype::Bf16,
+            initial_state: true,
+        },
+        Case {
+            shape: shape(1, 1, 130, 256, 512),
+            chunk: 64,
+            variant: SIG_NONORM,
+            dtype: Dtype::Bf16,
+            initial_state: false,
+        },
     ];
     for chunk in [64, 128, 256, 512, 1024] {
-        cases.push(Case { shape: shape(1, 2, 2 * chunk + 37, 64, 64), chunk, variant: EXP, dtype: Dtype::Bf16, initial_state: true });
+        cases.push(Case {
+            shape: shape(1, 2, 2 * chunk + 37, 64, 64),
+            chunk,
+            variant: EXP,
+            dtype: Dtype::Bf16,
+            initial_state: true,
+        });
     }
     run(&cases, "forward_ragged_shapes_and_every_chunk_size");
 }
@@ -124,14 +208,33 @@ fn forward_hard_gate_regimes() {
     let mut rng = rng("forward_hard_gate_regimes");
     // Forget gates near 0 and near 1, and input gates large enough to move the max state.
     let regimes: [(&str, fn(usize) -> (f64, f64)); 3] = [
-        ("forget≈0", |t| (((t * 7) % 13) as f64 - 6.0, -9.0 + (t % 3) as f64)),
-        ("forget≈1", |t| (((t * 5) % 11) as f64 - 5.0, 12.0 + (t % 4) as f64)),
-        ("big input gates", |t| (if t % 17 == 0 { 25.0 } else { ((t * 3) % 9) as f64 }, 2.0)),
+        ("forget≈0", |t| {
+            (((t * 7) % 13) as f64 - 6.0, -9.0 + (t % 3) as f64)
+        }),
+        ("forget≈1", |t| {
+            (((t * 5) % 11) as f64 - 5.0, 12.0 + (t % 4) as f64)
+        }),
+        ("big input gates", |t| {
+            (
+                if t % 17 == 0 {
+                    25.0
+                } else {
+                    ((t * 3) % 9) as f64
+                },
+                2.0,
+            )
+        }),
     ];
     let mut failures = Vec::new();
     for variant in [EXP, SIG] {
         for (label, gate) in regimes {
-            let case = Case { shape: shape(1, 2, 333, 64, 64), chunk: 128, variant, dtype: Dtype::Bf16, initial_state: true };
+            let case = Case {
+                shape: shape(1, 2, 333, 64, 64),
+                chunk: 128,
+                variant,
+                dtype: Dtype::Bf16,
+                initial_state: true,
+            };
             let mut inp = RefInputs::random(case.shape, true, &mut rng);
             for (t, (i, f)) in inp.i.iter_mut().zip(inp.f.iter_mut()).enumerate() {
                 (*i, *f) = gate(t % case.shape.s);
@@ -139,7 +242,9 @@ fn forward_hard_gate_regimes() {
             round_inputs(&mut inp, case.dtype);
             let (h, st, cs) = check(&rt, case, &inp);
             let tol = fwd_tolerance(case.dtype);
-            eprintln!("{label} {variant:?}: h {h:.2e}, final states {st:.2e}, chunk states {cs:.2e}");
+            eprintln!(
+                "{label} {variant:?}: h {h:.2e}, final states {st:.2e}, chunk states {cs:.2e}"
+            );
             if !(h <= tol && st <= tol && cs <= tol) {
                 failures.push(format!("{label} {variant:?}"));
             }
@@ -160,7 +265,9 @@ fn forward_state_passing_equals_one_call() {
         let mut whole = whole;
         round_inputs(&mut whole, Dtype::Bf16);
         let split = |lo: usize, hi: usize, per: usize, x: &[f64]| -> Vec<f64> {
-            (0..2).flat_map(|h| x[(h * (s1 + s2) + lo) * per..(h * (s1 + s2) + hi) * per].to_vec()).collect()
+            (0..2)
+                .flat_map(|h| x[(h * (s1 + s2) + lo) * per..(h * (s1 + s2) + hi) * per].to_vec())
+                .collect()
         };
         let part = |lo, hi| RefInputs {
             shape: shape(1, 2, hi - lo, 64, 64),
@@ -187,13 +294,31 @@ fn forward_state_passing_equals_one_call() {
         second.m0 = Some(&out_first.m);
         let out_second = tfla::mlstm_fwd(&rt, &second, &cfg).unwrap();
         rt.synchronize().unwrap();
-        let h_whole: Vec<f64> = out_whole.h.to_f32_vec().unwrap().iter().map(|&x| x as f64).collect();
+        let h_whole: Vec<f64> = out_whole
+            .h
+            .to_f32_vec()
+            .unwrap()
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
         let h_second = out_second.h.to_f32_vec().unwrap();
         let err = rel_err(&h_second, &split(s1, s1 + s2, 64, &h_whole));
-        let c_err = rel_err(&out_second.c.to_f32_vec().unwrap(), &out_whole.c.to_f32_vec().unwrap().iter().map(|&x| x as f64).collect::<Vec<_>>());
+        let c_err = rel_err(
+            &out_second.c.to_f32_vec().unwrap(),
+            &out_whole
+                .c
+                .to_f32_vec()
+                .unwrap()
+                .iter()
+                .map(|&x| x as f64)
+                .collect::<Vec<_>>(),
+        );
         eprintln!("{variant:?}: second half h {err:.2e}, final C {c_err:.2e}");
         // Same kernels, same inputs; only the chunk boundaries move (f32 state round trip).
-        assert!(err < 1e-2 && c_err < 1e-2, "{variant:?}: state passing differs: h {err:.2e}, C {c_err:.2e}");
+        assert!(
+            err < 1e-2 && c_err < 1e-2,
+            "{variant:?}: state passing differs: h {err:.2e}, C {c_err:.2e}"
+        );
     }
 }
 
@@ -203,7 +328,11 @@ fn bad_arguments_get_typed_errors() {
     use tfla::{Error, Tensor};
     let rt = runtime();
     let t = |dt, shape: &[usize]| Tensor::zeros(&rt, dt, shape).unwrap();
-    let (q, k, v) = (t(Dtype::Bf16, &[1, 2, 8, 64]), t(Dtype::Bf16, &[1, 2, 8, 64]), t(Dtype::Bf16, &[1, 2, 8, 32]));
+    let (q, k, v) = (
+        t(Dtype::Bf16, &[1, 2, 8, 64]),
+        t(Dtype::Bf16, &[1, 2, 8, 64]),
+        t(Dtype::Bf16, &[1, 2, 8, 32]),
+    );
     let (i, f) = (t(Dtype::F32, &[1, 2, 8]), t(Dtype::F32, &[1, 2, 8]));
     let cfg = MlstmConfig::new(EXP);
     let ok = tfla::MlstmInputs::new(&q, &k, &v, &i, &f);
@@ -221,13 +350,43 @@ fn bad_arguments_get_typed_errors() {
     let q32 = t(Dtype::F32, &[1, 2, 8, 64]);
     let k32 = t(Dtype::F32, &[1, 2, 8, 64]);
     let v32 = t(Dtype::F32, &[1, 2, 8, 32]);
-    let e = tfla::mlstm_fwd(&rt, &tfla::MlstmInputs::new(&q32, &k32, &v32, &i, &f), &cfg).unwrap_err();
+    let e =
+        tfla::mlstm_fwd(&rt, &tfla::MlstmInputs::new(&q32, &k32, &v32, &i, &f), &cfg).unwrap_err();
     assert!(matches!(e, Error::Dtype { arg: "q", .. }), "{e}");
-    let (q40, k40) = (t(Dtype::Bf16, &[1, 2, 8, 40]), t(Dtype::Bf16, &[1, 2, 8, 40]));
-    let e = tfla::mlstm_fwd(&rt, &tfla::MlstmInputs { q: &q40, k: &k40, ..ok }, &cfg).unwrap_err();
-    assert!(matches!(e, Error::HeadDim { arg: "DQK", value: 40 }), "{e}");
+    let (q40, k40) = (
+        t(Dtype::Bf16, &[1, 2, 8, 40]),
+        t(Dtype::Bf16, &[1, 2, 8, 40]),
+    );
+    let e = tfla::mlstm_fwd(
+        &rt,
+        &tfla::MlstmInputs {
+            q: &q40,
+            k: &k40,
+            ..ok
+        },
+        &cfg,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::HeadDim {
+                arg: "DQK",
+                value: 40
+            }
+        ),
+        "{e}"
+    );
     let c0_bad = t(Dtype::F32, &[1, 2, 64, 64]);
-    let e = tfla::mlstm_fwd(&rt, &tfla::MlstmInputs { c0: Some(&c0_bad), ..ok }, &cfg).unwrap_err();
+    let e = tfla::mlstm_fwd(
+        &rt,
+        &tfla::MlstmInputs {
+            c0: Some(&c0_bad),
+            ..ok
+        },
+        &cfg,
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Shape { arg: "c0", .. }), "{e}");
     let e = tfla::mlstm_fwd(&rt, &ok, &cfg.with_chunk_size(100)).unwrap_err();
     assert!(matches!(e, Error::ChunkSize { value: 100, .. }), "{e}");
@@ -255,10 +414,12 @@ fn bad_arguments_get_typed_errors() {
     };
     let cfg64 = cfg.with_chunk_size(out.states.chunk_size);
     // SAFETY: rejected before launch (misaligned q, then null h).
-    let e = unsafe { tfla::mlstm_fwd_raw(&rt, rt.stream(), &ptrs, dims, Dtype::Bf16, &cfg64) }.unwrap_err();
+    let e = unsafe { tfla::mlstm_fwd_raw(&rt, rt.stream(), &ptrs, dims, Dtype::Bf16, &cfg64) }
+        .unwrap_err();
     assert!(matches!(e, Error::Invalid { arg: "q", .. }), "{e}");
     ptrs.q = q.device_ptr();
     ptrs.h = 0;
-    let e = unsafe { tfla::mlstm_fwd_raw(&rt, rt.stream(), &ptrs, dims, Dtype::Bf16, &cfg64) }.unwrap_err();
+    let e = unsafe { tfla::mlstm_fwd_raw(&rt, rt.stream(), &ptrs, dims, Dtype::Bf16, &cfg64) }
+        .unwrap_err();
     assert!(matches!(e, Error::Invalid { arg: "h", .. }), "{e}");
 }

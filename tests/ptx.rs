@@ -7,7 +7,11 @@ use tfla_ptx_build::{Arch, entry_points, find_ptxas, ptxas_report, unresolved_ex
 
 fn all_entry_names() -> Vec<&'static str> {
     let mut names = Vec::new();
-    for kernel in [FwdKernel::ChunkGates, FwdKernel::ChunkState, FwdKernel::ChunkOutput] {
+    for kernel in [
+        FwdKernel::ChunkGates,
+        FwdKernel::ChunkState,
+        FwdKernel::ChunkOutput,
+    ] {
         for gates in [Gates::Exp, Gates::Sig, Gates::SigNoNorm] {
             for dtype in [Dtype::Bf16, Dtype::F16] {
                 names.push(entry_name(kernel, gates, dtype));
@@ -23,11 +27,21 @@ fn all_entry_names() -> Vec<&'static str> {
 fn embedded_ptx_has_every_entry_point_and_no_externs() {
     let entries = entry_points(tfla::runtime::PTX);
     for name in all_entry_names() {
-        assert!(entries.iter().any(|e| e == name), "entry point {name} missing from the PTX");
+        assert!(
+            entries.iter().any(|e| e == name),
+            "entry point {name} missing from the PTX"
+        );
     }
     assert!(unresolved_externs(tfla::runtime::PTX).is_empty());
-    for instr in ["mma.sync.aligned.m16n8k16", "ldmatrix.sync.aligned", "cp.async.cg.shared.global"] {
-        assert!(tfla::runtime::PTX.contains(instr), "the kernels are meant to use {instr}");
+    for instr in [
+        "mma.sync.aligned.m16n8k16",
+        "ldmatrix.sync.aligned",
+        "cp.async.cg.shared.global",
+    ] {
+        assert!(
+            tfla::runtime::PTX.contains(instr),
+            "the kernels are meant to use {instr}"
+        );
     }
 }
 
@@ -35,15 +49,30 @@ fn embedded_ptx_has_every_entry_point_and_no_externs() {
 fn ptxas_assembles_every_kernel_without_spills() {
     let Some(ptxas) = find_ptxas() else {
         // Not a pass in disguise: the message is printed and the test name says what it checks.
-        eprintln!("SKIPPED ptxas_assembles_every_kernel_without_spills: no ptxas on PATH or in CUDA_PATH");
+        eprintln!(
+            "SKIPPED ptxas_assembles_every_kernel_without_spills: no ptxas on PATH or in CUDA_PATH"
+        );
         return;
     };
     let report = ptxas_report(&ptxas, tfla::runtime::PTX, Arch::Sm90).expect("ptxas failed");
     for name in all_entry_names() {
-        let k = report.iter().find(|k| k.name == name).unwrap_or_else(|| panic!("{name} not in ptxas report"));
-        eprintln!("{name}: {} registers, {} B stack, {} B spilled", k.registers, k.stack_bytes, k.spill_store_bytes);
-        assert_eq!((k.spill_store_bytes, k.spill_load_bytes), (0, 0), "{name} spills");
-        assert_eq!(k.stack_bytes, 0, "{name} has a stack frame (a register tile went to local memory)");
+        let k = report
+            .iter()
+            .find(|k| k.name == name)
+            .unwrap_or_else(|| panic!("{name} not in ptxas report"));
+        eprintln!(
+            "{name}: {} registers, {} B stack, {} B spilled",
+            k.registers, k.stack_bytes, k.spill_store_bytes
+        );
+        assert_eq!(
+            (k.spill_store_bytes, k.spill_load_bytes),
+            (0, 0),
+            "{name} spills"
+        );
+        assert_eq!(
+            k.stack_bytes, 0,
+            "{name} has a stack frame (a register tile went to local memory)"
+        );
         assert!(k.registers <= 255, "{name}: {} registers", k.registers);
     }
 }

@@ -19,7 +19,11 @@ impl Dims {
     pub fn validate(&self) -> Result<()> {
         for (arg, value) in [("B", self.b), ("NH", self.nh), ("S", self.s)] {
             if value == 0 {
-                return Err(Error::Invalid { arg, value: "0".into(), reason: "must be at least 1" });
+                return Err(Error::Invalid {
+                    arg,
+                    value: "0".into(),
+                    reason: "must be at least 1",
+                });
             }
         }
         for (arg, value) in [("DQK", self.dqk), ("DHV", self.dhv)] {
@@ -70,7 +74,13 @@ pub struct MlstmConfig {
 impl MlstmConfig {
     /// Defaults: heuristic chunk size, eps = 1e-6, scale = 1/√DQK, no row statistics.
     pub fn new(variant: Variant) -> Self {
-        MlstmConfig { variant, chunk_size: None, eps: 1e-6, scale: None, row_stats: false }
+        MlstmConfig {
+            variant,
+            chunk_size: None,
+            eps: 1e-6,
+            scale: None,
+            row_stats: false,
+        }
     }
 
     pub fn with_chunk_size(mut self, chunk: usize) -> Self {
@@ -83,7 +93,10 @@ impl MlstmConfig {
         match self.chunk_size {
             None => Ok(select_chunk_size(dims) as usize),
             Some(c) if CHUNK_SIZES.contains(&(c as u32)) => Ok(c),
-            Some(c) => Err(Error::ChunkSize { value: c, supported: &CHUNK_SIZES }),
+            Some(c) => Err(Error::ChunkSize {
+                value: c,
+                supported: &CHUNK_SIZES,
+            }),
         }
     }
 
@@ -91,7 +104,11 @@ impl MlstmConfig {
     pub fn scale_for(&self, dims: &Dims) -> Result<f32> {
         let scale = self.scale.unwrap_or(1.0 / (dims.dqk as f32).sqrt());
         if !scale.is_finite() {
-            return Err(Error::Invalid { arg: "scale", value: scale.to_string(), reason: "must be finite" });
+            return Err(Error::Invalid {
+                arg: "scale",
+                value: scale.to_string(),
+                reason: "must be finite",
+            });
         }
         if !(self.eps.is_finite() && self.eps >= 0.0) {
             return Err(Error::Invalid {
@@ -122,7 +139,11 @@ pub fn select_chunk_size(dims: &Dims) -> u32 {
         .copied()
         .min_by(|&a, &b| cost(a as f64).total_cmp(&cost(b as f64)))
         .unwrap_or(CHUNK_SIZES[0]);
-    let cover = CHUNK_SIZES.iter().copied().find(|&l| l as usize >= dims.s).unwrap_or(u32::MAX);
+    let cover = CHUNK_SIZES
+        .iter()
+        .copied()
+        .find(|&l| l as usize >= dims.s)
+        .unwrap_or(u32::MAX);
     best.min(cover)
 }
 
@@ -131,7 +152,13 @@ mod tests {
     use super::*;
 
     fn dims(s: usize, dqk: usize, dhv: usize) -> Dims {
-        Dims { b: 1, nh: 1, s, dqk, dhv }
+        Dims {
+            b: 1,
+            nh: 1,
+            s,
+            dqk,
+            dhv,
+        }
     }
 
     #[test]
@@ -145,9 +172,24 @@ mod tests {
 
     #[test]
     fn rejects_bad_dims() {
-        assert!(matches!(dims(8, 24, 64).validate(), Err(Error::HeadDim { arg: "DQK", value: 24 })));
-        assert!(matches!(dims(8, 64, 528).validate(), Err(Error::HeadDim { arg: "DHV", value: 528 })));
-        assert!(matches!(dims(0, 64, 64).validate(), Err(Error::Invalid { arg: "S", .. })));
+        assert!(matches!(
+            dims(8, 24, 64).validate(),
+            Err(Error::HeadDim {
+                arg: "DQK",
+                value: 24
+            })
+        ));
+        assert!(matches!(
+            dims(8, 64, 528).validate(),
+            Err(Error::HeadDim {
+                arg: "DHV",
+                value: 528
+            })
+        ));
+        assert!(matches!(
+            dims(0, 64, 64).validate(),
+            Err(Error::Invalid { arg: "S", .. })
+        ));
         assert!(dims(8, 16, 512).validate().is_ok());
     }
 
@@ -155,10 +197,25 @@ mod tests {
     fn rejects_bad_chunk_and_constants() {
         let d = dims(64, 64, 64);
         let cfg = MlstmConfig::new(Variant::Exp).with_chunk_size(96);
-        assert!(matches!(cfg.chunk_for(&d), Err(Error::ChunkSize { value: 96, .. })));
-        let cfg = MlstmConfig { eps: -1.0, ..MlstmConfig::new(Variant::Exp) };
-        assert!(matches!(cfg.scale_for(&d), Err(Error::Invalid { arg: "eps", .. })));
-        let cfg = MlstmConfig { scale: Some(f32::NAN), ..MlstmConfig::new(Variant::Exp) };
-        assert!(matches!(cfg.scale_for(&d), Err(Error::Invalid { arg: "scale", .. })));
+        assert!(matches!(
+            cfg.chunk_for(&d),
+            Err(Error::ChunkSize { value: 96, .. })
+        ));
+        let cfg = MlstmConfig {
+            eps: -1.0,
+            ..MlstmConfig::new(Variant::Exp)
+        };
+        assert!(matches!(
+            cfg.scale_for(&d),
+            Err(Error::Invalid { arg: "eps", .. })
+        ));
+        let cfg = MlstmConfig {
+            scale: Some(f32::NAN),
+            ..MlstmConfig::new(Variant::Exp)
+        };
+        assert!(matches!(
+            cfg.scale_for(&d),
+            Err(Error::Invalid { arg: "scale", .. })
+        ));
     }
 }

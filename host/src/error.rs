@@ -24,25 +24,44 @@ pub enum Error {
     OutOfMemory { arg: &'static str, bytes: usize },
     /// A tensor's shape does not match what the other arguments imply.
     #[error("`{arg}` has shape {got:?}, expected {expected:?}")]
-    Shape { arg: &'static str, expected: Vec<usize>, got: Vec<usize> },
+    Shape {
+        arg: &'static str,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
     /// A tensor has the wrong element type.
     #[error("`{arg}` has dtype {got:?}, expected {expected}")]
-    Dtype { arg: &'static str, expected: &'static str, got: Dtype },
+    Dtype {
+        arg: &'static str,
+        expected: &'static str,
+        got: Dtype,
+    },
     /// A head dimension the kernels do not support.
     #[error("`{arg}` = {value} is not supported: head dims must be multiples of 16 in 16..=512")]
     HeadDim { arg: &'static str, value: usize },
     /// A chunk size the kernels do not support.
     #[error("`chunk_size` = {value} is not supported: expected one of {supported:?}")]
-    ChunkSize { value: usize, supported: &'static [u32] },
+    ChunkSize {
+        value: usize,
+        supported: &'static [u32],
+    },
     /// Any other invalid argument.
     #[error("`{arg}` = {value} is invalid: {reason}")]
-    Invalid { arg: &'static str, value: String, reason: &'static str },
+    Invalid {
+        arg: &'static str,
+        value: String,
+        reason: &'static str,
+    },
     /// A kernel needs more shared memory per block than the device offers.
     #[error(
         "kernel `{kernel}` needs {requested} bytes of shared memory per block, the device offers \
          {available} (DQK and chunk size set it)"
     )]
-    SharedMemory { kernel: &'static str, requested: u32, available: u32 },
+    SharedMemory {
+        kernel: &'static str,
+        requested: u32,
+        available: u32,
+    },
     /// A kernel name that is not in the registry.
     #[error("unknown kernel `{name}`; registered: {registered}")]
     UnknownKernel { name: String, registered: String },

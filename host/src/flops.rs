@@ -7,7 +7,12 @@ use crate::config::Dims;
 /// + S·L·(DQK + DHV) (intra-chunk QKᵀ and (QKᵀ ⊙ D)·V, causal: half of each L×L tile).
 /// Elementwise gate work is not counted.
 pub fn forward_flops(dims: &Dims, chunk: usize) -> f64 {
-    let (s, dqk, dhv, l) = (dims.s as f64, dims.dqk as f64, dims.dhv as f64, chunk as f64);
+    let (s, dqk, dhv, l) = (
+        dims.s as f64,
+        dims.dqk as f64,
+        dims.dhv as f64,
+        chunk as f64,
+    );
     dims.bh() as f64 * (4.0 * s * dqk * dhv + s * l * (dqk + dhv))
 }
 
@@ -24,7 +29,13 @@ mod tests {
 
     #[test]
     fn counts_the_paper_shape() {
-        let d = Dims { b: 8, nh: 8, s: 8192, dqk: 512, dhv: 512 };
+        let d = Dims {
+            b: 8,
+            nh: 8,
+            s: 8192,
+            dqk: 512,
+            dhv: 512,
+        };
         // 64 heads · (4·8192·512² + 8192·256·1024) = 64 · (8.59e9 + 2.15e9)
         assert!((forward_flops(&d, 256) - 64.0 * (8_589_934_592.0 + 2_147_483_648.0)).abs() < 1.0);
         assert_eq!(state_bytes(&d, 256), 64 * 32 * (512 * 512 * 2 + 513 * 4));

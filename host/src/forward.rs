@@ -33,7 +33,16 @@ pub struct MlstmInputs<'a> {
 impl<'a> MlstmInputs<'a> {
     /// Inputs without initial states.
     pub fn new(q: &'a Tensor, k: &'a Tensor, v: &'a Tensor, i: &'a Tensor, f: &'a Tensor) -> Self {
-        MlstmInputs { q, k, v, i, f, c0: None, n0: None, m0: None }
+        MlstmInputs {
+            q,
+            k,
+            v,
+            i,
+            f,
+            c0: None,
+            n0: None,
+            m0: None,
+        }
     }
 
     /// Dimensions implied by the inputs, after checking every shape and dtype.
@@ -48,7 +57,13 @@ impl<'a> MlstmInputs<'a> {
         }
         let v = self.v.shape();
         let dhv = if v.len() == 4 { v[3] } else { 0 };
-        let dims = Dims { b: q[0], nh: q[1], s: q[2], dqk: q[3], dhv };
+        let dims = Dims {
+            b: q[0],
+            nh: q[1],
+            s: q[2],
+            dqk: q[3],
+            dhv,
+        };
         dims.validate()?;
         let (b, nh, s) = (dims.b, dims.nh, dims.s);
         expect_shape("k", self.k, &[b, nh, s, dims.dqk])?;
@@ -57,17 +72,35 @@ impl<'a> MlstmInputs<'a> {
         expect_shape("f", self.f, &[b, nh, s])?;
         let dtype = self.q.dtype();
         if dtype == Dtype::F32 {
-            return Err(Error::Dtype { arg: "q", expected: "bf16 or f16", got: dtype });
+            return Err(Error::Dtype {
+                arg: "q",
+                expected: "bf16 or f16",
+                got: dtype,
+            });
         }
         for (arg, t) in [("k", self.k), ("v", self.v)] {
             if t.dtype() != dtype {
-                return Err(Error::Dtype { arg, expected: dtype.name(), got: t.dtype() });
+                return Err(Error::Dtype {
+                    arg,
+                    expected: dtype.name(),
+                    got: t.dtype(),
+                });
             }
         }
-        for (arg, t) in [("i", Some(self.i)), ("f", Some(self.f)), ("c0", self.c0), ("n0", self.n0), ("m0", self.m0)] {
+        for (arg, t) in [
+            ("i", Some(self.i)),
+            ("f", Some(self.f)),
+            ("c0", self.c0),
+            ("n0", self.n0),
+            ("m0", self.m0),
+        ] {
             if let Some(t) = t {
                 if t.dtype() != Dtype::F32 {
-                    return Err(Error::Dtype { arg, expected: "f32", got: t.dtype() });
+                    return Err(Error::Dtype {
+                        arg,
+                        expected: "f32",
+                        got: t.dtype(),
+                    });
                 }
             }
         }
@@ -86,7 +119,11 @@ impl<'a> MlstmInputs<'a> {
 
 fn expect_shape(arg: &'static str, t: &Tensor, expected: &[usize]) -> Result<()> {
     if t.shape() != expected {
-        return Err(Error::Shape { arg, expected: expected.to_vec(), got: t.shape().to_vec() });
+        return Err(Error::Shape {
+            arg,
+            expected: expected.to_vec(),
+            got: t.shape().to_vec(),
+        });
     }
     Ok(())
 }
@@ -182,7 +219,11 @@ impl MlstmOutputs {
         let nc = s.div_ceil(chunk);
         expect_shape("h", &self.h, &[b, nh, s, dhv])?;
         if self.h.dtype() != dtype {
-            return Err(Error::Dtype { arg: "h", expected: dtype.name(), got: self.h.dtype() });
+            return Err(Error::Dtype {
+                arg: "h",
+                expected: dtype.name(),
+                got: self.h.dtype(),
+            });
         }
         if self.states.chunk_size != chunk {
             return Err(Error::Invalid {
@@ -193,7 +234,11 @@ impl MlstmOutputs {
         }
         expect_shape("states.c", &self.states.c, &[b, nh, nc, dqk, dhv])?;
         if self.states.c.dtype() != dtype {
-            return Err(Error::Dtype { arg: "states.c", expected: dtype.name(), got: self.states.c.dtype() });
+            return Err(Error::Dtype {
+                arg: "states.c",
+                expected: dtype.name(),
+                got: self.states.c.dtype(),
+            });
         }
         let f32s = [
             ("c", &self.c, vec![b, nh, dqk, dhv]),
@@ -209,7 +254,11 @@ impl MlstmOutputs {
         for (arg, t, shape) in f32s {
             expect_shape(arg, t, &shape)?;
             if t.dtype() != Dtype::F32 {
-                return Err(Error::Dtype { arg, expected: "f32", got: t.dtype() });
+                return Err(Error::Dtype {
+                    arg,
+                    expected: "f32",
+                    got: t.dtype(),
+                });
             }
         }
         match (&self.row_stats, cfg.row_stats) {
@@ -331,9 +380,21 @@ pub unsafe fn mlstm_fwd_raw(
     let kdtype = match dtype {
         Dtype::Bf16 => KDtype::Bf16,
         Dtype::F16 => KDtype::F16,
-        Dtype::F32 => return Err(Error::Dtype { arg: "q", expected: "bf16 or f16", got: dtype }),
+        Dtype::F32 => {
+            return Err(Error::Dtype {
+                arg: "q",
+                expected: "bf16 or f16",
+                got: dtype,
+            });
+        }
     };
-    let required = [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("i", ptrs.i), ("f", ptrs.f)];
+    let required = [
+        ("q", ptrs.q),
+        ("k", ptrs.k),
+        ("v", ptrs.v),
+        ("i", ptrs.i),
+        ("f", ptrs.f),
+    ];
     let required_out = [
         ("h", ptrs.h),
         ("c_states", ptrs.c_states),
@@ -346,7 +407,11 @@ pub unsafe fn mlstm_fwd_raw(
     ];
     for (arg, p) in required.iter().chain(required_out.iter()) {
         if *p == 0 {
-            return Err(Error::Invalid { arg, value: "null".into(), reason: "required pointer" });
+            return Err(Error::Invalid {
+                arg,
+                value: "null".into(),
+                reason: "required pointer",
+            });
         }
     }
     let finals = [ptrs.c_final, ptrs.n_final, ptrs.m_final];

@@ -34,12 +34,18 @@ impl Launch {
     /// launch's dimensions; the kernel's parameter type is `P`.
     pub unsafe fn run<P>(&self, rt: &Runtime, stream: &Stream, params: &P) -> Result<()> {
         self.check(rt)?;
-        let f = rt.module().get_function(self.name).map_err(Error::cuda("cuModuleGetFunction"))?;
+        let f = rt
+            .module()
+            .get_function(self.name)
+            .map_err(Error::cuda("cuModuleGetFunction"))?;
         use cust::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
         // SAFETY: `f` is a live function of the runtime's module; the value was checked above.
         let code = unsafe { cust::sys::cuFuncSetAttribute(f.to_raw(), MAX_DYN, self.smem as i32) };
         if code != cust::sys::cudaError_enum::CUDA_SUCCESS {
-            return Err(Error::Driver { op: "cuFuncSetAttribute", code: code as u32 });
+            return Err(Error::Driver {
+                op: "cuFuncSetAttribute",
+                code: code as u32,
+            });
         }
         let (x, y, z) = self.grid;
         let args = [params as *const P as *mut c_void];
@@ -47,7 +53,13 @@ impl Launch {
         // launch-configuration crate for these parameters.
         unsafe {
             stream
-                .launch(&f, GridSize::xyz(x, y, z), BlockSize::x(self.threads), self.smem, &args)
+                .launch(
+                    &f,
+                    GridSize::xyz(x, y, z),
+                    BlockSize::x(self.threads),
+                    self.smem,
+                    &args,
+                )
                 .map_err(Error::cuda("cuLaunchKernel"))
         }
     }

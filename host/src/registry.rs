@@ -31,10 +31,17 @@ pub const KERNELS: &[KernelEntry] = &[
 
 /// The entry named `name`, or an error listing the registered names.
 pub fn lookup(name: &str) -> Result<&'static KernelEntry> {
-    KERNELS.iter().find(|k| k.name == name).ok_or_else(|| Error::UnknownKernel {
-        name: name.to_string(),
-        registered: KERNELS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "),
-    })
+    KERNELS
+        .iter()
+        .find(|k| k.name == name)
+        .ok_or_else(|| Error::UnknownKernel {
+            name: name.to_string(),
+            registered: KERNELS
+                .iter()
+                .map(|k| k.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 #[cfg(test)]
@@ -43,8 +50,14 @@ mod tests {
 
     #[test]
     fn lookup_lists_names_on_error() {
-        assert_eq!(lookup("chunkwise--tfla-sig").unwrap().variant, Variant::Sig { normalize: true });
+        assert_eq!(
+            lookup("chunkwise--tfla-sig").unwrap().variant,
+            Variant::Sig { normalize: true }
+        );
         let err = lookup("chunkwise--nope").unwrap_err().to_string();
-        assert!(err.contains("chunkwise--nope") && err.contains("chunkwise--tfla-exp"), "{err}");
+        assert!(
+            err.contains("chunkwise--nope") && err.contains("chunkwise--tfla-exp"),
+            "{err}"
+        );
     }
 }

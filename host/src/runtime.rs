@@ -33,7 +33,9 @@ impl Runtime {
         cust::init(cust::CudaFlags::empty()).map_err(Error::cuda("cuInit"))?;
         let count = Device::num_devices().map_err(Error::cuda("cuDeviceGetCount"))?;
         if ordinal >= count {
-            return Err(Error::NoDevice(format!("device {ordinal} requested, {count} present")));
+            return Err(Error::NoDevice(format!(
+                "device {ordinal} requested, {count} present"
+            )));
         }
         let device = Device::get_device(ordinal).map_err(Error::cuda("cuDeviceGet"))?;
         let ctx = Context::new(device).map_err(Error::cuda("cuCtxCreate"))?;
@@ -49,7 +51,13 @@ impl Runtime {
         let stream =
             Stream::new(StreamFlags::NON_BLOCKING, None).map_err(Error::cuda("cuStreamCreate"))?;
         let max_smem_optin = smem_optin(device)?;
-        Ok(Runtime { module, stream, device, _ctx: ctx, max_smem_optin })
+        Ok(Runtime {
+            module,
+            stream,
+            device,
+            _ctx: ctx,
+            max_smem_optin,
+        })
     }
 
     /// Shared memory per block the device allows a kernel that opts in (227 KiB on Hopper).
@@ -72,7 +80,9 @@ impl Runtime {
 
     /// Waits for all work on the stream.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(Error::cuda("cuStreamSynchronize"))
+        self.stream
+            .synchronize()
+            .map_err(Error::cuda("cuStreamSynchronize"))
     }
 
     /// Makes this runtime's context current on the calling thread (needed when a runtime is
@@ -89,7 +99,10 @@ fn smem_optin(device: Device) -> Result<u32> {
     // SAFETY: writes one int for a valid device handle.
     let code = unsafe { cust::sys::cuDeviceGetAttribute(&mut value, OPTIN, device.as_raw()) };
     if code != cust::sys::cudaError_enum::CUDA_SUCCESS {
-        return Err(Error::Driver { op: "cuDeviceGetAttribute", code: code as u32 });
+        return Err(Error::Driver {
+            op: "cuDeviceGetAttribute",
+            code: code as u32,
+        });
     }
     Ok(value as u32)
 }

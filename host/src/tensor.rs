@@ -60,9 +60,10 @@ fn alloc<T: DeviceCopy>(arg: &'static str, n: usize) -> Result<DeviceBuffer<T>> 
     // SAFETY: the buffer is written (upload, fill or kernel) before it is read through this API;
     // `Tensor::uninit` documents that its contents are unspecified.
     unsafe { DeviceBuffer::uninitialized(n.max(1)) }.map_err(|e| match e {
-        cust::error::CudaError::OutOfMemory => {
-            Error::OutOfMemory { arg, bytes: n * std::mem::size_of::<T>() }
-        }
+        cust::error::CudaError::OutOfMemory => Error::OutOfMemory {
+            arg,
+            bytes: n * std::mem::size_of::<T>(),
+        },
         e => Error::cuda("cuMemAlloc")(e),
     })
 }
@@ -75,7 +76,11 @@ impl Tensor {
             Dtype::F32 => Storage::F32(alloc("tensor", n)?),
             _ => Storage::Bits16(alloc("tensor", n)?),
         };
-        Ok(Tensor { storage, dtype, shape: shape.to_vec() })
+        Ok(Tensor {
+            storage,
+            dtype,
+            shape: shape.to_vec(),
+        })
     }
 
     /// A tensor of zeros.
@@ -113,7 +118,9 @@ impl Tensor {
         let mut t = Self::uninit(rt, Dtype::F32, shape)?;
         if let Storage::F32(b) = &mut t.storage {
             if !data.is_empty() {
-                b.index(..data.len()).copy_from(data).map_err(Error::cuda("cuMemcpyHtoD"))?;
+                b.index(..data.len())
+                    .copy_from(data)
+                    .map_err(Error::cuda("cuMemcpyHtoD"))?;
             }
         }
         Ok(t)
@@ -138,7 +145,9 @@ impl Tensor {
         let mut t = Self::uninit(rt, dtype, shape)?;
         if let Storage::Bits16(b) = &mut t.storage {
             if !bits.is_empty() {
-                b.index(..bits.len()).copy_from(bits).map_err(Error::cuda("cuMemcpyHtoD"))?;
+                b.index(..bits.len())
+                    .copy_from(bits)
+                    .map_err(Error::cuda("cuMemcpyHtoD"))?;
             }
         }
         Ok(t)
@@ -151,14 +160,18 @@ impl Tensor {
             Storage::F32(b) => {
                 let mut v = vec![0f32; n];
                 if n > 0 {
-                    b.index(..n).copy_to(&mut v[..]).map_err(Error::cuda("cuMemcpyDtoH"))?;
+                    b.index(..n)
+                        .copy_to(&mut v[..])
+                        .map_err(Error::cuda("cuMemcpyDtoH"))?;
                 }
                 Ok(v)
             }
             Storage::Bits16(b) => {
                 let mut bits = vec![0u16; n];
                 if n > 0 {
-                    b.index(..n).copy_to(&mut bits[..]).map_err(Error::cuda("cuMemcpyDtoH"))?;
+                    b.index(..n)
+                        .copy_to(&mut bits[..])
+                        .map_err(Error::cuda("cuMemcpyDtoH"))?;
                 }
                 Ok(match self.dtype {
                     Dtype::Bf16 => bits.iter().map(|&x| bf16::from_bits(x).to_f32()).collect(),

@@ -81,13 +81,21 @@ impl SmemTile {
 /// of the k-step s of the next product.
 #[inline(always)]
 pub fn acc_to_a<E: crate::arch::convert::Elem>(lo: &[f32; 4], hi: &[f32; 4]) -> [u32; 4] {
-    [E::pack(lo[0], lo[1]), E::pack(lo[2], lo[3]), E::pack(hi[0], hi[1]), E::pack(hi[2], hi[3])]
+    [
+        E::pack(lo[0], lo[1]),
+        E::pack(lo[2], lo[3]),
+        E::pack(hi[0], hi[1]),
+        E::pack(hi[2], hi[3]),
+    ]
 }
 
 /// Row (within the warp's 16) and column (within the n-block) of accumulator element `e`.
 #[inline(always)]
 pub fn acc_pos(lane: u32, e: usize) -> (u32, u32) {
-    (lane / 4 + ((e as u32) / 2) * 8, (lane % 4) * 2 + (e as u32) % 2)
+    (
+        lane / 4 + ((e as u32) / 2) * 8,
+        (lane % 4) * 2 + (e as u32) % 2,
+    )
 }
 
 /// Splits a pair of f32 into a packed 16-bit head (round to nearest) and the packed 16-bit

@@ -154,7 +154,11 @@ pub mod output {
     /// (DHV tiles, NC · L / TILE_Q row tiles, BH): the DHV tiles of one row tile run side by
     /// side, so its Q and K tiles are read from L2 while still there.
     pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
-        (div_ceil(p.dhv, TILE_HV), p.num_chunks * (p.chunk / TILE_Q), p.bh)
+        (
+            div_ceil(p.dhv, TILE_HV),
+            p.num_chunks * (p.chunk / TILE_Q),
+            p.bh,
+        )
     }
 }
 

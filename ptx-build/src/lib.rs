@@ -50,9 +50,15 @@ pub enum BuildError {
     /// The toolchain is not nightly or lacks a component.
     Toolchain(String),
     /// A command could not be started.
-    Spawn { what: String, err: std::io::Error },
+    Spawn {
+        what: String,
+        err: std::io::Error,
+    },
     /// rustc or ptxas failed; `output` is what it printed.
-    Failed { what: String, output: String },
+    Failed {
+        what: String,
+        output: String,
+    },
     /// The PTX references functions it does not define.
     UnresolvedExterns(Vec<String>),
     Io(PathBuf, std::io::Error),
@@ -66,7 +72,11 @@ impl fmt::Display for BuildError {
             BuildError::Spawn { what, err } => write!(f, "could not run {what}: {err}"),
             BuildError::Failed { what, output } => write!(f, "{what} failed:\n{output}"),
             BuildError::UnresolvedExterns(names) => {
-                write!(f, "the PTX calls functions it does not define: {}", names.join(", "))
+                write!(
+                    f,
+                    "the PTX calls functions it does not define: {}",
+                    names.join(", ")
+                )
             }
             BuildError::Io(p, e) => write!(f, "{}: {e}", p.display()),
         }
@@ -77,7 +87,10 @@ impl std::error::Error for BuildError {}
 
 /// The workspace root (the folder holding `kernels/`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("ptx-build lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("ptx-build lives in the workspace")
+        .to_path_buf()
 }
 
 /// The folder of the device crate.
@@ -108,7 +121,10 @@ fn check_toolchain(dir: &Path) -> Result<(), BuildError> {
             .args(args)
             .current_dir(dir)
             .output()
-            .map_err(|err| BuildError::Spawn { what: "rustc".into(), err })?;
+            .map_err(|err| BuildError::Spawn {
+                what: "rustc".into(),
+                err,
+            })?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
     let version = rustc(&["-vV"])?;
@@ -161,12 +177,21 @@ pub fn build_ptx(arch: Arch) -> Result<String, BuildError> {
     let target_dir = dir.join("target");
     let mut cmd = clean(Command::new(cargo()));
     cmd.current_dir(&dir)
-        .args(["rustc", "--release", "--target", "nvptx64-nvidia-cuda", "-Zbuild-std=core"])
+        .args([
+            "rustc",
+            "--release",
+            "--target",
+            "nvptx64-nvidia-cuda",
+            "-Zbuild-std=core",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .args(["--", "--emit=asm", "-Clinker=true"])
         .args(arch.rustc_flags());
-    let out = cmd.output().map_err(|err| BuildError::Spawn { what: "cargo rustc".into(), err })?;
+    let out = cmd.output().map_err(|err| BuildError::Spawn {
+        what: "cargo rustc".into(),
+        err,
+    })?;
     if !out.status.success() {
         return Err(BuildError::Failed {
             what: "cargo rustc (kernels)".into(),
@@ -202,7 +227,9 @@ pub fn entry_points(ptx: &str) -> Vec<String> {
 /// `ptxas` from PATH, else from `$CUDA_PATH/bin`, else the root `.ci/install-cuda` lays out.
 pub fn find_ptxas() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join("ptxas")).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|p| p.join("ptxas"))
+            .find(|p| p.is_file())
     });
     on_path.or_else(|| {
         ["CUDA_PATH", "CUDA_HOME"]
@@ -238,11 +265,17 @@ pub fn ptxas_report(ptxas: &Path, ptx: &str, arch: Arch) -> Result<Vec<KernelRep
         .arg(dir.join("tfla_kernels.cubin"))
         .arg(&src)
         .output()
-        .map_err(|err| BuildError::Spawn { what: ptxas.display().to_string(), err })?;
+        .map_err(|err| BuildError::Spawn {
+            what: ptxas.display().to_string(),
+            err,
+        })?;
     let _ = std::fs::remove_dir_all(&dir);
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
-        return Err(BuildError::Failed { what: "ptxas".into(), output: text });
+        return Err(BuildError::Failed {
+            what: "ptxas".into(),
+            output: text,
+        });
     }
     Ok(parse_ptxas(&text))
 }
@@ -259,10 +292,15 @@ pub fn parse_ptxas(text: &str) -> Vec<KernelReport> {
     for line in text.lines() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             let name = rest.split('\'').next().unwrap_or("").to_string();
-            reports.push(KernelReport { name, ..Default::default() });
+            reports.push(KernelReport {
+                name,
+                ..Default::default()
+            });
             continue;
         }
-        let Some(r) = reports.last_mut() else { continue };
+        let Some(r) = reports.last_mut() else {
+            continue;
+        };
         if line.contains("stack frame") {
             r.stack_bytes = num_before(line, "bytes stack frame").unwrap_or(0);
             r.spill_store_bytes = num_before(line, "bytes spill stores").unwrap_or(0);
@@ -303,7 +341,10 @@ mod tests {
                 spill_load_bytes: 12
             }
         );
-        assert_eq!((r[1].name.as_str(), r[1].registers, r[1].stack_bytes), ("k2", 10, 0));
+        assert_eq!(
+            (r[1].name.as_str(), r[1].registers, r[1].stack_bytes),
+            ("k2", 10, 0)
+        );
     }
 
     #[test]

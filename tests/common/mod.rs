@@ -27,7 +27,10 @@ pub fn rng(test: &str) -> StdRng {
 /// Rounds to what `dtype` can hold, so the reference sees exactly the kernel's inputs.
 pub fn round_to(dtype: Dtype, x: &[f64]) -> Vec<f64> {
     match dtype {
-        Dtype::Bf16 => x.iter().map(|&v| half::bf16::from_f64(v).to_f64()).collect(),
+        Dtype::Bf16 => x
+            .iter()
+            .map(|&v| half::bf16::from_f64(v).to_f64())
+            .collect(),
         Dtype::F16 => x.iter().map(|&v| half::f16::from_f64(v).to_f64()).collect(),
         Dtype::F32 => x.iter().map(|&v| v as f32 as f64).collect(),
     }
@@ -40,7 +43,10 @@ pub fn round_inputs(inp: &mut RefInputs, dtype: Dtype) {
     inp.v = round_to(dtype, &inp.v);
     inp.i = round_to(Dtype::F32, &inp.i);
     inp.f = round_to(Dtype::F32, &inp.f);
-    for t in [&mut inp.c0, &mut inp.n0, &mut inp.m0].into_iter().flatten() {
+    for t in [&mut inp.c0, &mut inp.n0, &mut inp.m0]
+        .into_iter()
+        .flatten()
+    {
         *t = round_to(Dtype::F32, t);
     }
 }
@@ -64,14 +70,19 @@ pub struct DeviceInputs {
 impl DeviceInputs {
     pub fn upload(rt: &Runtime, inp: &RefInputs, dtype: Dtype) -> DeviceInputs {
         let Shape { b, nh, s, dqk, dhv } = inp.shape;
-        let up = |dt, x: &[f64], shape: &[usize]| Tensor::from_f32_as(rt, dt, &to_f32(x), shape).unwrap();
+        let up = |dt, x: &[f64], shape: &[usize]| {
+            Tensor::from_f32_as(rt, dt, &to_f32(x), shape).unwrap()
+        };
         DeviceInputs {
             q: up(dtype, &inp.q, &[b, nh, s, dqk]),
             k: up(dtype, &inp.k, &[b, nh, s, dqk]),
             v: up(dtype, &inp.v, &[b, nh, s, dhv]),
             i: up(Dtype::F32, &inp.i, &[b, nh, s]),
             f: up(Dtype::F32, &inp.f, &[b, nh, s]),
-            c0: inp.c0.as_ref().map(|x| up(Dtype::F32, x, &[b, nh, dqk, dhv])),
+            c0: inp
+                .c0
+                .as_ref()
+                .map(|x| up(Dtype::F32, x, &[b, nh, dqk, dhv])),
             n0: inp.n0.as_ref().map(|x| up(Dtype::F32, x, &[b, nh, dqk])),
             m0: inp.m0.as_ref().map(|x| up(Dtype::F32, x, &[b, nh])),
         }

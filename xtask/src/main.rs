@@ -13,11 +13,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use tfla_ptx_build::{Arch, build_ptx, find_ptxas, ptxas_report};
 
-const MEANT_TO_USE: [&str; 3] = ["mma.sync.aligned.m16n8k16", "ldmatrix.sync.aligned", "cp.async.cg.shared.global"];
+const MEANT_TO_USE: [&str; 3] = [
+    "mma.sync.aligned.m16n8k16",
+    "ldmatrix.sync.aligned",
+    "cp.async.cg.shared.global",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let result = match args.first().map(String::as_str) {
         Some("build-ptx") => cmd_build_ptx(opt("--arch").as_deref(), opt("--out")),
         Some("bundle") => cmd_bundle(opt("--out")).map(|_| ()),
@@ -40,15 +49,24 @@ fn root() -> PathBuf {
 fn cmd_build_ptx(arch: Option<&str>, out: Option<String>) -> Result<(), String> {
     let arch = Arch::parse(arch.unwrap_or("sm_90")).map_err(|e| e.to_string())?;
     let ptx = build_ptx(arch).map_err(|e| e.to_string())?;
-    let out = out.map(PathBuf::from).unwrap_or_else(|| root().join("target/tfla_kernels.ptx"));
+    let out = out
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/tfla_kernels.ptx"));
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     std::fs::write(&out, &ptx).map_err(|e| format!("{}: {e}", out.display()))?;
-    println!("wrote {} ({} bytes, {} entry points)", out.display(), ptx.len(), tfla_ptx_build::entry_points(&ptx).len());
+    println!(
+        "wrote {} ({} bytes, {} entry points)",
+        out.display(),
+        ptx.len(),
+        tfla_ptx_build::entry_points(&ptx).len()
+    );
     for instr in MEANT_TO_USE {
         if !ptx.contains(instr) {
-            return Err(format!("the PTX lacks `{instr}`, which the kernels are meant to use"));
+            return Err(format!(
+                "the PTX lacks `{instr}`, which the kernels are meant to use"
+            ));
         }
     }
     let Some(ptxas) = find_ptxas() else {
@@ -56,16 +74,28 @@ fn cmd_build_ptx(arch: Option<&str>, out: Option<String>) -> Result<(), String> 
         return Ok(());
     };
     let report = ptxas_report(&ptxas, &ptx, arch).map_err(|e| e.to_string())?;
-    println!("{:<40} {:>5} {:>7} {:>7}", "kernel", "regs", "stack B", "spill B");
+    println!(
+        "{:<40} {:>5} {:>7} {:>7}",
+        "kernel", "regs", "stack B", "spill B"
+    );
     let mut bad = Vec::new();
     for k in &report {
-        println!("{:<40} {:>5} {:>7} {:>7}", k.name, k.registers, k.stack_bytes, k.spill_store_bytes + k.spill_load_bytes);
+        println!(
+            "{:<40} {:>5} {:>7} {:>7}",
+            k.name,
+            k.registers,
+            k.stack_bytes,
+            k.spill_store_bytes + k.spill_load_bytes
+        );
         if k.stack_bytes > 0 || k.spill_store_bytes + k.spill_load_bytes > 0 {
             bad.push(k.name.clone());
         }
     }
     if !bad.is_empty() {
-        return Err(format!("kernels with spills or a stack frame: {}", bad.join(", ")));
+        return Err(format!(
+            "kernels with spills or a stack frame: {}",
+            bad.join(", ")
+        ));
     }
     Ok(())
 }
@@ -73,7 +103,10 @@ fn cmd_build_ptx(arch: Option<&str>, out: Option<String>) -> Result<(), String> 
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "{cmd:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -98,16 +131,27 @@ fn executables(json: &str) -> Vec<(String, PathBuf)> {
 }
 
 fn cmd_bundle(out: Option<String>) -> Result<PathBuf, String> {
-    let dir = out.map(PathBuf::from).unwrap_or_else(|| root().join("bundle"));
+    let dir = out
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("bundle"));
     let bin = dir.join("bin");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let tests = run(Command::new(&cargo).current_dir(root()).args([
-        "test", "--release", "--workspace", "--no-run", "--message-format=json",
+        "test",
+        "--release",
+        "--workspace",
+        "--no-run",
+        "--message-format=json",
     ]))?;
     let benches = run(Command::new(&cargo).current_dir(root()).args([
-        "build", "--release", "-p", "tfla-benches", "--bins", "--message-format=json",
+        "build",
+        "--release",
+        "-p",
+        "tfla-benches",
+        "--bins",
+        "--message-format=json",
     ]))?;
     let mut names = Vec::new();
     for (kind, json) in [("test", &tests), ("bench", &benches)] {
@@ -165,7 +209,10 @@ fn cmd_bench(grid: &str) -> Result<(), String> {
         return Err("the benchmark failed".into());
     }
     let compare = dir.join("compare.py");
-    let has_torch = Command::new("python3").args(["-c", "import torch"]).status().is_ok_and(|s| s.success());
+    let has_torch = Command::new("python3")
+        .args(["-c", "import torch"])
+        .status()
+        .is_ok_and(|s| s.success());
     if compare.exists() && has_torch {
         let status = Command::new("python3")
             .arg(&compare)
@@ -177,7 +224,9 @@ fn cmd_bench(grid: &str) -> Result<(), String> {
             return Err("the reference comparison failed".into());
         }
     } else {
-        println!("reference comparison skipped (needs benches/compare/compare.py and python3 with torch)");
+        println!(
+            "reference comparison skipped (needs benches/compare/compare.py and python3 with torch)"
+        );
     }
     Ok(())
 }

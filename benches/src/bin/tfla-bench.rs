@@ -23,7 +23,14 @@ fn grid(name: &str) -> Vec<(usize, usize)> {
     }
 }
 
-fn random_tensor(rt: &Runtime, rng: &mut impl Rng, dtype: Dtype, shape: &[usize], lo: f32, hi: f32) -> Tensor {
+fn random_tensor(
+    rt: &Runtime,
+    rng: &mut impl Rng,
+    dtype: Dtype,
+    shape: &[usize],
+    lo: f32,
+    hi: f32,
+) -> Tensor {
     let n: usize = shape.iter().product();
     let data: Vec<f32> = (0..n).map(|_| rng.gen_range(lo..hi)).collect();
     Tensor::from_f32_as(rt, dtype, &data, shape).expect("upload")
@@ -37,7 +44,10 @@ fn time_ms(rt: &Runtime, warmup: usize, reps: usize, mut f: impl FnMut()) -> f64
     rt.synchronize().unwrap();
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
-        let (start, stop) = (Event::new(EventFlags::DEFAULT).unwrap(), Event::new(EventFlags::DEFAULT).unwrap());
+        let (start, stop) = (
+            Event::new(EventFlags::DEFAULT).unwrap(),
+            Event::new(EventFlags::DEFAULT).unwrap(),
+        );
         start.record(rt.stream()).unwrap();
         f();
         stop.record(rt.stream()).unwrap();
@@ -50,19 +60,34 @@ fn time_ms(rt: &Runtime, warmup: usize, reps: usize, mut f: impl FnMut()) -> f64
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let grid_name = opt("--grid").unwrap_or_else(|| "quick".into());
     let list = |name: &str, default: &str| -> Vec<String> {
-        opt(name).unwrap_or_else(|| default.into()).split(',').map(str::to_string).collect()
+        opt(name)
+            .unwrap_or_else(|| default.into())
+            .split(',')
+            .map(str::to_string)
+            .collect()
     };
     let want_variants = list("--variants", "exp,sig,sig_nonorm");
-    let chunks: Vec<usize> = list("--chunks", "64,128,256,512").iter().map(|c| c.parse().expect("--chunks")).collect();
+    let chunks: Vec<usize> = list("--chunks", "64,128,256,512")
+        .iter()
+        .map(|c| c.parse().expect("--chunks"))
+        .collect();
     let heads: Vec<(usize, usize, usize)> = match opt("--heads") {
         None => HEADS.to_vec(),
         Some(h) => h
             .split(',')
             .map(|t| {
-                let v: Vec<usize> = t.split(':').map(|x| x.parse().expect("--heads NH:DQK:DHV")).collect();
+                let v: Vec<usize> = t
+                    .split(':')
+                    .map(|x| x.parse().expect("--heads NH:DQK:DHV"))
+                    .collect();
                 (v[0], v[1], v[2])
             })
             .collect(),
@@ -74,11 +99,24 @@ fn main() {
     });
     let device = rt.device_name().unwrap_or_default();
     let mut rng = rand::thread_rng();
-    let variants = [("exp", Variant::Exp), ("sig", Variant::Sig { normalize: true }), ("sig_nonorm", Variant::Sig { normalize: false })];
+    let variants = [
+        ("exp", Variant::Exp),
+        ("sig", Variant::Sig { normalize: true }),
+        ("sig_nonorm", Variant::Sig { normalize: false }),
+    ];
     let mut table = String::new();
     let mut json = String::from("[\n");
-    writeln!(table, "tfla forward, {device}, bf16; TFLOP/s of model FLOPs (README)").unwrap();
-    writeln!(table, "{:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>5} {:>9} {:>8} {:>10}", "variant", "B", "S", "NH", "DQK", "DHV", "L", "fwd ms", "TFLOP/s", "states MB").unwrap();
+    writeln!(
+        table,
+        "tfla forward, {device}, bf16; TFLOP/s of model FLOPs (README)"
+    )
+    .unwrap();
+    writeln!(
+        table,
+        "{:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>5} {:>9} {:>8} {:>10}",
+        "variant", "B", "S", "NH", "DQK", "DHV", "L", "fwd ms", "TFLOP/s", "states MB"
+    )
+    .unwrap();
     for &(nh, dqk, dhv) in &heads {
         for &(b, s) in &grid(&grid_name) {
             let dims = Dims { b, nh, s, dqk, dhv };
@@ -88,17 +126,26 @@ fn main() {
             let i = random_tensor(&rt, &mut rng, Dtype::F32, &[b, nh, s], -4.0, 4.0);
             let f = random_tensor(&rt, &mut rng, Dtype::F32, &[b, nh, s], 0.0, 6.0);
             let inputs = MlstmInputs::new(&q, &k, &v, &i, &f);
-            for (vname, variant) in variants.into_iter().filter(|(n, _)| want_variants.iter().any(|w| w == n)) {
+            for (vname, variant) in variants
+                .into_iter()
+                .filter(|(n, _)| want_variants.iter().any(|w| w == n))
+            {
                 for &chunk in &chunks {
                     let cfg = MlstmConfig::new(variant).with_chunk_size(chunk);
                     let mut out = match MlstmOutputs::alloc(&rt, &dims, Dtype::Bf16, &cfg) {
                         Ok(o) => o,
                         Err(e) => {
-                            writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {e}").unwrap();
+                            writeln!(
+                                table,
+                                "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {e}"
+                            )
+                            .unwrap();
                             continue;
                         }
                     };
-                    let ms = time_ms(&rt, 3, reps, || tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap());
+                    let ms = time_ms(&rt, 3, reps, || {
+                        tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap()
+                    });
                     let tflops = forward_flops(&dims, chunk) / (ms * 1e-3) / 1e12;
                     let mb = state_bytes(&dims, chunk) as f64 / 1e6;
                     writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1}").unwrap();

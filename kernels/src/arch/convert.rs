@@ -25,7 +25,9 @@ impl Elem for Bf16 {
     fn pack(lo: f32, hi: f32) -> u32 {
         let r: u32;
         // SAFETY: arithmetic only.
-        unsafe { asm!("cvt.rn.bf16x2.f32 {r}, {hi}, {lo};", r = out(reg32) r, hi = in(reg32) hi, lo = in(reg32) lo, options(pure, nomem, nostack)) };
+        unsafe {
+            asm!("cvt.rn.bf16x2.f32 {r}, {hi}, {lo};", r = out(reg32) r, hi = in(reg32) hi, lo = in(reg32) lo, options(pure, nomem, nostack))
+        };
         r
     }
     #[inline(always)]
@@ -43,7 +45,9 @@ impl Elem for F16 {
     fn pack(lo: f32, hi: f32) -> u32 {
         let r: u32;
         // SAFETY: arithmetic only.
-        unsafe { asm!("cvt.rn.f16x2.f32 {r}, {hi}, {lo};", r = out(reg32) r, hi = in(reg32) hi, lo = in(reg32) lo, options(pure, nomem, nostack)) };
+        unsafe {
+            asm!("cvt.rn.f16x2.f32 {r}, {hi}, {lo};", r = out(reg32) r, hi = in(reg32) hi, lo = in(reg32) lo, options(pure, nomem, nostack))
+        };
         r
     }
     #[inline(always)]

@@ -33,4 +33,3 @@ pub unsafe fn commit() {
 pub unsafe fn wait<const N: u32>() {
     unsafe { asm!("cp.async.wait_group {n};", n = const N, options(nostack)) };
 }
-

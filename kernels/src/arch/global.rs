@@ -39,7 +39,9 @@ pub unsafe fn ld_nc_f32(ptr: u64) -> f32 {
 /// `ptr` is 4-byte aligned and points to 4 writable bytes no other thread accesses.
 #[inline(always)]
 pub unsafe fn st_b32(ptr: u64, v: u32) {
-    unsafe { asm!("st.global.b32 [{p}], {v};", p = in(reg64) ptr, v = in(reg32) v, options(nostack)) };
+    unsafe {
+        asm!("st.global.b32 [{p}], {v};", p = in(reg64) ptr, v = in(reg32) v, options(nostack))
+    };
 }
 
 /// 4-byte f32 store.
@@ -48,7 +50,9 @@ pub unsafe fn st_b32(ptr: u64, v: u32) {
 /// As [`st_b32`].
 #[inline(always)]
 pub unsafe fn st_f32(ptr: u64, v: f32) {
-    unsafe { asm!("st.global.f32 [{p}], {v};", p = in(reg64) ptr, v = in(reg32) v, options(nostack)) };
+    unsafe {
+        asm!("st.global.f32 [{p}], {v};", p = in(reg64) ptr, v = in(reg32) v, options(nostack))
+    };
 }
 
 /// 8-byte store of two f32.

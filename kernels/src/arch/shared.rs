@@ -28,7 +28,9 @@ pub unsafe fn ld_f32(addr: u32) -> f32 {
 /// As [`ld_f32`].
 #[inline(always)]
 pub unsafe fn st_f32(addr: u32, v: f32) {
-    unsafe { asm!("st.shared.f32 [{a}], {v};", a = in(reg32) addr, v = in(reg32) v, options(nostack)) };
+    unsafe {
+        asm!("st.shared.f32 [{a}], {v};", a = in(reg32) addr, v = in(reg32) v, options(nostack))
+    };
 }
 
 /// # Safety

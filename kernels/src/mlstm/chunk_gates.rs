@@ -30,7 +30,10 @@ pub unsafe fn chunk_gates<G: GateKind>(p: &FwdParams) {
     unsafe {
         let mut j = tid;
         while j < len {
-            shared::st_f32(sb + 4 * j, math::log_sigmoid(global::ld_nc_f32(p.f + (in_row + j as u64) * 4)));
+            shared::st_f32(
+                sb + 4 * j,
+                math::log_sigmoid(global::ld_nc_f32(p.f + (in_row + j as u64) * 4)),
+            );
             j += THREADS;
         }
         thread::sync_threads();
@@ -45,7 +48,10 @@ pub unsafe fn chunk_gates<G: GateKind>(p: &FwdParams) {
             j += THREADS;
         }
         if tid == 0 {
-            global::st_f32(p.gate_g + (bh as u64 * p.num_chunks as u64 + k as u64) * 4, shared::ld_f32(sb + 4 * (len - 1)));
+            global::st_f32(
+                p.gate_g + (bh as u64 * p.num_chunks as u64 + k as u64) * 4,
+                shared::ld_f32(sb + 4 * (len - 1)),
+            );
         }
         if G::STABILIZED {
             thread::sync_threads();

@@ -28,7 +28,10 @@ use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, output::*};
 
 const NB: usize = (TILE_HV / 8) as usize;
 const NB_S: usize = (TILE_K / 8) as usize;
-const _: () = assert!(TILE_C == KD, "a C̃_k slice and a K slice pair with the same Q slice");
+const _: () = assert!(
+    TILE_C == KD,
+    "a C̃_k slice and a K slice pair with the same Q slice"
+);
 const _: () = assert!(
     NB == 16 && NB_S == 8 && TILE_C == 64 && KD == 64,
     "the unroll! counts below assume 16 value n-blocks, 8 key n-blocks, 64-wide slices"
@@ -55,12 +58,24 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     let nkeys = (i0 + TILE_Q).min(len);
 
     // Shared memory layout: STAGES × (Q slice, B-operand slice), STAGES × V tile, gate vectors.
-    let stage_q = |st: u32| SmemTile { base: shared::base() + st * q_bytes(), stride: (KD + SMEM_ROW_PAD) * 2 };
+    let stage_q = |st: u32| SmemTile {
+        base: shared::base() + st * q_bytes(),
+        stride: (KD + SMEM_ROW_PAD) * 2,
+    };
     let ring = shared::base() + STAGES * q_bytes();
     // Stage st of the B-operand ring, as a C̃ slice (TILE_C × TILE_HV) or a K slice (TILE_K × KD).
-    let stage_c = |st: u32| SmemTile { base: ring + st * ring_bytes(), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
-    let stage_k = |st: u32| SmemTile { base: ring + st * ring_bytes(), stride: (KD + SMEM_ROW_PAD) * 2 };
-    let stage_v = |st: u32| SmemTile { base: ring + STAGES * ring_bytes() + st * v_bytes(), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
+    let stage_c = |st: u32| SmemTile {
+        base: ring + st * ring_bytes(),
+        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
+    };
+    let stage_k = |st: u32| SmemTile {
+        base: ring + st * ring_bytes(),
+        stride: (KD + SMEM_ROW_PAD) * 2,
+    };
+    let stage_v = |st: u32| SmemTile {
+        base: ring + STAGES * ring_bytes() + st * v_bytes(),
+        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
+    };
     let scol = ring + STAGES * (ring_bytes() + v_bytes()); // C_j
     let srow_r = scol + 4 * l; // R_i
     let srow_scale = srow_r + 4 * TILE_Q; // e^{m_k − M_i}
@@ -76,15 +91,68 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     let gate_row = head * ((nc * l) as u64) + t0 as u64; // chunk k in the (BH, NC·L) gate vectors
     let hk = head * nc as u64 + k as u64;
 
+    // The item pipeline: items 0..n_c are C̃_k slices, then key tile kt, K slice ds is item
+    // n_c + kt·n_d + ds.
+    let gc = p.c_states + hk * (dqk as u64) * (dhv as u64) * 2;
+    // (max(1): lets the compiler drop its division-by-zero check.)
+    let (n_c, n_d) = (dqk.div_ceil(TILE_C).max(1), dqk.div_ceil(KD).max(1));
+    let n_items = n_c + (i0 / TILE_K + 1) * n_d;
+    let issue = |item: u32| unsafe {
+        let st = item % STAGES;
+        let dd = if item < n_c {
+            item * TILE_C
+        } else {
+            ((item - n_c) % n_d) * KD
+        };
+        stage::rows::<THREADS>(
+            stage_q(st),
+            gq,
+            (t0 + i0, t0 + len),
+            (dd, dqk),
+            TILE_Q,
+            KD / 8,
+        );
+        if item < n_c {
+            stage::rows::<THREADS>(
+                stage_c(st),
+                gc,
+                (item * TILE_C, dqk),
+                (v0, dhv),
+                TILE_C,
+                TILE_HV / 8,
+            );
+        } else {
+            let (kt, ds) = ((item - n_c) / n_d, (item - n_c) % n_d);
+            let keys = (t0 + kt * TILE_K, t0 + len);
+            stage::rows::<THREADS>(stage_k(st), gk, keys, (ds * KD, dqk), TILE_K, KD / 8);
+            if ds == 0 {
+                stage::rows::<THREADS>(
+                    stage_v(kt % STAGES),
+                    gv,
+                    keys,
+                    (v0, dhv),
+                    TILE_K,
+                    TILE_HV / 8,
+                );
+            }
+        }
+        cp_async::commit();
+    };
+    issue(0);
 
-    // Gates (from chunk_gates): C_j = u_j·log2e for the key steps up to the tile's last row.
+    // The gate vectors of this tile (from chunk_gates), while item 0 loads.
+    // C_j = u_j·log2e for the key steps up to the tile's last row.
     let mut j = tid;
     while j < nkeys {
         let u = unsafe { global::ld_nc_f32(p.gate_u + (gate_row + j as u64) * 4) };
         unsafe { shared::st_f32(scol + 4 * j, u * math::LOG2_E) };
         j += THREADS;
     }
-    let m_k = if G::STABILIZED { unsafe { global::ld_nc_f32(p.m_states + hk * 4) } } else { 0.0 };
+    let m_k = if G::STABILIZED {
+        unsafe { global::ld_nc_f32(p.m_states + hk * 4) }
+    } else {
+        0.0
+    };
     if tid < TILE_Q {
         let i = i0 + tid;
         let (r, scale, floor, m_row) = if i >= len {
@@ -94,7 +162,12 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
             if G::STABILIZED {
                 let cm = unsafe { global::ld_nc_f32(p.gate_cm + (gate_row + i as u64) * 4) };
                 let big_m = m_k.max(cm);
-                (-big_m, math::exp(m_k - big_m), math::exp(-(b + big_m)), b + big_m)
+                (
+                    -big_m,
+                    math::exp(m_k - big_m),
+                    math::exp(-(b + big_m)),
+                    b + big_m,
+                )
             } else {
                 (b, math::exp(b), 1.0, 0.0)
             }
@@ -111,33 +184,15 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     if G::NORMALIZED {
         let mut d = tid;
         while d < dqk {
-            unsafe { shared::st_f32(sn + 4 * d, global::ld_nc_f32(p.n_states + (hk * dqk as u64 + d as u64) * 4)) };
+            unsafe {
+                shared::st_f32(
+                    sn + 4 * d,
+                    global::ld_nc_f32(p.n_states + (hk * dqk as u64 + d as u64) * 4),
+                )
+            };
             d += THREADS;
         }
     }
-    // The item pipeline: items 0..n_c are C̃_k slices, then key tile kt, K slice ds is item
-    // n_c + kt·n_d + ds.
-    let gc = p.c_states + hk * (dqk as u64) * (dhv as u64) * 2;
-    // (max(1): lets the compiler drop its division-by-zero check.)
-    let (n_c, n_d) = (dqk.div_ceil(TILE_C).max(1), dqk.div_ceil(KD).max(1));
-    let n_items = n_c + (i0 / TILE_K + 1) * n_d;
-    let issue = |item: u32| unsafe {
-        let st = item % STAGES;
-        let dd = if item < n_c { item * TILE_C } else { ((item - n_c) % n_d) * KD };
-        stage::rows::<THREADS>(stage_q(st), gq, (t0 + i0, t0 + len), (dd, dqk), TILE_Q, KD / 8);
-        if item < n_c {
-            stage::rows::<THREADS>(stage_c(st), gc, (item * TILE_C, dqk), (v0, dhv), TILE_C, TILE_HV / 8);
-        } else {
-            let (kt, ds) = ((item - n_c) / n_d, (item - n_c) % n_d);
-            let keys = (t0 + kt * TILE_K, t0 + len);
-            stage::rows::<THREADS>(stage_k(st), gk, keys, (ds * KD, dqk), TILE_K, KD / 8);
-            if ds == 0 {
-                stage::rows::<THREADS>(stage_v(kt % STAGES), gv, keys, (v0, dhv), TILE_K, TILE_HV / 8);
-            }
-        }
-        cp_async::commit();
-    };
-    issue(0);
 
     let mut acc = [[0f32; 4]; NB];
     let mut sacc = [[0f32; 4]; NB_S];

@@ -43,8 +43,14 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     let (dqk, dhv) = (p.dqk, p.dhv);
 
     // Shared memory layout: STAGES × (K sub-tile, V sub-tile, u of the sub-tile).
-    let stage_k = |st: u32| SmemTile { base: shared::base() + st * stage_bytes(), stride: (TILE_QK + SMEM_ROW_PAD) * 2 };
-    let stage_v = |st: u32| SmemTile { base: stage_k(st).base + k_bytes(), stride: (TILE_HV + SMEM_ROW_PAD) * 2 };
+    let stage_k = |st: u32| SmemTile {
+        base: shared::base() + st * stage_bytes(),
+        stride: (TILE_QK + SMEM_ROW_PAD) * 2,
+    };
+    let stage_v = |st: u32| SmemTile {
+        base: stage_k(st).base + k_bytes(),
+        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
+    };
     let stage_u = |st: u32| stage_v(st).base + v_bytes();
 
     // Global bases of this head (bytes).
@@ -93,6 +99,33 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         m = unsafe { global::ld_nc_f32(p.m0 + head * 4) };
     }
 
+    // Sub-tiles are items of one pipeline over the whole walk, 16-byte K/V rows and the u
+    // vector of SUB_L steps each; chunk boundaries are multiples of SUB_L, so item `it` covers
+    // steps it·SUB_L.. of chunk it·SUB_L / L, and the next chunk's first item loads during this
+    // chunk's last one.
+    let n_items = s.div_ceil(SUB_L);
+    let issue = |it: u32| unsafe {
+        let (st, j0) = (it % STAGES, it * SUB_L);
+        stage::rows::<THREADS>(stage_k(st), gq_k, (j0, s), (d0, dqk), SUB_L, TILE_QK / 8);
+        stage::rows::<THREADS>(stage_v(st), gq_v, (j0, s), (v0, dhv), SUB_L, TILE_HV / 8);
+        stage::f32_vec::<THREADS>(stage_u(st), g_u, (j0, s), SUB_L);
+        cp_async::commit();
+    };
+    // Chunk k's gate scalars: g and (stabilized) the max of u over the chunk; loaded one
+    // chunk ahead.
+    let gate_scalars = |k: u32| -> (f32, f32) {
+        let last = head * (nc * l) as u64 + (l.min(s - k * l) + k * l - 1) as u64;
+        let g = unsafe { global::ld_nc_f32(p.gate_g + (head * nc as u64 + k as u64) * 4) };
+        let umax = if G::STABILIZED {
+            unsafe { global::ld_nc_f32(p.gate_cm + last * 4) }
+        } else {
+            0.0
+        };
+        (g, umax)
+    };
+    issue(0);
+    let (mut g, mut umax) = gate_scalars(0);
+
     for k in 0..=nc {
         // Store the state before chunk k (k = NC: the final state).
         let (c_out, n_out, m_out) = if k < nc {
@@ -127,7 +160,9 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             if with_n && lane % 4 == 0 {
                 for half in 0..2 {
                     let r = d0 + row(2 * half);
-                    unsafe { global::st_b32_if(r < dqk, n_out + r as u64 * 4, nacc[2 * half].to_bits()) };
+                    unsafe {
+                        global::st_b32_if(r < dqk, n_out + r as u64 * 4, nacc[2 * half].to_bits())
+                    };
                 }
             }
             if bx == 0 && tid == 0 {
@@ -137,23 +172,14 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         if k == nc {
             break;
         }
-
-        // Chunk k: its first sub-tile loads while the max state advances.
-        let t0 = k * l;
-        let len = l.min(s - t0);
-        let n_sub = len.div_ceil(SUB_L);
-        let issue = |sub: u32| unsafe {
-            let (st, j0) = (sub % STAGES, t0 + sub * SUB_L);
-            stage::rows::<THREADS>(stage_k(st), gq_k, (j0, t0 + len), (d0, dqk), SUB_L, TILE_QK / 8);
-            stage::rows::<THREADS>(stage_v(st), gq_v, (j0, t0 + len), (v0, dhv), SUB_L, TILE_HV / 8);
-            stage::f32_vec::<THREADS>(stage_u(st), g_u, (j0, t0 + len), SUB_L);
-            cp_async::commit();
+        let next = if k + 1 < nc {
+            gate_scalars(k + 1)
+        } else {
+            (0.0, 0.0)
         };
-        issue(0);
-        let g = unsafe { global::ld_nc_f32(p.gate_g + (head * nc as u64 + k as u64) * 4) };
+
+        // Chunk k: advance the max state, decay the state, add the chunk's K̃ᵀV.
         let m_next = if G::STABILIZED {
-            let last = head * (nc * l) as u64 + (t0 + len - 1) as u64;
-            let umax = unsafe { global::ld_nc_f32(p.gate_cm + last * 4) };
             (g + m).max(g + umax)
         } else {
             0.0
@@ -169,11 +195,10 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         for x in nacc.iter_mut() {
             *x *= decay;
         }
-
-        // C̃ += Σ_j w_j k_j v_jᵀ over SUB_L-step sub-tiles, the next one loading meanwhile.
-        for sub in 0..n_sub {
-            if sub + 1 < n_sub {
-                issue(sub + 1);
+        let first = k * (l / SUB_L);
+        for it in first..(first + l / SUB_L).min(n_items) {
+            if it + 1 < n_items {
+                issue(it + 1);
             } else {
                 unsafe { cp_async::commit() }; // an empty group keeps the wait count uniform
             }
@@ -181,7 +206,7 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                 cp_async::wait::<1>();
                 thread::sync_threads();
             }
-            let st = sub % STAGES;
+            let st = it % STAGES;
             let (sk, sv, su) = (stage_k(st), stage_v(st), stage_u(st));
             unroll!(4, ks => {
                 let ks = ks as u32;
@@ -214,5 +239,6 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             });
             unsafe { thread::sync_threads() };
         }
+        (g, umax) = next;
     }
 }

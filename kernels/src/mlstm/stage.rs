@@ -23,7 +23,11 @@ pub unsafe fn rows<const THREADS: u32>(
     while idx < rows * vecs {
         let (r, c) = (idx / vecs, c0 + (idx % vecs) * 8);
         let ok = t + r < t_end && c < dim;
-        let src = if ok { base + (((t + r) * dim + c) as u64) * 2 } else { base };
+        let src = if ok {
+            base + (((t + r) * dim + c) as u64) * 2
+        } else {
+            base
+        };
         unsafe { cp_async::copy_16(tile.offset(r, c - c0), src, if ok { 16 } else { 0 }) };
         idx += THREADS;
     }
