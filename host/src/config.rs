@@ -121,30 +121,18 @@ impl MlstmConfig {
     }
 }
 
-/// Chunk size when the caller gives none: the L that minimizes a two-term cost model of the
-/// forward pass, `intra-chunk FLOPs / tensor rate + state bytes / memory bandwidth`:
-/// - the intra-chunk part costs S·L·(DQK + DHV) FLOPs per head, growing with L;
-/// - the chunk states cost 2·(S/L)·DQK·DHV·4 bytes per head (written once, read once),
-///   shrinking with L.
+/// Chunk size when the caller gives none: 128, or the smallest supported chunk that covers a
+/// shorter sequence.
 ///
-/// With rates of about 300 TFLOP/s (what the mma.sync kernels reach) and 3 TB/s (H100 HBM3),
-/// the balance is L ≈ √(800·DQK·DHV/(DQK+DHV)): 226 for 128/128 heads (→ 256), 369 for
-/// 256/512 and 452 for 512/512 (→ 512). Chunks are never longer than needed to cover S.
+/// Why 128: L trades intra-chunk work (S·L·(DQK+DHV) FLOPs per head, growing with L) against
+/// chunk-state traffic (NC = S/L states of DQK·DHV, shrinking with L). Measured on an H200
+/// (BENCHMARKS.md, B=8, S=8192, bf16), L = 128 was fastest for every head configuration and
+/// variant: 512/512 6.5 ms at 128 vs 7.1 at 256 and 9.4 at 512; 256/512 3.7 vs 4.0 and 5.2;
+/// 128/128 1.15 vs 1.28 and 1.66. Larger chunks halve the materialized states each doubling
+/// (what to choose when memory, not time, is short).
 pub fn select_chunk_size(dims: &Dims) -> u32 {
-    const FLOPS_PER_BYTE: f64 = 100.0; // 300e12 / 3e12
-    let (dqk, dhv) = (dims.dqk as f64, dims.dhv as f64);
-    let cost = |l: f64| l * (dqk + dhv) / FLOPS_PER_BYTE + 8.0 * dqk * dhv / l;
-    let best = CHUNK_SIZES
-        .iter()
-        .copied()
-        .min_by(|&a, &b| cost(a as f64).total_cmp(&cost(b as f64)))
-        .unwrap_or(CHUNK_SIZES[0]);
-    let cover = CHUNK_SIZES
-        .iter()
-        .copied()
-        .find(|&l| l as usize >= dims.s)
-        .unwrap_or(u32::MAX);
-    best.min(cover)
+    const FASTEST: u32 = 128;
+    CHUNK_SIZES.iter().copied().find(|&l| l as usize >= dims.s).map_or(FASTEST, |cover| cover.min(FASTEST))
 }
 
 #[cfg(test)]
@@ -163,10 +151,10 @@ mod tests {
 
     #[test]
     fn heuristic_chunk_sizes() {
-        assert_eq!(select_chunk_size(&dims(8192, 128, 128)), 256);
-        assert_eq!(select_chunk_size(&dims(8192, 256, 512)), 512);
-        assert_eq!(select_chunk_size(&dims(8192, 512, 512)), 512);
+        assert_eq!(select_chunk_size(&dims(8192, 128, 128)), 128);
+        assert_eq!(select_chunk_size(&dims(8192, 512, 512)), 128);
         assert_eq!(select_chunk_size(&dims(100, 512, 512)), 128);
+        assert_eq!(select_chunk_size(&dims(64, 512, 512)), 64);
         assert_eq!(select_chunk_size(&dims(1, 512, 512)), 64);
     }
 

@@ -214,3 +214,48 @@ pub const fn entry_name(kernel: FwdKernel, gates: Gates, dtype: Dtype) -> &'stat
         (ChunkOutput, SigNoNorm, F16) => "mlstm_fwd_chunk_output_signn_f16",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CHUNK_SIZES, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM};
+
+    /// Shared memory per block that Hopper allows a kernel that opts in (227 KiB).
+    const HOPPER_SMEM: u32 = 227 * 1024;
+
+    #[test]
+    fn every_supported_config_fits_in_shared_memory() {
+        for &chunk in &CHUNK_SIZES {
+            assert!(state::smem_bytes(chunk) <= HOPPER_SMEM);
+            assert!(gates::smem_bytes(chunk) <= HOPPER_SMEM);
+            let mut dqk = HEAD_DIM_MULTIPLE;
+            while dqk <= MAX_HEAD_DIM {
+                assert!(output::smem_bytes(chunk, dqk) <= HOPPER_SMEM, "L={chunk} DQK={dqk}");
+                dqk += HEAD_DIM_MULTIPLE;
+            }
+        }
+        // Two output blocks per SM (228 KiB, 1 KiB reserved per block) at the largest config.
+        assert!(2 * (output::smem_bytes(1024, 512) + 1024) <= 228 * 1024);
+    }
+
+    #[test]
+    fn grids_cover_the_problem() {
+        let p = FwdParams { bh: 6, s: 1000, dqk: 80, dhv: 272, chunk: 256, num_chunks: 4, ..Default::default() };
+        // DQK tiles × DHV tiles of the state.
+        assert_eq!(state::grid(&p), (2 * 3, 6, 1));
+        // DHV tiles × (chunks · row tiles per chunk) × heads.
+        assert_eq!(output::grid(&p), (3, 4 * 4, 6));
+        assert_eq!(gates::grid(&p), (4, 6, 1));
+    }
+
+    #[test]
+    fn entry_names_are_distinct_per_dtype_and_variant() {
+        let mut names = [Gates::Exp, Gates::Sig, Gates::SigNoNorm]
+            .iter()
+            .flat_map(|&g| [Dtype::Bf16, Dtype::F16].map(move |d| entry_name(FwdKernel::ChunkOutput, g, d)))
+            .collect::<std::vec::Vec<_>>();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 6);
+    }
+}

@@ -6,6 +6,9 @@
 //! L chunk size, NC = ceil(S / L) chunks, BH = B·NH.
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
 pub mod fwd;
 
 /// Threads in a warp.
