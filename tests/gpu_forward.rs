@@ -207,7 +207,8 @@ fn forward_hard_gate_regimes() {
     let rt = runtime();
     let mut rng = rng("forward_hard_gate_regimes");
     // Forget gates near 0 and near 1, and input gates large enough to move the max state.
-    let regimes: [(&str, fn(usize) -> (f64, f64)); 3] = [
+    type Regime = (&'static str, fn(usize) -> (f64, f64));
+    let regimes: [Regime; 3] = [
         ("forget≈0", |t| {
             (((t * 7) % 13) as f64 - 6.0, -9.0 + (t % 3) as f64)
         }),

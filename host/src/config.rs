@@ -132,7 +132,11 @@ impl MlstmConfig {
 /// (what to choose when memory, not time, is short).
 pub fn select_chunk_size(dims: &Dims) -> u32 {
     const FASTEST: u32 = 128;
-    CHUNK_SIZES.iter().copied().find(|&l| l as usize >= dims.s).map_or(FASTEST, |cover| cover.min(FASTEST))
+    CHUNK_SIZES
+        .iter()
+        .copied()
+        .find(|&l| l as usize >= dims.s)
+        .map_or(FASTEST, |cover| cover.min(FASTEST))
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 use crate::config::Dims;
 
 /// Forward FLOPs of the chunkwise mLSTM with chunk size L, per (batch, head) summed:
-/// 2·S·DQK·DHV (chunk states, K̃ᵀV) + 2·S·DQK·DHV (inter-chunk output Q·C̃)
-/// + S·L·(DQK + DHV) (intra-chunk QKᵀ and (QKᵀ ⊙ D)·V, causal: half of each L×L tile).
+/// 2·S·DQK·DHV (chunk states, K̃ᵀV), plus 2·S·DQK·DHV (inter-chunk output Q·C̃), plus
+/// S·L·(DQK + DHV) (intra-chunk QKᵀ and (QKᵀ ⊙ D)·V, causal: half of each L×L tile).
 /// Elementwise gate work is not counted.
 pub fn forward_flops(dims: &Dims, chunk: usize) -> f64 {
     let (s, dqk, dhv, l) = (

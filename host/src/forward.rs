@@ -94,14 +94,14 @@ impl<'a> MlstmInputs<'a> {
             ("n0", self.n0),
             ("m0", self.m0),
         ] {
-            if let Some(t) = t {
-                if t.dtype() != Dtype::F32 {
-                    return Err(Error::Dtype {
-                        arg,
-                        expected: "f32",
-                        got: t.dtype(),
-                    });
-                }
+            if let Some(t) = t
+                && t.dtype() != Dtype::F32
+            {
+                return Err(Error::Dtype {
+                    arg,
+                    expected: "f32",
+                    got: t.dtype(),
+                });
             }
         }
         if let Some(c0) = self.c0 {
@@ -415,7 +415,7 @@ pub unsafe fn mlstm_fwd_raw(
         }
     }
     let finals = [ptrs.c_final, ptrs.n_final, ptrs.m_final];
-    if finals.iter().any(|&p| p == 0) && finals.iter().any(|&p| p != 0) {
+    if finals.contains(&0) && finals.iter().any(|&p| p != 0) {
         return Err(Error::Invalid {
             arg: "c_final/n_final/m_final",
             value: format!("{finals:?}"),

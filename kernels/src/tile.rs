@@ -5,6 +5,7 @@
 //! - A (16×16, row-major, 4 regs): a0 (g, 2t), a1 (g+8, 2t), a2 (g, 2t+8), a3 (g+8, 2t+8).
 //! - B (16×8, "col": indexed (k, n), 2 regs): b0 (k=2t, n=g), b1 (k=2t+8, n=g).
 //! - C/D (16×8 f32, 4 regs): c0, c1 at (g, 2t), (g, 2t+1); c2, c3 at (g+8, 2t), (g+8, 2t+1).
+//!
 //! The C layout of two adjacent n-blocks, packed pairwise, is exactly an A fragment: that is
 //! how a product computed in registers (P = S ⊙ gates) feeds the next `mma` without shared
 //! memory (see [`acc_to_a`]).

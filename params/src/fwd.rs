@@ -230,7 +230,10 @@ mod tests {
             assert!(gates::smem_bytes(chunk) <= HOPPER_SMEM);
             let mut dqk = HEAD_DIM_MULTIPLE;
             while dqk <= MAX_HEAD_DIM {
-                assert!(output::smem_bytes(chunk, dqk) <= HOPPER_SMEM, "L={chunk} DQK={dqk}");
+                assert!(
+                    output::smem_bytes(chunk, dqk) <= HOPPER_SMEM,
+                    "L={chunk} DQK={dqk}"
+                );
                 dqk += HEAD_DIM_MULTIPLE;
             }
         }
@@ -240,7 +243,15 @@ mod tests {
 
     #[test]
     fn grids_cover_the_problem() {
-        let p = FwdParams { bh: 6, s: 1000, dqk: 80, dhv: 272, chunk: 256, num_chunks: 4, ..Default::default() };
+        let p = FwdParams {
+            bh: 6,
+            s: 1000,
+            dqk: 80,
+            dhv: 272,
+            chunk: 256,
+            num_chunks: 4,
+            ..Default::default()
+        };
         // DQK tiles × DHV tiles of the state.
         assert_eq!(state::grid(&p), (2 * 3, 6, 1));
         // DHV tiles × (chunks · row tiles per chunk) × heads.
@@ -252,7 +263,9 @@ mod tests {
     fn entry_names_are_distinct_per_dtype_and_variant() {
         let mut names = [Gates::Exp, Gates::Sig, Gates::SigNoNorm]
             .iter()
-            .flat_map(|&g| [Dtype::Bf16, Dtype::F16].map(move |d| entry_name(FwdKernel::ChunkOutput, g, d)))
+            .flat_map(|&g| {
+                [Dtype::Bf16, Dtype::F16].map(move |d| entry_name(FwdKernel::ChunkOutput, g, d))
+            })
             .collect::<std::vec::Vec<_>>();
         names.sort();
         names.dedup();
