@@ -424,3 +424,62 @@ fn bad_arguments_get_typed_errors() {
         .unwrap_err();
     assert!(matches!(e, Error::Invalid { arg: "h", .. }), "{e}");
 }
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn safetensors_file_round_trip_matches_reference() {
+    use std::collections::HashMap;
+    use tfla::io::{HostTensor, write_tensors};
+    let rt = runtime();
+    let mut rng = rng("safetensors_file_round_trip_matches_reference");
+    let sh = shape(1, 2, 150, 64, 32);
+    let mut inp = RefInputs::random(sh, true, &mut rng);
+    round_inputs(&mut inp, Dtype::Bf16);
+    let t = |dtype, shape: &[usize], x: &[f64]| HostTensor {
+        dtype,
+        shape: shape.to_vec(),
+        data: to_f32(x),
+    };
+    let (b, nh, s, dqk, dhv) = (sh.b, sh.nh, sh.s, sh.dqk, sh.dhv);
+    let tensors = [
+        ("q", t(Dtype::Bf16, &[b, nh, s, dqk], &inp.q)),
+        ("k", t(Dtype::Bf16, &[b, nh, s, dqk], &inp.k)),
+        ("v", t(Dtype::Bf16, &[b, nh, s, dhv], &inp.v)),
+        ("i", t(Dtype::F32, &[b, nh, s], &inp.i)),
+        ("f", t(Dtype::F32, &[b, nh, s], &inp.f)),
+        (
+            "c0",
+            t(Dtype::F32, &[b, nh, dqk, dhv], inp.c0.as_ref().unwrap()),
+        ),
+        ("n0", t(Dtype::F32, &[b, nh, dqk], inp.n0.as_ref().unwrap())),
+        ("m0", t(Dtype::F32, &[b, nh], inp.m0.as_ref().unwrap())),
+    ];
+    let dir = std::env::temp_dir();
+    let (input, output) = (
+        dir.join("tfla-gpu-in.safetensors"),
+        dir.join("tfla-gpu-out.safetensors"),
+    );
+    write_tensors(&input, &tensors, HashMap::new()).unwrap();
+    let cfg = MlstmConfig::new(EXP).with_chunk_size(64);
+    tfla::io::run_forward_file(&rt, &input, &output, Dtype::Bf16, &cfg).unwrap();
+    let bytes = std::fs::read(&output).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let h = st.tensor("h").unwrap();
+    assert_eq!(h.shape(), &[b, nh, s, dhv]);
+    let got: Vec<f32> = h
+        .data()
+        .chunks_exact(2)
+        .map(|x| half::bf16::from_le_bytes([x[0], x[1]]).to_f32())
+        .collect();
+    let want = reference::recurrent(&inp, &RefParams::new(EXP, dqk));
+    let err = rel_err(&got, &want.h);
+    eprintln!("file round trip: h {err:.2e}");
+    assert!(err <= fwd_tolerance(Dtype::Bf16), "h error {err:.2e}");
+    assert!(st.tensor("c").is_ok() && st.tensor("n").is_ok() && st.tensor("m").is_ok());
+    // A malformed input file is rejected before anything runs.
+    std::fs::write(&input, b"garbage").unwrap();
+    let err = tfla::io::run_forward_file(&rt, &input, &output, Dtype::Bf16, &cfg).unwrap_err();
+    assert!(matches!(err, tfla::Error::File { .. }), "{err}");
+    let _ = std::fs::remove_file(&input);
+    let _ = std::fs::remove_file(&output);
+}

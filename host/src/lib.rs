@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod flops;
 pub mod forward;
+pub mod io;
 mod launch;
 pub mod reference;
 pub mod registry;
