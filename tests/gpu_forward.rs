@@ -125,7 +125,7 @@ fn run(cases: &[Case], name: &str) {
 #[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
 fn forward_matches_reference_all_variants_and_dtypes() {
     let mut cases = Vec::new();
-    for variant in [EXP, SIG, SIG_NONORM] {
+    for variant in tfla::registry::KERNELS.iter().map(|k| k.variant) {
         for dtype in [Dtype::Bf16, Dtype::F16] {
             cases.push(Case {
                 shape: shape(1, 2, 300, 64, 128),
