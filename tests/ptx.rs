@@ -18,6 +18,9 @@ fn all_entry_names() -> Vec<&'static str> {
             }
         }
     }
+    for gates in [Gates::Exp, Gates::Sig, Gates::SigNoNorm] {
+        names.push(tfla_params::fwd::recurrent::entry_name(gates));
+    }
     names.sort();
     names.dedup();
     names

@@ -1,7 +1,8 @@
 //! The forward pass: chunk states, then chunk outputs (TFLA).
 //!
 //! Notation: B batch, NH heads, S steps, DQK / DHV head dims, L chunk size, NC = ceil(S/L).
-//! Inputs q, k (B, NH, S, DQK), v (B, NH, S, DHV) in bf16 or f16; gate pre-activations ĩ, f̃
+//! Inputs q, k (B, NH, S, DQK), v (B, NH, S, DHV) in bf16 or f16 (tensor-core kernels) or f32
+//! (the f32 recurrence: slower, no 16-bit rounding); gate pre-activations ĩ, f̃
 //! (B, NH, S) f32; optional initial states C̃0 (B, NH, DQK, DHV), ñ0 (B, NH, DQK), m0 (B, NH)
 //! f32. Outputs h (B, NH, S, DHV) in the input dtype and the final states in f32.
 use crate::config::{Dims, MlstmConfig};
@@ -71,13 +72,6 @@ impl<'a> MlstmInputs<'a> {
         expect_shape("i", self.i, &[b, nh, s])?;
         expect_shape("f", self.f, &[b, nh, s])?;
         let dtype = self.q.dtype();
-        if dtype == Dtype::F32 {
-            return Err(Error::Dtype {
-                arg: "q",
-                expected: "bf16 or f16",
-                got: dtype,
-            });
-        }
         for (arg, t) in [("k", self.k), ("v", self.v)] {
             if t.dtype() != dtype {
                 return Err(Error::Dtype {
@@ -321,6 +315,11 @@ pub fn mlstm_fwd_into(
         m_rows: out.row_stats.as_ref().map_or(0, |r| r.m.device_ptr()),
         den_rows: out.row_stats.as_ref().map_or(0, |r| r.den.device_ptr()),
     };
+    if !cfg.variant.normalizes() {
+        // Without the normalizer no kernel forms ñ: hand back zeros rather than stale memory.
+        out.n.fill_zero()?;
+        out.states.n.fill_zero()?;
+    }
     // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked
     // against `dims` above (inputs by `dims()`, outputs by `check`); cuMemAlloc aligns them.
     unsafe { mlstm_fwd_raw(rt, rt.stream(), &ptrs, dims, dtype, cfg) }
@@ -349,7 +348,8 @@ pub struct FwdPointers {
     pub gate_u: u64,
     pub gate_cm: u64,
     pub gate_g: u64,
-    /// Final states: optional (all three or none).
+    /// Final states: optional (all three or none). ñ (here and in the chunk states) is not
+    /// written by the variant without the normalizer.
     pub c_final: u64,
     pub n_final: u64,
     pub m_final: u64,
@@ -377,17 +377,6 @@ pub unsafe fn mlstm_fwd_raw(
     dims.validate()?;
     let chunk = cfg.chunk_for(&dims)?;
     let scale = cfg.scale_for(&dims)?;
-    let kdtype = match dtype {
-        Dtype::Bf16 => KDtype::Bf16,
-        Dtype::F16 => KDtype::F16,
-        Dtype::F32 => {
-            return Err(Error::Dtype {
-                arg: "q",
-                expected: "bf16 or f16",
-                got: dtype,
-            });
-        }
-    };
     let required = [
         ("q", ptrs.q),
         ("k", ptrs.k),
@@ -491,7 +480,7 @@ pub unsafe fn mlstm_fwd_raw(
         scale,
         eps: cfg.eps,
     };
-    let launches = fwd_launches(&params, gates, kdtype);
+    let launches = fwd_launches(&params, gates, dtype);
     for l in &launches {
         l.check(rt)?;
     }
@@ -502,23 +491,40 @@ pub unsafe fn mlstm_fwd_raw(
     Ok(())
 }
 
-/// The three launches of the forward pass, in order.
-fn fwd_launches(p: &FwdParams, gates: Gates, dtype: KDtype) -> [Launch; 3] {
-    [
+/// The launches of the forward pass, in order: the gate vectors, then for 16-bit inputs the
+/// chunk states and chunk outputs on the tensor cores, for f32 inputs the f32 recurrence (which
+/// writes the same outputs).
+fn fwd_launches(p: &FwdParams, gates: Gates, dtype: Dtype) -> Vec<Launch> {
+    let chunk_gates = Launch {
+        // The gate kernel has no element type; its name does not depend on the one passed.
+        name: fwd::entry_name(FwdKernel::ChunkGates, gates, KDtype::Bf16),
+        grid: fwd::gates::grid(p),
+        threads: fwd::gates::THREADS,
+        smem: fwd::gates::smem_bytes(p.chunk),
+    };
+    let kdtype = match dtype {
+        Dtype::Bf16 => KDtype::Bf16,
+        Dtype::F16 => KDtype::F16,
+        Dtype::F32 => {
+            let recurrent = Launch {
+                name: fwd::recurrent::entry_name(gates),
+                grid: fwd::recurrent::grid(p),
+                threads: fwd::recurrent::THREADS,
+                smem: fwd::recurrent::smem_bytes(p.dqk),
+            };
+            return vec![chunk_gates, recurrent];
+        }
+    };
+    vec![
+        chunk_gates,
         Launch {
-            name: fwd::entry_name(FwdKernel::ChunkGates, gates, dtype),
-            grid: fwd::gates::grid(p),
-            threads: fwd::gates::THREADS,
-            smem: fwd::gates::smem_bytes(p.chunk),
-        },
-        Launch {
-            name: fwd::entry_name(FwdKernel::ChunkState, gates, dtype),
+            name: fwd::entry_name(FwdKernel::ChunkState, gates, kdtype),
             grid: fwd::state::grid(p),
             threads: fwd::state::THREADS,
             smem: fwd::state::smem_bytes(p.chunk),
         },
         Launch {
-            name: fwd::entry_name(FwdKernel::ChunkOutput, gates, dtype),
+            name: fwd::entry_name(FwdKernel::ChunkOutput, gates, kdtype),
             grid: fwd::output::grid(p),
             threads: fwd::output::THREADS,
             smem: fwd::output::smem_bytes(p.chunk, p.dqk),

@@ -172,8 +172,8 @@ pub fn write_tensors(
 }
 
 /// Runs the forward pass on a file's inputs and writes `h` and the final states. q, k, v are
-/// computed in `dtype` (bf16 or f16; values from the file are rounded to it); gates and states
-/// in f32.
+/// computed in `dtype` (bf16 or f16 on the tensor cores, values from the file rounded to it; or
+/// f32 through the f32 recurrence); gates and states in f32.
 pub fn run_forward_file(
     rt: &Runtime,
     input: &Path,

@@ -86,7 +86,7 @@ impl Tensor {
     /// A tensor of zeros.
     pub fn zeros(rt: &Runtime, dtype: Dtype, shape: &[usize]) -> Result<Self> {
         let mut t = Self::uninit(rt, dtype, shape)?;
-        t.fill_bits(0)?;
+        t.fill_zero()?;
         Ok(t)
     }
 
@@ -188,6 +188,11 @@ impl Tensor {
             Dtype::F16 => self.fill_bits(0x7e00),
             Dtype::F32 => self.fill_bits(0x7fc0_0000),
         }
+    }
+
+    /// Fills every element with zeros.
+    pub fn fill_zero(&mut self) -> Result<()> {
+        self.fill_bits(0)
     }
 
     fn fill_bits(&mut self, bits: u32) -> Result<()> {

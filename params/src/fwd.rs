@@ -181,6 +181,41 @@ pub mod gates {
     }
 }
 
+/// The f32 path: a step-by-step recurrence on the CUDA cores (no 16-bit rounding anywhere),
+/// for f32 inputs. One block owns TILE_HV columns of one head's state, the whole DQK × TILE_HV
+/// slab of C in shared memory; thread (g, c) updates column c at rows g, g + ROW_GROUPS, ….
+/// It also writes the chunk states, the final states and the row statistics, so its outputs
+/// are those of the chunkwise path.
+pub mod recurrent {
+    use super::*;
+    pub const WARPS: u32 = 4;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// State columns per block.
+    pub const TILE_HV: u32 = 16;
+    /// Threads per column: each updates DQK / ROW_GROUPS rows.
+    pub const ROW_GROUPS: u32 = THREADS / TILE_HV;
+
+    /// C slab (DQK × TILE_HV), k_t, q_t, ñ (3 × DQK), per-group numerators
+    /// (ROW_GROUPS × TILE_HV) and per-warp partial sums, all f32.
+    pub const fn smem_bytes(dqk: u32) -> u32 {
+        (dqk * TILE_HV + 3 * dqk + ROW_GROUPS * TILE_HV + WARPS) * 4
+    }
+
+    /// (DHV / TILE_HV, BH, 1).
+    pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
+        (div_ceil(p.dhv, TILE_HV), p.bh, 1)
+    }
+
+    /// Entry point of the f32 recurrence for `gates`.
+    pub const fn entry_name(gates: Gates) -> &'static str {
+        match gates {
+            Gates::Exp => "mlstm_fwd_recurrent_exp_f32",
+            Gates::Sig => "mlstm_fwd_recurrent_sig_f32",
+            Gates::SigNoNorm => "mlstm_fwd_recurrent_signn_f32",
+        }
+    }
+}
+
 /// Which forward kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FwdKernel {

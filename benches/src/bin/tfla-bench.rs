@@ -4,6 +4,7 @@
 //!
 //! Usage: tfla-bench [--grid paper|quick|smoke] [--json PATH] [--variants exp,sig,sig_nonorm]
 //!                   [--chunks 64,128,...] [--heads NH:DQK:DHV,...] [--reps N]
+//!                   [--dtype bf16|f16|f32]
 //! Timing: CUDA events around each call on the runtime's stream, 3 warm-up calls, then the
 //! median of 20 timed calls; inputs random (never zeros), bf16.
 use cust::event::{Event, EventFlags};
@@ -93,6 +94,8 @@ fn main() {
             .collect(),
     };
     let reps: usize = opt("--reps").map_or(20, |r| r.parse().expect("--reps"));
+    let dtype = Dtype::parse(&opt("--dtype").unwrap_or_else(|| "bf16".into()))
+        .expect("--dtype: bf16, f16 or f32");
     let rt = Runtime::new().unwrap_or_else(|e| {
         eprintln!("tfla-bench: {e}");
         std::process::exit(2)
@@ -120,9 +123,9 @@ fn main() {
     for &(nh, dqk, dhv) in &heads {
         for &(b, s) in &grid(&grid_name) {
             let dims = Dims { b, nh, s, dqk, dhv };
-            let q = random_tensor(&rt, &mut rng, Dtype::Bf16, &[b, nh, s, dqk], -2.0, 2.0);
-            let k = random_tensor(&rt, &mut rng, Dtype::Bf16, &[b, nh, s, dqk], -2.0, 2.0);
-            let v = random_tensor(&rt, &mut rng, Dtype::Bf16, &[b, nh, s, dhv], -2.0, 2.0);
+            let q = random_tensor(&rt, &mut rng, dtype, &[b, nh, s, dqk], -2.0, 2.0);
+            let k = random_tensor(&rt, &mut rng, dtype, &[b, nh, s, dqk], -2.0, 2.0);
+            let v = random_tensor(&rt, &mut rng, dtype, &[b, nh, s, dhv], -2.0, 2.0);
             let i = random_tensor(&rt, &mut rng, Dtype::F32, &[b, nh, s], -4.0, 4.0);
             let f = random_tensor(&rt, &mut rng, Dtype::F32, &[b, nh, s], 0.0, 6.0);
             let inputs = MlstmInputs::new(&q, &k, &v, &i, &f);
@@ -132,7 +135,7 @@ fn main() {
             {
                 for &chunk in &chunks {
                     let cfg = MlstmConfig::new(variant).with_chunk_size(chunk);
-                    let mut out = match MlstmOutputs::alloc(&rt, &dims, Dtype::Bf16, &cfg) {
+                    let mut out = match MlstmOutputs::alloc(&rt, &dims, dtype, &cfg) {
                         Ok(o) => o,
                         Err(e) => {
                             writeln!(
@@ -149,7 +152,7 @@ fn main() {
                     let tflops = forward_flops(&dims, chunk) / (ms * 1e-3) / 1e12;
                     let mb = state_bytes(&dims, chunk) as f64 / 1e6;
                     writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1}").unwrap();
-                    writeln!(json, "  {{\"impl\": \"tfla\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}}},", state_bytes(&dims, chunk)).unwrap();
+                    writeln!(json, "  {{\"impl\": \"tfla\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}}},", dtype.name(), state_bytes(&dims, chunk)).unwrap();
                 }
             }
         }

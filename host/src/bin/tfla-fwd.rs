@@ -1,13 +1,13 @@
 //! tfla-fwd: the forward pass on a `.safetensors` file (see `tfla::io` for the file layout).
 //!
 //! tfla-fwd --in INPUT.safetensors --out OUTPUT.safetensors [--kernel chunkwise--tfla-exp]
-//!          [--chunk L] [--dtype bf16|f16] [--eps EPS]
+//!          [--chunk L] [--dtype bf16|f16|f32] [--eps EPS]
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tfla::{Dtype, MlstmConfig, Runtime, registry};
 
 const USAGE: &str = "usage: tfla-fwd --in INPUT.safetensors --out OUTPUT.safetensors \
-    [--kernel NAME] [--chunk L] [--dtype bf16|f16] [--eps EPS]";
+    [--kernel NAME] [--chunk L] [--dtype bf16|f16|f32] [--eps EPS]";
 
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,7 +36,12 @@ fn run() -> Result<(), String> {
     let dtype = match opt("--dtype").as_deref() {
         None | Some("bf16") => Dtype::Bf16,
         Some("f16") | Some("fp16") => Dtype::F16,
-        Some(other) => return Err(format!("--dtype: `{other}` is not supported (bf16 or f16)")),
+        Some("f32") | Some("fp32") => Dtype::F32,
+        Some(other) => {
+            return Err(format!(
+                "--dtype: `{other}` is not supported (bf16, f16 or f32)"
+            ));
+        }
     };
     let rt = Runtime::new().map_err(|e| e.to_string())?;
     tfla::io::run_forward_file(&rt, &input, &output, dtype, &cfg).map_err(|e| e.to_string())?;

@@ -86,3 +86,30 @@ pub unsafe fn scan<O: ScanOp, const THREADS: u32>(arr: u32, n: u32, scratch: u32
         thread::sync_threads();
     }
 }
+
+/// Reduction of one value per thread over the block; every thread gets the result. `scratch`
+/// holds one f32 per warp. Starts and ends with a barrier, so `scratch` may be reused at once.
+///
+/// # Safety
+/// As [`scan`].
+pub unsafe fn reduce<O: ScanOp, const THREADS: u32>(v: f32, scratch: u32) -> f32 {
+    let tid = thread::thread_idx();
+    let mut v = v;
+    unsafe {
+        let mut m = 16;
+        while m > 0 {
+            v = O::op(v, shfl::xor_f32(v, m));
+            m /= 2;
+        }
+        thread::sync_threads();
+        if tid % 32 == 0 {
+            shared::st_f32(scratch + 4 * (tid / 32), v);
+        }
+        thread::sync_threads();
+        let mut r = O::IDENTITY;
+        for w in 0..THREADS / 32 {
+            r = O::op(r, shared::ld_f32(scratch + 4 * w));
+        }
+        r
+    }
+}

@@ -6,6 +6,7 @@ mod chunk_gates;
 mod chunk_output;
 mod chunk_state;
 mod gates;
+mod recurrent;
 mod stage;
 
 use crate::arch::convert::{Bf16, F16};
@@ -41,6 +42,29 @@ pub unsafe extern "ptx-kernel" fn mlstm_fwd_chunk_gates_exp(p: FwdParams) {
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn mlstm_fwd_chunk_gates_sig(p: FwdParams) {
     unsafe { chunk_gates::chunk_gates::<SigGates>(&p) }
+}
+
+/// PTX entry points of the f32 recurrence (see `tfla_params::fwd::recurrent::entry_name`).
+///
+/// # Safety
+/// As `recurrent_f32`.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn mlstm_fwd_recurrent_exp_f32(p: FwdParams) {
+    unsafe { recurrent::recurrent_f32::<ExpGates>(&p) }
+}
+
+/// # Safety
+/// As `recurrent_f32`.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn mlstm_fwd_recurrent_sig_f32(p: FwdParams) {
+    unsafe { recurrent::recurrent_f32::<SigGates>(&p) }
+}
+
+/// # Safety
+/// As `recurrent_f32`.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn mlstm_fwd_recurrent_signn_f32(p: FwdParams) {
+    unsafe { recurrent::recurrent_f32::<SigNoNormGates>(&p) }
 }
 
 entry! {

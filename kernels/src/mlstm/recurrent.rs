@@ -1,0 +1,200 @@
+//! The f32 forward path: the mLSTM recurrence step by step on the CUDA cores, for f32 inputs
+//! (tensor-core products would round them to 16 bits). Slower than the chunkwise kernels, exact
+//! to f32 rounding.
+//!
+//! Notation: BH heads, S steps, DQK × DHV state. Per step t (λ = logσ(f̃_t), ι the log input
+//! gate; stabilized variant m_t = max(λ + m_{t−1}, ι), else m ≡ 0):
+//!   C̃_t = e^{λ + m_{t−1} − m_t} C̃_{t−1} + e^{ι − m_t} k_t v_tᵀ   (ñ likewise with k_t)
+//!   h_t = C̃_tᵀ q̂_t / (max(|ñ_tᵀ q̂_t|, e^{−m_t}) + eps)            (sig: floor 1; no-norm: h = C̃ᵀq̂)
+//! One block owns TILE_HV columns of one head's state; the DQK × TILE_HV slab lives in shared
+//! memory, thread (g, c) = (tid / TILE_HV, tid % TILE_HV) owns column c at rows g + j·ROW_GROUPS.
+//! ñ is owned by thread d % THREADS. It writes what the chunkwise path writes: chunk states at
+//! every multiple of L, final states, row statistics.
+use super::block::{self, Add};
+use super::gates::GateKind;
+use crate::arch::{global, math, shared, thread};
+use tfla_params::fwd::{FwdParams, recurrent::*};
+
+/// # Safety
+/// Launched with `grid(p)`, THREADS threads and `smem_bytes(p.dqk)` bytes of dynamic shared
+/// memory, on parameters validated by the host (q, k, v, h, c_states in f32).
+#[inline(always)]
+pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
+    let tid = thread::thread_idx();
+    let (bx, bh, _) = thread::block_idx();
+    // (max(1): lets the compiler drop its division-by-zero check.)
+    let (s, dqk, dhv, l, nc) = (p.s, p.dqk, p.dhv, p.chunk.max(1), p.num_chunks);
+    let (g, c) = (tid / TILE_HV, tid % TILE_HV);
+    let col = bx * TILE_HV + c;
+    let col_ok = col < dhv;
+    let head = bh as u64;
+
+    // Shared memory: C slab [d][c], k_t, q_t, ñ, numerators [g][c], warp sums.
+    let sc = shared::base();
+    let sk = sc + 4 * dqk * TILE_HV;
+    let sq = sk + 4 * dqk;
+    let sn = sq + 4 * dqk;
+    let snum = sn + 4 * dqk;
+    let sred = snum + 4 * ROW_GROUPS * TILE_HV;
+
+    let slab = |d: u32| sc + 4 * (d * TILE_HV + c);
+    let state_at = |base: u64, d: u32| base + ((d * dhv + col) as u64) * 4;
+    let owns_n = G::NORMALIZED && bx == 0;
+
+    // Initial state.
+    unsafe {
+        let c0 = p.c0 + head * (dqk as u64) * (dhv as u64) * 4;
+        let mut d = g;
+        while d < dqk {
+            let x = global::ld_nc_f32_or_zero(p.c0 != 0 && col_ok, state_at(c0, d));
+            shared::st_f32(slab(d), x);
+            d += ROW_GROUPS;
+        }
+        let mut d = tid;
+        while d < dqk {
+            let x = global::ld_nc_f32_or_zero(p.n0 != 0, p.n0 + (head * dqk as u64 + d as u64) * 4);
+            shared::st_f32(sn + 4 * d, x);
+            d += THREADS;
+        }
+    }
+    let mut m = if G::STABILIZED && p.m0 != 0 {
+        unsafe { global::ld_nc_f32(p.m0 + head * 4) }
+    } else {
+        0.0
+    };
+
+    let (gq, gk) = (
+        p.q + head * (s as u64) * (dqk as u64) * 4,
+        p.k + head * (s as u64) * (dqk as u64) * 4,
+    );
+    let gv = p.v + head * (s as u64) * (dhv as u64) * 4;
+    let gh = p.h + head * (s as u64) * (dhv as u64) * 4;
+    let store_state = |c_out: u64, n_out: u64, m_out: u64, m: f32| unsafe {
+        // Each thread stores what it owns: no barrier needed.
+        let mut d = g;
+        while d < dqk {
+            global::st_b32_if(
+                col_ok,
+                state_at(c_out, d),
+                shared::ld_f32(slab(d)).to_bits(),
+            );
+            d += ROW_GROUPS;
+        }
+        if owns_n {
+            let mut d = tid;
+            while d < dqk {
+                global::st_f32(n_out + d as u64 * 4, shared::ld_f32(sn + 4 * d));
+                d += THREADS;
+            }
+        }
+        if bx == 0 && tid == 0 {
+            global::st_f32(m_out, m);
+        }
+    };
+
+    for t in 0..s {
+        if t % l == 0 {
+            let hk = head * nc as u64 + (t / l) as u64;
+            store_state(
+                p.c_states + hk * (dqk as u64) * (dhv as u64) * 4,
+                p.n_states + hk * dqk as u64 * 4,
+                p.m_states + hk * 4,
+                m,
+            );
+        }
+        let row = head * s as u64 + t as u64;
+        unsafe {
+            let mut d = tid;
+            while d < dqk {
+                shared::st_f32(
+                    sk + 4 * d,
+                    global::ld_nc_f32(gk + ((t * dqk + d) as u64) * 4),
+                );
+                shared::st_f32(
+                    sq + 4 * d,
+                    global::ld_nc_f32(gq + ((t * dqk + d) as u64) * 4),
+                );
+                d += THREADS;
+            }
+            thread::sync_threads();
+        }
+        // Gates (every thread, identically).
+        let lambda = math::log_sigmoid(unsafe { global::ld_nc_f32(p.f + row * 4) });
+        let iota = G::log_input(unsafe { global::ld_nc_f32(p.i + row * 4) });
+        let m_new = if G::STABILIZED {
+            (lambda + m).max(iota)
+        } else {
+            0.0
+        };
+        let (decay, gain) = (math::exp(lambda + m - m_new), math::exp(iota - m_new));
+        m = m_new;
+        let v = unsafe { global::ld_nc_f32_or_zero(col_ok, gv + ((t * dhv + col) as u64) * 4) };
+
+        // C̃ column update and its numerator part; ñ update and its part of ñᵀq.
+        let mut num = 0f32;
+        let mut d = g;
+        while d < dqk {
+            let x =
+                unsafe { decay * shared::ld_f32(slab(d)) + gain * shared::ld_f32(sk + 4 * d) * v };
+            unsafe { shared::st_f32(slab(d), x) };
+            num += x * unsafe { shared::ld_f32(sq + 4 * d) };
+            d += ROW_GROUPS;
+        }
+        let mut nq = 0f32;
+        if G::NORMALIZED {
+            let mut d = tid;
+            while d < dqk {
+                let x = unsafe {
+                    decay * shared::ld_f32(sn + 4 * d) + gain * shared::ld_f32(sk + 4 * d)
+                };
+                unsafe { shared::st_f32(sn + 4 * d, x) };
+                nq += x * unsafe { shared::ld_f32(sq + 4 * d) };
+                d += THREADS;
+            }
+        }
+        unsafe { shared::st_f32(snum + 4 * (g * TILE_HV + c), num) };
+        let nq = if G::NORMALIZED {
+            unsafe { block::reduce::<Add, THREADS>(nq, sred) }
+        } else {
+            0.0
+        };
+        if !G::NORMALIZED {
+            unsafe { thread::sync_threads() };
+        }
+        if tid < TILE_HV {
+            let mut num = 0f32;
+            for gg in 0..ROW_GROUPS {
+                num += unsafe { shared::ld_f32(snum + 4 * (gg * TILE_HV + c)) };
+            }
+            let den = if G::NORMALIZED {
+                let floor = if G::STABILIZED { math::exp(-m) } else { 1.0 };
+                (p.scale * nq).abs().max(floor) + p.eps
+            } else {
+                1.0
+            };
+            unsafe {
+                global::st_b32_if(
+                    col_ok,
+                    gh + ((t * dhv + col) as u64) * 4,
+                    (p.scale * num / den).to_bits(),
+                )
+            };
+            if bx == 0 && tid == 0 {
+                if p.m_rows != 0 {
+                    unsafe { global::st_f32(p.m_rows + row * 4, m) };
+                }
+                if p.den_rows != 0 {
+                    unsafe { global::st_f32(p.den_rows + row * 4, den) };
+                }
+            }
+        }
+    }
+    if p.c_final != 0 {
+        store_state(
+            p.c_final + head * (dqk as u64) * (dhv as u64) * 4,
+            p.n_final + head * dqk as u64 * 4,
+            p.m_final + head * 4,
+            m,
+        );
+    }
+}
