@@ -150,9 +150,9 @@ fn main() {
                         tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap()
                     });
                     let tflops = forward_flops(&dims, chunk) / (ms * 1e-3) / 1e12;
-                    let mb = state_bytes(&dims, chunk) as f64 / 1e6;
+                    let mb = state_bytes(&dims, chunk, dtype) as f64 / 1e6;
                     writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1}").unwrap();
-                    writeln!(json, "  {{\"impl\": \"tfla\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}}},", dtype.name(), state_bytes(&dims, chunk)).unwrap();
+                    writeln!(json, "  {{\"impl\": \"tfla\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}}},", dtype.name(), state_bytes(&dims, chunk, dtype)).unwrap();
                 }
             }
         }
