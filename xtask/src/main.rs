@@ -8,7 +8,11 @@
 //!   mode plus the PTX into one folder with `run.sh`, for GPU machines that have the CUDA driver
 //!   but no Rust toolchain.
 //! - `cargo xtask bench [--grid paper|quick|smoke]`: the main job on a GPU machine: bundle,
-//!   then run the benchmark table (and the reference comparison when Python + PyTorch exist).
+//!   then run the benchmark table (and the reference comparison when Python + PyTorch exist),
+//!   then print one merged table with the ratios.
+//! - `cargo xtask report --tfla TFLA.json REFS.json…`: that merged table from saved results
+//!   (e.g. `benches/results/`).
+mod report;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use tfla_ptx_build::{Arch, build_ptx, find_ptxas, ptxas_report};
@@ -31,7 +35,14 @@ fn main() -> ExitCode {
         Some("build-ptx") => cmd_build_ptx(opt("--arch").as_deref(), opt("--out")),
         Some("bundle") => cmd_bundle(opt("--out")).map(|_| ()),
         Some("bench") => cmd_bench(opt("--grid").as_deref().unwrap_or("paper")),
-        _ => Err("usage: cargo xtask build-ptx [--arch sm_90|sm_90a] [--out PATH] | bundle [--out DIR] | bench [--grid paper|quick|smoke]".into()),
+        Some("report") => match opt("--tfla") {
+            Some(tfla) => {
+                let refs: Vec<String> = args.iter().skip(1).filter(|a| a.ends_with(".json") && **a != tfla).cloned().collect();
+                report::report(Path::new(&tfla), &refs)
+            }
+            None => Err("usage: cargo xtask report --tfla TFLA.json REFS.json...".into()),
+        },
+        _ => Err("usage: cargo xtask build-ptx [--arch sm_90|sm_90a] [--out PATH] | bundle [--out DIR] | bench [--grid paper|quick|smoke] | report --tfla TFLA.json REFS.json...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -223,6 +234,8 @@ fn cmd_bench(grid: &str) -> Result<(), String> {
         if !status.success() {
             return Err("the reference comparison failed".into());
         }
+        let refs = [dir.join("refs.json").display().to_string()];
+        report::report(&dir.join("tfla.json"), &refs)?;
     } else {
         println!(
             "reference comparison skipped (needs benches/compare/compare.py and python3 with torch)"
