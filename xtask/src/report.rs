@@ -63,10 +63,10 @@ pub fn report(tfla: &Path, refs: &[String]) -> Result<(), String> {
         if let Some(gpu) = doc.pointer("/machine/gpu").and_then(Value::as_str) {
             card = gpu.to_string();
         }
-        if let Some(c) = doc.get("ceilings").filter(|c| !c.is_null()) {
-            if let (Some(mm), Some(bw)) = (num(c, "matmul_bf16_tflops"), num(c, "copy_gbps")) {
-                ceilings = format!("ceilings: bf16 matmul {mm:.0} TFLOP/s, copy {bw:.0} GB/s");
-            }
+        if let Some(c) = doc.get("ceilings").filter(|c| !c.is_null())
+            && let (Some(mm), Some(bw)) = (num(c, "matmul_bf16_tflops"), num(c, "copy_gbps"))
+        {
+            ceilings = format!("ceilings: bf16 matmul {mm:.0} TFLOP/s, copy {bw:.0} GB/s");
         }
         for r in doc
             .get("rows")
