@@ -6,7 +6,7 @@ mod chunk_gates;
 mod chunk_output;
 mod chunk_state;
 mod gates;
-mod recurrent;
+mod recurrent_f32;
 mod stage;
 
 use crate::arch::convert::{Bf16, F16};
@@ -14,60 +14,22 @@ use gates::{ExpGates, SigGates, SigNoNormGates};
 use tfla_params::fwd::FwdParams;
 
 macro_rules! entry {
-    ($($name:ident = $body:ident<$elem:ty, $gates:ty>;)*) => {$(
-        /// PTX entry point (see `tfla_params::fwd::entry_name`).
+    ($($name:ident = $body:ident<$($t:ty),+>;)*) => {$(
+        /// PTX entry point (see `tfla_params::fwd::entry_name` and `recurrent::entry_name`).
         ///
         /// # Safety
         /// As the generic body.
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: FwdParams) {
-            unsafe { $body::$body::<$elem, $gates>(&p) }
+            unsafe { $body::$body::<$($t),+>(&p) }
         }
     )*};
 }
 
-/// PTX entry point of the gate kernel (no element type).
-///
-/// # Safety
-/// As `chunk_gates`.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn mlstm_fwd_chunk_gates_exp(p: FwdParams) {
-    unsafe { chunk_gates::chunk_gates::<ExpGates>(&p) }
-}
-
-/// PTX entry point of the gate kernel (no element type).
-///
-/// # Safety
-/// As `chunk_gates`.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn mlstm_fwd_chunk_gates_sig(p: FwdParams) {
-    unsafe { chunk_gates::chunk_gates::<SigGates>(&p) }
-}
-
-/// PTX entry points of the f32 recurrence (see `tfla_params::fwd::recurrent::entry_name`).
-///
-/// # Safety
-/// As `recurrent_f32`.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn mlstm_fwd_recurrent_exp_f32(p: FwdParams) {
-    unsafe { recurrent::recurrent_f32::<ExpGates>(&p) }
-}
-
-/// # Safety
-/// As `recurrent_f32`.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn mlstm_fwd_recurrent_sig_f32(p: FwdParams) {
-    unsafe { recurrent::recurrent_f32::<SigGates>(&p) }
-}
-
-/// # Safety
-/// As `recurrent_f32`.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn mlstm_fwd_recurrent_signn_f32(p: FwdParams) {
-    unsafe { recurrent::recurrent_f32::<SigNoNormGates>(&p) }
-}
-
 entry! {
+    // The gate math has no element type and ignores the normalizer.
+    mlstm_fwd_chunk_gates_exp = chunk_gates<ExpGates>;
+    mlstm_fwd_chunk_gates_sig = chunk_gates<SigGates>;
     mlstm_fwd_chunk_state_exp_bf16 = chunk_state<Bf16, ExpGates>;
     mlstm_fwd_chunk_state_exp_f16 = chunk_state<F16, ExpGates>;
     mlstm_fwd_chunk_state_sig_bf16 = chunk_state<Bf16, SigGates>;
@@ -80,4 +42,8 @@ entry! {
     mlstm_fwd_chunk_output_sig_f16 = chunk_output<F16, SigGates>;
     mlstm_fwd_chunk_output_signn_bf16 = chunk_output<Bf16, SigNoNormGates>;
     mlstm_fwd_chunk_output_signn_f16 = chunk_output<F16, SigNoNormGates>;
+    // f32 inputs: the recurrence on the CUDA cores.
+    mlstm_fwd_recurrent_exp_f32 = recurrent_f32<ExpGates>;
+    mlstm_fwd_recurrent_sig_f32 = recurrent_f32<SigGates>;
+    mlstm_fwd_recurrent_signn_f32 = recurrent_f32<SigNoNormGates>;
 }
