@@ -407,22 +407,8 @@ fn bad_arguments_get_typed_errors() {
     // Raw entry point: misaligned and null pointers.
     let dims = ok.dims().unwrap();
     let out = tfla::mlstm_fwd(&rt, &ok, &cfg).unwrap();
-    let mut ptrs = tfla::FwdPointers {
-        q: q.device_ptr() + 2,
-        k: k.device_ptr(),
-        v: v.device_ptr(),
-        i: i.device_ptr(),
-        f: f.device_ptr(),
-        h: out.h.device_ptr(),
-        c_states: out.states.c.device_ptr(),
-        n_states: out.states.n.device_ptr(),
-        m_states: out.states.m.device_ptr(),
-        gate_b: out.gates.b.device_ptr(),
-        gate_u: out.gates.u.device_ptr(),
-        gate_cm: out.gates.cm.device_ptr(),
-        gate_g: out.gates.g.device_ptr(),
-        ..Default::default()
-    };
+    let mut ptrs = tfla::fwd_pointers(&ok, &out);
+    ptrs.q += 2;
     let cfg64 = cfg.with_chunk_size(out.states.chunk_size);
     // SAFETY: rejected before launch (misaligned q, then null h).
     let e = unsafe { tfla::mlstm_fwd_raw(&rt, rt.stream(), &ptrs, dims, Dtype::Bf16, &cfg64) }

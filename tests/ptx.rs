@@ -79,3 +79,32 @@ fn ptxas_assembles_every_kernel_without_spills() {
         assert!(k.registers <= 255, "{name}: {} registers", k.registers);
     }
 }
+
+#[test]
+fn every_entry_takes_the_parameter_struct_the_host_passes() {
+    // Each entry is declared `.param .align 8 .b8 NAME_param_0[SIZE]`: SIZE must be the host's
+    // size_of::<FwdParams>() (the struct is shared, but this catches a kernel taking anything
+    // else by value).
+    let size = std::mem::size_of::<tfla_params::fwd::FwdParams>();
+    for name in all_entry_names() {
+        let decl = format!("{name}_param_0[");
+        let line = tfla::runtime::PTX
+            .lines()
+            .find(|l| l.contains(&decl))
+            .unwrap_or_else(|| panic!("{name}: no parameter"));
+        let bytes: usize = line
+            .split('[')
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert_eq!(
+            bytes, size,
+            "{name}: PTX parameter is {bytes} bytes, FwdParams is {size}"
+        );
+        assert!(
+            !tfla::runtime::PTX.contains(&format!("{name}_param_1")),
+            "{name} takes a second parameter"
+        );
+    }
+}

@@ -12,6 +12,7 @@ use crate::runtime::Runtime;
 use crate::tensor::{Dtype, Tensor};
 use crate::variant::Variant;
 use cust::stream::Stream;
+pub use tfla_params::fwd::FwdPointers;
 use tfla_params::fwd::{self, FwdKernel, FwdParams};
 use tfla_params::{Dtype as KDtype, Gates};
 
@@ -291,30 +292,7 @@ pub fn mlstm_fwd_into(
     let dims = inputs.dims()?;
     let dtype = inputs.q.dtype();
     out.check(&dims, dtype, cfg)?;
-    let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
-    let ptrs = FwdPointers {
-        q: inputs.q.device_ptr(),
-        k: inputs.k.device_ptr(),
-        v: inputs.v.device_ptr(),
-        i: inputs.i.device_ptr(),
-        f: inputs.f.device_ptr(),
-        c0: ptr(inputs.c0),
-        n0: ptr(inputs.n0),
-        m0: ptr(inputs.m0),
-        h: out.h.device_ptr(),
-        c_states: out.states.c.device_ptr(),
-        n_states: out.states.n.device_ptr(),
-        m_states: out.states.m.device_ptr(),
-        gate_b: out.gates.b.device_ptr(),
-        gate_u: out.gates.u.device_ptr(),
-        gate_cm: out.gates.cm.device_ptr(),
-        gate_g: out.gates.g.device_ptr(),
-        c_final: out.c.device_ptr(),
-        n_final: out.n.device_ptr(),
-        m_final: out.m.device_ptr(),
-        m_rows: out.row_stats.as_ref().map_or(0, |r| r.m.device_ptr()),
-        den_rows: out.row_stats.as_ref().map_or(0, |r| r.den.device_ptr()),
-    };
+    let ptrs = fwd_pointers(inputs, out);
     if !cfg.variant.normalizes() {
         // Without the normalizer no kernel forms ñ: hand back zeros rather than stale memory.
         out.n.fill_zero()?;
@@ -325,37 +303,34 @@ pub fn mlstm_fwd_into(
     unsafe { mlstm_fwd_raw(rt, rt.stream(), &ptrs, dims, dtype, cfg) }
 }
 
-/// Device addresses for [`mlstm_fwd_raw`]; 0 for an absent optional tensor. Shapes and dtypes
-/// as in [`MlstmInputs`] and [`MlstmOutputs`]; all contiguous.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FwdPointers {
-    pub q: u64,
-    pub k: u64,
-    pub v: u64,
-    pub i: u64,
-    pub f: u64,
-    pub c0: u64,
-    pub n0: u64,
-    pub m0: u64,
-    pub h: u64,
-    /// Chunk states (B, NH, NC, DQK, DHV) in the input dtype, (B, NH, NC, DQK) and (B, NH, NC)
-    /// f32: required.
-    pub c_states: u64,
-    pub n_states: u64,
-    pub m_states: u64,
-    /// Gate vectors (B, NH, NC·L) f32 and (B, NH, NC) f32 (see [`ChunkGates`]): required.
-    pub gate_b: u64,
-    pub gate_u: u64,
-    pub gate_cm: u64,
-    pub gate_g: u64,
-    /// Final states: optional (all three or none). ñ (here and in the chunk states) is not
-    /// written by the variant without the normalizer.
-    pub c_final: u64,
-    pub n_final: u64,
-    pub m_final: u64,
-    /// Per-row statistics (B, NH, S) f32: optional.
-    pub m_rows: u64,
-    pub den_rows: u64,
+/// The device addresses of `inputs` and `out`, as [`mlstm_fwd_raw`] takes them.
+pub fn fwd_pointers(inputs: &MlstmInputs, out: &MlstmOutputs) -> FwdPointers {
+    let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
+    let stats =
+        |f: fn(&RowStats) -> &Tensor| out.row_stats.as_ref().map_or(0, |r| f(r).device_ptr());
+    FwdPointers {
+        q: inputs.q.device_ptr(),
+        k: inputs.k.device_ptr(),
+        v: inputs.v.device_ptr(),
+        i: inputs.i.device_ptr(),
+        f: inputs.f.device_ptr(),
+        c0: ptr(inputs.c0),
+        n0: ptr(inputs.n0),
+        m0: ptr(inputs.m0),
+        c_states: out.states.c.device_ptr(),
+        n_states: out.states.n.device_ptr(),
+        m_states: out.states.m.device_ptr(),
+        c_final: out.c.device_ptr(),
+        n_final: out.n.device_ptr(),
+        m_final: out.m.device_ptr(),
+        h: out.h.device_ptr(),
+        gate_b: out.gates.b.device_ptr(),
+        gate_u: out.gates.u.device_ptr(),
+        gate_cm: out.gates.cm.device_ptr(),
+        gate_g: out.gates.g.device_ptr(),
+        m_rows: stats(|r| &r.m),
+        den_rows: stats(|r| &r.den),
+    }
 }
 
 /// The forward pass on caller-owned device memory, launched on `stream` (for frameworks that
@@ -450,27 +425,7 @@ pub unsafe fn mlstm_fwd_raw(
         Variant::Sig { normalize: false } => Gates::SigNoNorm,
     };
     let params = FwdParams {
-        q: ptrs.q,
-        k: ptrs.k,
-        v: ptrs.v,
-        i: ptrs.i,
-        f: ptrs.f,
-        c0: ptrs.c0,
-        n0: ptrs.n0,
-        m0: ptrs.m0,
-        c_states: ptrs.c_states,
-        n_states: ptrs.n_states,
-        m_states: ptrs.m_states,
-        gate_b: ptrs.gate_b,
-        gate_u: ptrs.gate_u,
-        gate_cm: ptrs.gate_cm,
-        gate_g: ptrs.gate_g,
-        c_final: ptrs.c_final,
-        n_final: ptrs.n_final,
-        m_final: ptrs.m_final,
-        h: ptrs.h,
-        m_rows: ptrs.m_rows,
-        den_rows: ptrs.den_rows,
+        ptr: *ptrs,
         bh: dims.bh() as u32,
         s: dims.s as u32,
         dqk: dims.dqk as u32,

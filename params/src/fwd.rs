@@ -4,12 +4,12 @@
 
 use crate::{Dtype, Gates, WARP, div_ceil};
 
-/// Parameters of both forward kernels. Pointers are device addresses (0 where absent); every
-/// tensor is contiguous, row-major, in the shape its comment gives. Built only from validated
-/// host arguments.
+/// Device addresses of every tensor the forward kernels read or write (0 where absent); every
+/// tensor is contiguous, row-major, in the shape its comment gives. Part of [`FwdParams`];
+/// also the host's raw-pointer entry point takes it as it is.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct FwdParams {
+pub struct FwdPointers {
     /// (BH, S, DQK) in the input dtype.
     pub q: u64,
     /// (BH, S, DQK) in the input dtype.
@@ -28,21 +28,24 @@ pub struct FwdParams {
     pub m0: u64,
     /// States before each chunk, C̃_k: (BH, NC, DQK, DHV) in the input dtype (the output
     /// kernel's `mma` consumes it rounded to that dtype anyway). Written by chunk_state.
+    /// Every chunk-state tensor is required.
     pub c_states: u64,
     /// ñ_k: (BH, NC, DQK) f32. Written by chunk_state.
     pub n_states: u64,
     /// m_k: (BH, NC) f32. Written by chunk_state.
     pub m_states: u64,
-    /// Final states after the last step, or 0: (BH, DQK, DHV), (BH, DQK), (BH,) f32.
+    /// Final states after the last step, all three or none (0): (BH, DQK, DHV), (BH, DQK),
+    /// (BH,) f32. Without the normalizer no kernel writes ñ (here or in the chunk states).
     pub c_final: u64,
     pub n_final: u64,
     pub m_final: u64,
     /// Output h: (BH, S, DHV) in the input dtype. Written by chunk_output.
     pub h: u64,
-    /// Gate vectors written by chunk_gates, read by the other two kernels (and kept for the
+    /// Gate vectors written by chunk_gates, read by the other kernels (and kept for the
     /// backward pass): per step, inside its chunk, b = Σλ (inclusive), u = ι − b and
-    /// cm = running max of u (stabilized variant only): (BH, S) f32 each; per chunk
-    /// g = b at the chunk's last step: (BH, NC) f32.
+    /// cm = running max of u (stabilized variant only): (BH, NC·L) f32 each, rows padded to
+    /// whole chunks so every chunk starts 16-byte aligned; per chunk g = b at the chunk's last
+    /// step: (BH, NC) f32.
     pub gate_b: u64,
     pub gate_u: u64,
     pub gate_cm: u64,
@@ -51,6 +54,14 @@ pub struct FwdParams {
     pub m_rows: u64,
     /// Per-row denominator max(|s_i|, floor_i) + eps: (BH, S) f32, or 0.
     pub den_rows: u64,
+}
+
+/// Parameters of every forward kernel, passed by value. Built only from validated host
+/// arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FwdParams {
+    pub ptr: FwdPointers,
     pub bh: u32,
     pub s: u32,
     pub dqk: u32,

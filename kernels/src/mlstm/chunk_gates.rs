@@ -32,7 +32,7 @@ pub unsafe fn chunk_gates<G: GateKind>(p: &FwdParams) {
         while j < len {
             shared::st_f32(
                 sb + 4 * j,
-                math::log_sigmoid(global::ld_nc_f32(p.f + (in_row + j as u64) * 4)),
+                math::log_sigmoid(global::ld_nc_f32(p.ptr.f + (in_row + j as u64) * 4)),
             );
             j += THREADS;
         }
@@ -41,15 +41,15 @@ pub unsafe fn chunk_gates<G: GateKind>(p: &FwdParams) {
         let mut j = tid;
         while j < len {
             let b = shared::ld_f32(sb + 4 * j);
-            let u = G::log_input(global::ld_nc_f32(p.i + (in_row + j as u64) * 4)) - b;
-            global::st_f32(p.gate_b + (row + j as u64) * 4, b);
-            global::st_f32(p.gate_u + (row + j as u64) * 4, u);
+            let u = G::log_input(global::ld_nc_f32(p.ptr.i + (in_row + j as u64) * 4)) - b;
+            global::st_f32(p.ptr.gate_b + (row + j as u64) * 4, b);
+            global::st_f32(p.ptr.gate_u + (row + j as u64) * 4, u);
             shared::st_f32(su + 4 * j, u);
             j += THREADS;
         }
         if tid == 0 {
             global::st_f32(
-                p.gate_g + (bh as u64 * p.num_chunks as u64 + k as u64) * 4,
+                p.ptr.gate_g + (bh as u64 * p.num_chunks as u64 + k as u64) * 4,
                 shared::ld_f32(sb + 4 * (len - 1)),
             );
         }
@@ -58,7 +58,10 @@ pub unsafe fn chunk_gates<G: GateKind>(p: &FwdParams) {
             block::scan::<Max, THREADS>(su, len, scratch);
             let mut j = tid;
             while j < len {
-                global::st_f32(p.gate_cm + (row + j as u64) * 4, shared::ld_f32(su + 4 * j));
+                global::st_f32(
+                    p.ptr.gate_cm + (row + j as u64) * 4,
+                    shared::ld_f32(su + 4 * j),
+                );
                 j += THREADS;
             }
         }

@@ -84,16 +84,16 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
 
     // Global bases of this head.
     let head = bh as u64;
-    let gq = p.q + head * (s as u64) * (dqk as u64) * 2;
-    let gk = p.k + head * (s as u64) * (dqk as u64) * 2;
-    let gv = p.v + head * (s as u64) * (dhv as u64) * 2;
-    let gh = p.h + head * (s as u64) * (dhv as u64) * 2;
+    let gq = p.ptr.q + head * (s as u64) * (dqk as u64) * 2;
+    let gk = p.ptr.k + head * (s as u64) * (dqk as u64) * 2;
+    let gv = p.ptr.v + head * (s as u64) * (dhv as u64) * 2;
+    let gh = p.ptr.h + head * (s as u64) * (dhv as u64) * 2;
     let gate_row = head * ((nc * l) as u64) + t0 as u64; // chunk k in the (BH, NC·L) gate vectors
     let hk = head * nc as u64 + k as u64;
 
     // The item pipeline: items 0..n_c are C̃_k slices, then key tile kt, K slice ds is item
     // n_c + kt·n_d + ds.
-    let gc = p.c_states + hk * (dqk as u64) * (dhv as u64) * 2;
+    let gc = p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 2;
     // (max(1): lets the compiler drop its division-by-zero check.)
     let (n_c, n_d) = (dqk.div_ceil(TILE_C).max(1), dqk.div_ceil(KD).max(1));
     let n_items = n_c + (i0 / TILE_K + 1) * n_d;
@@ -144,12 +144,12 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     // C_j = u_j·log2e for the key steps up to the tile's last row.
     let mut j = tid;
     while j < nkeys {
-        let u = unsafe { global::ld_nc_f32(p.gate_u + (gate_row + j as u64) * 4) };
+        let u = unsafe { global::ld_nc_f32(p.ptr.gate_u + (gate_row + j as u64) * 4) };
         unsafe { shared::st_f32(scol + 4 * j, u * math::LOG2_E) };
         j += THREADS;
     }
     let m_k = if G::STABILIZED {
-        unsafe { global::ld_nc_f32(p.m_states + hk * 4) }
+        unsafe { global::ld_nc_f32(p.ptr.m_states + hk * 4) }
     } else {
         0.0
     };
@@ -158,9 +158,9 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
         let (r, scale, floor, m_row) = if i >= len {
             (0.0, 0.0, 1.0, 0.0)
         } else {
-            let b = unsafe { global::ld_nc_f32(p.gate_b + (gate_row + i as u64) * 4) };
+            let b = unsafe { global::ld_nc_f32(p.ptr.gate_b + (gate_row + i as u64) * 4) };
             if G::STABILIZED {
-                let cm = unsafe { global::ld_nc_f32(p.gate_cm + (gate_row + i as u64) * 4) };
+                let cm = unsafe { global::ld_nc_f32(p.ptr.gate_cm + (gate_row + i as u64) * 4) };
                 let big_m = m_k.max(cm);
                 (
                     -big_m,
@@ -176,8 +176,11 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
             shared::st_f32(srow_r + 4 * tid, r * math::LOG2_E);
             shared::st_f32(srow_scale + 4 * tid, scale);
             shared::st_f32(srow_floor + 4 * tid, floor);
-            if p.m_rows != 0 && v0 == 0 && i < len {
-                global::st_f32(p.m_rows + (head * s as u64 + (t0 + i) as u64) * 4, m_row);
+            if p.ptr.m_rows != 0 && v0 == 0 && i < len {
+                global::st_f32(
+                    p.ptr.m_rows + (head * s as u64 + (t0 + i) as u64) * 4,
+                    m_row,
+                );
             }
         }
     }
@@ -187,7 +190,7 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
             unsafe {
                 shared::st_f32(
                     sn + 4 * d,
-                    global::ld_nc_f32(p.n_states + (hk * dqk as u64 + d as u64) * 4),
+                    global::ld_nc_f32(p.ptr.n_states + (hk * dqk as u64 + d as u64) * 4),
                 )
             };
             d += THREADS;
@@ -326,8 +329,8 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
             let h = E::pack(acc[nb][2 * x] * factor, acc[nb][2 * x + 1] * factor);
             unsafe { global::st_b32_if(i < len && c < dhv, row + c as u64 * 2, h) };
         });
-        if i < len && p.den_rows != 0 && v0 == 0 && lane % 4 == 0 {
-            unsafe { global::st_f32(p.den_rows + (head * s as u64 + (t0 + i) as u64) * 4, den) };
+        if i < len && p.ptr.den_rows != 0 && v0 == 0 && lane % 4 == 0 {
+            unsafe { global::st_f32(p.ptr.den_rows + (head * s as u64 + (t0 + i) as u64) * 4, den) };
         }
     });
 }

@@ -56,9 +56,9 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     // Global bases of this head (bytes).
     let esz = 2u64;
     let head = bh as u64;
-    let gq_k = p.k + head * (s as u64) * (dqk as u64) * esz;
-    let gq_v = p.v + head * (s as u64) * (dhv as u64) * esz;
-    let g_u = p.gate_u + head * ((nc * l) as u64) * 4; // (BH, NC·L) rows
+    let gq_k = p.ptr.k + head * (s as u64) * (dqk as u64) * esz;
+    let gq_v = p.ptr.v + head * (s as u64) * (dhv as u64) * esz;
+    let g_u = p.ptr.gate_u + head * ((nc * l) as u64) * 4; // (BH, NC·L) rows
 
     // The warp's accumulator rows (within the tile) and columns of element e of n-block nb.
     let row = |e: usize| warp * 16 + acc_pos(lane, e).0;
@@ -66,8 +66,8 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
 
     // Initial state.
     let mut acc = [[0f32; 4]; NB];
-    if p.c0 != 0 {
-        let base = p.c0 + head * (dqk as u64) * (dhv as u64) * 4;
+    if p.ptr.c0 != 0 {
+        let base = p.ptr.c0 + head * (dqk as u64) * (dhv as u64) * 4;
         unroll!(16, nb => {
             for half in 0..2 {
                 let e = 2 * half;
@@ -85,18 +85,18 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     let with_n = G::NORMALIZED && v0 == 0;
     let ones = [E::pack(1.0, 1.0); 2];
     let mut nacc = [0f32; 4];
-    if with_n && p.n0 != 0 {
+    if with_n && p.ptr.n0 != 0 {
         for half in 0..2 {
             let r = d0 + row(2 * half);
-            let ptr = p.n0 + (head * dqk as u64 + r as u64) * 4;
+            let ptr = p.ptr.n0 + (head * dqk as u64 + r as u64) * 4;
             let x = unsafe { global::ld_nc_f32_or_zero(r < dqk, ptr) };
             nacc[2 * half] = x;
             nacc[2 * half + 1] = x;
         }
     }
     let mut m = 0f32;
-    if G::STABILIZED && p.m0 != 0 {
-        m = unsafe { global::ld_nc_f32(p.m0 + head * 4) };
+    if G::STABILIZED && p.ptr.m0 != 0 {
+        m = unsafe { global::ld_nc_f32(p.ptr.m0 + head * 4) };
     }
 
     // Sub-tiles are items of one pipeline over the whole walk, 16-byte K/V rows and the u
@@ -115,9 +115,9 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     // chunk ahead.
     let gate_scalars = |k: u32| -> (f32, f32) {
         let last = head * (nc * l) as u64 + (l.min(s - k * l) + k * l - 1) as u64;
-        let g = unsafe { global::ld_nc_f32(p.gate_g + (head * nc as u64 + k as u64) * 4) };
+        let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + (head * nc as u64 + k as u64) * 4) };
         let umax = if G::STABILIZED {
-            unsafe { global::ld_nc_f32(p.gate_cm + last * 4) }
+            unsafe { global::ld_nc_f32(p.ptr.gate_cm + last * 4) }
         } else {
             0.0
         };
@@ -131,18 +131,18 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         let (c_out, n_out, m_out) = if k < nc {
             let hk = head * nc as u64 + k as u64;
             (
-                p.c_states + hk * (dqk as u64) * (dhv as u64) * 2,
-                p.n_states + hk * dqk as u64 * 4,
-                p.m_states + hk * 4,
+                p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 2,
+                p.ptr.n_states + hk * dqk as u64 * 4,
+                p.ptr.m_states + hk * 4,
             )
         } else {
             (
-                p.c_final + head * (dqk as u64) * (dhv as u64) * 4,
-                p.n_final + head * dqk as u64 * 4,
-                p.m_final + head * 4,
+                p.ptr.c_final + head * (dqk as u64) * (dhv as u64) * 4,
+                p.ptr.n_final + head * dqk as u64 * 4,
+                p.ptr.m_final + head * 4,
             )
         };
-        if k < nc || p.c_final != 0 {
+        if k < nc || p.ptr.c_final != 0 {
             unroll!(16, nb => {
                 for half in 0..2 {
                     let e = 2 * half;

@@ -43,32 +43,35 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
 
     // Initial state.
     unsafe {
-        let c0 = p.c0 + head * (dqk as u64) * (dhv as u64) * 4;
+        let c0 = p.ptr.c0 + head * (dqk as u64) * (dhv as u64) * 4;
         let mut d = g;
         while d < dqk {
-            let x = global::ld_nc_f32_or_zero(p.c0 != 0 && col_ok, state_at(c0, d));
+            let x = global::ld_nc_f32_or_zero(p.ptr.c0 != 0 && col_ok, state_at(c0, d));
             shared::st_f32(slab(d), x);
             d += ROW_GROUPS;
         }
         let mut d = tid;
         while d < dqk {
-            let x = global::ld_nc_f32_or_zero(p.n0 != 0, p.n0 + (head * dqk as u64 + d as u64) * 4);
+            let x = global::ld_nc_f32_or_zero(
+                p.ptr.n0 != 0,
+                p.ptr.n0 + (head * dqk as u64 + d as u64) * 4,
+            );
             shared::st_f32(sn + 4 * d, x);
             d += THREADS;
         }
     }
-    let mut m = if G::STABILIZED && p.m0 != 0 {
-        unsafe { global::ld_nc_f32(p.m0 + head * 4) }
+    let mut m = if G::STABILIZED && p.ptr.m0 != 0 {
+        unsafe { global::ld_nc_f32(p.ptr.m0 + head * 4) }
     } else {
         0.0
     };
 
     let (gq, gk) = (
-        p.q + head * (s as u64) * (dqk as u64) * 4,
-        p.k + head * (s as u64) * (dqk as u64) * 4,
+        p.ptr.q + head * (s as u64) * (dqk as u64) * 4,
+        p.ptr.k + head * (s as u64) * (dqk as u64) * 4,
     );
-    let gv = p.v + head * (s as u64) * (dhv as u64) * 4;
-    let gh = p.h + head * (s as u64) * (dhv as u64) * 4;
+    let gv = p.ptr.v + head * (s as u64) * (dhv as u64) * 4;
+    let gh = p.ptr.h + head * (s as u64) * (dhv as u64) * 4;
     let store_state = |c_out: u64, n_out: u64, m_out: u64, m: f32| unsafe {
         // Each thread stores what it owns: no barrier needed.
         let mut d = g;
@@ -96,9 +99,9 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
         if t % l == 0 {
             let hk = head * nc as u64 + (t / l) as u64;
             store_state(
-                p.c_states + hk * (dqk as u64) * (dhv as u64) * 4,
-                p.n_states + hk * dqk as u64 * 4,
-                p.m_states + hk * 4,
+                p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 4,
+                p.ptr.n_states + hk * dqk as u64 * 4,
+                p.ptr.m_states + hk * 4,
                 m,
             );
         }
@@ -119,8 +122,8 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
             thread::sync_threads();
         }
         // Gates (every thread, identically).
-        let lambda = math::log_sigmoid(unsafe { global::ld_nc_f32(p.f + row * 4) });
-        let iota = G::log_input(unsafe { global::ld_nc_f32(p.i + row * 4) });
+        let lambda = math::log_sigmoid(unsafe { global::ld_nc_f32(p.ptr.f + row * 4) });
+        let iota = G::log_input(unsafe { global::ld_nc_f32(p.ptr.i + row * 4) });
         let m_new = if G::STABILIZED {
             (lambda + m).max(iota)
         } else {
@@ -180,20 +183,20 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
                 )
             };
             if bx == 0 && tid == 0 {
-                if p.m_rows != 0 {
-                    unsafe { global::st_f32(p.m_rows + row * 4, m) };
+                if p.ptr.m_rows != 0 {
+                    unsafe { global::st_f32(p.ptr.m_rows + row * 4, m) };
                 }
-                if p.den_rows != 0 {
-                    unsafe { global::st_f32(p.den_rows + row * 4, den) };
+                if p.ptr.den_rows != 0 {
+                    unsafe { global::st_f32(p.ptr.den_rows + row * 4, den) };
                 }
             }
         }
     }
-    if p.c_final != 0 {
+    if p.ptr.c_final != 0 {
         store_state(
-            p.c_final + head * (dqk as u64) * (dhv as u64) * 4,
-            p.n_final + head * dqk as u64 * 4,
-            p.m_final + head * 4,
+            p.ptr.c_final + head * (dqk as u64) * (dhv as u64) * 4,
+            p.ptr.n_final + head * dqk as u64 * 4,
+            p.ptr.m_final + head * 4,
             m,
         );
     }
