@@ -208,6 +208,27 @@ impl MlstmOutputs {
         })
     }
 
+    /// Device memory these outputs hold (everything a forward call allocates).
+    pub fn bytes(&self) -> usize {
+        let mut tensors = vec![
+            &self.h,
+            &self.c,
+            &self.n,
+            &self.m,
+            &self.states.c,
+            &self.states.n,
+            &self.states.m,
+            &self.gates.b,
+            &self.gates.u,
+            &self.gates.cm,
+            &self.gates.g,
+        ];
+        if let Some(r) = &self.row_stats {
+            tensors.extend([&r.m, &r.den]);
+        }
+        tensors.iter().map(|t| t.numel() * t.dtype().size()).sum()
+    }
+
     fn check(&self, dims: &Dims, dtype: Dtype, cfg: &MlstmConfig) -> Result<()> {
         let Dims { b, nh, s, dqk, dhv } = *dims;
         let chunk = cfg.chunk_for(dims)?;

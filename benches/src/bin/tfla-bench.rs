@@ -116,8 +116,8 @@ fn main() {
     .unwrap();
     writeln!(
         table,
-        "{:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>5} {:>9} {:>8} {:>10}",
-        "variant", "B", "S", "NH", "DQK", "DHV", "L", "fwd ms", "TFLOP/s", "states MB"
+        "{:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>5} {:>9} {:>8} {:>10} {:>9}",
+        "variant", "B", "S", "NH", "DQK", "DHV", "L", "fwd ms", "TFLOP/s", "states MB", "alloc MB"
     )
     .unwrap();
     for &(nh, dqk, dhv) in &heads {
@@ -151,8 +151,9 @@ fn main() {
                     });
                     let tflops = forward_flops(&dims, chunk) / (ms * 1e-3) / 1e12;
                     let mb = state_bytes(&dims, chunk, dtype) as f64 / 1e6;
-                    writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1}").unwrap();
-                    writeln!(json, "  {{\"impl\": \"tfla\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}}},", dtype.name(), state_bytes(&dims, chunk, dtype)).unwrap();
+                    let alloc_mb = out.bytes() as f64 / 1e6;
+                    writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1} {alloc_mb:>9.1}").unwrap();
+                    writeln!(json, "  {{\"impl\": \"tfla\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}, \"alloc_bytes\": {}}},", dtype.name(), state_bytes(&dims, chunk, dtype), out.bytes()).unwrap();
                 }
             }
         }
