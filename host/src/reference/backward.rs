@@ -63,7 +63,7 @@ pub struct RefGradOutputs {
 
 impl RefGradOutputs {
     /// Asserts that every tensor has the length `shape` implies.
-    fn validate(&self, shape: &Shape) {
+    pub(super) fn validate(&self, shape: &Shape) {
         let Shape { s, dqk, dhv, .. } = *shape;
         let heads = shape.heads();
         check_len("dh", &self.dh, "B·NH·S·DHV", heads * s * dhv);
@@ -171,7 +171,7 @@ struct HeadGrads<'a> {
 
 impl RefGrads {
     /// All-zero gradients of the given shape.
-    fn zeros(shape: &Shape) -> Self {
+    pub(super) fn zeros(shape: &Shape) -> Self {
         let Shape { s, dqk, dhv, .. } = *shape;
         let heads = shape.heads();
         Self {

@@ -95,14 +95,18 @@ pub fn chunkwise(inp: &RefInputs, p: &RefParams, chunk: usize) -> RefOutputs {
 }
 
 /// The step ranges of the chunks: [kL, min((k + 1)L, S)) for k = 0…NC − 1.
-fn chunk_ranges(s: usize, chunk: usize) -> impl Iterator<Item = Range<usize>> {
+pub(super) fn chunk_ranges(s: usize, chunk: usize) -> impl Iterator<Item = Range<usize>> {
     (0..s)
         .step_by(chunk)
         .map(move |start| start..(start + chunk).min(s))
 }
 
 /// States of one head before each chunk and after the last: NC + 1 states.
-fn head_chunk_states(head: &HeadInputs<'_>, variant: Variant, chunk: usize) -> Vec<State> {
+pub(super) fn head_chunk_states(
+    head: &HeadInputs<'_>,
+    variant: Variant,
+    chunk: usize,
+) -> Vec<State> {
     let mut states = vec![head.init.clone()];
     for range in chunk_ranges(head.shape.s, chunk) {
         let next = next_chunk_state(head, variant, range, &states[states.len() - 1]);
@@ -112,7 +116,7 @@ fn head_chunk_states(head: &HeadInputs<'_>, variant: Variant, chunk: usize) -> V
 }
 
 /// b_i = Σ_{s≤i} λ_s over the chunk's steps, (L').
-fn cumulative_log_forget(gates: &LogGates, range: Range<usize>) -> Vec<f64> {
+pub(super) fn cumulative_log_forget(gates: &LogGates, range: Range<usize>) -> Vec<f64> {
     gates.lambda[range]
         .iter()
         .scan(0.0, |acc, &x| {

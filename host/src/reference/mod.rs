@@ -21,10 +21,12 @@
 //! [`parallel()`] (quadratic, one row of gate weights per step) and [`chunkwise()`] (the TFLA form
 //! of `shared/MATH.md`: states at chunk boundaries, [`chunk_states`], plus an intra-chunk part).
 //! [`backward()`] is the hand-written reverse of the recurrence, exact or with a detached
-//! normalizer ([`GradMode`]).
+//! normalizer ([`GradMode`]); [`chunkwise_backward()`] computes it the way the chunkwise
+//! backward kernels will (state gradients at chunk boundaries, then intra-chunk terms).
 
 mod backward;
 mod chunkwise;
+mod chunkwise_backward;
 mod gates;
 mod head;
 mod parallel;
@@ -36,6 +38,7 @@ mod test_util;
 
 pub use backward::{GradMode, RefGradOutputs, RefGrads, backward};
 pub use chunkwise::{ChunkStates, chunk_states, chunkwise};
+pub use chunkwise_backward::{ChunkGrads, chunkwise_backward};
 pub use parallel::parallel;
 pub use recurrent::recurrent;
 
