@@ -29,7 +29,7 @@ fn shape(b: usize, nh: usize, s: usize, dqk: usize, dhv: usize) -> Shape {
 
 /// Runs one case and returns (h error, final-state error, chunk-state error).
 fn check(rt: &Runtime, case: Case, inp: &RefInputs) -> (f64, f64, f64) {
-    let dev = DeviceInputs::upload(rt, inp, case.dtype);
+    let dev = upload(rt, inp, case.dtype);
     let cfg = MlstmConfig {
         row_stats: true,
         ..MlstmConfig::new(case.variant).with_chunk_size(case.chunk)
@@ -297,11 +297,11 @@ fn forward_state_passing_equals_one_call() {
         let mut first = part(0, s1);
         (first.c0, first.n0, first.m0) = (whole.c0.clone(), whole.n0.clone(), whole.m0.clone());
         let cfg = MlstmConfig::new(variant).with_chunk_size(64);
-        let dev_whole = DeviceInputs::upload(&rt, &whole, Dtype::Bf16);
-        let dev_first = DeviceInputs::upload(&rt, &first, Dtype::Bf16);
+        let dev_whole = upload(&rt, &whole, Dtype::Bf16);
+        let dev_first = upload(&rt, &first, Dtype::Bf16);
         let out_whole = tfla::mlstm_fwd(&rt, &dev_whole.as_inputs(), &cfg).unwrap();
         let out_first = tfla::mlstm_fwd(&rt, &dev_first.as_inputs(), &cfg).unwrap();
-        let dev_second = DeviceInputs::upload(&rt, &part(s1, s1 + s2), Dtype::Bf16);
+        let dev_second = upload(&rt, &part(s1, s1 + s2), Dtype::Bf16);
         let mut second = dev_second.as_inputs();
         second.c0 = Some(&out_first.c);
         second.n0 = Some(&out_first.n);

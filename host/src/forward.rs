@@ -112,6 +112,36 @@ impl<'a> MlstmInputs<'a> {
     }
 }
 
+/// Owned device tensors for the forward pass's inputs (what [`MlstmInputs`] borrows), for
+/// callers that upload host data: the file entry (`io`) and the tests.
+#[derive(Debug)]
+pub struct DeviceInputs {
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub i: Tensor,
+    pub f: Tensor,
+    pub c0: Option<Tensor>,
+    pub n0: Option<Tensor>,
+    pub m0: Option<Tensor>,
+}
+
+impl DeviceInputs {
+    /// The borrowed view the forward calls take.
+    pub fn as_inputs(&self) -> MlstmInputs<'_> {
+        MlstmInputs {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            i: &self.i,
+            f: &self.f,
+            c0: self.c0.as_ref(),
+            n0: self.n0.as_ref(),
+            m0: self.m0.as_ref(),
+        }
+    }
+}
+
 fn expect_shape(arg: &'static str, t: &Tensor, expected: &[usize]) -> Result<()> {
     if t.shape() != expected {
         return Err(Error::Shape {

@@ -7,7 +7,7 @@
 //! variant, chunk size, eps and dtype in the metadata.
 use crate::config::MlstmConfig;
 use crate::error::{Error, Result};
-use crate::forward::{MlstmInputs, mlstm_fwd};
+use crate::forward::{DeviceInputs, mlstm_fwd};
 use crate::runtime::Runtime;
 use crate::tensor::{Dtype, Tensor};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
@@ -34,6 +34,24 @@ pub struct FileInputs {
     pub c0: Option<HostTensor>,
     pub n0: Option<HostTensor>,
     pub m0: Option<HostTensor>,
+}
+
+impl FileInputs {
+    /// Uploads q, k, v as `dtype` (values rounded to it) and everything else as f32.
+    pub fn upload(&self, rt: &Runtime, dtype: Dtype) -> Result<DeviceInputs> {
+        let up = |t: &HostTensor, dt: Dtype| Tensor::from_f32_as(rt, dt, &t.data, &t.shape);
+        let opt = |t: &Option<HostTensor>| t.as_ref().map(|t| up(t, Dtype::F32)).transpose();
+        Ok(DeviceInputs {
+            q: up(&self.q, dtype)?,
+            k: up(&self.k, dtype)?,
+            v: up(&self.v, dtype)?,
+            i: up(&self.i, Dtype::F32)?,
+            f: up(&self.f, Dtype::F32)?,
+            c0: opt(&self.c0)?,
+            n0: opt(&self.n0)?,
+            m0: opt(&self.m0)?,
+        })
+    }
 }
 
 fn file_err(path: &Path, reason: impl Into<String>) -> Error {
@@ -181,23 +199,8 @@ pub fn run_forward_file(
     dtype: Dtype,
     cfg: &MlstmConfig,
 ) -> Result<()> {
-    let inp = read_inputs(input)?;
-    let up = |t: &HostTensor, dt: Dtype| Tensor::from_f32_as(rt, dt, &t.data, &t.shape);
-    let (q, k, v) = (up(&inp.q, dtype)?, up(&inp.k, dtype)?, up(&inp.v, dtype)?);
-    let (i, f) = (up(&inp.i, Dtype::F32)?, up(&inp.f, Dtype::F32)?);
-    let c0 = inp.c0.as_ref().map(|t| up(t, Dtype::F32)).transpose()?;
-    let n0 = inp.n0.as_ref().map(|t| up(t, Dtype::F32)).transpose()?;
-    let m0 = inp.m0.as_ref().map(|t| up(t, Dtype::F32)).transpose()?;
-    let inputs = MlstmInputs {
-        q: &q,
-        k: &k,
-        v: &v,
-        i: &i,
-        f: &f,
-        c0: c0.as_ref(),
-        n0: n0.as_ref(),
-        m0: m0.as_ref(),
-    };
+    let dev = read_inputs(input)?.upload(rt, dtype)?;
+    let inputs = dev.as_inputs();
     let dims = inputs.dims()?;
     let out = mlstm_fwd(rt, &inputs, cfg)?;
     rt.synchronize()?;

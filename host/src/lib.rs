@@ -21,8 +21,8 @@ pub mod variant;
 pub use config::{Dims, MlstmConfig, select_chunk_size};
 pub use error::{Error, Result};
 pub use forward::{
-    ChunkGates, ChunkStates, FwdPointers, MlstmInputs, MlstmOutputs, RowStats, fwd_pointers,
-    mlstm_fwd, mlstm_fwd_into, mlstm_fwd_raw,
+    ChunkGates, ChunkStates, DeviceInputs, FwdPointers, MlstmInputs, MlstmOutputs, RowStats,
+    fwd_pointers, mlstm_fwd, mlstm_fwd_into, mlstm_fwd_raw,
 };
 pub use runtime::Runtime;
 pub use tensor::{Dtype, Tensor};

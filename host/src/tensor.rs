@@ -68,6 +68,16 @@ fn alloc<T: DeviceCopy>(arg: &'static str, n: usize) -> Result<DeviceBuffer<T>> 
     })
 }
 
+/// Copies `data` into the front of `buf` (nothing for empty data).
+fn upload<T: DeviceCopy>(buf: &mut DeviceBuffer<T>, data: &[T]) -> Result<()> {
+    if !data.is_empty() {
+        buf.index(..data.len())
+            .copy_from(data)
+            .map_err(Error::cuda("cuMemcpyHtoD"))?;
+    }
+    Ok(())
+}
+
 impl Tensor {
     /// A tensor with unspecified contents.
     pub fn uninit(_rt: &Runtime, dtype: Dtype, shape: &[usize]) -> Result<Self> {
@@ -116,12 +126,8 @@ impl Tensor {
     pub fn from_f32(rt: &Runtime, data: &[f32], shape: &[usize]) -> Result<Self> {
         Self::check_len("data", data.len(), shape)?;
         let mut t = Self::uninit(rt, Dtype::F32, shape)?;
-        if let Storage::F32(b) = &mut t.storage
-            && !data.is_empty()
-        {
-            b.index(..data.len())
-                .copy_from(data)
-                .map_err(Error::cuda("cuMemcpyHtoD"))?;
+        if let Storage::F32(b) = &mut t.storage {
+            upload(b, data)?;
         }
         Ok(t)
     }
@@ -143,12 +149,8 @@ impl Tensor {
 
     fn from_bits(rt: &Runtime, dtype: Dtype, bits: &[u16], shape: &[usize]) -> Result<Self> {
         let mut t = Self::uninit(rt, dtype, shape)?;
-        if let Storage::Bits16(b) = &mut t.storage
-            && !bits.is_empty()
-        {
-            b.index(..bits.len())
-                .copy_from(bits)
-                .map_err(Error::cuda("cuMemcpyHtoD"))?;
+        if let Storage::Bits16(b) = &mut t.storage {
+            upload(b, bits)?;
         }
         Ok(t)
     }

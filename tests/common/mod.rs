@@ -5,7 +5,7 @@
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tfla::reference::{RefInputs, Shape};
-use tfla::{Dtype, Runtime, Tensor};
+use tfla::{DeviceInputs, Dtype, Runtime, Tensor};
 
 /// The runtime for GPU tests. GPU tests are `#[ignore]`d (reported as ignored, never as
 /// passed, on machines without a GPU) and run with `--include-ignored`; there a missing device
@@ -55,50 +55,21 @@ pub fn to_f32(x: &[f64]) -> Vec<f32> {
     x.iter().map(|&v| v as f32).collect()
 }
 
-/// Uploads the reference inputs: (q, k, v, i, f, c0, n0, m0).
-pub struct DeviceInputs {
-    pub q: Tensor,
-    pub k: Tensor,
-    pub v: Tensor,
-    pub i: Tensor,
-    pub f: Tensor,
-    pub c0: Option<Tensor>,
-    pub n0: Option<Tensor>,
-    pub m0: Option<Tensor>,
-}
-
-impl DeviceInputs {
-    pub fn upload(rt: &Runtime, inp: &RefInputs, dtype: Dtype) -> DeviceInputs {
-        let Shape { b, nh, s, dqk, dhv } = inp.shape;
-        let up = |dt, x: &[f64], shape: &[usize]| {
-            Tensor::from_f32_as(rt, dt, &to_f32(x), shape).unwrap()
-        };
-        DeviceInputs {
-            q: up(dtype, &inp.q, &[b, nh, s, dqk]),
-            k: up(dtype, &inp.k, &[b, nh, s, dqk]),
-            v: up(dtype, &inp.v, &[b, nh, s, dhv]),
-            i: up(Dtype::F32, &inp.i, &[b, nh, s]),
-            f: up(Dtype::F32, &inp.f, &[b, nh, s]),
-            c0: inp
-                .c0
-                .as_ref()
-                .map(|x| up(Dtype::F32, x, &[b, nh, dqk, dhv])),
-            n0: inp.n0.as_ref().map(|x| up(Dtype::F32, x, &[b, nh, dqk])),
-            m0: inp.m0.as_ref().map(|x| up(Dtype::F32, x, &[b, nh])),
-        }
-    }
-
-    pub fn as_inputs(&self) -> tfla::MlstmInputs<'_> {
-        tfla::MlstmInputs {
-            q: &self.q,
-            k: &self.k,
-            v: &self.v,
-            i: &self.i,
-            f: &self.f,
-            c0: self.c0.as_ref(),
-            n0: self.n0.as_ref(),
-            m0: self.m0.as_ref(),
-        }
+/// Uploads the reference inputs: q, k, v as `dtype`, the rest as f32.
+pub fn upload(rt: &Runtime, inp: &RefInputs, dtype: Dtype) -> DeviceInputs {
+    let Shape { b, nh, s, dqk, dhv } = inp.shape;
+    let up =
+        |dt, x: &[f64], shape: &[usize]| Tensor::from_f32_as(rt, dt, &to_f32(x), shape).unwrap();
+    let opt = |x: &Option<Vec<f64>>, shape: &[usize]| x.as_ref().map(|x| up(Dtype::F32, x, shape));
+    DeviceInputs {
+        q: up(dtype, &inp.q, &[b, nh, s, dqk]),
+        k: up(dtype, &inp.k, &[b, nh, s, dqk]),
+        v: up(dtype, &inp.v, &[b, nh, s, dhv]),
+        i: up(Dtype::F32, &inp.i, &[b, nh, s]),
+        f: up(Dtype::F32, &inp.f, &[b, nh, s]),
+        c0: opt(&inp.c0, &[b, nh, dqk, dhv]),
+        n0: opt(&inp.n0, &[b, nh, dqk]),
+        m0: opt(&inp.m0, &[b, nh]),
     }
 }
 
