@@ -52,8 +52,9 @@ pub struct FwdPointers {
     pub gate_g: u64,
     /// Per-row max state m_i: (BH, S) f32, or 0 (kept for the backward pass).
     pub m_rows: u64,
-    /// Per-row denominator max(|s_i|, floor_i) + eps: (BH, S) f32, or 0.
-    pub den_rows: u64,
+    /// Per-row signed normalizer readout s_i = ñ_iᵀq̂_i (the denominator is
+    /// max(|s_i|, floor_i) + eps): (BH, S) f32, or 0; the backward pass needs it.
+    pub norm_rows: u64,
 }
 
 /// Parameters of every forward kernel, passed by value. Built only from validated host

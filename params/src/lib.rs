@@ -9,6 +9,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod bwd;
 pub mod fwd;
 
 /// Threads in a warp.

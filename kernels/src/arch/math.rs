@@ -39,3 +39,11 @@ pub fn log_sigmoid(x: f32) -> f32 {
     let t = exp2(-x.abs() * LOG2_E);
     x.min(0.0) - log2(1.0 + t) * LN_2
 }
+
+/// σ(x) = 1 / (1 + e^{−x}), from e^{−|x|} so neither tail overflows.
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    let t = exp2(-x.abs() * LOG2_E);
+    let r = 1.0 / (1.0 + t);
+    if x >= 0.0 { r } else { t * r }
+}

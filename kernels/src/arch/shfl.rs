@@ -28,3 +28,31 @@ pub unsafe fn up_f32(v: f32, delta: u32) -> f32 {
     };
     r
 }
+
+/// Value of `v` held by lane `lane + delta` (own value for lanes past 31 − `delta`).
+///
+/// # Safety
+/// All 32 lanes of the warp call it together.
+#[inline(always)]
+pub unsafe fn down_f32(v: f32, delta: u32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("shfl.sync.down.b32 {r}, {v}, {d}, 0x1f, 0xffffffff;", r = out(reg32) r,
+             v = in(reg32) v, d = in(reg32) delta, options(nomem, nostack))
+    };
+    r
+}
+
+/// Value of `v` held by lane `src`.
+///
+/// # Safety
+/// All 32 lanes of the warp call it together.
+#[inline(always)]
+pub unsafe fn idx_f32(v: f32, src: u32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("shfl.sync.idx.b32 {r}, {v}, {s}, 0x1f, 0xffffffff;", r = out(reg32) r,
+             v = in(reg32) v, s = in(reg32) src, options(nomem, nostack))
+    };
+    r
+}

@@ -316,9 +316,10 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
         *rs += unsafe { shfl::xor_f32(*rs, 2) };
         let rr = warp * 16 + lane / 4 + 8 * x as u32;
         let i = i0 + rr;
+        let norm = p.scale * (snacc[2 * x] + *rs); // s_i
         let den = if G::NORMALIZED {
             let floor = unsafe { shared::ld_f32(srow_floor + 4 * rr) };
-            (p.scale * (snacc[2 * x] + *rs)).abs().max(floor) + p.eps
+            norm.abs().max(floor) + p.eps
         } else {
             1.0
         };
@@ -329,8 +330,8 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
             let h = E::pack(acc[nb][2 * x] * factor, acc[nb][2 * x + 1] * factor);
             unsafe { global::st_b32_if(i < len && c < dhv, row + c as u64 * 2, h) };
         });
-        if i < len && p.ptr.den_rows != 0 && v0 == 0 && lane % 4 == 0 {
-            unsafe { global::st_f32(p.ptr.den_rows + (head * s as u64 + (t0 + i) as u64) * 4, den) };
+        if G::NORMALIZED && i < len && p.ptr.norm_rows != 0 && v0 == 0 && lane % 4 == 0 {
+            unsafe { global::st_f32(p.ptr.norm_rows + (head * s as u64 + (t0 + i) as u64) * 4, norm) };
         }
     });
 }

@@ -2,6 +2,11 @@
 //! variant (`GateKind`); `entry!` instantiates the PTX entry points under the names that
 //! `tfla_params::fwd::entry_name` lists.
 mod block;
+mod bwd_combine;
+mod bwd_gates;
+mod bwd_rows;
+mod bwd_scores;
+mod bwd_state;
 mod chunk_gates;
 mod chunk_output;
 mod chunk_state;
@@ -10,23 +15,27 @@ mod recurrent_f32;
 mod stage;
 
 use crate::arch::convert::{Bf16, F16};
+use bwd_combine::{Dk, Dq, Dv};
 use gates::{ExpGates, SigGates, SigNoNormGates};
+use tfla_params::bwd::BwdParams;
 use tfla_params::fwd::FwdParams;
 
 macro_rules! entry {
-    ($($name:ident = $body:ident<$($t:ty),+>;)*) => {$(
-        /// PTX entry point (see `tfla_params::fwd::entry_name` and `recurrent::entry_name`).
+    ($params:ty; $($name:ident = $body:ident<$($t:ty),+>;)*) => {$(
+        /// PTX entry point (see `tfla_params::fwd::entry_name`, `recurrent::entry_name` and
+        /// `tfla_params::bwd::entry_name`).
         ///
         /// # Safety
         /// As the generic body.
         #[unsafe(no_mangle)]
-        pub unsafe extern "ptx-kernel" fn $name(p: FwdParams) {
+        pub unsafe extern "ptx-kernel" fn $name(p: $params) {
             unsafe { $body::$body::<$($t),+>(&p) }
         }
     )*};
 }
 
 entry! {
+    FwdParams;
     // The gate math has no element type and ignores the normalizer.
     mlstm_fwd_chunk_gates_exp = chunk_gates<ExpGates>;
     mlstm_fwd_chunk_gates_sig = chunk_gates<SigGates>;
@@ -46,4 +55,48 @@ entry! {
     mlstm_fwd_recurrent_exp_f32 = recurrent_f32<ExpGates>;
     mlstm_fwd_recurrent_sig_f32 = recurrent_f32<SigGates>;
     mlstm_fwd_recurrent_signn_f32 = recurrent_f32<SigNoNormGates>;
+}
+
+entry! {
+    BwdParams;
+    mlstm_bwd_rows_exp_bf16 = bwd_rows<Bf16, ExpGates>;
+    mlstm_bwd_rows_exp_f16 = bwd_rows<F16, ExpGates>;
+    mlstm_bwd_rows_sig_bf16 = bwd_rows<Bf16, SigGates>;
+    mlstm_bwd_rows_sig_f16 = bwd_rows<F16, SigGates>;
+    mlstm_bwd_rows_signn_bf16 = bwd_rows<Bf16, SigNoNormGates>;
+    mlstm_bwd_rows_signn_f16 = bwd_rows<F16, SigNoNormGates>;
+    mlstm_bwd_state_exp_bf16 = bwd_state<Bf16, ExpGates>;
+    mlstm_bwd_state_exp_f16 = bwd_state<F16, ExpGates>;
+    mlstm_bwd_state_sig_bf16 = bwd_state<Bf16, SigGates>;
+    mlstm_bwd_state_sig_f16 = bwd_state<F16, SigGates>;
+    mlstm_bwd_state_signn_bf16 = bwd_state<Bf16, SigNoNormGates>;
+    mlstm_bwd_state_signn_f16 = bwd_state<F16, SigNoNormGates>;
+    // The score kernel's gate terms come from the rows kernel: one body per element type.
+    mlstm_bwd_scores_exp_bf16 = bwd_scores<Bf16>;
+    mlstm_bwd_scores_exp_f16 = bwd_scores<F16>;
+    mlstm_bwd_scores_sig_bf16 = bwd_scores<Bf16>;
+    mlstm_bwd_scores_sig_f16 = bwd_scores<F16>;
+    mlstm_bwd_scores_signn_bf16 = bwd_scores<Bf16>;
+    mlstm_bwd_scores_signn_f16 = bwd_scores<F16>;
+    mlstm_bwd_dq_exp_bf16 = bwd_combine<Bf16, ExpGates, Dq>;
+    mlstm_bwd_dq_exp_f16 = bwd_combine<F16, ExpGates, Dq>;
+    mlstm_bwd_dq_sig_bf16 = bwd_combine<Bf16, SigGates, Dq>;
+    mlstm_bwd_dq_sig_f16 = bwd_combine<F16, SigGates, Dq>;
+    mlstm_bwd_dq_signn_bf16 = bwd_combine<Bf16, SigNoNormGates, Dq>;
+    mlstm_bwd_dq_signn_f16 = bwd_combine<F16, SigNoNormGates, Dq>;
+    mlstm_bwd_dk_exp_bf16 = bwd_combine<Bf16, ExpGates, Dk>;
+    mlstm_bwd_dk_exp_f16 = bwd_combine<F16, ExpGates, Dk>;
+    mlstm_bwd_dk_sig_bf16 = bwd_combine<Bf16, SigGates, Dk>;
+    mlstm_bwd_dk_sig_f16 = bwd_combine<F16, SigGates, Dk>;
+    mlstm_bwd_dk_signn_bf16 = bwd_combine<Bf16, SigNoNormGates, Dk>;
+    mlstm_bwd_dk_signn_f16 = bwd_combine<F16, SigNoNormGates, Dk>;
+    mlstm_bwd_dv_exp_bf16 = bwd_combine<Bf16, ExpGates, Dv>;
+    mlstm_bwd_dv_exp_f16 = bwd_combine<F16, ExpGates, Dv>;
+    mlstm_bwd_dv_sig_bf16 = bwd_combine<Bf16, SigGates, Dv>;
+    mlstm_bwd_dv_sig_f16 = bwd_combine<F16, SigGates, Dv>;
+    mlstm_bwd_dv_signn_bf16 = bwd_combine<Bf16, SigNoNormGates, Dv>;
+    mlstm_bwd_dv_signn_f16 = bwd_combine<F16, SigNoNormGates, Dv>;
+    mlstm_bwd_gates_exp = bwd_gates<ExpGates>;
+    mlstm_bwd_gates_sig = bwd_gates<SigGates>;
+    mlstm_bwd_gates_signn = bwd_gates<SigNoNormGates>;
 }

@@ -186,8 +186,8 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
                 if p.ptr.m_rows != 0 {
                     unsafe { global::st_f32(p.ptr.m_rows + row * 4, m) };
                 }
-                if p.ptr.den_rows != 0 {
-                    unsafe { global::st_f32(p.ptr.den_rows + row * 4, den) };
+                if G::NORMALIZED && p.ptr.norm_rows != 0 {
+                    unsafe { global::st_f32(p.ptr.norm_rows + row * 4, p.scale * nq) };
                 }
             }
         }

@@ -1,0 +1,345 @@
+//! Backward, input gradients (intra-chunk, TFLA's second level of parallelism): TILE rows of
+//! one chunk and TILE_OUT columns of dq, dk or dv,
+//!   out = c · (r ⊙ (A·M) + e ⊗ u + T·Z),
+//! with r, e per-row coefficients, M a per-chunk state, u a per-chunk vector and T a score
+//! matrix of the chunk (`bwd_scores`). With the notation of `chunkwise_backward`:
+//!   dq̂_i = α_i ρ_i C̃_k dh_i + α_i δ_i ñ_k + Σ_{j≤i} dP_ij k_j            (dq = scale·dq̂)
+//!   dk_j = w_j (dC̃_{k+1} v_j + dñ_{k+1}) + scale · Σ_{i≥j} dP_ij q_i
+//!   dv_j = w_j dC̃_{k+1}ᵀ k_j + Σ_{i≥j} P_ij dh_i
+//! so each is one walk: first the state term (KD-wide slices of A and M), scaled per row,
+//! then the key tiles of T (up to the diagonal for dq, from it for dk and dv, T transposed)
+//! with the matching rows of Z, through one two-stage `cp.async` ring. The dq and dk blocks
+//! also write their part of the row dots q·dq and k·dk the gate gradients need.
+use super::gates::GateKind;
+use super::stage;
+use crate::arch::convert::Elem;
+use crate::arch::{cp_async, global, shared, shfl, thread};
+use crate::tile::{SmemTile, acc_pos};
+use tfla_params::bwd::{BwdParams, combine::*, rows};
+use tfla_params::fwd::SMEM_ROW_PAD;
+
+const NB: usize = (TILE_OUT / 8) as usize;
+const _: () = assert!(
+    NB == 16 && TILE == 64 && KD == 64,
+    "the unroll! counts below assume 16 output n-blocks and 64-wide slices and key tiles"
+);
+
+/// What one gradient reads: see the module doc. Device addresses are of the whole tensor.
+pub struct Operands {
+    /// A (BH, S, a_dim) and the state M per (head, chunk), a_dim × out_dim elements.
+    pub a: u64,
+    pub a_dim: u32,
+    pub state: u64,
+    /// Z (BH, S, out_dim), the output (BH, S, out_dim), the score matrices (BH, NC, L, L).
+    pub z: u64,
+    pub out: u64,
+    pub out_dim: u32,
+    pub t: u64,
+    /// r = r_mul · plane r_plane; e likewise (e_plane = None: no rank-one term).
+    pub r_plane: u32,
+    pub r_mul: f32,
+    pub e_plane: Option<u32>,
+    /// u per (head, chunk): out_dim f32.
+    pub u: u64,
+    pub c_out: f32,
+    /// The input whose row dot with the output the gate gradients need, and its plane.
+    pub dot: Option<(u64, u32)>,
+}
+
+/// One of dq, dk, dv.
+pub trait Role {
+    /// T is read transposed and the key tiles run from the block's own to the chunk's end.
+    const TRANSPOSED: bool;
+    /// M is stored (a_dim, out_dim) row-major; otherwise (out_dim, a_dim).
+    const STATE_KN: bool;
+    fn operands<G: GateKind>(p: &BwdParams) -> Operands;
+}
+
+pub struct Dq;
+pub struct Dk;
+pub struct Dv;
+
+impl Role for Dq {
+    const TRANSPOSED: bool = false;
+    const STATE_KN: bool = false;
+    #[inline(always)]
+    fn operands<G: GateKind>(p: &BwdParams) -> Operands {
+        let normalizer = G::NORMALIZED && p.exact != 0;
+        Operands {
+            a: p.ptr.dh,
+            a_dim: p.dhv,
+            state: p.ptr.c_states,
+            z: p.ptr.k,
+            out: p.ptr.dq,
+            out_dim: p.dqk,
+            t: p.ptr.scores_dp,
+            r_plane: rows::WQ,
+            r_mul: 1.0,
+            e_plane: if normalizer { Some(rows::WN) } else { None },
+            u: p.ptr.n_states,
+            c_out: p.scale,
+            dot: Some((p.ptr.q, 0)),
+        }
+    }
+}
+
+impl Role for Dk {
+    const TRANSPOSED: bool = true;
+    const STATE_KN: bool = false;
+    #[inline(always)]
+    fn operands<G: GateKind>(p: &BwdParams) -> Operands {
+        let normalizer = G::NORMALIZED && p.exact != 0;
+        Operands {
+            a: p.ptr.v,
+            a_dim: p.dhv,
+            state: p.ptr.dc_states,
+            z: p.ptr.q,
+            out: p.ptr.dk,
+            out_dim: p.dqk,
+            t: p.ptr.scores_dp,
+            r_plane: rows::WK,
+            r_mul: 1.0 / p.scale,
+            e_plane: if normalizer { Some(rows::WK) } else { None },
+            u: p.ptr.dn_states,
+            c_out: p.scale,
+            dot: Some((p.ptr.k, 1)),
+        }
+    }
+}
+
+impl Role for Dv {
+    const TRANSPOSED: bool = true;
+    const STATE_KN: bool = true;
+    #[inline(always)]
+    fn operands<G: GateKind>(p: &BwdParams) -> Operands {
+        Operands {
+            a: p.ptr.k,
+            a_dim: p.dqk,
+            state: p.ptr.dc_states,
+            z: p.ptr.dh,
+            out: p.ptr.dv,
+            out_dim: p.dhv,
+            t: p.ptr.scores_p,
+            r_plane: rows::WK,
+            r_mul: 1.0,
+            e_plane: None,
+            u: 0,
+            c_out: 1.0,
+            dot: None,
+        }
+    }
+}
+
+/// # Safety
+/// Launched with `grid(p, out_dim)`, THREADS threads and `smem_bytes()` bytes of dynamic
+/// shared memory after the rows, state and scores kernels, on parameters validated by the
+/// host.
+#[inline(always)]
+pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
+    let tid = thread::thread_idx();
+    let (lane, warp) = (tid % 32, tid / 32);
+    let (bx, by, bh) = thread::block_idx();
+    let o = R::operands::<G>(p);
+    let row_tiles = p.chunk / TILE;
+    let (k, own) = (by / row_tiles, by % row_tiles);
+    let (l, s, nc) = (p.chunk, p.s, p.num_chunks);
+    let (a_dim, out_dim) = (o.a_dim, o.out_dim);
+    let t0 = k * l;
+    let i0 = own * TILE;
+    if t0 + i0 >= s {
+        return; // a row tile past the end of a ragged last chunk
+    }
+    let len = l.min(s - t0);
+    let c0 = bx * TILE_OUT;
+
+    let stage_a = |st: u32| SmemTile {
+        base: shared::base() + st * (a_bytes() + b_bytes()),
+        stride: (KD + SMEM_ROW_PAD) * 2,
+    };
+    // The B stage as a KD × TILE_OUT (or TILE × TILE_OUT) tile, or as TILE_OUT × KD.
+    let stage_b_kn = |st: u32| SmemTile {
+        base: stage_a(st).base + a_bytes(),
+        stride: (TILE_OUT + SMEM_ROW_PAD) * 2,
+    };
+    let stage_b_nk = |st: u32| SmemTile {
+        base: stage_a(st).base + a_bytes(),
+        stride: (KD + SMEM_ROW_PAD) * 2,
+    };
+
+    let head = bh as u64;
+    let hk = head * nc as u64 + k as u64;
+    let ga = o.a + head * (s as u64) * (a_dim as u64) * 2;
+    let gz = o.z + head * (s as u64) * (out_dim as u64) * 2;
+    let gm = o.state + hk * (a_dim as u64) * (out_dim as u64) * 2;
+    let gt = o.t + hk * (l as u64) * (l as u64) * 2;
+
+    // Items: the state term's KD slices, then the key tiles.
+    let n_state = a_dim.div_ceil(KD).max(1);
+    let valid_tiles = len.div_ceil(TILE);
+    let (kt_first, n_keys) = if R::TRANSPOSED {
+        (own, valid_tiles - own)
+    } else {
+        (0, own + 1)
+    };
+    let n_items = n_state + n_keys;
+    let issue = |item: u32| unsafe {
+        let st = item % STAGES;
+        if item < n_state {
+            let d = item * KD;
+            stage::rows::<THREADS>(
+                stage_a(st),
+                ga,
+                (t0 + i0, t0 + len),
+                (d, a_dim),
+                TILE,
+                KD / 8,
+            );
+            if R::STATE_KN {
+                stage::rows::<THREADS>(
+                    stage_b_kn(st),
+                    gm,
+                    (d, a_dim),
+                    (c0, out_dim),
+                    KD,
+                    TILE_OUT / 8,
+                );
+            } else {
+                stage::rows::<THREADS>(
+                    stage_b_nk(st),
+                    gm,
+                    (c0, out_dim),
+                    (d, a_dim),
+                    TILE_OUT,
+                    KD / 8,
+                );
+            }
+        } else {
+            let kt = kt_first + item - n_state;
+            // T rows: own (dq) or the key tile's (transposed); columns the other.
+            let (tr, tc) = if R::TRANSPOSED {
+                (kt * TILE, i0)
+            } else {
+                (i0, kt * TILE)
+            };
+            stage::rows::<THREADS>(stage_a(st), gt, (tr, l), (tc, l), TILE, TILE / 8);
+            let keys = (t0 + kt * TILE, t0 + len);
+            stage::rows::<THREADS>(stage_b_kn(st), gz, keys, (c0, out_dim), TILE, TILE_OUT / 8);
+        }
+        cp_async::commit();
+    };
+    issue(0);
+
+    let padded = (nc * l) as u64;
+    let coef = |plane: u32, rr: u32| unsafe {
+        global::ld_nc_f32(
+            p.ptr.row_coef
+                + (plane as u64 * p.bh as u64 * padded + head * padded + (t0 + i0 + rr) as u64) * 4,
+        )
+    };
+
+    let mut acc = [[0f32; 4]; NB];
+    for item in 0..n_items {
+        if item + 1 < n_items {
+            issue(item + 1);
+        } else {
+            unsafe { cp_async::commit() }; // an empty group keeps the wait count uniform
+        }
+        unsafe {
+            cp_async::wait::<1>();
+            thread::sync_threads();
+        }
+        let st = item % STAGES;
+        let sa = stage_a(st);
+        if item < n_state {
+            let d = item * KD;
+            unroll!(4, ks => {
+                let ks = ks as u32;
+                if d + ks * 16 < a_dim {
+                    let a = unsafe { sa.a(warp * 16, ks * 16, lane) };
+                    unroll!(8, pr => {
+                        let b = if R::STATE_KN {
+                            unsafe { stage_b_kn(st).b_kn(ks * 16, pr as u32 * 16, lane) }
+                        } else {
+                            unsafe { stage_b_nk(st).b_nk(pr as u32 * 16, ks * 16, lane) }
+                        };
+                        unsafe {
+                            E::mma(&mut acc[2 * pr], a, b[0]);
+                            E::mma(&mut acc[2 * pr + 1], a, b[1]);
+                        }
+                    });
+                }
+            });
+            if item + 1 == n_state {
+                // r ⊙ (A·M) + e ⊗ u.
+                unroll!(2, half => {
+                    let e = 2 * half;
+                    let rr = warp * 16 + acc_pos(lane, e).0;
+                    let r = o.r_mul * coef(o.r_plane, rr);
+                    let ecoef = match o.e_plane {
+                        Some(pl) => o.r_mul * coef(pl, rr),
+                        None => 0.0,
+                    };
+                    unroll!(16, nb => {
+                        let c = c0 + nb as u32 * 8 + acc_pos(lane, e).1;
+                        let u = if o.e_plane.is_some() {
+                            unsafe { global::ld_v2_f32_or_zero(c < out_dim, o.u + (hk * out_dim as u64 + c as u64) * 4) }
+                        } else {
+                            [0.0; 2]
+                        };
+                        acc[nb][e] = r * acc[nb][e] + ecoef * u[0];
+                        acc[nb][e + 1] = r * acc[nb][e + 1] + ecoef * u[1];
+                    });
+                });
+            }
+        } else {
+            let sz = stage_b_kn(st);
+            unroll!(4, ks => {
+                let ks = ks as u32;
+                let a = if R::TRANSPOSED {
+                    unsafe { sa.a_trans(ks * 16, warp * 16, lane) }
+                } else {
+                    unsafe { sa.a(warp * 16, ks * 16, lane) }
+                };
+                unroll!(8, pr => {
+                    let b = unsafe { sz.b_kn(ks * 16, pr as u32 * 16, lane) };
+                    unsafe {
+                        E::mma(&mut acc[2 * pr], a, b[0]);
+                        E::mma(&mut acc[2 * pr + 1], a, b[1]);
+                    }
+                });
+            });
+        }
+        unsafe { thread::sync_threads() };
+    }
+
+    // Store, and the row dots with the matching input.
+    unroll!(2, half => {
+        let e = 2 * half;
+        let rr = warp * 16 + acc_pos(lane, e).0;
+        let t = t0 + i0 + rr;
+        let inside = i0 + rr < len;
+        let row = head * s as u64 + t as u64;
+        let mut dot = 0f32;
+        unroll!(16, nb => {
+            let c = c0 + nb as u32 * 8 + acc_pos(lane, e).1;
+            let ok = inside && c < out_dim;
+            let at = (row * out_dim as u64 + c as u64) * 2;
+            let v = [o.c_out * acc[nb][e], o.c_out * acc[nb][e + 1]];
+            unsafe { global::st_b32_if(ok, o.out + at, E::pack(v[0], v[1])) };
+            if let Some((x, _)) = o.dot {
+                let (x0, x1) = E::unpack(unsafe { global::ld_nc_f32_or_zero(ok, x + at) }.to_bits());
+                dot += x0 * v[0] + x1 * v[1];
+            }
+        });
+        if let Some((_, plane)) = o.dot {
+            dot += unsafe { shfl::xor_f32(dot, 1) };
+            dot += unsafe { shfl::xor_f32(dot, 2) };
+            if inside && lane % 4 == 0 {
+                let at = plane as u64 * p.bh as u64 * padded * MAX_COL_TILES as u64
+                    + (head * padded + (t0 + i0 + rr) as u64) * MAX_COL_TILES as u64
+                    + bx as u64;
+                unsafe { global::st_f32(p.ptr.row_dots + at * 4, dot) };
+            }
+        }
+    });
+}

@@ -1,0 +1,257 @@
+//! Backward, state gradients (inter-chunk, reverse): for one head and one TILE_QK × TILE_HV
+//! tile of dC̃, walk the chunks from the last to the first and write the gradient of the state
+//! after each chunk.
+//!
+//! With the normalizer as a value column (`shared/MATH.md`, the reference's
+//! `chunkwise_backward`), C'_k = [C̃_k | ñ_k] and dnum'_i = [dh_i ρ_i, δ_i]:
+//!   dC'_k = γ_k dC'_{k+1} + Σ_i α_i q̂_i dnum'_iᵀ,   γ_k = e^{g + m_k − m_{k+1}},
+//! seeded with the final-state gradient (dñ only in Exact mode). The products Q̂ᵀ(dH ⊙ ·) run
+//! on the tensor cores exactly as the forward's K̃ᵀV (`chunk_state`): each warp holds 16 rows
+//! (DQK) × TILE_HV columns in registers for the whole walk, Q and dH stream through a two-deep
+//! `cp.async` ring of SUB_L-step sub-tiles, and the row weights α_i ρ_i (and α_i δ_i for the
+//! ñ column, a second weighting of the same Q fragment) are applied in registers.
+//!
+//! Writes dC̃_{k+1} (input dtype: the dk and dv kernels consume it rounded for their `mma`) and
+//! dñ_{k+1} (f32) for every chunk k, dC̃_0, dñ_0 (f32) when asked, and per tile the partial
+//! ⟨dC'_S, C'_S⟩ and ⟨dC'_0, C'_0⟩ the gate gradients need.
+use super::block::{self, Add};
+use super::gates::GateKind;
+use super::stage;
+use crate::arch::convert::Elem;
+use crate::arch::{cp_async, global, math, shared, thread};
+use crate::tile::{SmemTile, acc_pos};
+use tfla_params::bwd::{BwdParams, rows, state::*};
+use tfla_params::fwd::SMEM_ROW_PAD;
+
+const NB: usize = (TILE_HV / 8) as usize;
+const _: () = assert!(
+    NB == 16 && SUB_L == 64,
+    "the unroll! counts below assume 16 n-blocks and 64-step sub-tiles"
+);
+
+/// # Safety
+/// Launched with `grid(p)`, THREADS threads and `smem_bytes()` bytes of dynamic shared memory
+/// after the rows kernel, on parameters validated by the host.
+#[inline(always)]
+pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
+    let tid = thread::thread_idx();
+    let (lane, warp) = (tid % 32, tid / 32);
+    let (bx, bh, _) = thread::block_idx();
+    let tiles_hv = p.dhv.div_ceil(TILE_HV);
+    let (d0, v0) = ((bx / tiles_hv) * TILE_QK, (bx % tiles_hv) * TILE_HV);
+    let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
+    let (dqk, dhv) = (p.dqk, p.dhv);
+
+    // Shared memory: STAGES × (Q sub-tile, dH sub-tile, the sub-tile's α ρ and α δ), scratch.
+    let stage_q = |st: u32| SmemTile {
+        base: shared::base() + st * stage_bytes(),
+        stride: (TILE_QK + SMEM_ROW_PAD) * 2,
+    };
+    let stage_dh = |st: u32| SmemTile {
+        base: stage_q(st).base + q_bytes(),
+        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
+    };
+    let stage_w = |st: u32| stage_dh(st).base + dh_bytes();
+    let scratch = shared::base() + STAGES * stage_bytes();
+
+    let head = bh as u64;
+    let gq = p.ptr.q + head * (s as u64) * (dqk as u64) * 2;
+    let gdh = p.ptr.dh + head * (s as u64) * (dhv as u64) * 2;
+    let padded = (nc * l) as u64;
+    let coef =
+        |plane: u32| p.ptr.row_coef + (plane as u64 * p.bh as u64 * padded + head * padded) * 4;
+    let (g_wq, g_wn) = (coef(rows::WQ), coef(rows::WN));
+
+    let row = |e: usize| warp * 16 + acc_pos(lane, e).0;
+    let col = |nb: usize, e: usize| nb as u32 * 8 + acc_pos(lane, e).1;
+    // Element offset of accumulator pair (nb, e) in a (DQK, DHV) matrix, and whether it exists.
+    let at = |nb: usize, e: usize| {
+        let (r, c) = (d0 + row(e), v0 + col(nb, e));
+        ((r * dhv + c) as u64, r < dqk && c < dhv)
+    };
+    let mat = head * (dqk as u64) * (dhv as u64);
+    let vec = head * dqk as u64;
+
+    // ñ rides along as a value column of ones in the blocks of the first DHV tile (as in the
+    // forward): `nacc` holds dñ of the warp's rows g and g+8 in elements 0 and 2.
+    let normalizer = G::NORMALIZED && p.exact != 0;
+    let with_n = normalizer && v0 == 0;
+    let mut acc = [[0f32; 4]; NB];
+    let mut nacc = [0f32; 4];
+    let mut dot_final = 0f32;
+    if p.ptr.dc_final != 0 {
+        unroll!(16, nb => {
+            for half in 0..2 {
+                let e = 2 * half;
+                let (idx, inside) = at(nb, e);
+                let x = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.dc_final + (mat + idx) * 4) };
+                let c = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c_final + (mat + idx) * 4) };
+                acc[nb][e] = x[0];
+                acc[nb][e + 1] = x[1];
+                dot_final += x[0] * c[0] + x[1] * c[1];
+            }
+        });
+    }
+    if with_n && p.ptr.dn_final != 0 {
+        for half in 0..2 {
+            let r = d0 + row(2 * half);
+            let x = unsafe {
+                global::ld_nc_f32_or_zero(r < dqk, p.ptr.dn_final + (vec + r as u64) * 4)
+            };
+            let n =
+                unsafe { global::ld_nc_f32_or_zero(r < dqk, p.ptr.n_final + (vec + r as u64) * 4) };
+            nacc[2 * half] = x;
+            nacc[2 * half + 1] = x;
+            if lane % 4 == 0 {
+                dot_final += x * n;
+            }
+        }
+    }
+    let dot_final = unsafe { block::reduce::<Add, THREADS>(dot_final, scratch) };
+
+    // Items are SUB_L-step sub-tiles, walked from the last; chunk boundaries are multiples of
+    // SUB_L, so item `it` lies in chunk it·SUB_L / L.
+    let n_items = s.div_ceil(SUB_L);
+    let issue = |it: u32| unsafe {
+        let (st, j0) = (it % STAGES, it * SUB_L);
+        stage::rows::<THREADS>(stage_q(st), gq, (j0, s), (d0, dqk), SUB_L, TILE_QK / 8);
+        stage::rows::<THREADS>(stage_dh(st), gdh, (j0, s), (v0, dhv), SUB_L, TILE_HV / 8);
+        stage::f32_vec::<THREADS>(stage_w(st), g_wq, (j0, s), SUB_L);
+        stage::f32_vec::<THREADS>(stage_w(st) + 4 * SUB_L, g_wn, (j0, s), SUB_L);
+        cp_async::commit();
+    };
+    issue(n_items - 1);
+    let ones = [E::pack(1.0, 1.0); 2];
+
+    let mut k = nc;
+    while k > 0 {
+        k -= 1;
+        // Store dC'_{k+1}.
+        let hk = head * nc as u64 + k as u64;
+        unroll!(16, nb => {
+            for half in 0..2 {
+                let e = 2 * half;
+                let (idx, inside) = at(nb, e);
+                let ptr = p.ptr.dc_states + (hk * (dqk as u64) * (dhv as u64) + idx) * 2;
+                unsafe { global::st_b32_if(inside, ptr, E::pack(acc[nb][e], acc[nb][e + 1])) };
+            }
+        });
+        if with_n && lane % 4 == 0 {
+            for half in 0..2 {
+                let r = d0 + row(2 * half);
+                let ptr = p.ptr.dn_states + (hk * dqk as u64 + r as u64) * 4;
+                unsafe { global::st_b32_if(r < dqk, ptr, nacc[2 * half].to_bits()) };
+            }
+        }
+
+        // γ_k, from the chunk's gate scalars (m_{k+1} recomputed as the forward did).
+        let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + hk * 4) };
+        let decay = if G::STABILIZED {
+            let m_k = unsafe { global::ld_nc_f32(p.ptr.m_states + hk * 4) };
+            let last = head * padded + (k * l + l.min(s - k * l) - 1) as u64;
+            let cm_last = unsafe { global::ld_nc_f32(p.ptr.gate_cm + last * 4) };
+            math::exp(g + m_k - (g + m_k).max(g + cm_last))
+        } else {
+            math::exp(g)
+        };
+        for a in acc.iter_mut() {
+            for x in a.iter_mut() {
+                *x *= decay;
+            }
+        }
+        for x in nacc.iter_mut() {
+            *x *= decay;
+        }
+
+        let first = k * (l / SUB_L);
+        let mut it = (first + l / SUB_L).min(n_items);
+        while it > first {
+            it -= 1;
+            if it > 0 {
+                issue(it - 1);
+            } else {
+                unsafe { cp_async::commit() }; // an empty group keeps the wait count uniform
+            }
+            unsafe {
+                cp_async::wait::<1>();
+                thread::sync_threads();
+            }
+            let st = it % STAGES;
+            let (sq, sdh, sw) = (stage_q(st), stage_dh(st), stage_w(st));
+            unroll!(4, ks => {
+                let ks = ks as u32;
+                let jj = ks * 16 + (lane % 4) * 2;
+                let q = unsafe { sq.a_trans(ks * 16, warp * 16, lane) };
+                // Steps past a ragged end have zero Q rows and weights.
+                let steps = [jj, jj + 1, jj + 8, jj + 9];
+                let wq = steps.map(|j| p.scale * unsafe { shared::ld_f32(sw + 4 * j) });
+                let mut a = [0u32; 4];
+                unroll!(4, r => {
+                    let (lo, hi) = E::unpack(q[r]);
+                    let wi = (r / 2) * 2;
+                    a[r] = E::pack(lo * wq[wi], hi * wq[wi + 1]);
+                });
+                unroll!(8, pair => {
+                    let b = unsafe { sdh.b_kn(ks * 16, pair as u32 * 16, lane) };
+                    unsafe {
+                        E::mma(&mut acc[2 * pair], a, b[0]);
+                        E::mma(&mut acc[2 * pair + 1], a, b[1]);
+                    }
+                });
+                if with_n {
+                    let wn = steps.map(|j| p.scale * unsafe { shared::ld_f32(sw + 4 * (SUB_L + j)) });
+                    let mut an = [0u32; 4];
+                    unroll!(4, r => {
+                        let (lo, hi) = E::unpack(q[r]);
+                        let wi = (r / 2) * 2;
+                        an[r] = E::pack(lo * wn[wi], hi * wn[wi + 1]);
+                    });
+                    unsafe { E::mma(&mut nacc, an, ones) };
+                }
+            });
+            unsafe { thread::sync_threads() };
+        }
+    }
+
+    // dC'_0: the initial-state gradient, and its dot with the initial state.
+    let mut dot_init = 0f32;
+    unroll!(16, nb => {
+        for half in 0..2 {
+            let e = 2 * half;
+            let (idx, inside) = at(nb, e);
+            let v = [acc[nb][e], acc[nb][e + 1]];
+            if p.ptr.dc0 != 0 {
+                unsafe { global::st_v2_f32_if(inside, p.ptr.dc0 + (mat + idx) * 4, v) };
+            }
+            if p.ptr.c0 != 0 {
+                let c = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c0 + (mat + idx) * 4) };
+                dot_init += v[0] * c[0] + v[1] * c[1];
+            }
+        }
+    });
+    if v0 == 0 && lane % 4 == 0 {
+        for half in 0..2 {
+            let r = d0 + row(2 * half);
+            let x = nacc[2 * half];
+            if p.ptr.dn0 != 0 {
+                unsafe {
+                    global::st_b32_if(r < dqk, p.ptr.dn0 + (vec + r as u64) * 4, x.to_bits())
+                };
+            }
+            if p.ptr.n0 != 0 {
+                dot_init += x * unsafe {
+                    global::ld_nc_f32_or_zero(r < dqk, p.ptr.n0 + (vec + r as u64) * 4)
+                };
+            }
+        }
+    }
+    let dot_init = unsafe { block::reduce::<Add, THREADS>(dot_init, scratch) };
+    if tid == 0 {
+        let base = p.ptr.state_dots + (head * MAX_TILES as u64 + bx as u64) * 4;
+        let plane = p.bh as u64 * MAX_TILES as u64 * 4;
+        unsafe {
+            global::st_f32(base, dot_final);
+            global::st_f32(base + plane, dot_init);
+        }
+    }
+}

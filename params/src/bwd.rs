@@ -1,0 +1,390 @@
+//! Backward pass: per-row coefficients, the reverse walk of the state gradients over the
+//! chunks, the intra-chunk score matrices, the three input-gradient products and the gate
+//! gradients. All take [`BwdParams`] by value.
+//!
+//! Notation as in [`crate::fwd`]; in chunk k, row i (query step), column j (key step), with
+//! the forward's gate vectors b, u = ι − b, cm and g, and the forward's per-row signed
+//! normalizer readout s_i:
+//! - α_i = e^{b_i + m_k − m_i} (inter-chunk scale of row i), w_j = e^{g + u_j − m_{k+1}}
+//!   (weight of step j in the state after the chunk), W_ij = e^{b_i − m_i + u_j} (j ≤ i);
+//! - ρ_i = 1 / den_i, δ_i = ds_i (Exact mode: −sign(s_i)(dh_i·h_i)/den_i where
+//!   |s_i| ≥ floor_i, else 0), so dnum'_i = [dh_i ρ_i, δ_i] (`shared/MATH.md`).
+
+use crate::fwd::SMEM_ROW_PAD;
+use crate::{Dtype, Gates, WARP, div_ceil};
+
+/// Device addresses of every tensor the backward kernels read or write (0 where absent); every
+/// tensor contiguous, row-major, in the shape its comment gives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BwdPointers {
+    // The forward's inputs.
+    /// (BH, S, DQK) in the input dtype.
+    pub q: u64,
+    /// (BH, S, DQK) in the input dtype.
+    pub k: u64,
+    /// (BH, S, DHV) in the input dtype.
+    pub v: u64,
+    /// ĩ, f̃: (BH, S) f32.
+    pub i: u64,
+    pub f: u64,
+    /// Initial states as given to the forward, or 0: (BH, DQK, DHV), (BH, DQK), (BH,) f32.
+    pub c0: u64,
+    pub n0: u64,
+    pub m0: u64,
+
+    // The forward's outputs (see `fwd::FwdPointers`).
+    /// h: (BH, S, DHV) in the input dtype.
+    pub h: u64,
+    /// C̃_k (BH, NC, DQK, DHV) input dtype, ñ_k (BH, NC, DQK) f32, m_k (BH, NC) f32.
+    pub c_states: u64,
+    pub n_states: u64,
+    pub m_states: u64,
+    /// Final states (BH, DQK, DHV), (BH, DQK) f32; read only with final-state gradients.
+    pub c_final: u64,
+    pub n_final: u64,
+    /// Gate vectors b, u, cm (BH, NC·L) and g (BH, NC) f32.
+    pub gate_b: u64,
+    pub gate_u: u64,
+    pub gate_cm: u64,
+    pub gate_g: u64,
+    /// Signed normalizer readout s_i (BH, S) f32 (the forward's `norm_rows`); 0 without the
+    /// normalizer.
+    pub norm_rows: u64,
+
+    // Upstream gradients.
+    /// dL/dh: (BH, S, DHV) in the input dtype.
+    pub dh: u64,
+    /// dL/dC̃_S (BH, DQK, DHV), dL/dñ_S (BH, DQK), dL/dm_S (BH,) f32, each optional (0).
+    pub dc_final: u64,
+    pub dn_final: u64,
+    pub dm_final: u64,
+
+    // Workspace written and read by the backward kernels.
+    /// Per-row coefficients: `rows::PLANES` planes of (BH, NC·L) f32 (see [`rows`]).
+    pub row_coef: u64,
+    /// dC̃_{k+1}, the state gradient after chunk k: (BH, NC, DQK, DHV) in the input dtype.
+    pub dc_states: u64,
+    /// dñ_{k+1}: (BH, NC, DQK) f32.
+    pub dn_states: u64,
+    /// Gated score matrices of every chunk, rows i, columns j (only tiles with j-tile ≤ i-tile
+    /// are written): P_ij = W_ij (q̂_i·k_j) ρ_i and dP_ij = W_ij ((dh_i·v_j) ρ_i + δ_i),
+    /// (BH, NC, L, L) in the input dtype each.
+    pub scores_p: u64,
+    pub scores_dp: u64,
+    /// Partial row dot products q_i·dq_i and k_i·dk_i per output column tile:
+    /// 2 planes of (BH, NC·L, combine::MAX_COL_TILES) f32.
+    pub row_dots: u64,
+    /// Partial ⟨dC'_S, C'_S⟩ (plane 0) and ⟨dC'_0, C'_0⟩ (plane 1) per state tile:
+    /// 2 planes of (BH, state::MAX_TILES) f32.
+    pub state_dots: u64,
+
+    // Outputs.
+    /// dq, dk (BH, S, DQK), dv (BH, S, DHV) in the input dtype.
+    pub dq: u64,
+    pub dk: u64,
+    pub dv: u64,
+    /// dĩ, df̃: (BH, S) f32.
+    pub di: u64,
+    pub df: u64,
+    /// dL/dC̃_0 (BH, DQK, DHV), dL/dñ_0 (BH, DQK), dL/dm_0 (BH,) f32, each optional (0).
+    pub dc0: u64,
+    pub dn0: u64,
+    pub dm0: u64,
+}
+
+/// Parameters of every backward kernel, passed by value. Built only from validated host
+/// arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BwdParams {
+    pub ptr: BwdPointers,
+    pub bh: u32,
+    pub s: u32,
+    pub dqk: u32,
+    pub dhv: u32,
+    pub chunk: u32,
+    pub num_chunks: u32,
+    pub scale: f32,
+    pub eps: f32,
+    /// 1: the exact gradient (through the denominator and the max state); 0: the denominator
+    /// and m held constant (DetachedNormalizer).
+    pub exact: u32,
+}
+
+impl BwdParams {
+    /// Whether the normalizer's gradient path is live: Exact mode and a normalizing variant.
+    pub const fn normalizer_path(&self, gates: Gates) -> bool {
+        self.exact != 0 && !matches!(gates, Gates::SigNoNorm)
+    }
+}
+
+/// Per-row coefficients (one warp per row): reads h, dh and the forward's gate vectors, writes
+/// the planes below, each (BH, NC·L) f32 (rows past S hold zeros).
+pub mod rows {
+    use super::*;
+    /// ρ_i = 1 / den_i.
+    pub const RHO: u32 = 0;
+    /// δ_i = ds_i.
+    pub const DELTA: u32 = 1;
+    /// α_i ρ_i: the inter-chunk weight of dh_i (state gradient, dq).
+    pub const WQ: u32 = 2;
+    /// α_i δ_i: likewise of the normalizer column.
+    pub const WN: u32 = 3;
+    /// w_j: the weight of step j in the state after its chunk (dk, dv).
+    pub const WK: u32 = 4;
+    /// log2 of the row factor of W: (b_i − m_i)·log2e (column factor: u_j·log2e).
+    pub const R_LOG2: u32 = 5;
+    /// dL/dm_i through eps of the denominator: −(dh_i·h_i)·eps/den_i (Exact mode, mLSTMexp).
+    pub const DM: u32 = 6;
+    pub const PLANES: u32 = 7;
+
+    pub const WARPS: u32 = 4;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// Rows per block (each warp takes every WARPS-th).
+    pub const ROWS: u32 = 16;
+
+    /// (NC·L / ROWS, BH, 1).
+    pub const fn grid(p: &BwdParams) -> (u32, u32, u32) {
+        (div_ceil(p.num_chunks * p.chunk, ROWS), p.bh, 1)
+    }
+}
+
+/// State gradients (reverse walk): one block owns a TILE_QK × TILE_HV tile of one head's dC̃
+/// (the forward state kernel's tiling) and walks the chunks from the last to the first.
+pub mod state {
+    use super::*;
+    pub use crate::fwd::state::{STAGES, SUB_L, THREADS, TILE_HV, TILE_QK, WARPS};
+    /// Most state tiles of one head (DQK = DHV = MAX_HEAD_DIM).
+    pub const MAX_TILES: u32 = (crate::MAX_HEAD_DIM / TILE_QK) * (crate::MAX_HEAD_DIM / TILE_HV);
+
+    /// STAGES × (Q sub-tile SUB_L × TILE_QK, dH sub-tile SUB_L × TILE_HV, 16-bit, padded rows;
+    /// the sub-tile's two row weights, 2 × SUB_L f32), then one f32 per warp for reductions.
+    pub const fn smem_bytes() -> u32 {
+        STAGES * stage_bytes() + WARPS * 4
+    }
+    pub const fn stage_bytes() -> u32 {
+        q_bytes() + dh_bytes() + 2 * SUB_L * 4
+    }
+    pub const fn q_bytes() -> u32 {
+        SUB_L * (TILE_QK + SMEM_ROW_PAD) * 2
+    }
+    pub const fn dh_bytes() -> u32 {
+        SUB_L * (TILE_HV + SMEM_ROW_PAD) * 2
+    }
+
+    /// State tiles of one head.
+    pub const fn tiles(dqk: u32, dhv: u32) -> u32 {
+        div_ceil(dqk, TILE_QK) * div_ceil(dhv, TILE_HV)
+    }
+    /// (tiles of the state, BH, 1), DHV tile fastest (as the forward).
+    pub const fn grid(p: &BwdParams) -> (u32, u32, u32) {
+        (tiles(p.dqk, p.dhv), p.bh, 1)
+    }
+}
+
+/// Score matrices: one block computes a TILE × TILE tile (rows i, columns j ≤ i) of P and dP
+/// of one chunk: S = Q_i K_jᵀ over DQK and dS = dH_i V_jᵀ over DHV, in KD-wide slices through
+/// a two-stage ring.
+pub mod scores {
+    use super::*;
+    pub const WARPS: u32 = 4;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// Rows and columns of a tile: 16 rows per warp.
+    pub const TILE: u32 = 16 * WARPS;
+    /// Head-dim slice per ring item.
+    pub const KD: u32 = 64;
+    pub const STAGES: u32 = 2;
+
+    pub const fn slice_bytes() -> u32 {
+        TILE * (KD + SMEM_ROW_PAD) * 2
+    }
+    /// STAGES × two slices, then the row and column gate vectors and the row coefficients
+    /// (4 × TILE f32).
+    pub const fn smem_bytes() -> u32 {
+        STAGES * 2 * slice_bytes() + 4 * TILE * 4
+    }
+    /// Lower-triangular tile pairs of one chunk.
+    pub const fn pairs(chunk: u32) -> u32 {
+        let t = chunk / TILE;
+        t * (t + 1) / 2
+    }
+    /// (tile pairs, NC, BH).
+    pub const fn grid(p: &BwdParams) -> (u32, u32, u32) {
+        (pairs(p.chunk), p.num_chunks, p.bh)
+    }
+}
+
+/// Input gradients: one block owns TILE rows of one chunk and TILE_OUT output columns of dq,
+/// dk or dv: out = c·(r ⊙ (A·M) + e ⊗ u + T·Z) with the per-chunk state M, a rank-one term and
+/// the chunk's score matrix T (see `kernels/src/mlstm/bwd_combine.rs`).
+pub mod combine {
+    use super::*;
+    pub const WARPS: u32 = 4;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// Rows per block (16 per warp) and rows per key tile.
+    pub const TILE: u32 = 16 * WARPS;
+    /// Output columns per block (register accumulator 16 × TILE_OUT per warp).
+    pub const TILE_OUT: u32 = 128;
+    /// Contraction slice of the state term per ring item.
+    pub const KD: u32 = 64;
+    pub const STAGES: u32 = 2;
+    /// Output column tiles at the largest head dim (the row-dot planes' last axis).
+    pub const MAX_COL_TILES: u32 = crate::MAX_HEAD_DIM / TILE_OUT;
+
+    /// A-operand stage: a TILE × KD slice (state term) or a TILE × TILE score tile.
+    pub const fn a_bytes() -> u32 {
+        TILE * (KD + SMEM_ROW_PAD) * 2
+    }
+    /// B-operand stage: a state slice KD × TILE_OUT or TILE_OUT × KD, or a Z tile
+    /// TILE × TILE_OUT, whichever is largest.
+    pub const fn b_bytes() -> u32 {
+        let kn = KD * (TILE_OUT + SMEM_ROW_PAD) * 2;
+        let nk = TILE_OUT * (KD + SMEM_ROW_PAD) * 2;
+        if kn > nk { kn } else { nk }
+    }
+    pub const fn smem_bytes() -> u32 {
+        STAGES * (a_bytes() + b_bytes())
+    }
+    /// (output column tiles, NC·L / TILE row tiles, BH).
+    pub const fn grid(p: &BwdParams, out_dim: u32) -> (u32, u32, u32) {
+        (
+            div_ceil(out_dim, TILE_OUT),
+            p.num_chunks * (p.chunk / TILE),
+            p.bh,
+        )
+    }
+}
+
+/// Gate gradients: one warp per head walks the sequence backwards in WARP-step segments
+/// (reverse cumulative sum for df̃; the path through the max state for mLSTMexp, Exact mode).
+pub mod gates {
+    use super::*;
+    pub const WARPS: u32 = 4;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// (BH / WARPS, 1, 1).
+    pub const fn grid(p: &BwdParams) -> (u32, u32, u32) {
+        (div_ceil(p.bh, WARPS), 1, 1)
+    }
+}
+
+/// Which backward kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BwdKernel {
+    Rows,
+    State,
+    Scores,
+    Dq,
+    Dk,
+    Dv,
+    Gates,
+}
+
+impl BwdKernel {
+    pub const ALL: [BwdKernel; 7] = [
+        BwdKernel::Rows,
+        BwdKernel::State,
+        BwdKernel::Scores,
+        BwdKernel::Dq,
+        BwdKernel::Dk,
+        BwdKernel::Dv,
+        BwdKernel::Gates,
+    ];
+}
+
+/// Entry-point name of a backward kernel: one per (kernel, gates, dtype); the gate-gradient
+/// kernel has no element type (its name ignores `dtype`). The device crate's `entry!` list and
+/// this table must agree; the host tests load every name.
+pub const fn entry_name(kernel: BwdKernel, gates: Gates, dtype: Dtype) -> &'static str {
+    use BwdKernel::*;
+    let g = gates as usize;
+    let d = dtype as usize;
+    match kernel {
+        Rows => ROWS[g][d],
+        State => STATE[g][d],
+        Scores => SCORES[g][d],
+        Dq => DQ[g][d],
+        Dk => DK[g][d],
+        Dv => DV[g][d],
+        Gates => GATES[g],
+    }
+}
+
+/// `[gates][dtype]` tables of entry names, in the order of [`Gates`] and [`Dtype`].
+macro_rules! names {
+    ($($table:ident = $prefix:literal;)*) => {$(
+        const $table: [[&str; 2]; 3] = [
+            [concat!($prefix, "_exp_bf16"), concat!($prefix, "_exp_f16")],
+            [concat!($prefix, "_sig_bf16"), concat!($prefix, "_sig_f16")],
+            [concat!($prefix, "_signn_bf16"), concat!($prefix, "_signn_f16")],
+        ];
+    )*};
+}
+names! {
+    ROWS = "mlstm_bwd_rows";
+    STATE = "mlstm_bwd_state";
+    SCORES = "mlstm_bwd_scores";
+    DQ = "mlstm_bwd_dq";
+    DK = "mlstm_bwd_dk";
+    DV = "mlstm_bwd_dv";
+}
+const GATES: [&str; 3] = [
+    "mlstm_bwd_gates_exp",
+    "mlstm_bwd_gates_sig",
+    "mlstm_bwd_gates_signn",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CHUNK_SIZES;
+
+    const HOPPER_SMEM: u32 = 227 * 1024;
+
+    #[test]
+    fn every_kernel_fits_in_shared_memory() {
+        assert!(state::smem_bytes() <= HOPPER_SMEM);
+        assert!(scores::smem_bytes() <= HOPPER_SMEM);
+        assert!(combine::smem_bytes() <= HOPPER_SMEM);
+        // Two combine and two score blocks per SM.
+        assert!(2 * (combine::smem_bytes() + 1024) <= 228 * 1024);
+    }
+
+    #[test]
+    fn grids_cover_the_problem() {
+        let p = BwdParams {
+            bh: 6,
+            s: 1000,
+            dqk: 80,
+            dhv: 272,
+            chunk: 256,
+            num_chunks: 4,
+            ..Default::default()
+        };
+        assert_eq!(rows::grid(&p), (64, 6, 1));
+        assert_eq!(state::grid(&p), (2 * 3, 6, 1));
+        assert_eq!(scores::grid(&p), (10, 4, 6));
+        assert_eq!(combine::grid(&p, 272), (3, 16, 6));
+        assert_eq!(gates::grid(&p), (2, 1, 1));
+        for &l in &CHUNK_SIZES {
+            assert_eq!(l % scores::TILE, 0);
+            assert_eq!(l % combine::TILE, 0);
+            assert_eq!(l % state::SUB_L, 0);
+        }
+    }
+
+    #[test]
+    fn entry_names_are_distinct() {
+        let mut names = std::vec::Vec::new();
+        for k in BwdKernel::ALL {
+            for g in [Gates::Exp, Gates::Sig, Gates::SigNoNorm] {
+                for d in [Dtype::Bf16, Dtype::F16] {
+                    names.push(entry_name(k, g, d));
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 6 * 6 + 3);
+    }
+}
