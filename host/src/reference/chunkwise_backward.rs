@@ -18,10 +18,19 @@
 //! - gates: dι_j = k_j·dk_j, dλ_t = Σ_{i≥t}(q̂_i·dq̂_i − k_i·dk_i) + ⟨dC'_NC, C'_NC⟩;
 //!   dm0 = ⟨dC'_0, C'_0⟩ (mLSTMexp, Exact mode).
 //!
-//! Holding m constant is exact for mLSTMsig; for mLSTMexp it leaves out the O(eps) path
-//! through m (and, with a final-state gradient, the dependence of the stabilized C̃_S on m_S),
-//! so it equals [`backward`] exactly in DetachedNormalizer mode and, in Exact mode, when
-//! eps = 0 and no final-state gradient is given.
+//! Then the path through the max state (mLSTMexp, Exact mode only), with m_t the row's m_i
+//! (equal to the recurrent m_t). Unstabilized, h_t = num_t / (max(|s_t|, 1) + eps·e^{m_t})
+//! and C̃_S = C_S e^{−m_S}, ñ_S = n_S e^{−m_S}, so with all else fixed m_t receives
+//! dmd_t = −(dh_t·h_t)·eps/den_t (both regimes of the max) and m_S (= m_{S−1}) also
+//! dm_S − ⟨dC'_NC, C'_NC⟩, dm_S the upstream gradient. Through m_t = max(a_t, ι_t),
+//! a_t = λ_t + m_{t−1} (m_{−1} = m0), with c_t = [a_t ≥ ι_t] (the tie rule of [`backward`]):
+//! - reverse scan G_{S−1} = dmd_{S−1} + dm_S − ⟨dC'_NC, C'_NC⟩, G_t = dmd_t + c_{t+1} G_{t+1};
+//! - dλ_t += c_t G_t, dι_t += (1 − c_t) G_t, dm0 += c_0 G_0.
+//!
+//! Holding m constant is exact for mLSTMsig, and with the path through m added it is exact
+//! for mLSTMexp too: the result equals [`backward`] to rounding in both modes, for every
+//! variant, eps and final-state gradient (dc, dn, dm). In DetachedNormalizer mode neither ds
+//! nor the path through m is followed, as there.
 
 use super::backward::{GradMode, RefGradOutputs, RefGrads};
 use super::chunkwise::{chunk_ranges, cumulative_log_forget, head_chunk_states};
@@ -45,9 +54,9 @@ pub struct ChunkGrads {
     pub dn_states: Vec<f64>,
 }
 
-/// The gradient by the chunkwise decomposition with chunk size `chunk` (see the module doc for
-/// when it equals [`super::backward`]). In DetachedNormalizer mode the upstream dn is ignored,
-/// as there.
+/// The gradient by the chunkwise decomposition with chunk size `chunk`, equal to
+/// [`super::backward`] in both modes (module doc). In DetachedNormalizer mode the upstream dn
+/// and dm are ignored, as there.
 ///
 /// # Panics
 /// If a tensor of `inp` or `g` does not match `inp.shape`, a head dimension is 0 or `chunk`
@@ -82,8 +91,12 @@ pub fn chunkwise_backward(
             dqk,
             dhv,
         );
+        let dm_final = match (&g.dm, mode) {
+            (Some(x), GradMode::Exact) => x[bh],
+            _ => 0.0,
+        };
         let dh = head_slice(&g.dh, bh, s * dhv);
-        let hg = backward_head(&head, p, mode, chunk, dh, seed);
+        let hg = backward_head(&head, p, mode, chunk, dh, seed, dm_final);
         let gr = &mut out.grads;
         head_slice_mut(&mut gr.dq, bh, s * dqk).copy_from_slice(&hg.dq);
         head_slice_mut(&mut gr.dk, bh, s * dqk).copy_from_slice(&hg.dk);
@@ -179,6 +192,8 @@ struct HeadGrads {
     dm0: f64,
 }
 
+/// One head: `dh` (S, DHV), `seed` = dC'_NC from the upstream dc (and dn in Exact mode),
+/// `dm_final` the upstream dm_S (0 unless Exact mode).
 fn backward_head(
     head: &HeadInputs<'_>,
     p: &RefParams,
@@ -186,10 +201,15 @@ fn backward_head(
     chunk: usize,
     dh: &[f64],
     seed: Augmented,
+    dm_final: f64,
 ) -> HeadGrads {
     let (s, dqk, dhv) = (head.shape.s, head.shape.dqk, head.shape.dhv);
     let w1 = dhv + 1;
     let stabilized = is_stabilized(p.variant);
+    // The path through the max state m (module doc).
+    let max_state = stabilized && mode == GradMode::Exact;
+    // m_t (the row's m_i) and dmd_t = −(dh_t·h_t)·eps/den_t, (S) each.
+    let (mut m_row, mut dm_direct) = (vec![0.0; s], vec![0.0; s]);
     let states = head_chunk_states(head, p.variant, chunk);
     let ranges: Vec<_> = chunk_ranges(s, chunk).collect();
     let vaug = |t: usize| -> Vec<f64> { head.value(t).iter().copied().chain([1.0]).collect() };
@@ -244,6 +264,10 @@ fn backward_head(
                     0.0
                 };
             let dnum: Vec<f64> = dh_i.iter().map(|x| x / den).chain([ds]).collect();
+            m_row[t] = m_i;
+            if max_state {
+                dm_direct[t] = -h_dot * p.eps / den;
+            }
 
             // Backward.
             c_before.apply_add(alpha, &dnum, &mut dqhat[t * dqk..(t + 1) * dqk]);
@@ -278,24 +302,47 @@ fn backward_head(
         .flat_map(|r| r[..dhv].to_vec())
         .collect();
     let final_state = Augmented::from_state(&states[states.len() - 1], dqk);
-    let mut dlambda_tail = dot(&boundaries[boundaries.len() - 1].data, &final_state.data);
+    let final_term = dot(&boundaries[boundaries.len() - 1].data, &final_state.data);
+    let mut dlambda_tail = final_term;
+    // c_{t+1}·G_{t+1}, the gradient reaching m_t from later steps; at t = S − 1 the final
+    // state's: dm_S − ⟨dC'_NC, C'_NC⟩.
+    let mut dm_later = if max_state {
+        dm_final - final_term
+    } else {
+        0.0
+    };
     let (mut di, mut df) = (vec![0.0; s], vec![0.0; s]);
     for t in (0..s).rev() {
         head.qhat(t, p.scale, &mut qhat);
         let (k_t, dk_t) = (head.key(t), &dk[t * dqk..(t + 1) * dqk]);
-        let diota = dot(k_t, dk_t);
+        let mut diota = dot(k_t, dk_t);
         dlambda_tail += dot(&qhat, &dqhat[t * dqk..(t + 1) * dqk]) - diota;
+        let mut dlambda = dlambda_tail;
+        if max_state {
+            let big_g = dm_direct[t] + dm_later;
+            let (lambda, iota) = (head.gates.lambda[t], head.gates.iota[t]);
+            let m_prev = if t == 0 { head.init.m } else { m_row[t - 1] };
+            // c_t = [a_t ≥ ι_t]: m_t follows a_t = λ_t + m_{t−1}, else ι_t.
+            if lambda + m_prev >= iota {
+                dlambda += big_g;
+                dm_later = big_g;
+            } else {
+                diota += big_g;
+                dm_later = 0.0;
+            }
+        }
         di[t] = match p.variant {
             Variant::Exp => diota,
             Variant::Sig { .. } => diota * sigmoid(-head.i[t]),
         };
-        df[t] = dlambda_tail * sigmoid(-head.f[t]);
+        df[t] = dlambda * sigmoid(-head.f[t]);
     }
-    let dm0 = if stabilized && mode == GradMode::Exact {
+    // dm_later is now c_0·G_0 (for S = 0, the final state's term: m_S = m0).
+    let dm0 = if max_state {
         dot(
             &boundaries[0].data,
             &Augmented::from_state(&states[0], dqk).data,
-        )
+        ) + dm_later
     } else {
         0.0
     };
@@ -313,7 +360,7 @@ fn backward_head(
 #[cfg(test)]
 mod tests {
     use super::super::backward::backward;
-    use super::super::test_util::{VARIANTS, assert_close, seeded_rng, shape};
+    use super::super::test_util::{VARIANTS, seeded_rng, shape};
     use super::*;
     use rand::Rng;
 
@@ -321,20 +368,49 @@ mod tests {
         (0..n).map(|_| rng.gen_range(-1.5..1.5)).collect()
     }
 
-    fn compare(what: &str, got: &ChunkGrads, want: &RefGrads, tol: f64) {
+    /// Asserts every input gradient of `got` within `tol` of `want` and returns the largest
+    /// error: max|got − want| over a tensor, relative to the larger of `want` and `sizes` (the
+    /// same tensor of a gradient whose size bounds the terms that cancel in `want`, or `want`
+    /// itself). The gate gradients dĩ, df̃, dm0 are measured against the largest of them all: each
+    /// is a sum of terms of that size (k·dk, q̂·dq̂, ⟨dC', C'⟩, the path through m) which may
+    /// cancel to almost nothing, e.g. dλ_t where the forget gate is nearly closed, dm0 where a
+    /// reset cuts m_S off m0; rounding in them is ~1e-16 of that size.
+    fn compare(what: &str, got: &ChunkGrads, want: &RefGrads, sizes: &RefGrads, tol: f64) -> f64 {
         let g = &got.grads;
+        let size = |x: &[f64]| x.iter().fold(0.0, |m: f64, v| m.max(v.abs()));
+        let error = |name: &str, a: &[f64], b: &[f64], scale: f64| {
+            assert_eq!(a.len(), b.len(), "{what} {name}: lengths differ");
+            let diff = size(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>());
+            let err = if diff == 0.0 { 0.0 } else { diff / scale };
+            assert!(
+                err <= tol,
+                "{what} {name}: relative error {err:e} > {tol:e}"
+            );
+            err
+        };
+        let gate_size = [
+            &want.di, &want.df, &want.dm0, &sizes.di, &sizes.df, &sizes.dm0,
+        ]
+        .into_iter()
+        .fold(0.0, |m: f64, x| m.max(size(x)));
+        let mut worst: f64 = 0.0;
         for (name, a, b) in [
-            ("dq", &g.dq, &want.dq),
-            ("dk", &g.dk, &want.dk),
-            ("dv", &g.dv, &want.dv),
             ("di", &g.di, &want.di),
             ("df", &g.df, &want.df),
-            ("dc0", &g.dc0, &want.dc0),
-            ("dn0", &g.dn0, &want.dn0),
             ("dm0", &g.dm0, &want.dm0),
         ] {
-            assert_close(&format!("{what} {name}"), a, b, tol);
+            worst = worst.max(error(name, a, b, gate_size));
         }
+        for (name, a, b, other) in [
+            ("dq", &g.dq, &want.dq, &sizes.dq),
+            ("dk", &g.dk, &want.dk, &sizes.dk),
+            ("dv", &g.dv, &want.dv, &sizes.dv),
+            ("dc0", &g.dc0, &want.dc0, &sizes.dc0),
+            ("dn0", &g.dn0, &want.dn0, &sizes.dn0),
+        ] {
+            worst = worst.max(error(name, a, b, size(b).max(size(other))));
+        }
+        worst
     }
 
     /// Upstream gradients: dh always; the final-state gradients when asked.
@@ -344,7 +420,7 @@ mod tests {
             dh: normals(sh.heads() * sh.s * sh.dhv, rng),
             dc: with_final.then(|| normals(sh.heads() * sh.dqk * sh.dhv, rng)),
             dn: with_final.then(|| normals(sh.heads() * sh.dqk, rng)),
-            dm: None,
+            dm: with_final.then(|| normals(sh.heads(), rng)),
         }
     }
 
@@ -365,7 +441,13 @@ mod tests {
                 let want = backward(&inp, &p, &g, GradMode::DetachedNormalizer);
                 for chunk in [1, 4, 13, 20] {
                     let got = chunkwise_backward(&inp, &p, &g, GradMode::DetachedNormalizer, chunk);
-                    compare(&format!("{variant:?} {sh:?} L={chunk}"), &got, &want, 1e-9);
+                    compare(
+                        &format!("{variant:?} {sh:?} L={chunk}"),
+                        &got,
+                        &want,
+                        &want,
+                        1e-9,
+                    );
                 }
             }
         }
@@ -387,28 +469,78 @@ mod tests {
             let want = backward(&inp, &p, &g, GradMode::Exact);
             for chunk in [3, 11] {
                 let got = chunkwise_backward(&inp, &p, &g, GradMode::Exact, chunk);
-                compare(&format!("{variant:?} L={chunk}"), &got, &want, 1e-9);
+                compare(&format!("{variant:?} L={chunk}"), &got, &want, &want, 1e-9);
             }
         }
     }
 
-    /// Exact mode, mLSTMexp with eps = 0: h no longer depends on m (only the stabilization
-    /// does), so holding m constant loses nothing and the two agree, dm0 included.
+    /// Exact mode, mLSTMexp: with the path through m the chunkwise form is the exact gradient,
+    /// equal to the stepwise one for the default eps and eps = 0, with and without final-state
+    /// gradients (dc, dn, dm), for chunk sizes dividing S and not, L > S, L = 1, S = 1 and S = 0
+    /// (then dm0 = dm_S).
     #[test]
-    fn exact_matches_the_stepwise_backward_for_exp_without_eps() {
-        let mut rng = seeded_rng("exact_matches_the_stepwise_backward_for_exp_without_eps");
-        let sh = shape(2, 1, 12, 4, 5);
-        let inp = RefInputs::random(sh, true, &mut rng);
-        let p = RefParams {
-            eps: 0.0,
-            ..RefParams::new(Variant::Exp, sh.dqk)
-        };
-        let g = upstream(&inp, false, &mut rng);
-        let want = backward(&inp, &p, &g, GradMode::Exact);
-        for chunk in [1, 5, 12] {
-            let got = chunkwise_backward(&inp, &p, &g, GradMode::Exact, chunk);
-            compare(&format!("exp eps=0 L={chunk}"), &got, &want, 1e-9);
+    fn exact_matches_the_stepwise_backward_for_exp() {
+        let mut rng = seeded_rng("exact_matches_the_stepwise_backward_for_exp");
+        let mut worst: f64 = 0.0;
+        for (sh, init) in [
+            (shape(1, 2, 13, 4, 3), true),
+            (shape(2, 1, 9, 5, 6), false),
+            (shape(1, 1, 1, 3, 2), true),
+            (shape(2, 2, 24, 4, 4), true),
+            (shape(1, 1, 0, 3, 2), true),
+        ] {
+            for eps in [1e-6, 0.0] {
+                for with_final in [true, false] {
+                    let inp = RefInputs::random(sh, init, &mut rng);
+                    let p = RefParams {
+                        eps,
+                        ..RefParams::new(Variant::Exp, sh.dqk)
+                    };
+                    let g = upstream(&inp, with_final, &mut rng);
+                    let want = backward(&inp, &p, &g, GradMode::Exact);
+                    let sizes = backward(&inp, &p, &g, GradMode::DetachedNormalizer);
+                    for chunk in [1, 4, 5, 13, 20] {
+                        let got = chunkwise_backward(&inp, &p, &g, GradMode::Exact, chunk);
+                        let what = format!("{sh:?} eps={eps:e} final={with_final} L={chunk}");
+                        worst = worst.max(compare(&what, &got, &want, &sizes, 1e-9));
+                    }
+                }
+            }
         }
+        println!("exact exp chunkwise vs stepwise: max relative error {worst:e}");
+    }
+
+    /// As [`exact_matches_the_stepwise_backward_for_exp`] with a tiny query scale, so that the
+    /// floor e^{−m_t} wins the normalizer max (the other regime of dmd_t), and with
+    /// a large eps, so that the path through m is a large part of the gate gradients.
+    #[test]
+    fn exact_matches_the_stepwise_backward_for_exp_with_floor_or_large_eps() {
+        let mut rng =
+            seeded_rng("exact_matches_the_stepwise_backward_for_exp_with_floor_or_large_eps");
+        let mut worst: f64 = 0.0;
+        for (sh, init) in [(shape(1, 2, 13, 4, 3), true), (shape(2, 1, 9, 5, 6), false)] {
+            let base = RefParams::new(Variant::Exp, sh.dqk);
+            for p in [
+                RefParams {
+                    scale: 1e-5,
+                    ..base
+                },
+                RefParams { eps: 0.5, ..base },
+            ] {
+                let inp = RefInputs::random(sh, init, &mut rng);
+                let g = upstream(&inp, true, &mut rng);
+                let want = backward(&inp, &p, &g, GradMode::Exact);
+                let sizes = backward(&inp, &p, &g, GradMode::DetachedNormalizer);
+                for chunk in [1, 4, 5, 13, 20] {
+                    let got = chunkwise_backward(&inp, &p, &g, GradMode::Exact, chunk);
+                    let what = format!("{sh:?} scale={:e} eps={:e} L={chunk}", p.scale, p.eps);
+                    worst = worst.max(compare(&what, &got, &want, &sizes, 1e-9));
+                }
+            }
+        }
+        println!(
+            "exact exp chunkwise vs stepwise (floor, large eps): max relative error {worst:e}"
+        );
     }
 
     /// The boundary gradients: the first is the initial-state gradient, the last the seed.
