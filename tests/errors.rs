@@ -23,3 +23,15 @@ fn registry_names_every_variant() {
         Err(Error::UnknownKernel { .. })
     ));
 }
+
+#[test]
+fn grad_mode_defaults_to_exact_and_parses_the_command_line_names() {
+    use tfla::GradMode;
+    assert_eq!(GradMode::default(), GradMode::Exact);
+    for mode in [GradMode::Exact, GradMode::DetachedNormalizer] {
+        assert_eq!(GradMode::parse(mode.name()), Some(mode));
+    }
+    assert_eq!(GradMode::parse("approx"), None);
+    // The reference takes the same type.
+    let _: tfla::reference::GradMode = GradMode::DetachedNormalizer;
+}

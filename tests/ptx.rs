@@ -1,28 +1,53 @@
 //! The PTX the host embeds: every registered entry point is present, nothing is left
 //! unresolved, and (where ptxas is installed) every kernel assembles for sm_90 with no spills
 //! and no stack frame (a register tile in local memory shows up as one).
+use tfla_params::bwd::BwdKernel;
 use tfla_params::fwd::{FwdKernel, entry_name};
 use tfla_params::{Dtype, Gates};
 use tfla_ptx_build::{Arch, entry_points, find_ptxas, ptxas_report, unresolved_externs};
 
-fn all_entry_names() -> Vec<&'static str> {
+const GATES: [Gates; 3] = [Gates::Exp, Gates::Sig, Gates::SigNoNorm];
+
+/// Every backward entry point (the gate-gradient kernel has one name per gate variant).
+fn bwd_entry_names() -> Vec<&'static str> {
+    let mut names = Vec::new();
+    for kernel in BwdKernel::ALL {
+        for gates in GATES {
+            for dtype in [Dtype::Bf16, Dtype::F16] {
+                names.push(tfla_params::bwd::entry_name(kernel, gates, dtype));
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Every forward entry point.
+fn fwd_entry_names() -> Vec<&'static str> {
     let mut names = Vec::new();
     for kernel in [
         FwdKernel::ChunkGates,
         FwdKernel::ChunkState,
         FwdKernel::ChunkOutput,
     ] {
-        for gates in [Gates::Exp, Gates::Sig, Gates::SigNoNorm] {
+        for gates in GATES {
             for dtype in [Dtype::Bf16, Dtype::F16] {
                 names.push(entry_name(kernel, gates, dtype));
             }
         }
     }
-    for gates in [Gates::Exp, Gates::Sig, Gates::SigNoNorm] {
+    for gates in GATES {
         names.push(tfla_params::fwd::recurrent::entry_name(gates));
     }
     names.sort();
     names.dedup();
+    names
+}
+
+fn all_entry_names() -> Vec<&'static str> {
+    let mut names = fwd_entry_names();
+    names.extend(bwd_entry_names());
     names
 }
 
@@ -80,31 +105,48 @@ fn ptxas_assembles_every_kernel_without_spills() {
     }
 }
 
+/// The size of `name`'s one parameter in the PTX (`.param .align 8 .b8 NAME_param_0[SIZE]`);
+/// fails if the entry has none or a second one.
+fn param_bytes(name: &str) -> usize {
+    let decl = format!("{name}_param_0[");
+    let line = tfla::runtime::PTX
+        .lines()
+        .find(|l| l.contains(&decl))
+        .unwrap_or_else(|| panic!("{name}: no parameter"));
+    assert!(
+        !tfla::runtime::PTX.contains(&format!("{name}_param_1")),
+        "{name} takes a second parameter"
+    );
+    line.split('[')
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
 #[test]
 fn every_entry_takes_the_parameter_struct_the_host_passes() {
-    // Each entry is declared `.param .align 8 .b8 NAME_param_0[SIZE]`: SIZE must be the host's
-    // size_of::<FwdParams>() (the struct is shared, but this catches a kernel taking anything
-    // else by value).
-    let size = std::mem::size_of::<tfla_params::fwd::FwdParams>();
-    for name in all_entry_names() {
-        let decl = format!("{name}_param_0[");
-        let line = tfla::runtime::PTX
-            .lines()
-            .find(|l| l.contains(&decl))
-            .unwrap_or_else(|| panic!("{name}: no parameter"));
-        let bytes: usize = line
-            .split('[')
-            .nth(1)
-            .and_then(|r| r.split(']').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap();
-        assert_eq!(
-            bytes, size,
-            "{name}: PTX parameter is {bytes} bytes, FwdParams is {size}"
-        );
-        assert!(
-            !tfla::runtime::PTX.contains(&format!("{name}_param_1")),
-            "{name} takes a second parameter"
-        );
+    // SIZE must be the host's size_of the params struct (the struct is shared, but this catches
+    // a kernel taking anything else by value).
+    let checks = [
+        (
+            fwd_entry_names(),
+            std::mem::size_of::<tfla_params::fwd::FwdParams>(),
+            "FwdParams",
+        ),
+        (
+            bwd_entry_names(),
+            std::mem::size_of::<tfla_params::bwd::BwdParams>(),
+            "BwdParams",
+        ),
+    ];
+    for (names, size, what) in checks {
+        for name in names {
+            let bytes = param_bytes(name);
+            assert_eq!(
+                bytes, size,
+                "{name}: PTX parameter is {bytes} bytes, {what} is {size}"
+            );
+        }
     }
 }

@@ -142,7 +142,7 @@ impl DeviceInputs {
     }
 }
 
-fn expect_shape(arg: &'static str, t: &Tensor, expected: &[usize]) -> Result<()> {
+pub(crate) fn expect_shape(arg: &'static str, t: &Tensor, expected: &[usize]) -> Result<()> {
     if t.shape() != expected {
         return Err(Error::Shape {
             arg,
@@ -185,8 +185,10 @@ pub struct ChunkGates {
 pub struct RowStats {
     /// Max state m_i: (B, NH, S) f32 (zeros for mLSTMsig).
     pub m: Tensor,
-    /// Denominator max(|s_i|, floor_i) + eps: (B, NH, S) f32 (1 without the normalizer).
-    pub den: Tensor,
+    /// Signed normalizer readout s_i = ñ_iᵀq̂_i: (B, NH, S) f32 (zeros without the
+    /// normalizer). The denominator is max(|s_i|, floor_i) + eps with floor_i = e^{−m_i}
+    /// (mLSTMexp) or 1 (mLSTMsig).
+    pub norm: Tensor,
 }
 
 /// The forward pass's outputs.
@@ -230,7 +232,7 @@ impl MlstmOutputs {
             row_stats: if cfg.row_stats {
                 Some(RowStats {
                     m: Tensor::uninit(rt, f32_, &[b, nh, s])?,
-                    den: Tensor::uninit(rt, f32_, &[b, nh, s])?,
+                    norm: Tensor::uninit(rt, f32_, &[b, nh, s])?,
                 })
             } else {
                 None
@@ -254,12 +256,14 @@ impl MlstmOutputs {
             &self.gates.g,
         ];
         if let Some(r) = &self.row_stats {
-            tensors.extend([&r.m, &r.den]);
+            tensors.extend([&r.m, &r.norm]);
         }
         tensors.iter().map(|t| t.numel() * t.dtype().size()).sum()
     }
 
-    fn check(&self, dims: &Dims, dtype: Dtype, cfg: &MlstmConfig) -> Result<()> {
+    /// Checks that these outputs were allocated for `dims`, `dtype` and the chunk size of
+    /// `cfg` (the forward before writing them, the backward before reading them).
+    pub(crate) fn check(&self, dims: &Dims, dtype: Dtype, cfg: &MlstmConfig) -> Result<()> {
         let Dims { b, nh, s, dqk, dhv } = *dims;
         let chunk = cfg.chunk_for(dims)?;
         let nc = s.div_ceil(chunk);
@@ -309,8 +313,17 @@ impl MlstmOutputs {
         }
         match (&self.row_stats, cfg.row_stats) {
             (Some(r), _) => {
-                expect_shape("row_stats.m", &r.m, &[b, nh, s])?;
-                expect_shape("row_stats.den", &r.den, &[b, nh, s])?;
+                for (arg, t) in [("row_stats.m", &r.m), ("row_stats.norm", &r.norm)] {
+                    expect_shape(arg, t, &[b, nh, s])?;
+                    // Written and read as f32: a 16-bit tensor of this shape is half the bytes.
+                    if t.dtype() != Dtype::F32 {
+                        return Err(Error::Dtype {
+                            arg,
+                            expected: "f32",
+                            got: t.dtype(),
+                        });
+                    }
+                }
             }
             (None, true) => {
                 return Err(Error::Invalid {
@@ -348,6 +361,9 @@ pub fn mlstm_fwd_into(
         // Without the normalizer no kernel forms ñ: hand back zeros rather than stale memory.
         out.n.fill_zero()?;
         out.states.n.fill_zero()?;
+        if let Some(r) = &mut out.row_stats {
+            r.norm.fill_zero()?;
+        }
     }
     // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked
     // against `dims` above (inputs by `dims()`, outputs by `check`); cuMemAlloc aligns them.
@@ -380,7 +396,7 @@ pub fn fwd_pointers(inputs: &MlstmInputs, out: &MlstmOutputs) -> FwdPointers {
         gate_cm: out.gates.cm.device_ptr(),
         gate_g: out.gates.g.device_ptr(),
         m_rows: stats(|r| &r.m),
-        den_rows: stats(|r| &r.den),
+        norm_rows: stats(|r| &r.norm),
     }
 }
 
@@ -459,7 +475,7 @@ pub unsafe fn mlstm_fwd_raw(
         ("gate_cm", ptrs.gate_cm, 4),
         ("gate_g", ptrs.gate_g, 4),
         ("m_rows", ptrs.m_rows, 4),
-        ("den_rows", ptrs.den_rows, 4),
+        ("norm_rows", ptrs.norm_rows, 4),
     ];
     for (arg, p, align) in aligned {
         if p % align != 0 {
@@ -470,11 +486,7 @@ pub unsafe fn mlstm_fwd_raw(
             });
         }
     }
-    let gates = match cfg.variant {
-        Variant::Exp => Gates::Exp,
-        Variant::Sig { normalize: true } => Gates::Sig,
-        Variant::Sig { normalize: false } => Gates::SigNoNorm,
-    };
+    let gates = kernel_gates(cfg.variant);
     let params = FwdParams {
         ptr: *ptrs,
         bh: dims.bh() as u32,
@@ -495,6 +507,15 @@ pub unsafe fn mlstm_fwd_raw(
         unsafe { l.run(rt, stream, &params)? };
     }
     Ok(())
+}
+
+/// The kernels' gate type parameter for `variant` (entry-point names and `Gates` branches).
+pub(crate) fn kernel_gates(variant: Variant) -> Gates {
+    match variant {
+        Variant::Exp => Gates::Exp,
+        Variant::Sig { normalize: true } => Gates::Sig,
+        Variant::Sig { normalize: false } => Gates::SigNoNorm,
+    }
 }
 
 /// The launches of the forward pass, in order: the gate vectors, then for 16-bit inputs the

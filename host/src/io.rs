@@ -5,9 +5,15 @@
 //! `c0` (B, NH, DQK, DHV), `n0` (B, NH, DQK), `m0` (B, NH); any of bf16, f16, f32. Output file:
 //! `h` (B, NH, S, DHV) in the compute dtype, `c`, `n`, `m` (final states) in f32, with the
 //! variant, chunk size, eps and dtype in the metadata.
-use crate::config::MlstmConfig;
+//!
+//! With `dh` (B, NH, S, DHV) in the input file (and optionally the final-state gradients `dc`
+//! (B, NH, DQK, DHV), `dn` (B, NH, DQK), `dm` (B, NH)), [`run_file`] also runs the backward pass
+//! and writes `dq`, `dk`, `dv` (compute dtype), `di`, `df` and, for the initial states the file
+//! has, `dc0`, `dn0`, `dm0` (f32); the gradient mode goes into the metadata.
+use crate::backward::{MlstmGradOutputs, mlstm_fwd_bwd};
+use crate::config::{GradMode, MlstmConfig};
 use crate::error::{Error, Result};
-use crate::forward::{DeviceInputs, mlstm_fwd};
+use crate::forward::{DeviceInputs, MlstmOutputs, mlstm_fwd};
 use crate::runtime::Runtime;
 use crate::tensor::{Dtype, Tensor};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
@@ -34,6 +40,30 @@ pub struct FileInputs {
     pub c0: Option<HostTensor>,
     pub n0: Option<HostTensor>,
     pub m0: Option<HostTensor>,
+    /// Upstream gradients: with `dh` the file asks for the backward pass.
+    pub dh: Option<HostTensor>,
+    pub dc: Option<HostTensor>,
+    pub dn: Option<HostTensor>,
+    pub dm: Option<HostTensor>,
+}
+
+/// Owned device copies of the upstream gradients of a file.
+struct DeviceGradOutputs {
+    dh: Tensor,
+    dc: Option<Tensor>,
+    dn: Option<Tensor>,
+    dm: Option<Tensor>,
+}
+
+impl DeviceGradOutputs {
+    fn as_grad_outputs(&self) -> MlstmGradOutputs<'_> {
+        MlstmGradOutputs {
+            dh: &self.dh,
+            dc: self.dc.as_ref(),
+            dn: self.dn.as_ref(),
+            dm: self.dm.as_ref(),
+        }
+    }
 }
 
 impl FileInputs {
@@ -51,6 +81,21 @@ impl FileInputs {
             n0: opt(&self.n0)?,
             m0: opt(&self.m0)?,
         })
+    }
+
+    /// Uploads the upstream gradients (dh as `dtype`, the rest as f32), or `None` without `dh`.
+    fn upload_grads(&self, rt: &Runtime, dtype: Dtype) -> Result<Option<DeviceGradOutputs>> {
+        let up = |t: &HostTensor, dt: Dtype| Tensor::from_f32_as(rt, dt, &t.data, &t.shape);
+        let opt = |t: &Option<HostTensor>| t.as_ref().map(|t| up(t, Dtype::F32)).transpose();
+        let Some(dh) = &self.dh else {
+            return Ok(None);
+        };
+        Ok(Some(DeviceGradOutputs {
+            dh: up(dh, dtype)?,
+            dc: opt(&self.dc)?,
+            dn: opt(&self.dn)?,
+            dm: opt(&self.dm)?,
+        }))
     }
 }
 
@@ -141,6 +186,10 @@ pub fn read_inputs(path: &Path) -> Result<FileInputs> {
         c0: get("c0", 4, false)?,
         n0: get("n0", 3, false)?,
         m0: get("m0", 2, false)?,
+        dh: get("dh", 4, false)?,
+        dc: get("dc", 4, false)?,
+        dn: get("dn", 3, false)?,
+        dm: get("dm", 2, false)?,
     })
 }
 
@@ -191,7 +240,8 @@ pub fn write_tensors(
 
 /// Runs the forward pass on a file's inputs and writes `h` and the final states. q, k, v are
 /// computed in `dtype` (bf16 or f16 on the tensor cores, values from the file rounded to it; or
-/// f32 through the f32 recurrence); gates and states in f32.
+/// f32 through the f32 recurrence); gates and states in f32. Upstream gradients in the file
+/// are ignored (see [`run_file`]).
 pub fn run_forward_file(
     rt: &Runtime,
     input: &Path,
@@ -199,11 +249,41 @@ pub fn run_forward_file(
     dtype: Dtype,
     cfg: &MlstmConfig,
 ) -> Result<()> {
-    let dev = read_inputs(input)?.upload(rt, dtype)?;
+    let file = FileInputs {
+        dh: None,
+        ..read_inputs(input)?
+    };
+    run(rt, &file, output, dtype, cfg, None)
+}
+
+/// [`run_forward_file`], and when the file holds `dh` also the backward pass in `mode` (16-bit
+/// `dtype` only), writing the gradients next to the forward's outputs.
+pub fn run_file(
+    rt: &Runtime,
+    input: &Path,
+    output: &Path,
+    dtype: Dtype,
+    cfg: &MlstmConfig,
+    mode: GradMode,
+) -> Result<()> {
+    run(rt, &read_inputs(input)?, output, dtype, cfg, Some(mode))
+}
+
+fn run(
+    rt: &Runtime,
+    file: &FileInputs,
+    output: &Path,
+    dtype: Dtype,
+    cfg: &MlstmConfig,
+    mode: Option<GradMode>,
+) -> Result<()> {
+    let dev = file.upload(rt, dtype)?;
     let inputs = dev.as_inputs();
     let dims = inputs.dims()?;
-    let out = mlstm_fwd(rt, &inputs, cfg)?;
-    rt.synchronize()?;
+    let grads_in = match mode {
+        Some(_) => file.upload_grads(rt, dtype)?,
+        None => None,
+    };
     let host = |t: &Tensor, dt: Dtype| -> Result<HostTensor> {
         Ok(HostTensor {
             dtype: dt,
@@ -216,22 +296,43 @@ pub fn run_forward_file(
         crate::Variant::Sig { normalize: true } => "sig",
         crate::Variant::Sig { normalize: false } => "sig_nonorm",
     };
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         ("variant".to_string(), variant.to_string()),
         ("chunk".to_string(), cfg.chunk_for(&dims)?.to_string()),
         ("eps".to_string(), cfg.eps.to_string()),
         ("dtype".to_string(), dtype.name().to_string()),
     ]);
-    write_tensors(
-        output,
-        &[
-            ("h", host(&out.h, dtype)?),
-            ("c", host(&out.c, Dtype::F32)?),
-            ("n", host(&out.n, Dtype::F32)?),
-            ("m", host(&out.m, Dtype::F32)?),
-        ],
-        metadata,
-    )
+    let (out, grads) = match (&grads_in, mode) {
+        (Some(g), Some(mode)) => {
+            let (out, grads) = mlstm_fwd_bwd(rt, &inputs, &g.as_grad_outputs(), cfg, mode)?;
+            metadata.insert("grad_mode".to_string(), mode.name().to_string());
+            (out, Some(grads))
+        }
+        _ => (mlstm_fwd(rt, &inputs, cfg)?, None),
+    };
+    rt.synchronize()?;
+    let MlstmOutputs { h, c, n, m, .. } = &out;
+    let mut tensors = vec![
+        ("h", host(h, dtype)?),
+        ("c", host(c, Dtype::F32)?),
+        ("n", host(n, Dtype::F32)?),
+        ("m", host(m, Dtype::F32)?),
+    ];
+    if let Some(g) = &grads {
+        tensors.extend([
+            ("dq", host(&g.dq, dtype)?),
+            ("dk", host(&g.dk, dtype)?),
+            ("dv", host(&g.dv, dtype)?),
+            ("di", host(&g.di, Dtype::F32)?),
+            ("df", host(&g.df, Dtype::F32)?),
+        ]);
+        for (name, t) in [("dc0", &g.dc0), ("dn0", &g.dn0), ("dm0", &g.dm0)] {
+            if let Some(t) = t {
+                tensors.push((name, host(t, Dtype::F32)?));
+            }
+        }
+    }
+    write_tensors(output, &tensors, metadata)
 }
 
 #[cfg(test)]
@@ -274,7 +375,30 @@ mod tests {
             assert_eq!(back.v, tensors[2].1);
             assert_eq!(back.m0.as_ref(), Some(&tensors[5].1));
             assert!(back.c0.is_none() && back.n0.is_none());
+            assert!(back.dh.is_none() && back.dc.is_none());
         }
+    }
+
+    #[test]
+    fn reads_upstream_gradients_when_present() {
+        let path = tmp("grads");
+        let mut tensors = valid(Dtype::Bf16);
+        tensors.push(("dh", t(Dtype::Bf16, &[1, 2, 5, 32])));
+        tensors.push(("dm", t(Dtype::F32, &[1, 2])));
+        write_tensors(&path, &tensors, HashMap::new()).unwrap();
+        let back = read_inputs(&path).unwrap();
+        assert_eq!(back.dh.as_ref(), Some(&tensors[5].1));
+        assert_eq!(back.dm.as_ref(), Some(&tensors[6].1));
+        assert!(back.dc.is_none() && back.dn.is_none());
+        let mut bad = valid(Dtype::Bf16);
+        bad.push(("dh", t(Dtype::Bf16, &[2, 5, 32])));
+        write_tensors(&path, &bad, HashMap::new()).unwrap();
+        let err = read_inputs(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            err.contains("tensor `dh` has shape [2, 5, 32]; expected rank 4"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,13 +15,31 @@ pub(crate) struct Launch {
 }
 
 impl Launch {
-    /// Fails with [`Error::SharedMemory`] when the device cannot give the block its memory.
+    /// Fails with [`Error::SharedMemory`] when the device cannot give the block its memory, and
+    /// with [`Error::Invalid`] when the grid exceeds CUDA's limits (a very long S puts its row
+    /// tiles on the y axis, B·NH on y or z).
     pub fn check(&self, rt: &Runtime) -> Result<()> {
+        self.check_grid()?;
         if self.smem > rt.max_smem_optin {
             return Err(Error::SharedMemory {
                 kernel: self.name,
                 requested: self.smem,
                 available: rt.max_smem_optin,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_grid(&self) -> Result<()> {
+        const MAX_X: u32 = i32::MAX as u32;
+        const MAX_YZ: u32 = 65_535;
+        let (x, y, z) = self.grid;
+        if x > MAX_X || y > MAX_YZ || z > MAX_YZ || x == 0 || y == 0 || z == 0 {
+            return Err(Error::Invalid {
+                arg: "grid",
+                value: format!("{:?} for `{}`", self.grid, self.name),
+                reason: "outside CUDA's grid limits (x < 2^31, y and z ≤ 65535, none 0): \
+                         S or B·NH too large for one call",
             });
         }
         Ok(())
@@ -61,6 +79,33 @@ impl Launch {
                     &args,
                 )
                 .map_err(Error::cuda("cuLaunchKernel"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_beyond_cuda_limits_are_typed_errors() {
+        let launch = |grid| Launch {
+            name: "k",
+            grid,
+            threads: 128,
+            smem: 0,
+        };
+        assert!(launch((1, 65_535, 65_535)).check_grid().is_ok());
+        for grid in [
+            (1, 65_536, 1),
+            (1, 1, 65_536),
+            (0, 1, 1),
+            (1u32 << 31, 1, 1),
+        ] {
+            assert!(matches!(
+                launch(grid).check_grid(),
+                Err(Error::Invalid { arg: "grid", .. })
+            ));
         }
     }
 }

@@ -3,9 +3,12 @@
 //! through cust, validates every argument, and launches.
 //!
 //! - [`mlstm_fwd`]: the chunkwise forward pass (mLSTMexp and mLSTMsig), see [`forward`].
+//! - [`mlstm_bwd`], [`mlstm_fwd_bwd`]: the backward pass, exact or with a detached normalizer
+//!   ([`GradMode`]), see [`backward`].
 //! - [`reference`]: the float64 CPU reference (recurrent, parallel, chunkwise forms and the
 //!   gradient), the ground truth of every test.
 //! - [`registry`]: the kernel variants by name.
+pub mod backward;
 pub mod config;
 pub mod error;
 pub mod flops;
@@ -18,7 +21,11 @@ pub mod runtime;
 pub mod tensor;
 pub mod variant;
 
-pub use config::{Dims, MlstmConfig, select_chunk_size};
+pub use backward::{
+    BwdPointers, BwdWorkspace, MlstmGradOutputs, MlstmGrads, bwd_pointers, mlstm_bwd,
+    mlstm_bwd_into, mlstm_bwd_raw, mlstm_fwd_bwd,
+};
+pub use config::{Dims, GradMode, MlstmConfig, select_chunk_size};
 pub use error::{Error, Result};
 pub use forward::{
     ChunkGates, ChunkStates, DeviceInputs, FwdPointers, MlstmInputs, MlstmOutputs, RowStats,

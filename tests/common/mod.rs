@@ -4,7 +4,7 @@
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tfla::reference::{RefInputs, Shape};
+use tfla::reference::{RefGradOutputs, RefInputs, Shape};
 use tfla::{DeviceInputs, Dtype, Runtime, Tensor};
 
 /// The runtime for GPU tests. GPU tests are `#[ignore]`d (reported as ignored, never as
@@ -97,4 +97,90 @@ pub fn fwd_tolerance(dtype: Dtype) -> f64 {
         Dtype::F16 => 2e-3,
         Dtype::F32 => 1e-5,
     }
+}
+
+/// Relative error bound of the backward gradients per input dtype (every gradient: dq, dk, dv,
+/// dĩ, df̃ and the initial-state gradients). Looser than the forward's: the kernels round the
+/// score matrices P and dP, the state gradients dC̃_k and the gate-weighted operands to the
+/// input dtype before each `mma`, and df̃ is a reverse cumulative sum of differences of such
+/// products. Starting values; the GPU tests print every measured error so they can be
+/// tightened to a few times what is measured.
+pub fn bwd_tolerance(dtype: Dtype) -> f64 {
+    match dtype {
+        Dtype::Bf16 => 3e-2,
+        Dtype::F16 => 1e-2,
+        Dtype::F32 => 1e-5,
+    }
+}
+
+/// A sample of N(0, 1) (Box–Muller).
+pub fn normal(rng: &mut impl rand::Rng) -> f64 {
+    let u1: f64 = 1.0 - rng.gen_range(0.0..1.0);
+    let u2: f64 = rng.gen_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// Random upstream gradients ~ N(0, 1): dh always; with `with_final` also dC̃_S, dñ_S and dm_S.
+/// dh is rounded to `dtype` and the rest to f32, so the reference sees what the kernels see.
+/// Without the normalizer dñ_S is left out: that forward returns ñ = 0, a constant, so the
+/// kernels ignore it, while the reference (which carries ñ in every variant) would follow it.
+pub fn random_grad_outputs(
+    shape: Shape,
+    variant: tfla::Variant,
+    dtype: Dtype,
+    with_final: bool,
+    rng: &mut impl rand::Rng,
+) -> RefGradOutputs {
+    let Shape { s, dqk, dhv, .. } = shape;
+    let heads = shape.heads();
+    let mut normals = |n: usize, dt| round_to(dt, &(0..n).map(|_| normal(rng)).collect::<Vec<_>>());
+    RefGradOutputs {
+        dh: normals(heads * s * dhv, dtype),
+        dc: with_final.then(|| normals(heads * dqk * dhv, Dtype::F32)),
+        dn: (with_final && variant.normalizes()).then(|| normals(heads * dqk, Dtype::F32)),
+        dm: with_final.then(|| normals(heads, Dtype::F32)),
+    }
+}
+
+/// Owned device copies of the upstream gradients (what [`tfla::MlstmGradOutputs`] borrows).
+pub struct DeviceGradOutputs {
+    pub dh: Tensor,
+    pub dc: Option<Tensor>,
+    pub dn: Option<Tensor>,
+    pub dm: Option<Tensor>,
+}
+
+impl DeviceGradOutputs {
+    pub fn as_grad_outputs(&self) -> tfla::MlstmGradOutputs<'_> {
+        tfla::MlstmGradOutputs {
+            dh: &self.dh,
+            dc: self.dc.as_ref(),
+            dn: self.dn.as_ref(),
+            dm: self.dm.as_ref(),
+        }
+    }
+}
+
+/// Uploads upstream gradients: dh as `dtype`, the final-state gradients as f32.
+pub fn upload_grad_outputs(
+    rt: &Runtime,
+    g: &RefGradOutputs,
+    shape: Shape,
+    dtype: Dtype,
+) -> DeviceGradOutputs {
+    let Shape { b, nh, s, dqk, dhv } = shape;
+    let up =
+        |dt, x: &[f64], shape: &[usize]| Tensor::from_f32_as(rt, dt, &to_f32(x), shape).unwrap();
+    let opt = |x: &Option<Vec<f64>>, shape: &[usize]| x.as_ref().map(|x| up(Dtype::F32, x, shape));
+    DeviceGradOutputs {
+        dh: up(dtype, &g.dh, &[b, nh, s, dhv]),
+        dc: opt(&g.dc, &[b, nh, dqk, dhv]),
+        dn: opt(&g.dn, &[b, nh, dqk]),
+        dm: opt(&g.dm, &[b, nh]),
+    }
+}
+
+/// A device tensor's values as f64 (for comparisons between two device results).
+pub fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.to_f32_vec().unwrap().iter().map(|&x| x as f64).collect()
 }

@@ -1,13 +1,15 @@
-//! tfla-fwd: the forward pass on a `.safetensors` file (see `tfla::io` for the file layout).
+//! tfla-fwd: the forward pass on a `.safetensors` file (see `tfla::io` for the file layout),
+//! and the backward pass too when the file holds `dh`.
 //!
 //! tfla-fwd --in INPUT.safetensors --out OUTPUT.safetensors [--kernel chunkwise--tfla-exp]
-//!          [--chunk L] [--dtype bf16|f16|f32] [--eps EPS]
+//!          [--chunk L] [--dtype bf16|f16|f32] [--eps EPS] [--grad-mode exact|detached]
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tfla::{Dtype, MlstmConfig, Runtime, registry};
+use tfla::{Dtype, GradMode, MlstmConfig, Runtime, registry};
 
 const USAGE: &str = "usage: tfla-fwd --in INPUT.safetensors --out OUTPUT.safetensors \
-    [--kernel NAME] [--chunk L] [--dtype bf16|f16|f32] [--eps EPS]";
+    [--kernel NAME] [--chunk L] [--dtype bf16|f16|f32] [--eps EPS] \
+    [--grad-mode exact|detached] (with `dh` in the input: also the backward pass)";
 
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,8 +45,13 @@ fn run() -> Result<(), String> {
             ));
         }
     };
+    let mode = match opt("--grad-mode") {
+        None => GradMode::default(),
+        Some(m) => GradMode::parse(&m)
+            .ok_or_else(|| format!("--grad-mode: `{m}` is not supported (exact or detached)"))?,
+    };
     let rt = Runtime::new().map_err(|e| e.to_string())?;
-    tfla::io::run_forward_file(&rt, &input, &output, dtype, &cfg).map_err(|e| e.to_string())?;
+    tfla::io::run_file(&rt, &input, &output, dtype, &cfg, mode).map_err(|e| e.to_string())?;
     println!("wrote {}", output.display());
     Ok(())
 }

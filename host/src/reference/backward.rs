@@ -34,19 +34,8 @@ use super::state::{State, dot};
 use super::{RefInputs, RefParams, Shape, check_len, check_opt_len};
 use crate::Variant;
 
-/// Which gradient [`backward`] computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GradMode {
-    /// The true gradient of the forward as defined, including the paths through the
-    /// denominator max(|s|, e^{−m}) + eps and (mLSTMexp) through the max state m, which is
-    /// piecewise linear in the gates. Exact except on the measure-zero set where a max ties.
-    Exact,
-    /// The denominator and the max state held constant (what the TFLA authors' Triton kernels
-    /// compute): ds = 0 and no path through m. No gradient flows through ñ: the upstream dn and
-    /// dm are ignored and dn0 = dm0 = 0. This is the exact gradient of a forward whose m_t and
-    /// den_t are frozen copies of their values.
-    DetachedNormalizer,
-}
+// The mode is the one type the GPU API and the reference share (defined with the config).
+pub use crate::config::GradMode;
 
 /// Upstream gradients: of h and, optionally, of the final states.
 #[derive(Clone, Debug, PartialEq)]

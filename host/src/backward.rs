@@ -1,0 +1,769 @@
+//! The backward pass: gradients of the chunkwise forward w.r.t. q, k, v, the gate
+//! pre-activations and the initial states, from the forward's saved outputs.
+//!
+//! Notation as in [`crate::forward`]: B batch, NH heads, S steps, DQK / DHV head dims, L chunk
+//! size, NC = ceil(S/L), BH = B·NH. Upstream gradients dh (B, NH, S, DHV) in the input dtype
+//! and optionally dC̃_S (B, NH, DQK, DHV), dñ_S (B, NH, DQK), dm_S (B, NH) f32. Gradients dq, dk
+//! (B, NH, S, DQK), dv (B, NH, S, DHV) in the input dtype, dĩ, df̃ (B, NH, S) f32, and the
+//! initial-state gradients in f32 where the inputs had initial states.
+//!
+//! Seven launches (`params/src/bwd.rs`): per-row coefficients, the reverse walk of the state
+//! gradients over the chunks, the intra-chunk score matrices, dq, dk, dv, and the gate
+//! gradients. The two [`GradMode`]s share every kernel; Exact also carries the normalizer as
+//! one more value column and scans the max-state path.
+use crate::config::{Dims, GradMode, MlstmConfig};
+use crate::error::{Error, Result};
+use crate::forward::{MlstmInputs, MlstmOutputs, expect_shape, kernel_gates, mlstm_fwd};
+use crate::launch::Launch;
+use crate::runtime::Runtime;
+use crate::tensor::{Dtype, Tensor};
+use crate::variant::Variant;
+use cust::stream::Stream;
+pub use tfla_params::bwd::BwdPointers;
+use tfla_params::bwd::{self, BwdKernel, BwdParams};
+use tfla_params::{Dtype as KDtype, Gates};
+
+/// The backward pass's upstream gradients: of h, and optionally of the final states.
+#[derive(Clone, Copy)]
+pub struct MlstmGradOutputs<'a> {
+    /// dL/dh: (B, NH, S, DHV) in the input dtype.
+    pub dh: &'a Tensor,
+    /// dL/dC̃_S: (B, NH, DQK, DHV) f32.
+    pub dc: Option<&'a Tensor>,
+    /// dL/dñ_S: (B, NH, DQK) f32. Ignored in [`GradMode::DetachedNormalizer`] and by mLSTMsig
+    /// without the normalizer (whose forward returns ñ = 0, a constant).
+    pub dn: Option<&'a Tensor>,
+    /// dL/dm_S: (B, NH) f32. Followed only by mLSTMexp in [`GradMode::Exact`] (mLSTMsig has no
+    /// max state; the detached mode holds it constant).
+    pub dm: Option<&'a Tensor>,
+}
+
+impl<'a> MlstmGradOutputs<'a> {
+    /// Only dh (no final-state gradients).
+    pub fn new(dh: &'a Tensor) -> Self {
+        MlstmGradOutputs {
+            dh,
+            dc: None,
+            dn: None,
+            dm: None,
+        }
+    }
+
+    /// Checks every shape and dtype against the forward's `dims` and input `dtype`.
+    pub fn check(&self, dims: &Dims, dtype: Dtype) -> Result<()> {
+        let Dims { b, nh, s, dqk, dhv } = *dims;
+        expect_shape("dh", self.dh, &[b, nh, s, dhv])?;
+        expect_dtype("dh", self.dh, dtype)?;
+        let finals = [
+            ("dc", self.dc, vec![b, nh, dqk, dhv]),
+            ("dn", self.dn, vec![b, nh, dqk]),
+            ("dm", self.dm, vec![b, nh]),
+        ];
+        for (arg, t, shape) in finals {
+            if let Some(t) = t {
+                expect_shape(arg, t, &shape)?;
+                expect_dtype(arg, t, Dtype::F32)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn expect_dtype(arg: &'static str, t: &Tensor, dtype: Dtype) -> Result<()> {
+    if t.dtype() != dtype {
+        return Err(Error::Dtype {
+            arg,
+            expected: dtype.name(),
+            got: t.dtype(),
+        });
+    }
+    Ok(())
+}
+
+/// The 16-bit dtypes only: the backward kernels run on the tensor cores.
+fn check_backward_dtype(dtype: Dtype) -> Result<KDtype> {
+    match dtype {
+        Dtype::Bf16 => Ok(KDtype::Bf16),
+        Dtype::F16 => Ok(KDtype::F16),
+        Dtype::F32 => Err(Error::Dtype {
+            arg: "q",
+            expected: "bf16 or f16 (the backward has no f32 path yet)",
+            got: dtype,
+        }),
+    }
+}
+
+/// Scratch tensors the backward kernels hand each other (see `params/src/bwd.rs`,
+/// [`BwdPointers`]). Kept with the gradients so repeated calls allocate nothing and the scratch
+/// outlives the kernels that use it.
+#[derive(Debug)]
+pub struct BwdWorkspace {
+    pub chunk_size: usize,
+    /// Per-row coefficients: (`rows::PLANES`, BH, NC·L) f32.
+    pub row_coef: Tensor,
+    /// dC̃ after each chunk: (BH, NC, DQK, DHV) in the input dtype (the combine kernels' mma
+    /// operand, as the forward's C̃_k).
+    pub dc_states: Tensor,
+    /// dñ after each chunk: (BH, NC, DQK) f32.
+    pub dn_states: Tensor,
+    /// Gated score matrices P and dP of every chunk: (BH, NC, L, L) in the input dtype each.
+    pub scores_p: Tensor,
+    pub scores_dp: Tensor,
+    /// Partial row dots q·dq and k·dk per column tile: (2, BH, NC·L, combine::MAX_COL_TILES)
+    /// f32.
+    pub row_dots: Tensor,
+    /// Partial state dots per state tile: (2, BH, state::MAX_TILES) f32.
+    pub state_dots: Tensor,
+}
+
+/// Shapes of the workspace tensors at `dims` and chunk size `chunk`, with their dtypes.
+fn workspace_layout(
+    dims: &Dims,
+    dtype: Dtype,
+    chunk: usize,
+) -> [(&'static str, Dtype, Vec<usize>); 7] {
+    let (bh, dqk, dhv) = (dims.bh(), dims.dqk, dims.dhv);
+    let nc = dims.s.div_ceil(chunk);
+    let rows = nc * chunk;
+    let f32_ = Dtype::F32;
+    [
+        ("row_coef", f32_, vec![bwd::rows::PLANES as usize, bh, rows]),
+        ("dc_states", dtype, vec![bh, nc, dqk, dhv]),
+        ("dn_states", f32_, vec![bh, nc, dqk]),
+        ("scores_p", dtype, vec![bh, nc, chunk, chunk]),
+        ("scores_dp", dtype, vec![bh, nc, chunk, chunk]),
+        (
+            "row_dots",
+            f32_,
+            vec![2, bh, rows, bwd::combine::MAX_COL_TILES as usize],
+        ),
+        (
+            "state_dots",
+            f32_,
+            vec![2, bh, bwd::state::MAX_TILES as usize],
+        ),
+    ]
+}
+
+impl BwdWorkspace {
+    /// Allocates the scratch for `dims`, the input `dtype` and chunk size `chunk`.
+    pub fn alloc(rt: &Runtime, dims: &Dims, dtype: Dtype, chunk: usize) -> Result<Self> {
+        let [rc, dcs, dns, sp, sdp, rd, sd] = workspace_layout(dims, dtype, chunk)
+            .map(|(_, dt, shape)| Tensor::uninit(rt, dt, &shape));
+        Ok(BwdWorkspace {
+            chunk_size: chunk,
+            row_coef: rc?,
+            dc_states: dcs?,
+            dn_states: dns?,
+            scores_p: sp?,
+            scores_dp: sdp?,
+            row_dots: rd?,
+            state_dots: sd?,
+        })
+    }
+
+    fn tensors(&self) -> [&Tensor; 7] {
+        [
+            &self.row_coef,
+            &self.dc_states,
+            &self.dn_states,
+            &self.scores_p,
+            &self.scores_dp,
+            &self.row_dots,
+            &self.state_dots,
+        ]
+    }
+
+    /// Device memory the workspace holds.
+    pub fn bytes(&self) -> usize {
+        self.tensors().iter().map(|t| bytes(t)).sum()
+    }
+
+    fn check(&self, dims: &Dims, dtype: Dtype, chunk: usize) -> Result<()> {
+        if self.chunk_size != chunk {
+            return Err(Error::Invalid {
+                arg: "workspace.chunk_size",
+                value: self.chunk_size.to_string(),
+                reason: "the gradients were allocated for another chunk size",
+            });
+        }
+        for ((arg, dt, shape), t) in workspace_layout(dims, dtype, chunk)
+            .into_iter()
+            .zip(self.tensors())
+        {
+            expect_shape(arg, t, &shape)?;
+            expect_dtype(arg, t, dt)?;
+        }
+        Ok(())
+    }
+}
+
+fn bytes(t: &Tensor) -> usize {
+    t.numel() * t.dtype().size()
+}
+
+/// The backward pass's outputs: the gradient w.r.t. every input of the forward.
+#[derive(Debug)]
+pub struct MlstmGrads {
+    /// dq, dk: (B, NH, S, DQK); dv: (B, NH, S, DHV); in the input dtype.
+    pub dq: Tensor,
+    pub dk: Tensor,
+    pub dv: Tensor,
+    /// dĩ, df̃: (B, NH, S) f32.
+    pub di: Tensor,
+    pub df: Tensor,
+    /// dL/dC̃_0 (B, NH, DQK, DHV), dL/dñ_0 (B, NH, DQK), dL/dm_0 (B, NH), f32: each present
+    /// exactly when the inputs had that initial state. dñ_0 is zero where the gradient does not
+    /// follow ñ (DetachedNormalizer, mLSTMsig without normalizer), dm_0 where it does not
+    /// follow m (DetachedNormalizer, mLSTMsig).
+    pub dc0: Option<Tensor>,
+    pub dn0: Option<Tensor>,
+    pub dm0: Option<Tensor>,
+    /// Scratch of the kernels (contents unspecified between calls).
+    pub workspace: BwdWorkspace,
+}
+
+impl MlstmGrads {
+    /// Allocates gradients (and the workspace) for `inputs` and the chunk size of `cfg`
+    /// (contents unspecified until a backward pass writes them).
+    pub fn alloc(rt: &Runtime, inputs: &MlstmInputs, cfg: &MlstmConfig) -> Result<Self> {
+        let dims = inputs.dims()?;
+        let dtype = inputs.q.dtype();
+        let chunk = cfg.chunk_for(&dims)?;
+        let Dims { b, nh, s, dqk, dhv } = dims;
+        let f32_ = Dtype::F32;
+        let opt = |given: bool, shape: &[usize]| -> Result<Option<Tensor>> {
+            given.then(|| Tensor::uninit(rt, f32_, shape)).transpose()
+        };
+        Ok(MlstmGrads {
+            dq: Tensor::uninit(rt, dtype, &[b, nh, s, dqk])?,
+            dk: Tensor::uninit(rt, dtype, &[b, nh, s, dqk])?,
+            dv: Tensor::uninit(rt, dtype, &[b, nh, s, dhv])?,
+            di: Tensor::uninit(rt, f32_, &[b, nh, s])?,
+            df: Tensor::uninit(rt, f32_, &[b, nh, s])?,
+            dc0: opt(inputs.c0.is_some(), &[b, nh, dqk, dhv])?,
+            dn0: opt(inputs.n0.is_some(), &[b, nh, dqk])?,
+            dm0: opt(inputs.m0.is_some(), &[b, nh])?,
+            workspace: BwdWorkspace::alloc(rt, &dims, dtype, chunk)?,
+        })
+    }
+
+    /// Device memory these gradients and their workspace hold (everything a backward call
+    /// allocates).
+    pub fn bytes(&self) -> usize {
+        let mut tensors = vec![&self.dq, &self.dk, &self.dv, &self.di, &self.df];
+        tensors.extend(self.dc0.iter().chain(&self.dn0).chain(&self.dm0));
+        tensors.iter().map(|t| bytes(t)).sum::<usize>() + self.workspace.bytes()
+    }
+
+    fn check(&self, inputs: &MlstmInputs, dims: &Dims, dtype: Dtype, chunk: usize) -> Result<()> {
+        let Dims { b, nh, s, dqk, dhv } = *dims;
+        for (arg, t, shape) in [
+            ("dq", &self.dq, [b, nh, s, dqk]),
+            ("dk", &self.dk, [b, nh, s, dqk]),
+            ("dv", &self.dv, [b, nh, s, dhv]),
+        ] {
+            expect_shape(arg, t, &shape)?;
+            expect_dtype(arg, t, dtype)?;
+        }
+        for (arg, t) in [("di", &self.di), ("df", &self.df)] {
+            expect_shape(arg, t, &[b, nh, s])?;
+            expect_dtype(arg, t, Dtype::F32)?;
+        }
+        let initial = [
+            ("dc0", &self.dc0, inputs.c0.is_some(), vec![b, nh, dqk, dhv]),
+            ("dn0", &self.dn0, inputs.n0.is_some(), vec![b, nh, dqk]),
+            ("dm0", &self.dm0, inputs.m0.is_some(), vec![b, nh]),
+        ];
+        for (arg, t, given, shape) in initial {
+            match (t, given) {
+                (Some(t), true) => {
+                    expect_shape(arg, t, &shape)?;
+                    expect_dtype(arg, t, Dtype::F32)?;
+                }
+                (None, false) => {}
+                (t, _) => {
+                    return Err(Error::Invalid {
+                        arg,
+                        value: if t.is_some() { "Some" } else { "None" }.into(),
+                        reason: "an initial-state gradient is present exactly when the inputs \
+                                 have that initial state",
+                    });
+                }
+            }
+        }
+        self.workspace.check(dims, dtype, chunk)
+    }
+}
+
+/// Runs the backward pass, allocating the gradients. `fwd` holds the outputs of the forward
+/// pass on the same `inputs` and `cfg` (with `row_stats` for the normalized variants).
+pub fn mlstm_bwd(
+    rt: &Runtime,
+    inputs: &MlstmInputs,
+    fwd: &MlstmOutputs,
+    grad_out: &MlstmGradOutputs,
+    cfg: &MlstmConfig,
+    mode: GradMode,
+) -> Result<MlstmGrads> {
+    // Validate before allocating: a bad argument should not cost the (large) workspace.
+    check_args(inputs, fwd, grad_out, cfg)?;
+    let mut grads = MlstmGrads::alloc(rt, inputs, cfg)?;
+    mlstm_bwd_into(rt, inputs, fwd, grad_out, cfg, mode, &mut grads)?;
+    Ok(grads)
+}
+
+/// Checks everything the backward reads; returns the dims and dtype.
+fn check_args(
+    inputs: &MlstmInputs,
+    fwd: &MlstmOutputs,
+    grad_out: &MlstmGradOutputs,
+    cfg: &MlstmConfig,
+) -> Result<(Dims, Dtype)> {
+    let dims = inputs.dims()?;
+    let dtype = inputs.q.dtype();
+    check_backward_dtype(dtype)?;
+    cfg.scale_for(&dims)?;
+    fwd.check(&dims, dtype, cfg)?;
+    // m_i is rebuilt from the gate vectors; the backward needs only the normalizer readout.
+    if cfg.variant.normalizes() && fwd.row_stats.is_none() {
+        return Err(Error::Invalid {
+            arg: "fwd.row_stats",
+            value: "None".into(),
+            reason: "the normalized variants' backward needs the forward's row statistics: \
+                     run the forward with MlstmConfig::row_stats = true",
+        });
+    }
+    grad_out.check(&dims, dtype)?;
+    Ok((dims, dtype))
+}
+
+/// Runs the backward pass into caller-allocated gradients (see [`MlstmGrads::alloc`]).
+pub fn mlstm_bwd_into(
+    rt: &Runtime,
+    inputs: &MlstmInputs,
+    fwd: &MlstmOutputs,
+    grad_out: &MlstmGradOutputs,
+    cfg: &MlstmConfig,
+    mode: GradMode,
+    grads: &mut MlstmGrads,
+) -> Result<()> {
+    let (dims, dtype) = check_args(inputs, fwd, grad_out, cfg)?;
+    grads.check(inputs, &dims, dtype, cfg.chunk_for(&dims)?)?;
+    let ptrs = bwd_pointers(inputs, fwd, grad_out, grads);
+    // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked against
+    // `dims` above (inputs by `dims()`, forward outputs by `check`, upstream gradients, outputs
+    // and workspace by their `check`); cuMemAlloc aligns them.
+    unsafe { mlstm_bwd_raw(rt, rt.stream(), &ptrs, dims, dtype, cfg, mode) }
+}
+
+/// Runs the forward pass (with row statistics and final states) and then the backward pass.
+pub fn mlstm_fwd_bwd(
+    rt: &Runtime,
+    inputs: &MlstmInputs,
+    grad_out: &MlstmGradOutputs,
+    cfg: &MlstmConfig,
+    mode: GradMode,
+) -> Result<(MlstmOutputs, MlstmGrads)> {
+    let dims = inputs.dims()?;
+    // Reject what the backward would reject before spending a forward pass on it.
+    check_backward_dtype(inputs.q.dtype())?;
+    grad_out.check(&dims, inputs.q.dtype())?;
+    let cfg = MlstmConfig {
+        row_stats: true,
+        ..*cfg
+    };
+    let fwd = mlstm_fwd(rt, inputs, &cfg)?;
+    let grads = mlstm_bwd(rt, inputs, &fwd, grad_out, &cfg, mode)?;
+    Ok((fwd, grads))
+}
+
+/// The device addresses of every tensor, as [`mlstm_bwd_raw`] takes them.
+pub fn bwd_pointers(
+    inputs: &MlstmInputs,
+    fwd: &MlstmOutputs,
+    grad_out: &MlstmGradOutputs,
+    grads: &MlstmGrads,
+) -> BwdPointers {
+    let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
+    let ws = &grads.workspace;
+    BwdPointers {
+        q: inputs.q.device_ptr(),
+        k: inputs.k.device_ptr(),
+        v: inputs.v.device_ptr(),
+        i: inputs.i.device_ptr(),
+        f: inputs.f.device_ptr(),
+        c0: ptr(inputs.c0),
+        n0: ptr(inputs.n0),
+        m0: ptr(inputs.m0),
+        h: fwd.h.device_ptr(),
+        c_states: fwd.states.c.device_ptr(),
+        n_states: fwd.states.n.device_ptr(),
+        m_states: fwd.states.m.device_ptr(),
+        c_final: fwd.c.device_ptr(),
+        n_final: fwd.n.device_ptr(),
+        gate_b: fwd.gates.b.device_ptr(),
+        gate_u: fwd.gates.u.device_ptr(),
+        gate_cm: fwd.gates.cm.device_ptr(),
+        gate_g: fwd.gates.g.device_ptr(),
+        norm_rows: ptr(fwd.row_stats.as_ref().map(|r| &r.norm)),
+        dh: grad_out.dh.device_ptr(),
+        dc_final: ptr(grad_out.dc),
+        dn_final: ptr(grad_out.dn),
+        dm_final: ptr(grad_out.dm),
+        row_coef: ws.row_coef.device_ptr(),
+        dc_states: ws.dc_states.device_ptr(),
+        dn_states: ws.dn_states.device_ptr(),
+        scores_p: ws.scores_p.device_ptr(),
+        scores_dp: ws.scores_dp.device_ptr(),
+        row_dots: ws.row_dots.device_ptr(),
+        state_dots: ws.state_dots.device_ptr(),
+        dq: grads.dq.device_ptr(),
+        dk: grads.dk.device_ptr(),
+        dv: grads.dv.device_ptr(),
+        di: grads.di.device_ptr(),
+        df: grads.df.device_ptr(),
+        dc0: ptr(grads.dc0.as_ref()),
+        dn0: ptr(grads.dn0.as_ref()),
+        dm0: ptr(grads.dm0.as_ref()),
+    }
+}
+
+/// The backward pass on caller-owned device memory, launched on `stream` (for frameworks that
+/// own their buffers). Validates the dimensions, config, dtype and pointers; returns once the
+/// kernels are queued.
+///
+/// Where the gradient does not follow ñ (DetachedNormalizer, mLSTMsig without normalizer) the
+/// kernels ignore dn_final and write zeros to dn0; where it does not follow m
+/// (DetachedNormalizer, mLSTMsig) they ignore dm_final and write zeros to dm0. norm_rows is
+/// read only by the normalized variants.
+///
+/// # Safety
+/// Every non-zero pointer addresses a live allocation of the runtime's context, large enough
+/// for its tensor at `dims` and the chunk count NC = ceil(S / L) of `cfg` (shapes in
+/// [`BwdPointers`]), holding `dtype` (q, k, v, h, c_states, dh, dc_states, scores_p, scores_dp,
+/// dq, dk, dv) or f32 (everything else); the forward tensors hold what the forward pass wrote
+/// for these inputs and `cfg` (with row statistics for the normalized variants); outputs and
+/// workspace do not overlap each other or the inputs.
+pub unsafe fn mlstm_bwd_raw(
+    rt: &Runtime,
+    stream: &Stream,
+    ptrs: &BwdPointers,
+    dims: Dims,
+    dtype: Dtype,
+    cfg: &MlstmConfig,
+    mode: GradMode,
+) -> Result<()> {
+    dims.validate()?;
+    let kdtype = check_backward_dtype(dtype)?;
+    let chunk = cfg.chunk_for(&dims)?;
+    let scale = cfg.scale_for(&dims)?;
+    check_pointers(ptrs, cfg.variant)?;
+    let params = BwdParams {
+        ptr: *ptrs,
+        bh: dims.bh() as u32,
+        s: dims.s as u32,
+        dqk: dims.dqk as u32,
+        dhv: dims.dhv as u32,
+        chunk: chunk as u32,
+        num_chunks: dims.s.div_ceil(chunk) as u32,
+        scale,
+        eps: cfg.eps,
+        exact: (mode == GradMode::Exact) as u32,
+    };
+    let launches = bwd_launches(&params, kernel_gates(cfg.variant), kdtype);
+    for l in &launches {
+        l.check(rt)?;
+    }
+    for l in &launches {
+        // SAFETY: pointers per this function's contract; dims, chunk, dtype and alignment
+        // checked; each kernel reads only what the kernels before it on `stream` wrote.
+        unsafe { l.run(rt, stream, &params)? };
+    }
+    Ok(())
+}
+
+/// Required pointers present, optional ones consistent, every pointer aligned.
+fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
+    let mut required = vec![
+        ("q", p.q),
+        ("k", p.k),
+        ("v", p.v),
+        ("i", p.i),
+        ("f", p.f),
+        ("h", p.h),
+        ("c_states", p.c_states),
+        ("n_states", p.n_states),
+        ("m_states", p.m_states),
+        ("gate_b", p.gate_b),
+        ("gate_u", p.gate_u),
+        ("gate_cm", p.gate_cm),
+        ("gate_g", p.gate_g),
+        ("dh", p.dh),
+        ("row_coef", p.row_coef),
+        ("dc_states", p.dc_states),
+        ("dn_states", p.dn_states),
+        ("scores_p", p.scores_p),
+        ("scores_dp", p.scores_dp),
+        ("row_dots", p.row_dots),
+        ("state_dots", p.state_dots),
+        ("dq", p.dq),
+        ("dk", p.dk),
+        ("dv", p.dv),
+        ("di", p.di),
+        ("df", p.df),
+    ];
+    if variant.normalizes() {
+        required.push(("norm_rows", p.norm_rows));
+    }
+    // A final-state gradient is contracted with the final state (the path through m_S).
+    if p.dc_final != 0 {
+        required.push(("c_final", p.c_final));
+    }
+    if p.dn_final != 0 {
+        required.push(("n_final", p.n_final));
+    }
+    for (arg, ptr) in required {
+        if ptr == 0 {
+            return Err(Error::Invalid {
+                arg,
+                value: "null".into(),
+                reason: "required pointer",
+            });
+        }
+    }
+    // What the kernels' accesses need: 16 bytes for cp.async rows (q, k, v, dh, c_states,
+    // dc_states, scores), the row weights the state kernel streams (row_coef) and what the
+    // forward already requires (c0, gate_u); 8 for pairs of f32 (C̃ matrices and ñ rows read or
+    // written two at a time); 4 for the rest (h, dq, dk, dv move two 16-bit values per access).
+    let aligned = [
+        ("q", p.q, 16),
+        ("k", p.k, 16),
+        ("v", p.v, 16),
+        ("dh", p.dh, 16),
+        ("c0", p.c0, 16),
+        ("c_states", p.c_states, 16),
+        ("dc_states", p.dc_states, 16),
+        ("scores_p", p.scores_p, 16),
+        ("scores_dp", p.scores_dp, 16),
+        ("gate_u", p.gate_u, 16),
+        ("row_coef", p.row_coef, 16),
+        ("c_final", p.c_final, 8),
+        ("dc_final", p.dc_final, 8),
+        ("dc0", p.dc0, 8),
+        ("n_states", p.n_states, 8),
+        ("dn_states", p.dn_states, 8),
+        ("h", p.h, 4),
+        ("dq", p.dq, 4),
+        ("dk", p.dk, 4),
+        ("dv", p.dv, 4),
+        ("i", p.i, 4),
+        ("f", p.f, 4),
+        ("n0", p.n0, 4),
+        ("m0", p.m0, 4),
+        ("m_states", p.m_states, 4),
+        ("n_final", p.n_final, 4),
+        ("gate_b", p.gate_b, 4),
+        ("gate_cm", p.gate_cm, 4),
+        ("gate_g", p.gate_g, 4),
+        ("norm_rows", p.norm_rows, 4),
+        ("dn_final", p.dn_final, 4),
+        ("dm_final", p.dm_final, 4),
+        ("row_dots", p.row_dots, 4),
+        ("state_dots", p.state_dots, 4),
+        ("di", p.di, 4),
+        ("df", p.df, 4),
+        ("dn0", p.dn0, 4),
+        ("dm0", p.dm0, 4),
+    ];
+    for (arg, ptr, align) in aligned {
+        if ptr % align != 0 {
+            return Err(Error::Invalid {
+                arg,
+                value: format!("{ptr:#x}"),
+                reason: "device pointer not aligned (q, k, v, dh, c0, c_states, dc_states, \
+                         scores, gate_u, row_coef: 16 bytes; c_final, dc_final, dc0, n_states, \
+                         dn_states: 8; others 4)",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The launches of the backward pass, in order: row coefficients, state gradients (reverse
+/// walk), score matrices, dq, dk, dv, gate gradients (which sum the row dots of dq and dk).
+fn bwd_launches(p: &BwdParams, gates: Gates, dtype: KDtype) -> [Launch; 7] {
+    let name = |k| bwd::entry_name(k, gates, dtype);
+    let combine = |k, out_dim| Launch {
+        name: name(k),
+        grid: bwd::combine::grid(p, out_dim),
+        threads: bwd::combine::THREADS,
+        smem: bwd::combine::smem_bytes(),
+    };
+    [
+        Launch {
+            name: name(BwdKernel::Rows),
+            grid: bwd::rows::grid(p),
+            threads: bwd::rows::THREADS,
+            smem: 0,
+        },
+        Launch {
+            name: name(BwdKernel::State),
+            grid: bwd::state::grid(p),
+            threads: bwd::state::THREADS,
+            smem: bwd::state::smem_bytes(),
+        },
+        Launch {
+            name: name(BwdKernel::Scores),
+            grid: bwd::scores::grid(p),
+            threads: bwd::scores::THREADS,
+            smem: bwd::scores::smem_bytes(),
+        },
+        combine(BwdKernel::Dq, p.dqk),
+        combine(BwdKernel::Dk, p.dqk),
+        combine(BwdKernel::Dv, p.dhv),
+        Launch {
+            name: name(BwdKernel::Gates),
+            grid: bwd::gates::grid(p),
+            threads: bwd::gates::THREADS,
+            smem: 0,
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims(s: usize, dqk: usize, dhv: usize) -> Dims {
+        Dims {
+            b: 2,
+            nh: 3,
+            s,
+            dqk,
+            dhv,
+        }
+    }
+
+    #[test]
+    fn workspace_layout_matches_the_pointer_contract() {
+        let d = dims(1000, 80, 272);
+        let l = workspace_layout(&d, Dtype::Bf16, 256);
+        let shape = |name: &str| l.iter().find(|(n, ..)| *n == name).unwrap().2.clone();
+        // NC = 4, NC·L = 1024, BH = 6.
+        assert_eq!(shape("row_coef"), [bwd::rows::PLANES as usize, 6, 1024]);
+        assert_eq!(shape("dc_states"), [6, 4, 80, 272]);
+        assert_eq!(shape("dn_states"), [6, 4, 80]);
+        assert_eq!(shape("scores_p"), [6, 4, 256, 256]);
+        assert_eq!(shape("row_dots")[..3], [2, 6, 1024]);
+        assert_eq!(shape("state_dots")[..2], [2, 6]);
+        // Every row_coef plane starts 16-byte aligned (cp.async of the row weights).
+        assert_eq!(6 * 1024 * 4 % 16, 0);
+        for &chunk in &tfla_params::CHUNK_SIZES {
+            assert_eq!(chunk as usize * 4 % 16, 0);
+        }
+    }
+
+    #[test]
+    fn launches_follow_the_params_order_and_names() {
+        let p = BwdParams {
+            bh: 6,
+            s: 1000,
+            dqk: 64,
+            dhv: 128,
+            chunk: 128,
+            num_chunks: 8,
+            ..Default::default()
+        };
+        let l = bwd_launches(&p, Gates::Sig, KDtype::F16);
+        let names: Vec<_> = l.iter().map(|l| l.name).collect();
+        let want: Vec<_> = BwdKernel::ALL
+            .iter()
+            .map(|&k| bwd::entry_name(k, Gates::Sig, KDtype::F16))
+            .collect();
+        assert_eq!(names, want);
+        // dq and dk tile DQK, dv tiles DHV.
+        assert_eq!(l[3].grid, bwd::combine::grid(&p, 64));
+        assert_eq!(l[5].grid, bwd::combine::grid(&p, 128));
+        assert!(l.iter().all(|l| l.threads % 32 == 0 && l.threads > 0));
+    }
+
+    #[test]
+    fn pointer_checks_name_the_argument() {
+        // Addresses only (never dereferenced): a plausible, aligned pointer set.
+        let mut p = BwdPointers::default();
+        let mut next = 0x1000_0000u64;
+        for f in [
+            &mut p.q,
+            &mut p.k,
+            &mut p.v,
+            &mut p.i,
+            &mut p.f,
+            &mut p.h,
+            &mut p.c_states,
+            &mut p.n_states,
+            &mut p.m_states,
+            &mut p.gate_b,
+            &mut p.gate_u,
+            &mut p.gate_cm,
+            &mut p.gate_g,
+            &mut p.norm_rows,
+            &mut p.dh,
+            &mut p.row_coef,
+            &mut p.dc_states,
+            &mut p.dn_states,
+            &mut p.scores_p,
+            &mut p.scores_dp,
+            &mut p.row_dots,
+            &mut p.state_dots,
+            &mut p.dq,
+            &mut p.dk,
+            &mut p.dv,
+            &mut p.di,
+            &mut p.df,
+        ] {
+            *f = next;
+            next += 0x10_0000;
+        }
+        assert!(check_pointers(&p, Variant::Exp).is_ok());
+        let arg_of = |p: &BwdPointers, v| match check_pointers(p, v) {
+            Err(Error::Invalid { arg, .. }) => arg,
+            other => panic!("expected Error::Invalid, got {other:?}"),
+        };
+        let mut bad = p;
+        bad.norm_rows = 0;
+        assert_eq!(arg_of(&bad, Variant::Exp), "norm_rows");
+        assert!(check_pointers(&bad, Variant::Sig { normalize: false }).is_ok());
+        let mut bad = p;
+        bad.dc_final = 0x2000_0000;
+        assert_eq!(arg_of(&bad, Variant::Exp), "c_final");
+        let mut bad = p;
+        bad.row_coef += 4;
+        assert_eq!(arg_of(&bad, Variant::Exp), "row_coef");
+        let mut bad = p;
+        bad.dh += 8;
+        assert_eq!(arg_of(&bad, Variant::Exp), "dh");
+        let mut bad = p;
+        bad.dn_states += 4;
+        assert_eq!(arg_of(&bad, Variant::Exp), "dn_states");
+        let mut bad = p;
+        bad.di += 2;
+        assert_eq!(arg_of(&bad, Variant::Exp), "di");
+        let mut bad = p;
+        bad.scores_dp = 0;
+        assert_eq!(arg_of(&bad, Variant::Exp), "scores_dp");
+    }
+
+    #[test]
+    fn f32_is_a_typed_error() {
+        assert!(matches!(
+            check_backward_dtype(Dtype::F32),
+            Err(Error::Dtype {
+                arg: "q",
+                got: Dtype::F32,
+                ..
+            })
+        ));
+        assert_eq!(check_backward_dtype(Dtype::F16).unwrap(), KDtype::F16);
+    }
+}

@@ -1,0 +1,713 @@
+//! The backward kernels on the GPU against the float64 stepwise backward
+//! (`reference::backward`): fresh random inputs and upstream gradients per case, gradients and
+//! workspace poisoned with NaN before each launch, both gradient modes, every variant, both
+//! 16-bit dtypes, ragged shapes, DQK ≠ DHV, chunk sizes, initial states and final-state
+//! gradients given or not, hard gate regimes, a long sequence, state passing, typed errors.
+//!
+//! These tests need an NVIDIA Hopper GPU: they are `#[ignore]`d so a machine without one
+//! reports them as ignored; run them with `cargo test -- --include-ignored` (there a missing
+//! GPU is a failure, see `common::runtime`). Every case prints its measured errors.
+mod common;
+
+use common::*;
+use tfla::reference::{self, RefGradOutputs, RefGrads, RefInputs, RefParams, Shape};
+use tfla::{
+    Dtype, GradMode, MlstmConfig, MlstmGradOutputs, MlstmGrads, MlstmInputs, MlstmOutputs, Runtime,
+    Variant,
+};
+
+const EXP: Variant = Variant::Exp;
+const SIG: Variant = Variant::Sig { normalize: true };
+const SIG_NONORM: Variant = Variant::Sig { normalize: false };
+const VARIANTS: [Variant; 3] = [EXP, SIG, SIG_NONORM];
+const MODES: [GradMode; 2] = [GradMode::Exact, GradMode::DetachedNormalizer];
+const BF16: Dtype = Dtype::Bf16;
+const F16: Dtype = Dtype::F16;
+
+fn shape(b: usize, nh: usize, s: usize, dqk: usize, dhv: usize) -> Shape {
+    Shape { b, nh, s, dqk, dhv }
+}
+
+/// Gate pre-activations of a case: the random ones of `RefInputs::random`, or a hard regime.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Gates {
+    Random,
+    /// Forget gates near 0: the state is reset nearly every step.
+    ForgetNear0,
+    /// Forget gates near 1: long memory, |s| far below ‖ñ‖‖q‖ (the normalizer's hard case).
+    ForgetNear1,
+    /// Rare input gates large enough to move the max state.
+    BigInput,
+}
+
+impl Gates {
+    /// (ĩ_t, f̃_t) at step t (as the forward's hard-regime test).
+    fn at(self, t: usize) -> Option<(f64, f64)> {
+        match self {
+            Gates::Random => None,
+            Gates::ForgetNear0 => Some((((t * 7) % 13) as f64 - 6.0, -9.0 + (t % 3) as f64)),
+            Gates::ForgetNear1 => Some((((t * 5) % 11) as f64 - 5.0, 12.0 + (t % 4) as f64)),
+            Gates::BigInput => Some((
+                if t.is_multiple_of(17) {
+                    25.0
+                } else {
+                    ((t * 3) % 9) as f64
+                },
+                2.0,
+            )),
+        }
+    }
+
+    fn apply(self, inp: &mut RefInputs) {
+        let s = inp.shape.s;
+        for (t, (i, f)) in inp.i.iter_mut().zip(inp.f.iter_mut()).enumerate() {
+            if let Some(g) = self.at(t % s) {
+                (*i, *f) = g;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    shape: Shape,
+    chunk: usize,
+    variant: Variant,
+    dtype: Dtype,
+    mode: GradMode,
+    initial_state: bool,
+    final_grads: bool,
+    gates: Gates,
+}
+
+/// A case with initial states, final-state gradients and random gates.
+fn case(shape: Shape, chunk: usize, variant: Variant, dtype: Dtype, mode: GradMode) -> Case {
+    Case {
+        shape,
+        chunk,
+        variant,
+        dtype,
+        mode,
+        initial_state: true,
+        final_grads: true,
+        gates: Gates::Random,
+    }
+}
+
+impl Case {
+    fn without_initial_state(self) -> Self {
+        Case {
+            initial_state: false,
+            ..self
+        }
+    }
+    fn without_final_grads(self) -> Self {
+        Case {
+            final_grads: false,
+            ..self
+        }
+    }
+    fn with_gates(self, gates: Gates) -> Self {
+        Case { gates, ..self }
+    }
+    fn config(&self) -> MlstmConfig {
+        MlstmConfig {
+            row_stats: true,
+            ..MlstmConfig::new(self.variant).with_chunk_size(self.chunk)
+        }
+    }
+}
+
+/// Fresh random inputs (rounded to the device precision) and upstream gradients of `case`.
+fn case_data(case: &Case, rng: &mut impl rand::Rng) -> (RefInputs, RefGradOutputs) {
+    let mut inp = RefInputs::random(case.shape, case.initial_state, rng);
+    case.gates.apply(&mut inp);
+    round_inputs(&mut inp, case.dtype);
+    let g = random_grad_outputs(case.shape, case.variant, case.dtype, case.final_grads, rng);
+    (inp, g)
+}
+
+/// Fills every gradient and the workspace with NaN, so nothing unwritten (or read before it
+/// is written) can pass.
+fn poison(grads: &mut MlstmGrads) {
+    let ws = &mut grads.workspace;
+    let outs = [
+        &mut grads.dq,
+        &mut grads.dk,
+        &mut grads.dv,
+        &mut grads.di,
+        &mut grads.df,
+    ];
+    let initial = [&mut grads.dc0, &mut grads.dn0, &mut grads.dm0];
+    let scratch = [
+        &mut ws.row_coef,
+        &mut ws.dc_states,
+        &mut ws.dn_states,
+        &mut ws.scores_p,
+        &mut ws.scores_dp,
+        &mut ws.row_dots,
+        &mut ws.state_dots,
+    ];
+    outs.into_iter()
+        .chain(initial.into_iter().flatten())
+        .chain(scratch)
+        .for_each(|t| t.fill_nan().unwrap());
+}
+
+/// The relative L2 error of every gradient the kernels returned against the reference (+∞
+/// where a value is NaN or infinite).
+fn grad_errors(got: &MlstmGrads, want: &RefGrads) -> Vec<(&'static str, f64)> {
+    let err = |t: &tfla::Tensor, w: &[f64]| rel_err(&t.to_f32_vec().unwrap(), w);
+    let mut errs = vec![
+        ("dq", err(&got.dq, &want.dq)),
+        ("dk", err(&got.dk, &want.dk)),
+        ("dv", err(&got.dv, &want.dv)),
+        ("di", err(&got.di, &want.di)),
+        ("df", err(&got.df, &want.df)),
+    ];
+    for (name, t, w) in [
+        ("dc0", &got.dc0, &want.dc0),
+        ("dn0", &got.dn0, &want.dn0),
+        ("dm0", &got.dm0, &want.dm0),
+    ] {
+        if let Some(t) = t {
+            errs.push((name, err(t, w)));
+        }
+    }
+    errs
+}
+
+/// Forward (with row statistics) and backward of `case` on the device, into poisoned
+/// gradients, against the stepwise float64 backward of the same (rounded) inputs.
+fn check(
+    rt: &Runtime,
+    case: &Case,
+    inp: &RefInputs,
+    g: &RefGradOutputs,
+) -> Vec<(&'static str, f64)> {
+    let dev = upload(rt, inp, case.dtype);
+    let dev_g = upload_grad_outputs(rt, g, case.shape, case.dtype);
+    let (inputs, cfg) = (dev.as_inputs(), case.config());
+    let fwd = tfla::mlstm_fwd(rt, &inputs, &cfg).unwrap();
+    let mut grads = MlstmGrads::alloc(rt, &inputs, &cfg).unwrap();
+    poison(&mut grads);
+    let grad_out = dev_g.as_grad_outputs();
+    tfla::mlstm_bwd_into(rt, &inputs, &fwd, &grad_out, &cfg, case.mode, &mut grads).unwrap();
+    rt.synchronize().unwrap();
+    let p = RefParams::new(case.variant, case.shape.dqk);
+    grad_errors(&grads, &reference::backward(inp, &p, g, case.mode))
+}
+
+/// Prints one line of measured errors; true when all are within `tol` (NaN never is).
+fn report(label: &str, errs: &[(&str, f64)], tol: f64) -> bool {
+    let ok = errs.iter().all(|&(_, e)| e <= tol);
+    let line: Vec<String> = errs.iter().map(|(n, e)| format!("{n} {e:.2e}")).collect();
+    let status = if ok { "ok  " } else { "FAIL" };
+    eprintln!("{status} {label}: {}", line.join(", "));
+    ok
+}
+
+/// Runs every case on fresh random data; fails listing the cases over the dtype's bound.
+fn run(cases: &[Case], name: &str) {
+    let rt = runtime();
+    let mut rng = rng(name);
+    let mut failures = Vec::new();
+    for c in cases {
+        let (inp, g) = case_data(c, &mut rng);
+        let errs = check(&rt, c, &inp, &g);
+        if !report(&format!("{c:?}"), &errs, bwd_tolerance(c.dtype)) {
+            failures.push(*c);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases over tolerance: {failures:?}",
+        failures.len(),
+        cases.len()
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn backward_matches_reference_all_variants_modes_and_dtypes() {
+    let mut cases = Vec::new();
+    for variant in VARIANTS {
+        for mode in MODES {
+            for dtype in [BF16, F16] {
+                cases.push(case(shape(1, 2, 300, 64, 128), 64, variant, dtype, mode));
+                cases.push(
+                    case(shape(2, 1, 200, 128, 64), 128, variant, dtype, mode)
+                        .without_initial_state()
+                        .without_final_grads(),
+                );
+            }
+        }
+    }
+    run(
+        &cases,
+        "backward_matches_reference_all_variants_modes_and_dtypes",
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn backward_ragged_shapes_and_chunk_sizes() {
+    use GradMode::{DetachedNormalizer as Detached, Exact};
+    let mut cases = vec![
+        // S = 1 (one partial chunk); smallest head dims.
+        case(shape(2, 1, 1, 16, 16), 64, EXP, BF16, Exact),
+        case(shape(2, 1, 1, 16, 16), 64, SIG, F16, Detached).without_final_grads(),
+        // Head dims that are not multiples of the 64/128 tiles; S not a multiple of 16.
+        case(shape(1, 2, 513, 48, 80), 256, SIG, BF16, Exact),
+        case(shape(1, 1, 77, 208, 144), 64, EXP, F16, Detached).without_initial_state(),
+        // DQK ≠ DHV both ways.
+        case(shape(1, 2, 250, 64, 128), 128, EXP, BF16, Detached),
+        case(shape(1, 2, 250, 128, 64), 128, EXP, BF16, Exact).without_final_grads(),
+        case(shape(1, 1, 130, 256, 512), 64, SIG_NONORM, BF16, Exact),
+        // The largest head dims, once.
+        case(shape(1, 1, 200, 512, 512), 128, EXP, BF16, Exact),
+    ];
+    for (chunk, mode) in [(64, Exact), (128, Detached), (256, Exact)] {
+        for variant in [EXP, SIG] {
+            cases.push(case(
+                shape(1, 2, 2 * chunk + 37, 64, 64),
+                chunk,
+                variant,
+                BF16,
+                mode,
+            ));
+        }
+    }
+    run(&cases, "backward_ragged_shapes_and_chunk_sizes");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn backward_hard_gate_regimes() {
+    let mut cases = Vec::new();
+    for gates in [Gates::ForgetNear0, Gates::ForgetNear1, Gates::BigInput] {
+        for variant in [EXP, SIG] {
+            for mode in MODES {
+                cases.push(
+                    case(shape(1, 2, 333, 64, 64), 128, variant, BF16, mode).with_gates(gates),
+                );
+            }
+        }
+    }
+    run(&cases, "backward_hard_gate_regimes");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn backward_long_sequence() {
+    // S = 8192: 64 chunks of state gradients walked in reverse, df̃ summed over the whole row.
+    let cases: Vec<Case> = MODES
+        .iter()
+        .flat_map(|&mode| [EXP, SIG].map(|v| case(shape(1, 2, 8192, 64, 64), 128, v, BF16, mode)))
+        .collect();
+    run(&cases, "backward_long_sequence");
+}
+
+/// Per-head rows [lo, hi) of a (BH, S, per) tensor.
+fn rows(x: &[f64], heads: usize, s: usize, lo: usize, hi: usize, per: usize) -> Vec<f64> {
+    (0..heads)
+        .flat_map(|h| x[(h * s + lo) * per..(h * s + hi) * per].to_vec())
+        .collect()
+}
+
+/// Per-head concatenation of (BH, S1, ·) and (BH, S2, ·).
+fn concat(a: &[f64], b: &[f64], heads: usize) -> Vec<f64> {
+    let (la, lb) = (a.len() / heads, b.len() / heads);
+    (0..heads)
+        .flat_map(|h| [&a[h * la..(h + 1) * la], &b[h * lb..(h + 1) * lb]].concat())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn backward_state_passing_equals_one_call() {
+    // Forward over [0, S1) → final states → forward over [S1, S) from them; the backward of the
+    // second part gives dC̃_0, dñ_0, dm_0, which are the first part's upstream final-state
+    // gradients. The concatenated gradients equal one call over the whole sequence.
+    let rt = runtime();
+    let mut rng = rng("backward_state_passing_equals_one_call");
+    let (s1, s2, dqk, dhv, nh) = (193, 150, 64, 48, 2);
+    let s = s1 + s2;
+    let mut failures = Vec::new();
+    for variant in VARIANTS {
+        for mode in MODES {
+            let c = case(shape(1, nh, s, dqk, dhv), 64, variant, BF16, mode);
+            let (whole, g) = case_data(&c, &mut rng);
+            let cfg = c.config();
+            let up = |x: &RefInputs| upload(&rt, x, BF16);
+            let part = |lo, hi| RefInputs {
+                shape: shape(1, nh, hi - lo, dqk, dhv),
+                q: rows(&whole.q, nh, s, lo, hi, dqk),
+                k: rows(&whole.k, nh, s, lo, hi, dqk),
+                v: rows(&whole.v, nh, s, lo, hi, dhv),
+                i: rows(&whole.i, nh, s, lo, hi, 1),
+                f: rows(&whole.f, nh, s, lo, hi, 1),
+                c0: None,
+                n0: None,
+                m0: None,
+            };
+            let dh_part = |lo, hi| RefGradOutputs {
+                dh: rows(&g.dh, nh, s, lo, hi, dhv),
+                dc: None,
+                dn: None,
+                dm: None,
+            };
+
+            // One call.
+            let dev_whole = up(&whole);
+            let g_whole = upload_grad_outputs(&rt, &g, whole.shape, BF16);
+            let (_, one) = tfla::mlstm_fwd_bwd(
+                &rt,
+                &dev_whole.as_inputs(),
+                &g_whole.as_grad_outputs(),
+                &cfg,
+                mode,
+            )
+            .unwrap();
+
+            // Two calls: forward of the first part, then forward and backward of the second.
+            let mut first = part(0, s1);
+            (first.c0, first.n0, first.m0) = (whole.c0.clone(), whole.n0.clone(), whole.m0.clone());
+            let dev_first = up(&first);
+            let fwd_first = tfla::mlstm_fwd(&rt, &dev_first.as_inputs(), &cfg).unwrap();
+            let dev_second = up(&part(s1, s));
+            let second = MlstmInputs {
+                c0: Some(&fwd_first.c),
+                n0: Some(&fwd_first.n),
+                m0: Some(&fwd_first.m),
+                ..dev_second.as_inputs()
+            };
+            let g_second = upload_grad_outputs(
+                &rt,
+                &RefGradOutputs {
+                    dc: g.dc.clone(),
+                    dn: g.dn.clone(),
+                    dm: g.dm.clone(),
+                    ..dh_part(s1, s)
+                },
+                second.dims().map(to_shape).unwrap(),
+                BF16,
+            );
+            let (_, grads_second) =
+                tfla::mlstm_fwd_bwd(&rt, &second, &g_second.as_grad_outputs(), &cfg, mode).unwrap();
+            // The second part's initial-state gradients are the first part's upstream ones.
+            let g_first = upload_grad_outputs(&rt, &dh_part(0, s1), first.shape, BF16);
+            let grad_out_first = MlstmGradOutputs {
+                dc: grads_second.dc0.as_ref(),
+                dn: grads_second.dn0.as_ref(),
+                dm: grads_second.dm0.as_ref(),
+                ..g_first.as_grad_outputs()
+            };
+            let grads_first = tfla::mlstm_bwd(
+                &rt,
+                &dev_first.as_inputs(),
+                &fwd_first,
+                &grad_out_first,
+                &cfg,
+                mode,
+            )
+            .unwrap();
+            rt.synchronize().unwrap();
+
+            // (name, one call, first part, second part)
+            let parts = [
+                ("dq", &one.dq, &grads_first.dq, &grads_second.dq),
+                ("dk", &one.dk, &grads_first.dk, &grads_second.dk),
+                ("dv", &one.dv, &grads_first.dv, &grads_second.dv),
+                ("di", &one.di, &grads_first.di, &grads_second.di),
+                ("df", &one.df, &grads_first.df, &grads_second.df),
+            ];
+            let mut errs: Vec<(&str, f64)> = parts
+                .into_iter()
+                .map(|(name, one, a, b)| {
+                    let split = concat(&to_f64(a), &to_f64(b), nh);
+                    (name, rel_err(&one.to_f32_vec().unwrap(), &split))
+                })
+                .collect();
+            for (name, a, b) in [
+                ("dc0", &one.dc0, &grads_first.dc0),
+                ("dn0", &one.dn0, &grads_first.dn0),
+                ("dm0", &one.dm0, &grads_first.dm0),
+            ] {
+                let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+                errs.push((name, rel_err(&a.to_f32_vec().unwrap(), &to_f64(b))));
+            }
+            // Same kernels and inputs; the chunk boundaries move and the boundary states
+            // round-trip through f32, so the two agree within the dtype's bound.
+            if !report(
+                &format!("{variant:?} {mode:?} split vs one call"),
+                &errs,
+                bwd_tolerance(BF16),
+            ) {
+                failures.push(format!("{variant:?} {mode:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "state passing differs: {failures:?}");
+}
+
+fn to_shape(d: tfla::Dims) -> Shape {
+    shape(d.b, d.nh, d.s, d.dqk, d.dhv)
+}
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn bad_arguments_get_typed_errors() {
+    use tfla::{Error, Tensor};
+    let rt = runtime();
+    let t = |dt, shape: &[usize]| Tensor::zeros(&rt, dt, shape).unwrap();
+    let (q, k, v) = (
+        t(BF16, &[1, 2, 8, 64]),
+        t(BF16, &[1, 2, 8, 64]),
+        t(BF16, &[1, 2, 8, 32]),
+    );
+    let (i, f) = (t(Dtype::F32, &[1, 2, 8]), t(Dtype::F32, &[1, 2, 8]));
+    let inputs = MlstmInputs::new(&q, &k, &v, &i, &f);
+    let cfg = MlstmConfig {
+        row_stats: true,
+        ..MlstmConfig::new(EXP)
+    };
+    let mode = GradMode::Exact;
+    let fwd = tfla::mlstm_fwd(&rt, &inputs, &cfg).unwrap();
+    let dh = t(BF16, &[1, 2, 8, 32]);
+    let ok = MlstmGradOutputs::new(&dh);
+    let bwd =
+        |inputs: &MlstmInputs, fwd: &MlstmOutputs, g: &MlstmGradOutputs, cfg: &MlstmConfig| {
+            tfla::mlstm_bwd(&rt, inputs, fwd, g, cfg, mode).unwrap_err()
+        };
+
+    // Upstream gradients: shape and dtype, naming the argument.
+    let dh_bad = t(BF16, &[1, 2, 8, 64]);
+    let e = bwd(&inputs, &fwd, &MlstmGradOutputs::new(&dh_bad), &cfg);
+    assert!(matches!(e, Error::Shape { arg: "dh", .. }), "{e}");
+    let dh_f16 = t(F16, &[1, 2, 8, 32]);
+    let e = bwd(&inputs, &fwd, &MlstmGradOutputs::new(&dh_f16), &cfg);
+    assert!(matches!(e, Error::Dtype { arg: "dh", .. }), "{e}");
+    let dc_bad = t(Dtype::F32, &[1, 2, 32, 64]);
+    let e = bwd(
+        &inputs,
+        &fwd,
+        &MlstmGradOutputs {
+            dc: Some(&dc_bad),
+            ..ok
+        },
+        &cfg,
+    );
+    assert!(matches!(e, Error::Shape { arg: "dc", .. }), "{e}");
+    let dn_bf16 = t(BF16, &[1, 2, 64]);
+    let e = bwd(
+        &inputs,
+        &fwd,
+        &MlstmGradOutputs {
+            dn: Some(&dn_bf16),
+            ..ok
+        },
+        &cfg,
+    );
+    assert!(matches!(e, Error::Dtype { arg: "dn", .. }), "{e}");
+    let dm_bad = t(Dtype::F32, &[2, 1]);
+    let e = bwd(
+        &inputs,
+        &fwd,
+        &MlstmGradOutputs {
+            dm: Some(&dm_bad),
+            ..ok
+        },
+        &cfg,
+    );
+    assert!(matches!(e, Error::Shape { arg: "dm", .. }), "{e}");
+
+    // The forward's outputs: without row statistics, or for another chunk size.
+    let plain = MlstmConfig::new(EXP);
+    let fwd_plain = tfla::mlstm_fwd(&rt, &inputs, &plain).unwrap();
+    let e = bwd(&inputs, &fwd_plain, &ok, &plain);
+    assert!(
+        matches!(
+            e,
+            Error::Invalid {
+                arg: "fwd.row_stats",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // mLSTMsig without normalizer needs no row statistics.
+    let nonorm = MlstmConfig::new(SIG_NONORM);
+    let fwd_nonorm = tfla::mlstm_fwd(&rt, &inputs, &nonorm).unwrap();
+    assert!(tfla::mlstm_bwd(&rt, &inputs, &fwd_nonorm, &ok, &nonorm, mode).is_ok());
+    let e = bwd(&inputs, &fwd, &ok, &cfg.with_chunk_size(128));
+    assert!(
+        matches!(
+            e,
+            Error::Invalid {
+                arg: "states.chunk_size",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = bwd(&inputs, &fwd, &ok, &cfg.with_chunk_size(100));
+    assert!(matches!(e, Error::ChunkSize { value: 100, .. }), "{e}");
+
+    // f32 inputs: no backward yet.
+    let (q32, k32, v32) = (
+        t(Dtype::F32, &[1, 2, 8, 64]),
+        t(Dtype::F32, &[1, 2, 8, 64]),
+        t(Dtype::F32, &[1, 2, 8, 32]),
+    );
+    let inputs32 = MlstmInputs::new(&q32, &k32, &v32, &i, &f);
+    let fwd32 = tfla::mlstm_fwd(&rt, &inputs32, &cfg).unwrap();
+    let dh32 = t(Dtype::F32, &[1, 2, 8, 32]);
+    let e = bwd(&inputs32, &fwd32, &MlstmGradOutputs::new(&dh32), &cfg);
+    assert!(
+        matches!(
+            e,
+            Error::Dtype {
+                arg: "q",
+                got: Dtype::F32,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("no f32 path"), "{e}");
+    let e =
+        tfla::mlstm_fwd_bwd(&rt, &inputs32, &MlstmGradOutputs::new(&dh32), &cfg, mode).unwrap_err();
+    assert!(matches!(e, Error::Dtype { arg: "q", .. }), "{e}");
+
+    // Gradients allocated for other inputs: an initial state the grads have no slot for.
+    let c0 = t(Dtype::F32, &[1, 2, 64, 32]);
+    let with_c0 = MlstmInputs {
+        c0: Some(&c0),
+        ..inputs
+    };
+    let mut grads = MlstmGrads::alloc(&rt, &inputs, &cfg).unwrap();
+    let e = tfla::mlstm_bwd_into(&rt, &with_c0, &fwd, &ok, &cfg, mode, &mut grads).unwrap_err();
+    assert!(matches!(e, Error::Invalid { arg: "dc0", .. }), "{e}");
+
+    // Raw entry point: misaligned and null pointers.
+    let dims = inputs.dims().unwrap();
+    let mut ptrs = tfla::bwd_pointers(&inputs, &fwd, &ok, &grads);
+    let raw = |p: &tfla::BwdPointers| {
+        // SAFETY: rejected before any launch (the test passes a bad pointer each time).
+        unsafe { tfla::mlstm_bwd_raw(&rt, rt.stream(), p, dims, BF16, &cfg, mode) }.unwrap_err()
+    };
+    ptrs.dh += 2;
+    let e = raw(&ptrs);
+    assert!(matches!(e, Error::Invalid { arg: "dh", .. }), "{e}");
+    ptrs.dh = dh.device_ptr();
+    ptrs.row_coef += 4;
+    let e = raw(&ptrs);
+    assert!(
+        matches!(
+            e,
+            Error::Invalid {
+                arg: "row_coef",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    ptrs.row_coef = grads.workspace.row_coef.device_ptr();
+    ptrs.norm_rows = 0;
+    let e = raw(&ptrs);
+    assert!(
+        matches!(
+            e,
+            Error::Invalid {
+                arg: "norm_rows",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn safetensors_file_with_dh_runs_the_backward() {
+    use std::collections::HashMap;
+    use tfla::io::{HostTensor, write_tensors};
+    let rt = runtime();
+    let mut rng = rng("safetensors_file_with_dh_runs_the_backward");
+    let c = case(shape(1, 2, 150, 64, 32), 64, EXP, BF16, GradMode::Exact);
+    let (inp, g) = case_data(&c, &mut rng);
+    let Shape { b, nh, s, dqk, dhv } = c.shape;
+    let t = |dtype, shape: &[usize], x: &[f64]| HostTensor {
+        dtype,
+        shape: shape.to_vec(),
+        data: to_f32(x),
+    };
+    let f32_ = Dtype::F32;
+    let tensors = [
+        ("q", t(BF16, &[b, nh, s, dqk], &inp.q)),
+        ("k", t(BF16, &[b, nh, s, dqk], &inp.k)),
+        ("v", t(BF16, &[b, nh, s, dhv], &inp.v)),
+        ("i", t(f32_, &[b, nh, s], &inp.i)),
+        ("f", t(f32_, &[b, nh, s], &inp.f)),
+        ("c0", t(f32_, &[b, nh, dqk, dhv], inp.c0.as_ref().unwrap())),
+        ("n0", t(f32_, &[b, nh, dqk], inp.n0.as_ref().unwrap())),
+        ("m0", t(f32_, &[b, nh], inp.m0.as_ref().unwrap())),
+        ("dh", t(BF16, &[b, nh, s, dhv], &g.dh)),
+        ("dc", t(f32_, &[b, nh, dqk, dhv], g.dc.as_ref().unwrap())),
+        ("dn", t(f32_, &[b, nh, dqk], g.dn.as_ref().unwrap())),
+        ("dm", t(f32_, &[b, nh], g.dm.as_ref().unwrap())),
+    ];
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let (input, output) = (
+        dir.join(format!("tfla-gpu-bwd-in-{pid}.safetensors")),
+        dir.join(format!("tfla-gpu-bwd-out-{pid}.safetensors")),
+    );
+    write_tensors(&input, &tensors, HashMap::new()).unwrap();
+    tfla::io::run_file(&rt, &input, &output, BF16, &c.config(), c.mode).unwrap();
+    let bytes = std::fs::read(&output).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let read = |name: &str| -> Vec<f32> {
+        let view = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("`{name}` missing from the output"));
+        match view.dtype() {
+            safetensors::Dtype::BF16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|x| half::bf16::from_le_bytes([x[0], x[1]]).to_f32())
+                .collect(),
+            safetensors::Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+                .collect(),
+            other => panic!("`{name}` has dtype {other:?}"),
+        }
+    };
+    let want = reference::backward(&inp, &RefParams::new(EXP, dqk), &g, c.mode);
+    let errs: Vec<(&str, f64)> = [
+        ("dq", &want.dq),
+        ("dk", &want.dk),
+        ("dv", &want.dv),
+        ("di", &want.di),
+        ("df", &want.df),
+        ("dc0", &want.dc0),
+        ("dn0", &want.dn0),
+        ("dm0", &want.dm0),
+    ]
+    .into_iter()
+    .map(|(name, w)| (name, rel_err(&read(name), w)))
+    .collect();
+    let _ = std::fs::remove_file(&input);
+    let _ = std::fs::remove_file(&output);
+    assert!(
+        st.tensor("h").is_ok(),
+        "the forward outputs are written too"
+    );
+    assert!(
+        report("file round trip", &errs, bwd_tolerance(BF16)),
+        "file gradients over tolerance"
+    );
+}
