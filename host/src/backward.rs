@@ -109,11 +109,14 @@ pub struct BwdWorkspace {
     /// Gated score matrices P and dP of every chunk: (BH, NC, L, L) in the input dtype each.
     pub scores_p: Tensor,
     pub scores_dp: Tensor,
-    /// Partial row dots q·dq and k·dk per column tile: (2, BH, NC·L, combine::MAX_COL_TILES)
-    /// f32.
+    /// Partial row dots per column tile: (combine::DOT_PLANES, BH, NC·L,
+    /// combine::MAX_COL_TILES) f32.
     pub row_dots: Tensor,
-    /// Partial state dots per state tile: (2, BH, state::MAX_TILES) f32.
+    /// Partial state dots per state tile: (BH, NC + 2, state::MAX_TILES) f32.
     pub state_dots: Tensor,
+    /// Partial row and column sums of the pair gradients per score tile:
+    /// (2, BH, NC·L, L / scores::TILE) f32.
+    pub pair_sums: Tensor,
 }
 
 /// Shapes of the workspace tensors at `dims` and chunk size `chunk`, with their dtypes.
@@ -121,7 +124,7 @@ fn workspace_layout(
     dims: &Dims,
     dtype: Dtype,
     chunk: usize,
-) -> [(&'static str, Dtype, Vec<usize>); 7] {
+) -> [(&'static str, Dtype, Vec<usize>); 8] {
     let (bh, dqk, dhv) = (dims.bh(), dims.dqk, dims.dhv);
     let nc = dims.s.div_ceil(chunk);
     let rows = nc * chunk;
@@ -135,12 +138,22 @@ fn workspace_layout(
         (
             "row_dots",
             f32_,
-            vec![2, bh, rows, bwd::combine::MAX_COL_TILES as usize],
+            vec![
+                bwd::combine::DOT_PLANES as usize,
+                bh,
+                rows,
+                bwd::combine::MAX_COL_TILES as usize,
+            ],
         ),
         (
             "state_dots",
             f32_,
-            vec![2, bh, bwd::state::MAX_TILES as usize],
+            vec![bh, nc + 2, bwd::state::MAX_TILES as usize],
+        ),
+        (
+            "pair_sums",
+            f32_,
+            vec![2, bh, rows, bwd::scores::tiles(chunk as u32) as usize],
         ),
     ]
 }
@@ -148,7 +161,7 @@ fn workspace_layout(
 impl BwdWorkspace {
     /// Allocates the scratch for `dims`, the input `dtype` and chunk size `chunk`.
     pub fn alloc(rt: &Runtime, dims: &Dims, dtype: Dtype, chunk: usize) -> Result<Self> {
-        let [rc, dcs, dns, sp, sdp, rd, sd] = workspace_layout(dims, dtype, chunk)
+        let [rc, dcs, dns, sp, sdp, rd, sd, ps] = workspace_layout(dims, dtype, chunk)
             .map(|(_, dt, shape)| Tensor::uninit(rt, dt, &shape));
         Ok(BwdWorkspace {
             chunk_size: chunk,
@@ -159,10 +172,11 @@ impl BwdWorkspace {
             scores_dp: sdp?,
             row_dots: rd?,
             state_dots: sd?,
+            pair_sums: ps?,
         })
     }
 
-    fn tensors(&self) -> [&Tensor; 7] {
+    fn tensors(&self) -> [&Tensor; 8] {
         [
             &self.row_coef,
             &self.dc_states,
@@ -171,6 +185,7 @@ impl BwdWorkspace {
             &self.scores_dp,
             &self.row_dots,
             &self.state_dots,
+            &self.pair_sums,
         ]
     }
 
@@ -418,6 +433,7 @@ pub fn bwd_pointers(
         scores_dp: ws.scores_dp.device_ptr(),
         row_dots: ws.row_dots.device_ptr(),
         state_dots: ws.state_dots.device_ptr(),
+        pair_sums: ws.pair_sums.device_ptr(),
         dq: grads.dq.device_ptr(),
         dk: grads.dk.device_ptr(),
         dv: grads.dv.device_ptr(),
@@ -507,6 +523,7 @@ fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
         ("scores_dp", p.scores_dp),
         ("row_dots", p.row_dots),
         ("state_dots", p.state_dots),
+        ("pair_sums", p.pair_sums),
         ("dq", p.dq),
         ("dk", p.dk),
         ("dv", p.dv),
@@ -571,6 +588,7 @@ fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
         ("dm_final", p.dm_final, 4),
         ("row_dots", p.row_dots, 4),
         ("state_dots", p.state_dots, 4),
+        ("pair_sums", p.pair_sums, 4),
         ("di", p.di, 4),
         ("df", p.df, 4),
         ("dn0", p.dn0, 4),
@@ -655,8 +673,9 @@ mod tests {
         assert_eq!(shape("dc_states"), [6, 4, 80, 272]);
         assert_eq!(shape("dn_states"), [6, 4, 80]);
         assert_eq!(shape("scores_p"), [6, 4, 256, 256]);
-        assert_eq!(shape("row_dots")[..3], [2, 6, 1024]);
-        assert_eq!(shape("state_dots")[..2], [2, 6]);
+        assert_eq!(shape("row_dots")[..3], [3, 6, 1024]);
+        assert_eq!(shape("state_dots")[..2], [6, 6]);
+        assert_eq!(shape("pair_sums"), [2, 6, 1024, 4]);
         // Every row_coef plane starts 16-byte aligned (cp.async of the row weights).
         assert_eq!(6 * 1024 * 4 % 16, 0);
         for &chunk in &tfla_params::CHUNK_SIZES {
@@ -716,6 +735,7 @@ mod tests {
             &mut p.scores_dp,
             &mut p.row_dots,
             &mut p.state_dots,
+            &mut p.pair_sums,
             &mut p.dq,
             &mut p.dk,
             &mut p.dv,

@@ -17,6 +17,12 @@ pub fn forward_flops(dims: &Dims, chunk: usize) -> f64 {
     dims.bh() as f64 * (4.0 * s * dqk * dhv + s * l * (dqk + dhv))
 }
 
+/// Forward+backward FLOPs: three times the forward (the convention of the TFLA paper and of
+/// `benches/compare/compare.py`: the backward's products are twice the forward's).
+pub fn forward_backward_flops(dims: &Dims, chunk: usize) -> f64 {
+    3.0 * forward_flops(dims, chunk)
+}
+
 /// Bytes of chunk states the forward pass writes (and the output kernel reads back):
 /// NC boundaries of C̃ (DQK·DHV, in the input dtype), ñ (DQK, f32) and m (1, f32), per head.
 pub fn state_bytes(dims: &Dims, chunk: usize, dtype: Dtype) -> u64 {

@@ -72,12 +72,16 @@ pub struct BwdPointers {
     /// (BH, NC, L, L) in the input dtype each.
     pub scores_p: u64,
     pub scores_dp: u64,
-    /// Partial row dot products q_i·dq_i and k_i·dk_i per output column tile:
-    /// 2 planes of (BH, NC·L, combine::MAX_COL_TILES) f32.
+    /// Partial row dot products per output column tile, `combine::DOT_PLANES` planes of
+    /// (BH, NC·L, combine::MAX_COL_TILES) f32 (see [`combine`]).
     pub row_dots: u64,
-    /// Partial ⟨dC'_S, C'_S⟩ (plane 0) and ⟨dC'_0, C'_0⟩ (plane 1) per state tile:
-    /// 2 planes of (BH, state::MAX_TILES) f32.
+    /// Partial state dots per state tile, (BH, NC + 2, state::MAX_TILES) f32: for chunk k < NC
+    /// A_k = γ_k ⟨dC'_{k+1}, C'_k⟩, then ⟨dC'_0, C'_0⟩, then ⟨dC'_S, C'_S⟩.
     pub state_dots: u64,
+    /// Partial sums of the pair gradients G_ij = W_ij (q̂_i·k_j)(dnum'_i·v'_j), j < i, over one
+    /// score tile: plane 0 row sums (BH, NC·L, L / scores::TILE) indexed by the column tile,
+    /// plane 1 column sums indexed by the row tile, f32.
+    pub pair_sums: u64,
 
     // Outputs.
     /// dq, dk (BH, S, DQK), dv (BH, S, DHV) in the input dtype.
@@ -200,9 +204,13 @@ pub mod scores {
         TILE * (KD + SMEM_ROW_PAD) * 2
     }
     /// STAGES × two slices, then the row and column gate vectors and the row coefficients
-    /// (4 × TILE f32).
+    /// (4 × TILE f32), then per-warp column sums (WARPS × TILE f32).
     pub const fn smem_bytes() -> u32 {
-        STAGES * 2 * slice_bytes() + 4 * TILE * 4
+        STAGES * 2 * slice_bytes() + 4 * TILE * 4 + WARPS * TILE * 4
+    }
+    /// Tiles per chunk side (the last axis of the pair-sum planes).
+    pub const fn tiles(chunk: u32) -> u32 {
+        chunk / TILE
     }
     /// Lower-triangular tile pairs of one chunk.
     pub const fn pairs(chunk: u32) -> u32 {
@@ -231,6 +239,12 @@ pub mod combine {
     pub const STAGES: u32 = 2;
     /// Output column tiles at the largest head dim (the row-dot planes' last axis).
     pub const MAX_COL_TILES: u32 = crate::MAX_HEAD_DIM / TILE_OUT;
+    /// Row-dot planes: q̂_i·(inter-chunk part of dq̂_i) (dq kernel), k_j·dk_j and
+    /// k_j·(inter-chunk part of dk_j) (dk kernel).
+    pub const DOT_Q_INTER: u32 = 0;
+    pub const DOT_K: u32 = 1;
+    pub const DOT_K_INTER: u32 = 2;
+    pub const DOT_PLANES: u32 = 3;
 
     /// A-operand stage: a TILE × KD slice (state term) or a TILE × TILE score tile.
     pub const fn a_bytes() -> u32 {

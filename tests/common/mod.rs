@@ -87,6 +87,27 @@ pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
 }
 
+/// The L2 norm.
+pub fn norm(x: &[f64]) -> f64 {
+    x.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
+/// ‖got − want‖ / max(‖want‖, scale): the relative error where the value may be a small
+/// difference of terms of size `scale` (+∞ if any value is NaN or infinite).
+pub fn rel_err_at_scale(got: &[f32], want: &[f64], scale: f64) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    if got.iter().any(|x| !x.is_finite()) {
+        return f64::INFINITY;
+    }
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    diff / norm(want).max(scale).max(f64::MIN_POSITIVE)
+}
+
 /// Relative error bound of the forward outputs per input dtype. The kernels round P = S ⊙ D,
 /// the gate-weighted K and the chunk state C̃_k to the input dtype before each `mma`
 /// (accumulating in f32), so errors are a few units of that dtype's rounding (2^-9 for bf16,
@@ -100,15 +121,15 @@ pub fn fwd_tolerance(dtype: Dtype) -> f64 {
 }
 
 /// Relative error bound of the backward gradients per input dtype (every gradient: dq, dk, dv,
-/// dĩ, df̃ and the initial-state gradients). Looser than the forward's: the kernels round the
-/// score matrices P and dP, the state gradients dC̃_k and the gate-weighted operands to the
-/// input dtype before each `mma`, and df̃ is a reverse cumulative sum of differences of such
-/// products. Starting values; the GPU tests print every measured error so they can be
-/// tightened to a few times what is measured.
+/// dĩ, df̃ and the initial-state gradients, measured as `gpu_backward` does: relative to the
+/// scale of the terms they are summed from). The kernels round the score matrices P and dP,
+/// the state gradients dC̃_k and the gate-weighted operands to the input dtype before each
+/// `mma`. Measured on H100/H200 over the GPU test cases: at most 6.1e-3 (bf16) and 9.4e-4
+/// (f16); the bounds leave about 2.5× of margin.
 pub fn bwd_tolerance(dtype: Dtype) -> f64 {
     match dtype {
-        Dtype::Bf16 => 3e-2,
-        Dtype::F16 => 1e-2,
+        Dtype::Bf16 => 1.5e-2,
+        Dtype::F16 => 2.5e-3,
         Dtype::F32 => 1e-5,
     }
 }

@@ -1,17 +1,20 @@
-//! Times tfla's forward kernels over the benchmark grid on the GPU and prints one table (and,
-//! with `--json PATH`, every number). Run by `cargo xtask bench` and by the bundle on machines
+//! Times tfla's forward and forward+backward (Exact gradient) over the benchmark grid on the
+//! GPU and prints one table (and, with `--json PATH`, every number). Run by `cargo xtask bench` and by the bundle on machines
 //! without Rust.
 //!
 //! Usage: tfla-bench [--grid paper|quick|smoke] [--json PATH] [--variants exp,sig,sig_nonorm]
 //!                   [--chunks 64,128,...] [--heads NH:DQK:DHV,...] [--reps N]
-//!                   [--dtype bf16|f16|f32]
+//!                   [--dtype bf16|f16|f32] [--no-bwd]
 //! Timing: CUDA events around each call on the runtime's stream, 3 warm-up calls, then the
 //! median of 20 timed calls; inputs random (never zeros), bf16.
 use cust::event::{Event, EventFlags};
 use rand::Rng;
 use std::fmt::Write as _;
-use tfla::flops::{forward_flops, state_bytes};
-use tfla::{Dims, Dtype, MlstmConfig, MlstmInputs, MlstmOutputs, Runtime, Tensor, Variant};
+use tfla::flops::{forward_backward_flops, forward_flops, state_bytes};
+use tfla::{
+    Dims, Dtype, GradMode, MlstmConfig, MlstmGradOutputs, MlstmGrads, MlstmInputs, MlstmOutputs,
+    Runtime, Tensor, Variant,
+};
 
 const HEADS: [(usize, usize, usize); 3] = [(8, 512, 512), (8, 256, 512), (16, 128, 128)];
 
@@ -93,6 +96,8 @@ fn main() {
             })
             .collect(),
     };
+    // The backward has no f32 path: forward only there.
+    let with_bwd = !args.iter().any(|a| a == "--no-bwd");
     let reps: usize = opt("--reps").map_or(20, |r| r.parse().expect("--reps"));
     let dtype = Dtype::parse(&opt("--dtype").unwrap_or_else(|| "bf16".into()))
         .expect("--dtype: bf16, f16 or f32");
@@ -111,13 +116,27 @@ fn main() {
     let mut json = String::from("[\n");
     writeln!(
         table,
-        "tfla forward, {device}, bf16; TFLOP/s of model FLOPs (README)"
+        "tfla, {device}, {}; TFLOP/s of model FLOPs (README); fwd+bwd: Exact gradient, alloc: outputs, gradients and workspace",
+        dtype.name()
     )
     .unwrap();
     writeln!(
         table,
-        "{:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>5} {:>9} {:>8} {:>10} {:>9}",
-        "variant", "B", "S", "NH", "DQK", "DHV", "L", "fwd ms", "TFLOP/s", "states MB", "alloc MB"
+        "{:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>5} {:>9} {:>8} {:>10} {:>9} {:>11} {:>8} {:>9}",
+        "variant",
+        "B",
+        "S",
+        "NH",
+        "DQK",
+        "DHV",
+        "L",
+        "fwd ms",
+        "TFLOP/s",
+        "states MB",
+        "alloc MB",
+        "fwd+bwd ms",
+        "TFLOP/s",
+        "alloc MB"
     )
     .unwrap();
     for &(nh, dqk, dhv) in &heads {
@@ -128,13 +147,17 @@ fn main() {
             let v = random_tensor(&rt, &mut rng, dtype, &[b, nh, s, dhv], -2.0, 2.0);
             let i = random_tensor(&rt, &mut rng, Dtype::F32, &[b, nh, s], -4.0, 4.0);
             let f = random_tensor(&rt, &mut rng, Dtype::F32, &[b, nh, s], 0.0, 6.0);
+            let dh = random_tensor(&rt, &mut rng, dtype, &[b, nh, s, dhv], -1.0, 1.0);
             let inputs = MlstmInputs::new(&q, &k, &v, &i, &f);
             for (vname, variant) in variants
                 .into_iter()
                 .filter(|(n, _)| want_variants.iter().any(|w| w == n))
             {
                 for &chunk in &chunks {
-                    let cfg = MlstmConfig::new(variant).with_chunk_size(chunk);
+                    let cfg = MlstmConfig {
+                        row_stats: with_bwd,
+                        ..MlstmConfig::new(variant).with_chunk_size(chunk)
+                    };
                     let mut out = match MlstmOutputs::alloc(&rt, &dims, dtype, &cfg) {
                         Ok(o) => o,
                         Err(e) => {
@@ -152,8 +175,41 @@ fn main() {
                     let tflops = forward_flops(&dims, chunk) / (ms * 1e-3) / 1e12;
                     let mb = state_bytes(&dims, chunk, dtype) as f64 / 1e6;
                     let alloc_mb = out.bytes() as f64 / 1e6;
-                    writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1} {alloc_mb:>9.1}").unwrap();
-                    writeln!(json, "  {{\"impl\": \"tfla\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}, \"alloc_bytes\": {}}},", dtype.name(), state_bytes(&dims, chunk, dtype), out.bytes()).unwrap();
+                    // Forward+backward into allocated outputs, gradients and workspace.
+                    let fb = with_bwd.then(|| {
+                        MlstmGrads::alloc(&rt, &inputs, &cfg).map(|mut grads| {
+                            let grad_out = MlstmGradOutputs::new(&dh);
+                            let ms = time_ms(&rt, 3, reps, || {
+                                tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap();
+                                tfla::mlstm_bwd_into(
+                                    &rt,
+                                    &inputs,
+                                    &out,
+                                    &grad_out,
+                                    &cfg,
+                                    GradMode::Exact,
+                                    &mut grads,
+                                )
+                                .unwrap();
+                            });
+                            (ms, out.bytes() + grads.bytes())
+                        })
+                    });
+                    let (fb_text, fb_json) = match &fb {
+                        Some(Ok((fb_ms, bytes))) => {
+                            let tf = forward_backward_flops(&dims, chunk) / (fb_ms * 1e-3) / 1e12;
+                            (
+                                format!("{fb_ms:>11.3} {tf:>8.1} {:>9.1}", *bytes as f64 / 1e6),
+                                format!(
+                                    ", \"fwdbwd_ms\": {fb_ms:.4}, \"fwdbwd_tflops\": {tf:.2}, \"fwdbwd_alloc_bytes\": {bytes}"
+                                ),
+                            )
+                        }
+                        Some(Err(e)) => (format!("  bwd: {e}"), String::new()),
+                        None => (String::new(), String::new()),
+                    };
+                    writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1} {alloc_mb:>9.1} {fb_text}").unwrap();
+                    writeln!(json, "  {{\"impl\": \"tfla\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}, \"alloc_bytes\": {}{fb_json}}},", dtype.name(), state_bytes(&dims, chunk, dtype), out.bytes()).unwrap();
                 }
             }
         }

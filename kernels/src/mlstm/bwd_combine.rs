@@ -9,7 +9,8 @@
 //! so each is one walk: first the state term (KD-wide slices of A and M), scaled per row,
 //! then the key tiles of T (up to the diagonal for dq, from it for dk and dv, T transposed)
 //! with the matching rows of Z, through one two-stage `cp.async` ring. The dq and dk blocks
-//! also write their part of the row dots q·dq and k·dk the gate gradients need.
+//! also write their part of the row dots the gate gradients need: q̂·(inter-chunk part of
+//! dq̂), k·dk and k·(inter-chunk part of dk).
 use super::gates::GateKind;
 use super::stage;
 use crate::arch::convert::Elem;
@@ -42,8 +43,10 @@ pub struct Operands {
     /// u per (head, chunk): out_dim f32.
     pub u: u64,
     pub c_out: f32,
-    /// The input whose row dot with the output the gate gradients need, and its plane.
-    pub dot: Option<(u64, u32)>,
+    /// Row dots the gate gradients need, as (input, plane): of the inter-chunk part
+    /// c·(r ⊙ (A·M) + e ⊗ u) and of the whole output, with the same rows of that input.
+    pub inter_dot: Option<(u64, u32)>,
+    pub end_dot: Option<(u64, u32)>,
 }
 
 /// One of dq, dk, dv.
@@ -78,7 +81,8 @@ impl Role for Dq {
             e_plane: if normalizer { Some(rows::WN) } else { None },
             u: p.ptr.n_states,
             c_out: p.scale,
-            dot: Some((p.ptr.q, 0)),
+            inter_dot: Some((p.ptr.q, DOT_Q_INTER)),
+            end_dot: None,
         }
     }
 }
@@ -102,7 +106,8 @@ impl Role for Dk {
             e_plane: if normalizer { Some(rows::WK) } else { None },
             u: p.ptr.dn_states,
             c_out: p.scale,
-            dot: Some((p.ptr.k, 1)),
+            inter_dot: Some((p.ptr.k, DOT_K_INTER)),
+            end_dot: Some((p.ptr.k, DOT_K)),
         }
     }
 }
@@ -125,7 +130,8 @@ impl Role for Dv {
             e_plane: None,
             u: 0,
             c_out: 1.0,
-            dot: None,
+            inter_dot: None,
+            end_dot: None,
         }
     }
 }
@@ -237,6 +243,29 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
         )
     };
 
+    // Writes this block's part of Σ_c x[row, c]·c_out·acc[row, c] for the warp's rows of half
+    // `e` (row g for e = 0, g + 8 for e = 2) into row-dot plane `plane`.
+    let row_dot = |acc: &[[f32; 4]; NB], e: usize, x: u64, plane: u32| unsafe {
+        let rr = warp * 16 + acc_pos(lane, e).0;
+        let inside = i0 + rr < len;
+        let row = head * s as u64 + (t0 + i0 + rr) as u64;
+        let mut dot = 0f32;
+        unroll!(16, nb => {
+            let c = c0 + nb as u32 * 8 + acc_pos(lane, e).1;
+            let at = (row * out_dim as u64 + c as u64) * 2;
+            let (x0, x1) = E::unpack(global::ld_nc_f32_or_zero(inside && c < out_dim, x + at).to_bits());
+            dot += o.c_out * (x0 * acc[nb][e] + x1 * acc[nb][e + 1]);
+        });
+        dot += shfl::xor_f32(dot, 1);
+        dot += shfl::xor_f32(dot, 2);
+        if inside && lane % 4 == 0 {
+            let at = plane as u64 * p.bh as u64 * padded * MAX_COL_TILES as u64
+                + (head * padded + (t0 + i0 + rr) as u64) * MAX_COL_TILES as u64
+                + bx as u64;
+            global::st_f32(p.ptr.row_dots + at * 4, dot);
+        }
+    };
+
     let mut acc = [[0f32; 4]; NB];
     for item in 0..n_items {
         if item + 1 < n_items {
@@ -289,6 +318,9 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
                         acc[nb][e] = r * acc[nb][e] + ecoef * u[0];
                         acc[nb][e + 1] = r * acc[nb][e + 1] + ecoef * u[1];
                     });
+                    if let Some((x, plane)) = o.inter_dot {
+                        unsafe { row_dot(&acc, e, x, plane) };
+                    }
                 });
             }
         } else {
@@ -312,34 +344,19 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
         unsafe { thread::sync_threads() };
     }
 
-    // Store, and the row dots with the matching input.
+    // Store, and the row dot with the whole output.
     unroll!(2, half => {
         let e = 2 * half;
         let rr = warp * 16 + acc_pos(lane, e).0;
-        let t = t0 + i0 + rr;
-        let inside = i0 + rr < len;
-        let row = head * s as u64 + t as u64;
-        let mut dot = 0f32;
+        let row = head * s as u64 + (t0 + i0 + rr) as u64;
         unroll!(16, nb => {
             let c = c0 + nb as u32 * 8 + acc_pos(lane, e).1;
-            let ok = inside && c < out_dim;
             let at = (row * out_dim as u64 + c as u64) * 2;
-            let v = [o.c_out * acc[nb][e], o.c_out * acc[nb][e + 1]];
-            unsafe { global::st_b32_if(ok, o.out + at, E::pack(v[0], v[1])) };
-            if let Some((x, _)) = o.dot {
-                let (x0, x1) = E::unpack(unsafe { global::ld_nc_f32_or_zero(ok, x + at) }.to_bits());
-                dot += x0 * v[0] + x1 * v[1];
-            }
+            let v = E::pack(o.c_out * acc[nb][e], o.c_out * acc[nb][e + 1]);
+            unsafe { global::st_b32_if(i0 + rr < len && c < out_dim, o.out + at, v) };
         });
-        if let Some((_, plane)) = o.dot {
-            dot += unsafe { shfl::xor_f32(dot, 1) };
-            dot += unsafe { shfl::xor_f32(dot, 2) };
-            if inside && lane % 4 == 0 {
-                let at = plane as u64 * p.bh as u64 * padded * MAX_COL_TILES as u64
-                    + (head * padded + (t0 + i0 + rr) as u64) * MAX_COL_TILES as u64
-                    + bx as u64;
-                unsafe { global::st_f32(p.ptr.row_dots + at * 4, dot) };
-            }
+        if let Some((x, plane)) = o.end_dot {
+            unsafe { row_dot(&acc, e, x, plane) };
         }
     });
 }

@@ -45,9 +45,9 @@ pub unsafe fn bwd_rows<E: Elem, G: GateKind>(p: &BwdParams) {
                 c += 64;
             }
         }
-        for m in [16, 8, 4, 2, 1] {
-            hd += unsafe { shfl::xor_f32(hd, m) };
-        }
+        unroll!(5, b => {
+            hd += unsafe { shfl::xor_f32(hd, 16 >> b) };
+        });
 
         let mut out = [0f32; PLANES as usize];
         if valid {

@@ -7,11 +7,15 @@
 //! Materializing them costs 2·L² elements per chunk (a quarter of a 512-wide Q at L = 128) and
 //! lets the three gradient products (`bwd_combine`) be plain tiled matmuls over the chunk.
 //!
+//! The forget-gate gradient needs the pair gradients G_ij = W_ij (q̂_i·k_j)(dnum'_i·v'_j) =
+//! scale·S_ij·dP_ij (j < i) summed over rows and over columns; they are summed here in f32
+//! from the unrounded tiles (see `bwd_gates` for why not from dq and dk).
+//!
 //! S = Q_i K_jᵀ and dS = dH_i V_jᵀ stream KD-wide slices of both operands through a two-stage
 //! `cp.async` ring; every warp owns 16 rows of both in registers.
 use super::stage;
 use crate::arch::convert::Elem;
-use crate::arch::{cp_async, global, math, shared, thread};
+use crate::arch::{cp_async, global, math, shared, shfl, thread};
 use crate::tile::{SmemTile, acc_pos};
 use tfla_params::bwd::{BwdParams, rows, scores::*};
 use tfla_params::fwd::SMEM_ROW_PAD;
@@ -52,6 +56,7 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
     let srow_rho = srow_r + 4 * TILE;
     let srow_delta = srow_rho + 4 * TILE;
     let scol = srow_delta + 4 * TILE;
+    let swarp_cols = scol + 4 * TILE;
 
     let head = bh as u64;
     let gq = p.ptr.q + head * (s as u64) * (dqk as u64) * 2;
@@ -135,9 +140,12 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
         unsafe { thread::sync_threads() };
     }
 
-    // Gate, scale and store both tiles.
+    // Gate, scale and store both tiles; sum the pair gradients G_ij = scale·S_ij·dP_ij (j < i)
+    // over the tile's rows and columns for the forget-gate gradient.
     let hk = head * nc as u64 + k as u64;
     let base = hk * (l as u64) * (l as u64);
+    let tiles = tiles(l);
+    let mut col_sum = [[0f32; 2]; NB];
     unroll!(2, half => {
         let e = 2 * half;
         let rr = warp * 16 + acc_pos(lane, e).0;
@@ -145,6 +153,7 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
         let (r, rho, delta) = unsafe {
             (shared::ld_f32(srow_r + 4 * rr), shared::ld_f32(srow_rho + 4 * rr), shared::ld_f32(srow_delta + 4 * rr))
         };
+        let mut row_sum = 0f32;
         unroll!(8, nb => {
             let cc = nb as u32 * 8 + acc_pos(lane, e).1;
             let mut pv = [0f32; 2];
@@ -153,8 +162,12 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
                 let j = j0 + cc + x as u32;
                 let w = math::exp2(r + unsafe { shared::ld_f32(scol + 4 * (cc + x as u32)) });
                 let w = if j <= i && i < len { w } else { 0.0 };
-                pv[x] = w * sacc[nb][e + x] * p.scale * rho;
+                let sc = sacc[nb][e + x] * p.scale;
+                pv[x] = w * sc * rho;
                 dpv[x] = w * (dacc[nb][e + x] * rho + delta);
+                let g = if j < i { sc * dpv[x] } else { 0.0 };
+                row_sum += g;
+                col_sum[nb][x] += g;
             });
             let at = (base + i as u64 * l as u64 + (j0 + cc) as u64) * 2;
             unsafe {
@@ -162,5 +175,34 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
                 global::st_b32(p.ptr.scores_dp + at, E::pack(dpv[0], dpv[1]));
             }
         });
+        row_sum += unsafe { shfl::xor_f32(row_sum, 1) };
+        row_sum += unsafe { shfl::xor_f32(row_sum, 2) };
+        if lane % 4 == 0 && i < len {
+            let at = (head * padded + (t0 + i) as u64) * tiles as u64 + jt as u64;
+            unsafe { global::st_f32(p.ptr.pair_sums + at * 4, row_sum) };
+        }
     });
+    // Column sums: over the 8 row groups of the warp, then over the warps through shared memory.
+    unroll!(8, nb => {
+        unroll!(2, x => {
+            let c = &mut col_sum[nb][x];
+            *c += unsafe { shfl::xor_f32(*c, 4) };
+            *c += unsafe { shfl::xor_f32(*c, 8) };
+            *c += unsafe { shfl::xor_f32(*c, 16) };
+            if lane < 4 {
+                let cc = nb as u32 * 8 + lane * 2 + x as u32;
+                unsafe { shared::st_f32(swarp_cols + 4 * (warp * TILE + cc), *c) };
+            }
+        });
+    });
+    unsafe { thread::sync_threads() };
+    if tid < TILE && j0 + tid < len {
+        let mut c = 0f32;
+        for w in 0..WARPS {
+            c += unsafe { shared::ld_f32(swarp_cols + 4 * (w * TILE + tid)) };
+        }
+        let plane = p.bh as u64 * padded * tiles as u64;
+        let at = plane + (head * padded + (t0 + j0 + tid) as u64) * tiles as u64 + it as u64;
+        unsafe { global::st_f32(p.ptr.pair_sums + at * 4, c) };
+    }
 }

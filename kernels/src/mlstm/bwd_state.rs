@@ -13,7 +13,8 @@
 //!
 //! Writes dC̃_{k+1} (input dtype: the dk and dv kernels consume it rounded for their `mma`) and
 //! dñ_{k+1} (f32) for every chunk k, dC̃_0, dñ_0 (f32) when asked, and per tile the partial
-//! ⟨dC'_S, C'_S⟩ and ⟨dC'_0, C'_0⟩ the gate gradients need.
+//! dots the gate gradients need: γ_k ⟨dC'_{k+1}, C'_k⟩ for every chunk, ⟨dC'_0, C'_0⟩ and
+//! ⟨dC'_S, C'_S⟩.
 use super::block::{self, Add};
 use super::gates::GateKind;
 use super::stage;
@@ -70,6 +71,8 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         ((r * dhv + c) as u64, r < dqk && c < dhv)
     };
     let mat = head * (dqk as u64) * (dhv as u64);
+    // This tile's entry of chunk 0 in the (BH, NC + 2, MAX_TILES) state dots.
+    let dots = p.ptr.state_dots + ((head * (nc + 2) as u64) * MAX_TILES as u64 + bx as u64) * 4;
     let vec = head * dqk as u64;
 
     // ñ rides along as a value column of ones in the blocks of the first DHV tile (as in the
@@ -154,6 +157,29 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         } else {
             math::exp(g)
         };
+        // A_k = γ_k ⟨dC'_{k+1}, C'_k⟩, this tile's part (the forget gates' share through the
+        // decay of the state into the next chunk).
+        let mut dot = 0f32;
+        unroll!(16, nb => {
+            for half in 0..2 {
+                let e = 2 * half;
+                let (idx, inside) = at(nb, e);
+                let ptr = p.ptr.c_states + (hk * (dqk as u64) * (dhv as u64) + idx) * 2;
+                let (c0, c1) = E::unpack(unsafe { global::ld_nc_f32_or_zero(inside, ptr) }.to_bits());
+                dot += acc[nb][e] * c0 + acc[nb][e + 1] * c1;
+            }
+        });
+        if with_n && lane % 4 == 0 {
+            for half in 0..2 {
+                let r = d0 + row(2 * half);
+                let ptr = p.ptr.n_states + (hk * dqk as u64 + r as u64) * 4;
+                dot += nacc[2 * half] * unsafe { global::ld_nc_f32_or_zero(r < dqk, ptr) };
+            }
+        }
+        let dot = unsafe { block::reduce::<Add, THREADS>(dot, scratch) };
+        if tid == 0 {
+            unsafe { global::st_f32(dots + k as u64 * MAX_TILES as u64 * 4, decay * dot) };
+        }
         for a in acc.iter_mut() {
             for x in a.iter_mut() {
                 *x *= decay;
@@ -247,11 +273,10 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
     }
     let dot_init = unsafe { block::reduce::<Add, THREADS>(dot_init, scratch) };
     if tid == 0 {
-        let base = p.ptr.state_dots + (head * MAX_TILES as u64 + bx as u64) * 4;
-        let plane = p.bh as u64 * MAX_TILES as u64 * 4;
+        let per_chunk = MAX_TILES as u64 * 4;
         unsafe {
-            global::st_f32(base, dot_final);
-            global::st_f32(base + plane, dot_init);
+            global::st_f32(dots + nc as u64 * per_chunk, dot_init);
+            global::st_f32(dots + (nc + 1) as u64 * per_chunk, dot_final);
         }
     }
 }
