@@ -610,7 +610,9 @@ fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
 
 /// The launches of the backward pass, in order: row coefficients, state gradients (reverse
 /// walk), score matrices, dq, dk, dv, gate gradients (which sum the row dots of dq and dk).
-fn bwd_launches(p: &BwdParams, gates: Gates, dtype: KDtype) -> [Launch; 7] {
+/// The launches of the backward pass, in order; the max-state path only for mLSTMexp in
+/// Exact mode (elsewhere m is constant or held constant).
+fn bwd_launches(p: &BwdParams, gates: Gates, dtype: KDtype) -> Vec<Launch> {
     let name = |k| bwd::entry_name(k, gates, dtype);
     let combine = |k, out_dim| Launch {
         name: name(k),
@@ -618,7 +620,7 @@ fn bwd_launches(p: &BwdParams, gates: Gates, dtype: KDtype) -> [Launch; 7] {
         threads: bwd::combine::THREADS,
         smem: bwd::combine::smem_bytes(),
     };
-    [
+    let mut launches = vec![
         Launch {
             name: name(BwdKernel::Rows),
             grid: bwd::rows::grid(p),
@@ -644,9 +646,18 @@ fn bwd_launches(p: &BwdParams, gates: Gates, dtype: KDtype) -> [Launch; 7] {
             name: name(BwdKernel::Gates),
             grid: bwd::gates::grid(p),
             threads: bwd::gates::THREADS,
-            smem: 0,
+            smem: bwd::gates::smem_bytes(p.chunk),
         },
-    ]
+    ];
+    if gates == Gates::Exp && p.exact != 0 {
+        launches.push(Launch {
+            name: name(BwdKernel::MaxPath),
+            grid: bwd::max_path::grid(p),
+            threads: bwd::max_path::THREADS,
+            smem: bwd::max_path::smem_bytes(),
+        });
+    }
+    launches
 }
 
 #[cfg(test)]
@@ -694,13 +705,22 @@ mod tests {
             num_chunks: 8,
             ..Default::default()
         };
-        let l = bwd_launches(&p, Gates::Sig, KDtype::F16);
-        let names: Vec<_> = l.iter().map(|l| l.name).collect();
-        let want: Vec<_> = BwdKernel::ALL
-            .iter()
-            .map(|&k| bwd::entry_name(k, Gates::Sig, KDtype::F16))
-            .collect();
-        assert_eq!(names, want);
+        let names = |l: &[Launch]| l.iter().map(|l| l.name).collect::<Vec<_>>();
+        let want = |g| {
+            BwdKernel::ALL
+                .iter()
+                .map(|&k| bwd::entry_name(k, g, KDtype::F16))
+                .collect::<Vec<_>>()
+        };
+        // The max-state path runs for mLSTMexp in Exact mode only.
+        let exact = BwdParams { exact: 1, ..p };
+        assert_eq!(
+            names(&bwd_launches(&exact, Gates::Exp, KDtype::F16)),
+            want(Gates::Exp)
+        );
+        let l = bwd_launches(&exact, Gates::Sig, KDtype::F16);
+        assert_eq!(names(&l), want(Gates::Sig)[..7]);
+        assert_eq!(bwd_launches(&p, Gates::Exp, KDtype::F16).len(), 7);
         // dq and dk tile DQK, dv tiles DHV.
         assert_eq!(l[3].grid, bwd::combine::grid(&p, 64));
         assert_eq!(l[5].grid, bwd::combine::grid(&p, 128));

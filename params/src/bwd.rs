@@ -270,15 +270,36 @@ pub mod combine {
     }
 }
 
-/// Gate gradients: one warp per head walks the sequence backwards in WARP-step segments
-/// (reverse cumulative sum for df̃; the path through the max state for mLSTMexp, Exact mode).
+/// Gate gradients: one block per (chunk, head) (the forget-gate gradient is a sum inside the
+/// chunk: two block scans over its steps).
 pub mod gates {
     use super::*;
     pub const WARPS: u32 = 4;
     pub const THREADS: u32 = WARPS * WARP;
-    /// (BH / WARPS, 1, 1).
+    /// Two scanned vectors of the chunk (2 × L f32), scan scratch (WARPS f32), A_k (one f32,
+    /// padded to 16 bytes).
+    pub const fn smem_bytes(chunk: u32) -> u32 {
+        2 * chunk * 4 + WARPS * 4 + 16
+    }
+    /// (NC, BH, 1).
     pub const fn grid(p: &BwdParams) -> (u32, u32, u32) {
-        (div_ceil(p.bh, WARPS), 1, 1)
+        (p.num_chunks, p.bh, 1)
+    }
+}
+
+/// The path through the max state (mLSTMexp, Exact mode only): one block per head, each
+/// thread a contiguous run of steps, one block-wide scan of affine maps over the runs.
+pub mod max_path {
+    use super::*;
+    pub const WARPS: u32 = 32;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// Per-warp composed maps (2 × WARPS f32).
+    pub const fn smem_bytes() -> u32 {
+        2 * WARPS * 4
+    }
+    /// (BH, 1, 1).
+    pub const fn grid(p: &BwdParams) -> (u32, u32, u32) {
+        (p.bh, 1, 1)
     }
 }
 
@@ -292,10 +313,11 @@ pub enum BwdKernel {
     Dk,
     Dv,
     Gates,
+    MaxPath,
 }
 
 impl BwdKernel {
-    pub const ALL: [BwdKernel; 7] = [
+    pub const ALL: [BwdKernel; 8] = [
         BwdKernel::Rows,
         BwdKernel::State,
         BwdKernel::Scores,
@@ -303,11 +325,12 @@ impl BwdKernel {
         BwdKernel::Dk,
         BwdKernel::Dv,
         BwdKernel::Gates,
+        BwdKernel::MaxPath,
     ];
 }
 
 /// Entry-point name of a backward kernel: one per (kernel, gates, dtype); the gate-gradient
-/// kernel has no element type (its name ignores `dtype`). The device crate's `entry!` list and
+/// kernels have no element type (their names ignore `dtype`). The device crate's `entry!` list and
 /// this table must agree; the host tests load every name.
 pub const fn entry_name(kernel: BwdKernel, gates: Gates, dtype: Dtype) -> &'static str {
     use BwdKernel::*;
@@ -321,6 +344,8 @@ pub const fn entry_name(kernel: BwdKernel, gates: Gates, dtype: Dtype) -> &'stat
         Dk => DK[g][d],
         Dv => DV[g][d],
         Gates => GATES[g],
+        // Only mLSTMexp has a max state: the name is the same for every `gates`.
+        MaxPath => "mlstm_bwd_max_path_exp",
     }
 }
 
@@ -379,7 +404,8 @@ mod tests {
         assert_eq!(state::grid(&p), (2 * 3, 6, 1));
         assert_eq!(scores::grid(&p), (10, 4, 6));
         assert_eq!(combine::grid(&p, 272), (3, 16, 6));
-        assert_eq!(gates::grid(&p), (2, 1, 1));
+        assert_eq!(gates::grid(&p), (4, 6, 1));
+        assert_eq!(max_path::grid(&p), (6, 1, 1));
         for &l in &CHUNK_SIZES {
             assert_eq!(l % scores::TILE, 0);
             assert_eq!(l % combine::TILE, 0);
@@ -399,6 +425,6 @@ mod tests {
         }
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 6 * 6 + 3);
+        assert_eq!(names.len(), 6 * 6 + 3 + 1);
     }
 }

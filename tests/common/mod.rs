@@ -120,18 +120,21 @@ pub fn fwd_tolerance(dtype: Dtype) -> f64 {
     }
 }
 
-/// Relative error bound of the backward gradients per input dtype (every gradient: dq, dk, dv,
-/// dĩ, df̃ and the initial-state gradients, measured as `gpu_backward` does: relative to the
-/// scale of the terms they are summed from). The kernels round the score matrices P and dP,
-/// the state gradients dC̃_k and the gate-weighted operands to the input dtype before each
-/// `mma`. Measured on H100/H200 over the GPU test cases: at most 6.1e-3 (bf16) and 9.4e-4
-/// (f16); the bounds leave about 2.5× of margin.
-pub fn bwd_tolerance(dtype: Dtype) -> f64 {
-    match dtype {
-        Dtype::Bf16 => 1.5e-2,
-        Dtype::F16 => 2.5e-3,
+/// Relative error bound of backward gradient `name` (dq, dk, dv, di, df, dc0, dn0, dm0) per
+/// input dtype, for errors measured as `gpu_backward` does: relative to the scale of the
+/// terms each gradient is summed from. The kernels round the score matrices P and dP, the
+/// state gradients dC̃_k and the gate-weighted operands to the input dtype before each `mma`,
+/// and δ_i = ds_i (Exact mode) comes from the 16-bit h and the forward's s_i: in rows where
+/// |s_i| is small it dominates dq_i and dk_i and carries twice the relative error of s_i.
+/// Measured over the GPU test cases and seeds: typically 2–5e-3 (bf16) and 3e-4 (f16), at most
+/// 1.5e-2 and 1e-3; dñ_0 (a short sum of terms ∝ δ_i with random signs) up to 3.9e-2 (bf16).
+pub fn bwd_tolerance(dtype: Dtype, name: &str) -> f64 {
+    let base = match dtype {
+        Dtype::Bf16 => 3e-2,
+        Dtype::F16 => 5e-3,
         Dtype::F32 => 1e-5,
-    }
+    };
+    if name == "dn0" { 3.0 * base } else { base }
 }
 
 /// A sample of N(0, 1) (Box–Muller).

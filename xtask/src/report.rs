@@ -35,85 +35,82 @@ fn keep_best(best: &mut Best, k: (String, u64, u64, u64, u64, u64), ms: f64, chu
     }
 }
 
-/// Prints the merged table. `tfla` is tfla-bench's JSON list; `refs` are compare.py outputs.
+/// Prints the merged tables, forward and forward+backward. `tfla` is tfla-bench's JSON list;
+/// `refs` are compare.py outputs.
 pub fn report(tfla: &Path, refs: &[String]) -> Result<(), String> {
-    let mut ours = Best::new();
     let rows = read(tfla)?;
-    for r in rows.as_array().ok_or("tfla JSON: expected a list")? {
-        let (Some(variant), Some(ms)) =
-            (r.get("variant").and_then(Value::as_str), num(r, "fwd_ms"))
-        else {
-            continue;
-        };
-        if let Some(k) = key(r, variant) {
-            keep_best(
-                &mut ours,
-                k,
-                ms,
-                r.get("chunk").and_then(Value::as_u64).unwrap_or(0),
-            );
-        }
-    }
-    // Per reference name ("tfla" = the Triton TFLA kernels, "fla:simple_gla", "sdpa", …).
-    let mut theirs: BTreeMap<String, Best> = BTreeMap::new();
+    let rows = rows.as_array().ok_or("tfla JSON: expected a list")?;
+    let docs = refs
+        .iter()
+        .map(|p| read(Path::new(p)))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut card = String::new();
-    let mut ceilings = String::new();
-    for path in refs {
-        let doc = read(Path::new(path))?;
+    for doc in &docs {
         if let Some(gpu) = doc.pointer("/machine/gpu").and_then(Value::as_str) {
             card = gpu.to_string();
         }
         if let Some(c) = doc.get("ceilings").filter(|c| !c.is_null())
             && let (Some(mm), Some(bw)) = (num(c, "matmul_bf16_tflops"), num(c, "copy_gbps"))
         {
-            ceilings = format!("ceilings: bf16 matmul {mm:.0} TFLOP/s, copy {bw:.0} GB/s");
+            println!("ceilings: bf16 matmul {mm:.0} TFLOP/s, copy {bw:.0} GB/s");
         }
-        for r in doc
-            .get("rows")
+    }
+    for (metric, what) in [("fwd_ms", "forward"), ("fwdbwd_ms", "forward+backward")] {
+        table(rows, &docs, metric, what, &card);
+    }
+    println!("ratio = tfla time / reference time (below 1: tfla faster); best chunk size of each");
+    Ok(())
+}
+
+/// One table of `metric` (a time in ms) of tfla against every reference that measured it.
+fn table(rows: &[Value], docs: &[Value], metric: &str, what: &str, card: &str) {
+    let chunk_of = |r: &Value| r.get("chunk").and_then(Value::as_u64).unwrap_or(0);
+    let mut ours = Best::new();
+    for r in rows {
+        let (Some(variant), Some(ms)) = (r.get("variant").and_then(Value::as_str), num(r, metric))
+        else {
+            continue;
+        };
+        if let Some(k) = key(r, variant) {
+            keep_best(&mut ours, k, ms, chunk_of(r));
+        }
+    }
+    // Per reference name ("triton-tfla" = the TFLA authors' kernels, "fla:simple_gla", …).
+    let mut theirs: BTreeMap<String, Best> = BTreeMap::new();
+    for r in docs.iter().flat_map(|d| {
+        d.get("rows")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-        {
-            let (Some(name), Some(variant), Some(ms)) = (
-                r.get("ref").and_then(Value::as_str),
-                r.get("variant").and_then(Value::as_str),
-                num(r, "fwd_ms"),
-            ) else {
-                continue;
-            };
-            let chunk = r.get("chunk").and_then(Value::as_u64).unwrap_or(0);
-            if name == "tfla" {
-                if let Some(k) = key(r, variant) {
-                    keep_best(
-                        theirs.entry("triton-tfla".into()).or_default(),
-                        k,
-                        ms,
-                        chunk,
-                    );
-                }
-            } else if let Some(mut k) = key(r, variant) {
-                // FLA and SDPA compute one function for every mLSTM variant: match any.
-                k.0 = String::new();
-                keep_best(
-                    theirs.entry(format!("{name}:{variant}")).or_default(),
-                    k,
-                    ms,
-                    chunk,
-                );
-            }
-        }
-    }
-    println!(
-        "tfla forward against the references of the same run{}",
-        if card.is_empty() {
-            String::new()
+    }) {
+        let (Some(name), Some(variant), Some(ms)) = (
+            r.get("ref").and_then(Value::as_str),
+            r.get("variant").and_then(Value::as_str),
+            num(r, metric),
+        ) else {
+            continue;
+        };
+        let Some(mut k) = key(r, variant) else {
+            continue;
+        };
+        let name = if name == "tfla" {
+            "triton-tfla".to_string()
         } else {
-            format!(", {card}")
-        }
-    );
-    if !ceilings.is_empty() {
-        println!("{ceilings}");
+            // FLA and SDPA compute one function for every mLSTM variant: match any.
+            k.0 = String::new();
+            format!("{name}:{variant}")
+        };
+        keep_best(theirs.entry(name).or_default(), k, ms, chunk_of(r));
     }
+    if ours.is_empty() {
+        return;
+    }
+    let card = if card.is_empty() {
+        String::new()
+    } else {
+        format!(", {card}")
+    };
+    println!("\ntfla {what} against the references of the same run{card}");
     let names: Vec<&String> = theirs.keys().collect();
     print!(
         "{:<11} {:>3} {:>4} {:>4} {:>3} {:>6} {:>13}",
@@ -142,6 +139,4 @@ pub fn report(tfla: &Path, refs: &[String]) -> Result<(), String> {
         }
         println!();
     }
-    println!("ratio = tfla time / reference time (below 1: tfla faster); best chunk size of each");
-    Ok(())
 }

@@ -55,6 +55,55 @@ fn readout(state: &State, p: &RefParams, qhat: &[f64], h: &mut [f64]) {
     h.iter_mut().for_each(|x| *x /= den);
 }
 
+/// How close every step comes to a point where the exact gradient is discontinuous (the
+/// forward is continuous there, its derivative jumps), per step (B, NH, S):
+/// - `den`: the relative distance ||s_t| − floor_t| / floor_t of the normalizer readout to its
+///   floor (normalized variants; +∞ otherwise);
+/// - `branch`: λ_t + m_{t−1} − ι_t, whose sign picks the max state's branch (mLSTMexp; +∞
+///   otherwise).
+///
+/// Gradients computed in finite precision may take either side within their rounding of these
+/// quantities, so tests of Exact mode keep their inputs away from them.
+#[derive(Clone, Debug)]
+pub struct KinkMargins {
+    pub den: Vec<f64>,
+    pub branch: Vec<f64>,
+}
+
+/// The [`KinkMargins`] of `inp`.
+pub fn kink_margins(inp: &RefInputs, p: &RefParams) -> KinkMargins {
+    inp.validate();
+    let n = inp.shape.heads() * inp.shape.s;
+    let mut out = KinkMargins {
+        den: vec![f64::INFINITY; n],
+        branch: vec![f64::INFINITY; n],
+    };
+    let mut qhat = vec![0.0; inp.shape.dqk];
+    let mut h = vec![0.0; inp.shape.dhv];
+    for bh in 0..inp.shape.heads() {
+        let head = HeadInputs::new(inp, p.variant, bh);
+        let mut state = head.init.clone();
+        for t in 0..inp.shape.s {
+            let row = bh * inp.shape.s + t;
+            if p.variant == Variant::Exp {
+                out.branch[row] = head.gates.lambda[t] + state.m - head.gates.iota[t];
+            }
+            step(&mut state, &head, p.variant, t);
+            if p.variant.normalizes() {
+                head.qhat(t, p.scale, &mut qhat);
+                let s = state.query(&qhat, &mut h);
+                let floor = if p.variant == Variant::Exp {
+                    (-state.m).exp()
+                } else {
+                    1.0
+                };
+                out.den[row] = (s.abs() - floor).abs() / floor;
+            }
+        }
+    }
+    out
+}
+
 /// All states of one head, before step 1 through after step S: S + 1 states.
 pub(super) fn trajectory(head: &HeadInputs<'_>, variant: Variant) -> Vec<State> {
     let mut states = Vec::with_capacity(head.shape.s + 1);

@@ -95,6 +95,20 @@ pub unsafe fn ld_f32(ptr: u64) -> f32 {
     v
 }
 
+/// 4-byte load of an f32 (coherent: sees this kernel's own earlier stores).
+///
+/// # Safety
+/// `ptr` is 4-byte aligned and points to 4 readable bytes.
+#[inline(always)]
+pub unsafe fn ld_f32(ptr: u64) -> f32 {
+    let v: f32;
+    unsafe {
+        asm!("ld.global.f32 {v}, [{p}];", p = in(reg64) ptr, v = out(reg32) v,
+             options(pure, readonly, nostack))
+    };
+    v
+}
+
 /// 16-byte load of four f32 (coherent).
 ///
 /// # Safety

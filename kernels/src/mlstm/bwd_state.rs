@@ -15,7 +15,7 @@
 //! dñ_{k+1} (f32) for every chunk k, dC̃_0, dñ_0 (f32) when asked, and per tile the partial
 //! dots the gate gradients need: γ_k ⟨dC'_{k+1}, C'_k⟩ for every chunk, ⟨dC'_0, C'_0⟩ and
 //! ⟨dC'_S, C'_S⟩.
-use super::block::{self, Add};
+use super::block::{self, Add, Max};
 use super::gates::GateKind;
 use super::stage;
 use crate::arch::convert::Elem;
@@ -180,18 +180,35 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         if tid == 0 {
             unsafe { global::st_f32(dots + k as u64 * MAX_TILES as u64 * 4, decay * dot) };
         }
+
+        // The chunk's products run on weights divided by their largest value (restored
+        // after): α_i ρ_i can all be tiny (a forget gate near 0 at the chunk's start), and
+        // q̂·α ρ rounded to f16 would then lose its precision in the subnormal range.
+        let (first, len) = (k * l, l.min(s - k * l));
+        let (mut wc, mut wn) = (0f32, 0f32);
+        let mut j = tid;
+        while j < len {
+            let at = (first + j) as u64 * 4;
+            wc = wc.max(unsafe { global::ld_nc_f32(g_wq + at) });
+            wn = wn.max(unsafe { global::ld_nc_f32(g_wn + at) }.abs());
+            j += THREADS;
+        }
+        let unit = |x: f32| if x > 0.0 { x } else { 1.0 };
+        let wc = unit(unsafe { block::reduce::<Max, THREADS>(wc, scratch) });
+        let wn = unit(unsafe { block::reduce::<Max, THREADS>(wn, scratch) });
+        let (scale_c, scale_n) = (p.scale / wc, p.scale / wn);
         for a in acc.iter_mut() {
             for x in a.iter_mut() {
-                *x *= decay;
+                *x *= decay / wc;
             }
         }
         for x in nacc.iter_mut() {
-            *x *= decay;
+            *x *= decay / wn;
         }
 
-        let first = k * (l / SUB_L);
-        let mut it = (first + l / SUB_L).min(n_items);
-        while it > first {
+        let first_item = k * (l / SUB_L);
+        let mut it = (first_item + l / SUB_L).min(n_items);
+        while it > first_item {
             it -= 1;
             if it > 0 {
                 issue(it - 1);
@@ -210,7 +227,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
                 let q = unsafe { sq.a_trans(ks * 16, warp * 16, lane) };
                 // Steps past a ragged end have zero Q rows and weights.
                 let steps = [jj, jj + 1, jj + 8, jj + 9];
-                let wq = steps.map(|j| p.scale * unsafe { shared::ld_f32(sw + 4 * j) });
+                let wq = steps.map(|j| scale_c * unsafe { shared::ld_f32(sw + 4 * j) });
                 let mut a = [0u32; 4];
                 unroll!(4, r => {
                     let (lo, hi) = E::unpack(q[r]);
@@ -225,7 +242,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
                     }
                 });
                 if with_n {
-                    let wn = steps.map(|j| p.scale * unsafe { shared::ld_f32(sw + 4 * (SUB_L + j)) });
+                    let wn = steps.map(|j| scale_n * unsafe { shared::ld_f32(sw + 4 * (SUB_L + j)) });
                     let mut an = [0u32; 4];
                     unroll!(4, r => {
                         let (lo, hi) = E::unpack(q[r]);
@@ -236,6 +253,14 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
                 }
             });
             unsafe { thread::sync_threads() };
+        }
+        for a in acc.iter_mut() {
+            for x in a.iter_mut() {
+                *x *= wc;
+            }
+        }
+        for x in nacc.iter_mut() {
+            *x *= wn;
         }
     }
 

@@ -4,6 +4,7 @@
 mod block;
 mod bwd_combine;
 mod bwd_gates;
+mod bwd_max_path;
 mod bwd_rows;
 mod bwd_scores;
 mod bwd_state;
@@ -100,3 +101,13 @@ entry! {
     mlstm_bwd_gates_sig = bwd_gates<SigGates>;
     mlstm_bwd_gates_signn = bwd_gates<SigNoNormGates>;
 }
+
+/// PTX entry point of the max-state path (mLSTMexp only; see `tfla_params::bwd::entry_name`).
+///
+/// # Safety
+/// As the body.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn mlstm_bwd_max_path_exp(p: BwdParams) {
+    unsafe { bwd_max_path::bwd_max_path(&p) }
+}
+
