@@ -48,6 +48,7 @@ fn fwd_entry_names() -> Vec<&'static str> {
 fn all_entry_names() -> Vec<&'static str> {
     let mut names = fwd_entry_names();
     names.extend(bwd_entry_names());
+    names.extend(tfla_params::step::entry_names());
     names
 }
 
@@ -139,6 +140,11 @@ fn every_entry_takes_the_parameter_struct_the_host_passes() {
             std::mem::size_of::<tfla_params::bwd::BwdParams>(),
             "BwdParams",
         ),
+        (
+            tfla_params::step::entry_names().collect(),
+            std::mem::size_of::<tfla_params::step::StepParams>(),
+            "StepParams",
+        ),
     ];
     for (names, size, what) in checks {
         for name in names {
@@ -147,6 +153,32 @@ fn every_entry_takes_the_parameter_struct_the_host_passes() {
                 bytes, size,
                 "{name}: PTX parameter is {bytes} bytes, {what} is {size}"
             );
+        }
+    }
+}
+
+/// The PTX body of entry `name` (from its `.entry` line to the closing brace).
+fn entry_body(name: &str) -> &'static str {
+    let ptx = tfla::runtime::PTX;
+    let start = ptx
+        .find(&format!(".entry {name}("))
+        .unwrap_or_else(|| panic!("{name} missing"));
+    let end = ptx[start..].find("\n}").map_or(ptx.len(), |e| start + e);
+    &ptx[start..end]
+}
+
+#[test]
+fn step_kernels_move_the_state_in_16_byte_vectors() {
+    // The step is memory-bound: C̃ must travel as 16-byte vectors, and ñ, m are handed over
+    // through the per-head arrival counter (one acquire-release atomic per block).
+    for name in tfla_params::step::entry_names() {
+        let body = entry_body(name);
+        for instr in [
+            "ld.global.v4.b32",
+            "st.global.v4.b32",
+            "atom.acq_rel.gpu.global.add.u32",
+        ] {
+            assert!(body.contains(instr), "{name} lacks {instr}");
         }
     }
 }

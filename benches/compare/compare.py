@@ -2,7 +2,8 @@
 """Side-by-side reference benchmark for tfla: the published Triton kernels on the same GPU.
 
 References: TFLA (mlstm_kernels 2.0.6: mLSTMexp and mLSTMsig chunkwise "xl_chunk" kernels),
-FLA (fla-core 0.6.0: chunk_simple_gla, chunk_gla) and PyTorch SDPA (flash backend, causal).
+FLA (fla-core 0.6.0: chunk_simple_gla, chunk_gla) and PyTorch SDPA (flash backend, causal);
+for generation, TFLA's fused Triton step kernel (mLSTMexp, `get_mlstm_step_kernel("triton")`).
 Also measures the card's matmul and copy ceilings, and (--check-dir) compares our outputs
 with the TFLA kernels on identical inputs.
 
@@ -34,6 +35,11 @@ REFS = {  # id -> (ref, variant, worker group)
 TFLA_NAMES = {"exp": "chunkwise--triton_xl_chunk", "sig": "chunkwise--triton_xl_chunk_siging",
               "sig_nonorm": "chunkwise--triton_xl_chunk_siging"}
 FLA_CHUNK = 64  # FLA's default chunk size, used only for its FLOP count
+# The step (generation) points, as tfla-bench's step table: B*NH heads (NH = 8), DQK, DHV, and
+# the state dtypes of TFLA's step kernel (`dtype_state`).
+STEP_BH = (64, 256)
+STEP_NH, STEP_DQK, STEP_DHV = 8, 256, 512
+STEP_STATES = ("fp32", "bf16")
 FATAL_MARKERS = ("illegal memory access", "unspecified launch failure", "device-side assert",
                  "CUDA error", "CUBLAS_STATUS_EXECUTION_FAILED")
 
@@ -109,6 +115,12 @@ def build_plan(args):
 
 def extra_entries(args):
     extra = [] if args.no_ceilings else [dict(kind="ceil", group="torch")]
+    if args.step or (args.grid == "quick" and not args.no_step):
+        for bh in STEP_BH:
+            for sd in STEP_STATES:
+                extra.append(dict(kind="step", group="step", ref="tfla", variant="exp",
+                                  B=bh // STEP_NH, NH=STEP_NH, DQK=STEP_DQK, DHV=STEP_DHV,
+                                  dtype=args.dtype, state_dtype=sd))
     if args.check_dir:
         for name in sorted(os.listdir(args.check_dir)):
             if name.endswith(".safetensors"):
@@ -274,6 +286,51 @@ def run_bench(torch, e, row):
             row["note"] = "FLA refuses its gated backward on Hopper with Triton < 3.7.1"
 
 
+def step_bytes(bh, dqk, dhv, x, s, sn):
+    """Bytes one step must move (tfla's StepDims::bytes_moved, exp): C read and written (s
+    bytes), n read and written (sn bytes: tfla keeps n in f32, TFLA's kernel in dtype_state),
+    m read and written, q, k, v read and h written (x bytes), i and f read."""
+    return bh * (2 * dqk * dhv * s + 2 * dqk * sn + 2 * 4 + (2 * dqk + 2 * dhv) * x + 2 * 4)
+
+
+def run_step(torch, e, row):
+    """TFLA's fused Triton step kernel, `get_mlstm_step_kernel("triton")` (mLSTMexp only):
+    q, k (B, NH, DQK), v (B, NH, DHV), i, f (B, NH, 1) in the input dtype; states c
+    (B, NH, DQK, DHV), n (B, NH, DQK), m (B, NH, 1) in `dtype_state`. It is not in place: the
+    new states go to buffers passed as matC_new/vecN_new/scaM_new (allocated once, so the
+    timing is the kernel's), which reads and writes C once, like ours."""
+    try:
+        from mlstm_kernels.torch import get_mlstm_step_kernel
+        step = get_mlstm_step_kernel("triton")
+    except Exception as ex:  # ImportError, or the registry's error without triton
+        row["error"] = f"unavailable: {type(ex).__name__}: {ex}"
+        return
+    B, NH, DQK, DHV = e["B"], e["NH"], e["DQK"], e["DHV"]
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[e["dtype"]]
+    sdt = {"fp32": torch.float32, "bf16": torch.bfloat16}[e["state_dtype"]]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def rn(*shape, dtype=dt, shift=0.0):
+        return torch.randn(*shape, device="cuda", dtype=dtype, generator=gen).add_(shift)
+    q, k, v = rn(B, NH, DQK), rn(B, NH, DQK), rn(B, NH, DHV)
+    i, f = rn(B, NH, 1), rn(B, NH, 1, shift=3.0)
+    c, n, m = rn(B, NH, DQK, DHV, dtype=sdt), rn(B, NH, DQK, dtype=sdt), rn(B, NH, 1, dtype=sdt)
+    c2, n2, m2 = torch.empty_like(c), torch.empty_like(n), torch.empty_like(m)
+
+    def fn():
+        return step(q, k, v, i, f, c, n, m, eps=1e-6, dtype_state=sdt, matC_new=c2,
+                    vecN_new=n2, scaM_new=m2)
+    try:
+        with torch.no_grad():
+            fn()  # compiles
+            ms = bench_ms(torch, fn)
+    except Exception as ex:
+        row["error"] = "step: " + describe(ex)
+        return
+    nbytes = step_bytes(B * NH, DQK, DHV, q.element_size(), c.element_size(), n.element_size())
+    row.update(step_us=ms * 1e3, bytes=nbytes, gbps=nbytes / (ms * 1e-3) / 1e9)
+
+
 def run_ceilings(torch, row):
     n = 8192
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -365,7 +422,7 @@ def worker_main(task_path, out_path):
         t0 = time.time()
         try:
             {"bench": run_bench, "ceil": lambda t, _e, r: run_ceilings(t, r),
-             "check": run_check}[e["kind"]](torch, e, row)
+             "check": run_check, "step": run_step}[e["kind"]](torch, e, row)
         except torch.cuda.OutOfMemoryError as ex:
             row["error"] = "OOM: " + describe(ex)
         except Exception as ex:
@@ -492,6 +549,10 @@ def fmt_row(r):
     if r.get("kind") == "check":
         res = r.get("error") or f"rel L2 {r.get('rel_l2', float('nan')):.3e}"
         return f"check {r.get('file')} [{r.get('variant')}]: {res}"
+    if r.get("kind") == "step":
+        res = r.get("error") or f"{r['step_us']:8.2f} us/step {r['gbps']:6.0f} GB/s"
+        return (f"step {r['ref']}:{r['variant']} B*NH={r['B'] * r['NH']:<4} DQK={r['DQK']} "
+                f"DHV={r['DHV']} state {r['state_dtype']:4}: {res}")
     f_fwd, f_all = flops(r)
 
     def t(ms, fl):
@@ -542,6 +603,10 @@ def main():
     ap.add_argument("--heads", metavar="NH:DQK:DHV,...",
                     help="run these head configs instead of all three, e.g. 16:128:128")
     ap.add_argument("--no-ceilings", action="store_true", help="skip the matmul/copy ceilings")
+    ap.add_argument("--step", action="store_true",
+                    help="also time TFLA's step kernel (generation) at B*NH in "
+                         f"{list(STEP_BH)}, DQK={STEP_DQK}, DHV={STEP_DHV} (default on the quick grid)")
+    ap.add_argument("--no-step", action="store_true", help="skip the step kernel on the quick grid")
     ap.add_argument("--include-risky", action="store_true",
                     help="also run TFLA chunk 64 at B>=16 (may hit an illegal memory access)")
     ap.add_argument("--llvm-opt-off", choices=["tfla", "all"], default="tfla",
@@ -572,6 +637,10 @@ def main():
         print(f"  versions: {package_versions()}")
         print(f"== plan: grid {args.grid}, dtype {args.dtype}, {len(everything)} entries")
         for e in everything:
+            if e["kind"] == "step":
+                print(f"  [{e['group']:5}] step {e['ref']}:{e['variant']} B*NH={e['B'] * e['NH']} "
+                      f"DQK={e['DQK']} DHV={e['DHV']} state {e['state_dtype']}")
+                continue
             if e["kind"] != "bench":
                 print(f"  [{e['group']:5}] {e['kind']} {e.get('path', '')}")
                 continue
@@ -579,7 +648,7 @@ def main():
             print(f"  [{e['group']:5}] {e['ref'] + ':' + e['variant']:18} B={e['B']:<3} "
                   f"S={e['S']:<6} NH={e['NH']:<3} DQK={e['DQK']:<4} DHV={e['DHV']:<4} "
                   f"chunk={e['chunk'] or '-':<4} {tag}")
-        for group in ("torch", "tfla", "fla", "check"):
+        for group in ("torch", "tfla", "fla", "check", "step"):
             disable, env = group_setup(group, args)
             print(f"  worker {group}: DISABLE_LLVM_OPT={'1' if disable else '(unset)'} {env or ''}")
         return 0
@@ -590,7 +659,7 @@ def main():
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_term)
     try:
-        for group in ("torch", "tfla", "fla", "check"):  # cuBLAS ceilings first
+        for group in ("torch", "tfla", "fla", "check", "step"):  # cuBLAS ceilings first
             items = [(i, e) for i, e in enumerate(everything)
                      if e["group"] == group and "skip" not in e]
             if items:
@@ -629,7 +698,8 @@ def write_json(args, plan, everything, rows, machine, status):
                "machine": machine, "workarounds": workaround_lines(args, plan),
                "ceilings": next((r for r in other if r["kind"] == "ceil"), None),
                "flop_formula": FLOP_TEXT, "rows": bench_rows,
-               "checks": [r for r in other if r["kind"] == "check"]}
+               "checks": [r for r in other if r["kind"] == "check"],
+               "steps": [r for r in other if r["kind"] == "step"]}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json + ".tmp", "w") as fh:
             json.dump(doc, fh, indent=1)

@@ -5,6 +5,7 @@
 //! - [`mlstm_fwd`]: the chunkwise forward pass (mLSTMexp and mLSTMsig), see [`forward`].
 //! - [`mlstm_bwd`], [`mlstm_fwd_bwd`]: the backward pass, exact or with a detached normalizer
 //!   ([`GradMode`]), see [`backward`].
+//! - [`mlstm_step`]: one recurrent step for generation, states updated in place, see [`step`].
 //! - [`reference`]: the float64 CPU reference (recurrent, parallel, chunkwise forms and the
 //!   gradient), the ground truth of every test.
 //! - [`registry`]: the kernel variants by name.
@@ -18,6 +19,7 @@ mod launch;
 pub mod reference;
 pub mod registry;
 pub mod runtime;
+pub mod step;
 pub mod tensor;
 pub mod variant;
 
@@ -32,5 +34,9 @@ pub use forward::{
     fwd_pointers, mlstm_fwd, mlstm_fwd_into, mlstm_fwd_raw,
 };
 pub use runtime::Runtime;
+pub use step::{
+    StepDims, StepInputs, StepPointers, StepStates, mlstm_step, mlstm_step_into, mlstm_step_raw,
+    step_pointers,
+};
 pub use tensor::{Dtype, Tensor};
 pub use variant::Variant;

@@ -11,6 +11,7 @@ extern crate std;
 
 pub mod bwd;
 pub mod fwd;
+pub mod step;
 
 /// Threads in a warp.
 pub const WARP: u32 = 32;

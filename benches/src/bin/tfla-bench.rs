@@ -4,16 +4,19 @@
 //!
 //! Usage: tfla-bench [--grid paper|quick|smoke] [--json PATH] [--variants exp,sig,sig_nonorm]
 //!                   [--chunks 64,128,...] [--heads NH:DQK:DHV,...] [--reps N]
-//!                   [--dtype bf16|f16|f32] [--no-bwd]
+//!                   [--dtype bf16|f16|f32] [--no-bwd] [--step | --no-step]
 //! Timing: CUDA events around each call on the runtime's stream, 3 warm-up calls, then the
 //! median of 20 timed calls; inputs random (never zeros), bf16.
+//! The step kernel (generation) has its own table (`step_table`): after the forward table on
+//! the quick grid (unless `--no-step`), alone with `--step`.
 use cust::event::{Event, EventFlags};
+use cust::memory::{AsyncCopyDestination, DeviceBuffer};
 use rand::Rng;
 use std::fmt::Write as _;
 use tfla::flops::{forward_backward_flops, forward_flops, state_bytes};
 use tfla::{
     Dims, Dtype, GradMode, MlstmConfig, MlstmGradOutputs, MlstmGrads, MlstmInputs, MlstmOutputs,
-    Runtime, Tensor, Variant,
+    Runtime, StepDims, StepInputs, StepStates, Tensor, Variant,
 };
 
 const HEADS: [(usize, usize, usize); 3] = [(8, 512, 512), (8, 256, 512), (16, 128, 128)];
@@ -114,6 +117,8 @@ fn main() {
     ];
     let mut table = String::new();
     let mut json = String::from("[\n");
+    let step_only = args.iter().any(|a| a == "--step");
+    let with_step = step_only || (grid_name == "quick" && !args.iter().any(|a| a == "--no-step"));
     writeln!(
         table,
         "tfla, {device}, {}; TFLOP/s of model FLOPs (README); fwd+bwd: Exact gradient, alloc: outputs, gradients and workspace",
@@ -139,7 +144,11 @@ fn main() {
         "alloc MB"
     )
     .unwrap();
-    for &(nh, dqk, dhv) in &heads {
+    if step_only {
+        // The step table alone, without the forward table's header.
+        table.clear();
+    }
+    for &(nh, dqk, dhv) in heads.iter().filter(|_| !step_only) {
         for &(b, s) in &grid(&grid_name) {
             let dims = Dims { b, nh, s, dqk, dhv };
             let q = random_tensor(&rt, &mut rng, dtype, &[b, nh, s, dqk], -2.0, 2.0);
@@ -214,6 +223,9 @@ fn main() {
             }
         }
     }
+    if with_step {
+        step_table(&rt, dtype, &want_variants, reps, &mut table, &mut json);
+    }
     if json.ends_with(",\n") {
         json.truncate(json.len() - 2);
         json.push('\n');
@@ -222,5 +234,128 @@ fn main() {
     print!("{table}");
     if let Some(path) = opt("--json") {
         std::fs::write(&path, json).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+}
+
+/// Heads of the step table (B·NH; NH = 8) at DQK = 256, DHV = 512 (issue #6).
+const STEP_BH: [usize; 2] = [64, 256];
+const STEP_DQK: usize = 256;
+const STEP_DHV: usize = 512;
+
+/// The step kernel's table: time per step and the bandwidth it achieves, bytes moved
+/// (`StepDims::bytes_moved`: C̃ and ñ read and written, each small vector once) over time, as a
+/// fraction of a device-to-device copy measured in the same run. The L2 (50 MiB on H100/H200)
+/// is flushed before every timed step: C̃ at B·NH = 64 is 32 MiB of f32, so back-to-back steps
+/// would partly run from L2, which a model's step (every other layer in between) does not.
+fn step_table(
+    rt: &Runtime,
+    dtype: Dtype,
+    want_variants: &[String],
+    reps: usize,
+    table: &mut String,
+    json: &mut String,
+) {
+    let stream = rt.stream();
+    // 256 MiB written on the stream before each timed call evicts the L2.
+    let mut flush = unsafe { DeviceBuffer::<u32>::uninitialized(64 << 20) }.expect("flush buffer");
+    let mut timed = |f: &mut dyn FnMut()| -> f64 {
+        for _ in 0..3 {
+            f();
+        }
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            // SAFETY: nothing reads the flush buffer.
+            unsafe { flush.set_32_async(0, stream) }.expect("flush");
+            let (start, stop) = (
+                Event::new(EventFlags::DEFAULT).unwrap(),
+                Event::new(EventFlags::DEFAULT).unwrap(),
+            );
+            start.record(stream).unwrap();
+            f();
+            stop.record(stream).unwrap();
+            stop.synchronize().unwrap();
+            times.push(stop.elapsed_time_f32(&start).unwrap() as f64);
+        }
+        times.sort_by(f64::total_cmp);
+        times[reps / 2]
+    };
+    // The ceiling: a 1 GiB device-to-device copy (2 GiB read + written).
+    const COPY: usize = 1 << 30;
+    let copy_gbps = unsafe { DeviceBuffer::<u8>::uninitialized(COPY) }
+        .and_then(|src| unsafe { DeviceBuffer::<u8>::uninitialized(COPY) }.map(|dst| (src, dst)))
+        .map(|(src, mut dst)| {
+            // SAFETY: both buffers live until the stream is synchronized inside `timed`.
+            let ms = timed(&mut || unsafe { dst.async_copy_from(&src, stream) }.expect("copy"));
+            2.0 * COPY as f64 / (ms * 1e-3) / 1e9
+        })
+        .ok();
+    let device = rt.device_name().unwrap_or_default();
+    let copy_text = copy_gbps.map_or("not measured".into(), |g| format!("{g:.0} GB/s"));
+    writeln!(
+        table,
+        "\nstep (generation), {device}, inputs {}; NH = 8; L2 flushed before each step; \
+         device copy {copy_text} (read + write); GB/s = bytes moved (C̃, ñ read + written, \
+         small vectors once) / time",
+        dtype.name()
+    )
+    .unwrap();
+    writeln!(
+        table,
+        "{:<11} {:>5} {:>4} {:>4} {:>5} {:>9} {:>9} {:>8}",
+        "variant", "B·NH", "DQK", "DHV", "state", "µs/step", "GB/s", "of copy"
+    )
+    .unwrap();
+    let variants = [
+        ("exp", Variant::Exp),
+        ("sig", Variant::Sig { normalize: true }),
+        ("sig_nonorm", Variant::Sig { normalize: false }),
+    ];
+    let mut rng = rand::thread_rng();
+    for bh in STEP_BH {
+        let (b, nh) = (bh / 8, 8);
+        let dims = StepDims {
+            b,
+            nh,
+            dqk: STEP_DQK,
+            dhv: STEP_DHV,
+        };
+        let q = random_tensor(rt, &mut rng, dtype, &[b, nh, STEP_DQK], -2.0, 2.0);
+        let k = random_tensor(rt, &mut rng, dtype, &[b, nh, STEP_DQK], -2.0, 2.0);
+        let v = random_tensor(rt, &mut rng, dtype, &[b, nh, STEP_DHV], -2.0, 2.0);
+        let i = random_tensor(rt, &mut rng, Dtype::F32, &[b, nh], -4.0, 4.0);
+        let f = random_tensor(rt, &mut rng, Dtype::F32, &[b, nh], 0.0, 6.0);
+        let inputs = StepInputs::new(&q, &k, &v, &i, &f);
+        let mut h = Tensor::uninit(rt, dtype, &[b, nh, STEP_DHV]).expect("h");
+        for state in [Dtype::F32, Dtype::Bf16] {
+            // Made after the uploads: the constructor waits for them.
+            let mut states =
+                StepStates::alloc_zeros(rt, b, nh, STEP_DQK, STEP_DHV, state).expect("states");
+            for (vname, variant) in variants
+                .into_iter()
+                .filter(|(n, _)| want_variants.iter().any(|w| w == n))
+            {
+                let cfg = MlstmConfig::new(variant);
+                let ms = timed(&mut || {
+                    tfla::mlstm_step_into(rt, &inputs, &mut states, &cfg, &mut h).unwrap()
+                });
+                let (us, bytes) = (ms * 1e3, dims.bytes_moved(dtype, state, variant));
+                let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
+                let frac = copy_gbps.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gbps / c));
+                writeln!(
+                    table,
+                    "{vname:<11} {bh:>5} {STEP_DQK:>4} {STEP_DHV:>4} {:>5} {us:>9.2} {gbps:>9.0} {frac:>8}",
+                    state.name()
+                )
+                .unwrap();
+                writeln!(
+                    json,
+                    "  {{\"impl\": \"tfla\", \"kind\": \"step\", \"dtype\": \"{}\", \"state_dtype\": \"{}\", \"variant\": \"{vname}\", \"BH\": {bh}, \"B\": {b}, \"NH\": {nh}, \"DQK\": {STEP_DQK}, \"DHV\": {STEP_DHV}, \"step_us\": {us:.3}, \"bytes\": {bytes}, \"gbps\": {gbps:.1}, \"copy_gbps\": {}}},",
+                    dtype.name(),
+                    state.name(),
+                    copy_gbps.map_or("null".into(), |c| format!("{c:.1}"))
+                )
+                .unwrap();
+            }
+        }
     }
 }

@@ -95,20 +95,6 @@ pub unsafe fn ld_f32(ptr: u64) -> f32 {
     v
 }
 
-/// 4-byte load of an f32 (coherent: sees this kernel's own earlier stores).
-///
-/// # Safety
-/// `ptr` is 4-byte aligned and points to 4 readable bytes.
-#[inline(always)]
-pub unsafe fn ld_f32(ptr: u64) -> f32 {
-    let v: f32;
-    unsafe {
-        asm!("ld.global.f32 {v}, [{p}];", p = in(reg64) ptr, v = out(reg32) v,
-             options(pure, readonly, nostack))
-    };
-    v
-}
-
 /// 16-byte load of four f32 (coherent).
 ///
 /// # Safety
@@ -178,4 +164,93 @@ pub unsafe fn ld_nc_f32_or_zero(pred: bool, ptr: u64) -> f32 {
              options(pure, readonly, nostack))
     };
     x
+}
+
+/// 16-byte load (coherent: the kernel may overwrite these bytes later, as the step kernel does
+/// with its state) when `pred` holds, zeros otherwise; branch-free as [`st_v2_f32_if`].
+///
+/// # Safety
+/// `ptr` is 16-byte aligned and points to 16 readable bytes whenever `pred` holds.
+#[inline(always)]
+pub unsafe fn ld_v4_b32_or_zero(pred: bool, ptr: u64) -> [u32; 4] {
+    let (x, y, z, w): (u32, u32, u32, u32);
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.u32 p, {c}, 0; mov.b32 {x}, 0; mov.b32 {y}, 0; mov.b32 {z}, 0; mov.b32 {w}, 0; @p ld.global.v4.b32 {{{x}, {y}, {z}, {w}}}, [{p}]; }}",
+             c = in(reg32) pred as u32, p = in(reg64) ptr, x = out(reg32) x, y = out(reg32) y,
+             z = out(reg32) z, w = out(reg32) w, options(pure, readonly, nostack))
+    };
+    [x, y, z, w]
+}
+
+/// 16-byte store when `pred` holds; branch-free as [`st_v2_f32_if`].
+///
+/// # Safety
+/// `ptr` is 16-byte aligned and points to 16 writable bytes no other thread accesses, whenever
+/// `pred` holds.
+#[inline(always)]
+pub unsafe fn st_v4_b32_if(pred: bool, ptr: u64, v: [u32; 4]) {
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.u32 p, {c}, 0; @p st.global.v4.b32 [{p}], {{{x}, {y}, {z}, {w}}}; }}",
+             c = in(reg32) pred as u32, p = in(reg64) ptr, x = in(reg32) v[0], y = in(reg32) v[1],
+             z = in(reg32) v[2], w = in(reg32) v[3], options(nostack))
+    };
+}
+
+/// 8-byte store when `pred` holds; branch-free as [`st_v2_f32_if`].
+///
+/// # Safety
+/// As [`st_v2_f32`] whenever `pred` holds.
+#[inline(always)]
+pub unsafe fn st_v2_b32_if(pred: bool, ptr: u64, v: [u32; 2]) {
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.u32 p, {c}, 0; @p st.global.v2.b32 [{p}], {{{x}, {y}}}; }}",
+             c = in(reg32) pred as u32, p = in(reg64) ptr, x = in(reg32) v[0], y = in(reg32) v[1],
+             options(nostack))
+    };
+}
+
+/// Read-only 4-byte load when `pred` holds, 0 otherwise; branch-free as [`st_v2_f32_if`].
+///
+/// # Safety
+/// As [`ld_nc_f32`] whenever `pred` holds.
+#[inline(always)]
+pub unsafe fn ld_nc_b32_or_zero(pred: bool, ptr: u64) -> u32 {
+    let x: u32;
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.u32 p, {c}, 0; mov.b32 {x}, 0; @p ld.global.nc.b32 {x}, [{p}]; }}",
+             c = in(reg32) pred as u32, p = in(reg64) ptr, x = out(reg32) x,
+             options(pure, readonly, nostack))
+    };
+    x
+}
+
+/// Read-only 8-byte load when `pred` holds, zeros otherwise; branch-free as [`st_v2_f32_if`].
+///
+/// # Safety
+/// `ptr` is 8-byte aligned, points to 8 readable bytes and nothing writes them during the
+/// kernel, whenever `pred` holds.
+#[inline(always)]
+pub unsafe fn ld_nc_v2_b32_or_zero(pred: bool, ptr: u64) -> [u32; 2] {
+    let (x, y): (u32, u32);
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.u32 p, {c}, 0; mov.b32 {x}, 0; mov.b32 {y}, 0; @p ld.global.nc.v2.b32 {{{x}, {y}}}, [{p}]; }}",
+             c = in(reg32) pred as u32, p = in(reg64) ptr, x = out(reg32) x, y = out(reg32) y,
+             options(pure, readonly, nostack))
+    };
+    [x, y]
+}
+
+/// Read-only 16-byte load when `pred` holds, zeros otherwise; branch-free as [`st_v2_f32_if`].
+///
+/// # Safety
+/// As [`ld_nc_v4`] whenever `pred` holds.
+#[inline(always)]
+pub unsafe fn ld_nc_v4_b32_or_zero(pred: bool, ptr: u64) -> [u32; 4] {
+    let (x, y, z, w): (u32, u32, u32, u32);
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.u32 p, {c}, 0; mov.b32 {x}, 0; mov.b32 {y}, 0; mov.b32 {z}, 0; mov.b32 {w}, 0; @p ld.global.nc.v4.b32 {{{x}, {y}, {z}, {w}}}, [{p}]; }}",
+             c = in(reg32) pred as u32, p = in(reg64) ptr, x = out(reg32) x, y = out(reg32) y,
+             z = out(reg32) z, w = out(reg32) w, options(pure, readonly, nostack))
+    };
+    [x, y, z, w]
 }

@@ -4,6 +4,7 @@
 //! Warp-collective instructions (`ldmatrix`, `mma`, `shfl`) are emitted as `asm!` without
 //! `pure`, so LLVM treats them as having side effects and never moves them into or out of
 //! branches: every lane of the warp must execute them together.
+pub mod atomic;
 pub mod convert;
 pub mod cp_async;
 pub mod global;

@@ -67,3 +67,41 @@ pub unsafe fn ld_u16(addr: u32) -> u32 {
     };
     v
 }
+
+/// # Safety
+/// As [`st_v4`].
+#[inline(always)]
+pub unsafe fn ld_v4(addr: u32) -> [u32; 4] {
+    let (x, y, z, w): (u32, u32, u32, u32);
+    unsafe {
+        asm!("ld.shared.v4.b32 {{{x}, {y}, {z}, {w}}}, [{a}];", a = in(reg32) addr,
+             x = out(reg32) x, y = out(reg32) y, z = out(reg32) z, w = out(reg32) w,
+             options(pure, readonly, nostack))
+    };
+    [x, y, z, w]
+}
+
+/// Loads one u32.
+///
+/// # Safety
+/// As [`ld_f32`].
+#[inline(always)]
+pub unsafe fn ld_u32(addr: u32) -> u32 {
+    let v: u32;
+    unsafe {
+        asm!("ld.shared.u32 {v}, [{a}];", v = out(reg32) v, a = in(reg32) addr,
+             options(pure, readonly, nostack))
+    };
+    v
+}
+
+/// Stores one u32.
+///
+/// # Safety
+/// As [`ld_f32`].
+#[inline(always)]
+pub unsafe fn st_u32(addr: u32, v: u32) {
+    unsafe {
+        asm!("st.shared.u32 [{a}], {v};", a = in(reg32) addr, v = in(reg32) v, options(nostack))
+    };
+}

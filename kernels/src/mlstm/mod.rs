@@ -14,12 +14,15 @@ mod chunk_state;
 mod gates;
 mod recurrent_f32;
 mod stage;
+mod step;
 
 use crate::arch::convert::{Bf16, F16};
 use bwd_combine::{Dk, Dq, Dv};
 use gates::{ExpGates, SigGates, SigNoNormGates};
+use step::{F32, StateBf16, StateF32};
 use tfla_params::bwd::BwdParams;
 use tfla_params::fwd::FwdParams;
+use tfla_params::step::StepParams;
 
 macro_rules! entry {
     ($params:ty; $($name:ident = $body:ident<$($t:ty),+>;)*) => {$(
@@ -111,3 +114,25 @@ pub unsafe extern "ptx-kernel" fn mlstm_bwd_max_path_exp(p: BwdParams) {
     unsafe { bwd_max_path::bwd_max_path(&p) }
 }
 
+entry! {
+    StepParams;
+    // Generation: one step per (gates, input dtype, state dtype); `tfla_params::step::entry_name`.
+    mlstm_step_exp_bf16_state_f32 = step<Bf16, StateF32, ExpGates>;
+    mlstm_step_exp_f16_state_f32 = step<F16, StateF32, ExpGates>;
+    mlstm_step_exp_f32_state_f32 = step<F32, StateF32, ExpGates>;
+    mlstm_step_exp_bf16_state_bf16 = step<Bf16, StateBf16, ExpGates>;
+    mlstm_step_exp_f16_state_bf16 = step<F16, StateBf16, ExpGates>;
+    mlstm_step_exp_f32_state_bf16 = step<F32, StateBf16, ExpGates>;
+    mlstm_step_sig_bf16_state_f32 = step<Bf16, StateF32, SigGates>;
+    mlstm_step_sig_f16_state_f32 = step<F16, StateF32, SigGates>;
+    mlstm_step_sig_f32_state_f32 = step<F32, StateF32, SigGates>;
+    mlstm_step_sig_bf16_state_bf16 = step<Bf16, StateBf16, SigGates>;
+    mlstm_step_sig_f16_state_bf16 = step<F16, StateBf16, SigGates>;
+    mlstm_step_sig_f32_state_bf16 = step<F32, StateBf16, SigGates>;
+    mlstm_step_signn_bf16_state_f32 = step<Bf16, StateF32, SigNoNormGates>;
+    mlstm_step_signn_f16_state_f32 = step<F16, StateF32, SigNoNormGates>;
+    mlstm_step_signn_f32_state_f32 = step<F32, StateF32, SigNoNormGates>;
+    mlstm_step_signn_bf16_state_bf16 = step<Bf16, StateBf16, SigNoNormGates>;
+    mlstm_step_signn_f16_state_bf16 = step<F16, StateBf16, SigNoNormGates>;
+    mlstm_step_signn_f32_state_bf16 = step<F32, StateBf16, SigNoNormGates>;
+}

@@ -1,0 +1,473 @@
+//! The recurrent step for generation: one token per head, the states updated in place.
+//!
+//! Notation: B batch, NH heads, DQK / DHV head dims, BH = B·NH. Inputs q, k (B, NH, DQK),
+//! v (B, NH, DHV) in bf16, f16 or f32 and gate pre-activations ĩ, f̃ (B, NH) f32; states
+//! C̃ (B, NH, DQK, DHV) in f32 or bf16, ñ (B, NH, DQK) and m (B, NH) f32 ([`StepStates`]);
+//! output h (B, NH, DHV) in the input dtype. Per head, with q̂ = q·scale, λ = logσ(f̃) and ι the
+//! log input gate (ĩ for mLSTMexp, logσ(ĩ) for mLSTMsig):
+//!   m' = max(λ + m, ι) (mLSTMsig: 0), C̃' = e^{λ+m−m'} C̃ + e^{ι−m'} k vᵀ, ñ' likewise with k,
+//!   h = C̃'ᵀq̂ / (max(|ñ'ᵀq̂|, e^{−m'}) + eps) (mLSTMsig: floor 1; no normalizer: h = C̃'ᵀq̂),
+//! the recurrence of `reference::recurrent` for one step. One launch reads and writes C̃ once
+//! (`tfla_params::step`); arithmetic is f32 for every dtype.
+//!
+//! State dtype: bf16 states halve the bytes a step moves; C̃' is rounded to bf16 each step
+//! (unit roundoff u = 2⁻⁸). The rounding errors of past steps decay with the forget gates, so
+//! after T steps the relative error of C̃ (and of h, normwise) is about u/√3 · √G_T with
+//! G_t = 1 + σ(f̃_t)² G_{t−1} (random-sign rounding, a random walk damped by the gates; G ≤ T,
+//! G ≈ 1/(1 − σ(f̃)²) for a constant gate); `tests/gpu_step.rs` measures it. ñ stays f32: the
+//! readout ñ'ᵀq̂ can be a small difference of large terms and divides a whole row of h, so a
+//! bf16 ñ would turn its rounding into percent-level errors of h (as a one-term 16-bit ñ did in
+//! the forward kernels), for 1/DHV of the bytes.
+use crate::config::{Dims, MlstmConfig};
+use crate::error::{Error, Result};
+use crate::forward::{MlstmOutputs, expect_shape, kernel_gates};
+use crate::launch::Launch;
+use crate::runtime::Runtime;
+use crate::tensor::{Dtype, Tensor};
+use crate::variant::Variant;
+use cust::stream::Stream;
+pub use tfla_params::step::StepPointers;
+use tfla_params::step::{self, InputDtype, StateDtype, StepParams};
+
+/// The step's inputs: one token per head.
+#[derive(Clone, Copy)]
+pub struct StepInputs<'a> {
+    /// (B, NH, DQK).
+    pub q: &'a Tensor,
+    /// (B, NH, DQK).
+    pub k: &'a Tensor,
+    /// (B, NH, DHV).
+    pub v: &'a Tensor,
+    /// Input-gate pre-activations ĩ: (B, NH) f32.
+    pub i: &'a Tensor,
+    /// Forget-gate pre-activations f̃: (B, NH) f32.
+    pub f: &'a Tensor,
+}
+
+/// Dimensions of a step: batch, heads, query/key head dim, value head dim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepDims {
+    pub b: usize,
+    pub nh: usize,
+    pub dqk: usize,
+    pub dhv: usize,
+}
+
+impl StepDims {
+    /// The forward's rules: B, NH ≥ 1, head dims multiples of 16 in 16..=512, B·NH ≤ 65535.
+    pub fn validate(&self) -> Result<()> {
+        self.as_dims().validate()
+    }
+
+    pub fn bh(&self) -> usize {
+        self.b * self.nh
+    }
+
+    /// As one step of the forward's dimensions (S = 1).
+    fn as_dims(&self) -> Dims {
+        Dims {
+            b: self.b,
+            nh: self.nh,
+            s: 1,
+            dqk: self.dqk,
+            dhv: self.dhv,
+        }
+    }
+
+    /// Bytes one step must move at least, each tensor once: C̃ read and written (in
+    /// `state_dtype`), ñ read and written (f32, with the normalizer), m read and written, q, k,
+    /// v, ĩ, f̃ read, h written.
+    pub fn bytes_moved(&self, dtype: Dtype, state_dtype: Dtype, variant: Variant) -> u64 {
+        let (bh, dqk, dhv) = (self.bh() as u64, self.dqk as u64, self.dhv as u64);
+        let (x, s) = (dtype.size() as u64, state_dtype.size() as u64);
+        let n = if variant.normalizes() { 2 * dqk * 4 } else { 0 };
+        bh * (2 * dqk * dhv * s + n + 2 * 4 + (2 * dqk + 2 * dhv) * x + 2 * 4)
+    }
+}
+
+impl<'a> StepInputs<'a> {
+    pub fn new(q: &'a Tensor, k: &'a Tensor, v: &'a Tensor, i: &'a Tensor, f: &'a Tensor) -> Self {
+        StepInputs { q, k, v, i, f }
+    }
+
+    /// Dimensions implied by the inputs, after checking every shape and dtype.
+    pub fn dims(&self) -> Result<StepDims> {
+        let q = self.q.shape();
+        if q.len() != 3 {
+            return Err(Error::Invalid {
+                arg: "q",
+                value: format!("shape {q:?}"),
+                reason: "expected rank 3: (B, NH, DQK)",
+            });
+        }
+        let v = self.v.shape();
+        let dims = StepDims {
+            b: q[0],
+            nh: q[1],
+            dqk: q[2],
+            dhv: if v.len() == 3 { v[2] } else { 0 },
+        };
+        dims.validate()?;
+        let (b, nh) = (dims.b, dims.nh);
+        expect_shape("k", self.k, &[b, nh, dims.dqk])?;
+        expect_shape("v", self.v, &[b, nh, dims.dhv])?;
+        expect_shape("i", self.i, &[b, nh])?;
+        expect_shape("f", self.f, &[b, nh])?;
+        let dtype = self.q.dtype();
+        for (arg, t) in [("k", self.k), ("v", self.v)] {
+            if t.dtype() != dtype {
+                return Err(Error::Dtype {
+                    arg,
+                    expected: dtype.name(),
+                    got: t.dtype(),
+                });
+            }
+        }
+        for (arg, t) in [("i", self.i), ("f", self.f)] {
+            if t.dtype() != Dtype::F32 {
+                return Err(Error::Dtype {
+                    arg,
+                    expected: "f32",
+                    got: t.dtype(),
+                });
+            }
+        }
+        Ok(dims)
+    }
+}
+
+/// The recurrent states a step reads and overwrites: C̃ (B, NH, DQK, DHV) in the state dtype
+/// (f32 or bf16), ñ (B, NH, DQK) and m (B, NH) f32 (the module docs say why ñ stays f32 with
+/// bf16 states). Also holds the step
+/// kernel's per-head arrival counters (`StepPointers::tiles_done`), which every step leaves
+/// zero; so states are made through the constructors, which zero them.
+#[derive(Debug)]
+pub struct StepStates {
+    pub c: Tensor,
+    pub n: Tensor,
+    pub m: Tensor,
+    /// (BH,) u32 counters, stored as f32 zeros (the same bits).
+    tiles_done: Tensor,
+}
+
+impl StepStates {
+    /// Zero states (m = 0, as the forward's default initial state), C̃ in `state_dtype`.
+    pub fn alloc_zeros(
+        rt: &Runtime,
+        b: usize,
+        nh: usize,
+        dqk: usize,
+        dhv: usize,
+        state_dtype: Dtype,
+    ) -> Result<Self> {
+        StepDims { b, nh, dqk, dhv }.validate()?;
+        check_state_dtype("state_dtype", state_dtype)?;
+        let zeros = |dt, shape: &[usize]| Tensor::zeros(rt, dt, shape);
+        Self::new(
+            rt,
+            zeros(state_dtype, &[b, nh, dqk, dhv])?,
+            zeros(Dtype::F32, &[b, nh, dqk])?,
+            zeros(Dtype::F32, &[b, nh])?,
+        )
+    }
+
+    /// States from tensors the caller filled (taken over, not copied): c (B, NH, DQK, DHV) in
+    /// f32 or bf16, n (B, NH, DQK) and m (B, NH) f32.
+    pub fn new(rt: &Runtime, c: Tensor, n: Tensor, m: Tensor) -> Result<Self> {
+        let cs = c.shape();
+        if cs.len() != 4 {
+            return Err(Error::Invalid {
+                arg: "c",
+                value: format!("shape {cs:?}"),
+                reason: "expected rank 4: (B, NH, DQK, DHV)",
+            });
+        }
+        let dims = StepDims {
+            b: cs[0],
+            nh: cs[1],
+            dqk: cs[2],
+            dhv: cs[3],
+        };
+        dims.validate()?;
+        let tiles_done = Tensor::zeros(rt, Dtype::F32, &[dims.bh()])?;
+        let states = StepStates {
+            c,
+            n,
+            m,
+            tiles_done,
+        };
+        states.check(&dims)?;
+        // The zero fills and uploads above run on the legacy default stream, which the
+        // runtime's non-blocking stream does not wait for: finish them before any step.
+        cust::context::CurrentContext::synchronize().map_err(Error::cuda("cuCtxSynchronize"))?;
+        Ok(states)
+    }
+
+    /// The final states of a forward pass (f32) as step states in `state_dtype`: the tensors
+    /// are taken over without a copy, except C̃ for bf16 states, converted once through the
+    /// host.
+    pub fn from_forward(rt: &Runtime, out: MlstmOutputs, state_dtype: Dtype) -> Result<Self> {
+        check_state_dtype("state_dtype", state_dtype)?;
+        let MlstmOutputs { c, n, m, .. } = out;
+        if state_dtype == Dtype::F32 {
+            return Self::new(rt, c, n, m);
+        }
+        // The forward's kernels run on the runtime's stream; the copies below do not wait.
+        rt.synchronize()?;
+        let c = Tensor::from_f32_as(rt, state_dtype, &c.to_f32_vec()?, c.shape())?;
+        Self::new(rt, c, n, m)
+    }
+
+    /// The dtype of C̃ (f32 or bf16).
+    pub fn dtype(&self) -> Dtype {
+        self.c.dtype()
+    }
+
+    /// The dimensions these states hold.
+    pub fn dims(&self) -> StepDims {
+        let s = self.c.shape();
+        StepDims {
+            b: s[0],
+            nh: s[1],
+            dqk: s[2],
+            dhv: s[3],
+        }
+    }
+
+    /// Checks these states against the inputs' dimensions.
+    fn check(&self, dims: &StepDims) -> Result<()> {
+        let StepDims { b, nh, dqk, dhv } = *dims;
+        expect_shape("c", &self.c, &[b, nh, dqk, dhv])?;
+        expect_shape("n", &self.n, &[b, nh, dqk])?;
+        expect_shape("m", &self.m, &[b, nh])?;
+        check_state_dtype("c", self.c.dtype())?;
+        for (arg, t) in [("n", &self.n), ("m", &self.m)] {
+            if t.dtype() != Dtype::F32 {
+                return Err(Error::Dtype {
+                    arg,
+                    expected: "f32",
+                    got: t.dtype(),
+                });
+            }
+        }
+        // Counters of another head count would be read out of bounds.
+        expect_shape("tiles_done", &self.tiles_done, &[b * nh])
+    }
+}
+
+fn check_state_dtype(arg: &'static str, dtype: Dtype) -> Result<StateDtype> {
+    match dtype {
+        Dtype::F32 => Ok(StateDtype::F32),
+        Dtype::Bf16 => Ok(StateDtype::Bf16),
+        Dtype::F16 => Err(Error::Dtype {
+            arg,
+            expected: "f32 or bf16 (states)",
+            got: dtype,
+        }),
+    }
+}
+
+/// One step, allocating h (B, NH, DHV) in the input dtype; `states` are updated in place.
+pub fn mlstm_step(
+    rt: &Runtime,
+    inputs: &StepInputs,
+    states: &mut StepStates,
+    cfg: &MlstmConfig,
+) -> Result<Tensor> {
+    let dims = inputs.dims()?;
+    let mut h = Tensor::uninit(rt, inputs.q.dtype(), &[dims.b, dims.nh, dims.dhv])?;
+    mlstm_step_into(rt, inputs, states, cfg, &mut h)?;
+    Ok(h)
+}
+
+/// One step into a caller-owned h (B, NH, DHV) in the input dtype; `states` are updated in
+/// place. Of `cfg` only the variant, eps and scale matter (a step has no chunks).
+pub fn mlstm_step_into(
+    rt: &Runtime,
+    inputs: &StepInputs,
+    states: &mut StepStates,
+    cfg: &MlstmConfig,
+    h: &mut Tensor,
+) -> Result<()> {
+    let dims = inputs.dims()?;
+    let dtype = inputs.q.dtype();
+    states.check(&dims)?;
+    expect_shape("h", h, &[dims.b, dims.nh, dims.dhv])?;
+    if h.dtype() != dtype {
+        return Err(Error::Dtype {
+            arg: "h",
+            expected: dtype.name(),
+            got: h.dtype(),
+        });
+    }
+    let ptrs = step_pointers(inputs, states, h);
+    // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked against
+    // `dims` above (inputs by `dims()`, states by `check`, h here); the borrows keep h and the
+    // states apart from the inputs and each other; cuMemAlloc aligns them; the counters are
+    // zero (set by the constructors, left zero by every step).
+    unsafe { mlstm_step_raw(rt, rt.stream(), &ptrs, dims, dtype, states.dtype(), cfg) }
+}
+
+/// The device addresses of `inputs`, `states` and `h`, as [`mlstm_step_raw`] takes them.
+pub fn step_pointers(inputs: &StepInputs, states: &StepStates, h: &Tensor) -> StepPointers {
+    StepPointers {
+        q: inputs.q.device_ptr(),
+        k: inputs.k.device_ptr(),
+        v: inputs.v.device_ptr(),
+        i: inputs.i.device_ptr(),
+        f: inputs.f.device_ptr(),
+        c: states.c.device_ptr(),
+        n: states.n.device_ptr(),
+        m: states.m.device_ptr(),
+        h: h.device_ptr(),
+        tiles_done: states.tiles_done.device_ptr(),
+    }
+}
+
+/// One step on caller-owned device memory, launched on `stream` (for frameworks that own their
+/// buffers). Validates the dimensions, dtypes, config and pointers; returns once the kernel is
+/// queued.
+///
+/// # Safety
+/// Every pointer addresses a live allocation of the runtime's context, large enough for its
+/// tensor at `dims` (`StepPointers` gives the shapes), holding `dtype` (q, k, v, h),
+/// `state_dtype` (c) or f32 (i, f, n, m); `tiles_done` holds B·NH u32 zeros (every step leaves
+/// them zero; allocate them once per set of states); h and the states overlap nothing else, and
+/// no other work uses the states while the step runs.
+pub unsafe fn mlstm_step_raw(
+    rt: &Runtime,
+    stream: &Stream,
+    ptrs: &StepPointers,
+    dims: StepDims,
+    dtype: Dtype,
+    state_dtype: Dtype,
+    cfg: &MlstmConfig,
+) -> Result<()> {
+    dims.validate()?;
+    let scale = cfg.scale_for(&dims.as_dims())?;
+    let kstate = check_state_dtype("state_dtype", state_dtype)?;
+    let kdtype = match dtype {
+        Dtype::Bf16 => InputDtype::Bf16,
+        Dtype::F16 => InputDtype::F16,
+        Dtype::F32 => InputDtype::F32,
+    };
+    let required = [
+        ("q", ptrs.q),
+        ("k", ptrs.k),
+        ("v", ptrs.v),
+        ("i", ptrs.i),
+        ("f", ptrs.f),
+        ("c", ptrs.c),
+        ("n", ptrs.n),
+        ("m", ptrs.m),
+        ("h", ptrs.h),
+        ("tiles_done", ptrs.tiles_done),
+    ];
+    for (arg, p) in required {
+        if p == 0 {
+            return Err(Error::Invalid {
+                arg,
+                value: "null".into(),
+                reason: "required pointer",
+            });
+        }
+    }
+    // The kernel's vector widths: pairs of q, k, ñ; quads of v, h; 16 bytes of C̃.
+    let x = dtype.size() as u64;
+    let aligned = [
+        ("q", ptrs.q, 2 * x),
+        ("k", ptrs.k, 2 * x),
+        ("v", ptrs.v, 4 * x),
+        ("h", ptrs.h, 4 * x),
+        ("c", ptrs.c, 16),
+        ("n", ptrs.n, 8),
+        ("i", ptrs.i, 4),
+        ("f", ptrs.f, 4),
+        ("m", ptrs.m, 4),
+        ("tiles_done", ptrs.tiles_done, 4),
+    ];
+    for (arg, p, align) in aligned {
+        if p % align != 0 {
+            return Err(Error::Invalid {
+                arg,
+                value: format!("{p:#x}"),
+                reason: "device pointer not aligned (c: 16 bytes; n: 8; v, h: 4 elements; q, k: 2 \
+                         elements; i, f, m, tiles_done: 4 bytes)",
+            });
+        }
+    }
+    let params = StepParams {
+        ptr: *ptrs,
+        bh: dims.bh() as u32,
+        dqk: dims.dqk as u32,
+        dhv: dims.dhv as u32,
+        scale,
+        eps: cfg.eps,
+    };
+    let launch = Launch {
+        name: step::entry_name(kernel_gates(cfg.variant), kdtype, kstate),
+        grid: step::grid(&params),
+        threads: step::THREADS,
+        smem: step::smem_bytes(params.dqk),
+    };
+    // SAFETY: pointers per this function's contract; dims, dtypes and alignment checked.
+    unsafe { launch.run(rt, stream, &params) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_moved_counts_each_tensor_once() {
+        let d = StepDims {
+            b: 8,
+            nh: 8,
+            dqk: 256,
+            dhv: 512,
+        };
+        let exp = Variant::Exp;
+        // C̃ and ñ read + written (f32), m read + written, q, k, v, h (bf16), ĩ, f̃.
+        let per_head = 2 * 256 * 512 * 4 + 2 * 256 * 4 + 8 + (2 * 256 + 2 * 512) * 2 + 8;
+        assert_eq!(d.bytes_moved(Dtype::Bf16, Dtype::F32, exp), 64 * per_head);
+        // bf16 C̃ (ñ stays f32).
+        let per_head = 2 * 256 * 512 * 2 + 2 * 256 * 4 + 8 + (2 * 256 + 2 * 512) * 2 + 8;
+        assert_eq!(d.bytes_moved(Dtype::Bf16, Dtype::Bf16, exp), 64 * per_head);
+        // Without the normalizer ñ is not touched.
+        let nonorm = Variant::Sig { normalize: false };
+        let per_head = 2 * 256 * 512 * 2 + 8 + (2 * 256 + 2 * 512) * 2 + 8;
+        assert_eq!(
+            d.bytes_moved(Dtype::Bf16, Dtype::Bf16, nonorm),
+            64 * per_head
+        );
+    }
+
+    #[test]
+    fn dims_follow_the_forward_rules() {
+        let d = |dqk, dhv| StepDims {
+            b: 2,
+            nh: 3,
+            dqk,
+            dhv,
+        };
+        assert!(d(16, 512).validate().is_ok());
+        assert!(matches!(
+            d(24, 64).validate(),
+            Err(Error::HeadDim {
+                arg: "DQK",
+                value: 24
+            })
+        ));
+        assert!(matches!(
+            d(64, 528).validate(),
+            Err(Error::HeadDim {
+                arg: "DHV",
+                value: 528
+            })
+        ));
+        assert!(matches!(
+            check_state_dtype("c", Dtype::F16),
+            Err(Error::Dtype { arg: "c", .. })
+        ));
+    }
+}

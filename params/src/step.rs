@@ -1,0 +1,212 @@
+//! The recurrent step (generation): one token per head, the states (C̃, ñ, m) updated in place
+//! and h returned, in one launch that reads and writes C̃ exactly once. The kernel takes
+//! [`StepParams`] by value.
+//!
+//! Notation: BH heads, DQK × DHV state. Per head, with q̂ = q·scale, λ = logσ(f̃), ι the log
+//! input gate (ĩ for mLSTMexp, logσ(ĩ) for mLSTMsig):
+//!   m' = max(λ + m, ι) (mLSTMsig: m' = 0),
+//!   C̃' = e^{λ + m − m'} C̃ + e^{ι − m'} k vᵀ, ñ' likewise with k,
+//!   h = C̃'ᵀq̂ / (max(|ñ'ᵀq̂|, e^{−m'}) + eps) (mLSTMsig: floor 1; without normalizer h = C̃'ᵀq̂).
+//!
+//! One block owns a DQK × TILE_HV slab of one head's C̃; ñ'ᵀq̂ (DQK values) is computed by every
+//! block of the head, and the block that arrives last writes ñ' and m' (see
+//! [`StepPointers::tiles_done`]).
+
+use crate::{Gates, WARP, div_ceil};
+
+/// Element type of q, k, v and h in the step kernel (the forward's [`crate::Dtype`] plus f32:
+/// the step runs on the CUDA cores, so f32 inputs need no separate path).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InputDtype {
+    Bf16 = 0,
+    F16 = 1,
+    F32 = 2,
+}
+
+/// Element type of the stored state C̃ (ñ and m are always f32; arithmetic is always f32).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StateDtype {
+    F32 = 0,
+    /// Half the bytes of C̃ per step, at the cost of one bf16 rounding of C̃ per step. ñ stays
+    /// f32: ñ'ᵀq̂ can be a small difference of large terms and divides a whole row of h, so
+    /// a rounded ñ would cost far more accuracy than its DQK values save in bytes.
+    Bf16 = 1,
+}
+
+impl InputDtype {
+    pub const ALL: [InputDtype; 3] = [InputDtype::Bf16, InputDtype::F16, InputDtype::F32];
+}
+
+impl StateDtype {
+    pub const ALL: [StateDtype; 2] = [StateDtype::F32, StateDtype::Bf16];
+}
+
+/// Device addresses of every tensor the step kernel reads or writes; every tensor contiguous,
+/// row-major, in the shape its comment gives. Part of [`StepParams`]; the host's raw-pointer
+/// entry point takes it as it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepPointers {
+    /// (BH, DQK) in the input dtype.
+    pub q: u64,
+    /// (BH, DQK) in the input dtype.
+    pub k: u64,
+    /// (BH, DHV) in the input dtype.
+    pub v: u64,
+    /// Input-gate pre-activation ĩ: (BH,) f32.
+    pub i: u64,
+    /// Forget-gate pre-activation f̃: (BH,) f32.
+    pub f: u64,
+    /// C̃: (BH, DQK, DHV) in the state dtype, read and overwritten with C̃'.
+    pub c: u64,
+    /// ñ: (BH, DQK) f32, read and overwritten with ñ' (without the normalizer neither read
+    /// nor written).
+    pub n: u64,
+    /// m: (BH,) f32, read and overwritten with m' (mLSTMsig: written 0, never read).
+    pub m: u64,
+    /// Output h: (BH, DHV) in the input dtype.
+    pub h: u64,
+    /// (BH,) u32 arrival counters, zero before a launch and left zero by it. Every column tile
+    /// of a head needs the old ñ and m, so whichever tile wrote ñ', m' first would race with
+    /// the tiles of the same head not yet started. Instead each tile, once its threads have
+    /// read ñ and m, increments its head's counter (release/acquire at GPU scope); the tile
+    /// that sees it reach the tile count is the last reader, writes ñ' and m', and resets the
+    /// counter to zero.
+    pub tiles_done: u64,
+}
+
+/// Parameters of the step kernel, passed by value. Built only from validated host arguments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepParams {
+    pub ptr: StepPointers,
+    pub bh: u32,
+    pub dqk: u32,
+    pub dhv: u32,
+    /// q̂ = q·scale.
+    pub scale: f32,
+    pub eps: f32,
+}
+
+pub const WARPS: u32 = 8;
+pub const THREADS: u32 = WARPS * WARP;
+/// State columns (DHV) per block. With 64, B·NH = 64 heads at DHV = 512 make 512 blocks: one
+/// wave on 132 SMs at four resident blocks per SM (bf16 states, 64 registers), 1.3 at three
+/// (f32 states, 80 registers), where the last 116 blocks still keep 32 KiB each in flight.
+pub const TILE_HV: u32 = 64;
+/// Columns per thread: two groups of four (16 bytes of f32 state each, or together 16 bytes
+/// of bf16 state), so every C̃ access is a 16-byte vector access.
+pub const COLS: u32 = 8;
+/// Threads across the columns of the tile.
+pub const COL_THREADS: u32 = TILE_HV / COLS;
+/// Threads down the rows: thread (g, c) = (tid / COL_THREADS, tid % COL_THREADS) owns rows
+/// g + j·ROW_GROUPS.
+pub const ROW_GROUPS: u32 = THREADS / COL_THREADS;
+/// Rows a thread loads before it uses any of them (its C̃ loads in flight together:
+/// 8 × 16 bytes of f32 state, 4 × 16 of bf16).
+pub const ROWS: u32 = 4;
+/// Rows of the slab per pass of the block; DQK = 512 takes four passes.
+pub const PASS_ROWS: u32 = ROWS * ROW_GROUPS;
+
+/// Partial column sums (WARPS × TILE_HV f32), k and q̂ (2 × DQK f32), the reduction scratch
+/// (WARPS f32) and the arrival flag (one u32, padded to 16 bytes).
+pub const fn smem_bytes(dqk: u32) -> u32 {
+    (WARPS * TILE_HV + 2 * dqk + WARPS) * 4 + 16
+}
+
+/// (DHV tiles, BH, 1).
+pub const fn grid(p: &StepParams) -> (u32, u32, u32) {
+    (div_ceil(p.dhv, TILE_HV), p.bh, 1)
+}
+
+/// Entry point of the step kernel for (gates, input dtype, C̃ dtype): one entry per triple.
+/// The device crate's `entry!` invocations and this table must name the same symbols.
+pub const fn entry_name(gates: Gates, dtype: InputDtype, state: StateDtype) -> &'static str {
+    use Gates::*;
+    use InputDtype as I;
+    use StateDtype as S;
+    match (gates, dtype, state) {
+        (Exp, I::Bf16, S::F32) => "mlstm_step_exp_bf16_state_f32",
+        (Exp, I::F16, S::F32) => "mlstm_step_exp_f16_state_f32",
+        (Exp, I::F32, S::F32) => "mlstm_step_exp_f32_state_f32",
+        (Exp, I::Bf16, S::Bf16) => "mlstm_step_exp_bf16_state_bf16",
+        (Exp, I::F16, S::Bf16) => "mlstm_step_exp_f16_state_bf16",
+        (Exp, I::F32, S::Bf16) => "mlstm_step_exp_f32_state_bf16",
+        (Sig, I::Bf16, S::F32) => "mlstm_step_sig_bf16_state_f32",
+        (Sig, I::F16, S::F32) => "mlstm_step_sig_f16_state_f32",
+        (Sig, I::F32, S::F32) => "mlstm_step_sig_f32_state_f32",
+        (Sig, I::Bf16, S::Bf16) => "mlstm_step_sig_bf16_state_bf16",
+        (Sig, I::F16, S::Bf16) => "mlstm_step_sig_f16_state_bf16",
+        (Sig, I::F32, S::Bf16) => "mlstm_step_sig_f32_state_bf16",
+        (SigNoNorm, I::Bf16, S::F32) => "mlstm_step_signn_bf16_state_f32",
+        (SigNoNorm, I::F16, S::F32) => "mlstm_step_signn_f16_state_f32",
+        (SigNoNorm, I::F32, S::F32) => "mlstm_step_signn_f32_state_f32",
+        (SigNoNorm, I::Bf16, S::Bf16) => "mlstm_step_signn_bf16_state_bf16",
+        (SigNoNorm, I::F16, S::Bf16) => "mlstm_step_signn_f16_state_bf16",
+        (SigNoNorm, I::F32, S::Bf16) => "mlstm_step_signn_f32_state_bf16",
+    }
+}
+
+/// Every step entry point.
+pub fn entry_names() -> impl Iterator<Item = &'static str> {
+    [Gates::Exp, Gates::Sig, Gates::SigNoNorm]
+        .into_iter()
+        .flat_map(|g| {
+            InputDtype::ALL
+                .into_iter()
+                .flat_map(move |d| StateDtype::ALL.map(move |s| entry_name(g, d, s)))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{HEAD_DIM_MULTIPLE, MAX_HEAD_DIM};
+
+    #[test]
+    fn thread_layout_covers_the_tile() {
+        assert_eq!(COL_THREADS * ROW_GROUPS, THREADS);
+        // Lanes of one warp that share a column group are 8 apart (two shuffle steps).
+        assert_eq!(WARP / COL_THREADS, 4);
+        // The per-thread row loop is unrolled by `unroll!(4, …)`.
+        assert_eq!(ROWS, 4);
+        // A DHV tile is whole 16-column groups except the ragged last one, so a thread's
+        // 8 columns (4-aligned quads) are each wholly inside or outside DHV.
+        assert_eq!(TILE_HV % HEAD_DIM_MULTIPLE, 0);
+        // Each thread takes two elements of q, k, ñ: THREADS · 2 covers the largest DQK.
+        const { assert!(2 * THREADS >= MAX_HEAD_DIM) };
+    }
+
+    #[test]
+    fn fits_in_the_default_shared_memory() {
+        // 48 KiB needs no opt-in on any device.
+        assert!(smem_bytes(MAX_HEAD_DIM) <= 48 * 1024);
+        // Partial sums first, 16-byte aligned for vector access; k and q̂ after them.
+        assert_eq!((WARPS * TILE_HV * 4) % 16, 0);
+    }
+
+    #[test]
+    fn grid_covers_ragged_dhv() {
+        let p = |dhv| StepParams {
+            bh: 6,
+            dqk: 64,
+            dhv,
+            ..Default::default()
+        };
+        assert_eq!(grid(&p(512)), (8, 6, 1));
+        assert_eq!(grid(&p(80)), (2, 6, 1));
+        assert_eq!(grid(&p(16)), (1, 6, 1));
+    }
+
+    #[test]
+    fn entry_names_are_distinct() {
+        let mut names: std::vec::Vec<_> = entry_names().collect();
+        assert_eq!(names.len(), 18);
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 18);
+        assert!(names.iter().all(|n| n.starts_with("mlstm_step_")));
+    }
+}
