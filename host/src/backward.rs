@@ -550,14 +550,16 @@ fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
         }
     }
     // What the kernels' accesses need: 16 bytes for cp.async rows (q, k, v, dh, c_states,
-    // dc_states, scores), the row weights the state kernel streams (row_coef) and what the
-    // forward already requires (c0, gate_u); 8 for pairs of f32 (C̃ matrices and ñ rows read or
-    // written two at a time); 4 for the rest (h, dq, dk, dv move two 16-bit values per access).
+    // dc_states, scores), 16-byte loads (h), the row weights the state kernel streams
+    // (row_coef) and what the forward already requires (c0, gate_u); 8 for pairs of f32 (C̃
+    // matrices and ñ rows read or written two at a time); 4 for the rest (dq, dk, dv move two
+    // 16-bit values per access).
     let aligned = [
         ("q", p.q, 16),
         ("k", p.k, 16),
         ("v", p.v, 16),
         ("dh", p.dh, 16),
+        ("h", p.h, 16),
         ("c0", p.c0, 16),
         ("c_states", p.c_states, 16),
         ("dc_states", p.dc_states, 16),
@@ -570,7 +572,6 @@ fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
         ("dc0", p.dc0, 8),
         ("n_states", p.n_states, 8),
         ("dn_states", p.dn_states, 8),
-        ("h", p.h, 4),
         ("dq", p.dq, 4),
         ("dk", p.dk, 4),
         ("dv", p.dv, 4),

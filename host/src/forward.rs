@@ -359,10 +359,10 @@ pub fn mlstm_fwd_into(
     let ptrs = fwd_pointers(inputs, out);
     if !cfg.variant.normalizes() {
         // Without the normalizer no kernel forms ñ: hand back zeros rather than stale memory.
-        out.n.fill_zero()?;
-        out.states.n.fill_zero()?;
+        out.n.fill_zero_on(rt.stream())?;
+        out.states.n.fill_zero_on(rt.stream())?;
         if let Some(r) = &mut out.row_stats {
-            r.norm.fill_zero()?;
+            r.norm.fill_zero_on(rt.stream())?;
         }
     }
     // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked

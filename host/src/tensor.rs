@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use cust::memory::{CopyDestination, DeviceBuffer, DeviceCopy};
+use cust::stream::Stream;
 use half::{bf16, f16};
 
 /// Element type of a tensor.
@@ -68,12 +69,15 @@ fn alloc<T: DeviceCopy>(arg: &'static str, n: usize) -> Result<DeviceBuffer<T>> 
     })
 }
 
-/// Copies `data` into the front of `buf` (nothing for empty data).
+/// Copies `data` into the front of `buf` (nothing for empty data), complete when it returns:
+/// from pageable memory cuMemcpyHtoD may return before its DMA lands, ordered only with the
+/// legacy default stream, not with the runtime's non-blocking one.
 fn upload<T: DeviceCopy>(buf: &mut DeviceBuffer<T>, data: &[T]) -> Result<()> {
     if !data.is_empty() {
         buf.index(..data.len())
             .copy_from(data)
             .map_err(Error::cuda("cuMemcpyHtoD"))?;
+        cust::context::CurrentContext::synchronize().map_err(Error::cuda("cuCtxSynchronize"))?;
     }
     Ok(())
 }
@@ -155,8 +159,11 @@ impl Tensor {
         Ok(t)
     }
 
-    /// Copies the tensor to the host as f32 (exact for every dtype).
+    /// Copies the tensor to the host as f32 (exact for every dtype), after every kernel queued
+    /// so far has finished (cuMemcpyDtoH is ordered with the legacy default stream only, not
+    /// with the runtime's non-blocking one).
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        cust::context::CurrentContext::synchronize().map_err(Error::cuda("cuCtxSynchronize"))?;
         let n = self.numel();
         match &self.storage {
             Storage::F32(b) => {
@@ -183,26 +190,45 @@ impl Tensor {
         }
     }
 
-    /// Fills every element with NaN (tests poison outputs before a launch with it).
+    /// Fills every element with NaN (tests poison outputs before a launch with it). Complete
+    /// when it returns.
     pub fn fill_nan(&mut self) -> Result<()> {
-        match self.dtype {
-            Dtype::Bf16 => self.fill_bits(0x7fc0),
-            Dtype::F16 => self.fill_bits(0x7e00),
-            Dtype::F32 => self.fill_bits(0x7fc0_0000),
-        }
+        let bits = match self.dtype {
+            Dtype::Bf16 => 0x7fc0,
+            Dtype::F16 => 0x7e00,
+            Dtype::F32 => 0x7fc0_0000,
+        };
+        self.fill_bits(bits)
     }
 
-    /// Fills every element with zeros.
+    /// Fills every element with zeros. Complete when it returns.
     pub fn fill_zero(&mut self) -> Result<()> {
         self.fill_bits(0)
     }
 
+    /// Fills every element with zeros, queued on `stream` (ordered with the kernels launched
+    /// on it).
+    pub fn fill_zero_on(&mut self, stream: &Stream) -> Result<()> {
+        let op = Error::cuda("cuMemsetD32Async");
+        // SAFETY: stream-ordered; nothing reads or writes this buffer outside that stream until
+        // the caller synchronizes it (the buffer is borrowed mutably here).
+        unsafe {
+            match &mut self.storage {
+                Storage::Bits16(b) => b.set_16_async(0, stream).map_err(op),
+                Storage::F32(b) => b.set_32_async(0, stream).map_err(op),
+            }
+        }
+    }
+
+    /// cuMemsetD* runs in the legacy default stream, which does not order the runtime's
+    /// non-blocking stream: wait for it, so no later kernel races the fill.
     fn fill_bits(&mut self, bits: u32) -> Result<()> {
         let op = Error::cuda("cuMemsetD");
         match &mut self.storage {
-            Storage::Bits16(b) => b.set_16(bits as u16).map_err(op),
-            Storage::F32(b) => b.set_32(bits).map_err(op),
+            Storage::Bits16(b) => b.set_16(bits as u16).map_err(op)?,
+            Storage::F32(b) => b.set_32(bits).map_err(op)?,
         }
+        cust::context::CurrentContext::synchronize().map_err(Error::cuda("cuCtxSynchronize"))
     }
 
     pub fn dtype(&self) -> Dtype {

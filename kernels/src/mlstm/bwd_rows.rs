@@ -28,27 +28,46 @@ pub unsafe fn bwd_rows<E: Elem, G: GateKind>(p: &BwdParams) {
     let plane = p.bh as u64 * padded * 4; // bytes between planes
     let exact = p.exact != 0;
 
-    let mut r = bx * ROWS + warp;
-    while r < ((bx + 1) * ROWS).min(nc * l) {
+    // Each warp takes ROWS / WARPS rows, all loads of them issued before the sums.
+    const PER_WARP: usize = (ROWS / WARPS) as usize;
+    const _: () = assert!(PER_WARP == 4, "the unroll! counts below assume 4 rows per warp");
+    let row_of = |x: usize| bx * ROWS + warp + WARPS * x as u32;
+    // dh·h per row: 8 elements per lane per 16-byte load, 256 per warp and pass.
+    let mut hd = [0f32; PER_WARP];
+    if G::NORMALIZED {
+        let mut c0 = 0;
+        while c0 < dhv {
+            let c = c0 + 8 * lane;
+            let mut dv = [[0u32; 4]; PER_WARP];
+            let mut hv = [[0u32; 4]; PER_WARP];
+            unroll!(4, x => {
+                let r = row_of(x);
+                let ok = r < s && c < dhv;
+                let at = ((head * s as u64 + r as u64) * dhv as u64 + c as u64) * 2;
+                dv[x] = unsafe { global::ld_nc_v4_b32_or_zero(ok, p.ptr.dh + at) };
+                hv[x] = unsafe { global::ld_nc_v4_b32_or_zero(ok, p.ptr.h + at) };
+            });
+            unroll!(4, x => {
+                unroll!(4, e => {
+                    let (d0, d1) = E::unpack(dv[x][e]);
+                    let (h0, h1) = E::unpack(hv[x][e]);
+                    hd[x] += d0 * h0 + d1 * h1;
+                });
+            });
+            c0 += 256;
+        }
+        unroll!(4, x => {
+            unroll!(5, b => {
+                hd[x] += unsafe { shfl::xor_f32(hd[x], 16 >> b) };
+            });
+        });
+    }
+
+    unroll!(4, x => {
+        let r = row_of(x);
         // Padded row r is step r (chunks are contiguous; only the last one is padded).
         let valid = r < s;
-        // dh·h over the row, 2 elements per lane per 4-byte load.
-        let mut hd = 0f32;
-        if valid && G::NORMALIZED {
-            let row = head * s as u64 * dhv as u64 + r as u64 * dhv as u64;
-            let mut c = 2 * lane;
-            while c < dhv {
-                let at = (row + c as u64) * 2;
-                let (d0, d1) = E::unpack(unsafe { global::ld_nc_f32(p.ptr.dh + at) }.to_bits());
-                let (h0, h1) = E::unpack(unsafe { global::ld_nc_f32(p.ptr.h + at) }.to_bits());
-                hd += d0 * h0 + d1 * h1;
-                c += 64;
-            }
-        }
-        unroll!(5, b => {
-            hd += unsafe { shfl::xor_f32(hd, 16 >> b) };
-        });
-
+        let hd = hd[x];
         let mut out = [0f32; PLANES as usize];
         if valid {
             let k = r / l;
@@ -58,9 +77,8 @@ pub unsafe fn bwd_rows<E: Elem, G: GateKind>(p: &BwdParams) {
             let (b, u) = (gate(p.ptr.gate_b, r), gate(p.ptr.gate_u, r));
             let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + (head * nc as u64 + k as u64) * 4) };
             let (alpha, r_log, w, floor) = if G::STABILIZED {
-                let m_k = unsafe {
-                    global::ld_nc_f32(p.ptr.m_states + (head * nc as u64 + k as u64) * 4)
-                };
+                let m_k =
+                    unsafe { global::ld_nc_f32(p.ptr.m_states + (head * nc as u64 + k as u64) * 4) };
                 let big_m = m_k.max(gate(p.ptr.gate_cm, r));
                 let last = k * l + (l.min(s - k * l) - 1);
                 let m_next = (g + m_k).max(g + gate(p.ptr.gate_cm, last));
@@ -74,18 +92,12 @@ pub unsafe fn bwd_rows<E: Elem, G: GateKind>(p: &BwdParams) {
                 (math::exp(b), b, math::exp(g + u), 1.0)
             };
             let (rho, delta, dm) = if G::NORMALIZED {
-                let sn = unsafe {
-                    global::ld_nc_f32(p.ptr.norm_rows + (head * s as u64 + r as u64) * 4)
-                };
+                let sn = unsafe { global::ld_nc_f32(p.ptr.norm_rows + (head * s as u64 + r as u64) * 4) };
                 let den = sn.abs().max(floor) + p.eps;
                 let rho = 1.0 / den;
                 let live = exact && sn.abs() >= floor;
                 let delta = if live { -sn.signum() * hd * rho } else { 0.0 };
-                let dm = if exact && G::STABILIZED {
-                    -hd * p.eps * rho
-                } else {
-                    0.0
-                };
+                let dm = if exact && G::STABILIZED { -hd * p.eps * rho } else { 0.0 };
                 (rho, delta, dm)
             } else {
                 (1.0, 0.0, 0.0)
@@ -98,17 +110,16 @@ pub unsafe fn bwd_rows<E: Elem, G: GateKind>(p: &BwdParams) {
             out[R_LOG2 as usize] = r_log * math::LOG2_E;
             out[DM as usize] = dm;
         }
-        if lane < PLANES {
+        if lane < PLANES && r < nc * l {
             // Lane x writes plane x (a select chain keeps `out` in registers).
             let mut v = 0f32;
-            for (x, &o) in out.iter().enumerate() {
-                if lane == x as u32 {
+            for (i, &o) in out.iter().enumerate() {
+                if lane == i as u32 {
                     v = o;
                 }
             }
             let at = p.ptr.row_coef + lane as u64 * plane + (head * padded + r as u64) * 4;
             unsafe { global::st_f32(at, v) };
         }
-        r += WARPS;
-    }
+    });
 }
