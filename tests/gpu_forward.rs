@@ -479,3 +479,281 @@ fn safetensors_file_round_trip_matches_reference() {
     let _ = std::fs::remove_file(&input);
     let _ = std::fs::remove_file(&output);
 }
+
+/// The bits of a device tensor's values (as f32: exact for every dtype), for bit-exact
+/// comparisons.
+fn bits(t: &tfla::Tensor) -> Vec<u32> {
+    t.to_f32_vec()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+/// The rows `slots` of a (num_slots, per) host array, in order: (slots.len(), per).
+fn gather(x: &[f64], per: usize, slots: &[u32]) -> Vec<f64> {
+    slots
+        .iter()
+        .flat_map(|&s| x[s as usize * per..(s as usize + 1) * per].to_vec())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn forward_with_state_pool_equals_separate_states() {
+    // A pool of 7 slots holding random states; B = 3 rows on slots 5, 0, 3. The pool forward
+    // runs the same kernels on the same states as a forward given them as c0, n0, m0, so h, the
+    // chunk states and the row statistics agree bit for bit, slots 5, 0, 3 then hold that
+    // forward's final states bit for bit, and slots 1, 2, 4, 6 are untouched. Several blocks
+    // share each head (DQK 128: 2 row tiles; DHV 256: 2 column tiles, 16 for f32), so a block
+    // writing a slot's final ñ or m before another has read the initial ones would show.
+    use tfla::{Dtype, GradMode, MlstmGradOutputs, Slots, StatePool, Tensor};
+    let rt = runtime();
+    let mut rng = rng("forward_with_state_pool_equals_separate_states");
+    const NUM_SLOTS: usize = 7;
+    let slot_ids = [5u32, 0, 3];
+    let (nh, s, dqk, dhv) = (2, 200, 128, 256);
+    let mut failures = Vec::new();
+    for variant in [EXP, SIG, SIG_NONORM] {
+        for dtype in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
+            let label = format!("{variant:?} {dtype:?}");
+            // The pool's states: those RefInputs::random draws for initial states.
+            let mut pool_ref = RefInputs::random(shape(NUM_SLOTS, nh, 1, dqk, dhv), true, &mut rng);
+            round_inputs(&mut pool_ref, Dtype::F32);
+            let (pc, pn, pm) = (
+                pool_ref.c0.clone().unwrap(),
+                pool_ref.n0.clone().unwrap(),
+                pool_ref.m0.clone().unwrap(),
+            );
+            // The same states, gathered per row, as c0, n0, m0 of the reference forward.
+            let mut inp = RefInputs::random(shape(3, nh, s, dqk, dhv), false, &mut rng);
+            inp.c0 = Some(gather(&pc, nh * dqk * dhv, &slot_ids));
+            inp.n0 = Some(gather(&pn, nh * dqk, &slot_ids));
+            inp.m0 = Some(gather(&pm, nh, &slot_ids));
+            round_inputs(&mut inp, dtype);
+            let dev = upload(&rt, &inp, dtype);
+            let cfg = MlstmConfig {
+                row_stats: true,
+                ..MlstmConfig::new(variant).with_chunk_size(64)
+            };
+            let dims = dev.as_inputs().dims().unwrap();
+            let poisoned = || {
+                let mut out = MlstmOutputs::alloc(&rt, &dims, dtype, &cfg).unwrap();
+                let r = out.row_stats.as_mut().unwrap();
+                for t in [&mut r.m, &mut r.norm] {
+                    t.fill_nan().unwrap();
+                }
+                for t in [
+                    &mut out.h,
+                    &mut out.c,
+                    &mut out.n,
+                    &mut out.m,
+                    &mut out.states.c,
+                    &mut out.states.n,
+                    &mut out.states.m,
+                ] {
+                    t.fill_nan().unwrap();
+                }
+                out
+            };
+            let mut want = poisoned();
+            tfla::mlstm_fwd_into(&rt, &dev.as_inputs(), &cfg, &mut want).unwrap();
+
+            let up = |x: &[f64], shape: &[usize]| Tensor::from_f32(&rt, &to_f32(x), shape).unwrap();
+            let pool = StatePool::new(
+                up(&pc, &[NUM_SLOTS, nh, dqk, dhv]),
+                up(&pn, &[NUM_SLOTS, nh, dqk]),
+                up(&pm, &[NUM_SLOTS, nh]),
+            )
+            .unwrap();
+            let before = [bits(&pool.c), bits(&pool.n), bits(&pool.m)];
+            let slots = Slots::new(&rt, &slot_ids).unwrap();
+            let pooled = tfla::MlstmInputs {
+                c0: None,
+                n0: None,
+                m0: None,
+                ..dev.as_inputs()
+            }
+            .with_pool(&pool, &slots);
+            let mut got = poisoned();
+            tfla::mlstm_fwd_into(&rt, &pooled, &cfg, &mut got).unwrap();
+            rt.synchronize().unwrap();
+
+            // Against the float64 reference too (catches a result both runs got wrong, and
+            // NaN poison left in both).
+            let h_err = rel_err(
+                &got.h.to_f32_vec().unwrap(),
+                &reference::recurrent(&inp, &RefParams::new(variant, dqk)).h,
+            );
+            let mut bad = Vec::new();
+            if h_err > fwd_tolerance(dtype) {
+                bad.push(format!("h error {h_err:.2e} against the reference"));
+            }
+            let rs = |o: &MlstmOutputs| o.row_stats.as_ref().map(|r| [bits(&r.m), bits(&r.norm)]);
+            for (name, g, w) in [
+                ("h", bits(&got.h), bits(&want.h)),
+                ("states.c", bits(&got.states.c), bits(&want.states.c)),
+                ("states.n", bits(&got.states.n), bits(&want.states.n)),
+                ("states.m", bits(&got.states.m), bits(&want.states.m)),
+                ("gates.g", bits(&got.gates.g), bits(&want.gates.g)),
+            ] {
+                if g != w {
+                    bad.push(format!("{name} differs from the c0/n0/m0 forward"));
+                }
+            }
+            if rs(&got) != rs(&want) {
+                bad.push("row statistics differ from the c0/n0/m0 forward".into());
+            }
+            // The pool: the rows' slots hold the final states, the others what they held.
+            for (name, after, fin, before, per) in [
+                (
+                    "c",
+                    bits(&pool.c),
+                    bits(&want.c),
+                    &before[0],
+                    nh * dqk * dhv,
+                ),
+                ("n", bits(&pool.n), bits(&want.n), &before[1], nh * dqk),
+                ("m", bits(&pool.m), bits(&want.m), &before[2], nh),
+            ] {
+                for slot in 0..NUM_SLOTS {
+                    let range = slot * per..(slot + 1) * per;
+                    let expect = match slot_ids.iter().position(|&x| x as usize == slot) {
+                        Some(row) => &fin[row * per..(row + 1) * per],
+                        None => &before[range.clone()],
+                    };
+                    if after[range] != *expect {
+                        bad.push(format!("pool.{name} slot {slot} wrong"));
+                    }
+                }
+            }
+            // c, n, m of the outputs are not written (the final states went to the pool).
+            for (name, t) in [("c", &got.c), ("n", &got.n), ("m", &got.m)] {
+                if t.to_f32_vec().unwrap().iter().any(|x| !x.is_nan()) {
+                    bad.push(format!("out.{name} written by a pool forward"));
+                }
+            }
+            assert!(got.pooled() && !want.pooled());
+            if dtype == Dtype::Bf16 {
+                // The backward takes no pool: typed error, nothing launched.
+                let dh = Tensor::zeros(&rt, dtype, &[3, nh, s, dhv]).unwrap();
+                let e = tfla::mlstm_bwd(
+                    &rt,
+                    &pooled,
+                    &got,
+                    &MlstmGradOutputs::new(&dh),
+                    &cfg,
+                    GradMode::Exact,
+                )
+                .unwrap_err();
+                if !matches!(e, tfla::Error::Invalid { arg: "fwd", .. }) {
+                    bad.push(format!("backward on pool outputs: {e}"));
+                }
+                // The allocating forward gives empty c, n, m with a pool.
+                let out = tfla::mlstm_fwd(&rt, &pooled, &cfg).unwrap();
+                if out.c.shape() != [0] || out.n.shape() != [0] || out.m.shape() != [0] {
+                    bad.push(format!("mlstm_fwd with a pool: c {:?}", out.c.shape()));
+                }
+            }
+            eprintln!(
+                "{} {label}: h {h_err:.2e} against the reference{}",
+                if bad.is_empty() { "ok  " } else { "FAIL" },
+                bad.iter().map(|b| format!("; {b}")).collect::<String>()
+            );
+            if !bad.is_empty() {
+                failures.push(label);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failed: {failures:?}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn state_pool_bad_arguments_get_typed_errors_and_write_nothing() {
+    use tfla::{Error, MlstmInputs, Slots, StatePool, Tensor};
+    let rt = runtime();
+    let t = |dt, shape: &[usize]| Tensor::zeros(&rt, dt, shape).unwrap();
+    let (q, k, v) = (
+        t(Dtype::Bf16, &[3, 2, 8, 64]),
+        t(Dtype::Bf16, &[3, 2, 8, 64]),
+        t(Dtype::Bf16, &[3, 2, 8, 32]),
+    );
+    let (i, f) = (t(Dtype::F32, &[3, 2, 8]), t(Dtype::F32, &[3, 2, 8]));
+    let cfg = MlstmConfig::new(EXP);
+    let ok = MlstmInputs::new(&q, &k, &v, &i, &f);
+    // A pool of ones (a forward would change it), 7 slots.
+    let ones =
+        |shape: &[usize]| Tensor::from_f32(&rt, &vec![1.0; shape.iter().product()], shape).unwrap();
+    let mut pool = StatePool::new(ones(&[7, 2, 64, 32]), ones(&[7, 2, 64]), ones(&[7, 2])).unwrap();
+    let before = [bits(&pool.c), bits(&pool.n), bits(&pool.m)];
+    let good = Slots::new(&rt, &[5, 0, 3]).unwrap();
+    let fwd = |inputs: &MlstmInputs| tfla::mlstm_fwd(&rt, inputs, &cfg).unwrap_err();
+
+    let c0 = t(Dtype::F32, &[3, 2, 64, 32]);
+    let e = fwd(&MlstmInputs {
+        c0: Some(&c0),
+        ..ok.with_pool(&pool, &good)
+    });
+    assert!(matches!(e, Error::Invalid { arg: "pool", .. }), "{e}");
+    for (ids, what) in [
+        (&[5u32, 0][..], "length"),
+        (&[5, 7, 3][..], "range"),
+        (&[5, 0, 5][..], "duplicate"),
+    ] {
+        let slots = Slots::new(&rt, ids).unwrap();
+        let e = fwd(&ok.with_pool(&pool, &slots));
+        let typed = match what {
+            "length" => matches!(e, Error::Shape { arg: "slots", .. }),
+            _ => matches!(e, Error::Invalid { arg: "slots", .. }),
+        };
+        assert!(typed, "{what}: {e}");
+    }
+    // A pool of another head count or head dim, or not f32.
+    let wrong_nh = StatePool::alloc_zeros(&rt, 7, 3, 64, 32).unwrap();
+    let e = fwd(&ok.with_pool(&wrong_nh, &good));
+    assert!(matches!(e, Error::Shape { arg: "pool.c", .. }), "{e}");
+    let wrong_dhv = StatePool::alloc_zeros(&rt, 7, 2, 64, 48).unwrap();
+    let e = fwd(&ok.with_pool(&wrong_dhv, &good));
+    assert!(matches!(e, Error::Shape { arg: "pool.c", .. }), "{e}");
+    let c_f32 = std::mem::replace(&mut pool.c, t(Dtype::Bf16, &[7, 2, 64, 32]));
+    let e = fwd(&ok.with_pool(&pool, &good));
+    assert!(matches!(e, Error::Dtype { arg: "pool.c", .. }), "{e}");
+    pool.c = c_f32;
+    let n_short = std::mem::replace(&mut pool.n, t(Dtype::F32, &[6, 2, 64]));
+    let e = fwd(&ok.with_pool(&pool, &good));
+    assert!(matches!(e, Error::Shape { arg: "pool.n", .. }), "{e}");
+    pool.n = n_short;
+    // Constructors.
+    let e = StatePool::alloc_zeros(&rt, 0, 2, 64, 32).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Invalid {
+                arg: "num_slots",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = StatePool::new(ones(&[7, 2, 64, 32]), ones(&[7, 2, 64]), ones(&[7, 3])).unwrap_err();
+    assert!(matches!(e, Error::Shape { arg: "pool.m", .. }), "{e}");
+    // Raw entry point: misaligned slots.
+    let inputs = ok.with_pool(&pool, &good);
+    let dims = inputs.dims().unwrap();
+    let out = tfla::MlstmOutputs::alloc(&rt, &dims, Dtype::Bf16, &cfg).unwrap();
+    let mut ptrs = tfla::fwd_pointers(&inputs, &out);
+    ptrs.slots += 2;
+    let cfg64 = cfg.with_chunk_size(out.states.chunk_size);
+    // SAFETY: rejected before launch (misaligned slots).
+    let e = unsafe { tfla::mlstm_fwd_raw(&rt, rt.stream(), &ptrs, dims, Dtype::Bf16, &cfg64) }
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid { arg: "slots", .. }), "{e}");
+    // Nothing was written.
+    rt.synchronize().unwrap();
+    assert_eq!([bits(&pool.c), bits(&pool.n), bits(&pool.m)], before);
+    // And a valid call does write (the pool of ones changes).
+    tfla::mlstm_fwd(&rt, &inputs, &cfg).unwrap();
+    rt.synchronize().unwrap();
+    assert_ne!(bits(&pool.m), before[2]);
+}

@@ -5,10 +5,19 @@
 //! (the f32 recurrence: slower, no 16-bit rounding); gate pre-activations ĩ, f̃
 //! (B, NH, S) f32; optional initial states C̃0 (B, NH, DQK, DHV), ñ0 (B, NH, DQK), m0 (B, NH)
 //! f32. Outputs h (B, NH, S, DHV) in the input dtype and the final states in f32.
+//!
+//! State pool (serving engines, [`crate::slots`]): instead of c0, n0, m0, a pool of states
+//! (num_slots, NH, …) and one slot per batch row; row b starts from slot `slots[b]` and its final
+//! states overwrite that slot (the output's c, n, m are then not written). The kernels read
+//! and write the pool in place, race-free: each thread of the state kernel reads its elements
+//! of C̃0 before it writes the same elements of the final C̃, and ñ0, m0 (which every block of
+//! a head needs, but one block writes at the end) are copied into the chunk states at chunk 0
+//! by the launch before (`kernels/src/mlstm/slots.rs`).
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::launch::Launch;
 use crate::runtime::Runtime;
+use crate::slots::{PoolSlots, Slots, StatePool};
 use crate::tensor::{Dtype, Tensor};
 use crate::variant::Variant;
 use cust::stream::Stream;
@@ -30,6 +39,11 @@ pub struct MlstmInputs<'a> {
     pub n0: Option<&'a Tensor>,
     /// Initial max state (mLSTMexp only; ignored by mLSTMsig, which has none).
     pub m0: Option<&'a Tensor>,
+    /// A state pool and the slot of each batch row, instead of c0, n0, m0 (giving both is an
+    /// error): the initial states come from the rows' slots and the final states overwrite
+    /// them, in place through this shared borrow (device memory, like every tensor a kernel
+    /// writes). Nothing else may use those slots until the forward's kernels have run.
+    pub pool: Option<PoolSlots<'a>>,
 }
 
 impl<'a> MlstmInputs<'a> {
@@ -44,6 +58,16 @@ impl<'a> MlstmInputs<'a> {
             c0: None,
             n0: None,
             m0: None,
+            pool: None,
+        }
+    }
+
+    /// These inputs with a state pool: batch row b starts from slot `slots[b]` of `pool` and
+    /// its final states overwrite that slot.
+    pub fn with_pool(self, pool: &'a StatePool, slots: &'a Slots) -> Self {
+        MlstmInputs {
+            pool: Some(PoolSlots { pool, slots }),
+            ..self
         }
     }
 
@@ -108,6 +132,21 @@ impl<'a> MlstmInputs<'a> {
         if let Some(m0) = self.m0 {
             expect_shape("m0", m0, &[b, nh])?;
         }
+        if let Some(pool) = &self.pool {
+            let given: Vec<&str> = [("c0", self.c0), ("n0", self.n0), ("m0", self.m0)]
+                .iter()
+                .filter_map(|(name, t)| t.map(|_| *name))
+                .collect();
+            if !given.is_empty() {
+                return Err(Error::Invalid {
+                    arg: "pool",
+                    value: format!("given with {}", given.join(", ")),
+                    reason: "the pool supplies the initial states: give a pool or c0, n0, m0, \
+                             not both",
+                });
+            }
+            pool.check(b, nh, dims.dqk, dims.dhv)?;
+        }
         Ok(dims)
     }
 }
@@ -138,6 +177,7 @@ impl DeviceInputs {
             c0: self.c0.as_ref(),
             n0: self.n0.as_ref(),
             m0: self.m0.as_ref(),
+            pool: None,
         }
     }
 }
@@ -196,27 +236,46 @@ pub struct RowStats {
 pub struct MlstmOutputs {
     /// (B, NH, S, DHV) in the input dtype.
     pub h: Tensor,
-    /// Final states: (B, NH, DQK, DHV), (B, NH, DQK), (B, NH) f32.
+    /// Final states: (B, NH, DQK, DHV), (B, NH, DQK), (B, NH) f32 (ñ = 0 without the
+    /// normalizer). Not written by a forward with a state pool, whose final states go to the
+    /// pool; [`mlstm_fwd`] then allocates them empty (shape `[0]`).
     pub c: Tensor,
     pub n: Tensor,
     pub m: Tensor,
     pub states: ChunkStates,
     pub gates: ChunkGates,
     pub row_stats: Option<RowStats>,
+    /// Whether the last forward into these outputs ran with a state pool: its initial states
+    /// are not in the inputs' c0, n0, m0 and its final states not in c, n, m, so a backward
+    /// pass must not read them ([`MlstmOutputs::check`]).
+    pooled: bool,
 }
 
 impl MlstmOutputs {
     /// Allocates outputs for `dims` (contents unspecified until a forward pass writes them).
     pub fn alloc(rt: &Runtime, dims: &Dims, dtype: Dtype, cfg: &MlstmConfig) -> Result<Self> {
+        Self::alloc_with(rt, dims, dtype, cfg, true)
+    }
+
+    /// [`MlstmOutputs::alloc`]; without `finals` (a forward with a state pool) c, n, m are
+    /// empty.
+    fn alloc_with(
+        rt: &Runtime,
+        dims: &Dims,
+        dtype: Dtype,
+        cfg: &MlstmConfig,
+        finals: bool,
+    ) -> Result<Self> {
         let Dims { b, nh, s, dqk, dhv } = *dims;
         let chunk = cfg.chunk_for(dims)?;
         let nc = s.div_ceil(chunk);
         let f32_ = Dtype::F32;
+        let fin = |shape: &[usize]| Tensor::uninit(rt, f32_, if finals { shape } else { &[0] });
         Ok(MlstmOutputs {
             h: Tensor::uninit(rt, dtype, &[b, nh, s, dhv])?,
-            c: Tensor::uninit(rt, f32_, &[b, nh, dqk, dhv])?,
-            n: Tensor::uninit(rt, f32_, &[b, nh, dqk])?,
-            m: Tensor::uninit(rt, f32_, &[b, nh])?,
+            c: fin(&[b, nh, dqk, dhv])?,
+            n: fin(&[b, nh, dqk])?,
+            m: fin(&[b, nh])?,
             states: ChunkStates {
                 chunk_size: chunk,
                 c: Tensor::uninit(rt, dtype, &[b, nh, nc, dqk, dhv])?,
@@ -237,6 +296,7 @@ impl MlstmOutputs {
             } else {
                 None
             },
+            pooled: false,
         })
     }
 
@@ -261,9 +321,36 @@ impl MlstmOutputs {
         tensors.iter().map(|t| t.numel() * t.dtype().size()).sum()
     }
 
-    /// Checks that these outputs were allocated for `dims`, `dtype` and the chunk size of
-    /// `cfg` (the forward before writing them, the backward before reading them).
+    /// Whether the last forward into these outputs ran with a state pool (its final states
+    /// are in the pool, not in c, n, m).
+    pub fn pooled(&self) -> bool {
+        self.pooled
+    }
+
+    /// Checks outputs before a pass reads them (the backward): allocated for `dims`, `dtype`
+    /// and the chunk size of `cfg`, with the final states, from a forward without a state pool
+    /// (the backward takes no pool: its initial states are not the inputs' c0, n0, m0).
     pub(crate) fn check(&self, dims: &Dims, dtype: Dtype, cfg: &MlstmConfig) -> Result<()> {
+        if self.pooled {
+            return Err(Error::Invalid {
+                arg: "fwd",
+                value: "outputs of a forward with a state pool".into(),
+                reason: "the backward pass takes no state pool: its initial states came from \
+                         the pool, its final states went there; run the forward with c0, n0, m0",
+            });
+        }
+        self.check_shapes(dims, dtype, cfg, true)
+    }
+
+    /// Checks that these outputs were allocated for `dims`, `dtype` and the chunk size of
+    /// `cfg`; the final states c, n, m only with `finals` (a forward with a pool writes none).
+    fn check_shapes(
+        &self,
+        dims: &Dims,
+        dtype: Dtype,
+        cfg: &MlstmConfig,
+        finals: bool,
+    ) -> Result<()> {
         let Dims { b, nh, s, dqk, dhv } = *dims;
         let chunk = cfg.chunk_for(dims)?;
         let nc = s.div_ceil(chunk);
@@ -290,17 +377,21 @@ impl MlstmOutputs {
                 got: self.states.c.dtype(),
             });
         }
-        let f32s = [
+        let finals = [
             ("c", &self.c, vec![b, nh, dqk, dhv]),
             ("n", &self.n, vec![b, nh, dqk]),
             ("m", &self.m, vec![b, nh]),
+        ]
+        .into_iter()
+        .filter(|_| finals);
+        let f32s = finals.chain([
             ("states.n", &self.states.n, vec![b, nh, nc, dqk]),
             ("states.m", &self.states.m, vec![b, nh, nc]),
             ("gates.b", &self.gates.b, vec![b, nh, nc * chunk]),
             ("gates.u", &self.gates.u, vec![b, nh, nc * chunk]),
             ("gates.cm", &self.gates.cm, vec![b, nh, nc * chunk]),
             ("gates.g", &self.gates.g, vec![b, nh, nc]),
-        ];
+        ]);
         for (arg, t, shape) in f32s {
             expect_shape(arg, t, &shape)?;
             if t.dtype() != Dtype::F32 {
@@ -338,43 +429,74 @@ impl MlstmOutputs {
     }
 }
 
-/// Runs the forward pass, allocating the outputs.
+/// Runs the forward pass, allocating the outputs (with a state pool, c, n, m empty: the final
+/// states go to the pool).
 pub fn mlstm_fwd(rt: &Runtime, inputs: &MlstmInputs, cfg: &MlstmConfig) -> Result<MlstmOutputs> {
     let dims = inputs.dims()?;
-    let mut out = MlstmOutputs::alloc(rt, &dims, inputs.q.dtype(), cfg)?;
+    let finals = inputs.pool.is_none();
+    let mut out = MlstmOutputs::alloc_with(rt, &dims, inputs.q.dtype(), cfg, finals)?;
     mlstm_fwd_into(rt, inputs, cfg, &mut out)?;
     Ok(out)
 }
 
-/// Runs the forward pass into caller-allocated outputs (see [`MlstmOutputs::alloc`]).
+/// Runs the forward pass into caller-allocated outputs (see [`MlstmOutputs::alloc`]). With a
+/// state pool, c, n, m are neither checked nor written.
 pub fn mlstm_fwd_into(
     rt: &Runtime,
     inputs: &MlstmInputs,
     cfg: &MlstmConfig,
     out: &mut MlstmOutputs,
 ) -> Result<()> {
+    // Every check (the pool's shapes and slots included) before anything is written.
     let dims = inputs.dims()?;
     let dtype = inputs.q.dtype();
-    out.check(&dims, dtype, cfg)?;
+    out.check_shapes(&dims, dtype, cfg, inputs.pool.is_none())?;
     let ptrs = fwd_pointers(inputs, out);
+    out.pooled = inputs.pool.is_some();
     if !cfg.variant.normalizes() {
-        // Without the normalizer no kernel forms ñ: hand back zeros rather than stale memory.
-        out.n.fill_zero_on(rt.stream())?;
+        // Without the normalizer no kernel forms ñ after chunk 0 (the final ñ is written as
+        // zeros): hand back zeros rather than stale memory.
         out.states.n.fill_zero_on(rt.stream())?;
         if let Some(r) = &mut out.row_stats {
             r.norm.fill_zero_on(rt.stream())?;
         }
     }
     // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked
-    // against `dims` above (inputs by `dims()`, outputs by `check`); cuMemAlloc aligns them.
+    // against `dims` above (inputs and the pool by `dims()`, outputs by `check_shapes`);
+    // cuMemAlloc aligns them; the slots were checked against B and the pool (in range,
+    // distinct), so the pool is read and written in place, one slot per row.
     unsafe { mlstm_fwd_raw(rt, rt.stream(), &ptrs, dims, dtype, cfg) }
 }
 
-/// The device addresses of `inputs` and `out`, as [`mlstm_fwd_raw`] takes them.
+/// The device addresses of `inputs` and `out`, as [`mlstm_fwd_raw`] takes them. With a state
+/// pool the initial and the final states are the pool's tensors, indexed by `slots`.
 pub fn fwd_pointers(inputs: &MlstmInputs, out: &MlstmOutputs) -> FwdPointers {
     let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
     let stats =
         |f: fn(&RowStats) -> &Tensor| out.row_stats.as_ref().map_or(0, |r| f(r).device_ptr());
+    if let Some(PoolSlots { pool, slots }) = inputs.pool {
+        let (c, n, m) = (
+            pool.c.device_ptr(),
+            pool.n.device_ptr(),
+            pool.m.device_ptr(),
+        );
+        return FwdPointers {
+            c0: c,
+            n0: n,
+            m0: m,
+            c_final: c,
+            n_final: n,
+            m_final: m,
+            slots: slots.device_ptr(),
+            ..fwd_pointers(
+                &MlstmInputs {
+                    pool: None,
+                    ..*inputs
+                },
+                out,
+            )
+        };
+    }
     FwdPointers {
         q: inputs.q.device_ptr(),
         k: inputs.k.device_ptr(),
@@ -397,6 +519,7 @@ pub fn fwd_pointers(inputs: &MlstmInputs, out: &MlstmOutputs) -> FwdPointers {
         gate_g: out.gates.g.device_ptr(),
         m_rows: stats(|r| &r.m),
         norm_rows: stats(|r| &r.norm),
+        slots: 0,
     }
 }
 
@@ -404,10 +527,17 @@ pub fn fwd_pointers(inputs: &MlstmInputs, out: &MlstmOutputs) -> FwdPointers {
 /// own their buffers). Validates the dimensions, config and pointer alignment; returns once
 /// the kernels are queued.
 ///
+/// With `ptrs.slots` (B u32), c0, n0, m0 and c_final, n_final, m_final are indexed by
+/// `slots[b]·NH + h` instead of b·NH + h (a state pool: [`FwdPointers::slots`]).
+///
 /// # Safety
 /// Every non-zero pointer addresses a live allocation of the runtime's context, large enough
-/// for its tensor at `dims` (and the chunk count NC = ceil(S / L) of `cfg`), holding `dtype`
-/// (q, k, v, h, c_states) or f32 (everything else); outputs do not overlap inputs or each other.
+/// for its tensor at `dims` (and the chunk count NC = ceil(S / L) of `cfg`; with slots, the
+/// states for the pool's num_slots), holding `dtype` (q, k, v, h, c_states) or f32 (everything
+/// else; slots u32); slots, if given, are B values below num_slots, no two equal
+/// ([`crate::slots::check_slots`]); outputs do not overlap inputs or each other, except that
+/// each final state may be the memory of its initial state (c_final = c0, n_final = n0,
+/// m_final = m0: updated in place).
 pub unsafe fn mlstm_fwd_raw(
     rt: &Runtime,
     stream: &Stream,
@@ -476,6 +606,7 @@ pub unsafe fn mlstm_fwd_raw(
         ("gate_g", ptrs.gate_g, 4),
         ("m_rows", ptrs.m_rows, 4),
         ("norm_rows", ptrs.norm_rows, 4),
+        ("slots", ptrs.slots, 4),
     ];
     for (arg, p, align) in aligned {
         if p % align != 0 {
@@ -488,8 +619,14 @@ pub unsafe fn mlstm_fwd_raw(
     }
     let gates = kernel_gates(cfg.variant);
     let params = FwdParams {
-        ptr: *ptrs,
+        ptr: FwdPointers {
+            // Without the normalizer ñ0 is not read: chunk_gates (whose entry serves both
+            // mLSTMsig variants) then stores ñ_0 = 0 in the chunk states.
+            n0: if cfg.variant.normalizes() { ptrs.n0 } else { 0 },
+            ..*ptrs
+        },
         bh: dims.bh() as u32,
+        nh: dims.nh as u32,
         s: dims.s as u32,
         dqk: dims.dqk as u32,
         dhv: dims.dhv as u32,

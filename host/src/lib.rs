@@ -6,6 +6,8 @@
 //! - [`mlstm_bwd`], [`mlstm_fwd_bwd`]: the backward pass, exact or with a detached normalizer
 //!   ([`GradMode`]), see [`backward`].
 //! - [`mlstm_step`]: one recurrent step for generation, states updated in place, see [`step`].
+//! - [`StatePool`], [`Slots`]: states of many sequences in one pool, each batch row of a
+//!   forward reading and writing its own slot (`MlstmInputs::pool`), see [`slots`].
 //! - [`reference`]: the float64 CPU reference (recurrent, parallel, chunkwise forms and the
 //!   gradient), the ground truth of every test.
 //! - [`registry`]: the kernel variants by name.
@@ -19,6 +21,7 @@ mod launch;
 pub mod reference;
 pub mod registry;
 pub mod runtime;
+pub mod slots;
 pub mod step;
 pub mod tensor;
 pub mod variant;
@@ -34,6 +37,7 @@ pub use forward::{
     fwd_pointers, mlstm_fwd, mlstm_fwd_into, mlstm_fwd_raw,
 };
 pub use runtime::Runtime;
+pub use slots::{PoolSlots, Slots, StatePool, check_slots};
 pub use step::{
     StepDims, StepInputs, StepPointers, StepStates, mlstm_step, mlstm_step_into, mlstm_step_raw,
     step_pointers,

@@ -20,11 +20,18 @@ pub struct FwdPointers {
     pub i: u64,
     /// Forget-gate pre-activations f̃: (BH, S) f32.
     pub f: u64,
-    /// Initial state C̃0: (BH, DQK, DHV) f32, or 0 for zeros.
+    /// Initial state C̃0: (BH, DQK, DHV) f32, or 0 for zeros. With `slots`, a state pool
+    /// (num_slots·NH, DQK, DHV) instead; likewise ñ0, m0 and the final states, all indexed by
+    /// the *state head* (see `slots`). Read by chunk_state (recurrent_f32), each thread its own
+    /// elements once, before it writes the same elements of `c_final`: so `c_final` may be this
+    /// very memory (in place).
     pub c0: u64,
-    /// Initial normalizer ñ0: (BH, DQK) f32, or 0 for zeros.
+    /// Initial normalizer ñ0: (BH, DQK) f32, or 0 for zeros. Read only by chunk_gates, which
+    /// copies it into `n_states` at chunk 0 (where the later kernels read it), so `n_final` may
+    /// be this memory. Ignored without the normalizer (the host passes 0).
     pub n0: u64,
-    /// Initial max state m0: (BH,) f32, or 0 for zeros (exp gates only).
+    /// Initial max state m0: (BH,) f32, or 0 for zeros (exp gates only). Read only by
+    /// chunk_gates, which copies it into `m_states` at chunk 0, so `m_final` may be this memory.
     pub m0: u64,
     /// States before each chunk, C̃_k: (BH, NC, DQK, DHV) in the input dtype (the output
     /// kernel's `mma` consumes it rounded to that dtype anyway). Written by chunk_state.
@@ -35,7 +42,8 @@ pub struct FwdPointers {
     /// m_k: (BH, NC) f32. Written by chunk_state.
     pub m_states: u64,
     /// Final states after the last step, all three or none (0): (BH, DQK, DHV), (BH, DQK),
-    /// (BH,) f32. Without the normalizer no kernel writes ñ (here or in the chunk states).
+    /// (BH,) f32, indexed by the state head as c0 (with `slots`, the pool). Without the
+    /// normalizer the kernels write ñ_final = 0 and no ñ in the chunk states after chunk 0.
     pub c_final: u64,
     pub n_final: u64,
     pub m_final: u64,
@@ -55,6 +63,12 @@ pub struct FwdPointers {
     /// Per-row signed normalizer readout s_i = ñ_iᵀq̂_i (the denominator is
     /// max(|s_i|, floor_i) + eps): (BH, S) f32, or 0; the backward pass needs it.
     pub norm_rows: u64,
+    /// State-pool slot of each batch row: (B,) u32, or 0 for none. Head bh = b·NH + h reads
+    /// its initial states from and writes its final states to *state head* `slots[b]·NH + h` of
+    /// c0, n0, m0, c_final, n_final, m_final (without slots: state head bh). The host checks
+    /// that every slot is below the pool's slot count and that no two rows share one (two
+    /// rows writing one slot would race).
+    pub slots: u64,
 }
 
 /// Parameters of every forward kernel, passed by value. Built only from validated host
@@ -64,6 +78,8 @@ pub struct FwdPointers {
 pub struct FwdParams {
     pub ptr: FwdPointers,
     pub bh: u32,
+    /// NH: heads per batch row (maps a head to its batch row's slot).
+    pub nh: u32,
     pub s: u32,
     pub dqk: u32,
     pub dhv: u32,
@@ -176,7 +192,8 @@ pub mod output {
 
 /// Chunk-gates kernel: one block per (chunk, head) turns the gate pre-activations into the
 /// chunk's cumulative log forget gates and running maxima, so the other two kernels need no
-/// scans (and no block-wide barriers for them).
+/// scans (and no block-wide barriers for them). The chunk-0 block of each head also copies the
+/// initial ñ0 and m0 into the chunk states at chunk 0, where the state kernels read them.
 pub mod gates {
     use super::*;
     pub const WARPS: u32 = 4;

@@ -5,8 +5,14 @@
 //! log input gate. Writes, per step, b_j = Σ_{s≤j} λ_s, u_j = ι_j − b_j and (stabilized
 //! variant) cm_j = max_{s≤j} u_s; per chunk, g = b_{len−1}. In these terms the state update's
 //! weights are e^{g + u_j − m} and the output's row max is m_i = b_i + max(m_k, cm_i).
+//!
+//! The chunk-0 block of each head also writes the states before chunk 0's ñ_0 = ñ0 and
+//! m_0 = m0 (zeros where absent; m_0 = 0 without the stabilizer) into the chunk states: the
+//! state kernels read them there, never from n0, m0, which may be the memory their final states
+//! overwrite (a state pool, `super::slots`).
 use super::block::{self, Add, Max};
 use super::gates::GateKind;
+use super::slots::state_head;
 use crate::arch::{global, math, shared, thread};
 use tfla_params::fwd::{FwdParams, gates::*};
 
@@ -63,6 +69,23 @@ pub unsafe fn chunk_gates<G: GateKind>(p: &FwdParams) {
                     shared::ld_f32(su + 4 * j),
                 );
                 j += THREADS;
+            }
+        }
+        if k == 0 {
+            let sh = state_head(p, bh);
+            let hk = bh as u64 * p.num_chunks as u64; // (head, chunk 0) of the chunk states
+            let dqk = p.dqk as u64;
+            let mut d = tid;
+            while d < p.dqk {
+                let x =
+                    global::ld_nc_f32_or_zero(p.ptr.n0 != 0, p.ptr.n0 + (sh * dqk + d as u64) * 4);
+                global::st_f32(p.ptr.n_states + (hk * dqk + d as u64) * 4, x);
+                d += THREADS;
+            }
+            if tid == 0 {
+                let m0 =
+                    global::ld_nc_f32_or_zero(G::STABILIZED && p.ptr.m0 != 0, p.ptr.m0 + sh * 4);
+                global::st_f32(p.ptr.m_states + hk * 4, m0);
             }
         }
     }

@@ -16,7 +16,14 @@
 //! C̃_k is stored in the input dtype: the chunk-output kernel rounds it to that dtype for its
 //! `mma` anyway, so storing it rounded changes no result and halves the bytes materialized.
 //! The final state is stored in f32.
+//!
+//! Initial and final states live at the head's state head (`super::slots`: itself, or its
+//! batch row's slot of a state pool), possibly the same memory. Each thread reads its C̃0
+//! elements before the walk and writes the same elements of C̃_final after it; ñ_0 and m_0
+//! come from the chunk states at chunk 0 (chunk_gates copied them there), which this kernel
+//! does not rewrite. So no block reads what another block of the head writes.
 use super::gates::GateKind;
+use super::slots::state_head;
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
@@ -64,10 +71,11 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     let row = |e: usize| warp * 16 + acc_pos(lane, e).0;
     let col = |nb: usize, e: usize| nb as u32 * 8 + acc_pos(lane, e).1;
 
-    // Initial state.
+    // Initial state (coherent loads: with a state pool, C̃_final below overwrites them).
+    let sh = unsafe { state_head(p, bh) };
     let mut acc = [[0f32; 4]; NB];
     if p.ptr.c0 != 0 {
-        let base = p.ptr.c0 + head * (dqk as u64) * (dhv as u64) * 4;
+        let base = p.ptr.c0 + sh * (dqk as u64) * (dhv as u64) * 4;
         unroll!(16, nb => {
             for half in 0..2 {
                 let e = 2 * half;
@@ -84,19 +92,22 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     // (rows g and g+8 in elements 0 and 2).
     let with_n = G::NORMALIZED && v0 == 0;
     let ones = [E::pack(1.0, 1.0); 2];
+    // ñ_0 and m_0 as chunk_gates stored them at chunk 0 (ñ0, m0 or zeros): not from n0, m0,
+    // which another block of this head may overwrite with the final states (module docs).
+    let h0 = head * nc as u64;
     let mut nacc = [0f32; 4];
-    if with_n && p.ptr.n0 != 0 {
+    if with_n {
         for half in 0..2 {
             let r = d0 + row(2 * half);
-            let ptr = p.ptr.n0 + (head * dqk as u64 + r as u64) * 4;
+            let ptr = p.ptr.n_states + (h0 * dqk as u64 + r as u64) * 4;
             let x = unsafe { global::ld_nc_f32_or_zero(r < dqk, ptr) };
             nacc[2 * half] = x;
             nacc[2 * half + 1] = x;
         }
     }
     let mut m = 0f32;
-    if G::STABILIZED && p.ptr.m0 != 0 {
-        m = unsafe { global::ld_nc_f32(p.ptr.m0 + head * 4) };
+    if G::STABILIZED {
+        m = unsafe { global::ld_nc_f32(p.ptr.m_states + h0 * 4) };
     }
 
     // Sub-tiles are items of one pipeline over the whole walk, 16-byte K/V rows and the u
@@ -137,9 +148,9 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             )
         } else {
             (
-                p.ptr.c_final + head * (dqk as u64) * (dhv as u64) * 4,
-                p.ptr.n_final + head * dqk as u64 * 4,
-                p.ptr.m_final + head * 4,
+                p.ptr.c_final + sh * (dqk as u64) * (dhv as u64) * 4,
+                p.ptr.n_final + sh * dqk as u64 * 4,
+                p.ptr.m_final + sh * 4,
             )
         };
         if k < nc || p.ptr.c_final != 0 {
@@ -157,15 +168,16 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                     }
                 }
             });
-            if with_n && lane % 4 == 0 {
+            // ñ_0 and m_0 are chunk_gates' (they stay as it wrote them). Without the
+            // normalizer the final ñ is 0 (written by the first DHV tile's blocks, as with it).
+            if k > 0 && v0 == 0 && lane % 4 == 0 && (with_n || k == nc) {
                 for half in 0..2 {
                     let r = d0 + row(2 * half);
-                    unsafe {
-                        global::st_b32_if(r < dqk, n_out + r as u64 * 4, nacc[2 * half].to_bits())
-                    };
+                    let n = if G::NORMALIZED { nacc[2 * half] } else { 0.0 };
+                    unsafe { global::st_b32_if(r < dqk, n_out + r as u64 * 4, n.to_bits()) };
                 }
             }
-            if bx == 0 && tid == 0 {
+            if k > 0 && bx == 0 && tid == 0 {
                 unsafe { global::st_f32(m_out, m) };
             }
         }

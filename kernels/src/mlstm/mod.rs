@@ -13,6 +13,7 @@ mod chunk_output;
 mod chunk_state;
 mod gates;
 mod recurrent_f32;
+mod slots;
 mod stage;
 mod step;
 

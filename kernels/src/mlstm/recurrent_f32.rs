@@ -10,8 +10,15 @@
 //! memory, thread (g, c) = (tid / TILE_HV, tid % TILE_HV) owns column c at rows g + j·ROW_GROUPS.
 //! ñ is owned by thread d % THREADS. It writes what the chunkwise path writes: chunk states at
 //! every multiple of L, final states, row statistics.
+//!
+//! Initial and final states live at the head's state head (`super::slots`), possibly the same
+//! memory: thread (g, c) reads its C̃0 elements before the walk and writes the same elements
+//! of C̃_final after it; ñ_0 and m_0, which every block needs but only block 0 writes at the
+//! end, come from the chunk states at chunk 0 (chunk_gates copied them there; this kernel does
+//! not rewrite them).
 use super::block::{self, Add};
 use super::gates::GateKind;
+use super::slots::state_head;
 use crate::arch::{global, math, shared, thread};
 use tfla_params::fwd::{FwdParams, recurrent::*};
 
@@ -39,29 +46,36 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
 
     let slab = |d: u32| sc + 4 * (d * TILE_HV + c);
     let state_at = |base: u64, d: u32| base + ((d * dhv + col) as u64) * 4;
-    let owns_n = G::NORMALIZED && bx == 0;
 
-    // Initial state.
+    // Initial state: C̃0 with coherent loads (with a state pool, C̃_final below overwrites
+    // them); ñ_0 and m_0 from the chunk states at chunk 0 (module docs). Without the
+    // normalizer ñ stays 0 (and so is the final ñ).
+    let sh = unsafe { state_head(p, bh) };
+    let h0 = head * nc as u64;
     unsafe {
-        let c0 = p.ptr.c0 + head * (dqk as u64) * (dhv as u64) * 4;
+        let c0 = p.ptr.c0 + sh * (dqk as u64) * (dhv as u64) * 4;
         let mut d = g;
         while d < dqk {
-            let x = global::ld_nc_f32_or_zero(p.ptr.c0 != 0 && col_ok, state_at(c0, d));
+            let x = if p.ptr.c0 != 0 && col_ok {
+                global::ld_f32(state_at(c0, d))
+            } else {
+                0.0
+            };
             shared::st_f32(slab(d), x);
             d += ROW_GROUPS;
         }
         let mut d = tid;
         while d < dqk {
             let x = global::ld_nc_f32_or_zero(
-                p.ptr.n0 != 0,
-                p.ptr.n0 + (head * dqk as u64 + d as u64) * 4,
+                G::NORMALIZED,
+                p.ptr.n_states + (h0 * dqk as u64 + d as u64) * 4,
             );
             shared::st_f32(sn + 4 * d, x);
             d += THREADS;
         }
     }
-    let mut m = if G::STABILIZED && p.ptr.m0 != 0 {
-        unsafe { global::ld_nc_f32(p.ptr.m0 + head * 4) }
+    let mut m = if G::STABILIZED {
+        unsafe { global::ld_nc_f32(p.ptr.m_states + h0 * 4) }
     } else {
         0.0
     };
@@ -72,7 +86,9 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
     );
     let gv = p.ptr.v + head * (s as u64) * (dhv as u64) * 4;
     let gh = p.ptr.h + head * (s as u64) * (dhv as u64) * 4;
-    let store_state = |c_out: u64, n_out: u64, m_out: u64, m: f32| unsafe {
+    // `with_m`: also m, and ñ where `with_n` (block 0 owns them). Not at chunk 0, which
+    // chunk_gates wrote and every block reads; the final ñ also without the normalizer (zeros).
+    let store_state = |c_out: u64, n_out: u64, m_out: u64, m: f32, with_m, with_n| unsafe {
         // Each thread stores what it owns: no barrier needed.
         let mut d = g;
         while d < dqk {
@@ -83,26 +99,28 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
             );
             d += ROW_GROUPS;
         }
-        if owns_n {
+        if with_m && bx == 0 {
             let mut d = tid;
-            while d < dqk {
+            while with_n && d < dqk {
                 global::st_f32(n_out + d as u64 * 4, shared::ld_f32(sn + 4 * d));
                 d += THREADS;
             }
-        }
-        if bx == 0 && tid == 0 {
-            global::st_f32(m_out, m);
+            if tid == 0 {
+                global::st_f32(m_out, m);
+            }
         }
     };
 
     for t in 0..s {
         if t % l == 0 {
-            let hk = head * nc as u64 + (t / l) as u64;
+            let hk = h0 + (t / l) as u64;
             store_state(
                 p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 4,
                 p.ptr.n_states + hk * dqk as u64 * 4,
                 p.ptr.m_states + hk * 4,
                 m,
+                t > 0,
+                G::NORMALIZED,
             );
         }
         let row = head * s as u64 + t as u64;
@@ -194,10 +212,12 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
     }
     if p.ptr.c_final != 0 {
         store_state(
-            p.ptr.c_final + head * (dqk as u64) * (dhv as u64) * 4,
-            p.ptr.n_final + head * dqk as u64 * 4,
-            p.ptr.m_final + head * 4,
+            p.ptr.c_final + sh * (dqk as u64) * (dhv as u64) * 4,
+            p.ptr.n_final + sh * dqk as u64 * 4,
+            p.ptr.m_final + sh * 4,
             m,
+            true,
+            true,
         );
     }
 }
