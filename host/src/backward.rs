@@ -329,6 +329,19 @@ pub fn mlstm_bwd(
 }
 
 /// Checks everything the backward reads; returns the dims and dtype.
+/// The backward reads the initial states as c0/n0/m0 and returns their gradients per batch
+/// row; a state pool (serving) has no backward.
+fn check_no_pool(inputs: &MlstmInputs) -> Result<()> {
+    if inputs.pool.is_some() {
+        return Err(Error::Invalid {
+            arg: "pool",
+            value: "Some".into(),
+            reason: "the backward pass takes initial states as c0/n0/m0, not from a state pool",
+        });
+    }
+    Ok(())
+}
+
 fn check_args(
     inputs: &MlstmInputs,
     fwd: &MlstmOutputs,
@@ -338,6 +351,7 @@ fn check_args(
     let dims = inputs.dims()?;
     let dtype = inputs.q.dtype();
     check_backward_dtype(dtype)?;
+    check_no_pool(inputs)?;
     cfg.scale_for(&dims)?;
     fwd.check(&dims, dtype, cfg)?;
     // m_i is rebuilt from the gate vectors; the backward needs only the normalizer readout.
@@ -381,8 +395,10 @@ pub fn mlstm_fwd_bwd(
     mode: GradMode,
 ) -> Result<(MlstmOutputs, MlstmGrads)> {
     let dims = inputs.dims()?;
-    // Reject what the backward would reject before spending a forward pass on it.
+    // Reject what the backward would reject before spending a forward pass on it (and, with a
+    // state pool, before the forward overwrites the pool's slots).
     check_backward_dtype(inputs.q.dtype())?;
+    check_no_pool(inputs)?;
     grad_out.check(&dims, inputs.q.dtype())?;
     let cfg = MlstmConfig {
         row_stats: true,
