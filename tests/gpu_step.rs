@@ -3,8 +3,14 @@
 //! last step compared with `reference::recurrent` over the same S tokens. Every variant,
 //! bf16 / f16 / f32 inputs, f32 and bf16 states, DQK ≠ DHV, head dims 16..512 with ragged
 //! column tiles, hard gate regimes; the accuracy cost of bf16 states over 1000 steps; a
-//! chunkwise-forward prefill followed by steps equals one forward; typed errors. Every h is
-//! poisoned with NaN before its step.
+//! chunkwise-forward prefill followed by steps equals one forward; the kernel's occupancy (one
+//! wave at B·NH = 64); typed errors. Every h is poisoned with NaN before its step.
+//!
+//! The states are held to the bounds of their error model (`state_tol`); h row by row (one
+//! head, one step) to the output rounding plus the state bounds times that row's conditioning
+//! (`Conditioning`, from the float64 replay): where the normalizer readout ñᵀq̂ cancels, h is
+//! large and carries the states' error amplified, so a bound for all of h at once either fails
+//! there or says nothing elsewhere.
 //!
 //! These tests need an NVIDIA Hopper GPU: they are `#[ignore]`d so a machine without one
 //! reports them as ignored; run them with `cargo test -- --include-ignored` (the bundle does).
@@ -65,15 +71,125 @@ fn state_tol(state: Dtype, g: f64) -> f64 {
     }
 }
 
-/// Bound on the relative error of h: the output rounding of the input dtype (the forward's
-/// bound) plus the state error it reads. Normwise over a row, h = C̃'ᵀq̂ / den carries the
-/// relative error of C̃ (the denominator comes from the f32 ñ in every state dtype).
-fn h_tol(dtype: Dtype, state: Dtype, g: f64) -> f64 {
-    let from_state = match state {
-        Dtype::Bf16 => 2.0 * BF16_U * g.sqrt(),
-        _ => F32_GATE_ERR * g,
+/// How the states' errors reach h, per row (head, step) of h, from the float64 recurrence
+/// (`reference::readout_terms`). With h_t = C̃_tᵀq̂_t / den_t, a relative error ε of C̃_t moves
+/// the numerator relatively by ε·κ_C and one of ñ_t moves den_t relatively by ε·κ_n, where
+///   κ_C = ‖diag(q̂_t) C̃_t‖_F / ‖C̃_tᵀq̂_t‖,   κ_n = ‖ñ_t ∘ q̂_t‖ / den_t
+/// are the root-mean-square amplifications for errors independent across entries and
+/// proportional to them, which the states' errors are: bf16 C̃ takes one rounding per step,
+/// f32 states take f32 roundings and per-step gate errors that reweight past contributions
+/// with signs that vary from step to step. Both are ~1 for a generic q̂ and large where the
+/// readout cancels: with long memory ñ_t sums many keys and |ñ_tᵀq̂_t| can be a small
+/// difference of large terms, so den_t is small, h_t large, and its relative error is the
+/// state's amplified by κ_n. Both are taken at least 1: an error common to all entries (a
+/// scale) passes through unamplified. The worst case, an error aligned with q̂
+/// (κ = ‖ñ_t‖‖q̂_t‖/den_t, √DQK times larger for a generic q̂), is printed for the record: with
+/// the state bounds below it makes the bound vacuous (≳ 1) exactly where h is largest.
+struct Conditioning {
+    /// κ_C per row, (B·NH·S).
+    kappa_c: Vec<f64>,
+    /// κ_n per row (0 without the normalizer, where ñ does not reach h).
+    kappa_n: Vec<f64>,
+    /// ‖ñ_t‖‖q̂_t‖/den_t per row (printed only).
+    kappa_n_worst: Vec<f64>,
+}
+
+impl Conditioning {
+    fn of(inp: &RefInputs, p: &RefParams) -> Self {
+        let t = reference::readout_terms(inp, p);
+        let rows = t.den.len();
+        let norm = p.variant.normalizes();
+        let kappa_n = |r: usize, top: f64| if norm { (top / t.den[r]).max(1.0) } else { 0.0 };
+        Conditioning {
+            kappa_c: (0..rows)
+                .map(|r| (t.cq_norm[r] / t.num_norm[r]).max(1.0))
+                .collect(),
+            kappa_n: (0..rows).map(|r| kappa_n(r, t.nq_norm[r])).collect(),
+            kappa_n_worst: (0..rows)
+                .map(|r| kappa_n(r, t.n_norm[r] * t.q_norm[r]))
+                .collect(),
+        }
+    }
+}
+
+/// Bound on the relative error of one row of h: the output rounding of the input dtype (the
+/// forward's bound) plus the state errors it reads, amplified by the row's conditioning: C̃ in
+/// the state dtype, ñ in f32 in every state dtype.
+fn h_row_tol(dtype: Dtype, state: Dtype, g: f64, kappa_c: f64, kappa_n: f64) -> f64 {
+    fwd_tolerance(dtype) + state_tol(state, g) * kappa_c + state_tol(Dtype::F32, g) * kappa_n
+}
+
+/// h against [`h_row_tol`] row by row.
+struct HCheck {
+    /// Largest error / bound over the rows: ≤ 1 passes.
+    worst_ratio: f64,
+    /// Error and bound of that row.
+    worst_err: f64,
+    worst_bound: f64,
+    /// The rows' bounds in root mean square weighted by ‖h_row‖², which bounds the relative
+    /// error of all of h (`rel_err`) once every row is within its bound.
+    bound: f64,
+    /// Largest relative error of a row (whatever its bound).
+    largest_err: f64,
+}
+
+fn check_h(
+    got: &[f32],
+    want: &[f64],
+    dhv: usize,
+    cond: &Conditioning,
+    tol: impl Fn(f64, f64) -> f64,
+) -> HCheck {
+    let mut out = HCheck {
+        worst_ratio: 0.0,
+        worst_err: 0.0,
+        worst_bound: 0.0,
+        bound: 0.0,
+        largest_err: 0.0,
     };
-    fwd_tolerance(dtype) + from_state
+    let (mut num, mut den) = (0.0, 0.0);
+    for (r, (g, w)) in got
+        .chunks_exact(dhv)
+        .zip(want.chunks_exact(dhv))
+        .enumerate()
+    {
+        let (err, bound) = (rel_err(g, w), tol(cond.kappa_c[r], cond.kappa_n[r]));
+        // A NaN (an output NaN against an infinite bound) fails.
+        let ratio = if (err / bound).is_nan() {
+            f64::INFINITY
+        } else {
+            err / bound
+        };
+        if ratio > out.worst_ratio || r == 0 {
+            (out.worst_ratio, out.worst_err, out.worst_bound) = (ratio, err, bound);
+        }
+        out.largest_err = out.largest_err.max(err);
+        let w2 = w.iter().map(|x| x * x).sum::<f64>();
+        (num, den) = (num + bound * bound * w2, den + w2);
+    }
+    out.bound = (num / den.max(f64::MIN_POSITIVE)).sqrt();
+    out
+}
+
+/// Largest and median of `x`.
+fn max_median(x: &[f64]) -> (f64, f64) {
+    let mut v = x.to_vec();
+    v.sort_by(f64::total_cmp);
+    (
+        v.last().copied().unwrap_or(0.0),
+        v.get(v.len() / 2).copied().unwrap_or(0.0),
+    )
+}
+
+/// "κ_n max … (median …), κ_C max … (median …)" for a line of output.
+fn kappa_text(cond: &Conditioning) -> String {
+    let (n, n_med) = max_median(&cond.kappa_n);
+    let (c, c_med) = max_median(&cond.kappa_c);
+    let (w, w_med) = max_median(&cond.kappa_n_worst);
+    format!(
+        "κ_n max {n:.0} (median {n_med:.1}; worst case ‖ñ‖‖q̂‖/den max {w:.0}, median {w_med:.1}), \
+         κ_C max {c:.0} (median {c_med:.1})"
+    )
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -181,19 +297,9 @@ fn run_steps(
 
 /// Errors of a stepped run against the reference: [relative error of h over all steps (the
 /// forward tests' measure), relative error of the final C̃ and ñ, largest absolute error of the
-/// final m, largest relative error of one step's h (printed: a step whose normalizer readout
-/// |ñᵀq̂| is a small difference of large terms has a large h and a relative error amplified by
-/// their ratio, so single steps are noisier than the whole)].
-fn errors(got: &Stepped, want: &reference::RefOutputs, shape: Shape, variant: Variant) -> [f64; 4] {
+/// final m].
+fn errors(got: &Stepped, want: &reference::RefOutputs, variant: Variant) -> [f64; 3] {
     let h = rel_err(&got.h, &want.h);
-    let worst_step = (0..shape.s)
-        .map(|t| {
-            rel_err(
-                &at_step(&got.h, shape, shape.dhv, t),
-                &at_step(&want.h, shape, shape.dhv, t),
-            )
-        })
-        .fold(0.0, f64::max);
     let mut state = rel_err(&got.c, &want.c);
     if variant.normalizes() {
         // Without the normalizer the kernel neither reads nor writes ñ.
@@ -211,7 +317,7 @@ fn errors(got: &Stepped, want: &reference::RefOutputs, shape: Shape, variant: Va
             }
         })
         .fold(0.0, f64::max);
-    [h, state, m, worst_step]
+    [h, state, m]
 }
 
 /// Runs `case` on `inp` (rounded here to the case's dtypes) and checks it against the
@@ -220,19 +326,31 @@ fn check(rt: &Runtime, case: Case, inp: &mut RefInputs, label: &str) -> bool {
     round_inputs(inp, case.dtype);
     round_states(inp, case.state);
     let got = run_steps(rt, inp, case.variant, case.dtype, case.state);
-    let want = reference::recurrent(inp, &RefParams::new(case.variant, case.shape.dqk));
-    let [h, st, m, worst] = errors(&got, &want, case.shape, case.variant);
+    let p = RefParams::new(case.variant, case.shape.dqk);
+    let want = reference::recurrent(inp, &p);
+    let cond = Conditioning::of(inp, &p);
+    let [h, st, m] = errors(&got, &want, case.variant);
     let g = memory(inp);
-    let (h_bound, st_bound) = (h_tol(case.dtype, case.state, g), state_tol(case.state, g));
+    let hc = check_h(&got.h, &want.h, case.shape.dhv, &cond, |kc, kn| {
+        h_row_tol(case.dtype, case.state, g, kc, kn)
+    });
+    let st_bound = state_tol(case.state, g);
     // m is a running max of sums of f32 gates: each step adds the gates' error and one f32
     // rounding of m itself.
     let m_max = want.m.iter().fold(1.0f64, |a, &x| a.max(x.abs()));
     let m_bound = (1e-5 + F32_GATE_ERR * case.shape.s as f64) * m_max;
-    let ok = h <= h_bound && st <= st_bound && m <= m_bound;
+    let ok = hc.worst_ratio <= 1.0 && st <= st_bound && m <= m_bound;
     eprintln!(
-        "{} {label} {case:?} (G = {g:.1}): h {h:.2e} (≤ {h_bound:.1e}; worst step \
-         {worst:.2e}), states {st:.2e} (≤ {st_bound:.1e}), m {m:.1e}",
-        if ok { "ok  " } else { "FAIL" }
+        "{} {label} {case:?} (G = {g:.1}): h {h:.2e} (≤ {:.1e}), rows of h within \
+         {:.0}% of their bounds (worst {:.2e} ≤ {:.1e}; largest {:.2e}), {}; states {st:.2e} \
+         (≤ {st_bound:.1e}), m {m:.1e}",
+        if ok { "ok  " } else { "FAIL" },
+        hc.bound,
+        100.0 * hc.worst_ratio,
+        hc.worst_err,
+        hc.worst_bound,
+        hc.largest_err,
+        kappa_text(&cond),
     );
     ok
 }
@@ -399,16 +517,22 @@ fn bf16_states_accuracy_over_1000_steps() {
             }
             round_inputs(&mut inp, Dtype::F32);
             round_states(&mut inp, Dtype::Bf16); // both runs start from the same states
-            let want = reference::recurrent(&inp, &RefParams::new(variant, sh.dqk));
+            let p = RefParams::new(variant, sh.dqk);
+            let want = reference::recurrent(&inp, &p);
+            let cond = Conditioning::of(&inp, &p);
             let g = memory(&inp);
             let mut line = format!(
-                "{variant:?}, {label}, G = {g:.0}, model u/√3·√G = {:.1e}:",
-                BF16_U / 3f64.sqrt() * g.sqrt()
+                "{variant:?}, {label}, G = {g:.0}, model u/√3·√G = {:.1e}, {}:",
+                BF16_U / 3f64.sqrt() * g.sqrt(),
+                kappa_text(&cond)
             );
             let mut last_h = Vec::new();
             for state in [Dtype::F32, Dtype::Bf16] {
                 let got = run_steps(&rt, &inp, variant, Dtype::F32, state);
-                let [h, st, m, worst] = errors(&got, &want, sh, variant);
+                let [h, st, m] = errors(&got, &want, variant);
+                let hc = check_h(&got.h, &want.h, sh.dhv, &cond, |kc, kn| {
+                    h_row_tol(Dtype::F32, state, g, kc, kn)
+                });
                 let h_last = rel_err(
                     &at_step(&got.h, sh, sh.dhv, sh.s - 1),
                     &at_step(&want.h, sh, sh.dhv, sh.s - 1),
@@ -416,10 +540,18 @@ fn bf16_states_accuracy_over_1000_steps() {
                 let c = rel_err(&got.c, &want.c);
                 let n = rel_err(&got.n, &want.n);
                 line += &format!(
-                    " [{} states: h {h:.2e} (worst step {worst:.2e}, step 1000 {h_last:.2e}), C {c:.2e}, n {n:.2e}, m {m:.1e}]",
-                    state.name()
+                    " [{} states: h {h:.2e} (≤ {:.1e}; rows within {:.0}% of their bounds, \
+                     worst {:.2e} ≤ {:.1e}; largest row {:.2e}; step 1000 {h_last:.2e}), \
+                     C {c:.2e}, n {n:.2e} (≤ {:.1e}), m {m:.1e}]",
+                    state.name(),
+                    hc.bound,
+                    100.0 * hc.worst_ratio,
+                    hc.worst_err,
+                    hc.worst_bound,
+                    hc.largest_err,
+                    state_tol(state, g),
                 );
-                if !(h <= h_tol(Dtype::F32, state, g) && st <= state_tol(state, g)) {
+                if !(hc.worst_ratio <= 1.0 && st <= state_tol(state, g)) {
                     failures.push(format!("{variant:?} {label} {state:?}"));
                 }
                 last_h.push(got.h);
@@ -431,7 +563,8 @@ fn bf16_states_accuracy_over_1000_steps() {
     }
     assert!(
         failures.is_empty(),
-        "over the bound 2u√G (+ the f32 tolerance): {failures:?}"
+        "over the bounds (states: 2u√G or the f32 tolerance; rows of h: that times their \
+         conditioning, plus the output rounding): {failures:?}"
     );
 }
 
@@ -558,6 +691,42 @@ fn prefill_with_forward_then_steps_equals_one_forward() {
         failures.is_empty(),
         "prefill + steps differ from one forward: {failures:?}"
     );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn step_runs_64_heads_in_one_wave() {
+    // The premise of the kernel's shape (`params::step`): every entry as the driver compiled it
+    // keeps four blocks per SM, so B·NH = 64 at DQK = 256, DHV = 512 (512 blocks) fits one wave
+    // on a device of 128 SMs or more.
+    let rt = runtime();
+    let dims = tfla::StepDims {
+        b: 8,
+        nh: 8,
+        dqk: 256,
+        dhv: 512,
+    };
+    let mut failures = Vec::new();
+    for variant in VARIANTS {
+        for dtype in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
+            for state in [Dtype::F32, Dtype::Bf16] {
+                let o = tfla::step::step_occupancy(&rt, dims, dtype, state, variant).unwrap();
+                eprintln!(
+                    "{variant:?} {dtype:?} states {state:?}: {} registers, {} blocks/SM × {} SMs, \
+                     {} blocks = {:.2} waves",
+                    o.registers,
+                    o.blocks_per_sm,
+                    o.sms,
+                    o.blocks,
+                    o.waves()
+                );
+                if o.blocks_per_sm < 4 || (o.sms >= 128 && o.waves() > 1.0) {
+                    failures.push(format!("{variant:?} {dtype:?} {state:?}: {o:?}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "more than one wave: {failures:?}");
 }
 
 #[test]

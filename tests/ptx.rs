@@ -1,6 +1,7 @@
 //! The PTX the host embeds: every registered entry point is present, nothing is left
 //! unresolved, and (where ptxas is installed) every kernel assembles for sm_90 with no spills
-//! and no stack frame (a register tile in local memory shows up as one).
+//! and no stack frame (a register tile in local memory shows up as one), the step kernels
+//! within the registers of four blocks per SM.
 use tfla_params::bwd::BwdKernel;
 use tfla_params::fwd::{FwdKernel, entry_name};
 use tfla_params::{Dtype, Gates};
@@ -103,6 +104,18 @@ fn ptxas_assembles_every_kernel_without_spills() {
             "{name} has a stack frame (a register tile went to local memory)"
         );
         assert!(k.registers <= 255, "{name}: {} registers", k.registers);
+    }
+    // The step's grid runs B·NH = 64 at DHV = 512 (512 blocks) in one wave only with four
+    // blocks of 256 threads per SM: at most 64 registers per thread (`params::step` docs). The
+    // driver compiles the PTX itself; `tfla-bench --step` prints what it allocated.
+    for name in tfla_params::step::entry_names() {
+        let k = report.iter().find(|k| k.name == name).unwrap();
+        assert!(
+            k.registers <= tfla_params::step::MAX_REGISTERS,
+            "{name}: {} registers, more than {} (four blocks per SM)",
+            k.registers,
+            tfla_params::step::MAX_REGISTERS
+        );
     }
 }
 

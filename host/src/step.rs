@@ -346,11 +346,7 @@ pub unsafe fn mlstm_step_raw(
     dims.validate()?;
     let scale = cfg.scale_for(&dims.as_dims())?;
     let kstate = check_state_dtype("state_dtype", state_dtype)?;
-    let kdtype = match dtype {
-        Dtype::Bf16 => InputDtype::Bf16,
-        Dtype::F16 => InputDtype::F16,
-        Dtype::F32 => InputDtype::F32,
-    };
+    let kdtype = input_dtype(dtype);
     let required = [
         ("q", ptrs.q),
         ("k", ptrs.k),
@@ -412,6 +408,82 @@ pub unsafe fn mlstm_step_raw(
     };
     // SAFETY: pointers per this function's contract; dims, dtypes and alignment checked.
     unsafe { launch.run(rt, stream, &params) }
+}
+
+fn input_dtype(dtype: Dtype) -> InputDtype {
+    match dtype {
+        Dtype::Bf16 => InputDtype::Bf16,
+        Dtype::F16 => InputDtype::F16,
+        Dtype::F32 => InputDtype::F32,
+    }
+}
+
+/// How a step runs on this device, as the driver compiled its kernel (from the PTX, when the
+/// module was loaded): see [`step_occupancy`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepOccupancy {
+    /// Registers per thread of the entry point.
+    pub registers: u32,
+    /// Blocks of `tfla_params::step::THREADS` resident per SM at the step's shared memory.
+    pub blocks_per_sm: u32,
+    /// SMs of the device.
+    pub sms: u32,
+    /// Blocks of the step's grid.
+    pub blocks: u32,
+}
+
+impl StepOccupancy {
+    /// Blocks over resident slots: ≤ 1 runs the whole step in one wave.
+    pub fn waves(&self) -> f64 {
+        self.blocks as f64 / (self.blocks_per_sm * self.sms).max(1) as f64
+    }
+}
+
+/// The occupancy of the step kernel for `dims`, `dtype` inputs, `state_dtype` C̃ and `variant`
+/// on the runtime's device: `tfla_params::step` sizes blocks and registers so that B·NH = 64 at
+/// DHV = 512 runs in one wave (four blocks per SM on 132 SMs), which this reports as the driver
+/// compiled it (its register allocation may differ from a local `ptxas`). Called with the
+/// runtime's context current, as every call of this crate.
+pub fn step_occupancy(
+    rt: &Runtime,
+    dims: StepDims,
+    dtype: Dtype,
+    state_dtype: Dtype,
+    variant: Variant,
+) -> Result<StepOccupancy> {
+    use cust::device::DeviceAttribute;
+    use cust::function::{BlockSize, FunctionAttribute};
+    dims.validate()?;
+    let kstate = check_state_dtype("state_dtype", state_dtype)?;
+    let name = step::entry_name(kernel_gates(variant), input_dtype(dtype), kstate);
+    let f = rt
+        .module()
+        .get_function(name)
+        .map_err(Error::cuda("cuModuleGetFunction"))?;
+    let registers = f
+        .get_attribute(FunctionAttribute::NumRegisters)
+        .map_err(Error::cuda("cuFuncGetAttribute"))? as u32;
+    let blocks_per_sm = f
+        .max_active_blocks_per_multiprocessor(
+            BlockSize::x(step::THREADS),
+            step::smem_bytes(dims.dqk as u32) as usize,
+        )
+        .map_err(Error::cuda("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
+    let sms = cust::context::CurrentContext::get_device()
+        .and_then(|d| d.get_attribute(DeviceAttribute::MultiprocessorCount))
+        .map_err(Error::cuda("cuDeviceGetAttribute"))? as u32;
+    let (x, y, z) = step::grid(&StepParams {
+        bh: dims.bh() as u32,
+        dqk: dims.dqk as u32,
+        dhv: dims.dhv as u32,
+        ..Default::default()
+    });
+    Ok(StepOccupancy {
+        registers,
+        blocks_per_sm,
+        sms,
+        blocks: x * y * z,
+    })
 }
 
 #[cfg(test)]

@@ -92,9 +92,8 @@ pub struct StepParams {
 
 pub const WARPS: u32 = 8;
 pub const THREADS: u32 = WARPS * WARP;
-/// State columns (DHV) per block. With 64, B·NH = 64 heads at DHV = 512 make 512 blocks: one
-/// wave on 132 SMs at four resident blocks per SM (bf16 states, 64 registers), 1.3 at three
-/// (f32 states, 80 registers), where the last 116 blocks still keep 32 KiB each in flight.
+/// State columns (DHV) per block: B·NH = 64 heads at DHV = 512 make 512 blocks, one wave at
+/// four resident blocks per SM (528 on 132 SMs; see [`MAX_REGISTERS`]).
 pub const TILE_HV: u32 = 64;
 /// Columns per thread: two groups of four (16 bytes of f32 state each, or together 16 bytes
 /// of bf16 state), so every C̃ access is a 16-byte vector access.
@@ -104,11 +103,23 @@ pub const COL_THREADS: u32 = TILE_HV / COLS;
 /// Threads down the rows: thread (g, c) = (tid / COL_THREADS, tid % COL_THREADS) owns rows
 /// g + j·ROW_GROUPS.
 pub const ROW_GROUPS: u32 = THREADS / COL_THREADS;
-/// Rows a thread loads before it uses any of them (its C̃ loads in flight together:
-/// 8 × 16 bytes of f32 state, 4 × 16 of bf16).
-pub const ROWS: u32 = 4;
-/// Rows of the slab per pass of the block; DQK = 512 takes four passes.
-pub const PASS_ROWS: u32 = ROWS * ROW_GROUPS;
+/// Rows a thread loads before it uses any of them, per state dtype: 2 rows of f32 (four
+/// 16-byte vectors), 4 rows of bf16 (four 16-byte vectors). Either way 64 bytes of C̃ per
+/// thread in flight and 16 registers of loaded state, which keeps every entry within
+/// [`MAX_REGISTERS`]. A pass of the block covers rows(state) · ROW_GROUPS rows: 64 (f32) or
+/// 128 (bf16); DQK = 256 takes four or two passes.
+pub const fn rows(state: StateDtype) -> u32 {
+    match state {
+        StateDtype::F32 => 2,
+        StateDtype::Bf16 => 4,
+    }
+}
+/// The largest [`rows`] (the kernel's row loop is unrolled this far).
+pub const MAX_ROWS: u32 = 4;
+/// Registers per thread at which four blocks are resident per SM (65536 / (4 · THREADS)):
+/// the step entries must not need more (`cargo xtask build-ptx` reports them), or B·NH = 64
+/// at DHV = 512 no longer fits one wave.
+pub const MAX_REGISTERS: u32 = 64;
 
 /// Partial column sums (WARPS × TILE_HV f32), k and q̂ (2 × DQK f32), the reduction scratch
 /// (WARPS f32) and the arrival flag (one u32, padded to 16 bytes).
@@ -149,6 +160,14 @@ pub const fn entry_name(gates: Gates, dtype: InputDtype, state: StateDtype) -> &
     }
 }
 
+/// Bytes per element of C̃.
+pub const fn state_bytes(state: StateDtype) -> u32 {
+    match state {
+        StateDtype::F32 => 4,
+        StateDtype::Bf16 => 2,
+    }
+}
+
 /// Every step entry point.
 pub fn entry_names() -> impl Iterator<Item = &'static str> {
     [Gates::Exp, Gates::Sig, Gates::SigNoNorm]
@@ -170,8 +189,16 @@ mod tests {
         assert_eq!(COL_THREADS * ROW_GROUPS, THREADS);
         // Lanes of one warp that share a column group are 8 apart (two shuffle steps).
         assert_eq!(WARP / COL_THREADS, 4);
-        // The per-thread row loop is unrolled by `unroll!(4, …)`.
-        assert_eq!(ROWS, 4);
+        // The per-thread row loop is unrolled by `unroll!(4, …)`, up to the state's row count.
+        assert_eq!(MAX_ROWS, 4);
+        for state in StateDtype::ALL {
+            assert!(rows(state) <= MAX_ROWS);
+            // Four 16-byte vectors of C̃ per thread per pass, in either dtype.
+            let vectors = rows(state) * COLS * state_bytes(state) / 16;
+            assert_eq!(vectors, 4, "{state:?}");
+        }
+        // Four blocks per SM by registers.
+        assert_eq!(65536 / (THREADS * MAX_REGISTERS), 4);
         // A DHV tile is whole 16-column groups except the ragged last one, so a thread's
         // 8 columns (4-aligned quads) are each wholly inside or outside DHV.
         assert_eq!(TILE_HV % HEAD_DIM_MULTIPLE, 0);

@@ -238,7 +238,7 @@ fn main() {
 }
 
 /// Heads of the step table (B·NH; NH = 8) at DQK = 256, DHV = 512 (issue #6).
-const STEP_BH: [usize; 2] = [64, 256];
+const STEP_BH: [usize; 3] = [64, 128, 256];
 const STEP_DQK: usize = 256;
 const STEP_DHV: usize = 512;
 
@@ -247,6 +247,9 @@ const STEP_DHV: usize = 512;
 /// fraction of a device-to-device copy measured in the same run. The L2 (50 MiB on H100/H200)
 /// is flushed before every timed step: C̃ at B·NH = 64 is 32 MiB of f32, so back-to-back steps
 /// would partly run from L2, which a model's step (every other layer in between) does not.
+/// Each row also gives the kernel's registers and resident blocks per SM as the driver
+/// compiled it, and the waves of its grid (`tfla::step::step_occupancy`): the kernel is shaped
+/// to run B·NH = 64 in one wave.
 fn step_table(
     rt: &Runtime,
     dtype: Dtype,
@@ -301,8 +304,18 @@ fn step_table(
     .unwrap();
     writeln!(
         table,
-        "{:<11} {:>5} {:>4} {:>4} {:>5} {:>9} {:>9} {:>8}",
-        "variant", "B·NH", "DQK", "DHV", "state", "µs/step", "GB/s", "of copy"
+        "{:<11} {:>5} {:>4} {:>4} {:>5} {:>9} {:>9} {:>8} {:>5} {:>6} {:>6}",
+        "variant",
+        "B·NH",
+        "DQK",
+        "DHV",
+        "state",
+        "µs/step",
+        "GB/s",
+        "of copy",
+        "regs",
+        "blk/SM",
+        "waves"
     )
     .unwrap();
     let variants = [
@@ -341,15 +354,31 @@ fn step_table(
                 let (us, bytes) = (ms * 1e3, dims.bytes_moved(dtype, state, variant));
                 let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
                 let frac = copy_gbps.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gbps / c));
+                let occ = tfla::step::step_occupancy(rt, dims, dtype, state, variant).ok();
+                let (occ_text, occ_json) = match occ {
+                    Some(o) => (
+                        format!(
+                            "{:>5} {:>6} {:>6.2}",
+                            o.registers,
+                            o.blocks_per_sm,
+                            o.waves()
+                        ),
+                        format!(
+                            ", \"registers\": {}, \"blocks_per_sm\": {}, \"sms\": {}, \"blocks\": {}",
+                            o.registers, o.blocks_per_sm, o.sms, o.blocks
+                        ),
+                    ),
+                    None => ("    -      -      -".into(), String::new()),
+                };
                 writeln!(
                     table,
-                    "{vname:<11} {bh:>5} {STEP_DQK:>4} {STEP_DHV:>4} {:>5} {us:>9.2} {gbps:>9.0} {frac:>8}",
+                    "{vname:<11} {bh:>5} {STEP_DQK:>4} {STEP_DHV:>4} {:>5} {us:>9.2} {gbps:>9.0} {frac:>8} {occ_text}",
                     state.name()
                 )
                 .unwrap();
                 writeln!(
                     json,
-                    "  {{\"impl\": \"tfla\", \"kind\": \"step\", \"dtype\": \"{}\", \"state_dtype\": \"{}\", \"variant\": \"{vname}\", \"BH\": {bh}, \"B\": {b}, \"NH\": {nh}, \"DQK\": {STEP_DQK}, \"DHV\": {STEP_DHV}, \"step_us\": {us:.3}, \"bytes\": {bytes}, \"gbps\": {gbps:.1}, \"copy_gbps\": {}}},",
+                    "  {{\"impl\": \"tfla\", \"kind\": \"step\", \"dtype\": \"{}\", \"state_dtype\": \"{}\", \"variant\": \"{vname}\", \"BH\": {bh}, \"B\": {b}, \"NH\": {nh}, \"DQK\": {STEP_DQK}, \"DHV\": {STEP_DHV}, \"step_us\": {us:.3}, \"bytes\": {bytes}, \"gbps\": {gbps:.1}, \"copy_gbps\": {}{occ_json}}},",
                     dtype.name(),
                     state.name(),
                     copy_gbps.map_or("null".into(), |c| format!("{c:.1}"))

@@ -40,7 +40,7 @@ pub use backward::{GradMode, RefGradOutputs, RefGrads, backward};
 pub use chunkwise::{ChunkStates, chunk_states, chunkwise};
 pub use chunkwise_backward::{ChunkGrads, chunkwise_backward};
 pub use parallel::parallel;
-pub use recurrent::{KinkMargins, kink_margins, recurrent};
+pub use recurrent::{KinkMargins, ReadoutTerms, kink_margins, readout_terms, recurrent};
 
 use crate::Variant;
 

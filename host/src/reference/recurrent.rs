@@ -10,7 +10,7 @@
 use super::gates::{denominator, stabilizer};
 use super::head::HeadInputs;
 use super::state::State;
-use super::{RefInputs, RefOutputs, RefParams};
+use super::{RefInputs, RefOutputs, RefParams, Shape};
 use crate::Variant;
 
 /// Runs the recurrence; returns h and the final states (C̃_S, ñ_S, m_S).
@@ -104,6 +104,88 @@ pub fn kink_margins(inp: &RefInputs, p: &RefParams) -> KinkMargins {
     out
 }
 
+/// Per step (B, NH, S), the sizes that set how errors of the states reach h_t = C̃_tᵀq̂_t / den_t
+/// (the readout's conditioning), from the float64 recurrence:
+/// - `s`: the normalizer readout ñ_tᵀq̂_t (0 without the normalizer);
+/// - `den`: max(|s_t|, floor_t) + eps (1 without the normalizer);
+/// - `n_norm`: ‖ñ_t‖₂; `q_norm`: ‖q̂_t‖₂; `c_norm`: ‖C̃_t‖_F;
+/// - `num_norm`: ‖C̃_tᵀq̂_t‖₂ (= ‖h_t‖₂·den_t);
+/// - `cq_norm`: ‖diag(q̂_t) C̃_t‖_F = (Σ_a q̂_a² ‖row a of C̃_t‖²)^½;
+/// - `nq_norm`: ‖ñ_t ∘ q̂_t‖₂ (elementwise product).
+///
+/// A relative error ε of ñ_t moves den_t by at most ε·‖ñ_t‖‖q̂_t‖ (max and |·| are
+/// 1-Lipschitz), i.e. relatively by ε·κ with κ = ‖ñ_t‖‖q̂_t‖/den_t, which is large where
+/// |ñ_tᵀq̂_t| is a small difference of large terms; by ε·‖ñ_t ∘ q̂_t‖/den_t in root mean square
+/// when the errors of its entries are independent and proportional to the entries
+/// (roundings). A relative error ε of C̃_t moves the numerator relatively by at most
+/// ε·‖C̃_t‖_F‖q̂_t‖/‖C̃_tᵀq̂_t‖, and by ε·‖diag(q̂_t)C̃_t‖_F/‖C̃_tᵀq̂_t‖ in root mean square.
+#[derive(Clone, Debug)]
+pub struct ReadoutTerms {
+    pub s: Vec<f64>,
+    pub den: Vec<f64>,
+    pub n_norm: Vec<f64>,
+    pub q_norm: Vec<f64>,
+    pub c_norm: Vec<f64>,
+    pub num_norm: Vec<f64>,
+    pub cq_norm: Vec<f64>,
+    pub nq_norm: Vec<f64>,
+}
+
+/// The [`ReadoutTerms`] of `inp`.
+pub fn readout_terms(inp: &RefInputs, p: &RefParams) -> ReadoutTerms {
+    inp.validate();
+    let Shape {
+        s: steps, dqk, dhv, ..
+    } = inp.shape;
+    let n = inp.shape.heads() * steps;
+    let mut out = ReadoutTerms {
+        s: vec![0.0; n],
+        den: vec![1.0; n],
+        n_norm: vec![0.0; n],
+        q_norm: vec![0.0; n],
+        c_norm: vec![0.0; n],
+        num_norm: vec![0.0; n],
+        cq_norm: vec![0.0; n],
+        nq_norm: vec![0.0; n],
+    };
+    let norm = |x: &[f64]| x.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let mut qhat = vec![0.0; dqk];
+    let mut num = vec![0.0; dhv];
+    for bh in 0..inp.shape.heads() {
+        let head = HeadInputs::new(inp, p.variant, bh);
+        let mut state = head.init.clone();
+        for t in 0..steps {
+            let row = bh * steps + t;
+            step(&mut state, &head, p.variant, t);
+            head.qhat(t, p.scale, &mut qhat);
+            let s = state.query(&qhat, &mut num);
+            if p.variant.normalizes() {
+                out.s[row] = s;
+                out.den[row] = denominator(p, s, state.m);
+            }
+            out.n_norm[row] = norm(&state.n);
+            out.nq_norm[row] = state
+                .n
+                .iter()
+                .zip(&qhat)
+                .map(|(n, q)| (n * q) * (n * q))
+                .sum::<f64>()
+                .sqrt();
+            out.q_norm[row] = norm(&qhat);
+            out.c_norm[row] = norm(&state.c);
+            out.num_norm[row] = norm(&num);
+            out.cq_norm[row] = state
+                .c
+                .chunks_exact(dhv)
+                .zip(&qhat)
+                .map(|(c_row, &q)| q * q * c_row.iter().map(|c| c * c).sum::<f64>())
+                .sum::<f64>()
+                .sqrt();
+        }
+    }
+    out
+}
+
 /// All states of one head, before step 1 through after step S: S + 1 states.
 pub(super) fn trajectory(head: &HeadInputs<'_>, variant: Variant) -> Vec<State> {
     let mut states = Vec::with_capacity(head.shape.s + 1);
@@ -150,6 +232,41 @@ mod tests {
                     (&whole.c, &whole.n, &whole.m),
                     "{label}"
                 );
+            }
+        }
+    }
+
+    /// The readout terms agree with the recurrence's outputs (‖C̃_tᵀq̂_t‖ = ‖h_t‖·den_t; the
+    /// last step's norms are the final states'), and each is within its Cauchy–Schwarz bound.
+    #[test]
+    fn readout_terms_match_the_recurrence() {
+        let mut rng = seeded_rng("readout_terms_match_the_recurrence");
+        let shape = shape(2, 1, 7, 5, 3);
+        let norm = |x: &[f64]| x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
+        for variant in VARIANTS {
+            let p = RefParams::new(variant, shape.dqk);
+            let inp = RefInputs::random(shape, true, &mut rng);
+            let out = recurrent(&inp, &p);
+            let t = readout_terms(&inp, &p);
+            for (row, h) in out.h.chunks_exact(shape.dhv).enumerate() {
+                assert!(
+                    close(t.num_norm[row], norm(h) * t.den[row]),
+                    "{variant:?} {row}"
+                );
+                let nq = t.n_norm[row] * t.q_norm[row] * (1.0 + 1e-12);
+                assert!(t.s[row].abs() <= nq && t.nq_norm[row] <= nq);
+                assert!(t.cq_norm[row] <= t.c_norm[row] * t.q_norm[row] * (1.0 + 1e-12));
+                assert!(t.num_norm[row] <= t.c_norm[row] * t.q_norm[row] * (1.0 + 1e-12));
+                if !variant.normalizes() {
+                    assert_eq!((t.s[row], t.den[row]), (0.0, 1.0));
+                }
+            }
+            let (cs, ns) = (shape.dqk * shape.dhv, shape.dqk);
+            for bh in 0..shape.heads() {
+                let last = bh * shape.s + shape.s - 1;
+                assert!(close(t.c_norm[last], norm(&out.c[bh * cs..(bh + 1) * cs])));
+                assert!(close(t.n_norm[last], norm(&out.n[bh * ns..(bh + 1) * ns])));
             }
         }
     }

@@ -9,11 +9,27 @@
 //! Block (tile, head) owns the DQK × TILE_HV slab of C̃ at columns tile·TILE_HV…; thread
 //! (g, cg) = (tid / COL_THREADS, tid % COL_THREADS) owns 8 columns of it (two quads of 4, laid
 //! out by the state type: [`StepState::quads`]) in rows g + j·ROW_GROUPS. Per pass of
-//! PASS_ROWS rows a thread issues its ROWS row loads (16-byte vectors) before it uses any; the
-//! first pass's loads go out before the gate math and the normalizer reduction, which run
-//! while they are in flight. Each loaded row is updated, stored back, and its product with q̂
-//! added to the thread's 8 column sums; the sums are reduced over the row groups (shuffles
-//! inside a warp, then shared memory across warps) into C̃'ᵀq̂ of the tile.
+//! `S::ROWS · ROW_GROUPS` rows a thread issues its `S::ROWS` row loads (16-byte vectors: four
+//! per thread, 64 bytes, in either state dtype) before it uses any; the first pass's loads go
+//! out before the gate math and the normalizer reduction, which run while they are in flight.
+//! Each loaded row is updated, stored back, and its product with q̂ added to the thread's 8
+//! column sums; the sums are reduced over the row groups (shuffles inside a warp, then shared
+//! memory across warps) into C̃'ᵀq̂ of the tile.
+//!
+//! Why this shape fills the card (H100: 132 SMs, 65536 registers each; ~3 TB/s). A step moves
+//! little (B·NH = 64, DQK = 256, DHV = 512, f32: 67 MB, ~22 µs at copy speed) next to its fixed
+//! costs (launch, the first loads' latency, the last stores), so the grid must run as one wave:
+//! a second, partial wave repeats the ramp and drain with a few blocks per SM and little in
+//! flight. At 64 heads the grid is 8 × 64 = 512 blocks; every entry needs at most 64 registers
+//! (`tfla_params::step::MAX_REGISTERS`: 16 of loaded state, 2 rows of f32 or 4 of bf16 per
+//! pass), so four blocks of 256 threads are resident per SM: 528 slots, one wave (97% of the
+//! slots busy). With 4 rows of f32 (128 bytes per thread, 80 registers) three blocks fit: 396
+//! slots, 1.3 waves; at e170fed that f32 step took 33 µs (68% of copy bandwidth) at 64 heads
+//! and 98 µs (91%) at 256, i.e. ~11 µs more than the 256-head rate predicts, where bf16 states
+//! (one wave) took ~5 µs more. Bytes in flight stay far above what the memory needs:
+//! 4 × 256 × 64 bytes = 64 KiB per SM, against ~20 KB (3 TB/s × ~0.8 µs loaded latency / 132
+//! SMs). Larger grids (B·NH = 256: 2048 blocks, 3.9 waves) are long enough that the last wave's
+//! ramp is a small part of the time.
 //!
 //! ñ'ᵀq̂ needs all of ñ (DQK values), so every block of a head computes ñ' and the reduction
 //! itself (two elements per thread); the block that arrives last at the head's counter
@@ -100,6 +116,8 @@ input_16bit!(Bf16, F16);
 pub trait StepState {
     /// Bytes per element.
     const BYTES: u32;
+    /// Rows a thread loads per pass ([`tfla_params::step::rows`]).
+    const ROWS: u32;
     /// Tile columns where the two quads of column group `cg` start.
     fn quads(cg: u32) -> [u32; 2];
     /// The 8 values of column group `cg` in the row whose tile starts at `row`; quad i is read
@@ -124,7 +142,8 @@ pub struct StateBf16;
 const _: () = assert!(4 * COL_THREADS == TILE_HV / 2 && COLS == 8);
 
 impl StepState for StateF32 {
-    const BYTES: u32 = 4;
+    const BYTES: u32 = state_bytes(StateDtype::F32);
+    const ROWS: u32 = rows(StateDtype::F32);
     /// Quads half a tile apart, so the column threads of one row read 128 contiguous bytes per
     /// instruction (adjacent 32-byte pairs would leave half of each sector to a second one).
     #[inline(always)]
@@ -150,7 +169,8 @@ impl StepState for StateF32 {
 }
 
 impl StepState for StateBf16 {
-    const BYTES: u32 = 2;
+    const BYTES: u32 = state_bytes(StateDtype::Bf16);
+    const ROWS: u32 = rows(StateDtype::Bf16);
     /// Both quads in one 16-byte vector. A tile's valid columns are a multiple of 16, so the
     /// two predicates are equal.
     #[inline(always)]
@@ -178,8 +198,9 @@ impl StepState for StateBf16 {
     }
 }
 
-// `unroll!` counts below: the rows per pass and the warps of the column-sum reduction.
-const _: () = assert!(ROWS == 4 && WARPS == 8 && WARP_LANES / COL_THREADS == 4);
+// `unroll!` counts below: the rows per pass (at most; the state's own count guards each row)
+// and the warps of the column-sum reduction.
+const _: () = assert!(MAX_ROWS == 4 && WARPS == 8 && WARP_LANES / COL_THREADS == 4);
 const WARP_LANES: u32 = tfla_params::WARP;
 
 /// # Safety
@@ -210,12 +231,14 @@ pub unsafe fn step<I: StepInput, S: StepState, G: GateKind>(p: &StepParams) {
     let gc = p.ptr.c + head * (dqk * dhv) as u64 * s_bytes;
     let row_at = |d: u32| gc + (d * dhv + col0) as u64 * s_bytes;
     let load_pass = |base: u32| {
-        let mut c = [[0f32; COLS as usize]; ROWS as usize];
+        let mut c = [[0f32; COLS as usize]; MAX_ROWS as usize];
         unroll!(4, j => {
-            let d = base + g + j as u32 * ROW_GROUPS;
-            let ok = d < dqk;
-            // SAFETY: in bounds where predicated on (row < DQK, quad < DHV).
-            c[j] = unsafe { S::ld_cols([ok && quad_ok[0], ok && quad_ok[1]], row_at(d), cg) };
+            if (j as u32) < S::ROWS {
+                let d = base + g + j as u32 * ROW_GROUPS;
+                let ok = d < dqk;
+                // SAFETY: in bounds where predicated on (row < DQK, quad < DHV).
+                c[j] = unsafe { S::ld_cols([ok && quad_ok[0], ok && quad_ok[1]], row_at(d), cg) };
+            }
         });
         c
     };
@@ -284,22 +307,25 @@ pub unsafe fn step<I: StepInput, S: StepState, G: GateKind>(p: &StepParams) {
     let mut base = 0;
     loop {
         unroll!(4, j => {
-            let d = base + g + j as u32 * ROW_GROUPS;
-            let ok = d < dqk;
-            // Rows past DQK read a valid row and drop it: their C̃ is zero and k, q̂ are zeroed.
-            let (kd, qd) = unsafe {
-                let at = 4 * d.min(dqk - 1);
-                (shared::ld_f32(sk + at), shared::ld_f32(sq + at))
-            };
-            let (kd, qd) = if ok { (kd, qd) } else { (0.0, 0.0) };
-            let mut y = [0f32; COLS as usize];
-            for e in 0..COLS as usize {
-                y[e] = decay * c[j][e] + kd * wv[e];
-                num[e] += y[e] * qd;
+            if (j as u32) < S::ROWS {
+                let d = base + g + j as u32 * ROW_GROUPS;
+                let ok = d < dqk;
+                // Rows past DQK read a valid row and drop it: their C̃ is zero and k, q̂ are
+                // zeroed.
+                let (kd, qd) = unsafe {
+                    let at = 4 * d.min(dqk - 1);
+                    (shared::ld_f32(sk + at), shared::ld_f32(sq + at))
+                };
+                let (kd, qd) = if ok { (kd, qd) } else { (0.0, 0.0) };
+                let mut y = [0f32; COLS as usize];
+                for e in 0..COLS as usize {
+                    y[e] = decay * c[j][e] + kd * wv[e];
+                    num[e] += y[e] * qd;
+                }
+                unsafe { S::st_cols([ok && quad_ok[0], ok && quad_ok[1]], row_at(d), cg, y) };
             }
-            unsafe { S::st_cols([ok && quad_ok[0], ok && quad_ok[1]], row_at(d), cg, y) };
         });
-        base += PASS_ROWS;
+        base += S::ROWS * ROW_GROUPS;
         if base >= dqk {
             break;
         }
