@@ -268,15 +268,7 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
 
     let mut acc = [[0f32; 4]; NB];
     for item in 0..n_items {
-        if item + 1 < n_items {
-            issue(item + 1);
-        } else {
-            unsafe { cp_async::commit() }; // an empty group keeps the wait count uniform
-        }
-        unsafe {
-            cp_async::wait::<1>();
-            thread::sync_threads();
-        }
+        unsafe { stage::advance((item + 1 < n_items).then_some(item + 1), issue) };
         let st = item % STAGES;
         let sa = stage_a(st);
         if item < n_state {

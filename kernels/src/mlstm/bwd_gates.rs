@@ -46,7 +46,9 @@ pub unsafe fn bwd_gates<G: GateKind>(p: &BwdParams) {
         let row = plane as u64 * p.bh as u64 * padded + head * padded + (t0 + tau) as u64;
         let mut v = 0f32;
         for ct in 0..col_tiles {
-            v += unsafe { global::ld_nc_f32(p.ptr.row_dots + (row * MAX_COL_TILES as u64 + ct as u64) * 4) };
+            v += unsafe {
+                global::ld_nc_f32(p.ptr.row_dots + (row * MAX_COL_TILES as u64 + ct as u64) * 4)
+            };
         }
         v
     };
@@ -76,7 +78,8 @@ pub unsafe fn bwd_gates<G: GateKind>(p: &BwdParams) {
     if tid < 32 {
         let state_tiles = state::tiles(p.dqk, p.dhv);
         let at = (head * (nc + 2) as u64 + k as u64) * state::MAX_TILES as u64 + tid as u64;
-        let mut a = unsafe { global::ld_nc_f32_or_zero(tid < state_tiles, p.ptr.state_dots + at * 4) };
+        let mut a =
+            unsafe { global::ld_nc_f32_or_zero(tid < state_tiles, p.ptr.state_dots + at * 4) };
         unroll!(5, b => {
             a += unsafe { shfl::xor_f32(a, 16 >> b) };
         });
@@ -93,13 +96,26 @@ pub unsafe fn bwd_gates<G: GateKind>(p: &BwdParams) {
     let mut tau = tid;
     while tau < len {
         let t = (t0 + tau) as u64;
-        let prefix = if tau > 0 { unsafe { shared::ld_f32(sy + 4 * (tau - 1)) } } else { 0.0 };
+        let prefix = if tau > 0 {
+            unsafe { shared::ld_f32(sy + 4 * (tau - 1)) }
+        } else {
+            0.0
+        };
         let suffix = unsafe { shared::ld_f32(sq + 4 * (len - 1 - tau)) };
         let dlambda = a_k + prefix + suffix;
         let diota = row_dot(DOT_K, tau);
         let at = (head * s as u64 + t) * 4;
-        let (ftil, itil) = unsafe { (global::ld_nc_f32(p.ptr.f + at), global::ld_nc_f32(p.ptr.i + at)) };
-        let di = if G::STABILIZED { diota } else { diota * math::sigmoid(-itil) };
+        let (ftil, itil) = unsafe {
+            (
+                global::ld_nc_f32(p.ptr.f + at),
+                global::ld_nc_f32(p.ptr.i + at),
+            )
+        };
+        let di = if G::STABILIZED {
+            diota
+        } else {
+            diota * math::sigmoid(-itil)
+        };
         unsafe {
             global::st_f32(p.ptr.di + at, di);
             global::st_f32(p.ptr.df + at, dlambda * math::sigmoid(-ftil));

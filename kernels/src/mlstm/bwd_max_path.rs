@@ -26,7 +26,8 @@ pub unsafe fn bwd_max_path(p: &BwdParams) {
     let padded = (nc * l) as u64;
     let (sa, sd) = (shared::base(), shared::base() + 4 * WARPS);
 
-    let m_state = |k: u32| unsafe { global::ld_nc_f32(p.ptr.m_states + (head * nc as u64 + k as u64) * 4) };
+    let m_state =
+        |k: u32| unsafe { global::ld_nc_f32(p.ptr.m_states + (head * nc as u64 + k as u64) * 4) };
     let at = |ptr: u64, t: u32| ptr + (head * s as u64 + t as u64) * 4;
     // c_t = [λ_t + m_{t−1} ≥ ι_t], m_{t−1} the forward's row max of the previous step (the
     // chunk's entry state at a chunk start); c_S = 1 connects the last step to the seed.
@@ -43,14 +44,27 @@ pub unsafe fn bwd_max_path(p: &BwdParams) {
             let cm = unsafe { global::ld_nc_f32(p.ptr.gate_cm + prev * 4) };
             b + m_state(k).max(cm)
         };
-        let (f, i) = unsafe { (global::ld_nc_f32(at(p.ptr.f, t)), global::ld_nc_f32(at(p.ptr.i, t))) };
-        if math::log_sigmoid(f) + m_prev >= i { 1.0 } else { 0.0 }
+        let (f, i) = unsafe {
+            (
+                global::ld_nc_f32(at(p.ptr.f, t)),
+                global::ld_nc_f32(at(p.ptr.i, t)),
+            )
+        };
+        if math::log_sigmoid(f) + m_prev >= i {
+            1.0
+        } else {
+            0.0
+        }
     };
     let dm = |t: u32| unsafe {
-        global::ld_nc_f32(p.ptr.row_coef + (rows::DM as u64 * p.bh as u64 * padded + head * padded + t as u64) * 4)
+        global::ld_nc_f32(
+            p.ptr.row_coef
+                + (rows::DM as u64 * p.bh as u64 * padded + head * padded + t as u64) * 4,
+        )
     };
     let state_dot = |x: u32| -> f32 {
-        let base = p.ptr.state_dots + (head * (nc + 2) as u64 + x as u64) * state::MAX_TILES as u64 * 4;
+        let base =
+            p.ptr.state_dots + (head * (nc + 2) as u64 + x as u64) * state::MAX_TILES as u64 * 4;
         let mut v = 0f32;
         for tile in 0..state::tiles(p.dqk, p.dhv) {
             v += unsafe { global::ld_nc_f32(base + tile as u64 * 4) };

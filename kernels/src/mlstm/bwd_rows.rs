@@ -30,7 +30,10 @@ pub unsafe fn bwd_rows<E: Elem, G: GateKind>(p: &BwdParams) {
 
     // Each warp takes ROWS / WARPS rows, all loads of them issued before the sums.
     const PER_WARP: usize = (ROWS / WARPS) as usize;
-    const _: () = assert!(PER_WARP == 4, "the unroll! counts below assume 4 rows per warp");
+    const _: () = assert!(
+        PER_WARP == 4,
+        "the unroll! counts below assume 4 rows per warp"
+    );
     let row_of = |x: usize| bx * ROWS + warp + WARPS * x as u32;
     // dh·h per row: 8 elements per lane per 16-byte load, 256 per warp and pass.
     let mut hd = [0f32; PER_WARP];

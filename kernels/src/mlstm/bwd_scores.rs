@@ -104,15 +104,7 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
     let mut sacc = [[0f32; 4]; NB];
     let mut dacc = [[0f32; 4]; NB];
     for item in 0..n_items {
-        if item + 1 < n_items {
-            issue(item + 1);
-        } else {
-            unsafe { cp_async::commit() }; // an empty group keeps the wait count uniform
-        }
-        unsafe {
-            cp_async::wait::<1>();
-            thread::sync_threads();
-        }
+        unsafe { stage::advance((item + 1 < n_items).then_some(item + 1), issue) };
         let st = item % STAGES;
         let (sa, sb) = (slice(st, 0), slice(st, 1));
         // acc += A·Bᵀ over slice d of a head dim `dim` (each call site names its own

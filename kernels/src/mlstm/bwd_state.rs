@@ -210,15 +210,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         let mut it = (first_item + l / SUB_L).min(n_items);
         while it > first_item {
             it -= 1;
-            if it > 0 {
-                issue(it - 1);
-            } else {
-                unsafe { cp_async::commit() }; // an empty group keeps the wait count uniform
-            }
-            unsafe {
-                cp_async::wait::<1>();
-                thread::sync_threads();
-            }
+            unsafe { stage::advance((it > 0).then(|| it - 1), issue) };
             let st = it % STAGES;
             let (sq, sdh, sw) = (stage_q(st), stage_dh(st), stage_w(st));
             unroll!(4, ks => {

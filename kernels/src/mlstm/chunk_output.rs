@@ -204,15 +204,7 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     // (all 8 columns equal): rows g and g+8 in elements 0 and 2.
     let mut snacc = [0f32; 4];
     for item in 0..n_items {
-        if item + 1 < n_items {
-            issue(item + 1);
-        } else {
-            unsafe { cp_async::commit() }; // an empty group keeps the wait count uniform
-        }
-        unsafe {
-            cp_async::wait::<1>();
-            thread::sync_threads();
-        }
+        unsafe { stage::advance((item + 1 < n_items).then_some(item + 1), issue) };
         let st = item % STAGES;
         let sq = stage_q(st);
         if item < n_c {

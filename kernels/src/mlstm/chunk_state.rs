@@ -209,15 +209,7 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         }
         let first = k * (l / SUB_L);
         for it in first..(first + l / SUB_L).min(n_items) {
-            if it + 1 < n_items {
-                issue(it + 1);
-            } else {
-                unsafe { cp_async::commit() }; // an empty group keeps the wait count uniform
-            }
-            unsafe {
-                cp_async::wait::<1>();
-                thread::sync_threads();
-            }
+            unsafe { stage::advance((it + 1 < n_items).then_some(it + 1), issue) };
             let st = it % STAGES;
             let (sk, sv, su) = (stage_k(st), stage_v(st), stage_u(st));
             unroll!(4, ks => {

@@ -1,5 +1,5 @@
-//! State-pool slots (forward): which head of the initial- and final-state tensors a head of the
-//! batch reads and writes.
+//! State-pool slots (forward and step): which head of the state tensors a head of the batch
+//! reads and writes.
 //!
 //! Without slots, head bh = b·NH + h uses state head bh of c0, n0, m0 and c_final, n_final,
 //! m_final. With a slot array (B u32, `FwdPointers::slots`) those six tensors are one pool
@@ -14,8 +14,13 @@
 //!   possibly before another block of the head has started. So the state kernels never read
 //!   n0, m0: chunk_gates (the launch before, in stream order) copies them into the chunk
 //!   states at chunk 0, and the state kernels read them there and do not rewrite chunk 0's ñ, m.
+//!
+//! The step (`StepParams::ptr.slots`, [`step_state_head`]) reads and writes C̃, ñ, m of state
+//! head slots[b]·NH + h in place, and counts its tiles in `tiles_done` at the same state head:
+//! see `step.rs`.
 use crate::arch::global;
 use tfla_params::fwd::FwdParams;
+use tfla_params::step::StepParams;
 
 /// The state head of head `bh` (an index into the (·, DQK, DHV), (·, DQK) and (·,) state
 /// tensors).
@@ -24,11 +29,29 @@ use tfla_params::fwd::FwdParams;
 /// `p.ptr.slots` is 0 or holds B = BH / NH u32 slots checked by the host; `bh < p.bh`.
 #[inline(always)]
 pub unsafe fn state_head(p: &FwdParams, bh: u32) -> u64 {
-    if p.ptr.slots == 0 {
+    unsafe { slot_head(p.ptr.slots, p.nh, bh) }
+}
+
+/// The state head of head `bh` in the step (an index into C̃, ñ, m and `tiles_done`).
+///
+/// # Safety
+/// `p.ptr.slots` is 0 or holds B = BH / NH u32 slots checked by the host; `bh < p.bh`.
+#[inline(always)]
+pub unsafe fn step_state_head(p: &StepParams, bh: u32) -> u64 {
+    unsafe { slot_head(p.ptr.slots, p.nh, bh) }
+}
+
+/// bh without slots (`slots` = 0), else slots[bh / nh]·nh + bh % nh.
+///
+/// # Safety
+/// `slots` is 0 or holds at least bh / nh + 1 readable, read-only u32.
+#[inline(always)]
+unsafe fn slot_head(slots: u64, nh: u32, bh: u32) -> u64 {
+    if slots == 0 {
         return bh as u64;
     }
     // (max(1): lets the compiler drop its division-by-zero check; the host passes NH ≥ 1.)
-    let nh = p.nh.max(1);
-    let slot = unsafe { global::ld_nc_b32_or_zero(true, p.ptr.slots + (bh / nh) as u64 * 4) };
+    let nh = nh.max(1);
+    let slot = unsafe { global::ld_nc_b32_or_zero(true, slots + (bh / nh) as u64 * 4) };
     slot as u64 * nh as u64 + (bh % nh) as u64
 }

@@ -51,3 +51,21 @@ pub unsafe fn f32_vec<const THREADS: u32>(saddr: u32, base: u64, (t, t_end): (u3
         idx += THREADS;
     }
 }
+
+/// One step of a two-stage `cp.async` pipeline: issues item `next` (or, past the last item, an
+/// empty group, which keeps the wait count uniform), then waits until the current item has
+/// landed and every thread sees it.
+///
+/// # Safety
+/// Called by all threads of the block; `issue` issues and commits one group of copies.
+#[inline(always)]
+pub unsafe fn advance(next: Option<u32>, issue: impl Fn(u32)) {
+    match next {
+        Some(n) => issue(n),
+        None => unsafe { cp_async::commit() },
+    }
+    unsafe {
+        cp_async::wait::<1>();
+        thread::sync_threads();
+    }
+}
