@@ -4,7 +4,8 @@
 //! bf16 / f16 / f32 inputs, f32 and bf16 states, DQK ≠ DHV, head dims 16..512 with ragged
 //! column tiles, hard gate regimes; the accuracy cost of bf16 states over 1000 steps; a
 //! chunkwise-forward prefill followed by steps equals one forward; the kernel's occupancy (one
-//! wave at B·NH = 64); typed errors. Every h is poisoned with NaN before its step.
+//! wave at B·NH = 64); a state pool (slots) against separate states, bit-exact; typed errors.
+//! Every h is poisoned with NaN before its step.
 //!
 //! The states are held to the bounds of their error model (`state_tol`); h row by row (one
 //! head, one step) to the output rounding plus the state bounds times that row's conditioning
@@ -903,4 +904,142 @@ fn step_bad_arguments_get_typed_errors() {
     // The valid call still works after the rejected ones (nothing was launched).
     assert!(tfla::mlstm_step(&rt, &ok, &mut states, &cfg).is_ok());
     rt.synchronize().unwrap();
+}
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn step_on_a_state_pool_equals_separate_states_bit_exact() {
+    // A pool of 5 slots with random states, B = 2 rows on slots [3, 1], 4 steps: every h equals
+    // the same steps on separate StepStates holding those slots' states, slots 3 and 1 end equal
+    // to the separate states and the other slots are untouched (bit-exact: the same kernel, the
+    // same arithmetic, only the state addresses differ). Then bad slots: typed errors, nothing
+    // written.
+    use tfla::{Error, Slots, StatePool};
+    let rt = runtime();
+    let mut rng = rng("step_on_a_state_pool_equals_separate_states_bit_exact");
+    let (num_slots, b, nh, dqk, dhv, steps) = (5usize, 2usize, 3usize, 64usize, 96usize, 4);
+    let ids = [3u32, 1];
+    let bits = |t: &Tensor| -> Vec<u32> {
+        rt.synchronize().unwrap();
+        t.to_f32_vec()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    };
+    for variant in VARIANTS {
+        let mut rand = |n: usize, s: f64| -> Vec<f32> {
+            (0..n).map(|_| (s * normal(&mut rng)) as f32).collect()
+        };
+        let (cs, ns) = (nh * dqk * dhv, nh * dqk);
+        let (c0, n0, m0) = (
+            rand(num_slots * cs, 1.0),
+            rand(num_slots * ns, 1.0),
+            rand(num_slots * nh, 0.5),
+        );
+        let up = |x: &[f32], shape: &[usize]| Tensor::from_f32(&rt, x, shape).unwrap();
+        let mut pool = StatePool::new(
+            up(&c0, &[num_slots, nh, dqk, dhv]),
+            up(&n0, &[num_slots, nh, dqk]),
+            up(&m0, &[num_slots, nh]),
+        )
+        .unwrap();
+        // The slots' states, row by row.
+        let rows = |x: &[f32], per: usize| -> Vec<f32> {
+            ids.iter()
+                .flat_map(|&s| x[s as usize * per..(s as usize + 1) * per].to_vec())
+                .collect()
+        };
+        let mut states = StepStates::new(
+            &rt,
+            up(&rows(&c0, cs), &[b, nh, dqk, dhv]),
+            up(&rows(&n0, ns), &[b, nh, dqk]),
+            up(&rows(&m0, nh), &[b, nh]),
+        )
+        .unwrap();
+        let slots = Slots::new(&rt, &ids).unwrap();
+        let cfg = MlstmConfig::new(variant);
+        for t in 0..steps {
+            let x = |dt, data: Vec<f32>, shape: &[usize]| {
+                Tensor::from_f32_as(&rt, dt, &data, shape).unwrap()
+            };
+            let q = x(Dtype::Bf16, rand(b * nh * dqk, 1.0), &[b, nh, dqk]);
+            let k = x(Dtype::Bf16, rand(b * nh * dqk, 1.0), &[b, nh, dqk]);
+            let v = x(Dtype::Bf16, rand(b * nh * dhv, 1.0), &[b, nh, dhv]);
+            let i = x(Dtype::F32, rand(b * nh, 1.0), &[b, nh]);
+            let f = x(Dtype::F32, rand(b * nh, 2.0), &[b, nh]);
+            let inputs = StepInputs::new(&q, &k, &v, &i, &f);
+            let mut h_pool = x(Dtype::Bf16, vec![f32::NAN; b * nh * dhv], &[b, nh, dhv]);
+            tfla::mlstm_step_pool_into(&rt, &inputs, &mut pool, &slots, &cfg, &mut h_pool).unwrap();
+            let h_sep = tfla::mlstm_step(&rt, &inputs, &mut states, &cfg).unwrap();
+            assert!(
+                bits(&h_pool) == bits(&h_sep),
+                "{variant:?} step {t}: h on the pool differs from h on separate states"
+            );
+        }
+        // Slots 3 and 1 hold the separate states; the others their initial states.
+        for (name, pooled, sep, init, per) in [
+            ("c", &pool.c, &states.c, &c0, cs),
+            ("n", &pool.n, &states.n, &n0, ns),
+            ("m", &pool.m, &states.m, &m0, nh),
+        ] {
+            let (got, sep) = (bits(pooled), bits(sep));
+            for slot in 0..num_slots {
+                let want = match ids.iter().position(|&s| s as usize == slot) {
+                    Some(row) => sep[row * per..(row + 1) * per].to_vec(),
+                    None => init[slot * per..(slot + 1) * per]
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect(),
+                };
+                assert!(
+                    got[slot * per..(slot + 1) * per] == want[..],
+                    "{variant:?}: pool.{name} slot {slot} differs"
+                );
+            }
+        }
+
+        // Bad slots: typed errors before launch; neither the pool nor h is written.
+        let before = [bits(&pool.c), bits(&pool.n), bits(&pool.m)];
+        let z = |dt, shape: &[usize]| Tensor::zeros(&rt, dt, shape).unwrap();
+        let (q, k, v) = (
+            z(Dtype::Bf16, &[b, nh, dqk]),
+            z(Dtype::Bf16, &[b, nh, dqk]),
+            z(Dtype::Bf16, &[b, nh, dhv]),
+        );
+        let (i, f) = (z(Dtype::F32, &[b, nh]), z(Dtype::F32, &[b, nh]));
+        let inputs = StepInputs::new(&q, &k, &v, &i, &f);
+        let mut h =
+            Tensor::from_f32_as(&rt, Dtype::Bf16, &vec![7.0; b * nh * dhv], &[b, nh, dhv]).unwrap();
+        let h_before = bits(&h);
+        for bad in [&[1u32, 1][..], &[3, 5], &[0, 9], &[3]] {
+            let bad_slots = Slots::new(&rt, bad).unwrap();
+            let e = tfla::mlstm_step_pool_into(&rt, &inputs, &mut pool, &bad_slots, &cfg, &mut h)
+                .unwrap_err();
+            let want = if bad.len() == b {
+                matches!(e, Error::Invalid { arg: "slots", .. })
+            } else {
+                matches!(e, Error::Shape { arg: "slots", .. })
+            };
+            assert!(want, "{variant:?}: slots {bad:?}: {e}");
+            let e = tfla::mlstm_step_pool(&rt, &inputs, &mut pool, &bad_slots, &cfg).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Invalid { arg: "slots", .. } | Error::Shape { arg: "slots", .. }
+                ),
+                "{variant:?}: slots {bad:?}: {e}"
+            );
+        }
+        assert!(bits(&h) == h_before, "{variant:?}: h written on an error");
+        let after = [bits(&pool.c), bits(&pool.n), bits(&pool.m)];
+        assert!(
+            after == before,
+            "{variant:?}: the pool was written on an error"
+        );
+        // Pools are f32: a bf16 C̃ swapped in is rejected.
+        pool.c = z(Dtype::Bf16, &[num_slots, nh, dqk, dhv]);
+        let e = tfla::mlstm_step_pool(&rt, &inputs, &mut pool, &slots, &cfg).unwrap_err();
+        assert!(matches!(e, Error::Dtype { arg: "pool.c", .. }), "{e}");
+    }
 }

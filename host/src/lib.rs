@@ -39,8 +39,8 @@ pub use forward::{
 pub use runtime::Runtime;
 pub use slots::{PoolSlots, Slots, StatePool, check_slots};
 pub use step::{
-    StepDims, StepInputs, StepPointers, StepStates, mlstm_step, mlstm_step_into, mlstm_step_raw,
-    step_pointers,
+    StepDims, StepInputs, StepPointers, StepStates, mlstm_step, mlstm_step_into, mlstm_step_pool,
+    mlstm_step_pool_into, mlstm_step_raw, step_pointers,
 };
 pub use tensor::{Dtype, Tensor};
 pub use variant::Variant;

@@ -17,7 +17,8 @@
 //! step). A serving engine's scheduler holds its slot assignment on the host anyway; it builds
 //! a new [`Slots`] when the batch changes and reuses it for every call until then.
 //!
-//! Used by the forward ([`crate::forward`], `MlstmInputs::pool`); the checks are the step's too.
+//! Used by the forward ([`crate::forward`], `MlstmInputs::pool`) and the step
+//! ([`crate::step::mlstm_step_pool`]), with the same checks and errors.
 use crate::error::{Error, Result};
 use crate::forward::expect_shape;
 use crate::runtime::Runtime;
@@ -132,6 +133,10 @@ pub struct StatePool {
     pub c: Tensor,
     pub n: Tensor,
     pub m: Tensor,
+    /// The step's arrival counters (`StepPointers::tiles_done`, one per state head:
+    /// (num_slots·NH,) u32 zeros, stored as f32 zeros), made by the first step on this pool
+    /// ([`crate::step::mlstm_step_pool`]) and left zero by every step.
+    pub(crate) tiles_done: Option<Tensor>,
 }
 
 impl StatePool {
@@ -150,6 +155,7 @@ impl StatePool {
             c: zeros(&[num_slots, nh, dqk, dhv])?,
             n: zeros(&[num_slots, nh, dqk])?,
             m: zeros(&[num_slots, nh])?,
+            tiles_done: None,
         })
     }
 
@@ -166,7 +172,12 @@ impl StatePool {
         }
         let (nh, dqk, dhv) = (cs[1], cs[2], cs[3]);
         check_pool_dims(cs[0], nh, dqk, dhv)?;
-        let pool = StatePool { c, n, m };
+        let pool = StatePool {
+            c,
+            n,
+            m,
+            tiles_done: None,
+        };
         pool.check(nh, dqk, dhv)?;
         Ok(pool)
     }

@@ -18,11 +18,17 @@
 //! readout ñ'ᵀq̂ can be a small difference of large terms and divides a whole row of h, so a
 //! bf16 ñ would turn its rounding into percent-level errors of h (as a one-term 16-bit ñ did in
 //! the forward kernels), for 1/DHV of the bytes.
+//!
+//! State pool (serving engines, [`crate::slots`]): [`mlstm_step_pool`] runs the step on a
+//! [`StatePool`] (num_slots, NH, …, f32) instead of [`StepStates`], batch row b updating slot
+//! `slots[b]` in place and leaving every other slot untouched; the slots are checked as the
+//! forward checks them (length, range, no duplicates: typed errors, nothing launched).
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::forward::{MlstmOutputs, expect_shape, kernel_gates};
 use crate::launch::Launch;
 use crate::runtime::Runtime;
+use crate::slots::{PoolSlots, Slots, StatePool};
 use crate::tensor::{Dtype, Tensor};
 use crate::variant::Variant;
 use cust::stream::Stream;
@@ -292,6 +298,17 @@ pub fn mlstm_step_into(
     let dims = inputs.dims()?;
     let dtype = inputs.q.dtype();
     states.check(&dims)?;
+    check_h(h, &dims, dtype)?;
+    let ptrs = step_pointers(inputs, states, h);
+    // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked against
+    // `dims` above (inputs by `dims()`, states by `check`, h here); the borrows keep h and the
+    // states apart from the inputs and each other; cuMemAlloc aligns them; the counters are
+    // zero (set by the constructors, left zero by every step).
+    unsafe { mlstm_step_raw(rt, rt.stream(), &ptrs, dims, dtype, states.dtype(), cfg) }
+}
+
+/// h: (B, NH, DHV) in the input dtype.
+fn check_h(h: &Tensor, dims: &StepDims, dtype: Dtype) -> Result<()> {
     expect_shape("h", h, &[dims.b, dims.nh, dims.dhv])?;
     if h.dtype() != dtype {
         return Err(Error::Dtype {
@@ -300,12 +317,84 @@ pub fn mlstm_step_into(
             got: h.dtype(),
         });
     }
-    let ptrs = step_pointers(inputs, states, h);
+    Ok(())
+}
+
+/// One step on a state pool, allocating h (B, NH, DHV) in the input dtype: batch row b reads
+/// its states from slot `slots[b]` of `pool` and overwrites them with the updated states;
+/// every other slot is left untouched. The pool is f32 only (as [`StatePool`]: C̃, ñ, m f32),
+/// so this is the f32-state step; bf16 states take [`StepStates`].
+///
+/// Checked before anything is launched or written, with the forward's typed errors: the
+/// inputs, the pool against the inputs' NH, DQK, DHV (`pool.c`, `pool.n`, `pool.m`: shape,
+/// f32), and the slots ([`crate::slots::check_slots`]: B of them, each below num_slots, no two
+/// equal; `Error::Shape` / `Error::Invalid` with arg `slots`). The first step on a pool
+/// allocates its arrival counters (num_slots·NH u32, zeroed once, synchronously).
+pub fn mlstm_step_pool(
+    rt: &Runtime,
+    inputs: &StepInputs,
+    pool: &mut StatePool,
+    slots: &Slots,
+    cfg: &MlstmConfig,
+) -> Result<Tensor> {
+    let dims = inputs.dims()?;
+    // Every check before h is allocated (an error allocates nothing).
+    PoolSlots { pool, slots }.check(dims.b, dims.nh, dims.dqk, dims.dhv)?;
+    let mut h = Tensor::uninit(rt, inputs.q.dtype(), &[dims.b, dims.nh, dims.dhv])?;
+    mlstm_step_pool_into(rt, inputs, pool, slots, cfg, &mut h)?;
+    Ok(h)
+}
+
+/// [`mlstm_step_pool`] into a caller-owned h (B, NH, DHV) in the input dtype. Nothing else may
+/// use the rows' slots until the step has run (stream order on the runtime's stream).
+pub fn mlstm_step_pool_into(
+    rt: &Runtime,
+    inputs: &StepInputs,
+    pool: &mut StatePool,
+    slots: &Slots,
+    cfg: &MlstmConfig,
+    h: &mut Tensor,
+) -> Result<()> {
+    let dims = inputs.dims()?;
+    let dtype = inputs.q.dtype();
+    let num_slots = pool.check(dims.nh, dims.dqk, dims.dhv)?;
+    slots.check(dims.b, num_slots)?;
+    check_h(h, &dims, dtype)?;
+    let tiles_done = pool_counters(rt, pool, num_slots * dims.nh)?;
+    let ptrs = StepPointers {
+        q: inputs.q.device_ptr(),
+        k: inputs.k.device_ptr(),
+        v: inputs.v.device_ptr(),
+        i: inputs.i.device_ptr(),
+        f: inputs.f.device_ptr(),
+        c: pool.c.device_ptr(),
+        n: pool.n.device_ptr(),
+        m: pool.m.device_ptr(),
+        h: h.device_ptr(),
+        tiles_done,
+        slots: slots.device_ptr(),
+    };
     // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked against
-    // `dims` above (inputs by `dims()`, states by `check`, h here); the borrows keep h and the
-    // states apart from the inputs and each other; cuMemAlloc aligns them; the counters are
-    // zero (set by the constructors, left zero by every step).
-    unsafe { mlstm_step_raw(rt, rt.stream(), &ptrs, dims, dtype, states.dtype(), cfg) }
+    // `dims` above (inputs by `dims()`, the pool by `check`, h by `check_h`); the borrows keep
+    // h and the pool apart from the inputs and each other; the slots (B u32 on the device,
+    // the host copy of the same values) are in range and distinct, so the heads of the launch
+    // update distinct state heads and use distinct counters (`tfla_params::step::StepPointers`
+    // docs); the counters hold num_slots·NH zeros (`pool_counters`).
+    unsafe { mlstm_step_raw(rt, rt.stream(), &ptrs, dims, dtype, Dtype::F32, cfg) }
+}
+
+/// The device address of the pool's arrival counters, one per state head (`heads` =
+/// num_slots·NH), made and zeroed here on the pool's first step (or after its tensors were
+/// swapped for another slot count); every step leaves them zero.
+fn pool_counters(rt: &Runtime, pool: &mut StatePool, heads: usize) -> Result<u64> {
+    let fits = matches!(&pool.tiles_done, Some(t) if t.shape() == [heads]);
+    if !fits {
+        pool.tiles_done = Some(Tensor::zeros(rt, Dtype::F32, &[heads])?);
+        // The zero fill runs on the legacy default stream, which the runtime's non-blocking
+        // stream does not wait for (as in `StepStates::new`).
+        cust::context::CurrentContext::synchronize().map_err(Error::cuda("cuCtxSynchronize"))?;
+    }
+    Ok(pool.tiles_done.as_ref().map_or(0, Tensor::device_ptr))
 }
 
 /// The device addresses of `inputs`, `states` and `h`, as [`mlstm_step_raw`] takes them.
@@ -321,6 +410,7 @@ pub fn step_pointers(inputs: &StepInputs, states: &StepStates, h: &Tensor) -> St
         m: states.m.device_ptr(),
         h: h.device_ptr(),
         tiles_done: states.tiles_done.device_ptr(),
+        slots: 0,
     }
 }
 
@@ -333,7 +423,10 @@ pub fn step_pointers(inputs: &StepInputs, states: &StepStates, h: &Tensor) -> St
 /// tensor at `dims` (`StepPointers` gives the shapes), holding `dtype` (q, k, v, h),
 /// `state_dtype` (c) or f32 (i, f, n, m); `tiles_done` holds B·NH u32 zeros (every step leaves
 /// them zero; allocate them once per set of states); h and the states overlap nothing else, and
-/// no other work uses the states while the step runs.
+/// no other work uses the states while the step runs. With `slots` (not 0): B u32 on the
+/// device, each below num_slots and no two equal (check them on the host with
+/// [`crate::slots::check_slots`]: this function cannot read them), c, n, m a pool of
+/// num_slots·NH state heads and `tiles_done` num_slots·NH u32 zeros.
 pub unsafe fn mlstm_step_raw(
     rt: &Runtime,
     stream: &Stream,
@@ -381,6 +474,7 @@ pub unsafe fn mlstm_step_raw(
         ("f", ptrs.f, 4),
         ("m", ptrs.m, 4),
         ("tiles_done", ptrs.tiles_done, 4),
+        ("slots", ptrs.slots, 4),
     ];
     for (arg, p, align) in aligned {
         if p % align != 0 {
@@ -388,13 +482,14 @@ pub unsafe fn mlstm_step_raw(
                 arg,
                 value: format!("{p:#x}"),
                 reason: "device pointer not aligned (c: 16 bytes; n: 8; v, h: 4 elements; q, k: 2 \
-                         elements; i, f, m, tiles_done: 4 bytes)",
+                         elements; i, f, m, tiles_done, slots: 4 bytes)",
             });
         }
     }
     let params = StepParams {
         ptr: *ptrs,
         bh: dims.bh() as u32,
+        nh: dims.nh as u32,
         dqk: dims.dqk as u32,
         dhv: dims.dhv as u32,
         scale,

@@ -59,7 +59,9 @@ pub struct StepPointers {
     pub i: u64,
     /// Forget-gate pre-activation f̃: (BH,) f32.
     pub f: u64,
-    /// C̃: (BH, DQK, DHV) in the state dtype, read and overwritten with C̃'.
+    /// C̃: (BH, DQK, DHV) in the state dtype, read and overwritten with C̃'. With `slots`, a
+    /// state pool (num_slots·NH, DQK, DHV) instead; likewise ñ, m and `tiles_done`, all
+    /// indexed by the *state head* (see `slots`).
     pub c: u64,
     /// ñ: (BH, DQK) f32, read and overwritten with ñ' (without the normalizer neither read
     /// nor written).
@@ -73,8 +75,15 @@ pub struct StepPointers {
     /// the tiles of the same head not yet started. Instead each tile, once its threads have
     /// read ñ and m, increments its head's counter (release/acquire at GPU scope); the tile
     /// that sees it reach the tile count is the last reader, writes ñ' and m', and resets the
-    /// counter to zero.
+    /// counter to zero. Indexed by the state head (with `slots`: (num_slots·NH,)); the tiles
+    /// of one head of the launch share one counter, and no two heads share one.
     pub tiles_done: u64,
+    /// State-pool slot of each batch row: (B,) u32, or 0 for none. Head bh = b·NH + h reads
+    /// q, k, v, ĩ, f̃ and writes h at bh, and updates C̃, ñ, m and counts in `tiles_done` at
+    /// *state head* `slots[b]·NH + h` (without slots: bh). The host checks that every slot is
+    /// below the pool's slot count and that no two rows share one (two heads updating one
+    /// state would race, and would share a counter).
+    pub slots: u64,
 }
 
 /// Parameters of the step kernel, passed by value. Built only from validated host arguments.
@@ -83,6 +92,8 @@ pub struct StepPointers {
 pub struct StepParams {
     pub ptr: StepPointers,
     pub bh: u32,
+    /// NH: heads per batch row (maps a head to its batch row's slot).
+    pub nh: u32,
     pub dqk: u32,
     pub dhv: u32,
     /// q̂ = q·scale.

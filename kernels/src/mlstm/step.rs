@@ -35,6 +35,13 @@
 //! itself (two elements per thread); the block that arrives last at the head's counter
 //! (`StepPointers::tiles_done`) writes ñ' and m', once every block of the head has read ñ and m.
 //!
+//! State pool (`StepPointers::slots`): head bh = b·NH + h reads q, k, v, ĩ, f̃ and writes h at
+//! bh, but updates C̃, ñ, m at *state head* sh = slots[b]·NH + h of the pool, and counts its
+//! tiles in `tiles_done[sh]` (without slots sh = bh). Race-free because the host rejects
+//! out-of-range and duplicate slots before the launch: distinct heads of the launch then have
+//! distinct state heads, so every state element and every counter is touched by the blocks of
+//! exactly one head, as without slots, and the arrival protocol runs unchanged per state head.
+//!
 //! Arithmetic is f32. With bf16 states, C̃' is rounded to bf16 when stored; h uses its f32
 //! values (the rounding reaches h one step later, through the stored state). ñ and m are f32
 //! in every state dtype: ñ'ᵀq̂ can be a small difference of large terms and divides the whole
@@ -42,6 +49,7 @@
 //! the forward, README) to save 1/DHV of the bytes.
 use super::block::{self, Add};
 use super::gates::GateKind;
+use super::slots::step_state_head;
 use crate::arch::convert::{Bf16, Elem, F16};
 use crate::arch::{atomic, global, math, shared, shfl, thread};
 use tfla_params::step::*;
@@ -206,13 +214,17 @@ const WARP_LANES: u32 = tfla_params::WARP;
 /// # Safety
 /// Launched with `grid(p)`, THREADS threads and `smem_bytes(p.dqk)` bytes of dynamic shared
 /// memory, on parameters validated by the host: q, k, v, h in the dtype of `I`, C̃ in the
-/// dtype of `S`, ñ and m f32, `tiles_done` zero.
+/// dtype of `S`, ñ and m f32, `tiles_done` zero; `slots` 0 or B slots, in range and distinct.
 #[inline(always)]
 pub unsafe fn step<I: StepInput, S: StepState, G: GateKind>(p: &StepParams) {
     let tid = thread::thread_idx();
     let (tile, bh, _) = thread::block_idx();
     let (dqk, dhv) = (p.dqk, p.dhv);
+    // The batch head (q, k, v, ĩ, f̃, h) and the state head (C̃, ñ, m, tiles_done): the same
+    // without slots; with them, distinct per head of the launch (module docs).
     let head = bh as u64;
+    // SAFETY: slots as this function's contract; bh < p.bh (the grid).
+    let sh = unsafe { step_state_head(p, bh) };
     let col0 = tile * TILE_HV;
     let valid_cols = (dhv - col0).min(TILE_HV);
     let (g, cg) = (tid / COL_THREADS, tid % COL_THREADS);
@@ -228,7 +240,7 @@ pub unsafe fn step<I: StepInput, S: StepState, G: GateKind>(p: &StepParams) {
 
     // C̃ of this head (DQK, DHV): address of row d at the tile's first column.
     let (s_bytes, i_bytes) = (S::BYTES as u64, I::BYTES as u64);
-    let gc = p.ptr.c + head * (dqk * dhv) as u64 * s_bytes;
+    let gc = p.ptr.c + sh * (dqk * dhv) as u64 * s_bytes;
     let row_at = |d: u32| gc + (d * dhv + col0) as u64 * s_bytes;
     let load_pass = |base: u32| {
         let mut c = [[0f32; COLS as usize]; MAX_ROWS as usize];
@@ -250,14 +262,14 @@ pub unsafe fn step<I: StepInput, S: StepState, G: GateKind>(p: &StepParams) {
     let d2 = 2 * tid;
     let pair_ok = d2 < dqk;
     let vec_at = |base: u64, bytes: u64| base + (head * dqk as u64 + d2 as u64) * bytes;
-    let gn = vec_at(p.ptr.n, 4);
+    let gn = p.ptr.n + (sh * dqk as u64 + d2 as u64) * 4;
     let gv = p.ptr.v + (head * dhv as u64 + col0 as u64) * i_bytes;
     let (f_pre, i_pre, m_old, k2, q2, n2, v0, v1) = unsafe {
         (
             global::ld_nc_f32(p.ptr.f + head * 4),
             global::ld_nc_f32(p.ptr.i + head * 4),
             if G::STABILIZED {
-                global::ld_f32(p.ptr.m + head * 4)
+                global::ld_f32(p.ptr.m + sh * 4)
             } else {
                 0.0
             },
@@ -298,7 +310,7 @@ pub unsafe fn step<I: StepInput, S: StepState, G: GateKind>(p: &StepParams) {
     // in. The last one of the head writes ñ' and m' at the end.
     if tid == 0 {
         let tiles = dhv.div_ceil(TILE_HV);
-        let old = unsafe { atomic::add_acq_rel_gpu_u32(p.ptr.tiles_done + head * 4, 1) };
+        let old = unsafe { atomic::add_acq_rel_gpu_u32(p.ptr.tiles_done + sh * 4, 1) };
         unsafe { shared::st_u32(sflag, (old + 1 == tiles) as u32) };
     }
 
@@ -382,8 +394,8 @@ pub unsafe fn step<I: StepInput, S: StepState, G: GateKind>(p: &StepParams) {
         }
         if tid == 0 {
             unsafe {
-                global::st_f32(p.ptr.m + head * 4, m_new);
-                global::st_b32(p.ptr.tiles_done + head * 4, 0);
+                global::st_f32(p.ptr.m + sh * 4, m_new);
+                global::st_b32(p.ptr.tiles_done + sh * 4, 0);
             }
         }
     }
