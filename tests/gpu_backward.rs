@@ -41,21 +41,15 @@ enum Gates {
 }
 
 impl Gates {
-    /// (ĩ_t, f̃_t) at step t (as the forward's hard-regime test).
+    /// (ĩ_t, f̃_t) at step t (`HARD_GATES`, shared with the forward and step tests).
     fn at(self, t: usize) -> Option<(f64, f64)> {
-        match self {
-            Gates::Random => None,
-            Gates::ForgetNear0 => Some((((t * 7) % 13) as f64 - 6.0, -9.0 + (t % 3) as f64)),
-            Gates::ForgetNear1 => Some((((t * 5) % 11) as f64 - 5.0, 12.0 + (t % 4) as f64)),
-            Gates::BigInput => Some((
-                if t.is_multiple_of(17) {
-                    25.0
-                } else {
-                    ((t * 3) % 9) as f64
-                },
-                2.0,
-            )),
-        }
+        let regime = match self {
+            Gates::Random => return None,
+            Gates::ForgetNear0 => 0,
+            Gates::ForgetNear1 => 1,
+            Gates::BigInput => 2,
+        };
+        Some((HARD_GATES[regime].1)(t))
     }
 
     fn apply(self, inp: &mut RefInputs) {

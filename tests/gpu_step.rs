@@ -449,29 +449,9 @@ fn step_head_dims_and_ragged_tiles() {
 fn step_hard_gate_regimes() {
     let rt = runtime();
     let mut rng = rng("step_hard_gate_regimes");
-    // Forget gates near 0 and near 1, and input gates large enough to move the max state.
-    type Regime = (&'static str, fn(usize) -> (f64, f64));
-    let regimes: [Regime; 3] = [
-        ("forget≈0", |t| {
-            (((t * 7) % 13) as f64 - 6.0, -9.0 + (t % 3) as f64)
-        }),
-        ("forget≈1", |t| {
-            (((t * 5) % 11) as f64 - 5.0, 12.0 + (t % 4) as f64)
-        }),
-        ("big input gates", |t| {
-            (
-                if t % 17 == 0 {
-                    25.0
-                } else {
-                    ((t * 3) % 9) as f64
-                },
-                2.0,
-            )
-        }),
-    ];
     let mut failures = Vec::new();
     for variant in [EXP, SIG] {
-        for (label, gate) in regimes {
+        for (label, gate) in HARD_GATES {
             for state in [Dtype::F32, Dtype::Bf16] {
                 let case = Case {
                     shape: shape(1, 2, 48, 64, 80),

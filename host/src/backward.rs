@@ -14,7 +14,7 @@
 use crate::config::{Dims, GradMode, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::forward::{MlstmInputs, MlstmOutputs, expect_shape, kernel_gates, mlstm_fwd};
-use crate::launch::Launch;
+use crate::launch::{self, Launch};
 use crate::runtime::Runtime;
 use crate::tensor::{Dtype, Tensor};
 use crate::variant::Variant;
@@ -556,15 +556,6 @@ fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
     if p.dn_final != 0 {
         required.push(("n_final", p.n_final));
     }
-    for (arg, ptr) in required {
-        if ptr == 0 {
-            return Err(Error::Invalid {
-                arg,
-                value: "null".into(),
-                reason: "required pointer",
-            });
-        }
-    }
     // What the kernels' accesses need: 16 bytes for cp.async rows (q, k, v, dh, c_states,
     // dc_states, scores), 16-byte loads (h), the row weights the state kernel streams
     // (row_coef) and what the forward already requires (c0, gate_u); 8 for pairs of f32 (C̃
@@ -611,18 +602,7 @@ fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
         ("dn0", p.dn0, 4),
         ("dm0", p.dm0, 4),
     ];
-    for (arg, ptr, align) in aligned {
-        if ptr % align != 0 {
-            return Err(Error::Invalid {
-                arg,
-                value: format!("{ptr:#x}"),
-                reason: "device pointer not aligned (q, k, v, dh, c0, c_states, dc_states, \
-                         scores, gate_u, row_coef: 16 bytes; c_final, dc_final, dc0, n_states, \
-                         dn_states: 8; others 4)",
-            });
-        }
-    }
-    Ok(())
+    launch::check_pointers(&required, &aligned)
 }
 
 /// The launches of the backward pass, in order: row coefficients, state gradients (reverse

@@ -15,7 +15,7 @@
 //! by the launch before (`kernels/src/mlstm/slots.rs`).
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
-use crate::launch::Launch;
+use crate::launch::{self, Launch};
 use crate::runtime::Runtime;
 use crate::slots::{PoolSlots, Slots, StatePool};
 use crate::tensor::{Dtype, Tensor};
@@ -453,14 +453,6 @@ pub fn mlstm_fwd_into(
     out.check_shapes(&dims, dtype, cfg, inputs.pool.is_none())?;
     let ptrs = fwd_pointers(inputs, out);
     out.pooled = inputs.pool.is_some();
-    if !cfg.variant.normalizes() {
-        // Without the normalizer no kernel forms ñ after chunk 0 (the final ñ is written as
-        // zeros): hand back zeros rather than stale memory.
-        out.states.n.fill_zero_on(rt.stream())?;
-        if let Some(r) = &mut out.row_stats {
-            r.norm.fill_zero_on(rt.stream())?;
-        }
-    }
     // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked
     // against `dims` above (inputs and the pool by `dims()`, outputs by `check_shapes`);
     // cuMemAlloc aligns them; the slots were checked against B and the pool (in range,
@@ -566,15 +558,6 @@ pub unsafe fn mlstm_fwd_raw(
         ("gate_cm", ptrs.gate_cm),
         ("gate_g", ptrs.gate_g),
     ];
-    for (arg, p) in required.iter().chain(required_out.iter()) {
-        if *p == 0 {
-            return Err(Error::Invalid {
-                arg,
-                value: "null".into(),
-                reason: "required pointer",
-            });
-        }
-    }
     let finals = [ptrs.c_final, ptrs.n_final, ptrs.m_final];
     if finals.contains(&0) && finals.iter().any(|&p| p != 0) {
         return Err(Error::Invalid {
@@ -608,15 +591,7 @@ pub unsafe fn mlstm_fwd_raw(
         ("norm_rows", ptrs.norm_rows, 4),
         ("slots", ptrs.slots, 4),
     ];
-    for (arg, p, align) in aligned {
-        if p % align != 0 {
-            return Err(Error::Invalid {
-                arg,
-                value: format!("{p:#x}"),
-                reason: "device pointer not aligned (q, k, v, c0, c_states, gate_u: 16 bytes; others 4)",
-            });
-        }
-    }
+    launch::check_pointers(&[&required[..], &required_out[..]].concat(), &aligned)?;
     let gates = kernel_gates(cfg.variant);
     let params = FwdParams {
         ptr: FwdPointers {

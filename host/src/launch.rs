@@ -83,6 +83,34 @@ impl Launch {
     }
 }
 
+/// The raw entry points' pointer checks: every `required` pointer non-null (typed error naming
+/// it), every pointer of `aligned` (0 = absent) a multiple of its alignment in bytes (what the
+/// kernels' widest access to it needs).
+pub(crate) fn check_pointers(
+    required: &[(&'static str, u64)],
+    aligned: &[(&'static str, u64, u64)],
+) -> Result<()> {
+    for &(arg, p) in required {
+        if p == 0 {
+            return Err(Error::Invalid {
+                arg,
+                value: "null".into(),
+                reason: "required pointer",
+            });
+        }
+    }
+    for &(arg, p, align) in aligned {
+        if p % align != 0 {
+            return Err(Error::Invalid {
+                arg,
+                value: format!("{p:#x}, needs {align}-byte alignment"),
+                reason: "device pointer not aligned for the kernels' vector accesses",
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

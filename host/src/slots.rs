@@ -22,8 +22,8 @@
 use crate::error::{Error, Result};
 use crate::forward::expect_shape;
 use crate::runtime::Runtime;
-use crate::tensor::{Dtype, Tensor};
-use cust::memory::{CopyDestination, DeviceBuffer};
+use crate::tensor::{self, Dtype, Tensor};
+use cust::memory::DeviceBuffer;
 use std::collections::HashMap;
 
 /// Checks B = `batch` slot indices against a pool of `num_slots` slots: exactly `batch` of
@@ -70,25 +70,8 @@ impl Slots {
     /// Uploads `slots` (complete when it returns). Their range and distinctness are checked
     /// against the pool of each call that uses them.
     pub fn new(_rt: &Runtime, slots: &[u32]) -> Result<Self> {
-        // SAFETY: written by the upload below before any kernel reads it (B ≥ 1 for a call
-        // to pass the length check; the one element of an empty set is never read).
-        let dev =
-            unsafe { DeviceBuffer::uninitialized(slots.len().max(1)) }.map_err(|e| match e {
-                cust::error::CudaError::OutOfMemory => Error::OutOfMemory {
-                    arg: "slots",
-                    bytes: slots.len() * 4,
-                },
-                e => Error::cuda("cuMemAlloc")(e),
-            })?;
-        if !slots.is_empty() {
-            dev.index(..slots.len())
-                .copy_from(slots)
-                .map_err(Error::cuda("cuMemcpyHtoD"))?;
-            // From pageable memory cuMemcpyHtoD may return before its DMA lands and is ordered
-            // with the legacy default stream only, not with the runtime's non-blocking one.
-            cust::context::CurrentContext::synchronize()
-                .map_err(Error::cuda("cuCtxSynchronize"))?;
-        }
+        let mut dev = tensor::alloc("slots", slots.len())?;
+        tensor::upload(&mut dev, slots)?;
         Ok(Slots {
             host: slots.to_vec(),
             dev,

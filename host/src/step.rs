@@ -26,7 +26,7 @@
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::forward::{MlstmOutputs, expect_shape, kernel_gates};
-use crate::launch::Launch;
+use crate::launch::{self, Launch};
 use crate::runtime::Runtime;
 use crate::slots::{PoolSlots, Slots, StatePool};
 use crate::tensor::{Dtype, Tensor};
@@ -203,9 +203,6 @@ impl StepStates {
             tiles_done,
         };
         states.check(&dims)?;
-        // The zero fills and uploads above run on the legacy default stream, which the
-        // runtime's non-blocking stream does not wait for: finish them before any step.
-        cust::context::CurrentContext::synchronize().map_err(Error::cuda("cuCtxSynchronize"))?;
         Ok(states)
     }
 
@@ -218,8 +215,6 @@ impl StepStates {
         if state_dtype == Dtype::F32 {
             return Self::new(rt, c, n, m);
         }
-        // The forward's kernels run on the runtime's stream; the copies below do not wait.
-        rt.synchronize()?;
         let c = Tensor::from_f32_as(rt, state_dtype, &c.to_f32_vec()?, c.shape())?;
         Self::new(rt, c, n, m)
     }
@@ -389,10 +384,8 @@ pub fn mlstm_step_pool_into(
 fn pool_counters(rt: &Runtime, pool: &mut StatePool, heads: usize) -> Result<u64> {
     let fits = matches!(&pool.tiles_done, Some(t) if t.shape() == [heads]);
     if !fits {
+        // (Tensor fills are complete when they return: ordered before the step's launch.)
         pool.tiles_done = Some(Tensor::zeros(rt, Dtype::F32, &[heads])?);
-        // The zero fill runs on the legacy default stream, which the runtime's non-blocking
-        // stream does not wait for (as in `StepStates::new`).
-        cust::context::CurrentContext::synchronize().map_err(Error::cuda("cuCtxSynchronize"))?;
     }
     Ok(pool.tiles_done.as_ref().map_or(0, Tensor::device_ptr))
 }
@@ -452,15 +445,6 @@ pub unsafe fn mlstm_step_raw(
         ("h", ptrs.h),
         ("tiles_done", ptrs.tiles_done),
     ];
-    for (arg, p) in required {
-        if p == 0 {
-            return Err(Error::Invalid {
-                arg,
-                value: "null".into(),
-                reason: "required pointer",
-            });
-        }
-    }
     // The kernel's vector widths: pairs of q, k, ñ; quads of v, h; 16 bytes of C̃.
     let x = dtype.size() as u64;
     let aligned = [
@@ -476,16 +460,7 @@ pub unsafe fn mlstm_step_raw(
         ("tiles_done", ptrs.tiles_done, 4),
         ("slots", ptrs.slots, 4),
     ];
-    for (arg, p, align) in aligned {
-        if p % align != 0 {
-            return Err(Error::Invalid {
-                arg,
-                value: format!("{p:#x}"),
-                reason: "device pointer not aligned (c: 16 bytes; n: 8; v, h: 4 elements; q, k: 2 \
-                         elements; i, f, m, tiles_done, slots: 4 bytes)",
-            });
-        }
-    }
+    launch::check_pointers(&required, &aligned)?;
     let params = StepParams {
         ptr: *ptrs,
         bh: dims.bh() as u32,

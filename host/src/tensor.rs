@@ -3,7 +3,6 @@
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use cust::memory::{CopyDestination, DeviceBuffer, DeviceCopy};
-use cust::stream::Stream;
 use half::{bf16, f16};
 
 /// Element type of a tensor.
@@ -57,7 +56,7 @@ fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
-fn alloc<T: DeviceCopy>(arg: &'static str, n: usize) -> Result<DeviceBuffer<T>> {
+pub(crate) fn alloc<T: DeviceCopy>(arg: &'static str, n: usize) -> Result<DeviceBuffer<T>> {
     // SAFETY: the buffer is written (upload, fill or kernel) before it is read through this API;
     // `Tensor::uninit` documents that its contents are unspecified.
     unsafe { DeviceBuffer::uninitialized(n.max(1)) }.map_err(|e| match e {
@@ -72,7 +71,7 @@ fn alloc<T: DeviceCopy>(arg: &'static str, n: usize) -> Result<DeviceBuffer<T>> 
 /// Copies `data` into the front of `buf` (nothing for empty data), complete when it returns:
 /// from pageable memory cuMemcpyHtoD may return before its DMA lands, ordered only with the
 /// legacy default stream, not with the runtime's non-blocking one.
-fn upload<T: DeviceCopy>(buf: &mut DeviceBuffer<T>, data: &[T]) -> Result<()> {
+pub(crate) fn upload<T: DeviceCopy>(buf: &mut DeviceBuffer<T>, data: &[T]) -> Result<()> {
     if !data.is_empty() {
         buf.index(..data.len())
             .copy_from(data)
@@ -204,20 +203,6 @@ impl Tensor {
     /// Fills every element with zeros. Complete when it returns.
     pub fn fill_zero(&mut self) -> Result<()> {
         self.fill_bits(0)
-    }
-
-    /// Fills every element with zeros, queued on `stream` (ordered with the kernels launched
-    /// on it).
-    pub fn fill_zero_on(&mut self, stream: &Stream) -> Result<()> {
-        let op = Error::cuda("cuMemsetD32Async");
-        // SAFETY: stream-ordered; nothing reads or writes this buffer outside that stream until
-        // the caller synchronizes it (the buffer is borrowed mutably here).
-        unsafe {
-            match &mut self.storage {
-                Storage::Bits16(b) => b.set_16_async(0, stream).map_err(op),
-                Storage::F32(b) => b.set_32_async(0, stream).map_err(op),
-            }
-        }
     }
 
     /// cuMemsetD* runs in the legacy default stream, which does not order the runtime's

@@ -71,17 +71,20 @@ pub unsafe fn chunk_gates<G: GateKind>(p: &FwdParams) {
                 j += THREADS;
             }
         }
+        // ñ_k of this chunk: ñ0 at chunk 0, zeros elsewhere. The state kernels overwrite chunks
+        // k > 0 with the normalizer; without it (where the host passes n0 = 0 and no kernel
+        // forms ñ) the chunk states come back as zeros rather than stale memory.
+        let sh = state_head(p, bh);
+        let hk = bh as u64 * p.num_chunks as u64 + k as u64; // (head, chunk k)
+        let dqk = p.dqk as u64;
+        let from_n0 = k == 0 && p.ptr.n0 != 0;
+        let mut d = tid;
+        while d < p.dqk {
+            let x = global::ld_nc_f32_or_zero(from_n0, p.ptr.n0 + (sh * dqk + d as u64) * 4);
+            global::st_f32(p.ptr.n_states + (hk * dqk + d as u64) * 4, x);
+            d += THREADS;
+        }
         if k == 0 {
-            let sh = state_head(p, bh);
-            let hk = bh as u64 * p.num_chunks as u64; // (head, chunk 0) of the chunk states
-            let dqk = p.dqk as u64;
-            let mut d = tid;
-            while d < p.dqk {
-                let x =
-                    global::ld_nc_f32_or_zero(p.ptr.n0 != 0, p.ptr.n0 + (sh * dqk + d as u64) * 4);
-                global::st_f32(p.ptr.n_states + (hk * dqk + d as u64) * 4, x);
-                d += THREADS;
-            }
             if tid == 0 {
                 let m0 =
                     global::ld_nc_f32_or_zero(G::STABILIZED && p.ptr.m0 != 0, p.ptr.m0 + sh * 4);

@@ -322,7 +322,9 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
             let h = E::pack(acc[nb][2 * x] * factor, acc[nb][2 * x + 1] * factor);
             unsafe { global::st_b32_if(i < len && c < dhv, row + c as u64 * 2, h) };
         });
-        if G::NORMALIZED && i < len && p.ptr.norm_rows != 0 && v0 == 0 && lane % 4 == 0 {
+        if i < len && p.ptr.norm_rows != 0 && v0 == 0 && lane % 4 == 0 {
+            // Without the normalizer s_i is reported as 0 (no ñ is formed).
+            let norm = if G::NORMALIZED { norm } else { 0.0 };
             unsafe { global::st_f32(p.ptr.norm_rows + (head * s as u64 + (t0 + i) as u64) * 4, norm) };
         }
     });

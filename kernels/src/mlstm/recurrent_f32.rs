@@ -204,7 +204,8 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
                 if p.ptr.m_rows != 0 {
                     unsafe { global::st_f32(p.ptr.m_rows + row * 4, m) };
                 }
-                if G::NORMALIZED && p.ptr.norm_rows != 0 {
+                if p.ptr.norm_rows != 0 {
+                    // nq is 0 without the normalizer (no ñ is formed).
                     unsafe { global::st_f32(p.ptr.norm_rows + row * 4, p.scale * nq) };
                 }
             }
