@@ -23,6 +23,7 @@ const VARIANTS: [Variant; 3] = [EXP, SIG, SIG_NONORM];
 const MODES: [GradMode; 2] = [GradMode::Exact, GradMode::DetachedNormalizer];
 const BF16: Dtype = Dtype::Bf16;
 const F16: Dtype = Dtype::F16;
+const F32: Dtype = Dtype::F32;
 
 fn shape(b: usize, nh: usize, s: usize, dqk: usize, dhv: usize) -> Shape {
     Shape { b, nh, s, dqk, dhv }
@@ -179,6 +180,7 @@ fn poison(grads: &mut MlstmGrads) {
         &mut ws.row_dots,
         &mut ws.state_dots,
         &mut ws.pair_sums,
+        &mut ws.segments,
     ];
     outs.into_iter()
         .chain(initial.into_iter().flatten())
@@ -193,30 +195,26 @@ fn poison(grads: &mut MlstmGrads) {
 /// in 16-bit products, so the scale is the larger of the exact and the detached-normalizer
 /// gradient (`detached`); for dm0 also the size of its term ⟨dC̃_0, C̃_0⟩ + ⟨dñ_0, ñ_0⟩.
 fn grad_errors(
-    got: &MlstmGrads,
+    got: &dyn Fn(&str) -> Option<Vec<f32>>,
     want: &RefGrads,
     detached: &RefGrads,
     inp: &RefInputs,
 ) -> Vec<(&'static str, f64)> {
-    let err = |t: &tfla::Tensor, w: &[f64], d: &[f64]| {
-        rel_err_at_scale(&t.to_f32_vec().unwrap(), w, norm(d))
-    };
-    let mut errs = vec![
-        ("dq", err(&got.dq, &want.dq, &detached.dq)),
-        ("dk", err(&got.dk, &want.dk, &detached.dk)),
-        ("dv", err(&got.dv, &want.dv, &detached.dv)),
-        ("di", err(&got.di, &want.di, &detached.di)),
-        ("df", err(&got.df, &want.df, &detached.df)),
-    ];
-    for (name, t, w, d) in [
-        ("dc0", &got.dc0, &want.dc0, &detached.dc0),
-        ("dn0", &got.dn0, &want.dn0, &detached.dn0),
+    let mut errs = Vec::new();
+    for (name, w, d) in [
+        ("dq", &want.dq, &detached.dq),
+        ("dk", &want.dk, &detached.dk),
+        ("dv", &want.dv, &detached.dv),
+        ("di", &want.di, &detached.di),
+        ("df", &want.df, &detached.df),
+        ("dc0", &want.dc0, &detached.dc0),
+        ("dn0", &want.dn0, &detached.dn0),
     ] {
-        if let Some(t) = t {
-            errs.push((name, err(t, w, d)));
+        if let Some(t) = got(name) {
+            errs.push((name, rel_err_at_scale(&t, w, norm(d))));
         }
     }
-    if let Some(t) = &got.dm0 {
+    if let Some(t) = got("dm0") {
         let sh = inp.shape;
         let init_term: Vec<f64> = (0..sh.heads())
             .map(|bh| {
@@ -229,12 +227,27 @@ fn grad_errors(
             })
             .collect();
         let scale = norm(&init_term).max(norm(&detached.dm0));
-        errs.push((
-            "dm0",
-            rel_err_at_scale(&t.to_f32_vec().unwrap(), &want.dm0, scale),
-        ));
+        errs.push(("dm0", rel_err_at_scale(&t, &want.dm0, scale)));
     }
     errs
+}
+
+/// The gradients of `g` by name, as [`grad_errors`] reads them (None where absent).
+fn device_grads(g: &MlstmGrads) -> impl Fn(&str) -> Option<Vec<f32>> + '_ {
+    move |name| {
+        let t = match name {
+            "dq" => Some(&g.dq),
+            "dk" => Some(&g.dk),
+            "dv" => Some(&g.dv),
+            "di" => Some(&g.di),
+            "df" => Some(&g.df),
+            "dc0" => g.dc0.as_ref(),
+            "dn0" => g.dn0.as_ref(),
+            "dm0" => g.dm0.as_ref(),
+            other => panic!("no gradient `{other}`"),
+        };
+        t.map(|t| t.to_f32_vec().unwrap())
+    }
 }
 
 /// Forward (with row statistics) and backward of `case` on the device, into poisoned
@@ -257,7 +270,7 @@ fn check(
     let p = RefParams::new(case.variant, case.shape.dqk);
     let want = reference::backward(inp, &p, g, case.mode);
     let detached = reference::backward(inp, &p, g, GradMode::DetachedNormalizer);
-    grad_errors(&grads, &want, &detached, inp)
+    grad_errors(&device_grads(&grads), &want, &detached, inp)
 }
 
 /// Prints one line of measured errors; true when all are within `tol` (NaN never is).
@@ -297,7 +310,7 @@ fn backward_matches_reference_all_variants_modes_and_dtypes() {
     let mut cases = Vec::new();
     for variant in VARIANTS {
         for mode in MODES {
-            for dtype in [BF16, F16] {
+            for dtype in [BF16, F16, F32] {
                 cases.push(case(shape(1, 2, 300, 64, 128), 64, variant, dtype, mode));
                 cases.push(
                     case(shape(2, 1, 200, 128, 64), 128, variant, dtype, mode)
@@ -330,6 +343,13 @@ fn backward_ragged_shapes_and_chunk_sizes() {
         case(shape(1, 1, 130, 256, 512), 64, SIG_NONORM, BF16, Exact),
         // The largest head dims, once.
         case(shape(1, 1, 200, 512, 512), 128, EXP, BF16, Exact),
+        // f32 (the reverse recurrence): S = 1, ragged S and head dims, a chunk longer than its
+        // segments (L = 256: 16 checkpoints of 16 steps), the largest head dims.
+        case(shape(2, 1, 1, 16, 16), 64, EXP, F32, Exact),
+        case(shape(1, 2, 513, 48, 80), 256, SIG, F32, Exact),
+        case(shape(1, 1, 77, 208, 144), 64, EXP, F32, Detached).without_initial_state(),
+        case(shape(1, 1, 130, 256, 512), 64, SIG_NONORM, F32, Exact),
+        case(shape(1, 1, 100, 512, 512), 128, EXP, F32, Exact),
     ];
     for (chunk, mode) in [(64, Exact), (128, Detached), (256, Exact)] {
         for variant in [EXP, SIG] {
@@ -352,9 +372,11 @@ fn backward_hard_gate_regimes() {
     for gates in [Gates::ForgetNear0, Gates::ForgetNear1, Gates::BigInput] {
         for variant in [EXP, SIG] {
             for mode in MODES {
-                cases.push(
-                    case(shape(1, 2, 333, 64, 64), 128, variant, BF16, mode).with_gates(gates),
-                );
+                for dtype in [BF16, F32] {
+                    cases.push(
+                        case(shape(1, 2, 333, 64, 64), 128, variant, dtype, mode).with_gates(gates),
+                    );
+                }
             }
         }
     }
@@ -365,10 +387,17 @@ fn backward_hard_gate_regimes() {
 #[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
 fn backward_long_sequence() {
     // S = 8192: 64 chunks of state gradients walked in reverse, df̃ summed over the whole row.
-    let cases: Vec<Case> = MODES
+    let mut cases: Vec<Case> = MODES
         .iter()
         .flat_map(|&mode| [EXP, SIG].map(|v| case(shape(1, 2, 8192, 64, 64), 128, v, BF16, mode)))
         .collect();
+    cases.push(case(
+        shape(1, 2, 8192, 64, 64),
+        128,
+        EXP,
+        F32,
+        GradMode::Exact,
+    ));
     run(&cases, "backward_long_sequence");
 }
 
@@ -618,7 +647,7 @@ fn bad_arguments_get_typed_errors() {
     let e = bwd(&inputs, &fwd, &ok, &cfg.with_chunk_size(100));
     assert!(matches!(e, Error::ChunkSize { value: 100, .. }), "{e}");
 
-    // f32 inputs: no backward yet.
+    // f32 inputs take f32 upstream gradients.
     let (q32, k32, v32) = (
         t(Dtype::F32, &[1, 2, 8, 64]),
         t(Dtype::F32, &[1, 2, 8, 64]),
@@ -626,23 +655,19 @@ fn bad_arguments_get_typed_errors() {
     );
     let inputs32 = MlstmInputs::new(&q32, &k32, &v32, &i, &f);
     let fwd32 = tfla::mlstm_fwd(&rt, &inputs32, &cfg).unwrap();
-    let dh32 = t(Dtype::F32, &[1, 2, 8, 32]);
-    let e = bwd(&inputs32, &fwd32, &MlstmGradOutputs::new(&dh32), &cfg);
+    let dh16 = t(Dtype::Bf16, &[1, 2, 8, 32]);
+    let e = bwd(&inputs32, &fwd32, &MlstmGradOutputs::new(&dh16), &cfg);
     assert!(
         matches!(
             e,
             Error::Dtype {
-                arg: "q",
-                got: Dtype::F32,
+                arg: "dh",
+                got: Dtype::Bf16,
                 ..
             }
         ),
         "{e}"
     );
-    assert!(e.to_string().contains("no f32 path"), "{e}");
-    let e =
-        tfla::mlstm_fwd_bwd(&rt, &inputs32, &MlstmGradOutputs::new(&dh32), &cfg, mode).unwrap_err();
-    assert!(matches!(e, Error::Dtype { arg: "q", .. }), "{e}");
 
     // Gradients allocated for other inputs: an initial state the grads have no slot for.
     let c0 = t(Dtype::F32, &[1, 2, 64, 32]);
@@ -750,20 +775,10 @@ fn safetensors_file_with_dh_runs_the_backward() {
             other => panic!("`{name}` has dtype {other:?}"),
         }
     };
-    let want = reference::backward(&inp, &RefParams::new(EXP, dqk), &g, c.mode);
-    let errs: Vec<(&str, f64)> = [
-        ("dq", &want.dq),
-        ("dk", &want.dk),
-        ("dv", &want.dv),
-        ("di", &want.di),
-        ("df", &want.df),
-        ("dc0", &want.dc0),
-        ("dn0", &want.dn0),
-        ("dm0", &want.dm0),
-    ]
-    .into_iter()
-    .map(|(name, w)| (name, rel_err(&read(name), w)))
-    .collect();
+    let p = RefParams::new(EXP, dqk);
+    let want = reference::backward(&inp, &p, &g, c.mode);
+    let detached = reference::backward(&inp, &p, &g, GradMode::DetachedNormalizer);
+    let errs = grad_errors(&|name: &str| Some(read(name)), &want, &detached, &inp);
     let _ = std::fs::remove_file(&input);
     let _ = std::fs::remove_file(&output);
     assert!(

@@ -7,10 +7,13 @@
 //! (B, NH, S, DQK), dv (B, NH, S, DHV) in the input dtype, dĩ, df̃ (B, NH, S) f32, and the
 //! initial-state gradients in f32 where the inputs had initial states.
 //!
-//! Seven launches (`params/src/bwd.rs`): per-row coefficients, the reverse walk of the state
-//! gradients over the chunks, the intra-chunk score matrices, dq, dk, dv, and the gate
-//! gradients. The two [`GradMode`]s share every kernel; Exact also carries the normalizer as
-//! one more value column and scans the max-state path.
+//! 16-bit inputs take seven launches on the tensor cores (`params/src/bwd.rs`): per-row
+//! coefficients, the reverse walk of the state gradients over the chunks, the intra-chunk
+//! score matrices, dq, dk, dv, and the gate gradients. f32 inputs take two: the per-row
+//! coefficients and the reverse recurrence step by step on the CUDA cores (exact to f32
+//! rounding, slower; its states are recomputed per chunk from the forward's, about 2√L of
+//! them per head at a time). The two [`GradMode`]s share every kernel; Exact also carries the
+//! normalizer as one more value column and scans the max-state path.
 use crate::config::{Dims, GradMode, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::forward::{MlstmInputs, MlstmOutputs, expect_shape, kernel_gates, mlstm_fwd};
@@ -80,16 +83,22 @@ fn expect_dtype(arg: &'static str, t: &Tensor, dtype: Dtype) -> Result<()> {
     Ok(())
 }
 
-/// The 16-bit dtypes only: the backward kernels run on the tensor cores.
-fn check_backward_dtype(dtype: Dtype) -> Result<KDtype> {
-    match dtype {
-        Dtype::Bf16 => Ok(KDtype::Bf16),
-        Dtype::F16 => Ok(KDtype::F16),
-        Dtype::F32 => Err(Error::Dtype {
-            arg: "q",
-            expected: "bf16 or f16 (the backward has no f32 path yet)",
-            got: dtype,
-        }),
+/// Which kernels run the backward pass for an input dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BwdPath {
+    /// 16-bit inputs: the chunkwise kernels on the tensor cores.
+    TensorCores(KDtype),
+    /// f32 inputs: the reverse recurrence on the CUDA cores.
+    F32,
+}
+
+impl BwdPath {
+    fn of(dtype: Dtype) -> Self {
+        match dtype {
+            Dtype::Bf16 => BwdPath::TensorCores(KDtype::Bf16),
+            Dtype::F16 => BwdPath::TensorCores(KDtype::F16),
+            Dtype::F32 => BwdPath::F32,
+        }
     }
 }
 
@@ -117,6 +126,10 @@ pub struct BwdWorkspace {
     /// Partial row and column sums of the pair gradients per score tile:
     /// (2, BH, NC·L, L / scores::TILE) f32.
     pub pair_sums: Tensor,
+    /// f32 inputs: the states the reverse recurrence recomputes, `recurrent::segments_len`
+    /// f32. (The tensors above that only the tensor-core kernels use are empty for f32
+    /// inputs, and this one for 16-bit inputs.)
+    pub segments: Tensor,
 }
 
 /// Shapes of the workspace tensors at `dims` and chunk size `chunk`, with their dtypes.
@@ -124,12 +137,16 @@ fn workspace_layout(
     dims: &Dims,
     dtype: Dtype,
     chunk: usize,
-) -> [(&'static str, Dtype, Vec<usize>); 8] {
+) -> [(&'static str, Dtype, Vec<usize>); 9] {
     let (bh, dqk, dhv) = (dims.bh(), dims.dqk, dims.dhv);
     let nc = dims.s.div_ceil(chunk);
     let rows = nc * chunk;
     let f32_ = Dtype::F32;
-    [
+    let f32_path = BwdPath::of(dtype) == BwdPath::F32;
+    // A tensor only one path uses is empty on the other.
+    let only = |tc: bool, shape: Vec<usize>| if tc != f32_path { shape } else { vec![0] };
+    let segments = bwd::recurrent::segments_len(bh as u32, dqk as u32, dhv as u32, chunk as u32);
+    let mut layout = [
         ("row_coef", f32_, vec![bwd::rows::PLANES as usize, bh, rows]),
         ("dc_states", dtype, vec![bh, nc, dqk, dhv]),
         ("dn_states", f32_, vec![bh, nc, dqk]),
@@ -155,13 +172,22 @@ fn workspace_layout(
             f32_,
             vec![2, bh, rows, bwd::scores::tiles(chunk as u32) as usize],
         ),
-    ]
+        ("segments", f32_, vec![segments as usize]),
+    ];
+    for (name, _, shape) in &mut layout {
+        let tensor_cores = !matches!(*name, "row_coef" | "state_dots" | "segments");
+        let f32_only = *name == "segments";
+        if tensor_cores || f32_only {
+            *shape = only(tensor_cores, std::mem::take(shape));
+        }
+    }
+    layout
 }
 
 impl BwdWorkspace {
     /// Allocates the scratch for `dims`, the input `dtype` and chunk size `chunk`.
     pub fn alloc(rt: &Runtime, dims: &Dims, dtype: Dtype, chunk: usize) -> Result<Self> {
-        let [rc, dcs, dns, sp, sdp, rd, sd, ps] = workspace_layout(dims, dtype, chunk)
+        let [rc, dcs, dns, sp, sdp, rd, sd, ps, seg] = workspace_layout(dims, dtype, chunk)
             .map(|(_, dt, shape)| Tensor::uninit(rt, dt, &shape));
         Ok(BwdWorkspace {
             chunk_size: chunk,
@@ -173,10 +199,11 @@ impl BwdWorkspace {
             row_dots: rd?,
             state_dots: sd?,
             pair_sums: ps?,
+            segments: seg?,
         })
     }
 
-    fn tensors(&self) -> [&Tensor; 8] {
+    fn tensors(&self) -> [&Tensor; 9] {
         [
             &self.row_coef,
             &self.dc_states,
@@ -186,6 +213,7 @@ impl BwdWorkspace {
             &self.row_dots,
             &self.state_dots,
             &self.pair_sums,
+            &self.segments,
         ]
     }
 
@@ -350,7 +378,6 @@ fn check_args(
 ) -> Result<(Dims, Dtype)> {
     let dims = inputs.dims()?;
     let dtype = inputs.q.dtype();
-    check_backward_dtype(dtype)?;
     check_no_pool(inputs)?;
     cfg.scale_for(&dims)?;
     fwd.check(&dims, dtype, cfg)?;
@@ -397,7 +424,6 @@ pub fn mlstm_fwd_bwd(
     let dims = inputs.dims()?;
     // Reject what the backward would reject before spending a forward pass on it (and, with a
     // state pool, before the forward overwrites the pool's slots).
-    check_backward_dtype(inputs.q.dtype())?;
     check_no_pool(inputs)?;
     grad_out.check(&dims, inputs.q.dtype())?;
     let cfg = MlstmConfig {
@@ -450,6 +476,7 @@ pub fn bwd_pointers(
         row_dots: ws.row_dots.device_ptr(),
         state_dots: ws.state_dots.device_ptr(),
         pair_sums: ws.pair_sums.device_ptr(),
+        segments: ws.segments.device_ptr(),
         dq: grads.dq.device_ptr(),
         dk: grads.dk.device_ptr(),
         dv: grads.dv.device_ptr(),
@@ -474,7 +501,8 @@ pub fn bwd_pointers(
 /// Every non-zero pointer addresses a live allocation of the runtime's context, large enough
 /// for its tensor at `dims` and the chunk count NC = ceil(S / L) of `cfg` (shapes in
 /// [`BwdPointers`]), holding `dtype` (q, k, v, h, c_states, dh, dc_states, scores_p, scores_dp,
-/// dq, dk, dv) or f32 (everything else); the forward tensors hold what the forward pass wrote
+/// dq, dk, dv) or f32 (everything else; the workspace only what the dtype's path uses, see
+/// [`BwdWorkspace`]); the forward tensors hold what the forward pass wrote
 /// for these inputs and `cfg` (with row statistics for the normalized variants); outputs and
 /// workspace do not overlap each other or the inputs.
 pub unsafe fn mlstm_bwd_raw(
@@ -487,10 +515,10 @@ pub unsafe fn mlstm_bwd_raw(
     mode: GradMode,
 ) -> Result<()> {
     dims.validate()?;
-    let kdtype = check_backward_dtype(dtype)?;
+    let path = BwdPath::of(dtype);
     let chunk = cfg.chunk_for(&dims)?;
     let scale = cfg.scale_for(&dims)?;
-    check_pointers(ptrs, cfg.variant)?;
+    check_pointers(ptrs, cfg.variant, path)?;
     let params = BwdParams {
         ptr: *ptrs,
         bh: dims.bh() as u32,
@@ -503,7 +531,7 @@ pub unsafe fn mlstm_bwd_raw(
         eps: cfg.eps,
         exact: (mode == GradMode::Exact) as u32,
     };
-    let launches = bwd_launches(&params, kernel_gates(cfg.variant), kdtype);
+    let launches = bwd_launches(&params, kernel_gates(cfg.variant), path);
     for l in &launches {
         l.check(rt)?;
     }
@@ -516,7 +544,7 @@ pub unsafe fn mlstm_bwd_raw(
 }
 
 /// Required pointers present, optional ones consistent, every pointer aligned.
-fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
+fn check_pointers(p: &BwdPointers, variant: Variant, path: BwdPath) -> Result<()> {
     let mut required = vec![
         ("q", p.q),
         ("k", p.k),
@@ -533,19 +561,24 @@ fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
         ("gate_g", p.gate_g),
         ("dh", p.dh),
         ("row_coef", p.row_coef),
-        ("dc_states", p.dc_states),
-        ("dn_states", p.dn_states),
-        ("scores_p", p.scores_p),
-        ("scores_dp", p.scores_dp),
-        ("row_dots", p.row_dots),
         ("state_dots", p.state_dots),
-        ("pair_sums", p.pair_sums),
         ("dq", p.dq),
         ("dk", p.dk),
         ("dv", p.dv),
         ("di", p.di),
         ("df", p.df),
     ];
+    match path {
+        BwdPath::TensorCores(_) => required.extend([
+            ("dc_states", p.dc_states),
+            ("dn_states", p.dn_states),
+            ("scores_p", p.scores_p),
+            ("scores_dp", p.scores_dp),
+            ("row_dots", p.row_dots),
+            ("pair_sums", p.pair_sums),
+        ]),
+        BwdPath::F32 => required.push(("segments", p.segments)),
+    }
     if variant.normalizes() {
         required.push(("norm_rows", p.norm_rows));
     }
@@ -560,7 +593,9 @@ fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
     // dc_states, scores), 16-byte loads (h), the row weights the state kernel streams
     // (row_coef) and what the forward already requires (c0, gate_u); 8 for pairs of f32 (C̃
     // matrices and ñ rows read or written two at a time); 4 for the rest (dq, dk, dv move two
-    // 16-bit values per access).
+    // 16-bit values per access). The f32 path reads and writes 16 bytes at a time what it
+    // shares with the 16-bit one, and the same of its scratch (`segments`).
+    let wide = if path == BwdPath::F32 { 16 } else { 4 };
     let aligned = [
         ("q", p.q, 16),
         ("k", p.k, 16),
@@ -574,13 +609,14 @@ fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
         ("scores_dp", p.scores_dp, 16),
         ("gate_u", p.gate_u, 16),
         ("row_coef", p.row_coef, 16),
+        ("segments", p.segments, 16),
         ("c_final", p.c_final, 8),
-        ("dc_final", p.dc_final, 8),
-        ("dc0", p.dc0, 8),
+        ("dc_final", p.dc_final, wide.max(8)),
+        ("dc0", p.dc0, wide.max(8)),
         ("n_states", p.n_states, 8),
         ("dn_states", p.dn_states, 8),
-        ("dq", p.dq, 4),
-        ("dk", p.dk, 4),
+        ("dq", p.dq, wide),
+        ("dk", p.dk, wide),
         ("dv", p.dv, 4),
         ("i", p.i, 4),
         ("f", p.f, 4),
@@ -605,11 +641,40 @@ fn check_pointers(p: &BwdPointers, variant: Variant) -> Result<()> {
     launch::check_pointers(&required, &aligned)
 }
 
-/// The launches of the backward pass, in order: row coefficients, state gradients (reverse
-/// walk), score matrices, dq, dk, dv, gate gradients (which sum the row dots of dq and dk).
-/// The launches of the backward pass, in order; the max-state path only for mLSTMexp in
-/// Exact mode (elsewhere m is constant or held constant).
-fn bwd_launches(p: &BwdParams, gates: Gates, dtype: KDtype) -> Vec<Launch> {
+/// The launches of the backward pass, in order: row coefficients, then on the tensor cores
+/// state gradients (reverse walk), score matrices, dq, dk, dv, gate gradients (which sum the
+/// row dots of dq and dk), or for f32 the reverse recurrence; the max-state path only for
+/// mLSTMexp in Exact mode (elsewhere m is constant or held constant).
+fn bwd_launches(p: &BwdParams, gates: Gates, path: BwdPath) -> Vec<Launch> {
+    let max_path = Launch {
+        name: bwd::entry_name(BwdKernel::MaxPath, gates, KDtype::Bf16),
+        grid: bwd::max_path::grid(p),
+        threads: bwd::max_path::THREADS,
+        smem: bwd::max_path::smem_bytes(),
+    };
+    let with_max_path = gates == Gates::Exp && p.exact != 0;
+    let dtype = match path {
+        BwdPath::TensorCores(dtype) => dtype,
+        BwdPath::F32 => {
+            let rec = bwd::recurrent::grid(p, gates);
+            let mut launches = vec![
+                Launch {
+                    name: bwd::recurrent::rows_entry(gates),
+                    grid: bwd::rows::grid(p),
+                    threads: bwd::rows::THREADS,
+                    smem: 0,
+                },
+                Launch {
+                    name: bwd::recurrent::entry(gates),
+                    grid: rec,
+                    threads: bwd::recurrent::THREADS,
+                    smem: bwd::recurrent::smem_bytes(p.chunk),
+                },
+            ];
+            launches.extend(with_max_path.then_some(max_path));
+            return launches;
+        }
+    };
     let name = |k| bwd::entry_name(k, gates, dtype);
     let combine = |k, out_dim| Launch {
         name: name(k),
@@ -646,14 +711,7 @@ fn bwd_launches(p: &BwdParams, gates: Gates, dtype: KDtype) -> Vec<Launch> {
             smem: bwd::gates::smem_bytes(p.chunk),
         },
     ];
-    if gates == Gates::Exp && p.exact != 0 {
-        launches.push(Launch {
-            name: name(BwdKernel::MaxPath),
-            grid: bwd::max_path::grid(p),
-            threads: bwd::max_path::THREADS,
-            smem: bwd::max_path::smem_bytes(),
-        });
-    }
+    launches.extend(with_max_path.then_some(max_path));
     launches
 }
 
@@ -703,6 +761,7 @@ mod tests {
             ..Default::default()
         };
         let names = |l: &[Launch]| l.iter().map(|l| l.name).collect::<Vec<_>>();
+        let f16 = BwdPath::TensorCores(KDtype::F16);
         let want = |g| {
             BwdKernel::ALL
                 .iter()
@@ -712,17 +771,35 @@ mod tests {
         // The max-state path runs for mLSTMexp in Exact mode only.
         let exact = BwdParams { exact: 1, ..p };
         assert_eq!(
-            names(&bwd_launches(&exact, Gates::Exp, KDtype::F16)),
+            names(&bwd_launches(&exact, Gates::Exp, f16)),
             want(Gates::Exp)
         );
-        let l = bwd_launches(&exact, Gates::Sig, KDtype::F16);
+        let l = bwd_launches(&exact, Gates::Sig, f16);
         assert_eq!(names(&l), want(Gates::Sig)[..7]);
-        assert_eq!(bwd_launches(&p, Gates::Exp, KDtype::F16).len(), 7);
+        assert_eq!(bwd_launches(&p, Gates::Exp, f16).len(), 7);
         // dq and dk tile DQK, dv tiles DHV.
         assert_eq!(l[3].grid, bwd::combine::grid(&p, 64));
         assert_eq!(l[5].grid, bwd::combine::grid(&p, 128));
         assert!(l.iter().all(|l| l.threads % 32 == 0 && l.threads > 0));
+
+        // f32: rows, the recurrence, and the max-state path where it applies.
+        let l = bwd_launches(&exact, Gates::Exp, BwdPath::F32);
+        assert_eq!(
+            names(&l),
+            [
+                "mlstm_bwd_rows_exp_f32",
+                "mlstm_bwd_recurrent_exp_f32",
+                "mlstm_bwd_max_path_exp"
+            ]
+        );
+        // Exact mode carries ñ as one more column tile: 128 + 1 columns.
+        assert_eq!(l[1].grid, (9, 6, 1));
+        let l = bwd_launches(&p, Gates::Sig, BwdPath::F32);
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[1].grid, (8, 6, 1));
     }
+
+    const TC: BwdPath = BwdPath::TensorCores(KDtype::Bf16);
 
     #[test]
     fn pointer_checks_name_the_argument() {
@@ -762,15 +839,15 @@ mod tests {
             *f = next;
             next += 0x10_0000;
         }
-        assert!(check_pointers(&p, Variant::Exp).is_ok());
-        let arg_of = |p: &BwdPointers, v| match check_pointers(p, v) {
+        assert!(check_pointers(&p, Variant::Exp, TC).is_ok());
+        let arg_of = |p: &BwdPointers, v| match check_pointers(p, v, TC) {
             Err(Error::Invalid { arg, .. }) => arg,
             other => panic!("expected Error::Invalid, got {other:?}"),
         };
         let mut bad = p;
         bad.norm_rows = 0;
         assert_eq!(arg_of(&bad, Variant::Exp), "norm_rows");
-        assert!(check_pointers(&bad, Variant::Sig { normalize: false }).is_ok());
+        assert!(check_pointers(&bad, Variant::Sig { normalize: false }, TC).is_ok());
         let mut bad = p;
         bad.dc_final = 0x2000_0000;
         assert_eq!(arg_of(&bad, Variant::Exp), "c_final");
@@ -789,18 +866,48 @@ mod tests {
         let mut bad = p;
         bad.scores_dp = 0;
         assert_eq!(arg_of(&bad, Variant::Exp), "scores_dp");
+        // The f32 path needs its scratch, not the tensor-core workspace.
+        let f32_arg = |p: &BwdPointers| match check_pointers(p, Variant::Exp, BwdPath::F32) {
+            Err(Error::Invalid { arg, .. }) => arg,
+            other => panic!("expected Error::Invalid, got {other:?}"),
+        };
+        assert_eq!(f32_arg(&bad), "segments");
+        bad.segments = next;
+        assert!(check_pointers(&bad, Variant::Exp, BwdPath::F32).is_ok());
+        bad.dq += 4;
+        assert_eq!(f32_arg(&bad), "dq");
     }
 
     #[test]
-    fn f32_is_a_typed_error() {
-        assert!(matches!(
-            check_backward_dtype(Dtype::F32),
-            Err(Error::Dtype {
-                arg: "q",
-                got: Dtype::F32,
-                ..
-            })
-        ));
-        assert_eq!(check_backward_dtype(Dtype::F16).unwrap(), KDtype::F16);
+    fn f32_path_needs_only_its_workspace() {
+        let d = dims(1000, 80, 272);
+        let l = workspace_layout(&d, Dtype::F32, 256);
+        let numel = |name| numel_of(&l, name);
+        for name in [
+            "dc_states",
+            "dn_states",
+            "scores_p",
+            "scores_dp",
+            "row_dots",
+            "pair_sums",
+        ] {
+            assert_eq!(numel(name), 0, "{name}");
+        }
+        // BH = 6, 18 column tiles (272 + ñ), 32 slots at L = 256, 80 × 16 per slot.
+        assert_eq!(numel("segments"), 6 * 18 * 32 * 80 * 16);
+        assert_eq!(numel("state_dots"), 6 * 6 * bwd::state::MAX_TILES as usize);
+        assert_eq!(
+            numel_of(&workspace_layout(&d, Dtype::Bf16, 256), "segments"),
+            0
+        );
+    }
+
+    fn numel_of(l: &[(&'static str, Dtype, Vec<usize>)], name: &str) -> usize {
+        l.iter()
+            .find(|(n, ..)| *n == name)
+            .unwrap()
+            .2
+            .iter()
+            .product()
     }
 }

@@ -82,6 +82,10 @@ pub struct BwdPointers {
     /// score tile: plane 0 row sums (BH, NC·L, L / scores::TILE) indexed by the column tile,
     /// plane 1 column sums indexed by the row tile, f32.
     pub pair_sums: u64,
+    /// f32 inputs only: the recomputed states of [`recurrent`], per (head, column tile)
+    /// `recurrent::slots(L)` slabs of DQK × `recurrent::TILE` f32 (see
+    /// [`recurrent::segments_len`]).
+    pub segments: u64,
 
     // Outputs.
     /// dq, dk (BH, S, DQK), dv (BH, S, DHV) in the input dtype.
@@ -303,6 +307,73 @@ pub mod max_path {
     }
 }
 
+/// The backward for f32 inputs, which the tensor cores would round to 16 bits: the reverse
+/// recurrence step by step on the CUDA cores (`kernels/src/mlstm/bwd_recurrent_f32.rs`), after
+/// the rows kernel and before the max-state path. One block owns TILE state columns of one
+/// head (Exact mode for a normalizing variant adds ñ as column DHV). Inside each chunk it
+/// recomputes the states from the forward's chunk state: one pass keeps a checkpoint every
+/// `segment(L)` steps, then each segment, last first, is recomputed into `segment(L)` slots and
+/// walked backwards. So the scratch is about 2√L states per head, not L.
+pub mod recurrent {
+    use super::*;
+    pub const WARPS: u32 = 8;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// State columns per block.
+    pub const TILE: u32 = 16;
+    /// State rows per thread (rows tid + j·THREADS).
+    pub const ROWS_PER_THREAD: u32 = crate::MAX_HEAD_DIM / THREADS;
+    /// Values each step reduces over the block: TILE dv columns, dα, dβ.
+    pub const REDUCED: u32 = TILE + 2;
+
+    /// Steps per segment: the power of two at or above √L.
+    pub const fn segment(chunk: u32) -> u32 {
+        let mut x = 1;
+        while x * x < chunk {
+            x *= 2;
+        }
+        x
+    }
+    /// Checkpoints (L / segment) plus the segment's states (segment).
+    pub const fn slots(chunk: u32) -> u32 {
+        div_ceil(chunk, segment(chunk)) + segment(chunk)
+    }
+    /// Column tiles the scratch is laid out for: DHV plus the normalizer column.
+    pub const fn scratch_tiles(dhv: u32) -> u32 {
+        div_ceil(dhv + 1, TILE)
+    }
+    /// f32 elements of the scratch: (BH, scratch_tiles, slots, DQK, TILE).
+    pub const fn segments_len(bh: u32, dqk: u32, dhv: u32, chunk: u32) -> u64 {
+        bh as u64 * scratch_tiles(dhv) as u64 * slots(chunk) as u64 * dqk as u64 * TILE as u64
+    }
+    /// The chunk's α_t and β_t (2 × L f32), then two reduction buffers (2 × WARPS × REDUCED).
+    pub const fn smem_bytes(chunk: u32) -> u32 {
+        2 * chunk * 4 + 2 * WARPS * REDUCED * 4
+    }
+    /// State columns the walk carries: DHV, plus ñ where its gradient is followed.
+    pub const fn columns(p: &BwdParams, gates: Gates) -> u32 {
+        p.dhv + p.normalizer_path(gates) as u32
+    }
+    /// (column tiles, BH, 1).
+    pub const fn grid(p: &BwdParams, gates: Gates) -> (u32, u32, u32) {
+        (div_ceil(columns(p, gates), TILE), p.bh, 1)
+    }
+    /// Entry points of the f32 rows kernel and of the walk, for `gates`.
+    pub const fn rows_entry(gates: Gates) -> &'static str {
+        match gates {
+            Gates::Exp => "mlstm_bwd_rows_exp_f32",
+            Gates::Sig => "mlstm_bwd_rows_sig_f32",
+            Gates::SigNoNorm => "mlstm_bwd_rows_signn_f32",
+        }
+    }
+    pub const fn entry(gates: Gates) -> &'static str {
+        match gates {
+            Gates::Exp => "mlstm_bwd_recurrent_exp_f32",
+            Gates::Sig => "mlstm_bwd_recurrent_sig_f32",
+            Gates::SigNoNorm => "mlstm_bwd_recurrent_signn_f32",
+        }
+    }
+}
+
 /// Which backward kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BwdKernel {
@@ -385,6 +456,7 @@ mod tests {
         assert!(state::smem_bytes() <= HOPPER_SMEM);
         assert!(scores::smem_bytes() <= HOPPER_SMEM);
         assert!(combine::smem_bytes() <= HOPPER_SMEM);
+        assert!(recurrent::smem_bytes(1024) <= HOPPER_SMEM);
         // Two combine and two score blocks per SM.
         assert!(2 * (combine::smem_bytes() + 1024) <= 228 * 1024);
     }
@@ -411,6 +483,31 @@ mod tests {
             assert_eq!(l % combine::TILE, 0);
             assert_eq!(l % state::SUB_L, 0);
         }
+    }
+
+    #[test]
+    fn recurrent_segments_bound_the_scratch() {
+        // About 2√L slots: checkpoints plus one segment's states.
+        let want = [
+            (64, 8, 16),
+            (128, 16, 24),
+            (256, 16, 32),
+            (512, 32, 48),
+            (1024, 32, 64),
+        ];
+        for (l, seg, slots) in want {
+            assert_eq!(
+                (recurrent::segment(l), recurrent::slots(l)),
+                (seg, slots),
+                "L = {l}"
+            );
+        }
+        // Every head dim fits the threads' rows; the scratch has a tile for ñ.
+        assert_eq!(
+            recurrent::ROWS_PER_THREAD * recurrent::THREADS,
+            crate::MAX_HEAD_DIM
+        );
+        assert_eq!(recurrent::scratch_tiles(512), 33);
     }
 
     #[test]

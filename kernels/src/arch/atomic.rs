@@ -18,3 +18,16 @@ pub unsafe fn add_acq_rel_gpu_u32(ptr: u64, v: u32) -> u32 {
     };
     old
 }
+
+/// `red.global.add.f32`: adds `v` to the f32 at `ptr` (relaxed; no value returned).
+///
+/// # Safety
+/// `ptr` is a 4-byte aligned global address of an f32 that other threads access only
+/// atomically during the kernel.
+#[inline(always)]
+pub unsafe fn red_add_f32(ptr: u64, v: f32) {
+    unsafe {
+        asm!("red.global.add.f32 [{p}], {v};", p = in(reg64) ptr, v = in(reg32) v,
+             options(nostack))
+    };
+}

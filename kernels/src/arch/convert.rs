@@ -19,6 +19,8 @@ pub trait Elem {
 pub struct Bf16;
 /// IEEE half.
 pub struct F16;
+/// f32 (no tensor-core path: a marker for the kernels with an f32 instance).
+pub struct F32;
 
 impl Elem for Bf16 {
     #[inline(always)]

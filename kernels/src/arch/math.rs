@@ -33,11 +33,19 @@ pub fn exp(x: f32) -> f32 {
     exp2(x * LOG2_E)
 }
 
-/// log σ(x) = min(x, 0) − ln(1 + e^{−|x|}), exact in the tails.
+/// log σ(x) = min(x, 0) − ln(1 + e^{−|x|}), to a few ulp in both tails: for t = e^{−|x|} below
+/// 2⁻⁷ ln(1 + t) is its series t − t²/2 + t³/3 (relative error < t³/4), since 1 + t rounds
+/// away most of t's digits there and lg2.approx is accurate to ~2⁻²² absolute only (a forget
+/// gate near 1 would get λ wrong by up to 100%, a drift the f32 path would sum over the steps).
 #[inline(always)]
 pub fn log_sigmoid(x: f32) -> f32 {
     let t = exp2(-x.abs() * LOG2_E);
-    x.min(0.0) - log2(1.0 + t) * LN_2
+    let ln1p = if t < 1.0 / 128.0 {
+        t * (1.0 - t * (0.5 - t * (1.0 / 3.0)))
+    } else {
+        log2(1.0 + t) * LN_2
+    };
+    x.min(0.0) - ln1p
 }
 
 /// σ(x) = 1 / (1 + e^{−x}), from e^{−|x|} so neither tail overflows.

@@ -9,16 +9,61 @@
 //! dh_i·h_i, from which Exact mode's ds_i = −sign(s_i)(dh_i·h_i)/den_i (where the floor is
 //! not taken) and, for mLSTMexp, the direct gradient of m_i through eps,
 //! −(dh_i·h_i)·eps/den_i (h = num/(max(|s|,1) + eps·e^m) in unstabilized terms).
+//!
+//! For f32 inputs the reverse walk (`bwd_recurrent_f32`) accumulates dq, dk, dĩ, df̃ and the
+//! state dots with atomics; this kernel, the first of the pass, also zeroes them.
 use super::gates::GateKind;
-use crate::arch::convert::Elem;
+use crate::arch::convert::{Bf16, Elem, F16, F32};
 use crate::arch::{global, math, shfl, thread};
-use tfla_params::bwd::{BwdParams, rows::*};
+use tfla_params::bwd::{BwdParams, rows::*, state};
+
+/// How this kernel reads h and dh, per input dtype.
+pub trait RowInput {
+    /// Elements per 16-byte load.
+    const PER_LOAD: u32;
+    /// Whether the backward accumulates its outputs with atomics (the f32 path).
+    const ZEROES_ACCUMULATORS: bool;
+    /// Σ a_e·b_e over the elements of two 16-byte loads.
+    fn dot(a: [u32; 4], b: [u32; 4]) -> f32;
+}
+
+macro_rules! row_input_16bit {
+    ($($t:ty),*) => {$(
+        impl RowInput for $t {
+            const PER_LOAD: u32 = 8;
+            const ZEROES_ACCUMULATORS: bool = false;
+            #[inline(always)]
+            fn dot(a: [u32; 4], b: [u32; 4]) -> f32 {
+                let mut x = 0f32;
+                unroll!(4, e => {
+                    let ((a0, a1), (b0, b1)) = (<$t>::unpack(a[e]), <$t>::unpack(b[e]));
+                    x += a0 * b0 + a1 * b1;
+                });
+                x
+            }
+        }
+    )*};
+}
+row_input_16bit!(Bf16, F16);
+
+impl RowInput for F32 {
+    const PER_LOAD: u32 = 4;
+    const ZEROES_ACCUMULATORS: bool = true;
+    #[inline(always)]
+    fn dot(a: [u32; 4], b: [u32; 4]) -> f32 {
+        let mut x = 0f32;
+        unroll!(4, e => {
+            x += f32::from_bits(a[e]) * f32::from_bits(b[e]);
+        });
+        x
+    }
+}
 
 /// # Safety
 /// Launched with `grid(p)` and THREADS threads after the forward pass wrote h, its chunk
 /// states, gate vectors and row readouts, on parameters validated by the host.
 #[inline(always)]
-pub unsafe fn bwd_rows<E: Elem, G: GateKind>(p: &BwdParams) {
+pub unsafe fn bwd_rows<E: RowInput, G: GateKind>(p: &BwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
     let (bx, bh, _) = thread::block_idx();
@@ -35,29 +80,26 @@ pub unsafe fn bwd_rows<E: Elem, G: GateKind>(p: &BwdParams) {
         "the unroll! counts below assume 4 rows per warp"
     );
     let row_of = |x: usize| bx * ROWS + warp + WARPS * x as u32;
-    // dh·h per row: 8 elements per lane per 16-byte load, 256 per warp and pass.
+    // dh·h per row: one 16-byte load per lane, 32·PER_LOAD elements per warp and pass.
+    let elem_bytes = (16 / E::PER_LOAD) as u64;
     let mut hd = [0f32; PER_WARP];
     if G::NORMALIZED {
         let mut c0 = 0;
         while c0 < dhv {
-            let c = c0 + 8 * lane;
+            let c = c0 + E::PER_LOAD * lane;
             let mut dv = [[0u32; 4]; PER_WARP];
             let mut hv = [[0u32; 4]; PER_WARP];
             unroll!(4, x => {
                 let r = row_of(x);
                 let ok = r < s && c < dhv;
-                let at = ((head * s as u64 + r as u64) * dhv as u64 + c as u64) * 2;
+                let at = ((head * s as u64 + r as u64) * dhv as u64 + c as u64) * elem_bytes;
                 dv[x] = unsafe { global::ld_nc_v4_b32_or_zero(ok, p.ptr.dh + at) };
                 hv[x] = unsafe { global::ld_nc_v4_b32_or_zero(ok, p.ptr.h + at) };
             });
             unroll!(4, x => {
-                unroll!(4, e => {
-                    let (d0, d1) = E::unpack(dv[x][e]);
-                    let (h0, h1) = E::unpack(hv[x][e]);
-                    hd[x] += d0 * h0 + d1 * h1;
-                });
+                hd[x] += E::dot(dv[x], hv[x]);
             });
-            c0 += 256;
+            c0 += 32 * E::PER_LOAD;
         }
         unroll!(4, x => {
             unroll!(5, b => {
@@ -125,4 +167,46 @@ pub unsafe fn bwd_rows<E: Elem, G: GateKind>(p: &BwdParams) {
             unsafe { global::st_f32(at, v) };
         }
     });
+    if E::ZEROES_ACCUMULATORS {
+        unsafe { zero_accumulators(p, bx, head) };
+    }
+}
+
+/// Zeroes this block's rows of dq, dk (f32, 16-byte stores), dĩ and df̃, and with the first
+/// row block the head's state dots.
+///
+/// # Safety
+/// f32 gradients; called by every thread of the block.
+#[inline(always)]
+unsafe fn zero_accumulators(p: &BwdParams, bx: u32, head: u64) {
+    let tid = thread::thread_idx();
+    let (s, dqk) = (p.s, p.dqk);
+    let quads = dqk / 4; // DQK is a multiple of 16
+    let mut x = tid;
+    while x < ROWS * quads {
+        let r = bx * ROWS + x / quads;
+        let at = ((head * s as u64 + r as u64) * dqk as u64 + 4 * (x % quads) as u64) * 4;
+        unsafe {
+            global::st_v4_b32_if(r < s, p.ptr.dq + at, [0; 4]);
+            global::st_v4_b32_if(r < s, p.ptr.dk + at, [0; 4]);
+        }
+        x += THREADS;
+    }
+    if tid < ROWS {
+        let r = bx * ROWS + tid;
+        let at = (head * s as u64 + r as u64) * 4;
+        unsafe {
+            global::st_b32_if(r < s, p.ptr.di + at, 0);
+            global::st_b32_if(r < s, p.ptr.df + at, 0);
+        }
+    }
+    if bx == 0 {
+        let len = (p.num_chunks + 2) * state::MAX_TILES;
+        let base = p.ptr.state_dots + head * len as u64 * 4;
+        let mut x = tid;
+        while x < len {
+            unsafe { global::st_f32(base + x as u64 * 4, 0.0) };
+            x += THREADS;
+        }
+    }
 }

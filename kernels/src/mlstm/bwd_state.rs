@@ -164,9 +164,16 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
             for half in 0..2 {
                 let e = 2 * half;
                 let (idx, inside) = at(nb, e);
-                let ptr = p.ptr.c_states + (hk * (dqk as u64) * (dhv as u64) + idx) * 2;
-                let (c0, c1) = E::unpack(unsafe { global::ld_nc_f32_or_zero(inside, ptr) }.to_bits());
-                dot += acc[nb][e] * c0 + acc[nb][e + 1] * c1;
+                // C'_0 as given (f32), not rounded to the input dtype as the chunk states are.
+                let (x0, x1) = if k == 0 && p.ptr.c0 != 0 {
+                    let at = p.ptr.c0 + (head * (dqk as u64) * (dhv as u64) + idx) * 4;
+                    let [x0, x1] = unsafe { global::ld_v2_f32_or_zero(inside, at) };
+                    (x0, x1)
+                } else {
+                    let ptr = p.ptr.c_states + (hk * (dqk as u64) * (dhv as u64) + idx) * 2;
+                    E::unpack(unsafe { global::ld_nc_f32_or_zero(inside, ptr) }.to_bits())
+                };
+                dot += acc[nb][e] * x0 + acc[nb][e + 1] * x1;
             }
         });
         if with_n && lane % 4 == 0 {

@@ -5,6 +5,7 @@ mod block;
 mod bwd_combine;
 mod bwd_gates;
 mod bwd_max_path;
+mod bwd_recurrent_f32;
 mod bwd_rows;
 mod bwd_scores;
 mod bwd_state;
@@ -17,10 +18,10 @@ mod slots;
 mod stage;
 mod step;
 
-use crate::arch::convert::{Bf16, F16};
+use crate::arch::convert::{Bf16, F16, F32};
 use bwd_combine::{Dk, Dq, Dv};
 use gates::{ExpGates, SigGates, SigNoNormGates};
-use step::{F32, StateBf16, StateF32};
+use step::{StateBf16, StateF32};
 use tfla_params::bwd::BwdParams;
 use tfla_params::fwd::FwdParams;
 use tfla_params::step::StepParams;
@@ -104,6 +105,14 @@ entry! {
     mlstm_bwd_gates_exp = bwd_gates<ExpGates>;
     mlstm_bwd_gates_sig = bwd_gates<SigGates>;
     mlstm_bwd_gates_signn = bwd_gates<SigNoNormGates>;
+    // f32 inputs: the rows kernel (which also zeroes what the walk accumulates), then the
+    // reverse recurrence on the CUDA cores (`tfla_params::bwd::recurrent`).
+    mlstm_bwd_rows_exp_f32 = bwd_rows<F32, ExpGates>;
+    mlstm_bwd_rows_sig_f32 = bwd_rows<F32, SigGates>;
+    mlstm_bwd_rows_signn_f32 = bwd_rows<F32, SigNoNormGates>;
+    mlstm_bwd_recurrent_exp_f32 = bwd_recurrent_f32<ExpGates>;
+    mlstm_bwd_recurrent_sig_f32 = bwd_recurrent_f32<SigGates>;
+    mlstm_bwd_recurrent_signn_f32 = bwd_recurrent_f32<SigNoNormGates>;
 }
 
 /// PTX entry point of the max-state path (mLSTMexp only; see `tfla_params::bwd::entry_name`).

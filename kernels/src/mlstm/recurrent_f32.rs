@@ -147,7 +147,10 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
         } else {
             0.0
         };
-        let (decay, gain) = (math::exp(lambda + m - m_new), math::exp(iota - m_new));
+        // m − m_new first, exact where the two are close (Sterbenz): the decays then telescope
+        // to e^{Σλ + m_0 − m_t} in the stored m's. λ + m first would round λ away where
+        // |λ| ≪ |m| (forget gates near 1), a drift of an ulp of m per step.
+        let (decay, gain) = (math::exp(lambda + (m - m_new)), math::exp(iota - m_new));
         m = m_new;
         let v = unsafe { global::ld_nc_f32_or_zero(col_ok, gv + ((t * dhv + col) as u64) * 4) };
 

@@ -50,7 +50,7 @@
 use super::block::{self, Add};
 use super::gates::GateKind;
 use super::slots::step_state_head;
-use crate::arch::convert::{Bf16, Elem, F16};
+use crate::arch::convert::{Bf16, Elem, F16, F32};
 use crate::arch::{atomic, global, math, shared, shfl, thread};
 use tfla_params::step::*;
 
@@ -74,9 +74,6 @@ pub trait StepInput {
     /// Where `pred` holds: `ptr` is aligned to four elements, all writable by this thread only.
     unsafe fn st_quad(pred: bool, ptr: u64, x: [f32; 4]);
 }
-
-/// f32 inputs (a marker: the 16-bit types are `arch::convert`'s).
-pub struct F32;
 
 impl StepInput for F32 {
     const BYTES: u32 = 4;
@@ -288,7 +285,8 @@ pub unsafe fn step<I: StepInput, S: StepState, G: GateKind>(p: &StepParams) {
     } else {
         0.0
     };
-    let (decay, gain) = (math::exp(lambda + m_old - m_new), math::exp(iota - m_new));
+    // m_old − m_new first (see `recurrent_f32`): no drift of an ulp of m per step.
+    let (decay, gain) = (math::exp(lambda + (m_old - m_new)), math::exp(iota - m_new));
     let q2 = q2.map(|x| x * p.scale);
     let n_new = [decay * n2[0] + gain * k2[0], decay * n2[1] + gain * k2[1]];
     // C̃' = decay·C̃ + k (gain·v)ᵀ.
