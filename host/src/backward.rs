@@ -72,7 +72,7 @@ impl<'a> MlstmGradOutputs<'a> {
     }
 }
 
-fn expect_dtype(arg: &'static str, t: &Tensor, dtype: Dtype) -> Result<()> {
+pub(crate) fn expect_dtype(arg: &'static str, t: &Tensor, dtype: Dtype) -> Result<()> {
     if t.dtype() != dtype {
         return Err(Error::Dtype {
             arg,
@@ -137,6 +137,7 @@ fn workspace_layout(
     dims: &Dims,
     dtype: Dtype,
     chunk: usize,
+    seqs: usize,
 ) -> [(&'static str, Dtype, Vec<usize>); 9] {
     let (bh, dqk, dhv) = (dims.bh(), dims.dqk, dims.dhv);
     let nc = dims.s.div_ceil(chunk);
@@ -165,7 +166,11 @@ fn workspace_layout(
         (
             "state_dots",
             f32_,
-            vec![bh, nc + 2, bwd::state::MAX_TILES as usize],
+            vec![
+                bh,
+                bwd::state::dots_per_head(nc as u32, seqs as u32) as usize,
+                bwd::state::MAX_TILES as usize,
+            ],
         ),
         (
             "pair_sums",
@@ -187,7 +192,18 @@ fn workspace_layout(
 impl BwdWorkspace {
     /// Allocates the scratch for `dims`, the input `dtype` and chunk size `chunk`.
     pub fn alloc(rt: &Runtime, dims: &Dims, dtype: Dtype, chunk: usize) -> Result<Self> {
-        let [rc, dcs, dns, sp, sdp, rd, sd, ps, seg] = workspace_layout(dims, dtype, chunk)
+        Self::alloc_for(rt, dims, dtype, chunk, 1)
+    }
+
+    /// The scratch for `seqs` sequences per head (a packed batch).
+    pub(crate) fn alloc_for(
+        rt: &Runtime,
+        dims: &Dims,
+        dtype: Dtype,
+        chunk: usize,
+        seqs: usize,
+    ) -> Result<Self> {
+        let [rc, dcs, dns, sp, sdp, rd, sd, ps, seg] = workspace_layout(dims, dtype, chunk, seqs)
             .map(|(_, dt, shape)| Tensor::uninit(rt, dt, &shape));
         Ok(BwdWorkspace {
             chunk_size: chunk,
@@ -230,7 +246,7 @@ impl BwdWorkspace {
                 reason: "the gradients were allocated for another chunk size",
             });
         }
-        for ((arg, dt, shape), t) in workspace_layout(dims, dtype, chunk)
+        for ((arg, dt, shape), t) in workspace_layout(dims, dtype, chunk, 1)
             .into_iter()
             .zip(self.tensors())
         {
@@ -477,6 +493,7 @@ pub fn bwd_pointers(
         state_dots: ws.state_dots.device_ptr(),
         pair_sums: ws.pair_sums.device_ptr(),
         segments: ws.segments.device_ptr(),
+        seq_chunks: 0,
         dq: grads.dq.device_ptr(),
         dk: grads.dk.device_ptr(),
         dv: grads.dv.device_ptr(),
@@ -514,6 +531,34 @@ pub unsafe fn mlstm_bwd_raw(
     cfg: &MlstmConfig,
     mode: GradMode,
 ) -> Result<()> {
+    if ptrs.seq_chunks != 0 {
+        return Err(Error::Invalid {
+            arg: "seq_chunks",
+            value: format!("{:#x}", ptrs.seq_chunks),
+            reason: "packed variable-length batches go through crate::varlen",
+        });
+    }
+    // SAFETY: this function's contract; one sequence per head.
+    unsafe { launch_bwd(rt, stream, ptrs, dims, dtype, cfg, mode, 1) }
+}
+
+/// [`mlstm_bwd_raw`] for `seqs` sequences per head (a packed batch, `crate::varlen`, which has
+/// checked `ptrs.seq_chunks`; the workspace's state dots sized for `seqs`).
+///
+/// # Safety
+/// As [`mlstm_bwd_raw`], with the initial and final states and their gradients of `seqs`
+/// batch rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn launch_bwd(
+    rt: &Runtime,
+    stream: &Stream,
+    ptrs: &BwdPointers,
+    dims: Dims,
+    dtype: Dtype,
+    cfg: &MlstmConfig,
+    mode: GradMode,
+    seqs: u32,
+) -> Result<()> {
     dims.validate()?;
     let path = BwdPath::of(dtype);
     let chunk = cfg.chunk_for(&dims)?;
@@ -530,6 +575,7 @@ pub unsafe fn mlstm_bwd_raw(
         scale,
         eps: cfg.eps,
         exact: (mode == GradMode::Exact) as u32,
+        seqs,
     };
     let launches = bwd_launches(&params, kernel_gates(cfg.variant), path);
     for l in &launches {
@@ -732,7 +778,7 @@ mod tests {
     #[test]
     fn workspace_layout_matches_the_pointer_contract() {
         let d = dims(1000, 80, 272);
-        let l = workspace_layout(&d, Dtype::Bf16, 256);
+        let l = workspace_layout(&d, Dtype::Bf16, 256, 1);
         let shape = |name: &str| l.iter().find(|(n, ..)| *n == name).unwrap().2.clone();
         // NC = 4, NC·L = 1024, BH = 6.
         assert_eq!(shape("row_coef"), [bwd::rows::PLANES as usize, 6, 1024]);
@@ -758,6 +804,7 @@ mod tests {
             dhv: 128,
             chunk: 128,
             num_chunks: 8,
+            seqs: 1,
             ..Default::default()
         };
         let names = |l: &[Launch]| l.iter().map(|l| l.name).collect::<Vec<_>>();
@@ -881,7 +928,7 @@ mod tests {
     #[test]
     fn f32_path_needs_only_its_workspace() {
         let d = dims(1000, 80, 272);
-        let l = workspace_layout(&d, Dtype::F32, 256);
+        let l = workspace_layout(&d, Dtype::F32, 256, 1);
         let numel = |name| numel_of(&l, name);
         for name in [
             "dc_states",
@@ -897,7 +944,7 @@ mod tests {
         assert_eq!(numel("segments"), 6 * 18 * 32 * 80 * 16);
         assert_eq!(numel("state_dots"), 6 * 6 * bwd::state::MAX_TILES as usize);
         assert_eq!(
-            numel_of(&workspace_layout(&d, Dtype::Bf16, 256), "segments"),
+            numel_of(&workspace_layout(&d, Dtype::Bf16, 256, 1), "segments"),
             0
         );
     }

@@ -259,7 +259,7 @@ impl MlstmOutputs {
 
     /// [`MlstmOutputs::alloc`]; without `finals` (a forward with a state pool) c, n, m are
     /// empty.
-    fn alloc_with(
+    pub(crate) fn alloc_with(
         rt: &Runtime,
         dims: &Dims,
         dtype: Dtype,
@@ -344,7 +344,7 @@ impl MlstmOutputs {
 
     /// Checks that these outputs were allocated for `dims`, `dtype` and the chunk size of
     /// `cfg`; the final states c, n, m only with `finals` (a forward with a pool writes none).
-    fn check_shapes(
+    pub(crate) fn check_shapes(
         &self,
         dims: &Dims,
         dtype: Dtype,
@@ -512,6 +512,7 @@ pub fn fwd_pointers(inputs: &MlstmInputs, out: &MlstmOutputs) -> FwdPointers {
         m_rows: stats(|r| &r.m),
         norm_rows: stats(|r| &r.norm),
         slots: 0,
+        seq_chunks: 0,
     }
 }
 
@@ -537,6 +538,31 @@ pub unsafe fn mlstm_fwd_raw(
     dims: Dims,
     dtype: Dtype,
     cfg: &MlstmConfig,
+) -> Result<()> {
+    if ptrs.seq_chunks != 0 {
+        return Err(Error::Invalid {
+            arg: "seq_chunks",
+            value: format!("{:#x}", ptrs.seq_chunks),
+            reason: "packed variable-length batches go through crate::varlen",
+        });
+    }
+    // SAFETY: this function's contract; one sequence per head.
+    unsafe { launch_fwd(rt, stream, ptrs, dims, dtype, cfg, 1) }
+}
+
+/// [`mlstm_fwd_raw`] for `seqs` sequences per head (`ptrs.seq_chunks` their chunk offsets when
+/// `seqs` > 1: a packed batch, `crate::varlen`, which has checked the table).
+///
+/// # Safety
+/// As [`mlstm_fwd_raw`], with the initial and final states (and slots) of `seqs` batch rows.
+pub(crate) unsafe fn launch_fwd(
+    rt: &Runtime,
+    stream: &Stream,
+    ptrs: &FwdPointers,
+    dims: Dims,
+    dtype: Dtype,
+    cfg: &MlstmConfig,
+    seqs: u32,
 ) -> Result<()> {
     dims.validate()?;
     let chunk = cfg.chunk_for(&dims)?;
@@ -609,6 +635,7 @@ pub unsafe fn mlstm_fwd_raw(
         num_chunks: dims.s.div_ceil(chunk) as u32,
         scale,
         eps: cfg.eps,
+        seqs,
     };
     let launches = fwd_launches(&params, gates, dtype);
     for l in &launches {

@@ -25,6 +25,7 @@ pub mod slots;
 pub mod step;
 pub mod tensor;
 pub mod variant;
+pub mod varlen;
 
 pub use backward::{
     BwdPointers, BwdWorkspace, MlstmGradOutputs, MlstmGrads, bwd_pointers, mlstm_bwd,
@@ -44,3 +45,7 @@ pub use step::{
 };
 pub use tensor::{Dtype, Tensor};
 pub use variant::Variant;
+pub use varlen::{
+    VarlenDims, VarlenGradOutputs, VarlenGrads, VarlenInputs, VarlenOutputs, mlstm_bwd_varlen,
+    mlstm_fwd_varlen,
+};

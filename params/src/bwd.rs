@@ -75,8 +75,9 @@ pub struct BwdPointers {
     /// Partial row dot products per output column tile, `combine::DOT_PLANES` planes of
     /// (BH, NC·L, combine::MAX_COL_TILES) f32 (see [`combine`]).
     pub row_dots: u64,
-    /// Partial state dots per state tile, (BH, NC + 2, state::MAX_TILES) f32: for chunk k < NC
-    /// A_k = γ_k ⟨dC'_{k+1}, C'_k⟩, then ⟨dC'_0, C'_0⟩, then ⟨dC'_S, C'_S⟩.
+    /// Partial state dots per state tile, (BH, `state::dots_per_head`, state::MAX_TILES) f32:
+    /// for chunk k < NC A_k = γ_k ⟨dC'_{k+1}, C'_k⟩, then per sequence n ⟨dC'_0, C'_0⟩ and
+    /// ⟨dC'_S, C'_S⟩ (`state::init_dot`, `state::final_dot`).
     pub state_dots: u64,
     /// Partial sums of the pair gradients G_ij = W_ij (q̂_i·k_j)(dnum'_i·v'_j), j < i, over one
     /// score tile: plane 0 row sums (BH, NC·L, L / scores::TILE) indexed by the column tile,
@@ -86,6 +87,9 @@ pub struct BwdPointers {
     /// `recurrent::slots(L)` slabs of DQK × `recurrent::TILE` f32 (see
     /// [`recurrent::segments_len`]).
     pub segments: u64,
+    /// Packed variable-length batch: as `fwd::FwdPointers::seq_chunks` (B = 1; sequence n's
+    /// initial and final states and their gradients are at state head n·BH + bh).
+    pub seq_chunks: u64,
 
     // Outputs.
     /// dq, dk (BH, S, DQK), dv (BH, S, DHV) in the input dtype.
@@ -118,6 +122,8 @@ pub struct BwdParams {
     /// 1: the exact gradient (through the denominator and the max state); 0: the denominator
     /// and m held constant (DetachedNormalizer).
     pub exact: u32,
+    /// Sequences per head (1 unless `ptr.seq_chunks` is set).
+    pub seqs: u32,
 }
 
 impl BwdParams {
@@ -185,9 +191,20 @@ pub mod state {
     pub const fn tiles(dqk: u32, dhv: u32) -> u32 {
         div_ceil(dqk, TILE_QK) * div_ceil(dhv, TILE_HV)
     }
-    /// (tiles of the state, BH, 1), DHV tile fastest (as the forward).
+    /// (tiles of the state, BH, sequences), DHV tile fastest (as the forward).
     pub const fn grid(p: &BwdParams) -> (u32, u32, u32) {
-        (tiles(p.dqk, p.dhv), p.bh, 1)
+        (tiles(p.dqk, p.dhv), p.bh, p.seqs)
+    }
+    /// Rows of one head's state dots: A_k per chunk, then two per sequence.
+    pub const fn dots_per_head(num_chunks: u32, seqs: u32) -> u32 {
+        num_chunks + 2 * seqs
+    }
+    /// The row of sequence n's ⟨dC'_0, C'_0⟩, and of its ⟨dC'_S, C'_S⟩.
+    pub const fn init_dot(num_chunks: u32, n: u32) -> u32 {
+        num_chunks + 2 * n
+    }
+    pub const fn final_dot(num_chunks: u32, n: u32) -> u32 {
+        num_chunks + 2 * n + 1
     }
 }
 
@@ -301,9 +318,9 @@ pub mod max_path {
     pub const fn smem_bytes() -> u32 {
         2 * WARPS * 4
     }
-    /// (BH, 1, 1).
+    /// (BH, sequences, 1).
     pub const fn grid(p: &BwdParams) -> (u32, u32, u32) {
-        (p.bh, 1, 1)
+        (p.bh, p.seqs, 1)
     }
 }
 
@@ -353,7 +370,8 @@ pub mod recurrent {
     pub const fn columns(p: &BwdParams, gates: Gates) -> u32 {
         p.dhv + p.normalizer_path(gates) as u32
     }
-    /// (column tiles, BH, 1).
+    /// (column tiles, BH, 1): a packed batch's sequences are walked one after another, so
+    /// the scratch is one block's, not one per sequence.
     pub const fn grid(p: &BwdParams, gates: Gates) -> (u32, u32, u32) {
         (div_ceil(columns(p, gates), TILE), p.bh, 1)
     }
@@ -470,6 +488,7 @@ mod tests {
             dhv: 272,
             chunk: 256,
             num_chunks: 4,
+            seqs: 1,
             ..Default::default()
         };
         assert_eq!(rows::grid(&p), (64, 6, 1));

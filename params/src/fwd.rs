@@ -69,6 +69,11 @@ pub struct FwdPointers {
     /// that every slot is below the pool's slot count and that no two rows share one (two
     /// rows writing one slot would race).
     pub slots: u64,
+    /// Packed variable-length batch (`crate::seqs`): the first chunk of each of the
+    /// `FwdParams::seqs` sequences and the end, (seqs + 1,) u32; 0 for one sequence per head.
+    /// With it, B = 1, sequence n's initial and final states are those of batch row n (of the
+    /// slot of row n, with `slots`).
+    pub seq_chunks: u64,
 }
 
 /// Parameters of every forward kernel, passed by value. Built only from validated host
@@ -90,6 +95,8 @@ pub struct FwdParams {
     /// q̂ = q·scale.
     pub scale: f32,
     pub eps: f32,
+    /// Sequences per head (1 unless `ptr.seq_chunks` is set).
+    pub seqs: u32,
 }
 
 /// Padding, in elements, added to every shared-memory row of 16-bit elements: rows then start
@@ -128,9 +135,14 @@ pub mod state {
         SUB_L * (TILE_HV + SMEM_ROW_PAD) * 2
     }
 
-    /// (tiles of the state, BH, 1): x enumerates (DQK tile, DHV tile) with the DHV tile fastest.
+    /// (tiles of the state, BH, sequences): x enumerates (DQK tile, DHV tile) with the DHV
+    /// tile fastest; each block walks the chunks of one sequence.
     pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
-        (div_ceil(p.dqk, TILE_QK) * div_ceil(p.dhv, TILE_HV), p.bh, 1)
+        (
+            div_ceil(p.dqk, TILE_QK) * div_ceil(p.dhv, TILE_HV),
+            p.bh,
+            p.seqs,
+        )
     }
 }
 
@@ -230,9 +242,9 @@ pub mod recurrent {
         (dqk * TILE_HV + 3 * dqk + ROW_GROUPS * TILE_HV + WARPS) * 4
     }
 
-    /// (DHV / TILE_HV, BH, 1).
+    /// (DHV / TILE_HV, BH, sequences).
     pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
-        (div_ceil(p.dhv, TILE_HV), p.bh, 1)
+        (div_ceil(p.dhv, TILE_HV), p.bh, p.seqs)
     }
 
     /// Entry point of the f32 recurrence for `gates`.
@@ -314,6 +326,7 @@ mod tests {
             dhv: 272,
             chunk: 256,
             num_chunks: 4,
+            seqs: 1,
             ..Default::default()
         };
         // DQK tiles × DHV tiles of the state.

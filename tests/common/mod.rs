@@ -134,10 +134,11 @@ pub fn bwd_tolerance(dtype: Dtype, name: &str) -> f64 {
         Dtype::F16 => 5e-3,
         // f32 (the reverse recurrence, no 16-bit rounding): 2e-7 where the normalizer
         // readout s = ñᵀq̂ is well conditioned; otherwise the error follows its condition
-        // number κ = ‖ñ‖‖q̂‖/|s| (up to ~10³ for mLSTMexp in these draws), since the forward's
-        // f32 s carries κ·1e-7 into ρ = 1/den and δ. Measured: up to 1.2e-4 with random
-        // gates (mLSTMexp), 1.7e-3 with forget gates near 1.
-        Dtype::F32 => 5e-3,
+        // number κ = ‖ñ‖‖q̂‖/|s|, since the forward's f32 s carries ~κ·1e-7 into ρ = 1/den and
+        // δ, and the row with the smallest |s| has the largest gradient. Measured: up to
+        // 1.2e-4 with random gates (mLSTMexp), 2.4e-3 with big input gates (mLSTMexp,
+        // detached denominator).
+        Dtype::F32 => 1e-2,
     };
     if name == "dn0" { 3.0 * base } else { base }
 }

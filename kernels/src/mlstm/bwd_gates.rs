@@ -18,6 +18,7 @@
 //! mLSTMexp in Exact mode adds the path through the max state on top (`bwd_max_path`).
 use super::block::{self, Add};
 use super::gates::GateKind;
+use super::seqs::seq_of_chunk;
 use crate::arch::{global, math, shared, shfl, thread};
 use tfla_params::bwd::combine::{self, DOT_K, DOT_K_INTER, DOT_Q_INTER, MAX_COL_TILES};
 use tfla_params::bwd::{BwdParams, gates::*, scores, state};
@@ -77,7 +78,9 @@ pub unsafe fn bwd_gates<G: GateKind>(p: &BwdParams) {
     // A_k, summed over the state tiles by the first warp.
     if tid < 32 {
         let state_tiles = state::tiles(p.dqk, p.dhv);
-        let at = (head * (nc + 2) as u64 + k as u64) * state::MAX_TILES as u64 + tid as u64;
+        let at = (head * state::dots_per_head(nc, p.seqs) as u64 + k as u64)
+            * state::MAX_TILES as u64
+            + tid as u64;
         let mut a =
             unsafe { global::ld_nc_f32_or_zero(tid < state_tiles, p.ptr.state_dots + at * 4) };
         unroll!(5, b => {
@@ -124,7 +127,9 @@ pub unsafe fn bwd_gates<G: GateKind>(p: &BwdParams) {
     }
     // dm0 without the max-state path (mLSTMsig, or DetachedNormalizer): zero.
     let max_path = G::STABILIZED && p.exact != 0;
-    if !max_path && k == 0 && tid == 0 && p.ptr.dm0 != 0 {
-        unsafe { global::st_f32(p.ptr.dm0 + head * 4, 0.0) };
+    let (seq, first) = unsafe { seq_of_chunk(p.ptr.seq_chunks, p.seqs, k) };
+    if !max_path && first && tid == 0 && p.ptr.dm0 != 0 {
+        let sh = seq as u64 * p.bh as u64 + head;
+        unsafe { global::st_f32(p.ptr.dm0 + sh * 4, 0.0) };
     }
 }

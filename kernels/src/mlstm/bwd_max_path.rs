@@ -10,6 +10,10 @@
 //! G is a reverse scan of affine maps x ↦ dm_t + c_{t+1}·x: every thread composes the maps of
 //! its contiguous run of steps, the runs' maps are composed across the block (a warp shuffle
 //! scan, then one over the warps), and every thread walks its run again with its carry.
+//!
+//! In a packed variable-length batch (`super::seqs`) each block scans one sequence (grid y):
+//! its steps, seeded by its final-state gradients, ending in its dm0.
+use super::seqs::chunk_range;
 use crate::arch::{global, math, shared, shfl, thread};
 use tfla_params::bwd::{BwdParams, max_path::*, rows, state};
 
@@ -20,9 +24,13 @@ use tfla_params::bwd::{BwdParams, max_path::*, rows, state};
 pub unsafe fn bwd_max_path(p: &BwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
-    let bh = thread::block_idx().0;
+    let (bh, seq, _) = thread::block_idx();
     let (l, s, nc) = (p.chunk, p.s, p.num_chunks);
     let head = bh as u64;
+    // This block's steps [t_lo, t_hi) and its state head (B = 1 when packed).
+    let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
+    let (t_lo, t_hi) = (k_lo * l, (k_hi * l).min(s));
+    let sh = seq as u64 * p.bh as u64 + head;
     let padded = (nc * l) as u64;
     let (sa, sd) = (shared::base(), shared::base() + 4 * WARPS);
 
@@ -32,7 +40,7 @@ pub unsafe fn bwd_max_path(p: &BwdParams) {
     // c_t = [λ_t + m_{t−1} ≥ ι_t], m_{t−1} the forward's row max of the previous step (the
     // chunk's entry state at a chunk start); c_S = 1 connects the last step to the seed.
     let c = |t: u32| -> f32 {
-        if t >= s {
+        if t >= t_hi {
             return 1.0;
         }
         let k = t / l;
@@ -63,8 +71,10 @@ pub unsafe fn bwd_max_path(p: &BwdParams) {
         )
     };
     let state_dot = |x: u32| -> f32 {
-        let base =
-            p.ptr.state_dots + (head * (nc + 2) as u64 + x as u64) * state::MAX_TILES as u64 * 4;
+        let base = p.ptr.state_dots
+            + (head * state::dots_per_head(nc, p.seqs) as u64 + x as u64)
+                * state::MAX_TILES as u64
+                * 4;
         let mut v = 0f32;
         for tile in 0..state::tiles(p.dqk, p.dhv) {
             v += unsafe { global::ld_nc_f32(base + tile as u64 * 4) };
@@ -74,8 +84,11 @@ pub unsafe fn bwd_max_path(p: &BwdParams) {
 
     // This thread's run, and its composed map G_start = d + a·G_end (G_end: G of the step
     // after the run).
-    let run = s.div_ceil(THREADS);
-    let (start, end) = ((tid * run).min(s), ((tid + 1) * run).min(s));
+    let run = (t_hi - t_lo).div_ceil(THREADS);
+    let (start, end) = (
+        t_lo + (tid * run).min(t_hi - t_lo),
+        t_lo + ((tid + 1) * run).min(t_hi - t_lo),
+    );
     let (mut a, mut d) = (1f32, 0f32);
     let mut t = end;
     while t > start {
@@ -102,11 +115,11 @@ pub unsafe fn bwd_max_path(p: &BwdParams) {
     // G after the block: the seed. Then the later warps' maps, then the later lanes' (the
     // inclusive value of lane + 1), give G at the end of this thread's run.
     let mut g_end = if p.ptr.dm_final != 0 {
-        unsafe { global::ld_nc_f32(p.ptr.dm_final + head * 4) }
+        unsafe { global::ld_nc_f32(p.ptr.dm_final + sh * 4) }
     } else {
         0.0
     };
-    g_end -= state_dot(nc + 1);
+    g_end -= state_dot(state::final_dot(nc, seq));
     let mut w = WARPS;
     while w > warp + 1 {
         w -= 1;
@@ -130,8 +143,13 @@ pub unsafe fn bwd_max_path(p: &BwdParams) {
             global::st_f32(pdf, global::ld_f32(pdf) + ct * g * math::sigmoid(-f));
             global::st_f32(pdi, global::ld_f32(pdi) + (1.0 - ct) * g);
         }
-        if t == 0 && p.ptr.dm0 != 0 {
-            unsafe { global::st_f32(p.ptr.dm0 + head * 4, state_dot(nc) + ct * g) };
+        if t == t_lo && p.ptr.dm0 != 0 {
+            unsafe {
+                global::st_f32(
+                    p.ptr.dm0 + sh * 4,
+                    state_dot(state::init_dot(nc, seq)) + ct * g,
+                )
+            };
         }
     }
 }

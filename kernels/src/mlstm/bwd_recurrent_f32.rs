@@ -18,8 +18,10 @@
 //! recomputed into its own slots and walked back. The slots are this block's part of the
 //! `segments` scratch, read and written only by the thread that owns the rows.
 use super::gates::GateKind;
+use super::seqs::chunk_range;
 use crate::arch::{atomic, global, math, shared, shfl, thread};
-use tfla_params::bwd::{BwdParams, recurrent::*, rows, state};
+use tfla_params::bwd::state::{self, dots_per_head, final_dot, init_dot};
+use tfla_params::bwd::{BwdParams, recurrent::*, rows};
 
 const T: usize = TILE as usize;
 const R: usize = ROWS_PER_THREAD as usize;
@@ -52,7 +54,9 @@ pub unsafe fn bwd_recurrent_f32<G: GateKind>(p: &BwdParams) {
 
     let row = |j: usize| tid + j as u32 * THREADS;
     let slab = (head * scratch_tiles(dhv) as u64 + bx as u64) * slots(l) as u64;
-    let slot_at = |x: u32, d: u32| p.ptr.segments + ((slab + x as u64) * dqk as u64 + d as u64) * (4 * TILE as u64);
+    let slot_at = |x: u32, d: u32| {
+        p.ptr.segments + ((slab + x as u64) * dqk as u64 + d as u64) * (4 * TILE as u64)
+    };
     let store_slot = |x: u32, c: &[[f32; T]; R]| {
         unroll!(2, j => {
             let d = row(j);
@@ -134,109 +138,140 @@ pub unsafe fn bwd_recurrent_f32<G: GateKind>(p: &BwdParams) {
         unroll!(5, o => { v += unsafe { shfl::xor_f32(v, 16 >> o) }; });
         if lane == 0 {
             let at = p.ptr.state_dots
-                + ((head * (nc + 2) as u64 + x as u64) * state::MAX_TILES as u64) * 4;
+                + ((head * dots_per_head(nc, p.seqs) as u64 + x as u64) * state::MAX_TILES as u64)
+                    * 4;
             unsafe { atomic::red_add_f32(at, v) };
         }
     };
     let dm_path = G::STABILIZED && exact;
 
-    // The gradient w.r.t. the final state seeds the walk.
-    let at_head = |ptr: u64, len: u32| if ptr != 0 { ptr + head * len as u64 * 4 } else { 0 };
-    let mut adj = load_state(at_head(p.ptr.dc_final, dqk * dhv), at_head(p.ptr.dn_final, dqk));
-    let mut cur = [[0f32; T]; R];
-    let mut k = nc;
-    while k > 0 {
-        k -= 1;
-        let (t0, t1) = (k * l, (k * l + l).min(s));
-        let hk = head * nc as u64 + k as u64;
-        // Forward through the chunk: checkpoints, and α_t, β_t as `recurrent_f32` has them.
-        cur = load_state(
-            p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 4,
-            p.ptr.n_states + hk * dqk as u64 * 4,
-        );
-        let mut m = if G::STABILIZED {
-            unsafe { global::ld_nc_f32(p.ptr.m_states + hk * 4) }
-        } else {
-            0.0
+    // Each sequence (one, unless packed: `super::seqs`) from its last chunk to its first.
+    for seq in 0..p.seqs.max(1) {
+        let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
+        let sh = seq as u64 * p.bh as u64 + head; // state head (B = 1 when packed)
+        // The gradient w.r.t. the final state seeds the walk.
+        let at_head = |ptr: u64, len: u32| {
+            if ptr != 0 {
+                ptr + sh * len as u64 * 4
+            } else {
+                0
+            }
         };
-        for t in t0..t1 {
-            if (t - t0) % seg == 0 {
-                store_slot((t - t0) / seg, &cur);
-            }
-            let at = (head * s as u64 + t as u64) * 4;
-            let lambda = math::log_sigmoid(unsafe { global::ld_nc_f32(p.ptr.f + at) });
-            let iota = G::log_input(unsafe { global::ld_nc_f32(p.ptr.i + at) });
-            let m_new = if G::STABILIZED { (lambda + m).max(iota) } else { 0.0 };
-            let (alpha, beta) = (math::exp(lambda + (m - m_new)), math::exp(iota - m_new));
-            m = m_new;
-            if tid == 0 {
-                unsafe {
-                    shared::st_f32(s_alpha + 4 * (t - t0), alpha);
-                    shared::st_f32(s_beta + 4 * (t - t0), beta);
+        let mut adj = load_state(
+            at_head(p.ptr.dc_final, dqk * dhv),
+            at_head(p.ptr.dn_final, dqk),
+        );
+        let mut cur = [[0f32; T]; R];
+        let mut k = k_hi;
+        while k > k_lo {
+            k -= 1;
+            let (t0, t1) = (k * l, (k * l + l).min(s));
+            let hk = head * nc as u64 + k as u64;
+            // Forward through the chunk: checkpoints, and α_t, β_t as `recurrent_f32` has them.
+            cur = load_state(
+                p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 4,
+                p.ptr.n_states + hk * dqk as u64 * 4,
+            );
+            let mut m = if G::STABILIZED {
+                unsafe { global::ld_nc_f32(p.ptr.m_states + hk * 4) }
+            } else {
+                0.0
+            };
+            for t in t0..t1 {
+                if (t - t0) % seg == 0 {
+                    store_slot((t - t0) / seg, &cur);
                 }
-            }
-            update(&mut cur, t, alpha, beta);
-        }
-        unsafe { thread::sync_threads() };
-        if dm_path && k == nc - 1 {
-            // m_S stabilizes the final state: ⟨dC'_S, C'_S⟩ enters its gradient.
-            state_dot(&adj, &cur, nc + 1);
-        }
-
-        // Each segment, last first: recompute its states into the slots after the
-        // checkpoints, then walk it back.
-        let mut sg = (t1 - t0).div_ceil(seg);
-        while sg > 0 {
-            sg -= 1;
-            let (a, b) = (t0 + sg * seg, (t0 + sg * seg + seg).min(t1));
-            cur = load_slot(sg);
-            for t in a..b {
-                store_slot(n_check + (t - a), &cur);
-                let (alpha, beta) =
-                    unsafe { (shared::ld_f32(s_alpha + 4 * (t - t0)), shared::ld_f32(s_beta + 4 * (t - t0))) };
+                let at = (head * s as u64 + t as u64) * 4;
+                let lambda = math::log_sigmoid(unsafe { global::ld_nc_f32(p.ptr.f + at) });
+                let iota = G::log_input(unsafe { global::ld_nc_f32(p.ptr.i + at) });
+                let m_new = if G::STABILIZED {
+                    (lambda + m).max(iota)
+                } else {
+                    0.0
+                };
+                let (alpha, beta) = (math::exp(lambda + (m - m_new)), math::exp(iota - m_new));
+                m = m_new;
+                if tid == 0 {
+                    unsafe {
+                        shared::st_f32(s_alpha + 4 * (t - t0), alpha);
+                        shared::st_f32(s_beta + 4 * (t - t0), beta);
+                    }
+                }
                 update(&mut cur, t, alpha, beta);
             }
-            let mut t = b;
-            while t > a {
-                t -= 1;
-                let prev = load_slot(n_check + (t - a));
-                let (alpha, beta) =
-                    unsafe { (shared::ld_f32(s_alpha + 4 * (t - t0)), shared::ld_f32(s_beta + 4 * (t - t0))) };
-                let red = s_red + (t & 1) * 4 * WARPS * REDUCED;
-                unsafe { reverse_step::<G>(p, t, &cur, &prev, &mut adj, alpha, beta, red, norm_tile, col0, padded) };
-                cur = prev;
+            unsafe { thread::sync_threads() };
+            if dm_path && k == k_hi - 1 {
+                // m_S stabilizes the final state: ⟨dC'_S, C'_S⟩ enters its gradient.
+                state_dot(&adj, &cur, final_dot(nc, seq));
             }
-        }
-    }
-    // cur = C'_0 and adj = dC'_0.
-    if dm_path {
-        state_dot(&adj, &cur, nc);
-    }
-    unroll!(2, j => {
-        let d = row(j);
-        if d < dqk {
-            if norm_tile {
-                if p.ptr.dn0 != 0 {
-                    unsafe { global::st_f32(p.ptr.dn0 + (head * dqk as u64 + d as u64) * 4, adj[j][0]) };
+
+            // Each segment, last first: recompute its states into the slots after the
+            // checkpoints, then walk it back.
+            let mut sg = (t1 - t0).div_ceil(seg);
+            while sg > 0 {
+                sg -= 1;
+                let (a, b) = (t0 + sg * seg, (t0 + sg * seg + seg).min(t1));
+                cur = load_slot(sg);
+                for t in a..b {
+                    store_slot(n_check + (t - a), &cur);
+                    let (alpha, beta) = unsafe {
+                        (
+                            shared::ld_f32(s_alpha + 4 * (t - t0)),
+                            shared::ld_f32(s_beta + 4 * (t - t0)),
+                        )
+                    };
+                    update(&mut cur, t, alpha, beta);
                 }
-            } else if p.ptr.dc0 != 0 {
-                let base = p.ptr.dc0 + ((head * dqk as u64 + d as u64) * dhv as u64 + col0 as u64) * 4;
-                unroll!(4, q => {
-                    let v = [adj[j][4 * q], adj[j][4 * q + 1], adj[j][4 * q + 2], adj[j][4 * q + 3]];
-                    unsafe { global::st_v4_b32_if(true, base + 16 * q as u64, v.map(f32::to_bits)) };
-                });
+                let mut t = b;
+                while t > a {
+                    t -= 1;
+                    let prev = load_slot(n_check + (t - a));
+                    let (alpha, beta) = unsafe {
+                        (
+                            shared::ld_f32(s_alpha + 4 * (t - t0)),
+                            shared::ld_f32(s_beta + 4 * (t - t0)),
+                        )
+                    };
+                    let red = s_red + (t & 1) * 4 * WARPS * REDUCED;
+                    unsafe {
+                        reverse_step::<G>(
+                            p, t, &cur, &prev, &mut adj, alpha, beta, red, norm_tile, col0, padded,
+                        )
+                    };
+                    cur = prev;
+                }
             }
         }
-    });
-    // Where the gradient does not follow ñ or m, their initial gradients are zeros.
-    if bx == 0 {
-        let mut d = tid;
-        while !(exact && G::NORMALIZED) && p.ptr.dn0 != 0 && d < dqk {
-            unsafe { global::st_f32(p.ptr.dn0 + (head * dqk as u64 + d as u64) * 4, 0.0) };
-            d += THREADS;
+        // cur = C'_0 and adj = dC'_0.
+        if dm_path {
+            state_dot(&adj, &cur, init_dot(nc, seq));
         }
-        if !dm_path && p.ptr.dm0 != 0 && tid == 0 {
-            unsafe { global::st_f32(p.ptr.dm0 + head * 4, 0.0) };
+        unroll!(2, j => {
+            let d = row(j);
+            if d < dqk {
+                if norm_tile {
+                    if p.ptr.dn0 != 0 {
+                        unsafe { global::st_f32(p.ptr.dn0 + (sh * dqk as u64 + d as u64) * 4, adj[j][0]) };
+                    }
+                } else if p.ptr.dc0 != 0 {
+                    let base = p.ptr.dc0 + ((sh * dqk as u64 + d as u64) * dhv as u64 + col0 as u64) * 4;
+                    unroll!(4, q => {
+                        let v = [adj[j][4 * q], adj[j][4 * q + 1], adj[j][4 * q + 2], adj[j][4 * q + 3]];
+                        unsafe { global::st_v4_b32_if(true, base + 16 * q as u64, v.map(f32::to_bits)) };
+                    });
+                }
+            }
+        });
+        // Where the gradient does not follow ñ or m, their initial gradients are zeros.
+        if bx == 0 {
+            let mut d = tid;
+            while !(exact && G::NORMALIZED) && p.ptr.dn0 != 0 && d < dqk {
+                unsafe { global::st_f32(p.ptr.dn0 + (sh * dqk as u64 + d as u64) * 4, 0.0) };
+                d += THREADS;
+            }
+            if !dm_path && p.ptr.dm0 != 0 && tid == 0 {
+                unsafe { global::st_f32(p.ptr.dm0 + sh * 4, 0.0) };
+            }
         }
     }
 }
@@ -268,7 +303,9 @@ unsafe fn reverse_step<G: GateKind>(
     let head = bh as u64;
     let step = head * s as u64 + t as u64;
     let coef = |plane: u32| unsafe {
-        global::ld_nc_f32(p.ptr.row_coef + (plane as u64 * p.bh as u64 * padded + head * padded + t as u64) * 4)
+        global::ld_nc_f32(
+            p.ptr.row_coef + (plane as u64 * p.bh as u64 * padded + head * padded + t as u64) * 4,
+        )
     };
     // v'_t and dnum'_t of the tile.
     let (mut v, mut dnum) = ([0f32; T], [0f32; T]);
@@ -332,7 +369,12 @@ unsafe fn reverse_step<G: GateKind>(
         let gate = step * 4;
         if tid < TILE {
             if !norm_tile {
-                unsafe { global::st_f32(p.ptr.dv + (step * dhv as u64 + (col0 + tid) as u64) * 4, beta * sum) };
+                unsafe {
+                    global::st_f32(
+                        p.ptr.dv + (step * dhv as u64 + (col0 + tid) as u64) * 4,
+                        beta * sum,
+                    )
+                };
             }
         } else if tid == TILE {
             // dλ_t = α dα; df̃ = σ(−f̃)·dλ.

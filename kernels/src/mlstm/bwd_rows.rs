@@ -201,7 +201,7 @@ unsafe fn zero_accumulators(p: &BwdParams, bx: u32, head: u64) {
         }
     }
     if bx == 0 {
-        let len = (p.num_chunks + 2) * state::MAX_TILES;
+        let len = state::dots_per_head(p.num_chunks, p.seqs) * state::MAX_TILES;
         let base = p.ptr.state_dots + head * len as u64 * 4;
         let mut x = tid;
         while x < len {

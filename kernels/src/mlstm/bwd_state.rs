@@ -17,6 +17,7 @@
 //! ⟨dC'_S, C'_S⟩.
 use super::block::{self, Add, Max};
 use super::gates::GateKind;
+use super::seqs::chunk_range;
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
@@ -37,7 +38,7 @@ const _: () = assert!(
 pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
-    let (bx, bh, _) = thread::block_idx();
+    let (bx, bh, seq) = thread::block_idx();
     let tiles_hv = p.dhv.div_ceil(TILE_HV);
     let (d0, v0) = ((bx / tiles_hv) * TILE_QK, (bx % tiles_hv) * TILE_HV);
     let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
@@ -70,10 +71,15 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         let (r, c) = (d0 + row(e), v0 + col(nb, e));
         ((r * dhv + c) as u64, r < dqk && c < dhv)
     };
-    let mat = head * (dqk as u64) * (dhv as u64);
-    // This tile's entry of chunk 0 in the (BH, NC + 2, MAX_TILES) state dots.
-    let dots = p.ptr.state_dots + ((head * (nc + 2) as u64) * MAX_TILES as u64 + bx as u64) * 4;
-    let vec = head * dqk as u64;
+    // This block's chunks [k_lo, k_hi) (all, or one sequence's: `super::seqs`), and the state
+    // head of its initial and final states and their gradients (B = 1 when packed).
+    let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
+    let sh = seq as u64 * p.bh as u64 + head;
+    let mat = sh * (dqk as u64) * (dhv as u64);
+    // This tile's entry of chunk 0 in the (BH, dots_per_head, MAX_TILES) state dots.
+    let dots = p.ptr.state_dots
+        + ((head * dots_per_head(nc, p.seqs) as u64) * MAX_TILES as u64 + bx as u64) * 4;
+    let vec = sh * dqk as u64;
 
     // ñ rides along as a value column of ones in the blocks of the first DHV tile (as in the
     // forward): `nacc` holds dñ of the warp's rows g and g+8 in elements 0 and 2.
@@ -114,7 +120,10 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
 
     // Items are SUB_L-step sub-tiles, walked from the last; chunk boundaries are multiples of
     // SUB_L, so item `it` lies in chunk it·SUB_L / L.
-    let n_items = s.div_ceil(SUB_L);
+    let (item_lo, n_items) = (
+        k_lo * (l / SUB_L),
+        (k_hi * (l / SUB_L)).min(s.div_ceil(SUB_L)),
+    );
     let issue = |it: u32| unsafe {
         let (st, j0) = (it % STAGES, it * SUB_L);
         stage::rows::<THREADS>(stage_q(st), gq, (j0, s), (d0, dqk), SUB_L, TILE_QK / 8);
@@ -126,8 +135,8 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
     issue(n_items - 1);
     let ones = [E::pack(1.0, 1.0); 2];
 
-    let mut k = nc;
-    while k > 0 {
+    let mut k = k_hi;
+    while k > k_lo {
         k -= 1;
         // Store dC'_{k+1}.
         let hk = head * nc as u64 + k as u64;
@@ -165,8 +174,8 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
                 let e = 2 * half;
                 let (idx, inside) = at(nb, e);
                 // C'_0 as given (f32), not rounded to the input dtype as the chunk states are.
-                let (x0, x1) = if k == 0 && p.ptr.c0 != 0 {
-                    let at = p.ptr.c0 + (head * (dqk as u64) * (dhv as u64) + idx) * 4;
+                let (x0, x1) = if k == k_lo && p.ptr.c0 != 0 {
+                    let at = p.ptr.c0 + (mat + idx) * 4;
                     let [x0, x1] = unsafe { global::ld_v2_f32_or_zero(inside, at) };
                     (x0, x1)
                 } else {
@@ -217,7 +226,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         let mut it = (first_item + l / SUB_L).min(n_items);
         while it > first_item {
             it -= 1;
-            unsafe { stage::advance((it > 0).then(|| it - 1), issue) };
+            unsafe { stage::advance((it > item_lo).then(|| it - 1), issue) };
             let st = it % STAGES;
             let (sq, sdh, sw) = (stage_q(st), stage_dh(st), stage_w(st));
             unroll!(4, ks => {
@@ -299,8 +308,8 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
     if tid == 0 {
         let per_chunk = MAX_TILES as u64 * 4;
         unsafe {
-            global::st_f32(dots + nc as u64 * per_chunk, dot_init);
-            global::st_f32(dots + (nc + 1) as u64 * per_chunk, dot_final);
+            global::st_f32(dots + init_dot(nc, seq) as u64 * per_chunk, dot_init);
+            global::st_f32(dots + final_dot(nc, seq) as u64 * per_chunk, dot_final);
         }
     }
 }

@@ -6,12 +6,14 @@
 //! variant) cm_j = max_{s≤j} u_s; per chunk, g = b_{len−1}. In these terms the state update's
 //! weights are e^{g + u_j − m} and the output's row max is m_i = b_i + max(m_k, cm_i).
 //!
-//! The chunk-0 block of each head also writes the states before chunk 0's ñ_0 = ñ0 and
-//! m_0 = m0 (zeros where absent; m_0 = 0 without the stabilizer) into the chunk states: the
-//! state kernels read them there, never from n0, m0, which may be the memory their final states
-//! overwrite (a state pool, `super::slots`).
+//! The block of each sequence's first chunk (chunk 0, or each sequence's first in a packed
+//! variable-length batch, `super::seqs`) also writes the sequence's ñ0 and m0 (zeros where
+//! absent; m_0 = 0 without the stabilizer) into the chunk states there: the state kernels read
+//! them there, never from n0, m0, which may be the memory their final states overwrite (a
+//! state pool, `super::slots`).
 use super::block::{self, Add, Max};
 use super::gates::GateKind;
+use super::seqs::seq_of_chunk;
 use super::slots::state_head;
 use crate::arch::{global, math, shared, thread};
 use tfla_params::fwd::{FwdParams, gates::*};
@@ -71,20 +73,21 @@ pub unsafe fn chunk_gates<G: GateKind>(p: &FwdParams) {
                 j += THREADS;
             }
         }
-        // ñ_k of this chunk: ñ0 at chunk 0, zeros elsewhere. The state kernels overwrite chunks
-        // k > 0 with the normalizer; without it (where the host passes n0 = 0 and no kernel
-        // forms ñ) the chunk states come back as zeros rather than stale memory.
-        let sh = state_head(p, bh);
+        // ñ_k of this chunk: ñ0 at a sequence's first chunk, zeros elsewhere. The state kernels
+        // overwrite the other chunks with the normalizer; without it (where the host passes
+        // n0 = 0 and no kernel forms ñ) the chunk states come back as zeros, not stale memory.
+        let (n, first) = seq_of_chunk(p.ptr.seq_chunks, p.seqs, k);
+        let sh = state_head(p, bh, n);
         let hk = bh as u64 * p.num_chunks as u64 + k as u64; // (head, chunk k)
         let dqk = p.dqk as u64;
-        let from_n0 = k == 0 && p.ptr.n0 != 0;
+        let from_n0 = first && p.ptr.n0 != 0;
         let mut d = tid;
         while d < p.dqk {
             let x = global::ld_nc_f32_or_zero(from_n0, p.ptr.n0 + (sh * dqk + d as u64) * 4);
             global::st_f32(p.ptr.n_states + (hk * dqk + d as u64) * 4, x);
             d += THREADS;
         }
-        if k == 0 {
+        if first {
             if tid == 0 {
                 let m0 =
                     global::ld_nc_f32_or_zero(G::STABILIZED && p.ptr.m0 != 0, p.ptr.m0 + sh * 4);

@@ -17,12 +17,16 @@
 //! `mma` anyway, so storing it rounded changes no result and halves the bytes materialized.
 //! The final state is stored in f32.
 //!
+//! In a packed variable-length batch (`super::seqs`) each block walks the chunks of one
+//! sequence (grid z), from that sequence's initial state to its final state.
+//!
 //! Initial and final states live at the head's state head (`super::slots`: itself, or its
 //! batch row's slot of a state pool), possibly the same memory. Each thread reads its C̃0
 //! elements before the walk and writes the same elements of C̃_final after it; ñ_0 and m_0
 //! come from the chunk states at chunk 0 (chunk_gates copied them there), which this kernel
 //! does not rewrite. So no block reads what another block of the head writes.
 use super::gates::GateKind;
+use super::seqs::chunk_range;
 use super::slots::state_head;
 use super::stage;
 use crate::arch::convert::Elem;
@@ -43,10 +47,12 @@ const _: () = assert!(
 pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
-    let (bx, bh, _) = thread::block_idx();
+    let (bx, bh, seq) = thread::block_idx();
     let tiles_hv = p.dhv.div_ceil(TILE_HV);
     let (d0, v0) = ((bx / tiles_hv) * TILE_QK, (bx % tiles_hv) * TILE_HV);
     let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
+    // This block's chunks [k_lo, k_hi): all of them, or one sequence's.
+    let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
     let (dqk, dhv) = (p.dqk, p.dhv);
 
     // Shared memory layout: STAGES × (K sub-tile, V sub-tile, u of the sub-tile).
@@ -72,7 +78,7 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     let col = |nb: usize, e: usize| nb as u32 * 8 + acc_pos(lane, e).1;
 
     // Initial state (coherent loads: with a state pool, C̃_final below overwrites them).
-    let sh = unsafe { state_head(p, bh) };
+    let sh = unsafe { state_head(p, bh, seq) };
     let mut acc = [[0f32; 4]; NB];
     if p.ptr.c0 != 0 {
         let base = p.ptr.c0 + sh * (dqk as u64) * (dhv as u64) * 4;
@@ -94,7 +100,7 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     let ones = [E::pack(1.0, 1.0); 2];
     // ñ_0 and m_0 as chunk_gates stored them at chunk 0 (ñ0, m0 or zeros): not from n0, m0,
     // which another block of this head may overwrite with the final states (module docs).
-    let h0 = head * nc as u64;
+    let h0 = head * nc as u64 + k_lo as u64;
     let mut nacc = [0f32; 4];
     if with_n {
         for half in 0..2 {
@@ -114,7 +120,10 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     // vector of SUB_L steps each; chunk boundaries are multiples of SUB_L, so item `it` covers
     // steps it·SUB_L.. of chunk it·SUB_L / L, and the next chunk's first item loads during this
     // chunk's last one.
-    let n_items = s.div_ceil(SUB_L);
+    let (item_lo, n_items) = (
+        k_lo * (l / SUB_L),
+        (k_hi * (l / SUB_L)).min(s.div_ceil(SUB_L)),
+    );
     let issue = |it: u32| unsafe {
         let (st, j0) = (it % STAGES, it * SUB_L);
         stage::rows::<THREADS>(stage_k(st), gq_k, (j0, s), (d0, dqk), SUB_L, TILE_QK / 8);
@@ -134,12 +143,12 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         };
         (g, umax)
     };
-    issue(0);
-    let (mut g, mut umax) = gate_scalars(0);
+    issue(item_lo);
+    let (mut g, mut umax) = gate_scalars(k_lo);
 
-    for k in 0..=nc {
-        // Store the state before chunk k (k = NC: the final state).
-        let (c_out, n_out, m_out) = if k < nc {
+    for k in k_lo..=k_hi {
+        // Store the state before chunk k (k = k_hi: the final state).
+        let (c_out, n_out, m_out) = if k < k_hi {
             let hk = head * nc as u64 + k as u64;
             (
                 p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 2,
@@ -153,7 +162,7 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                 p.ptr.m_final + sh * 4,
             )
         };
-        if k < nc || p.ptr.c_final != 0 {
+        if k < k_hi || p.ptr.c_final != 0 {
             unroll!(16, nb => {
                 for half in 0..2 {
                     let e = 2 * half;
@@ -161,7 +170,7 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                     let inside = r < dqk && c < dhv;
                     let idx = (r * dhv + c) as u64;
                     let v = [acc[nb][e], acc[nb][e + 1]];
-                    if k < nc {
+                    if k < k_hi {
                         unsafe { global::st_b32_if(inside, c_out + idx * 2, E::pack(v[0], v[1])) };
                     } else {
                         unsafe { global::st_v2_f32_if(inside, c_out + idx * 4, v) };
@@ -170,21 +179,21 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             });
             // ñ_0 and m_0 are chunk_gates' (they stay as it wrote them). Without the
             // normalizer the final ñ is 0 (written by the first DHV tile's blocks, as with it).
-            if k > 0 && v0 == 0 && lane % 4 == 0 && (with_n || k == nc) {
+            if k > k_lo && v0 == 0 && lane % 4 == 0 && (with_n || k == k_hi) {
                 for half in 0..2 {
                     let r = d0 + row(2 * half);
                     let n = if G::NORMALIZED { nacc[2 * half] } else { 0.0 };
                     unsafe { global::st_b32_if(r < dqk, n_out + r as u64 * 4, n.to_bits()) };
                 }
             }
-            if k > 0 && bx == 0 && tid == 0 {
+            if k > k_lo && bx == 0 && tid == 0 {
                 unsafe { global::st_f32(m_out, m) };
             }
         }
-        if k == nc {
+        if k == k_hi {
             break;
         }
-        let next = if k + 1 < nc {
+        let next = if k + 1 < k_hi {
             gate_scalars(k + 1)
         } else {
             (0.0, 0.0)

@@ -13,7 +13,9 @@ mod chunk_gates;
 mod chunk_output;
 mod chunk_state;
 mod gates;
+mod pack;
 mod recurrent_f32;
+mod seqs;
 mod slots;
 mod stage;
 mod step;
@@ -24,6 +26,7 @@ use gates::{ExpGates, SigGates, SigNoNormGates};
 use step::{StateBf16, StateF32};
 use tfla_params::bwd::BwdParams;
 use tfla_params::fwd::FwdParams;
+use tfla_params::seqs::PackParams;
 use tfla_params::step::StepParams;
 
 macro_rules! entry {
@@ -145,4 +148,13 @@ entry! {
     mlstm_step_signn_bf16_state_bf16 = step<Bf16, StateBf16, SigNoNormGates>;
     mlstm_step_signn_f16_state_bf16 = step<F16, StateBf16, SigNoNormGates>;
     mlstm_step_signn_f32_state_bf16 = step<F32, StateBf16, SigNoNormGates>;
+}
+
+/// PTX entry point of the variable-length repacking (`tfla_params::seqs::pack::ENTRY`).
+///
+/// # Safety
+/// As the body.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn mlstm_varlen_pack(p: PackParams) {
+    unsafe { pack::varlen_pack(&p) }
 }

@@ -14,10 +14,11 @@
 //! Initial and final states live at the head's state head (`super::slots`), possibly the same
 //! memory: thread (g, c) reads its C̃0 elements before the walk and writes the same elements
 //! of C̃_final after it; ñ_0 and m_0, which every block needs but only block 0 writes at the
-//! end, come from the chunk states at chunk 0 (chunk_gates copied them there; this kernel does
+//! end, come from the chunk states at its first chunk (chunk_gates copied them there; this kernel does
 //! not rewrite them).
 use super::block::{self, Add};
 use super::gates::GateKind;
+use super::seqs::chunk_range;
 use super::slots::state_head;
 use crate::arch::{global, math, shared, thread};
 use tfla_params::fwd::{FwdParams, recurrent::*};
@@ -28,7 +29,7 @@ use tfla_params::fwd::{FwdParams, recurrent::*};
 #[inline(always)]
 pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
     let tid = thread::thread_idx();
-    let (bx, bh, _) = thread::block_idx();
+    let (bx, bh, seq) = thread::block_idx();
     // (max(1): lets the compiler drop its division-by-zero check.)
     let (s, dqk, dhv, l, nc) = (p.s, p.dqk, p.dhv, p.chunk.max(1), p.num_chunks);
     let (g, c) = (tid / TILE_HV, tid % TILE_HV);
@@ -48,10 +49,14 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
     let state_at = |base: u64, d: u32| base + ((d * dhv + col) as u64) * 4;
 
     // Initial state: C̃0 with coherent loads (with a state pool, C̃_final below overwrites
-    // them); ñ_0 and m_0 from the chunk states at chunk 0 (module docs). Without the
+    // them); ñ_0 and m_0 from the chunk states at the sequence's first chunk (module docs). Without the
     // normalizer ñ stays 0 (and so is the final ñ).
-    let sh = unsafe { state_head(p, bh) };
-    let h0 = head * nc as u64;
+    // This block's steps: all of them, or one sequence's chunks (`super::seqs`).
+    let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
+    let (t_lo, t_hi) = (k_lo * l, (k_hi * l).min(s));
+    let sh = unsafe { state_head(p, bh, seq) };
+    let h0 = head * nc as u64; // chunk 0 of the head
+    let hs = h0 + k_lo as u64; // the sequence's first chunk
     unsafe {
         let c0 = p.ptr.c0 + sh * (dqk as u64) * (dhv as u64) * 4;
         let mut d = g;
@@ -68,14 +73,14 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
         while d < dqk {
             let x = global::ld_nc_f32_or_zero(
                 G::NORMALIZED,
-                p.ptr.n_states + (h0 * dqk as u64 + d as u64) * 4,
+                p.ptr.n_states + (hs * dqk as u64 + d as u64) * 4,
             );
             shared::st_f32(sn + 4 * d, x);
             d += THREADS;
         }
     }
     let mut m = if G::STABILIZED {
-        unsafe { global::ld_nc_f32(p.ptr.m_states + h0 * 4) }
+        unsafe { global::ld_nc_f32(p.ptr.m_states + hs * 4) }
     } else {
         0.0
     };
@@ -111,7 +116,7 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
         }
     };
 
-    for t in 0..s {
+    for t in t_lo..t_hi {
         if t % l == 0 {
             let hk = h0 + (t / l) as u64;
             store_state(
@@ -119,7 +124,7 @@ pub unsafe fn recurrent_f32<G: GateKind>(p: &FwdParams) {
                 p.ptr.n_states + hk * dqk as u64 * 4,
                 p.ptr.m_states + hk * 4,
                 m,
-                t > 0,
+                t > t_lo,
                 G::NORMALIZED,
             );
         }

@@ -22,14 +22,16 @@ use crate::arch::global;
 use tfla_params::fwd::FwdParams;
 use tfla_params::step::StepParams;
 
-/// The state head of head `bh` (an index into the (·, DQK, DHV), (·, DQK) and (·,) state
-/// tensors).
+/// The state head of sequence `n` of head `bh` (an index into the (·, DQK, DHV), (·, DQK) and
+/// (·,) state tensors). A packed variable-length batch (`super::seqs`) has B = 1 and its
+/// sequence n in the place of batch row n; otherwise n = 0.
 ///
 /// # Safety
-/// `p.ptr.slots` is 0 or holds B = BH / NH u32 slots checked by the host; `bh < p.bh`.
+/// `p.ptr.slots` is 0 or holds one u32 slot per batch row (per sequence) checked by the host;
+/// `bh < p.bh`, `n < p.seqs`.
 #[inline(always)]
-pub unsafe fn state_head(p: &FwdParams, bh: u32) -> u64 {
-    unsafe { slot_head(p.ptr.slots, p.nh, bh) }
+pub unsafe fn state_head(p: &FwdParams, bh: u32, n: u32) -> u64 {
+    unsafe { slot_head(p.ptr.slots, p.nh, bh + n * p.nh) }
 }
 
 /// The state head of head `bh` in the step (an index into C̃, ñ, m and `tiles_done`).

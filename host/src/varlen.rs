@@ -1,0 +1,579 @@
+//! Packed variable-length batches (`cu_seqlens`, as FLA takes them): N sequences of different
+//! lengths in one call, forward and backward, each with its own optional initial state and its
+//! own final state.
+//!
+//! Layout: q, k (T, NH, DQK), v (T, NH, DHV), ĩ, f̃ (T, NH), sequence n at steps
+//! cu_seqlens[n]..cu_seqlens[n + 1]; initial and final states (N, NH, …) as the forward's
+//! (B, NH, …) with a sequence in the place of a batch row.
+//!
+//! How (`tfla_params::seqs`): the inputs are repacked per head, each sequence starting at a
+//! chunk boundary and padded to whole chunks with steps that leave every state unchanged, so
+//! no chunk mixes two sequences; the chunk-local kernels run as they are and the kernels that
+//! carry a state across chunks walk each sequence's chunks from its own initial state to its
+//! own final state. Results equal running each sequence alone. The cost over one batch of the
+//! same T: at most L − 1 padding steps per sequence (pick L = 64 for many short sequences), the
+//! repacking copies, and the padded copies of the inputs, which the outputs keep for the
+//! backward pass.
+use crate::backward::{
+    BwdWorkspace, MlstmGradOutputs, MlstmGrads, bwd_pointers, expect_dtype, launch_bwd,
+};
+use crate::config::{Dims, GradMode, MlstmConfig};
+use crate::error::{Error, Result};
+use crate::forward::{MlstmInputs, MlstmOutputs, expect_shape, fwd_pointers, launch_fwd};
+use crate::launch::Launch;
+use crate::runtime::Runtime;
+use crate::tensor::{self, Dtype, Tensor};
+use cust::memory::DeviceBuffer;
+use tfla_params::seqs::{PAD_F, PAD_I, PackParams, pack};
+
+/// A packed batch of N sequences (borrowed device tensors; `cu_seqlens` on the host, where the
+/// checks and the launch sizes need it).
+#[derive(Clone, Copy)]
+pub struct VarlenInputs<'a> {
+    /// q, k: (T, NH, DQK); v: (T, NH, DHV); one input dtype.
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    /// ĩ, f̃: (T, NH) f32.
+    pub i: &'a Tensor,
+    pub f: &'a Tensor,
+    /// N + 1 offsets: 0, then strictly increasing (every sequence has a step), ending at T.
+    pub cu_seqlens: &'a [u32],
+    /// Initial states per sequence, (N, NH, DQK, DHV), (N, NH, DQK), (N, NH) f32; None: zeros.
+    pub c0: Option<&'a Tensor>,
+    pub n0: Option<&'a Tensor>,
+    pub m0: Option<&'a Tensor>,
+}
+
+/// The sizes of a packed batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VarlenDims {
+    /// T: steps of all sequences.
+    pub total: usize,
+    /// N: sequences.
+    pub seqs: usize,
+    pub nh: usize,
+    pub dqk: usize,
+    pub dhv: usize,
+}
+
+impl<'a> VarlenInputs<'a> {
+    /// Inputs without initial states.
+    pub fn new(
+        q: &'a Tensor,
+        k: &'a Tensor,
+        v: &'a Tensor,
+        i: &'a Tensor,
+        f: &'a Tensor,
+        cu_seqlens: &'a [u32],
+    ) -> Self {
+        VarlenInputs {
+            q,
+            k,
+            v,
+            i,
+            f,
+            cu_seqlens,
+            c0: None,
+            n0: None,
+            m0: None,
+        }
+    }
+
+    /// Checks every shape, dtype and offset; returns the sizes.
+    pub fn dims(&self) -> Result<VarlenDims> {
+        let q = self.q.shape();
+        if q.len() != 3 {
+            return Err(Error::Invalid {
+                arg: "q",
+                value: format!("shape {q:?}"),
+                reason: "expected rank 3: (T, NH, DQK)",
+            });
+        }
+        let (total, nh, dqk) = (q[0], q[1], q[2]);
+        let dhv = match self.v.shape() {
+            [_, _, d] => *d,
+            _ => 0,
+        };
+        let seqs = check_cu_seqlens(self.cu_seqlens, total)?;
+        // The head dims and NH as the forward checks them (S is checked after padding).
+        Dims {
+            b: 1,
+            nh,
+            s: total,
+            dqk,
+            dhv,
+        }
+        .validate()?;
+        expect_shape("k", self.k, &[total, nh, dqk])?;
+        expect_shape("v", self.v, &[total, nh, dhv])?;
+        expect_shape("i", self.i, &[total, nh])?;
+        expect_shape("f", self.f, &[total, nh])?;
+        let dtype = self.q.dtype();
+        for (arg, t) in [("k", self.k), ("v", self.v)] {
+            expect_dtype(arg, t, dtype)?;
+        }
+        let states = [
+            ("c0", self.c0, vec![seqs, nh, dqk, dhv]),
+            ("n0", self.n0, vec![seqs, nh, dqk]),
+            ("m0", self.m0, vec![seqs, nh]),
+        ];
+        for (arg, t) in [("i", self.i), ("f", self.f)] {
+            expect_dtype(arg, t, Dtype::F32)?;
+        }
+        for (arg, t, shape) in states {
+            if let Some(t) = t {
+                check_sequences(arg, t, seqs)?;
+                expect_shape(arg, t, &shape)?;
+                expect_dtype(arg, t, Dtype::F32)?;
+            }
+        }
+        Ok(VarlenDims {
+            total,
+            seqs,
+            nh,
+            dqk,
+            dhv,
+        })
+    }
+}
+
+/// Checks the offsets against T; returns N.
+fn check_cu_seqlens(cu: &[u32], total: usize) -> Result<usize> {
+    let bad = |value: String, reason| {
+        Err(Error::Invalid {
+            arg: "cu_seqlens",
+            value,
+            reason,
+        })
+    };
+    if cu.len() < 2 {
+        return bad(
+            format!("{} offsets", cu.len()),
+            "needs N + 1 ≥ 2 offsets for N sequences",
+        );
+    }
+    if cu[0] != 0 {
+        return bad(format!("cu_seqlens[0] = {}", cu[0]), "must start at 0");
+    }
+    if let Some(n) = cu.windows(2).position(|w| w[1] <= w[0]) {
+        return bad(
+            format!(
+                "cu_seqlens[{}] = {} ≤ cu_seqlens[{n}] = {}",
+                n + 1,
+                cu[n + 1],
+                cu[n]
+            ),
+            "offsets must increase strictly (every sequence needs at least one step)",
+        );
+    }
+    let last = cu[cu.len() - 1] as usize;
+    if last != total {
+        return bad(
+            format!("cu_seqlens[{}] = {last} with T = {total}", cu.len() - 1),
+            "the last offset must be T, the steps of q",
+        );
+    }
+    let seqs = cu.len() - 1;
+    // One block row per sequence on a grid axis (`tfla_params::seqs`).
+    if seqs > 65_535 {
+        return bad(
+            format!("{seqs} sequences"),
+            "at most 65535 sequences per call",
+        );
+    }
+    Ok(seqs)
+}
+
+/// A per-sequence tensor whose leading dimension is not N: named as a length mismatch of
+/// `cu_seqlens` (the shape check would name the tensor's whole shape).
+fn check_sequences(arg: &'static str, t: &Tensor, seqs: usize) -> Result<()> {
+    match t.shape().first() {
+        Some(&n) if n != seqs => Err(Error::Invalid {
+            arg: "cu_seqlens",
+            value: format!("N + 1 = {} offsets, `{arg}` holds {n} sequences", seqs + 1),
+            reason: "cu_seqlens needs one more entry than there are sequences",
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The padded per-head layout of one packed batch at one chunk size: the host offsets and
+/// their device copies (the kernels read them).
+#[derive(Debug)]
+pub struct VarlenLayout {
+    chunk: usize,
+    cu: Vec<u32>,
+    /// T': padded steps (a multiple of the chunk size).
+    padded: usize,
+    nh: usize,
+    dev_cu: DeviceBuffer<u32>,
+    dev_chunks: DeviceBuffer<u32>,
+}
+
+impl VarlenLayout {
+    fn new(cu: &[u32], chunk: usize, nh: usize) -> Result<Self> {
+        let mut chunks = Vec::with_capacity(cu.len());
+        chunks.push(0u32);
+        for w in cu.windows(2) {
+            let len = (w[1] - w[0]) as usize;
+            chunks.push(chunks[chunks.len() - 1] + len.div_ceil(chunk) as u32);
+        }
+        let padded = chunks[chunks.len() - 1] as usize * chunk;
+        let mut dev_cu = tensor::alloc("cu_seqlens", cu.len())?;
+        tensor::upload(&mut dev_cu, cu)?;
+        let mut dev_chunks = tensor::alloc("seq_chunks", chunks.len())?;
+        tensor::upload(&mut dev_chunks, &chunks)?;
+        Ok(VarlenLayout {
+            chunk,
+            cu: cu.to_vec(),
+            padded,
+            nh,
+            dev_cu,
+            dev_chunks,
+        })
+    }
+
+    /// N.
+    fn seqs(&self) -> usize {
+        self.cu.len() - 1
+    }
+
+    /// The padded batch's dims: one batch row of T' steps.
+    fn dims(&self, d: &VarlenDims) -> Dims {
+        Dims {
+            b: 1,
+            nh: d.nh,
+            s: self.padded,
+            dqk: d.dqk,
+            dhv: d.dhv,
+        }
+    }
+
+    /// T' steps padded per head with `pad`: (T, NH, ·) → (1, NH, T', ·) (same dtype).
+    fn pack(&self, rt: &Runtime, src: &Tensor, pad: f32) -> Result<Tensor> {
+        let row = &src.shape()[2..];
+        let shape: Vec<usize> = [1, self.nh, self.padded]
+            .iter()
+            .chain(row)
+            .copied()
+            .collect();
+        let dst = Tensor::uninit(rt, src.dtype(), &shape)?;
+        // SAFETY: `src` is (T, NH, ·) of the batch these offsets were checked against, `dst`
+        // was allocated for the padded layout of the same rows.
+        unsafe { self.repack(rt, src, &dst, pad.to_bits(), false)? };
+        Ok(dst)
+    }
+
+    /// The packed steps back: (1, NH, T', ·) → (T, NH, ·).
+    fn unpack(&self, rt: &Runtime, src: &Tensor) -> Result<Tensor> {
+        let row = &src.shape()[3..];
+        let total = self.cu[self.cu.len() - 1] as usize;
+        let shape: Vec<usize> = [total, self.nh].iter().chain(row).copied().collect();
+        let dst = Tensor::uninit(rt, src.dtype(), &shape)?;
+        // SAFETY: as in `pack`, the other way round.
+        unsafe { self.repack(rt, src, &dst, 0, true)? };
+        Ok(dst)
+    }
+
+    /// # Safety
+    /// `src` and `dst` hold the two layouts of the same rows of this batch.
+    unsafe fn repack(
+        &self,
+        rt: &Runtime,
+        src: &Tensor,
+        dst: &Tensor,
+        pad: u32,
+        unpack: bool,
+    ) -> Result<()> {
+        let total = self.cu[self.cu.len() - 1] as usize;
+        let row_bytes =
+            src.numel() * src.dtype().size() / (self.nh * if unpack { self.padded } else { total });
+        let words = row_bytes / 4;
+        // One thread per destination word, its index in u32 (`pack::grid`).
+        if (self.padded.max(total)).saturating_mul(words) > u32::MAX as usize / 2 {
+            return Err(Error::Invalid {
+                arg: "cu_seqlens",
+                value: format!("{} padded steps of {row_bytes} bytes", self.padded),
+                reason: "the padded steps times their row size must stay below 2^31",
+            });
+        }
+        let p = PackParams {
+            src: src.device_ptr(),
+            dst: dst.device_ptr(),
+            cu_seqlens: self.dev_cu.as_device_ptr().as_raw(),
+            seq_chunks: self.dev_chunks.as_device_ptr().as_raw(),
+            seqs: self.seqs() as u32,
+            nh: self.nh as u32,
+            chunk: self.chunk as u32,
+            total: total as u32,
+            padded: self.padded as u32,
+            words: words as u32,
+            pad,
+            unpack: unpack as u32,
+        };
+        let launch = Launch {
+            name: pack::ENTRY,
+            grid: pack::grid(&p),
+            threads: pack::THREADS,
+            smem: 0,
+        };
+        // SAFETY: the caller's contract; offsets checked on the host.
+        unsafe { launch.run(rt, rt.stream(), &p) }
+    }
+
+    fn seq_chunks(&self) -> u64 {
+        self.dev_chunks.as_device_ptr().as_raw()
+    }
+}
+
+/// The padded copies of the inputs (kept for the backward pass).
+#[derive(Debug)]
+pub struct PaddedInputs {
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub i: Tensor,
+    pub f: Tensor,
+}
+
+impl PaddedInputs {
+    fn as_inputs(&self) -> MlstmInputs<'_> {
+        MlstmInputs::new(&self.q, &self.k, &self.v, &self.i, &self.f)
+    }
+}
+
+/// The forward pass's outputs for a packed batch.
+#[derive(Debug)]
+pub struct VarlenOutputs {
+    /// (T, NH, DHV) in the input dtype.
+    pub h: Tensor,
+    /// Final states per sequence: (N, NH, DQK, DHV), (N, NH, DQK), (N, NH) f32.
+    pub c: Tensor,
+    pub n: Tensor,
+    pub m: Tensor,
+    /// The forward on the padded layout (chunk states, gate vectors, row statistics, padded
+    /// h) and its inputs: what the backward pass reads.
+    pub padded: MlstmOutputs,
+    pub padded_inputs: PaddedInputs,
+    pub layout: VarlenLayout,
+}
+
+/// The forward pass over a packed batch. The chunk size is `cfg`'s, or the default for one
+/// batch row of T steps.
+pub fn mlstm_fwd_varlen(
+    rt: &Runtime,
+    inp: &VarlenInputs,
+    cfg: &MlstmConfig,
+) -> Result<VarlenOutputs> {
+    let d = inp.dims()?;
+    let chunk = cfg.chunk_for(&Dims {
+        b: 1,
+        nh: d.nh,
+        s: d.total,
+        dqk: d.dqk,
+        dhv: d.dhv,
+    })?;
+    let cfg = cfg.with_chunk_size(chunk);
+    let layout = VarlenLayout::new(inp.cu_seqlens, chunk, d.nh)?;
+    let pdims = layout.dims(&d);
+    pdims.validate()?;
+    let dtype = inp.q.dtype();
+    let padded_inputs = PaddedInputs {
+        q: layout.pack(rt, inp.q, 0.0)?,
+        k: layout.pack(rt, inp.k, 0.0)?,
+        v: layout.pack(rt, inp.v, 0.0)?,
+        i: layout.pack(rt, inp.i, PAD_I)?,
+        f: layout.pack(rt, inp.f, PAD_F)?,
+    };
+    let padded = MlstmOutputs::alloc_with(rt, &pdims, dtype, &cfg, false)?;
+    let (n, nh, dqk, dhv) = (d.seqs, d.nh, d.dqk, d.dhv);
+    let f32_ = Dtype::F32;
+    let (c, nn, m) = (
+        Tensor::uninit(rt, f32_, &[n, nh, dqk, dhv])?,
+        Tensor::uninit(rt, f32_, &[n, nh, dqk])?,
+        Tensor::uninit(rt, f32_, &[n, nh])?,
+    );
+    let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
+    let ptrs = tfla_params::fwd::FwdPointers {
+        c0: ptr(inp.c0),
+        n0: ptr(inp.n0),
+        m0: ptr(inp.m0),
+        c_final: c.device_ptr(),
+        n_final: nn.device_ptr(),
+        m_final: m.device_ptr(),
+        seq_chunks: layout.seq_chunks(),
+        ..fwd_pointers(&padded_inputs.as_inputs(), &padded)
+    };
+    // SAFETY: the padded inputs and outputs were allocated for `pdims` and this chunk size;
+    // the states and the offsets were checked against N, NH and the head dims (`dims`).
+    unsafe { launch_fwd(rt, rt.stream(), &ptrs, pdims, dtype, &cfg, n as u32)? };
+    Ok(VarlenOutputs {
+        h: layout.unpack(rt, &padded.h)?,
+        c,
+        n: nn,
+        m,
+        padded,
+        padded_inputs,
+        layout,
+    })
+}
+
+/// Upstream gradients of a packed batch: dh (T, NH, DHV) in the input dtype, and optionally of
+/// the final states (N, NH, …) f32 (followed as in [`MlstmGradOutputs`]).
+#[derive(Clone, Copy)]
+pub struct VarlenGradOutputs<'a> {
+    pub dh: &'a Tensor,
+    pub dc: Option<&'a Tensor>,
+    pub dn: Option<&'a Tensor>,
+    pub dm: Option<&'a Tensor>,
+}
+
+/// The gradients of a packed batch, in the packed layout.
+#[derive(Debug)]
+pub struct VarlenGrads {
+    /// dq, dk (T, NH, DQK), dv (T, NH, DHV) in the input dtype; dĩ, df̃ (T, NH) f32.
+    pub dq: Tensor,
+    pub dk: Tensor,
+    pub dv: Tensor,
+    pub di: Tensor,
+    pub df: Tensor,
+    /// Initial-state gradients (N, NH, …) f32, present where the inputs had that state.
+    pub dc0: Option<Tensor>,
+    pub dn0: Option<Tensor>,
+    pub dm0: Option<Tensor>,
+    /// The padded gradients and workspace, and the padded dh (kept until the kernels that
+    /// read them have run).
+    pub padded: MlstmGrads,
+    pub padded_dh: Tensor,
+}
+
+/// The backward pass over a packed batch, from the outputs of [`mlstm_fwd_varlen`] on the same
+/// inputs and `cfg` (with `row_stats` for the normalized variants).
+pub fn mlstm_bwd_varlen(
+    rt: &Runtime,
+    inp: &VarlenInputs,
+    fwd: &VarlenOutputs,
+    grad: &VarlenGradOutputs,
+    cfg: &MlstmConfig,
+    mode: GradMode,
+) -> Result<VarlenGrads> {
+    let d = inp.dims()?;
+    let layout = &fwd.layout;
+    if layout.cu != inp.cu_seqlens {
+        return Err(Error::Invalid {
+            arg: "cu_seqlens",
+            value: format!("{} offsets", inp.cu_seqlens.len()),
+            reason: "differ from those of the forward outputs",
+        });
+    }
+    let cfg = cfg.with_chunk_size(layout.chunk);
+    let pdims = layout.dims(&d);
+    let dtype = inp.q.dtype();
+    fwd.padded.check_shapes(&pdims, dtype, &cfg, false)?;
+    if cfg.variant.normalizes() && fwd.padded.row_stats.is_none() {
+        return Err(Error::Invalid {
+            arg: "fwd.row_stats",
+            value: "None".into(),
+            reason: "the normalized variants' backward needs the forward's row statistics: \
+                     run the forward with MlstmConfig::row_stats = true",
+        });
+    }
+    let (n, nh, dqk, dhv) = (d.seqs, d.nh, d.dqk, d.dhv);
+    expect_shape("dh", grad.dh, &[d.total, nh, dhv])?;
+    expect_dtype("dh", grad.dh, dtype)?;
+    let finals = [
+        ("dc", grad.dc, vec![n, nh, dqk, dhv]),
+        ("dn", grad.dn, vec![n, nh, dqk]),
+        ("dm", grad.dm, vec![n, nh]),
+    ];
+    for (arg, t, shape) in finals {
+        if let Some(t) = t {
+            check_sequences(arg, t, n)?;
+            expect_shape(arg, t, &shape)?;
+            expect_dtype(arg, t, Dtype::F32)?;
+        }
+    }
+
+    let padded_dh = layout.pack(rt, grad.dh, 0.0)?;
+    let f32_ = Dtype::F32;
+    let s = layout.padded;
+    let chunk = layout.chunk;
+    let padded = MlstmGrads {
+        dq: Tensor::uninit(rt, dtype, &[1, nh, s, dqk])?,
+        dk: Tensor::uninit(rt, dtype, &[1, nh, s, dqk])?,
+        dv: Tensor::uninit(rt, dtype, &[1, nh, s, dhv])?,
+        di: Tensor::uninit(rt, f32_, &[1, nh, s])?,
+        df: Tensor::uninit(rt, f32_, &[1, nh, s])?,
+        dc0: None,
+        dn0: None,
+        dm0: None,
+        workspace: BwdWorkspace::alloc_for(rt, &pdims, dtype, chunk, n)?,
+    };
+    let opt = |given: bool, shape: &[usize]| -> Result<Option<Tensor>> {
+        given.then(|| Tensor::uninit(rt, f32_, shape)).transpose()
+    };
+    let dc0 = opt(inp.c0.is_some(), &[n, nh, dqk, dhv])?;
+    let dn0 = opt(inp.n0.is_some(), &[n, nh, dqk])?;
+    let dm0 = opt(inp.m0.is_some(), &[n, nh])?;
+    let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
+    let ptrs = tfla_params::bwd::BwdPointers {
+        c0: ptr(inp.c0),
+        n0: ptr(inp.n0),
+        m0: ptr(inp.m0),
+        c_final: fwd.c.device_ptr(),
+        n_final: fwd.n.device_ptr(),
+        dc_final: ptr(grad.dc),
+        dn_final: ptr(grad.dn),
+        dm_final: ptr(grad.dm),
+        dc0: ptr(dc0.as_ref()),
+        dn0: ptr(dn0.as_ref()),
+        dm0: ptr(dm0.as_ref()),
+        seq_chunks: layout.seq_chunks(),
+        ..bwd_pointers(
+            &fwd.padded_inputs.as_inputs(),
+            &fwd.padded,
+            &MlstmGradOutputs::new(&padded_dh),
+            &padded,
+        )
+    };
+    // SAFETY: every padded tensor was allocated for `pdims` and the forward's chunk size
+    // (the forward outputs checked above), the workspace for N sequences; the per-sequence
+    // states and gradients were checked against N, NH and the head dims.
+    unsafe { launch_bwd(rt, rt.stream(), &ptrs, pdims, dtype, &cfg, mode, n as u32)? };
+    Ok(VarlenGrads {
+        dq: layout.unpack(rt, &padded.dq)?,
+        dk: layout.unpack(rt, &padded.dk)?,
+        dv: layout.unpack(rt, &padded.dv)?,
+        di: layout.unpack(rt, &padded.di)?,
+        df: layout.unpack(rt, &padded.df)?,
+        dc0,
+        dn0,
+        dm0,
+        padded,
+        padded_dh,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_checked() {
+        let arg = |cu: &[u32], t| match check_cu_seqlens(cu, t) {
+            Err(Error::Invalid { arg, value, .. }) => (arg, value),
+            other => panic!("expected Error::Invalid, got {other:?}"),
+        };
+        assert_eq!(check_cu_seqlens(&[0, 1, 16, 40], 40).unwrap(), 3);
+        assert_eq!(arg(&[0], 0).0, "cu_seqlens");
+        assert!(arg(&[1, 5], 5).1.contains("cu_seqlens[0] = 1"));
+        assert!(
+            arg(&[0, 5, 5, 9], 9)
+                .1
+                .contains("cu_seqlens[2] = 5 ≤ cu_seqlens[1] = 5")
+        );
+        assert!(arg(&[0, 7, 3], 3).1.contains("cu_seqlens[2] = 3"));
+        assert!(arg(&[0, 5, 9], 10).1.contains("T = 10"));
+    }
+}
