@@ -118,10 +118,15 @@ fn case_data(case: &Case, rng: &mut impl rand::Rng) -> (RefInputs, RefGradOutput
     let mut inp = RefInputs::random(case.shape, case.initial_state, rng);
     case.gates.apply(&mut inp);
     round_inputs(&mut inp, case.dtype);
+    limit_readout_cancellation(&mut inp, case.variant, case.dtype, rng);
     if case.mode == GradMode::Exact {
         away_from_kinks(&mut inp, case.variant, case.dtype);
     }
-    let g = random_grad_outputs(case.shape, case.variant, case.dtype, case.final_grads, rng);
+    let mut g = random_grad_outputs(case.shape, case.variant, case.dtype, case.final_grads, rng);
+    if case.mode == GradMode::Exact && case.variant.normalizes() {
+        let h = reference::recurrent(&inp, &RefParams::new(case.variant, case.shape.dqk)).h;
+        limit_output_cancellation(&mut g, &h, case.shape.dhv, case.dtype, rng);
+    }
     (inp, g)
 }
 

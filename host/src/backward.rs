@@ -238,7 +238,7 @@ impl BwdWorkspace {
         self.tensors().iter().map(|t| bytes(t)).sum()
     }
 
-    fn check(&self, dims: &Dims, dtype: Dtype, chunk: usize) -> Result<()> {
+    fn check(&self, dims: &Dims, dtype: Dtype, chunk: usize, seqs: usize) -> Result<()> {
         if self.chunk_size != chunk {
             return Err(Error::Invalid {
                 arg: "workspace.chunk_size",
@@ -246,7 +246,7 @@ impl BwdWorkspace {
                 reason: "the gradients were allocated for another chunk size",
             });
         }
-        for ((arg, dt, shape), t) in workspace_layout(dims, dtype, chunk, 1)
+        for ((arg, dt, shape), t) in workspace_layout(dims, dtype, chunk, seqs)
             .into_iter()
             .zip(self.tensors())
         {
@@ -315,7 +315,15 @@ impl MlstmGrads {
         tensors.iter().map(|t| bytes(t)).sum::<usize>() + self.workspace.bytes()
     }
 
-    fn check(&self, inputs: &MlstmInputs, dims: &Dims, dtype: Dtype, chunk: usize) -> Result<()> {
+    /// `seqs`: sequences per head the workspace serves (1 unless packed, `crate::varlen`).
+    pub(crate) fn check(
+        &self,
+        inputs: &MlstmInputs,
+        dims: &Dims,
+        dtype: Dtype,
+        chunk: usize,
+        seqs: usize,
+    ) -> Result<()> {
         let Dims { b, nh, s, dqk, dhv } = *dims;
         for (arg, t, shape) in [
             ("dq", &self.dq, [b, nh, s, dqk]),
@@ -351,7 +359,7 @@ impl MlstmGrads {
                 }
             }
         }
-        self.workspace.check(dims, dtype, chunk)
+        self.workspace.check(dims, dtype, chunk, seqs)
     }
 }
 
@@ -421,7 +429,7 @@ pub fn mlstm_bwd_into(
     grads: &mut MlstmGrads,
 ) -> Result<()> {
     let (dims, dtype) = check_args(inputs, fwd, grad_out, cfg)?;
-    grads.check(inputs, &dims, dtype, cfg.chunk_for(&dims)?)?;
+    grads.check(inputs, &dims, dtype, cfg.chunk_for(&dims)?, 1)?;
     let ptrs = bwd_pointers(inputs, fwd, grad_out, grads);
     // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked against
     // `dims` above (inputs by `dims()`, forward outputs by `check`, upstream gradients, outputs

@@ -198,6 +198,13 @@ fn check_sequences(arg: &'static str, t: &Tensor, seqs: usize) -> Result<()> {
     }
 }
 
+/// A repacking destination of the right shape and dtype (the outputs' own tensors, so a
+/// mismatch means outputs allocated for another batch).
+fn check_pair(arg: &'static str, src: &Tensor, dst: &Tensor, shape: &[usize]) -> Result<()> {
+    expect_shape(arg, dst, shape)?;
+    expect_dtype(arg, dst, src.dtype())
+}
+
 /// The padded per-head layout of one packed batch at one chunk size: the host offsets and
 /// their device copies (the kernels read them).
 #[derive(Debug)]
@@ -250,30 +257,38 @@ impl VarlenLayout {
         }
     }
 
-    /// T' steps padded per head with `pad`: (T, NH, ·) → (1, NH, T', ·) (same dtype).
-    fn pack(&self, rt: &Runtime, src: &Tensor, pad: f32) -> Result<Tensor> {
-        let row = &src.shape()[2..];
-        let shape: Vec<usize> = [1, self.nh, self.padded]
+    /// The padded shape of a packed (T, NH, ·) tensor: (1, NH, T', ·).
+    fn padded_shape(&self, packed: &[usize]) -> Vec<usize> {
+        [1, self.nh, self.padded]
             .iter()
-            .chain(row)
+            .chain(&packed[2..])
             .copied()
-            .collect();
-        let dst = Tensor::uninit(rt, src.dtype(), &shape)?;
-        // SAFETY: `src` is (T, NH, ·) of the batch these offsets were checked against, `dst`
-        // was allocated for the padded layout of the same rows.
-        unsafe { self.repack(rt, src, &dst, pad.to_bits(), false)? };
-        Ok(dst)
+            .collect()
     }
 
-    /// The packed steps back: (1, NH, T', ·) → (T, NH, ·).
-    fn unpack(&self, rt: &Runtime, src: &Tensor) -> Result<Tensor> {
-        let row = &src.shape()[3..];
+    /// The packed shape of a padded (1, NH, T', ·) tensor: (T, NH, ·).
+    fn packed_shape(&self, padded: &[usize]) -> Vec<usize> {
         let total = self.cu[self.cu.len() - 1] as usize;
-        let shape: Vec<usize> = [total, self.nh].iter().chain(row).copied().collect();
-        let dst = Tensor::uninit(rt, src.dtype(), &shape)?;
-        // SAFETY: as in `pack`, the other way round.
-        unsafe { self.repack(rt, src, &dst, 0, true)? };
-        Ok(dst)
+        [total, self.nh]
+            .iter()
+            .chain(&padded[3..])
+            .copied()
+            .collect()
+    }
+
+    /// `src` (T, NH, ·) into `dst` (1, NH, T', ·), `pad` in the padding steps.
+    fn pack_into(&self, rt: &Runtime, src: &Tensor, dst: &Tensor, pad: f32) -> Result<()> {
+        check_pair("padded", src, dst, &self.padded_shape(src.shape()))?;
+        // SAFETY: `src` is (T, NH, ·) of the batch these offsets were checked against, `dst`
+        // the padded layout of the same rows (checked above).
+        unsafe { self.repack(rt, src, dst, pad.to_bits(), false) }
+    }
+
+    /// `src` (1, NH, T', ·) into `dst` (T, NH, ·): the packed steps.
+    fn unpack_into(&self, rt: &Runtime, src: &Tensor, dst: &Tensor) -> Result<()> {
+        check_pair("packed", src, dst, &self.packed_shape(src.shape()))?;
+        // SAFETY: as in `pack_into`, the other way round.
+        unsafe { self.repack(rt, src, dst, 0, true) }
     }
 
     /// # Safety
@@ -359,64 +374,146 @@ pub struct VarlenOutputs {
     pub layout: VarlenLayout,
 }
 
-/// The forward pass over a packed batch. The chunk size is `cfg`'s, or the default for one
-/// batch row of T steps.
-pub fn mlstm_fwd_varlen(
-    rt: &Runtime,
-    inp: &VarlenInputs,
-    cfg: &MlstmConfig,
-) -> Result<VarlenOutputs> {
-    let d = inp.dims()?;
-    let chunk = cfg.chunk_for(&Dims {
+/// The chunk size of a packed batch: `cfg`'s, or the default for one batch row of T steps.
+fn chunk_of(d: &VarlenDims, cfg: &MlstmConfig) -> Result<usize> {
+    cfg.chunk_for(&Dims {
         b: 1,
         nh: d.nh,
         s: d.total,
         dqk: d.dqk,
         dhv: d.dhv,
-    })?;
-    let cfg = cfg.with_chunk_size(chunk);
-    let layout = VarlenLayout::new(inp.cu_seqlens, chunk, d.nh)?;
-    let pdims = layout.dims(&d);
-    pdims.validate()?;
-    let dtype = inp.q.dtype();
-    let padded_inputs = PaddedInputs {
-        q: layout.pack(rt, inp.q, 0.0)?,
-        k: layout.pack(rt, inp.k, 0.0)?,
-        v: layout.pack(rt, inp.v, 0.0)?,
-        i: layout.pack(rt, inp.i, PAD_I)?,
-        f: layout.pack(rt, inp.f, PAD_F)?,
-    };
-    let padded = MlstmOutputs::alloc_with(rt, &pdims, dtype, &cfg, false)?;
-    let (n, nh, dqk, dhv) = (d.seqs, d.nh, d.dqk, d.dhv);
-    let f32_ = Dtype::F32;
-    let (c, nn, m) = (
-        Tensor::uninit(rt, f32_, &[n, nh, dqk, dhv])?,
-        Tensor::uninit(rt, f32_, &[n, nh, dqk])?,
-        Tensor::uninit(rt, f32_, &[n, nh])?,
-    );
+    })
+}
+
+impl VarlenOutputs {
+    /// Allocates outputs for the batch of `inp` (its offsets, shapes and dtype) at the chunk
+    /// size of `cfg`; contents unspecified until a forward pass writes them. Reusable for every
+    /// call with the same offsets ([`mlstm_fwd_varlen_into`]).
+    pub fn alloc(rt: &Runtime, inp: &VarlenInputs, cfg: &MlstmConfig) -> Result<Self> {
+        let d = inp.dims()?;
+        let chunk = chunk_of(&d, cfg)?;
+        let cfg = cfg.with_chunk_size(chunk);
+        let layout = VarlenLayout::new(inp.cu_seqlens, chunk, d.nh)?;
+        let pdims = layout.dims(&d);
+        pdims.validate()?;
+        let dtype = inp.q.dtype();
+        let padded_like =
+            |t: &Tensor| Tensor::uninit(rt, t.dtype(), &layout.padded_shape(t.shape()));
+        let padded_inputs = PaddedInputs {
+            q: padded_like(inp.q)?,
+            k: padded_like(inp.k)?,
+            v: padded_like(inp.v)?,
+            i: padded_like(inp.i)?,
+            f: padded_like(inp.f)?,
+        };
+        let (n, nh, dqk, dhv) = (d.seqs, d.nh, d.dqk, d.dhv);
+        let f32_ = Dtype::F32;
+        Ok(VarlenOutputs {
+            h: Tensor::uninit(rt, dtype, &[d.total, nh, dhv])?,
+            c: Tensor::uninit(rt, f32_, &[n, nh, dqk, dhv])?,
+            n: Tensor::uninit(rt, f32_, &[n, nh, dqk])?,
+            m: Tensor::uninit(rt, f32_, &[n, nh])?,
+            padded: MlstmOutputs::alloc_with(rt, &pdims, dtype, &cfg, false)?,
+            padded_inputs,
+            layout,
+        })
+    }
+
+    /// Checks that these outputs belong to the batch of `inp` at `cfg`'s chunk size; returns
+    /// the padded dims and the config with the chunk size fixed.
+    fn check(
+        &self,
+        d: &VarlenDims,
+        inp: &VarlenInputs,
+        cfg: &MlstmConfig,
+    ) -> Result<(Dims, MlstmConfig)> {
+        let layout = &self.layout;
+        if layout.cu != inp.cu_seqlens {
+            return Err(Error::Invalid {
+                arg: "cu_seqlens",
+                value: format!("{} offsets", inp.cu_seqlens.len()),
+                reason: "differ from those the outputs were allocated (or computed) for",
+            });
+        }
+        if cfg.chunk_size.is_some_and(|c| c != layout.chunk) {
+            return Err(Error::Invalid {
+                arg: "chunk_size",
+                value: format!("{:?}", cfg.chunk_size),
+                reason: "differs from the chunk size the outputs were allocated for",
+            });
+        }
+        let cfg = cfg.with_chunk_size(layout.chunk);
+        let pdims = layout.dims(d);
+        let dtype = inp.q.dtype();
+        self.padded.check_shapes(&pdims, dtype, &cfg, false)?;
+        expect_shape("h", &self.h, &[d.total, d.nh, d.dhv])?;
+        expect_dtype("h", &self.h, dtype)?;
+        for (arg, t, shape) in [
+            ("c", &self.c, vec![d.seqs, d.nh, d.dqk, d.dhv]),
+            ("n", &self.n, vec![d.seqs, d.nh, d.dqk]),
+            ("m", &self.m, vec![d.seqs, d.nh]),
+        ] {
+            expect_shape(arg, t, &shape)?;
+            expect_dtype(arg, t, Dtype::F32)?;
+        }
+        Ok((pdims, cfg))
+    }
+}
+
+/// The forward pass over a packed batch, allocating its outputs. The chunk size is `cfg`'s,
+/// or the default for one batch row of T steps.
+pub fn mlstm_fwd_varlen(
+    rt: &Runtime,
+    inp: &VarlenInputs,
+    cfg: &MlstmConfig,
+) -> Result<VarlenOutputs> {
+    let mut out = VarlenOutputs::alloc(rt, inp, cfg)?;
+    mlstm_fwd_varlen_into(rt, inp, cfg, &mut out)?;
+    Ok(out)
+}
+
+/// The forward pass over a packed batch into outputs from [`VarlenOutputs::alloc`] for the
+/// same offsets (nothing allocated: a serving loop reuses them).
+pub fn mlstm_fwd_varlen_into(
+    rt: &Runtime,
+    inp: &VarlenInputs,
+    cfg: &MlstmConfig,
+    out: &mut VarlenOutputs,
+) -> Result<()> {
+    let d = inp.dims()?;
+    let (pdims, cfg) = out.check(&d, inp, cfg)?;
+    let layout = &out.layout;
+    let pi = &out.padded_inputs;
+    layout.pack_into(rt, inp.q, &pi.q, 0.0)?;
+    layout.pack_into(rt, inp.k, &pi.k, 0.0)?;
+    layout.pack_into(rt, inp.v, &pi.v, 0.0)?;
+    layout.pack_into(rt, inp.i, &pi.i, PAD_I)?;
+    layout.pack_into(rt, inp.f, &pi.f, PAD_F)?;
     let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
     let ptrs = tfla_params::fwd::FwdPointers {
         c0: ptr(inp.c0),
         n0: ptr(inp.n0),
         m0: ptr(inp.m0),
-        c_final: c.device_ptr(),
-        n_final: nn.device_ptr(),
-        m_final: m.device_ptr(),
+        c_final: out.c.device_ptr(),
+        n_final: out.n.device_ptr(),
+        m_final: out.m.device_ptr(),
         seq_chunks: layout.seq_chunks(),
-        ..fwd_pointers(&padded_inputs.as_inputs(), &padded)
+        ..fwd_pointers(&pi.as_inputs(), &out.padded)
     };
-    // SAFETY: the padded inputs and outputs were allocated for `pdims` and this chunk size;
-    // the states and the offsets were checked against N, NH and the head dims (`dims`).
-    unsafe { launch_fwd(rt, rt.stream(), &ptrs, pdims, dtype, &cfg, n as u32)? };
-    Ok(VarlenOutputs {
-        h: layout.unpack(rt, &padded.h)?,
-        c,
-        n: nn,
-        m,
-        padded,
-        padded_inputs,
-        layout,
-    })
+    // SAFETY: the padded inputs and outputs were checked against `pdims` and this chunk size,
+    // the states and offsets against N, NH and the head dims (`dims`, `check`).
+    unsafe {
+        launch_fwd(
+            rt,
+            rt.stream(),
+            &ptrs,
+            pdims,
+            inp.q.dtype(),
+            &cfg,
+            d.seqs as u32,
+        )?
+    };
+    layout.unpack_into(rt, &out.padded.h, &out.h)
 }
 
 /// Upstream gradients of a packed batch: dh (T, NH, DHV) in the input dtype, and optionally of
@@ -427,6 +524,18 @@ pub struct VarlenGradOutputs<'a> {
     pub dc: Option<&'a Tensor>,
     pub dn: Option<&'a Tensor>,
     pub dm: Option<&'a Tensor>,
+}
+
+impl<'a> VarlenGradOutputs<'a> {
+    /// Only dh (no final-state gradients).
+    pub fn new(dh: &'a Tensor) -> Self {
+        VarlenGradOutputs {
+            dh,
+            dc: None,
+            dn: None,
+            dm: None,
+        }
+    }
 }
 
 /// The gradients of a packed batch, in the packed layout.
@@ -442,14 +551,51 @@ pub struct VarlenGrads {
     pub dc0: Option<Tensor>,
     pub dn0: Option<Tensor>,
     pub dm0: Option<Tensor>,
-    /// The padded gradients and workspace, and the padded dh (kept until the kernels that
-    /// read them have run).
+    /// The padded gradients and workspace, and the padded dh.
     pub padded: MlstmGrads,
     pub padded_dh: Tensor,
 }
 
-/// The backward pass over a packed batch, from the outputs of [`mlstm_fwd_varlen`] on the same
-/// inputs and `cfg` (with `row_stats` for the normalized variants).
+impl VarlenGrads {
+    /// Allocates gradients for the batch of `inp` and the forward outputs `fwd` (contents
+    /// unspecified until a backward pass writes them); reusable as [`VarlenOutputs`].
+    pub fn alloc(rt: &Runtime, inp: &VarlenInputs, fwd: &VarlenOutputs) -> Result<Self> {
+        let d = inp.dims()?;
+        let layout = &fwd.layout;
+        let pdims = layout.dims(&d);
+        let dtype = inp.q.dtype();
+        let (n, nh, s, dqk, dhv) = (d.seqs, d.nh, layout.padded, d.dqk, d.dhv);
+        let f32_ = Dtype::F32;
+        let opt = |given: bool, shape: &[usize]| -> Result<Option<Tensor>> {
+            given.then(|| Tensor::uninit(rt, f32_, shape)).transpose()
+        };
+        Ok(VarlenGrads {
+            dq: Tensor::uninit(rt, dtype, &[d.total, nh, dqk])?,
+            dk: Tensor::uninit(rt, dtype, &[d.total, nh, dqk])?,
+            dv: Tensor::uninit(rt, dtype, &[d.total, nh, dhv])?,
+            di: Tensor::uninit(rt, f32_, &[d.total, nh])?,
+            df: Tensor::uninit(rt, f32_, &[d.total, nh])?,
+            dc0: opt(inp.c0.is_some(), &[n, nh, dqk, dhv])?,
+            dn0: opt(inp.n0.is_some(), &[n, nh, dqk])?,
+            dm0: opt(inp.m0.is_some(), &[n, nh])?,
+            padded: MlstmGrads {
+                dq: Tensor::uninit(rt, dtype, &[1, nh, s, dqk])?,
+                dk: Tensor::uninit(rt, dtype, &[1, nh, s, dqk])?,
+                dv: Tensor::uninit(rt, dtype, &[1, nh, s, dhv])?,
+                di: Tensor::uninit(rt, f32_, &[1, nh, s])?,
+                df: Tensor::uninit(rt, f32_, &[1, nh, s])?,
+                dc0: None,
+                dn0: None,
+                dm0: None,
+                workspace: BwdWorkspace::alloc_for(rt, &pdims, dtype, layout.chunk, n)?,
+            },
+            padded_dh: Tensor::uninit(rt, dtype, &[1, nh, s, dhv])?,
+        })
+    }
+}
+
+/// The backward pass over a packed batch, allocating its gradients, from the outputs of a
+/// forward on the same inputs and `cfg` (with `row_stats` for the normalized variants).
 pub fn mlstm_bwd_varlen(
     rt: &Runtime,
     inp: &VarlenInputs,
@@ -458,19 +604,23 @@ pub fn mlstm_bwd_varlen(
     cfg: &MlstmConfig,
     mode: GradMode,
 ) -> Result<VarlenGrads> {
+    // Validate before allocating (the workspace is large).
+    check_bwd(inp, fwd, grad, cfg)?;
+    let mut grads = VarlenGrads::alloc(rt, inp, fwd)?;
+    mlstm_bwd_varlen_into(rt, inp, fwd, grad, cfg, mode, &mut grads)?;
+    Ok(grads)
+}
+
+/// Everything the backward reads: the inputs, the forward outputs (same batch, chunk size,
+/// row statistics where needed) and the upstream gradients.
+fn check_bwd(
+    inp: &VarlenInputs,
+    fwd: &VarlenOutputs,
+    grad: &VarlenGradOutputs,
+    cfg: &MlstmConfig,
+) -> Result<(VarlenDims, Dims, MlstmConfig)> {
     let d = inp.dims()?;
-    let layout = &fwd.layout;
-    if layout.cu != inp.cu_seqlens {
-        return Err(Error::Invalid {
-            arg: "cu_seqlens",
-            value: format!("{} offsets", inp.cu_seqlens.len()),
-            reason: "differ from those of the forward outputs",
-        });
-    }
-    let cfg = cfg.with_chunk_size(layout.chunk);
-    let pdims = layout.dims(&d);
-    let dtype = inp.q.dtype();
-    fwd.padded.check_shapes(&pdims, dtype, &cfg, false)?;
+    let (pdims, cfg) = fwd.check(&d, inp, cfg)?;
     if cfg.variant.normalizes() && fwd.padded.row_stats.is_none() {
         return Err(Error::Invalid {
             arg: "fwd.row_stats",
@@ -481,7 +631,7 @@ pub fn mlstm_bwd_varlen(
     }
     let (n, nh, dqk, dhv) = (d.seqs, d.nh, d.dqk, d.dhv);
     expect_shape("dh", grad.dh, &[d.total, nh, dhv])?;
-    expect_dtype("dh", grad.dh, dtype)?;
+    expect_dtype("dh", grad.dh, inp.q.dtype())?;
     let finals = [
         ("dc", grad.dc, vec![n, nh, dqk, dhv]),
         ("dn", grad.dn, vec![n, nh, dqk]),
@@ -494,28 +644,51 @@ pub fn mlstm_bwd_varlen(
             expect_dtype(arg, t, Dtype::F32)?;
         }
     }
+    Ok((d, pdims, cfg))
+}
 
-    let padded_dh = layout.pack(rt, grad.dh, 0.0)?;
-    let f32_ = Dtype::F32;
-    let s = layout.padded;
-    let chunk = layout.chunk;
-    let padded = MlstmGrads {
-        dq: Tensor::uninit(rt, dtype, &[1, nh, s, dqk])?,
-        dk: Tensor::uninit(rt, dtype, &[1, nh, s, dqk])?,
-        dv: Tensor::uninit(rt, dtype, &[1, nh, s, dhv])?,
-        di: Tensor::uninit(rt, f32_, &[1, nh, s])?,
-        df: Tensor::uninit(rt, f32_, &[1, nh, s])?,
-        dc0: None,
-        dn0: None,
-        dm0: None,
-        workspace: BwdWorkspace::alloc_for(rt, &pdims, dtype, chunk, n)?,
-    };
-    let opt = |given: bool, shape: &[usize]| -> Result<Option<Tensor>> {
-        given.then(|| Tensor::uninit(rt, f32_, shape)).transpose()
-    };
-    let dc0 = opt(inp.c0.is_some(), &[n, nh, dqk, dhv])?;
-    let dn0 = opt(inp.n0.is_some(), &[n, nh, dqk])?;
-    let dm0 = opt(inp.m0.is_some(), &[n, nh])?;
+/// The backward pass over a packed batch into gradients from [`VarlenGrads::alloc`].
+pub fn mlstm_bwd_varlen_into(
+    rt: &Runtime,
+    inp: &VarlenInputs,
+    fwd: &VarlenOutputs,
+    grad: &VarlenGradOutputs,
+    cfg: &MlstmConfig,
+    mode: GradMode,
+    grads: &mut VarlenGrads,
+) -> Result<()> {
+    let (d, pdims, cfg) = check_bwd(inp, fwd, grad, cfg)?;
+    let (n, dtype) = (d.seqs, inp.q.dtype());
+    let layout = &fwd.layout;
+    grads.padded.check(
+        &fwd.padded_inputs.as_inputs(),
+        &pdims,
+        dtype,
+        layout.chunk,
+        n,
+    )?;
+    for (arg, t, want) in [
+        ("dc0", &grads.dc0, inp.c0.map(Tensor::shape)),
+        ("dn0", &grads.dn0, inp.n0.map(Tensor::shape)),
+        ("dm0", &grads.dm0, inp.m0.map(Tensor::shape)),
+    ] {
+        match (t, want) {
+            (Some(t), Some(shape)) => {
+                expect_shape(arg, t, shape)?;
+                expect_dtype(arg, t, Dtype::F32)?;
+            }
+            (None, None) => {}
+            (t, _) => {
+                return Err(Error::Invalid {
+                    arg,
+                    value: if t.is_some() { "Some" } else { "None" }.into(),
+                    reason: "an initial-state gradient is present exactly when the inputs \
+                             have that initial state",
+                });
+            }
+        }
+    }
+    layout.pack_into(rt, grad.dh, &grads.padded_dh, 0.0)?;
     let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
     let ptrs = tfla_params::bwd::BwdPointers {
         c0: ptr(inp.c0),
@@ -526,33 +699,27 @@ pub fn mlstm_bwd_varlen(
         dc_final: ptr(grad.dc),
         dn_final: ptr(grad.dn),
         dm_final: ptr(grad.dm),
-        dc0: ptr(dc0.as_ref()),
-        dn0: ptr(dn0.as_ref()),
-        dm0: ptr(dm0.as_ref()),
+        dc0: ptr(grads.dc0.as_ref()),
+        dn0: ptr(grads.dn0.as_ref()),
+        dm0: ptr(grads.dm0.as_ref()),
         seq_chunks: layout.seq_chunks(),
         ..bwd_pointers(
             &fwd.padded_inputs.as_inputs(),
             &fwd.padded,
-            &MlstmGradOutputs::new(&padded_dh),
-            &padded,
+            &MlstmGradOutputs::new(&grads.padded_dh),
+            &grads.padded,
         )
     };
-    // SAFETY: every padded tensor was allocated for `pdims` and the forward's chunk size
-    // (the forward outputs checked above), the workspace for N sequences; the per-sequence
-    // states and gradients were checked against N, NH and the head dims.
+    // SAFETY: the padded tensors were checked against `pdims` and the forward's chunk size,
+    // the workspace for N sequences; the per-sequence states and gradients against N, NH and
+    // the head dims.
     unsafe { launch_bwd(rt, rt.stream(), &ptrs, pdims, dtype, &cfg, mode, n as u32)? };
-    Ok(VarlenGrads {
-        dq: layout.unpack(rt, &padded.dq)?,
-        dk: layout.unpack(rt, &padded.dk)?,
-        dv: layout.unpack(rt, &padded.dv)?,
-        di: layout.unpack(rt, &padded.di)?,
-        df: layout.unpack(rt, &padded.df)?,
-        dc0,
-        dn0,
-        dm0,
-        padded,
-        padded_dh,
-    })
+    let p = &grads.padded;
+    layout.unpack_into(rt, &p.dq, &grads.dq)?;
+    layout.unpack_into(rt, &p.dk, &grads.dk)?;
+    layout.unpack_into(rt, &p.dv, &grads.dv)?;
+    layout.unpack_into(rt, &p.di, &grads.di)?;
+    layout.unpack_into(rt, &p.df, &grads.df)
 }
 
 #[cfg(test)]

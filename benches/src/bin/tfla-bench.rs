@@ -4,11 +4,12 @@
 //!
 //! Usage: tfla-bench [--grid paper|quick|smoke] [--json PATH] [--variants exp,sig,sig_nonorm]
 //!                   [--chunks 64,128,...] [--heads NH:DQK:DHV,...] [--reps N]
-//!                   [--dtype bf16|f16|f32] [--no-bwd] [--step | --no-step]
+//!                   [--dtype bf16|f16|f32] [--no-bwd] [--step | --no-step] [--varlen N]
 //! Timing: CUDA events around each call on the runtime's stream, 3 warm-up calls, then the
 //! median of 20 timed calls; inputs random (never zeros), bf16.
 //! The step kernel (generation) has its own table (`step_table`): after the forward table on
-//! the quick grid (unless `--no-step`), alone with `--step`.
+//! the quick grid (unless `--no-step`), alone with `--step`. `--varlen N` adds a table of packed
+//! variable-length batches (`varlen_table`): N sequences of random lengths, 65,536 tokens.
 use cust::event::{Event, EventFlags};
 use cust::memory::{AsyncCopyDestination, DeviceBuffer};
 use rand::Rng;
@@ -99,7 +100,6 @@ fn main() {
             })
             .collect(),
     };
-    // The backward has no f32 path: forward only there.
     let with_bwd = !args.iter().any(|a| a == "--no-bwd");
     let reps: usize = opt("--reps").map_or(20, |r| r.parse().expect("--reps"));
     let dtype = Dtype::parse(&opt("--dtype").unwrap_or_else(|| "bf16".into()))
@@ -225,6 +225,16 @@ fn main() {
     }
     if with_step {
         step_table(&rt, dtype, &want_variants, reps, &mut table, &mut json);
+    }
+    if let Some(n) = opt("--varlen") {
+        let n: usize = n.parse().expect("--varlen N");
+        let runs = VarlenRuns {
+            seqs: n,
+            heads: &heads,
+            chunk: chunks[0],
+            reps,
+        };
+        varlen_table(&rt, dtype, &runs, &want_variants, &mut table, &mut json);
     }
     if json.ends_with(",\n") {
         json.truncate(json.len() - 2);
@@ -385,6 +395,108 @@ fn step_table(
                 )
                 .unwrap();
             }
+        }
+    }
+}
+
+/// What `varlen_table` runs.
+struct VarlenRuns<'a> {
+    seqs: usize,
+    heads: &'a [(usize, usize, usize)],
+    chunk: usize,
+    reps: usize,
+}
+
+/// Packed variable-length batches: `seqs` sequences of lengths drawn uniformly from
+/// [1, 2·65536/seqs] and scaled to 65,536 tokens (the grid's B·S), forward and forward+backward
+/// (Exact) through `tfla::varlen` into allocated outputs. Compare with the dense rows of the
+/// same tokens: the difference is the padding to whole chunks and the repacking copies.
+fn varlen_table(
+    rt: &Runtime,
+    dtype: Dtype,
+    runs: &VarlenRuns,
+    want_variants: &[String],
+    table: &mut String,
+    json: &mut String,
+) {
+    use rand::SeedableRng;
+    const TOKENS: usize = 65_536;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let draws: Vec<f64> = (0..runs.seqs).map(|_| rng.gen_range(0.0..1.0)).collect();
+    let sum: f64 = draws.iter().sum();
+    let mut lens: Vec<usize> = draws
+        .iter()
+        .map(|d| ((d / sum * TOKENS as f64) as usize).max(1))
+        .collect();
+    let short = TOKENS as isize - lens.iter().sum::<usize>() as isize;
+    lens[0] = (lens[0] as isize + short).max(1) as usize;
+    let mut cu = vec![0u32];
+    for &l in &lens {
+        cu.push(cu[cu.len() - 1] + l as u32);
+    }
+    let total = cu[cu.len() - 1] as usize;
+    let padded: usize = lens
+        .iter()
+        .map(|l| l.div_ceil(runs.chunk) * runs.chunk)
+        .sum();
+    writeln!(
+        table,
+        "\npacked variable-length batches: {} sequences, {total} tokens ({padded} after padding to L = {})",
+        runs.seqs, runs.chunk
+    )
+    .unwrap();
+    writeln!(
+        table,
+        "{:<11} {:>3} {:>4} {:>4} {:>9} {:>11}",
+        "variant", "NH", "DQK", "DHV", "fwd ms", "fwd+bwd ms"
+    )
+    .unwrap();
+    for &(nh, dqk, dhv) in runs.heads {
+        let mut rng = rand::thread_rng();
+        let q = random_tensor(rt, &mut rng, dtype, &[total, nh, dqk], -2.0, 2.0);
+        let k = random_tensor(rt, &mut rng, dtype, &[total, nh, dqk], -2.0, 2.0);
+        let v = random_tensor(rt, &mut rng, dtype, &[total, nh, dhv], -2.0, 2.0);
+        let i = random_tensor(rt, &mut rng, Dtype::F32, &[total, nh], -4.0, 4.0);
+        let f = random_tensor(rt, &mut rng, Dtype::F32, &[total, nh], 0.0, 6.0);
+        let dh = random_tensor(rt, &mut rng, dtype, &[total, nh, dhv], -1.0, 1.0);
+        let inp = tfla::VarlenInputs::new(&q, &k, &v, &i, &f, &cu);
+        for (vname, variant) in [
+            ("exp", Variant::Exp),
+            ("sig", Variant::Sig { normalize: true }),
+            ("sig_nonorm", Variant::Sig { normalize: false }),
+        ]
+        .into_iter()
+        .filter(|(n, _)| want_variants.iter().any(|w| w == n))
+        {
+            let cfg = MlstmConfig {
+                row_stats: true,
+                ..MlstmConfig::new(variant).with_chunk_size(runs.chunk)
+            };
+            let mut out = tfla::VarlenOutputs::alloc(rt, &inp, &cfg).unwrap();
+            let fwd_ms = time_ms(rt, 2, runs.reps, || {
+                tfla::mlstm_fwd_varlen_into(rt, &inp, &cfg, &mut out).unwrap();
+            });
+            let grad = tfla::VarlenGradOutputs::new(&dh);
+            let mut grads = tfla::VarlenGrads::alloc(rt, &inp, &out).unwrap();
+            let fb_ms = time_ms(rt, 2, runs.reps, || {
+                tfla::mlstm_fwd_varlen_into(rt, &inp, &cfg, &mut out).unwrap();
+                tfla::mlstm_bwd_varlen_into(
+                    rt,
+                    &inp,
+                    &out,
+                    &grad,
+                    &cfg,
+                    GradMode::Exact,
+                    &mut grads,
+                )
+                .unwrap();
+            });
+            writeln!(
+                table,
+                "{vname:<11} {nh:>3} {dqk:>4} {dhv:>4} {fwd_ms:>9.3} {fb_ms:>11.3}"
+            )
+            .unwrap();
+            writeln!(json, "  {{\"impl\": \"tfla-varlen\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"seqs\": {}, \"tokens\": {total}, \"padded\": {padded}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {}, \"fwd_ms\": {fwd_ms:.4}, \"fwdbwd_ms\": {fb_ms:.4}}},", dtype.name(), runs.seqs, runs.chunk).unwrap();
         }
     }
 }
