@@ -305,14 +305,6 @@ impl VarlenLayout {
         let row_bytes =
             src.numel() * src.dtype().size() / (self.nh * if unpack { self.padded } else { total });
         let words = row_bytes / 4;
-        // One thread per destination word, its index in u32 (`pack::grid`).
-        if (self.padded.max(total)).saturating_mul(words) > u32::MAX as usize / 2 {
-            return Err(Error::Invalid {
-                arg: "cu_seqlens",
-                value: format!("{} padded steps of {row_bytes} bytes", self.padded),
-                reason: "the padded steps times their row size must stay below 2^31",
-            });
-        }
         let p = PackParams {
             src: src.device_ptr(),
             dst: dst.device_ptr(),

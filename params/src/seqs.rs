@@ -46,10 +46,12 @@ pub struct PackParams {
 pub mod pack {
     use super::*;
     pub const THREADS: u32 = 256;
-    /// (destination words of one head / THREADS, NH, 1): thread x writes word x of the head.
+    /// Destination rows per block: one per warp.
+    pub const ROWS: u32 = THREADS / crate::WARP;
+    /// (destination steps of one head / ROWS, NH, 1).
     pub const fn grid(p: &PackParams) -> (u32, u32, u32) {
         let steps = if p.unpack != 0 { p.total } else { p.padded };
-        (div_ceil(steps * p.words, THREADS), p.nh, 1)
+        (div_ceil(steps, ROWS), p.nh, 1)
     }
     pub const ENTRY: &str = "mlstm_varlen_pack";
 }
