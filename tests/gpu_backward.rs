@@ -390,6 +390,76 @@ fn backward_hard_gate_regimes() {
 
 #[test]
 #[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn backward_recomputes_released_chunk_states() {
+    // A forward whose chunk states were released: the backward recomputes them and returns
+    // the gradients of a backward from the kept states (twice, the second reusing the
+    // workspace's recomputed states), and the outputs hold less memory.
+    let rt = runtime();
+    let mut rng = rng("backward_recomputes_released_chunk_states");
+    let mut failures = Vec::new();
+    for (variant, dtype, chunk) in [
+        (EXP, BF16, 64),
+        (SIG, F16, 128),
+        (SIG_NONORM, BF16, 128),
+        (EXP, F32, 64),
+    ] {
+        let c = case(
+            shape(1, 2, 300, 64, 128),
+            chunk,
+            variant,
+            dtype,
+            GradMode::Exact,
+        );
+        let (inp, g) = case_data(&c, &mut rng);
+        let dev = upload(&rt, &inp, dtype);
+        let dev_g = upload_grad_outputs(&rt, &g, c.shape, dtype);
+        let (inputs, cfg, grad_out) = (dev.as_inputs(), c.config(), dev_g.as_grad_outputs());
+        let mut fwd = tfla::mlstm_fwd(&rt, &inputs, &cfg).unwrap();
+        let kept = tfla::mlstm_bwd(&rt, &inputs, &fwd, &grad_out, &cfg, c.mode).unwrap();
+        let (before, states) = (fwd.bytes(), fwd.states.c.numel() * dtype.size());
+        fwd.release_chunk_states(&rt).unwrap();
+        assert!(fwd.states.released());
+        // (The released tensor keeps a one-element allocation.)
+        assert_eq!(before - fwd.bytes(), states, "released bytes");
+        let mut grads = MlstmGrads::alloc(&rt, &inputs, &cfg).unwrap();
+        for round in 0..2 {
+            poison(&mut grads);
+            tfla::mlstm_bwd_into(&rt, &inputs, &fwd, &grad_out, &cfg, c.mode, &mut grads).unwrap();
+            rt.synchronize().unwrap();
+            let want = device_grads(&kept);
+            let got = device_grads(&grads);
+            for name in ["dq", "dk", "dv", "di", "df", "dc0", "dn0", "dm0"] {
+                let (w, g) = (want(name).unwrap(), got(name).unwrap());
+                let w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+                // 16-bit: the same kernels on the same states, bit for bit; f32: its atomics
+                // add the column tiles in any order.
+                let err = rel_err(&g, &w64);
+                if err > 1e-6 {
+                    failures.push(format!(
+                        "{variant:?} {dtype:?} round {round} {name}: {err:.2e}"
+                    ));
+                }
+            }
+        }
+        // A forward into released outputs is refused (they lack the states it writes).
+        let e = tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut fwd).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                tfla::Error::Shape {
+                    arg: "states.c",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        eprintln!("ok   {variant:?} {dtype:?} L = {chunk}: released {states} bytes");
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
 fn backward_long_sequence() {
     // S = 8192: 64 chunks of state gradients walked in reverse, df̃ summed over the whole row.
     let mut cases: Vec<Case> = MODES

@@ -527,6 +527,7 @@ fn forward_with_state_pool_equals_separate_states() {
             inp.n0 = Some(gather(&pn, nh * dqk, &slot_ids));
             inp.m0 = Some(gather(&pm, nh, &slot_ids));
             round_inputs(&mut inp, dtype);
+            limit_readout_cancellation(&mut inp, variant, dtype, &mut rng);
             let dev = upload(&rt, &inp, dtype);
             let cfg = MlstmConfig {
                 row_stats: true,

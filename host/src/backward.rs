@@ -16,7 +16,9 @@
 //! normalizer as one more value column and scans the max-state path.
 use crate::config::{Dims, GradMode, MlstmConfig};
 use crate::error::{Error, Result};
-use crate::forward::{MlstmInputs, MlstmOutputs, expect_shape, kernel_gates, mlstm_fwd};
+use crate::forward::{
+    MlstmInputs, MlstmOutputs, expect_shape, fwd_pointers, kernel_gates, launch_fwd, mlstm_fwd,
+};
 use crate::launch::{self, Launch};
 use crate::runtime::Runtime;
 use crate::tensor::{Dtype, Tensor};
@@ -130,6 +132,12 @@ pub struct BwdWorkspace {
     /// f32. (The tensors above that only the tensor-core kernels use are empty for f32
     /// inputs, and this one for 16-bit inputs.)
     pub segments: Tensor,
+    /// The chunk states C̃_k recomputed for a forward that released them
+    /// ([`MlstmOutputs::release_chunk_states`]), (BH, NC, DQK, DHV) in the input dtype, and for
+    /// f32 inputs the h the recurrence writes along (discarded). Allocated by the first
+    /// backward that needs them, reused after.
+    pub recomputed_states: Option<Tensor>,
+    pub recomputed_h: Option<Tensor>,
 }
 
 /// Shapes of the workspace tensors at `dims` and chunk size `chunk`, with their dtypes.
@@ -216,6 +224,8 @@ impl BwdWorkspace {
             state_dots: sd?,
             pair_sums: ps?,
             segments: seg?,
+            recomputed_states: None,
+            recomputed_h: None,
         })
     }
 
@@ -235,7 +245,13 @@ impl BwdWorkspace {
 
     /// Device memory the workspace holds.
     pub fn bytes(&self) -> usize {
-        self.tensors().iter().map(|t| bytes(t)).sum()
+        let recomputed = self.recomputed_states.iter().chain(&self.recomputed_h);
+        self.tensors()
+            .iter()
+            .copied()
+            .chain(recomputed)
+            .map(bytes)
+            .sum()
     }
 
     fn check(&self, dims: &Dims, dtype: Dtype, chunk: usize, seqs: usize) -> Result<()> {
@@ -430,11 +446,65 @@ pub fn mlstm_bwd_into(
 ) -> Result<()> {
     let (dims, dtype) = check_args(inputs, fwd, grad_out, cfg)?;
     grads.check(inputs, &dims, dtype, cfg.chunk_for(&dims)?, 1)?;
-    let ptrs = bwd_pointers(inputs, fwd, grad_out, grads);
+    let mut ptrs = bwd_pointers(inputs, fwd, grad_out, grads);
+    if fwd.states.released() {
+        ptrs.c_states = recompute_states(rt, inputs, fwd, cfg, dims, &mut grads.workspace)?;
+    }
     // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked against
     // `dims` above (inputs by `dims()`, forward outputs by `check`, upstream gradients, outputs
     // and workspace by their `check`); cuMemAlloc aligns them.
     unsafe { mlstm_bwd_raw(rt, rt.stream(), &ptrs, dims, dtype, cfg, mode) }
+}
+
+/// The chunk states a forward released, recomputed into the workspace by the forward's state
+/// pass (`forward::launch_fwd` with `states_only`); returns their address.
+fn recompute_states(
+    rt: &Runtime,
+    inputs: &MlstmInputs,
+    fwd: &MlstmOutputs,
+    cfg: &MlstmConfig,
+    dims: Dims,
+    ws: &mut BwdWorkspace,
+) -> Result<u64> {
+    let Dims { b, nh, s, dqk, dhv } = dims;
+    let dtype = inputs.q.dtype();
+    let nc = s.div_ceil(ws.chunk_size);
+    let shape = [b, nh, nc, dqk, dhv];
+    if ws
+        .recomputed_states
+        .as_ref()
+        .is_none_or(|t| t.shape() != shape)
+    {
+        ws.recomputed_states = Some(Tensor::uninit(rt, dtype, &shape)?);
+    }
+    // The f32 recurrence writes h along with the states: into scratch, not the forward's h.
+    let h = if dtype == Dtype::F32 {
+        let shape = [b, nh, s, dhv];
+        if ws.recomputed_h.as_ref().is_none_or(|t| t.shape() != shape) {
+            ws.recomputed_h = Some(Tensor::uninit(rt, dtype, &shape)?);
+        }
+        ws.recomputed_h.as_ref().map_or(0, Tensor::device_ptr)
+    } else {
+        fwd.h.device_ptr()
+    };
+    let states = ws.recomputed_states.as_ref().map_or(0, Tensor::device_ptr);
+    let ptrs = tfla_params::fwd::FwdPointers {
+        c_states: states,
+        h,
+        // Neither the final states nor the row statistics again.
+        c_final: 0,
+        n_final: 0,
+        m_final: 0,
+        m_rows: 0,
+        norm_rows: 0,
+        ..fwd_pointers(inputs, fwd)
+    };
+    // SAFETY: the inputs and the forward outputs were checked against `dims` (check_args),
+    // the recomputed states (and h) allocated for them; the pass writes the chunk states, the
+    // forward's ñ_k, m_k of the later chunks with the values they hold, and h only for f32
+    // (into scratch).
+    unsafe { launch_fwd(rt, rt.stream(), &ptrs, dims, dtype, cfg, 1, true)? };
+    Ok(states)
 }
 
 /// Runs the forward pass (with row statistics and final states) and then the backward pass.

@@ -207,6 +207,13 @@ pub struct ChunkStates {
     pub m: Tensor,
 }
 
+impl ChunkStates {
+    /// Whether C̃_k was released ([`MlstmOutputs::release_chunk_states`]).
+    pub fn released(&self) -> bool {
+        self.c.numel() == 0
+    }
+}
+
 /// The gate vectors chunk_gates writes (inside each chunk: cumulative log forget gate b,
 /// u = ι − b, running max cm of u; per chunk g = b at its last step). Rows are chunk-padded to
 /// NC·L steps so every chunk starts 16-byte aligned.
@@ -339,17 +346,30 @@ impl MlstmOutputs {
                          the pool, its final states went there; run the forward with c0, n0, m0",
             });
         }
-        self.check_shapes(dims, dtype, cfg, true)
+        self.check_shapes(dims, dtype, cfg, true, true)
+    }
+
+    /// Frees the chunk states C̃_k, the bulk of what the forward keeps for a backward pass
+    /// (B·NH·NC·DQK·DHV in the input dtype; ñ_k, m_k and the gate vectors, NC·DQK or fewer per
+    /// head, stay). A backward from these outputs then recomputes C̃_k into its workspace with
+    /// the forward's state kernel (TFLA's memory–time trade-off: memory held between the two
+    /// passes against one more state-kernel pass; BENCHMARKS.md measures it). A forward into
+    /// these outputs needs them allocated again ([`MlstmOutputs::alloc`]).
+    pub fn release_chunk_states(&mut self, rt: &Runtime) -> Result<()> {
+        self.states.c = Tensor::uninit(rt, self.states.c.dtype(), &[0])?;
+        Ok(())
     }
 
     /// Checks that these outputs were allocated for `dims`, `dtype` and the chunk size of
-    /// `cfg`; the final states c, n, m only with `finals` (a forward with a pool writes none).
+    /// `cfg`; the final states c, n, m only with `finals` (a forward with a pool writes none);
+    /// released chunk states pass with `released_ok` (a backward recomputes them).
     pub(crate) fn check_shapes(
         &self,
         dims: &Dims,
         dtype: Dtype,
         cfg: &MlstmConfig,
         finals: bool,
+        released_ok: bool,
     ) -> Result<()> {
         let Dims { b, nh, s, dqk, dhv } = *dims;
         let chunk = cfg.chunk_for(dims)?;
@@ -369,7 +389,10 @@ impl MlstmOutputs {
                 reason: "the outputs were allocated for another chunk size",
             });
         }
-        expect_shape("states.c", &self.states.c, &[b, nh, nc, dqk, dhv])?;
+        // Released states (`release_chunk_states`) are for a backward only.
+        if !(released_ok && self.states.released()) {
+            expect_shape("states.c", &self.states.c, &[b, nh, nc, dqk, dhv])?;
+        }
         if self.states.c.dtype() != dtype {
             return Err(Error::Dtype {
                 arg: "states.c",
@@ -450,7 +473,7 @@ pub fn mlstm_fwd_into(
     // Every check (the pool's shapes and slots included) before anything is written.
     let dims = inputs.dims()?;
     let dtype = inputs.q.dtype();
-    out.check_shapes(&dims, dtype, cfg, inputs.pool.is_none())?;
+    out.check_shapes(&dims, dtype, cfg, inputs.pool.is_none(), false)?;
     let ptrs = fwd_pointers(inputs, out);
     out.pooled = inputs.pool.is_some();
     // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked
@@ -547,14 +570,18 @@ pub unsafe fn mlstm_fwd_raw(
         });
     }
     // SAFETY: this function's contract; one sequence per head.
-    unsafe { launch_fwd(rt, stream, ptrs, dims, dtype, cfg, 1) }
+    unsafe { launch_fwd(rt, stream, ptrs, dims, dtype, cfg, 1, false) }
 }
 
 /// [`mlstm_fwd_raw`] for `seqs` sequences per head (`ptrs.seq_chunks` their chunk offsets when
-/// `seqs` > 1: a packed batch, `crate::varlen`, which has checked the table).
+/// `seqs` > 1: a packed batch, `crate::varlen`, which has checked the table). With
+/// `states_only`, only the state pass (chunk_state, or the f32 recurrence): the chunk states
+/// again for a backward whose forward released them (chunk_gates' vectors and the chunk-0 ñ, m
+/// are still there; the pass rewrites ñ_k, m_k of the later chunks with the same values).
 ///
 /// # Safety
 /// As [`mlstm_fwd_raw`], with the initial and final states (and slots) of `seqs` batch rows.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn launch_fwd(
     rt: &Runtime,
     stream: &Stream,
@@ -563,6 +590,7 @@ pub(crate) unsafe fn launch_fwd(
     dtype: Dtype,
     cfg: &MlstmConfig,
     seqs: u32,
+    states_only: bool,
 ) -> Result<()> {
     dims.validate()?;
     let chunk = cfg.chunk_for(&dims)?;
@@ -618,7 +646,6 @@ pub(crate) unsafe fn launch_fwd(
         ("slots", ptrs.slots, 4),
     ];
     launch::check_pointers(&[&required[..], &required_out[..]].concat(), &aligned)?;
-    let gates = kernel_gates(cfg.variant);
     let params = FwdParams {
         ptr: FwdPointers {
             // Without the normalizer ñ0 is not read: chunk_gates (whose entry serves both
@@ -637,11 +664,16 @@ pub(crate) unsafe fn launch_fwd(
         eps: cfg.eps,
         seqs,
     };
-    let launches = fwd_launches(&params, gates, dtype);
-    for l in &launches {
+    let launches = fwd_launches(&params, kernel_gates(cfg.variant), dtype);
+    let launches = if states_only {
+        &launches[1..2]
+    } else {
+        &launches[..]
+    };
+    for l in launches {
         l.check(rt)?;
     }
-    for l in &launches {
+    for l in launches {
         // SAFETY: pointers per this function's contract; dims, chunk and alignment checked.
         unsafe { l.run(rt, stream, &params)? };
     }

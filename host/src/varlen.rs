@@ -437,7 +437,8 @@ impl VarlenOutputs {
         let cfg = cfg.with_chunk_size(layout.chunk);
         let pdims = layout.dims(d);
         let dtype = inp.q.dtype();
-        self.padded.check_shapes(&pdims, dtype, &cfg, false)?;
+        self.padded
+            .check_shapes(&pdims, dtype, &cfg, false, false)?;
         expect_shape("h", &self.h, &[d.total, d.nh, d.dhv])?;
         expect_dtype("h", &self.h, dtype)?;
         for (arg, t, shape) in [
@@ -503,6 +504,7 @@ pub fn mlstm_fwd_varlen_into(
             inp.q.dtype(),
             &cfg,
             d.seqs as u32,
+            false,
         )?
     };
     layout.unpack_into(rt, &out.padded.h, &out.h)

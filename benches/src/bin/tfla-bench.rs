@@ -5,11 +5,13 @@
 //! Usage: tfla-bench [--grid paper|quick|smoke] [--json PATH] [--variants exp,sig,sig_nonorm]
 //!                   [--chunks 64,128,...] [--heads NH:DQK:DHV,...] [--reps N]
 //!                   [--dtype bf16|f16|f32] [--no-bwd] [--step | --no-step] [--varlen N]
+//!                   [--recompute]
 //! Timing: CUDA events around each call on the runtime's stream, 3 warm-up calls, then the
 //! median of 20 timed calls; inputs random (never zeros), bf16.
 //! The step kernel (generation) has its own table (`step_table`): after the forward table on
 //! the quick grid (unless `--no-step`), alone with `--step`. `--varlen N` adds a table of packed
 //! variable-length batches (`varlen_table`): N sequences of random lengths, 65,536 tokens.
+//! `--recompute` adds the backward with released chunk states (`recompute_table`).
 use cust::event::{Event, EventFlags};
 use cust::memory::{AsyncCopyDestination, DeviceBuffer};
 use rand::Rng;
@@ -225,6 +227,9 @@ fn main() {
     }
     if with_step {
         step_table(&rt, dtype, &want_variants, reps, &mut table, &mut json);
+    }
+    if args.iter().any(|a| a == "--recompute") {
+        recompute_table(&rt, dtype, &heads, chunks[0], reps, &mut table, &mut json);
     }
     if let Some(n) = opt("--varlen") {
         let n: usize = n.parse().expect("--varlen N");
@@ -498,5 +503,69 @@ fn varlen_table(
             .unwrap();
             writeln!(json, "  {{\"impl\": \"tfla-varlen\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"seqs\": {}, \"tokens\": {total}, \"padded\": {padded}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {}, \"fwd_ms\": {fwd_ms:.4}, \"fwdbwd_ms\": {fb_ms:.4}}},", dtype.name(), runs.seqs, runs.chunk).unwrap();
         }
+    }
+}
+
+/// TFLA's memory–time trade-off: the backward from kept chunk states against one that
+/// recomputes them (`MlstmOutputs::release_chunk_states`), mLSTMexp at B = 8, S = 8192 and
+/// `chunk`, with the memory the forward's outputs hold between the passes either way.
+fn recompute_table(
+    rt: &Runtime,
+    dtype: Dtype,
+    heads: &[(usize, usize, usize)],
+    chunk: usize,
+    reps: usize,
+    table: &mut String,
+    json: &mut String,
+) {
+    writeln!(
+        table,
+        "\nbackward from kept vs recomputed chunk states, exp, B = 8, S = 8192, L = {chunk}"
+    )
+    .unwrap();
+    writeln!(
+        table,
+        "{:>3} {:>4} {:>4} {:>12} {:>15} {:>10} {:>14}",
+        "NH", "DQK", "DHV", "bwd kept ms", "bwd recomp. ms", "kept MB", "released MB"
+    )
+    .unwrap();
+    let mut rng = rand::thread_rng();
+    for &(nh, dqk, dhv) in heads {
+        let (b, s) = (8, 8192);
+        let q = random_tensor(rt, &mut rng, dtype, &[b, nh, s, dqk], -2.0, 2.0);
+        let k = random_tensor(rt, &mut rng, dtype, &[b, nh, s, dqk], -2.0, 2.0);
+        let v = random_tensor(rt, &mut rng, dtype, &[b, nh, s, dhv], -2.0, 2.0);
+        let i = random_tensor(rt, &mut rng, Dtype::F32, &[b, nh, s], -4.0, 4.0);
+        let f = random_tensor(rt, &mut rng, Dtype::F32, &[b, nh, s], 0.0, 6.0);
+        let dh = random_tensor(rt, &mut rng, dtype, &[b, nh, s, dhv], -1.0, 1.0);
+        let inputs = MlstmInputs::new(&q, &k, &v, &i, &f);
+        let cfg = MlstmConfig {
+            row_stats: true,
+            ..MlstmConfig::new(Variant::Exp).with_chunk_size(chunk)
+        };
+        let grad_out = MlstmGradOutputs::new(&dh);
+        let mut fwd = tfla::mlstm_fwd(rt, &inputs, &cfg).unwrap();
+        let mut grads = MlstmGrads::alloc(rt, &inputs, &cfg).unwrap();
+        let mut bwd = |fwd: &MlstmOutputs| {
+            time_ms(rt, 2, reps, || {
+                tfla::mlstm_bwd_into(
+                    rt,
+                    &inputs,
+                    fwd,
+                    &grad_out,
+                    &cfg,
+                    GradMode::Exact,
+                    &mut grads,
+                )
+                .unwrap()
+            })
+        };
+        let kept_ms = bwd(&fwd);
+        let kept_mb = fwd.bytes() as f64 / 1e6;
+        fwd.release_chunk_states(rt).unwrap();
+        let recomputed_ms = bwd(&fwd);
+        let released_mb = fwd.bytes() as f64 / 1e6;
+        writeln!(table, "{nh:>3} {dqk:>4} {dhv:>4} {kept_ms:>12.3} {recomputed_ms:>15.3} {kept_mb:>10.1} {released_mb:>14.1}").unwrap();
+        writeln!(json, "  {{\"impl\": \"tfla-recompute\", \"dtype\": \"{}\", \"variant\": \"exp\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"bwd_kept_ms\": {kept_ms:.4}, \"bwd_recomputed_ms\": {recomputed_ms:.4}, \"fwd_kept_bytes\": {}, \"fwd_released_bytes\": {}}},", dtype.name(), (kept_mb * 1e6) as u64, (released_mb * 1e6) as u64).unwrap();
     }
 }
