@@ -313,13 +313,14 @@ fn step_table(
         table,
         "\nstep (generation), {device}, inputs {}; NH = 8; L2 flushed before each step; \
          device copy {copy_text} (read + write); GB/s = bytes moved (C̃, ñ read + written, \
-         small vectors once) / time",
+         small vectors once) / time; of = copy: against a device copy of the same bytes, \
+         timed the same way",
         dtype.name()
     )
     .unwrap();
     writeln!(
         table,
-        "{:<11} {:>5} {:>4} {:>4} {:>5} {:>9} {:>9} {:>8} {:>5} {:>6} {:>6}",
+        "{:<11} {:>5} {:>4} {:>4} {:>5} {:>9} {:>9} {:>8} {:>10} {:>5} {:>6} {:>6}",
         "variant",
         "B·NH",
         "DQK",
@@ -328,6 +329,7 @@ fn step_table(
         "µs/step",
         "GB/s",
         "of copy",
+        "of = copy",
         "regs",
         "blk/SM",
         "waves"
@@ -369,6 +371,23 @@ fn step_table(
                 let (us, bytes) = (ms * 1e3, dims.bytes_moved(dtype, state, variant));
                 let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
                 let frac = copy_gbps.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gbps / c));
+                // A device copy of the same bytes (half read, half written), timed the same way:
+                // what any kernel moving them reaches after the same flush, launch and drain.
+                let same_gbps = unsafe { DeviceBuffer::<u8>::uninitialized(bytes as usize / 2) }
+                    .and_then(|src| {
+                        unsafe { DeviceBuffer::<u8>::uninitialized(bytes as usize / 2) }
+                            .map(|dst| (src, dst))
+                    })
+                    .map(|(src, mut dst)| {
+                        // SAFETY: both buffers live until `timed` has synchronized the stream.
+                        let ms = timed(&mut || {
+                            unsafe { dst.async_copy_from(&src, stream) }.expect("copy")
+                        });
+                        (bytes as usize / 2 * 2) as f64 / (ms * 1e-3) / 1e9
+                    })
+                    .ok();
+                let same_frac =
+                    same_gbps.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gbps / c));
                 let occ = tfla::step::step_occupancy(rt, dims, dtype, state, variant).ok();
                 let (occ_text, occ_json) = match occ {
                     Some(o) => (
@@ -387,16 +406,17 @@ fn step_table(
                 };
                 writeln!(
                     table,
-                    "{vname:<11} {bh:>5} {STEP_DQK:>4} {STEP_DHV:>4} {:>5} {us:>9.2} {gbps:>9.0} {frac:>8} {occ_text}",
+                    "{vname:<11} {bh:>5} {STEP_DQK:>4} {STEP_DHV:>4} {:>5} {us:>9.2} {gbps:>9.0} {frac:>8} {same_frac:>10} {occ_text}",
                     state.name()
                 )
                 .unwrap();
                 writeln!(
                     json,
-                    "  {{\"impl\": \"tfla\", \"kind\": \"step\", \"dtype\": \"{}\", \"state_dtype\": \"{}\", \"variant\": \"{vname}\", \"BH\": {bh}, \"B\": {b}, \"NH\": {nh}, \"DQK\": {STEP_DQK}, \"DHV\": {STEP_DHV}, \"step_us\": {us:.3}, \"bytes\": {bytes}, \"gbps\": {gbps:.1}, \"copy_gbps\": {}{occ_json}}},",
+                    "  {{\"impl\": \"tfla\", \"kind\": \"step\", \"dtype\": \"{}\", \"state_dtype\": \"{}\", \"variant\": \"{vname}\", \"BH\": {bh}, \"B\": {b}, \"NH\": {nh}, \"DQK\": {STEP_DQK}, \"DHV\": {STEP_DHV}, \"step_us\": {us:.3}, \"bytes\": {bytes}, \"gbps\": {gbps:.1}, \"copy_gbps\": {}, \"same_size_copy_gbps\": {}{occ_json}}},",
                     dtype.name(),
                     state.name(),
-                    copy_gbps.map_or("null".into(), |c| format!("{c:.1}"))
+                    copy_gbps.map_or("null".into(), |c| format!("{c:.1}")),
+                    same_gbps.map_or("null".into(), |c| format!("{c:.1}"))
                 )
                 .unwrap();
             }
