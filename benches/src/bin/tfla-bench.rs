@@ -341,6 +341,7 @@ fn step_table(
         ("sig_nonorm", Variant::Sig { normalize: false }),
     ];
     let mut rng = rand::thread_rng();
+    let mut first = true;
     for bh in STEP_BH {
         let (b, nh) = (bh / 8, 8);
         let dims = StepDims {
@@ -365,9 +366,16 @@ fn step_table(
                 .filter(|(n, _)| want_variants.iter().any(|w| w == n))
             {
                 let cfg = MlstmConfig::new(variant);
-                let ms = timed(&mut || {
-                    tfla::mlstm_step_into(rt, &inputs, &mut states, &cfg, &mut h).unwrap()
-                });
+                let mut step =
+                    || tfla::mlstm_step_into(rt, &inputs, &mut states, &cfg, &mut h).unwrap();
+                if first {
+                    // The table's first timing read ~4 µs high (32.7–33.5 µs against 28.9 for
+                    // the same kernel measured second, whose ncu duration is the same): a
+                    // throwaway round first.
+                    timed(&mut step);
+                    first = false;
+                }
+                let ms = timed(&mut step);
                 let (us, bytes) = (ms * 1e3, dims.bytes_moved(dtype, state, variant));
                 let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
                 let frac = copy_gbps.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gbps / c));
