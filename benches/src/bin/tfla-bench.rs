@@ -21,6 +21,7 @@ use tfla::{
     Dims, Dtype, GradMode, MlstmConfig, MlstmGradOutputs, MlstmGrads, MlstmInputs, MlstmOutputs,
     Runtime, StepDims, StepInputs, StepStates, Tensor, Variant,
 };
+use tfla_benches::random_tensor;
 
 const HEADS: [(usize, usize, usize); 3] = [(8, 512, 512), (8, 256, 512), (16, 128, 128)];
 
@@ -31,19 +32,6 @@ fn grid(name: &str) -> Vec<(usize, usize)> {
         "smoke" => vec![(2, 1024)],
         other => panic!("unknown grid `{other}`: paper, quick or smoke"),
     }
-}
-
-fn random_tensor(
-    rt: &Runtime,
-    rng: &mut impl Rng,
-    dtype: Dtype,
-    shape: &[usize],
-    lo: f32,
-    hi: f32,
-) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n).map(|_| rng.gen_range(lo..hi)).collect();
-    Tensor::from_f32_as(rt, dtype, &data, shape).expect("upload")
 }
 
 /// Median time in ms of `f` over `reps` calls, after `warmup` calls.
