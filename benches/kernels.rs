@@ -5,8 +5,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use tfla::{
     Dtype, GradMode, MlstmConfig, MlstmGradOutputs, MlstmGrads, MlstmInputs, MlstmOutputs, Runtime,
-    StepInputs, StepStates, Tensor, VarlenGradOutputs, VarlenGrads, VarlenInputs, VarlenOutputs,
-    registry,
+    StepInputs, StepStates, Tensor, VarlenGrads, VarlenInputs, VarlenOutputs, registry,
 };
 use tfla_benches::random_tensor;
 
@@ -132,7 +131,7 @@ fn varlen(c: &mut Criterion) {
     let mut out = VarlenOutputs::alloc(&rt, &inp, &cfg).unwrap();
     tfla::mlstm_fwd_varlen_into(&rt, &inp, &cfg, &mut out).unwrap();
     let mut grads = VarlenGrads::alloc(&rt, &inp, &out).unwrap();
-    let grad = VarlenGradOutputs::new(&d.dh);
+    let grad = MlstmGradOutputs::new(&d.dh);
     c.bench_function(
         &format!("varlen fwd+bwd 16 seqs T{total} NH8 128/128"),
         |bench| {

@@ -13,7 +13,7 @@ mod common;
 use common::*;
 use tfla::reference::{self, RefGradOutputs, RefInputs, RefParams, Shape};
 use tfla::{
-    Dtype, Error, GradMode, MlstmConfig, Runtime, Tensor, Variant, VarlenGradOutputs, VarlenInputs,
+    Dtype, Error, GradMode, MlstmConfig, MlstmGradOutputs, Runtime, Tensor, Variant, VarlenInputs,
 };
 
 const EXP: Variant = Variant::Exp;
@@ -161,7 +161,7 @@ fn check(
         &concat(seqs.iter().map(|s| s.g.dm.clone().unwrap())),
         &[n, NH],
     );
-    let grad = VarlenGradOutputs {
+    let grad = MlstmGradOutputs {
         dh: &dh,
         dc: Some(&dc),
         dn: dn.as_ref(),
@@ -359,7 +359,7 @@ fn bad_offsets_and_states_get_typed_errors() {
     let out = tfla::mlstm_fwd_varlen(&rt, &inp, &rs).unwrap();
     let dh = z(Dtype::Bf16, &[t, NH, DHV]);
     let dm = z(Dtype::F32, &[n + 2, NH]);
-    let grad = VarlenGradOutputs {
+    let grad = MlstmGradOutputs {
         dh: &dh,
         dc: None,
         dn: None,
@@ -369,7 +369,7 @@ fn bad_offsets_and_states_get_typed_errors() {
     invalid(e, "cu_seqlens", "holds 5 sequences");
     let cu2 = [0u32, 2, 16, 40];
     let other = VarlenInputs::new(&q, &k, &v, &i, &f, &cu2);
-    let grad = VarlenGradOutputs { dm: None, ..grad };
+    let grad = MlstmGradOutputs { dm: None, ..grad };
     let e = tfla::mlstm_bwd_varlen(&rt, &other, &out, &grad, &rs, GradMode::Exact).err();
     invalid(e, "cu_seqlens", "4 offsets");
     // Without row statistics the normalized backward cannot run.

@@ -28,7 +28,9 @@ pub use tfla_params::bwd::BwdPointers;
 use tfla_params::bwd::{self, BwdKernel, BwdParams};
 use tfla_params::{Dtype as KDtype, Gates};
 
-/// The backward pass's upstream gradients: of h, and optionally of the final states.
+/// The backward pass's upstream gradients: of h, and optionally of the final states. A packed
+/// batch (`crate::varlen`) takes the same, in its shapes: dh (T, NH, DHV), the final-state
+/// gradients (N, NH, …).
 #[derive(Clone, Copy)]
 pub struct MlstmGradOutputs<'a> {
     /// dL/dh: (B, NH, S, DHV) in the input dtype.
@@ -609,13 +611,7 @@ pub unsafe fn mlstm_bwd_raw(
     cfg: &MlstmConfig,
     mode: GradMode,
 ) -> Result<()> {
-    if ptrs.seq_chunks != 0 {
-        return Err(Error::Invalid {
-            arg: "seq_chunks",
-            value: format!("{:#x}", ptrs.seq_chunks),
-            reason: "packed variable-length batches go through crate::varlen",
-        });
-    }
+    launch::check_not_packed(ptrs.seq_chunks)?;
     // SAFETY: this function's contract; one sequence per head.
     unsafe { launch_bwd(rt, stream, ptrs, dims, dtype, cfg, mode, 1) }
 }

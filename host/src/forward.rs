@@ -562,13 +562,7 @@ pub unsafe fn mlstm_fwd_raw(
     dtype: Dtype,
     cfg: &MlstmConfig,
 ) -> Result<()> {
-    if ptrs.seq_chunks != 0 {
-        return Err(Error::Invalid {
-            arg: "seq_chunks",
-            value: format!("{:#x}", ptrs.seq_chunks),
-            reason: "packed variable-length batches go through crate::varlen",
-        });
-    }
+    launch::check_not_packed(ptrs.seq_chunks)?;
     // SAFETY: this function's contract; one sequence per head.
     unsafe { launch_fwd(rt, stream, ptrs, dims, dtype, cfg, 1, false) }
 }

@@ -111,6 +111,19 @@ pub(crate) fn check_pointers(
     Ok(())
 }
 
+/// The raw entries take one sequence per head: a sequence table (`seq_chunks`) belongs to the
+/// packed batches of `crate::varlen`, which check it and pass the sequence count.
+pub(crate) fn check_not_packed(seq_chunks: u64) -> Result<()> {
+    if seq_chunks != 0 {
+        return Err(Error::Invalid {
+            arg: "seq_chunks",
+            value: format!("{seq_chunks:#x}"),
+            reason: "packed variable-length batches go through crate::varlen",
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

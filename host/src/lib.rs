@@ -46,6 +46,6 @@ pub use step::{
 pub use tensor::{Dtype, Tensor};
 pub use variant::Variant;
 pub use varlen::{
-    VarlenDims, VarlenGradOutputs, VarlenGrads, VarlenInputs, VarlenOutputs, mlstm_bwd_varlen,
-    mlstm_bwd_varlen_into, mlstm_fwd_varlen, mlstm_fwd_varlen_into,
+    VarlenDims, VarlenGrads, VarlenInputs, VarlenOutputs, mlstm_bwd_varlen, mlstm_bwd_varlen_into,
+    mlstm_fwd_varlen, mlstm_fwd_varlen_into,
 };

@@ -510,28 +510,6 @@ pub fn mlstm_fwd_varlen_into(
     layout.unpack_into(rt, &out.padded.h, &out.h)
 }
 
-/// Upstream gradients of a packed batch: dh (T, NH, DHV) in the input dtype, and optionally of
-/// the final states (N, NH, …) f32 (followed as in [`MlstmGradOutputs`]).
-#[derive(Clone, Copy)]
-pub struct VarlenGradOutputs<'a> {
-    pub dh: &'a Tensor,
-    pub dc: Option<&'a Tensor>,
-    pub dn: Option<&'a Tensor>,
-    pub dm: Option<&'a Tensor>,
-}
-
-impl<'a> VarlenGradOutputs<'a> {
-    /// Only dh (no final-state gradients).
-    pub fn new(dh: &'a Tensor) -> Self {
-        VarlenGradOutputs {
-            dh,
-            dc: None,
-            dn: None,
-            dm: None,
-        }
-    }
-}
-
 /// The gradients of a packed batch, in the packed layout.
 #[derive(Debug)]
 pub struct VarlenGrads {
@@ -594,7 +572,7 @@ pub fn mlstm_bwd_varlen(
     rt: &Runtime,
     inp: &VarlenInputs,
     fwd: &VarlenOutputs,
-    grad: &VarlenGradOutputs,
+    grad: &MlstmGradOutputs,
     cfg: &MlstmConfig,
     mode: GradMode,
 ) -> Result<VarlenGrads> {
@@ -610,7 +588,7 @@ pub fn mlstm_bwd_varlen(
 fn check_bwd(
     inp: &VarlenInputs,
     fwd: &VarlenOutputs,
-    grad: &VarlenGradOutputs,
+    grad: &MlstmGradOutputs,
     cfg: &MlstmConfig,
 ) -> Result<(VarlenDims, Dims, MlstmConfig)> {
     let d = inp.dims()?;
@@ -646,7 +624,7 @@ pub fn mlstm_bwd_varlen_into(
     rt: &Runtime,
     inp: &VarlenInputs,
     fwd: &VarlenOutputs,
-    grad: &VarlenGradOutputs,
+    grad: &MlstmGradOutputs,
     cfg: &MlstmConfig,
     mode: GradMode,
     grads: &mut VarlenGrads,

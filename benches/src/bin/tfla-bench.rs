@@ -497,7 +497,7 @@ fn varlen_table(
             let fwd_ms = time_ms(rt, 2, runs.reps, || {
                 tfla::mlstm_fwd_varlen_into(rt, &inp, &cfg, &mut out).unwrap();
             });
-            let grad = tfla::VarlenGradOutputs::new(&dh);
+            let grad = tfla::MlstmGradOutputs::new(&dh);
             let mut grads = tfla::VarlenGrads::alloc(rt, &inp, &out).unwrap();
             let fb_ms = time_ms(rt, 2, runs.reps, || {
                 tfla::mlstm_fwd_varlen_into(rt, &inp, &cfg, &mut out).unwrap();
