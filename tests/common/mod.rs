@@ -111,12 +111,15 @@ pub fn rel_err_at_scale(got: &[f32], want: &[f64], scale: f64) -> f64 {
 /// Relative error bound of the forward outputs per input dtype. The kernels round P = S ⊙ D,
 /// the gate-weighted K and the chunk state C̃_k to the input dtype before each `mma`
 /// (accumulating in f32), so errors are a few units of that dtype's rounding (2^-9 for bf16,
-/// 2^-12 for f16), relative to the outputs' norm.
+/// 2^-12 for f16), relative to the outputs' norm. f32 (the recurrence, no 16-bit rounding)
+/// is limited by the normalizer readout instead: a row's h carries its cancellation κ_n times
+/// f32 rounding (κ_n ≤ [`MAX_READOUT_CANCELLATION`] in the tests), and the rows with the
+/// smallest denominators weigh most in the norm; measured up to 1.7e-5 (mLSTMexp).
 pub fn fwd_tolerance(dtype: Dtype) -> f64 {
     match dtype {
         Dtype::Bf16 => 1e-2,
         Dtype::F16 => 2e-3,
-        Dtype::F32 => 1e-5,
+        Dtype::F32 => 5e-5,
     }
 }
 
