@@ -4,43 +4,16 @@
 //! skipped and measure nothing.
 use criterion::{Criterion, criterion_group, criterion_main};
 use tfla::{
-    Dtype, GradMode, MlstmConfig, MlstmGradOutputs, MlstmGrads, MlstmInputs, MlstmOutputs, Runtime,
-    StepInputs, StepStates, Tensor, VarlenGrads, VarlenInputs, VarlenOutputs, registry,
+    Dtype, GradMode, MlstmConfig, MlstmGradOutputs, MlstmGrads, MlstmOutputs, Runtime, StepStates,
+    Tensor, VarlenGrads, VarlenOutputs, registry,
 };
-use tfla_benches::random_tensor;
+use tfla_benches::RandomInputs;
 
 /// The runtime, or None (after saying so) without a GPU.
 fn runtime(what: &str) -> Option<Runtime> {
     Runtime::new()
         .map_err(|e| eprintln!("SKIPPED {what} benchmarks: {e}"))
         .ok()
-}
-
-/// Random bf16 q, k, v (B, NH, S, ·) and f32 gates, as the forward takes them (`pre` = the
-/// leading dims: [B, NH, S] dense, [T, NH] packed).
-struct Data {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    i: Tensor,
-    f: Tensor,
-    dh: Tensor,
-}
-
-impl Data {
-    fn new(rt: &Runtime, pre: &[usize], dqk: usize, dhv: usize) -> Self {
-        let mut rng = rand::thread_rng();
-        let shape = |d: usize| [pre, &[d]].concat();
-        let mut t = |shape: &[usize], dt, lo, hi| random_tensor(rt, &mut rng, dt, shape, lo, hi);
-        Data {
-            q: t(&shape(dqk), Dtype::Bf16, -2.0, 2.0),
-            k: t(&shape(dqk), Dtype::Bf16, -2.0, 2.0),
-            v: t(&shape(dhv), Dtype::Bf16, -2.0, 2.0),
-            i: t(pre, Dtype::F32, -4.0, 4.0),
-            f: t(pre, Dtype::F32, 0.0, 6.0),
-            dh: t(&shape(dhv), Dtype::Bf16, -1.0, 1.0),
-        }
-    }
 }
 
 const HEADS: [(usize, usize); 2] = [(128, 128), (512, 512)];
@@ -52,8 +25,8 @@ fn forward_and_backward(c: &mut Criterion) {
     };
     let [b, nh, s] = DENSE;
     for (dqk, dhv) in HEADS {
-        let d = Data::new(&rt, &DENSE, dqk, dhv);
-        let inputs = MlstmInputs::new(&d.q, &d.k, &d.v, &d.i, &d.f);
+        let d = RandomInputs::new(&rt, Dtype::Bf16, &DENSE, dqk, dhv);
+        let inputs = d.mlstm();
         let dims = inputs.dims().unwrap();
         let grad_out = MlstmGradOutputs::new(&d.dh);
         for entry in registry::KERNELS {
@@ -88,8 +61,8 @@ fn step(c: &mut Criterion) {
         return;
     };
     let (b, nh, dqk, dhv) = (8, 8, 256, 512);
-    let d = Data::new(&rt, &[b, nh], dqk, dhv);
-    let inputs = StepInputs::new(&d.q, &d.k, &d.v, &d.i, &d.f);
+    let d = RandomInputs::new(&rt, Dtype::Bf16, &[b, nh], dqk, dhv);
+    let inputs = d.step();
     let mut h = Tensor::uninit(&rt, Dtype::Bf16, &[b, nh, dhv]).unwrap();
     for state in [Dtype::F32, Dtype::Bf16] {
         let mut states = StepStates::alloc_zeros(&rt, b, nh, dqk, dhv, state).unwrap();
@@ -122,8 +95,8 @@ fn varlen(c: &mut Criterion) {
         cu.push(cu[cu.len() - 1] + l);
     }
     let total = cu[cu.len() - 1] as usize;
-    let d = Data::new(&rt, &[total, 8], 128, 128);
-    let inp = VarlenInputs::new(&d.q, &d.k, &d.v, &d.i, &d.f, &cu);
+    let d = RandomInputs::new(&rt, Dtype::Bf16, &[total, 8], 128, 128);
+    let inp = d.varlen(&cu);
     let cfg = MlstmConfig {
         row_stats: true,
         ..MlstmConfig::new(tfla::Variant::Exp).with_chunk_size(64)

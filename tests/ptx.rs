@@ -9,7 +9,8 @@ use tfla_ptx_build::{Arch, entry_points, find_ptxas, ptxas_report, unresolved_ex
 
 const GATES: [Gates; 3] = [Gates::Exp, Gates::Sig, Gates::SigNoNorm];
 
-/// Every backward entry point (the gate-gradient kernel has one name per gate variant).
+/// Every backward entry point (the gate-gradient kernel has one name per gate variant), the
+/// f32 path's included.
 fn bwd_entry_names() -> Vec<&'static str> {
     let mut names = Vec::new();
     for kernel in BwdKernel::ALL {
@@ -18,6 +19,10 @@ fn bwd_entry_names() -> Vec<&'static str> {
                 names.push(tfla_params::bwd::entry_name(kernel, gates, dtype));
             }
         }
+    }
+    for gates in GATES {
+        names.push(tfla_params::bwd::recurrent::rows_entry(gates));
+        names.push(tfla_params::bwd::recurrent::entry(gates));
     }
     names.sort();
     names.dedup();
@@ -50,6 +55,7 @@ fn all_entry_names() -> Vec<&'static str> {
     let mut names = fwd_entry_names();
     names.extend(bwd_entry_names());
     names.extend(tfla_params::step::entry_names());
+    names.push(tfla_params::seqs::pack::ENTRY);
     names
 }
 
@@ -157,6 +163,11 @@ fn every_entry_takes_the_parameter_struct_the_host_passes() {
             tfla_params::step::entry_names().collect(),
             std::mem::size_of::<tfla_params::step::StepParams>(),
             "StepParams",
+        ),
+        (
+            vec![tfla_params::seqs::pack::ENTRY],
+            std::mem::size_of::<tfla_params::seqs::PackParams>(),
+            "PackParams",
         ),
     ];
     for (names, size, what) in checks {

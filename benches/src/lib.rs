@@ -1,6 +1,6 @@
 //! Shared pieces of the benchmarks (the `tfla-bench` binary and the criterion benches).
 use rand::Rng;
-use tfla::{Dtype, Runtime, Tensor};
+use tfla::{Dtype, MlstmInputs, Runtime, StepInputs, Tensor, VarlenInputs};
 
 /// A device tensor of `shape` with values uniform in [lo, hi) (never all zeros), in `dtype`.
 pub fn random_tensor(
@@ -14,4 +14,47 @@ pub fn random_tensor(
     let n: usize = shape.iter().product();
     let data: Vec<f32> = (0..n).map(|_| rng.gen_range(lo..hi)).collect();
     Tensor::from_f32_as(rt, dtype, &data, shape).expect("upload")
+}
+
+/// Random q, k, v and dh in `dtype` (values in [−2, 2), dh in [−1, 1)) and f32 gates (ĩ in
+/// [−4, 4), f̃ in [0, 6): forget gates 0.5 … 1), over the leading dims `pre` — [B, NH, S] for
+/// the forward, [B, NH] for the step, [T, NH] for a packed batch.
+pub struct RandomInputs {
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub i: Tensor,
+    pub f: Tensor,
+    pub dh: Tensor,
+}
+
+impl RandomInputs {
+    pub fn new(rt: &Runtime, dtype: Dtype, pre: &[usize], dqk: usize, dhv: usize) -> Self {
+        let mut rng = rand::thread_rng();
+        let shape = |d: usize| [pre, &[d]].concat();
+        let mut t = |shape: &[usize], dt, lo, hi| random_tensor(rt, &mut rng, dt, shape, lo, hi);
+        RandomInputs {
+            q: t(&shape(dqk), dtype, -2.0, 2.0),
+            k: t(&shape(dqk), dtype, -2.0, 2.0),
+            v: t(&shape(dhv), dtype, -2.0, 2.0),
+            i: t(pre, Dtype::F32, -4.0, 4.0),
+            f: t(pre, Dtype::F32, 0.0, 6.0),
+            dh: t(&shape(dhv), dtype, -1.0, 1.0),
+        }
+    }
+
+    /// The forward's view ([B, NH, S] leading dims).
+    pub fn mlstm(&self) -> MlstmInputs<'_> {
+        MlstmInputs::new(&self.q, &self.k, &self.v, &self.i, &self.f)
+    }
+
+    /// The step's view ([B, NH]).
+    pub fn step(&self) -> StepInputs<'_> {
+        StepInputs::new(&self.q, &self.k, &self.v, &self.i, &self.f)
+    }
+
+    /// A packed batch's view ([T, NH]) with offsets `cu_seqlens`.
+    pub fn varlen<'a>(&'a self, cu_seqlens: &'a [u32]) -> VarlenInputs<'a> {
+        VarlenInputs::new(&self.q, &self.k, &self.v, &self.i, &self.f, cu_seqlens)
+    }
 }

@@ -125,7 +125,8 @@ pub struct BwdWorkspace {
     /// Partial row dots per column tile: (combine::DOT_PLANES, BH, NC·L,
     /// combine::MAX_COL_TILES) f32.
     pub row_dots: Tensor,
-    /// Partial state dots per state tile: (BH, NC + 2, state::MAX_TILES) f32.
+    /// Partial state dots per state tile: (BH, NC + 2·sequences, state::MAX_TILES) f32
+    /// (`state::dots_per_head`).
     pub state_dots: Tensor,
     /// Partial row and column sums of the pair gradients per score tile:
     /// (2, BH, NC·L, L / scores::TILE) f32.

@@ -324,6 +324,17 @@ pub mod max_path {
     }
 }
 
+/// `[gates]` tables of the f32 entry names, in the order of [`Gates`].
+macro_rules! f32_names {
+    ($($table:ident = $prefix:literal;)*) => {$(
+        const $table: [&str; 3] = [
+            concat!($prefix, "_exp_f32"),
+            concat!($prefix, "_sig_f32"),
+            concat!($prefix, "_signn_f32"),
+        ];
+    )*};
+}
+
 /// The backward for f32 inputs, which the tensor cores would round to 16 bits: the reverse
 /// recurrence step by step on the CUDA cores (`kernels/src/mlstm/bwd_recurrent_f32.rs`), after
 /// the rows kernel and before the max-state path. One block owns TILE state columns of one
@@ -377,18 +388,14 @@ pub mod recurrent {
     }
     /// Entry points of the f32 rows kernel and of the walk, for `gates`.
     pub const fn rows_entry(gates: Gates) -> &'static str {
-        match gates {
-            Gates::Exp => "mlstm_bwd_rows_exp_f32",
-            Gates::Sig => "mlstm_bwd_rows_sig_f32",
-            Gates::SigNoNorm => "mlstm_bwd_rows_signn_f32",
-        }
+        ROWS_F32[gates as usize]
     }
     pub const fn entry(gates: Gates) -> &'static str {
-        match gates {
-            Gates::Exp => "mlstm_bwd_recurrent_exp_f32",
-            Gates::Sig => "mlstm_bwd_recurrent_sig_f32",
-            Gates::SigNoNorm => "mlstm_bwd_recurrent_signn_f32",
-        }
+        RECURRENT_F32[gates as usize]
+    }
+    f32_names! {
+        ROWS_F32 = "mlstm_bwd_rows";
+        RECURRENT_F32 = "mlstm_bwd_recurrent";
     }
 }
 

@@ -18,10 +18,10 @@ use rand::Rng;
 use std::fmt::Write as _;
 use tfla::flops::{forward_backward_flops, forward_flops, state_bytes};
 use tfla::{
-    Dims, Dtype, GradMode, MlstmConfig, MlstmGradOutputs, MlstmGrads, MlstmInputs, MlstmOutputs,
-    Runtime, StepDims, StepInputs, StepStates, Tensor, Variant,
+    Dims, Dtype, GradMode, MlstmConfig, MlstmGradOutputs, MlstmGrads, MlstmOutputs, Runtime,
+    StepDims, StepStates, Tensor, Variant,
 };
-use tfla_benches::random_tensor;
+use tfla_benches::RandomInputs;
 
 const HEADS: [(usize, usize, usize); 3] = [(8, 512, 512), (8, 256, 512), (16, 128, 128)];
 
@@ -99,7 +99,6 @@ fn main() {
         std::process::exit(2)
     });
     let device = rt.device_name().unwrap_or_default();
-    let mut rng = rand::thread_rng();
     let variants = [
         ("exp", Variant::Exp),
         ("sig", Variant::Sig { normalize: true }),
@@ -141,13 +140,8 @@ fn main() {
     for &(nh, dqk, dhv) in heads.iter().filter(|_| !step_only) {
         for &(b, s) in &grid(&grid_name) {
             let dims = Dims { b, nh, s, dqk, dhv };
-            let q = random_tensor(&rt, &mut rng, dtype, &[b, nh, s, dqk], -2.0, 2.0);
-            let k = random_tensor(&rt, &mut rng, dtype, &[b, nh, s, dqk], -2.0, 2.0);
-            let v = random_tensor(&rt, &mut rng, dtype, &[b, nh, s, dhv], -2.0, 2.0);
-            let i = random_tensor(&rt, &mut rng, Dtype::F32, &[b, nh, s], -4.0, 4.0);
-            let f = random_tensor(&rt, &mut rng, Dtype::F32, &[b, nh, s], 0.0, 6.0);
-            let dh = random_tensor(&rt, &mut rng, dtype, &[b, nh, s, dhv], -1.0, 1.0);
-            let inputs = MlstmInputs::new(&q, &k, &v, &i, &f);
+            let data = RandomInputs::new(&rt, dtype, &[b, nh, s], dqk, dhv);
+            let (inputs, dh) = (data.mlstm(), &data.dh);
             for (vname, variant) in variants
                 .into_iter()
                 .filter(|(n, _)| want_variants.iter().any(|w| w == n))
@@ -177,7 +171,7 @@ fn main() {
                     // Forward+backward into allocated outputs, gradients and workspace.
                     let fb = with_bwd.then(|| {
                         MlstmGrads::alloc(&rt, &inputs, &cfg).map(|mut grads| {
-                            let grad_out = MlstmGradOutputs::new(&dh);
+                            let grad_out = MlstmGradOutputs::new(dh);
                             let ms = time_ms(&rt, 3, reps, || {
                                 tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap();
                                 tfla::mlstm_bwd_into(
@@ -328,7 +322,6 @@ fn step_table(
         ("sig", Variant::Sig { normalize: true }),
         ("sig_nonorm", Variant::Sig { normalize: false }),
     ];
-    let mut rng = rand::thread_rng();
     let mut first = true;
     for bh in STEP_BH {
         let (b, nh) = (bh / 8, 8);
@@ -338,12 +331,8 @@ fn step_table(
             dqk: STEP_DQK,
             dhv: STEP_DHV,
         };
-        let q = random_tensor(rt, &mut rng, dtype, &[b, nh, STEP_DQK], -2.0, 2.0);
-        let k = random_tensor(rt, &mut rng, dtype, &[b, nh, STEP_DQK], -2.0, 2.0);
-        let v = random_tensor(rt, &mut rng, dtype, &[b, nh, STEP_DHV], -2.0, 2.0);
-        let i = random_tensor(rt, &mut rng, Dtype::F32, &[b, nh], -4.0, 4.0);
-        let f = random_tensor(rt, &mut rng, Dtype::F32, &[b, nh], 0.0, 6.0);
-        let inputs = StepInputs::new(&q, &k, &v, &i, &f);
+        let data = RandomInputs::new(rt, dtype, &[b, nh], STEP_DQK, STEP_DHV);
+        let inputs = data.step();
         let mut h = Tensor::uninit(rt, dtype, &[b, nh, STEP_DHV]).expect("h");
         for state in [Dtype::F32, Dtype::Bf16] {
             // Made after the uploads: the constructor waits for them.
@@ -473,14 +462,8 @@ fn varlen_table(
     )
     .unwrap();
     for &(nh, dqk, dhv) in runs.heads {
-        let mut rng = rand::thread_rng();
-        let q = random_tensor(rt, &mut rng, dtype, &[total, nh, dqk], -2.0, 2.0);
-        let k = random_tensor(rt, &mut rng, dtype, &[total, nh, dqk], -2.0, 2.0);
-        let v = random_tensor(rt, &mut rng, dtype, &[total, nh, dhv], -2.0, 2.0);
-        let i = random_tensor(rt, &mut rng, Dtype::F32, &[total, nh], -4.0, 4.0);
-        let f = random_tensor(rt, &mut rng, Dtype::F32, &[total, nh], 0.0, 6.0);
-        let dh = random_tensor(rt, &mut rng, dtype, &[total, nh, dhv], -1.0, 1.0);
-        let inp = tfla::VarlenInputs::new(&q, &k, &v, &i, &f, &cu);
+        let data = RandomInputs::new(rt, dtype, &[total, nh], dqk, dhv);
+        let (inp, dh) = (data.varlen(&cu), &data.dh);
         for (vname, variant) in [
             ("exp", Variant::Exp),
             ("sig", Variant::Sig { normalize: true }),
@@ -497,7 +480,7 @@ fn varlen_table(
             let fwd_ms = time_ms(rt, 2, runs.reps, || {
                 tfla::mlstm_fwd_varlen_into(rt, &inp, &cfg, &mut out).unwrap();
             });
-            let grad = tfla::MlstmGradOutputs::new(&dh);
+            let grad = tfla::MlstmGradOutputs::new(dh);
             let mut grads = tfla::VarlenGrads::alloc(rt, &inp, &out).unwrap();
             let fb_ms = time_ms(rt, 2, runs.reps, || {
                 tfla::mlstm_fwd_varlen_into(rt, &inp, &cfg, &mut out).unwrap();
@@ -545,21 +528,15 @@ fn recompute_table(
         "NH", "DQK", "DHV", "bwd kept ms", "bwd recomp. ms", "kept MB", "released MB"
     )
     .unwrap();
-    let mut rng = rand::thread_rng();
     for &(nh, dqk, dhv) in heads {
         let (b, s) = (8, 8192);
-        let q = random_tensor(rt, &mut rng, dtype, &[b, nh, s, dqk], -2.0, 2.0);
-        let k = random_tensor(rt, &mut rng, dtype, &[b, nh, s, dqk], -2.0, 2.0);
-        let v = random_tensor(rt, &mut rng, dtype, &[b, nh, s, dhv], -2.0, 2.0);
-        let i = random_tensor(rt, &mut rng, Dtype::F32, &[b, nh, s], -4.0, 4.0);
-        let f = random_tensor(rt, &mut rng, Dtype::F32, &[b, nh, s], 0.0, 6.0);
-        let dh = random_tensor(rt, &mut rng, dtype, &[b, nh, s, dhv], -1.0, 1.0);
-        let inputs = MlstmInputs::new(&q, &k, &v, &i, &f);
+        let data = RandomInputs::new(rt, dtype, &[b, nh, s], dqk, dhv);
+        let (inputs, dh) = (data.mlstm(), &data.dh);
         let cfg = MlstmConfig {
             row_stats: true,
             ..MlstmConfig::new(Variant::Exp).with_chunk_size(chunk)
         };
-        let grad_out = MlstmGradOutputs::new(&dh);
+        let grad_out = MlstmGradOutputs::new(dh);
         let mut fwd = tfla::mlstm_fwd(rt, &inputs, &cfg).unwrap();
         let mut grads = MlstmGrads::alloc(rt, &inputs, &cfg).unwrap();
         let mut bwd = |fwd: &MlstmOutputs| {
