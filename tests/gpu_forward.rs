@@ -216,6 +216,22 @@ fn forward_ragged_shapes_and_every_chunk_size() {
             dtype: Dtype::Bf16,
             initial_state: false,
         },
+        // The wide state tile (128 × 256, `fwd::wide_state`) with partial tiles in both
+        // directions, f16, the normalizer, and exactly one tile.
+        Case {
+            shape: shape(1, 2, 300, 144, 272),
+            chunk: 128,
+            variant: SIG,
+            dtype: Dtype::F16,
+            initial_state: true,
+        },
+        Case {
+            shape: shape(2, 1, 333, 128, 256),
+            chunk: 256,
+            variant: EXP,
+            dtype: Dtype::F16,
+            initial_state: true,
+        },
     ];
     for chunk in [64, 128, 256, 512, 1024] {
         cases.push(Case {

@@ -35,6 +35,7 @@ fn fwd_entry_names() -> Vec<&'static str> {
     for kernel in [
         FwdKernel::ChunkGates,
         FwdKernel::ChunkState,
+        FwdKernel::ChunkStateWide,
         FwdKernel::ChunkOutput,
     ] {
         for gates in GATES {

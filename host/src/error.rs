@@ -16,9 +16,13 @@ pub enum Error {
         #[source]
         source: cust::error::CudaError,
     },
-    /// A raw driver call (one cust does not wrap) failed with this `CUresult`.
-    #[error("CUDA error in {op}: CUresult {code}")]
-    Driver { op: &'static str, code: u32 },
+    /// A raw driver call (one cust does not wrap, or a launch) failed with this `CUresult`.
+    #[error("CUDA error in {op}: {name} (CUresult {code})")]
+    Driver {
+        op: &'static str,
+        code: u32,
+        name: String,
+    },
     /// Device memory could not be allocated.
     #[error("out of GPU memory allocating `{arg}` ({bytes} bytes)")]
     OutOfMemory { arg: &'static str, bytes: usize },
@@ -72,6 +76,29 @@ pub enum Error {
 
 impl Error {
     /// Wraps a CUDA error from `op`, turning "no device" conditions into [`Error::NoDevice`].
+    /// `Ok` for `CUDA_SUCCESS`, else [`Error::Driver`] with the driver's name of the code.
+    pub(crate) fn check_driver(op: &'static str, code: cust::sys::CUresult) -> Result<()> {
+        if code == cust::sys::cudaError_enum::CUDA_SUCCESS {
+            return Ok(());
+        }
+        let mut ptr = std::ptr::null();
+        // SAFETY: cuGetErrorName stores a pointer to a static C string (or fails, leaving null).
+        unsafe { cust::sys::cuGetErrorName(code, &mut ptr) };
+        let name = if ptr.is_null() {
+            "unknown".into()
+        } else {
+            // SAFETY: non-null: a NUL-terminated static string owned by the driver.
+            unsafe { std::ffi::CStr::from_ptr(ptr) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        Err(Error::Driver {
+            op,
+            code: code as u32,
+            name,
+        })
+    }
+
     pub(crate) fn cuda(op: &'static str) -> impl FnOnce(cust::error::CudaError) -> Error {
         use cust::error::CudaError as E;
         move |source| match source {

@@ -683,6 +683,25 @@ pub(crate) fn kernel_gates(variant: Variant) -> Gates {
     }
 }
 
+/// The chunk-state kernel in the shape `fwd::wide_state` picks for the head dims.
+fn state_launch(p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
+    if fwd::wide_state(p.dqk, p.dhv) {
+        Launch {
+            name: fwd::entry_name(FwdKernel::ChunkStateWide, gates, kdtype),
+            grid: fwd::state_wide::grid(p),
+            threads: fwd::state_wide::THREADS,
+            smem: fwd::state_wide::smem_bytes(),
+        }
+    } else {
+        Launch {
+            name: fwd::entry_name(FwdKernel::ChunkState, gates, kdtype),
+            grid: fwd::state::grid(p),
+            threads: fwd::state::THREADS,
+            smem: fwd::state::smem_bytes(p.chunk),
+        }
+    }
+}
+
 /// The launches of the forward pass, in order: the gate vectors, then for 16-bit inputs the
 /// chunk states and chunk outputs on the tensor cores, for f32 inputs the f32 recurrence (which
 /// writes the same outputs).
@@ -709,12 +728,7 @@ fn fwd_launches(p: &FwdParams, gates: Gates, dtype: Dtype) -> Vec<Launch> {
     };
     vec![
         chunk_gates,
-        Launch {
-            name: fwd::entry_name(FwdKernel::ChunkState, gates, kdtype),
-            grid: fwd::state::grid(p),
-            threads: fwd::state::THREADS,
-            smem: fwd::state::smem_bytes(p.chunk),
-        },
+        state_launch(p, gates, kdtype),
         Launch {
             name: fwd::entry_name(FwdKernel::ChunkOutput, gates, kdtype),
             grid: fwd::output::grid(p),

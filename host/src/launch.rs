@@ -1,8 +1,7 @@
-//! The one place kernels are launched: looks up the entry point, raises its dynamic shared
-//! memory limit, checks it against the device, and launches on a stream.
+//! The one place kernels are launched: checks the grid and the dynamic shared memory against
+//! the device, and launches the runtime's cached entry point on a stream.
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
-use cust::function::{BlockSize, GridSize};
 use cust::stream::Stream;
 use std::ffi::c_void;
 
@@ -52,34 +51,28 @@ impl Launch {
     /// launch's dimensions; the kernel's parameter type is `P`.
     pub unsafe fn run<P>(&self, rt: &Runtime, stream: &Stream, params: &P) -> Result<()> {
         self.check(rt)?;
-        let f = rt
-            .module()
-            .get_function(self.name)
-            .map_err(Error::cuda("cuModuleGetFunction"))?;
-        use cust::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
-        // SAFETY: `f` is a live function of the runtime's module; the value was checked above.
-        let code = unsafe { cust::sys::cuFuncSetAttribute(f.to_raw(), MAX_DYN, self.smem as i32) };
-        if code != cust::sys::cudaError_enum::CUDA_SUCCESS {
-            return Err(Error::Driver {
-                op: "cuFuncSetAttribute",
-                code: code as u32,
-            });
-        }
+        let f = rt.function(self.name, self.smem)?;
         let (x, y, z) = self.grid;
-        let args = [params as *const P as *mut c_void];
-        // SAFETY: forwarded to the caller (pointer validity); grid and block come from the
-        // launch-configuration crate for these parameters.
-        unsafe {
-            stream
-                .launch(
-                    &f,
-                    GridSize::xyz(x, y, z),
-                    BlockSize::x(self.threads),
-                    self.smem,
-                    &args,
-                )
-                .map_err(Error::cuda("cuLaunchKernel"))
-        }
+        let mut args = [params as *const P as *mut c_void];
+        // SAFETY: forwarded to the caller (pointer validity); `f` is a function of the runtime's
+        // module, whose context the stream belongs to; grid and block come from the
+        // launch-configuration crate for these parameters, the shared memory was checked above.
+        let code = unsafe {
+            cust::sys::cuLaunchKernel(
+                f,
+                x,
+                y,
+                z,
+                self.threads,
+                1,
+                1,
+                self.smem,
+                stream.as_inner(),
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        Error::check_driver("cuLaunchKernel", code)
     }
 }
 

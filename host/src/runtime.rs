@@ -4,6 +4,9 @@ use cust::context::{Context, CurrentContext};
 use cust::device::{Device, DeviceAttribute};
 use cust::module::Module;
 use cust::stream::{Stream, StreamFlags};
+use cust::sys::{CUfunction, CUfunction_attribute_enum};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// The PTX of every tfla kernel, built from `kernels/` by the build script.
 pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/tfla_kernels.ptx"));
@@ -20,7 +23,30 @@ pub struct Runtime {
     _ctx: Context,
     /// Shared memory per block the device allows once a kernel opts in.
     pub(crate) max_smem_optin: u32,
+    /// Entry points looked up so far, with the dynamic shared memory each was opted in to: a
+    /// launch then costs one hash lookup instead of a module lookup and an attribute call (a
+    /// generation step is ~20 µs of GPU time, so the host side of a launch counts).
+    functions: Mutex<HashMap<&'static str, Entry>>,
 }
+
+/// Per-thread resources of a kernel as the driver compiled it ([`Runtime::kernel_resources`]).
+#[derive(Clone, Copy, Debug)]
+pub struct KernelResources {
+    pub registers: u32,
+    /// Local memory per thread in bytes: register spills and stack.
+    pub local_bytes: u32,
+}
+
+/// A looked-up entry point of the runtime's module and the dynamic shared memory it may use.
+#[derive(Clone, Copy)]
+struct Entry {
+    function: CUfunction,
+    smem_limit: u32,
+}
+
+// SAFETY: a CUfunction is a handle into the module, valid in any thread that has the module's
+// context current (every launch makes that so); the map is only touched under its mutex.
+unsafe impl Send for Entry {}
 
 impl Runtime {
     /// Device 0.
@@ -57,6 +83,7 @@ impl Runtime {
             device,
             _ctx: ctx,
             max_smem_optin,
+            functions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -71,6 +98,64 @@ impl Runtime {
 
     pub(crate) fn module(&self) -> &Module {
         &self.module
+    }
+
+    /// The entry point `name`, allowed `smem` bytes of dynamic shared memory (the caller checked
+    /// `smem` against the device). Looked up and opted in once per runtime; a later launch with
+    /// more shared memory raises the opt-in.
+    pub(crate) fn function(&self, name: &'static str, smem: u32) -> Result<CUfunction> {
+        let mut map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = match map.get(name) {
+            Some(&entry) => entry,
+            None => {
+                let f = self
+                    .module
+                    .get_function(name)
+                    .map_err(Error::cuda("cuModuleGetFunction"))?;
+                Entry {
+                    function: f.to_raw(),
+                    smem_limit: 0,
+                }
+            }
+        };
+        // The default limit (48 KiB) needs no opt-in; above it, raise the attribute once.
+        let entry = if smem > entry.smem_limit.max(48 << 10) {
+            use CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
+            // SAFETY: a live function of this runtime's module; `smem` is within the device's
+            // opt-in limit (checked by the caller).
+            let code =
+                unsafe { cust::sys::cuFuncSetAttribute(entry.function, MAX_DYN, smem as i32) };
+            Error::check_driver("cuFuncSetAttribute", code)?;
+            Entry {
+                smem_limit: smem,
+                ..entry
+            }
+        } else {
+            entry
+        };
+        map.insert(name, entry);
+        Ok(entry.function)
+    }
+
+    /// What the driver's compiler made of entry point `name` of the module: registers per
+    /// thread and local memory per thread (spills and stack; 0 is the norm for every tfla
+    /// kernel). The driver compiles the PTX itself at load time, so these can differ from a
+    /// local `ptxas` report (`cargo xtask build-ptx`).
+    pub fn kernel_resources(&self, name: &str) -> Result<KernelResources> {
+        use cust::function::FunctionAttribute as A;
+        let f = self
+            .module
+            .get_function(name)
+            .map_err(Error::cuda("cuModuleGetFunction"))?;
+        let get = |a| {
+            f.get_attribute(a)
+                .map(|v| v as u32)
+                .map_err(Error::cuda("cuFuncGetAttribute"))
+        };
+        Ok(KernelResources {
+            registers: get(A::NumRegisters)?,
+            local_bytes: get(A::LocalSizeBytes)?,
+        })
     }
 
     /// Device name, e.g. "NVIDIA H100 80GB HBM3".
@@ -98,11 +183,6 @@ fn smem_optin(device: Device) -> Result<u32> {
     let mut value = 0i32;
     // SAFETY: writes one int for a valid device handle.
     let code = unsafe { cust::sys::cuDeviceGetAttribute(&mut value, OPTIN, device.as_raw()) };
-    if code != cust::sys::cudaError_enum::CUDA_SUCCESS {
-        return Err(Error::Driver {
-            op: "cuDeviceGetAttribute",
-            code: code as u32,
-        });
-    }
+    Error::check_driver("cuDeviceGetAttribute", code)?;
     Ok(value as u32)
 }

@@ -146,6 +146,60 @@ pub mod state {
     }
 }
 
+/// The chunk-state kernel's wide shape, for large states: 8 warps as WARPS_M (DQK) × WARPS_N
+/// (DHV), each owning a 64 × 64 sub-tile (4 m-tiles × 8 n-blocks) of a 128 × 256 state tile.
+/// The narrow shape (`state`) is bound by L2 traffic at DQK = DHV = 512 (ncu, H100: L2 87%
+/// busy, tensor pipe ~25%): every K sub-tile is re-read by each DHV tile and every V sub-tile
+/// by each DQK tile. Here each staged K and V sub-tile feeds 4× the state (half the L2 bytes
+/// per FLOP), and each B fragment loaded from shared memory feeds 4 m-tiles instead of one.
+/// One block per SM (~200 registers × 256 threads), so the pipeline is three stages deep.
+pub mod state_wide {
+    use super::*;
+    pub const WARPS_M: u32 = 2;
+    pub const WARPS_N: u32 = 4;
+    pub const WARPS: u32 = WARPS_M * WARPS_N;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// Rows (DQK) and columns (DHV) of one warp's sub-tile.
+    pub const WARP_QK: u32 = 64;
+    pub const WARP_HV: u32 = 64;
+    pub const TILE_QK: u32 = WARPS_M * WARP_QK;
+    pub const TILE_HV: u32 = WARPS_N * WARP_HV;
+    pub const SUB_L: u32 = 64;
+    pub const STAGES: u32 = 3;
+
+    /// Shared memory: STAGES × (K sub-tile SUB_L × TILE_QK, V sub-tile SUB_L × TILE_HV, 16-bit,
+    /// padded rows; the sub-tile's u, SUB_L f32).
+    pub const fn smem_bytes() -> u32 {
+        STAGES * stage_bytes()
+    }
+    pub const fn stage_bytes() -> u32 {
+        k_bytes() + v_bytes() + SUB_L * 4
+    }
+    pub const fn k_bytes() -> u32 {
+        SUB_L * (TILE_QK + SMEM_ROW_PAD) * 2
+    }
+    pub const fn v_bytes() -> u32 {
+        SUB_L * (TILE_HV + SMEM_ROW_PAD) * 2
+    }
+
+    /// As `state::grid`, with this shape's tiles.
+    pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
+        (
+            div_ceil(p.dqk, TILE_QK) * div_ceil(p.dhv, TILE_HV),
+            p.bh,
+            p.seqs,
+        )
+    }
+}
+
+/// Which chunk-state shape a head shape runs: the wide one where its tile is mostly inside
+/// the state (DQK ≥ 128 and DHV ≥ 256: the 512/512 and 256/512 heads), the narrow one
+/// otherwise (at 128/128 a wide tile would be half empty, and the grid too small to fill the
+/// SMs: 128 heads give 128 blocks).
+pub const fn wide_state(dqk: u32, dhv: u32) -> bool {
+    dqk >= state_wide::TILE_QK && dhv >= state_wide::TILE_HV
+}
+
 /// Chunk-output kernel: one block owns TILE_Q rows of one chunk and TILE_HV value columns;
 /// it adds the inter-chunk term Q·C̃_k and then walks the key tiles of the chunk up to the
 /// diagonal, streaming KD-wide slices of Q with slices of C̃_k or K, and V tiles, through a
@@ -262,6 +316,8 @@ pub mod recurrent {
 pub enum FwdKernel {
     ChunkGates,
     ChunkState,
+    /// The chunk-state kernel in its wide shape (`state_wide`, chosen by `wide_state`).
+    ChunkStateWide,
     ChunkOutput,
 }
 
@@ -282,6 +338,12 @@ pub const fn entry_name(kernel: FwdKernel, gates: Gates, dtype: Dtype) -> &'stat
         (ChunkState, Sig, F16) => "mlstm_fwd_chunk_state_sig_f16",
         (ChunkState, SigNoNorm, Bf16) => "mlstm_fwd_chunk_state_signn_bf16",
         (ChunkState, SigNoNorm, F16) => "mlstm_fwd_chunk_state_signn_f16",
+        (ChunkStateWide, Exp, Bf16) => "mlstm_fwd_chunk_state_wide_exp_bf16",
+        (ChunkStateWide, Exp, F16) => "mlstm_fwd_chunk_state_wide_exp_f16",
+        (ChunkStateWide, Sig, Bf16) => "mlstm_fwd_chunk_state_wide_sig_bf16",
+        (ChunkStateWide, Sig, F16) => "mlstm_fwd_chunk_state_wide_sig_f16",
+        (ChunkStateWide, SigNoNorm, Bf16) => "mlstm_fwd_chunk_state_wide_signn_bf16",
+        (ChunkStateWide, SigNoNorm, F16) => "mlstm_fwd_chunk_state_wide_signn_f16",
         (ChunkOutput, Exp, Bf16) => "mlstm_fwd_chunk_output_exp_bf16",
         (ChunkOutput, Exp, F16) => "mlstm_fwd_chunk_output_exp_f16",
         (ChunkOutput, Sig, Bf16) => "mlstm_fwd_chunk_output_sig_bf16",
@@ -303,6 +365,7 @@ mod tests {
     fn every_supported_config_fits_in_shared_memory() {
         for &chunk in &CHUNK_SIZES {
             assert!(state::smem_bytes(chunk) <= HOPPER_SMEM);
+            assert!(state_wide::smem_bytes() <= HOPPER_SMEM);
             assert!(gates::smem_bytes(chunk) <= HOPPER_SMEM);
             let mut dqk = HEAD_DIM_MULTIPLE;
             while dqk <= MAX_HEAD_DIM {
@@ -331,6 +394,8 @@ mod tests {
         };
         // DQK tiles × DHV tiles of the state.
         assert_eq!(state::grid(&p), (2 * 3, 6, 1));
+        // One DQK tile (80 ≤ 128) × two DHV tiles (272 > 256).
+        assert_eq!(state_wide::grid(&p), (2, 6, 1));
         // DHV tiles × (chunks · row tiles per chunk) × heads.
         assert_eq!(output::grid(&p), (3, 4 * 4, 6));
         assert_eq!(gates::grid(&p), (4, 6, 1));

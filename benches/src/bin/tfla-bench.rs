@@ -241,12 +241,17 @@ const STEP_DHV: usize = 512;
 
 /// The step kernel's table: time per step and the bandwidth it achieves, bytes moved
 /// (`StepDims::bytes_moved`: C̃ and ñ read and written, each small vector once) over time, as a
-/// fraction of a device-to-device copy measured in the same run. The L2 (50 MiB on H100/H200)
-/// is flushed before every timed step: C̃ at B·NH = 64 is 32 MiB of f32, so back-to-back steps
-/// would partly run from L2, which a model's step (every other layer in between) does not.
-/// Each row also gives the kernel's registers and resident blocks per SM as the driver
-/// compiled it, and the waves of its grid (`tfla::step::step_occupancy`): the kernel is shaped
-/// to run B·NH = 64 in one wave.
+/// fraction of a device-to-device copy measured in the same run, two ways:
+/// - one step alone: the L2 (50 MiB on H100/H200) flushed before it (C̃ at B·NH = 64 is 32 MiB
+///   of f32, so back-to-back steps of one state would partly run from L2), events around it;
+/// - a decode loop: one step for each of LAYERS layers, each its own states (as in a model,
+///   where every layer's states are cold again by its next step), back to back between one
+///   pair of events, per step. Launch latency and the drain of the writes overlap the next
+///   layer here, as they do in a served model.
+///
+/// Each is also set against a device copy of the same bytes (half read, half written), timed
+/// the same way ("of = copy"). Each row also gives the kernel's registers and resident blocks
+/// per SM as the driver compiled it, and the waves of its grid (`tfla::step::step_occupancy`).
 fn step_table(
     rt: &Runtime,
     dtype: Dtype,
@@ -255,9 +260,11 @@ fn step_table(
     table: &mut String,
     json: &mut String,
 ) {
+    const LAYERS: usize = 8;
     let stream = rt.stream();
     // 256 MiB written on the stream before each timed call evicts the L2.
     let mut flush = unsafe { DeviceBuffer::<u32>::uninitialized(64 << 20) }.expect("flush buffer");
+    // Median ms of `f` (3 warm-up calls first), the L2 flushed before each timed call.
     let mut timed = |f: &mut dyn FnMut()| -> f64 {
         for _ in 0..3 {
             f();
@@ -279,39 +286,56 @@ fn step_table(
         times.sort_by(f64::total_cmp);
         times[reps / 2]
     };
+    // GB/s of copying `bytes` (half read, half written) in `n` back-to-back copies of distinct
+    // buffers, timed by `timed`.
+    let copy_gbps = |bytes: usize, n: usize, timed: &mut dyn FnMut(&mut dyn FnMut()) -> f64| {
+        let half = bytes / 2;
+        let bufs: Option<Vec<_>> = (0..n)
+            .map(|_| {
+                let src = unsafe { DeviceBuffer::<u8>::uninitialized(half) }.ok()?;
+                let dst = unsafe { DeviceBuffer::<u8>::uninitialized(half) }.ok()?;
+                Some((src, dst))
+            })
+            .collect();
+        let mut bufs = bufs?;
+        // SAFETY: the buffers live until `timed` has synchronized the stream.
+        let ms = timed(&mut || {
+            for (src, dst) in bufs.iter_mut() {
+                unsafe { dst.async_copy_from(&*src, stream) }.expect("copy")
+            }
+        });
+        Some((2 * half * n) as f64 / (ms * 1e-3) / 1e9)
+    };
     // The ceiling: a 1 GiB device-to-device copy (2 GiB read + written).
-    const COPY: usize = 1 << 30;
-    let copy_gbps = unsafe { DeviceBuffer::<u8>::uninitialized(COPY) }
-        .and_then(|src| unsafe { DeviceBuffer::<u8>::uninitialized(COPY) }.map(|dst| (src, dst)))
-        .map(|(src, mut dst)| {
-            // SAFETY: both buffers live until the stream is synchronized inside `timed`.
-            let ms = timed(&mut || unsafe { dst.async_copy_from(&src, stream) }.expect("copy"));
-            2.0 * COPY as f64 / (ms * 1e-3) / 1e9
-        })
-        .ok();
+    let ceiling = copy_gbps(2 << 30, 1, &mut timed);
     let device = rt.device_name().unwrap_or_default();
-    let copy_text = copy_gbps.map_or("not measured".into(), |g| format!("{g:.0} GB/s"));
+    let ceiling_text = ceiling.map_or("not measured".into(), |g| format!("{g:.0} GB/s"));
     writeln!(
         table,
-        "\nstep (generation), {device}, inputs {}; NH = 8; L2 flushed before each step; \
-         device copy {copy_text} (read + write); GB/s = bytes moved (C̃, ñ read + written, \
-         small vectors once) / time; of = copy: against a device copy of the same bytes, \
-         timed the same way",
+        "\nstep (generation), {device}, inputs {}; NH = 8; device copy {ceiling_text} (read + \
+         write); GB/s = bytes moved (C̃, ñ read + written, small vectors once) / time. alone: \
+         one step after an L2 flush; loop: per step of {LAYERS} layers' steps back to back \
+         (each layer its own states). of copy: of the device copy; of = copy: of a copy of the \
+         same bytes timed the same way",
         dtype.name()
     )
     .unwrap();
     writeln!(
         table,
-        "{:<11} {:>5} {:>4} {:>4} {:>5} {:>9} {:>9} {:>8} {:>10} {:>5} {:>6} {:>6}",
+        "{:<11} {:>5} {:>4} {:>4} {:>5} | {:>8} {:>6} {:>7} {:>8} | {:>8} {:>6} {:>7} {:>8} | {:>5} {:>6} {:>6}",
         "variant",
         "B·NH",
         "DQK",
         "DHV",
         "state",
-        "µs/step",
+        "alone µs",
         "GB/s",
         "of copy",
-        "of = copy",
+        "of =copy",
+        "loop µs",
+        "GB/s",
+        "of copy",
+        "of =copy",
         "regs",
         "blk/SM",
         "waves"
@@ -322,6 +346,7 @@ fn step_table(
         ("sig", Variant::Sig { normalize: true }),
         ("sig_nonorm", Variant::Sig { normalize: false }),
     ];
+    let pct = |x: f64, of: Option<f64>| of.map_or("-".into(), |c| format!("{:.0}%", 100.0 * x / c));
     let mut first = true;
     for bh in STEP_BH {
         let (b, nh) = (bh / 8, 8);
@@ -336,43 +361,36 @@ fn step_table(
         let mut h = Tensor::uninit(rt, dtype, &[b, nh, STEP_DHV]).expect("h");
         for state in [Dtype::F32, Dtype::Bf16] {
             // Made after the uploads: the constructor waits for them.
-            let mut states =
-                StepStates::alloc_zeros(rt, b, nh, STEP_DQK, STEP_DHV, state).expect("states");
+            let mut layers: Vec<StepStates> = (0..LAYERS)
+                .map(|_| {
+                    StepStates::alloc_zeros(rt, b, nh, STEP_DQK, STEP_DHV, state).expect("states")
+                })
+                .collect();
             for (vname, variant) in variants
                 .into_iter()
                 .filter(|(n, _)| want_variants.iter().any(|w| w == n))
             {
                 let cfg = MlstmConfig::new(variant);
-                let mut step =
-                    || tfla::mlstm_step_into(rt, &inputs, &mut states, &cfg, &mut h).unwrap();
+                let bytes = dims.bytes_moved(dtype, state, variant);
+                let mut alone =
+                    || tfla::mlstm_step_into(rt, &inputs, &mut layers[0], &cfg, &mut h).unwrap();
                 if first {
                     // The table's first timing read ~4 µs high (32.7–33.5 µs against 28.9 for
                     // the same kernel measured second, whose ncu duration is the same): a
                     // throwaway round first.
-                    timed(&mut step);
+                    timed(&mut alone);
                     first = false;
                 }
-                let ms = timed(&mut step);
-                let (us, bytes) = (ms * 1e3, dims.bytes_moved(dtype, state, variant));
-                let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
-                let frac = copy_gbps.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gbps / c));
-                // A device copy of the same bytes (half read, half written), timed the same way:
-                // what any kernel moving them reaches after the same flush, launch and drain.
-                let same_gbps = unsafe { DeviceBuffer::<u8>::uninitialized(bytes as usize / 2) }
-                    .and_then(|src| {
-                        unsafe { DeviceBuffer::<u8>::uninitialized(bytes as usize / 2) }
-                            .map(|dst| (src, dst))
-                    })
-                    .map(|(src, mut dst)| {
-                        // SAFETY: both buffers live until `timed` has synchronized the stream.
-                        let ms = timed(&mut || {
-                            unsafe { dst.async_copy_from(&src, stream) }.expect("copy")
-                        });
-                        (bytes as usize / 2 * 2) as f64 / (ms * 1e-3) / 1e9
-                    })
-                    .ok();
-                let same_frac =
-                    same_gbps.map_or("-".into(), |c| format!("{:.0}%", 100.0 * gbps / c));
+                let alone_ms = timed(&mut alone);
+                let loop_ms = timed(&mut || {
+                    for states in layers.iter_mut() {
+                        tfla::mlstm_step_into(rt, &inputs, states, &cfg, &mut h).unwrap()
+                    }
+                }) / LAYERS as f64;
+                let gbps = |ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
+                let (alone_gbps, loop_gbps) = (gbps(alone_ms), gbps(loop_ms));
+                let same_alone = copy_gbps(bytes as usize, 1, &mut timed);
+                let same_loop = copy_gbps(bytes as usize, LAYERS, &mut timed);
                 let occ = tfla::step::step_occupancy(rt, dims, dtype, state, variant).ok();
                 let (occ_text, occ_json) = match occ {
                     Some(o) => (
@@ -391,17 +409,27 @@ fn step_table(
                 };
                 writeln!(
                     table,
-                    "{vname:<11} {bh:>5} {STEP_DQK:>4} {STEP_DHV:>4} {:>5} {us:>9.2} {gbps:>9.0} {frac:>8} {same_frac:>10} {occ_text}",
-                    state.name()
+                    "{vname:<11} {bh:>5} {STEP_DQK:>4} {STEP_DHV:>4} {:>5} | {:>8.2} {alone_gbps:>6.0} {:>7} {:>8} | {:>8.2} {loop_gbps:>6.0} {:>7} {:>8} | {occ_text}",
+                    state.name(),
+                    alone_ms * 1e3,
+                    pct(alone_gbps, ceiling),
+                    pct(alone_gbps, same_alone),
+                    loop_ms * 1e3,
+                    pct(loop_gbps, ceiling),
+                    pct(loop_gbps, same_loop),
                 )
                 .unwrap();
+                let num = |x: Option<f64>| x.map_or("null".into(), |c| format!("{c:.1}"));
                 writeln!(
                     json,
-                    "  {{\"impl\": \"tfla\", \"kind\": \"step\", \"dtype\": \"{}\", \"state_dtype\": \"{}\", \"variant\": \"{vname}\", \"BH\": {bh}, \"B\": {b}, \"NH\": {nh}, \"DQK\": {STEP_DQK}, \"DHV\": {STEP_DHV}, \"step_us\": {us:.3}, \"bytes\": {bytes}, \"gbps\": {gbps:.1}, \"copy_gbps\": {}, \"same_size_copy_gbps\": {}{occ_json}}},",
+                    "  {{\"impl\": \"tfla\", \"kind\": \"step\", \"dtype\": \"{}\", \"state_dtype\": \"{}\", \"variant\": \"{vname}\", \"BH\": {bh}, \"B\": {b}, \"NH\": {nh}, \"DQK\": {STEP_DQK}, \"DHV\": {STEP_DHV}, \"bytes\": {bytes}, \"step_us\": {:.3}, \"gbps\": {alone_gbps:.1}, \"loop_layers\": {LAYERS}, \"loop_step_us\": {:.3}, \"loop_gbps\": {loop_gbps:.1}, \"copy_gbps\": {}, \"same_size_copy_gbps\": {}, \"same_size_loop_copy_gbps\": {}{occ_json}}},",
                     dtype.name(),
                     state.name(),
-                    copy_gbps.map_or("null".into(), |c| format!("{c:.1}")),
-                    same_gbps.map_or("null".into(), |c| format!("{c:.1}"))
+                    alone_ms * 1e3,
+                    loop_ms * 1e3,
+                    num(ceiling),
+                    num(same_alone),
+                    num(same_loop),
                 )
                 .unwrap();
             }

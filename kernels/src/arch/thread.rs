@@ -49,3 +49,17 @@ pub fn trap() -> ! {
     // SAFETY: `trap` has no preconditions.
     unsafe { nvptx::trap() }
 }
+
+/// `x`, through an instruction the compiler may neither hoist nor merge with another use:
+/// index math derived from it is redone where it is used. A register tile's epilogue would
+/// otherwise keep one precomputed address per element live across the whole kernel (64
+/// 64-bit offsets for a 64 × 64 warp tile: the difference between 160 and 255+ registers).
+#[inline(always)]
+pub fn opaque(x: u32) -> u32 {
+    let y: u32;
+    // SAFETY: a register move; deliberately not `pure` (that would allow hoisting and CSE).
+    unsafe {
+        core::arch::asm!("mov.u32 {y}, {x};", y = out(reg32) y, x = in(reg32) x, options(nomem, nostack))
+    };
+    y
+}

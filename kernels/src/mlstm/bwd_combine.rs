@@ -246,6 +246,9 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
     // Writes this block's part of Σ_c x[row, c]·c_out·acc[row, c] for the warp's rows of half
     // `e` (row g for e = 0, g + 8 for e = 2) into row-dot plane `plane`.
     let row_dot = |acc: &[[f32; 4]; NB], e: usize, x: u64, plane: u32| unsafe {
+        // Opaque: else the element addresses are shared with the final store's and kept live
+        // across the walk (32 × 64-bit), and the driver's compiler spills dq and dk.
+        let lane = thread::opaque(lane);
         let rr = warp * 16 + acc_pos(lane, e).0;
         let inside = i0 + rr < len;
         let row = head * s as u64 + (t0 + i0 + rr) as u64;
@@ -291,7 +294,8 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
                 }
             });
             if item + 1 == n_state {
-                // r ⊙ (A·M) + e ⊗ u.
+                // r ⊙ (A·M) + e ⊗ u (addresses from an opaque lane: not hoisted out of the walk).
+                let lane = thread::opaque(lane);
                 unroll!(2, half => {
                     let e = 2 * half;
                     let rr = warp * 16 + acc_pos(lane, e).0;
@@ -311,7 +315,7 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
                         acc[nb][e + 1] = r * acc[nb][e + 1] + ecoef * u[1];
                     });
                     if let Some((x, plane)) = o.inter_dot {
-                        unsafe { row_dot(&acc, e, x, plane) };
+                        row_dot(&acc, e, x, plane);
                     }
                 });
             }
@@ -337,6 +341,7 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
     }
 
     // Store, and the row dot with the whole output.
+    let lane = thread::opaque(lane);
     unroll!(2, half => {
         let e = 2 * half;
         let rr = warp * 16 + acc_pos(lane, e).0;
@@ -348,7 +353,7 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
             unsafe { global::st_b32_if(i0 + rr < len && c < out_dim, o.out + at, v) };
         });
         if let Some((x, plane)) = o.end_dot {
-            unsafe { row_dot(&acc, e, x, plane) };
+            row_dot(&acc, e, x, plane);
         }
     });
 }

@@ -37,7 +37,7 @@ const _: () = assert!(
 #[inline(always)]
 pub unsafe fn bwd_recurrent_f32<G: GateKind>(p: &BwdParams) {
     let tid = thread::thread_idx();
-    let (lane, warp) = (tid % 32, tid / 32);
+    let lane = tid % 32;
     let (bx, bh, _) = thread::block_idx();
     let (s, dqk, dhv, l, nc) = (p.s, p.dqk, p.dhv, p.chunk.max(1), p.num_chunks);
     let head = bh as u64;

@@ -65,10 +65,17 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
     let (g_wq, g_wn) = (coef(rows::WQ), coef(rows::WN));
 
     let row = |e: usize| warp * 16 + acc_pos(lane, e).0;
-    let col = |nb: usize, e: usize| nb as u32 * 8 + acc_pos(lane, e).1;
+    // This thread's first accumulator element (row, column in the state), through
+    // `thread::opaque`: call once per loop over the tile, so the per-element addresses are
+    // redone there instead of kept live across the walk (32 × 64-bit; the driver's compiler
+    // spilled them).
+    let origin = || {
+        let lane = thread::opaque(lane);
+        (d0 + warp * 16 + lane / 4, v0 + (lane % 4) * 2)
+    };
     // Element offset of accumulator pair (nb, e) in a (DQK, DHV) matrix, and whether it exists.
-    let at = |nb: usize, e: usize| {
-        let (r, c) = (d0 + row(e), v0 + col(nb, e));
+    let at = |(r0, c0): (u32, u32), nb: usize, e: usize| {
+        let (r, c) = (r0 + (e as u32 / 2) * 8, c0 + nb as u32 * 8);
         ((r * dhv + c) as u64, r < dqk && c < dhv)
     };
     // This block's chunks [k_lo, k_hi) (all, or one sequence's: `super::seqs`), and the state
@@ -89,10 +96,11 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
     let mut nacc = [0f32; 4];
     let mut dot_final = 0f32;
     if p.ptr.dc_final != 0 {
+        let o = origin();
         unroll!(16, nb => {
             for half in 0..2 {
                 let e = 2 * half;
-                let (idx, inside) = at(nb, e);
+                let (idx, inside) = at(o, nb, e);
                 let x = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.dc_final + (mat + idx) * 4) };
                 let c = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c_final + (mat + idx) * 4) };
                 acc[nb][e] = x[0];
@@ -140,10 +148,11 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         k -= 1;
         // Store dC'_{k+1}.
         let hk = head * nc as u64 + k as u64;
+        let o = origin();
         unroll!(16, nb => {
             for half in 0..2 {
                 let e = 2 * half;
-                let (idx, inside) = at(nb, e);
+                let (idx, inside) = at(o, nb, e);
                 let ptr = p.ptr.dc_states + (hk * (dqk as u64) * (dhv as u64) + idx) * 2;
                 unsafe { global::st_b32_if(inside, ptr, E::pack(acc[nb][e], acc[nb][e + 1])) };
             }
@@ -172,19 +181,21 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         if k == k_lo && p.ptr.c0 != 0 {
             // C'_0 as given (f32), not rounded to the input dtype as the chunk states are. (A
             // branch around the whole loop: one inside it made the kernel 1.7× slower.)
+            let o = origin();
             unroll!(16, nb => {
                 for half in 0..2 {
                     let e = 2 * half;
-                    let (idx, inside) = at(nb, e);
+                    let (idx, inside) = at(o, nb, e);
                     let x = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c0 + (mat + idx) * 4) };
                     dot += acc[nb][e] * x[0] + acc[nb][e + 1] * x[1];
                 }
             });
         } else {
+            let o = origin();
             unroll!(16, nb => {
                 for half in 0..2 {
                     let e = 2 * half;
-                    let (idx, inside) = at(nb, e);
+                    let (idx, inside) = at(o, nb, e);
                     let ptr = p.ptr.c_states + (hk * (dqk as u64) * (dhv as u64) + idx) * 2;
                     let (x0, x1) = E::unpack(unsafe { global::ld_nc_f32_or_zero(inside, ptr) }.to_bits());
                     dot += acc[nb][e] * x0 + acc[nb][e + 1] * x1;
@@ -280,10 +291,11 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
 
     // dC'_0: the initial-state gradient, and its dot with the initial state.
     let mut dot_init = 0f32;
+    let o = origin();
     unroll!(16, nb => {
         for half in 0..2 {
             let e = 2 * half;
-            let (idx, inside) = at(nb, e);
+            let (idx, inside) = at(o, nb, e);
             let v = [acc[nb][e], acc[nb][e + 1]];
             if p.ptr.dc0 != 0 {
                 unsafe { global::st_v2_f32_if(inside, p.ptr.dc0 + (mat + idx) * 4, v) };

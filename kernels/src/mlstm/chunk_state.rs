@@ -73,19 +73,26 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     let gq_v = p.ptr.v + head * (s as u64) * (dhv as u64) * esz;
     let g_u = p.ptr.gate_u + head * ((nc * l) as u64) * 4; // (BH, NC·L) rows
 
-    // The warp's accumulator rows (within the tile) and columns of element e of n-block nb.
+    // The warp's accumulator rows (within the tile) of element e.
     let row = |e: usize| warp * 16 + acc_pos(lane, e).0;
-    let col = |nb: usize, e: usize| nb as u32 * 8 + acc_pos(lane, e).1;
+    // This thread's first accumulator element (row, column in the state), through
+    // `thread::opaque`: taken once per loop over the tile, so that the per-element addresses
+    // are redone there rather than kept live across the walk.
+    let origin = || {
+        let lane = thread::opaque(lane);
+        (d0 + warp * 16 + lane / 4, v0 + (lane % 4) * 2)
+    };
 
     // Initial state (coherent loads: with a state pool, C̃_final below overwrites them).
     let sh = unsafe { state_head(p, bh, seq) };
     let mut acc = [[0f32; 4]; NB];
     if p.ptr.c0 != 0 {
         let base = p.ptr.c0 + sh * (dqk as u64) * (dhv as u64) * 4;
+        let (r0, c0) = origin();
         unroll!(16, nb => {
             for half in 0..2 {
                 let e = 2 * half;
-                let (r, c) = (d0 + row(e), v0 + col(nb, e));
+                let (r, c) = (r0 + half as u32 * 8, c0 + nb as u32 * 8);
                 let ptr = base + ((r * dhv + c) as u64) * 4;
                 let x = unsafe { global::ld_v2_f32_or_zero(r < dqk && c < dhv, ptr) };
                 acc[nb][e] = x[0];
@@ -163,10 +170,11 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             )
         };
         if k < k_hi || p.ptr.c_final != 0 {
+            let (r0, c0) = origin();
             unroll!(16, nb => {
                 for half in 0..2 {
                     let e = 2 * half;
-                    let (r, c) = (d0 + row(e), v0 + col(nb, e));
+                    let (r, c) = (r0 + half as u32 * 8, c0 + nb as u32 * 8);
                     let inside = r < dqk && c < dhv;
                     let idx = (r * dhv + c) as u64;
                     let v = [acc[nb][e], acc[nb][e + 1]];

@@ -60,12 +60,23 @@ pub unsafe fn f32_vec<const THREADS: u32>(saddr: u32, base: u64, (t, t_end): (u3
 /// Called by all threads of the block; `issue` issues and commits one group of copies.
 #[inline(always)]
 pub unsafe fn advance(next: Option<u32>, issue: impl Fn(u32)) {
+    unsafe { advance_by::<1>(next, issue) }
+}
+
+/// One step of a pipeline that keeps `AHEAD` items in flight behind the current one (a ring of
+/// AHEAD + 1 stages, primed with AHEAD groups): issues item `next` = current + AHEAD (or an
+/// empty group), then waits until the current item has landed and every thread sees it.
+///
+/// # Safety
+/// As [`advance`]; the stage `next` goes to was last read before the previous barrier.
+#[inline(always)]
+pub unsafe fn advance_by<const AHEAD: u32>(next: Option<u32>, issue: impl Fn(u32)) {
     match next {
         Some(n) => issue(n),
         None => unsafe { cp_async::commit() },
     }
     unsafe {
-        cp_async::wait::<1>();
+        cp_async::wait::<AHEAD>();
         thread::sync_threads();
     }
 }

@@ -1,0 +1,256 @@
+//! Chunk states (forward, inter-chunk) in the wide shape (`tfla_params::fwd::state_wide`): the
+//! recurrence, outputs and state-pool rules of `chunk_state` (see its docs for the notation),
+//! for a 128 × 256 state tile held by 8 warps, each a 64 × 64 sub-tile (4 m-tiles × 8
+//! n-blocks) in registers across the whole walk. Per 16 steps a warp loads 4 weighted A
+//! fragments of K̃ᵀ and 4 pairs of V fragments and issues 32 `mma`s: a B fragment serves 4
+//! m-tiles, and every staged sub-tile serves the whole 128 × 256 tile.
+//!
+//! ñ rides along as in `chunk_state` (an n-block of ones times K̃ in a 16-bit head and tail),
+//! in the blocks of the first DHV tile, spread over all 8 warps: warp w sums the 16 rows
+//! 16w.. of the tile (one of its own m-tiles, wm = w / 4), so each warp adds one A fragment
+//! and 2 `mma`s per 16 steps and no warp waits for another at the barrier. (Only the first
+//! warp column carrying ñ for its 64 rows, as the narrow kernel's layout would suggest, costs
+//! 16 head-and-tail registers per m-tile beside the 128-register tile, past what the driver's
+//! compiler holds without spilling.)
+use super::gates::GateKind;
+use super::seqs::chunk_range;
+use super::slots::state_head;
+use super::stage;
+use crate::arch::convert::Elem;
+use crate::arch::{cp_async, global, math, shared, thread};
+use crate::tile::{SmemTile, split2};
+use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, state_wide::*};
+
+const MT: usize = (WARP_QK / 16) as usize;
+const NT: usize = (WARP_HV / 8) as usize;
+const _: () = assert!(
+    MT == 4 && NT == 8 && SUB_L == 64 && STAGES == 3,
+    "the unroll! counts below assume 4 m-tiles, 8 n-blocks, 64-step sub-tiles, 3 stages"
+);
+
+/// # Safety
+/// Launched with `grid(p)`, THREADS threads and `smem_bytes()` bytes of dynamic shared memory,
+/// on parameters validated by the host (shapes, alignment, chunk size).
+#[inline(always)]
+pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
+    let tid = thread::thread_idx();
+    let (lane, warp) = (tid % 32, tid / 32);
+    let (wm, wn) = (warp / WARPS_N, warp % WARPS_N);
+    let (bx, bh, seq) = thread::block_idx();
+    let tiles_hv = p.dhv.div_ceil(TILE_HV);
+    let (d0, v0) = ((bx / tiles_hv) * TILE_QK, (bx % tiles_hv) * TILE_HV);
+    let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
+    let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
+    let (dqk, dhv) = (p.dqk, p.dhv);
+
+    // Shared memory layout: STAGES × (K sub-tile, V sub-tile, u of the sub-tile).
+    let stage_k = |st: u32| SmemTile {
+        base: shared::base() + st * stage_bytes(),
+        stride: (TILE_QK + SMEM_ROW_PAD) * 2,
+    };
+    let stage_v = |st: u32| SmemTile {
+        base: stage_k(st).base + k_bytes(),
+        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
+    };
+    let stage_u = |st: u32| stage_v(st).base + v_bytes();
+
+    let head = bh as u64;
+    let gk = p.ptr.k + head * (s as u64) * (dqk as u64) * 2;
+    let gv = p.ptr.v + head * (s as u64) * (dhv as u64) * 2;
+    let g_u = p.ptr.gate_u + head * ((nc * l) as u64) * 4;
+
+    let sh = unsafe { state_head(p, bh, seq) };
+    // This thread's first element of the tile (row, column in the state), through
+    // `thread::opaque` at each use so that per-element addresses are not kept live.
+    let (r0, c0) = (
+        d0 + wm * WARP_QK + lane / 4,
+        v0 + wn * WARP_HV + (lane % 4) * 2,
+    );
+    // Calls `f(mt, nb, half, inside, idx)` for the element pairs of the thread's sub-tile:
+    // `idx` the element index of the pair's first element in a (DQK, DHV) state.
+    let each_pair = |f: &mut dyn FnMut(usize, usize, usize, bool, u64)| {
+        let (r0, c0) = (thread::opaque(r0), thread::opaque(c0));
+        unroll!(4, mt => {
+            unroll!(2, half => {
+                let r = r0 + mt as u32 * 16 + half as u32 * 8;
+                unroll!(8, nb => {
+                    let c = c0 + nb as u32 * 8;
+                    f(mt, nb, half, r < dqk && c < dhv, (r * dhv + c) as u64);
+                });
+            });
+        });
+    };
+    let mut acc = [[[0f32; 4]; NT]; MT];
+    if p.ptr.c0 != 0 {
+        let base = p.ptr.c0 + sh * (dqk as u64) * (dhv as u64) * 4;
+        each_pair(&mut |mt, nb, half, inside, idx| {
+            let x = unsafe { global::ld_v2_f32_or_zero(inside, base + idx * 4) };
+            acc[mt][nb][2 * half] = x[0];
+            acc[mt][nb][2 * half + 1] = x[1];
+        });
+    }
+    // ñ of the tile rows 16·warp + g and + 8 (g = lane / 4), in elements 0 and 2.
+    let with_n = G::NORMALIZED && v0 == 0;
+    let ones = [E::pack(1.0, 1.0); 2];
+    let n_rows = |half: u32| d0 + warp * 16 + lane / 4 + 8 * half;
+    let h0 = head * nc as u64 + k_lo as u64;
+    let mut nacc = [0f32; 4];
+    if with_n {
+        unroll!(2, half => {
+            let r = n_rows(half as u32);
+            let ptr = p.ptr.n_states + (h0 * dqk as u64 + r as u64) * 4;
+            let x = unsafe { global::ld_nc_f32_or_zero(r < dqk, ptr) };
+            nacc[2 * half] = x;
+            nacc[2 * half + 1] = x;
+        });
+    }
+    let mut m = 0f32;
+    if G::STABILIZED {
+        m = unsafe { global::ld_nc_f32(p.ptr.m_states + h0 * 4) };
+    }
+
+    // The sub-tile pipeline over the whole walk, as in `chunk_state`, two items ahead.
+    let (item_lo, n_items) = (
+        k_lo * (l / SUB_L),
+        (k_hi * (l / SUB_L)).min(s.div_ceil(SUB_L)),
+    );
+    let issue = |it: u32| unsafe {
+        let (st, j0) = (it % STAGES, it * SUB_L);
+        stage::rows::<THREADS>(stage_k(st), gk, (j0, s), (d0, dqk), SUB_L, TILE_QK / 8);
+        stage::rows::<THREADS>(stage_v(st), gv, (j0, s), (v0, dhv), SUB_L, TILE_HV / 8);
+        stage::f32_vec::<THREADS>(stage_u(st), g_u, (j0, s), SUB_L);
+        cp_async::commit();
+    };
+    let gate_scalars = |k: u32| -> (f32, f32) {
+        let last = head * (nc * l) as u64 + (l.min(s - k * l) + k * l - 1) as u64;
+        let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + (head * nc as u64 + k as u64) * 4) };
+        let umax = if G::STABILIZED {
+            unsafe { global::ld_nc_f32(p.ptr.gate_cm + last * 4) }
+        } else {
+            0.0
+        };
+        (g, umax)
+    };
+    issue(item_lo);
+    if item_lo + 1 < n_items {
+        issue(item_lo + 1);
+    } else {
+        unsafe { cp_async::commit() };
+    }
+    let (mut g, mut umax) = gate_scalars(k_lo);
+
+    for k in k_lo..=k_hi {
+        // Store the state before chunk k (k = k_hi: the final state).
+        let (c_out, n_out, m_out) = if k < k_hi {
+            let hk = head * nc as u64 + k as u64;
+            (
+                p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 2,
+                p.ptr.n_states + hk * dqk as u64 * 4,
+                p.ptr.m_states + hk * 4,
+            )
+        } else {
+            (
+                p.ptr.c_final + sh * (dqk as u64) * (dhv as u64) * 4,
+                p.ptr.n_final + sh * dqk as u64 * 4,
+                p.ptr.m_final + sh * 4,
+            )
+        };
+        if k < k_hi || p.ptr.c_final != 0 {
+            each_pair(&mut |mt, nb, half, inside, idx| {
+                let v = [acc[mt][nb][2 * half], acc[mt][nb][2 * half + 1]];
+                if k < k_hi {
+                    unsafe { global::st_b32_if(inside, c_out + idx * 2, E::pack(v[0], v[1])) };
+                } else {
+                    unsafe { global::st_v2_f32_if(inside, c_out + idx * 4, v) };
+                }
+            });
+            // As in `chunk_state`: ñ_0, m_0 stay as chunk_gates wrote them; the final ñ is 0
+            // without the normalizer.
+            if k > k_lo && v0 == 0 && lane % 4 == 0 && (with_n || k == k_hi) {
+                unroll!(2, half => {
+                    let r = n_rows(half as u32);
+                    let n = if G::NORMALIZED { nacc[2 * half] } else { 0.0 };
+                    unsafe { global::st_b32_if(r < dqk, n_out + r as u64 * 4, n.to_bits()) };
+                });
+            }
+            if k > k_lo && bx == 0 && tid == 0 {
+                unsafe { global::st_f32(m_out, m) };
+            }
+        }
+        if k == k_hi {
+            break;
+        }
+        let next = if k + 1 < k_hi {
+            gate_scalars(k + 1)
+        } else {
+            (0.0, 0.0)
+        };
+
+        // Chunk k: advance the max state, decay the state, add the chunk's K̃ᵀV.
+        let m_next = if G::STABILIZED {
+            (g + m).max(g + umax)
+        } else {
+            0.0
+        };
+        let decay = math::exp(g + m - m_next);
+        let log_w0 = g - m_next;
+        m = m_next;
+        unroll!(4, mt => {
+            unroll!(8, nb => {
+                unroll!(4, e => { acc[mt][nb][e] *= decay; });
+            });
+        });
+        for x in nacc.iter_mut() {
+            *x *= decay;
+        }
+        let first = k * (l / SUB_L);
+        for it in first..(first + l / SUB_L).min(n_items) {
+            unsafe { stage::advance_by::<2>((it + 2 < n_items).then_some(it + 2), issue) };
+            let st = it % STAGES;
+            let (sk, sv, su) = (stage_k(st), stage_v(st), stage_u(st));
+            // A rolled loop over the 16-step slices (through `opaque`, which the unroller cannot
+            // see through): fully unrolled, the fragments of later slices are loaded early and
+            // held beside the 128-register tile, and the kernel spills.
+            for ks in 0..thread::opaque(SUB_L / 16) {
+                let jj = ks * 16 + (lane % 4) * 2;
+                // Weights of the steps in this thread's A elements (as in `chunk_state`).
+                let w = [jj, jj + 1, jj + 8, jj + 9]
+                    .map(|j| math::exp(log_w0 + unsafe { shared::ld_f32(su + 4 * j) }));
+                let mut a = [[0u32; 4]; MT];
+                unroll!(4, mt => {
+                    let raw = unsafe { sk.a_trans(ks * 16, wm * WARP_QK + mt as u32 * 16, lane) };
+                    unroll!(4, r => {
+                        let (lo, hi) = E::unpack(raw[r]);
+                        let wi = (r / 2) * 2;
+                        a[mt][r] = E::pack(lo * w[wi], hi * w[wi + 1]);
+                    });
+                });
+                if with_n {
+                    // The weighted K̃ of this warp's ñ rows, head and tail (as `chunk_state`).
+                    let raw = unsafe { sk.a_trans(ks * 16, warp * 16, lane) };
+                    let (mut hi, mut lo) = ([0u32; 4], [0u32; 4]);
+                    unroll!(4, r => {
+                        let (x0, x1) = E::unpack(raw[r]);
+                        let wi = (r / 2) * 2;
+                        (hi[r], lo[r]) = split2::<E>([x0 * w[wi], x1 * w[wi + 1]]);
+                    });
+                    unsafe {
+                        E::mma(&mut nacc, hi, ones);
+                        E::mma(&mut nacc, lo, ones);
+                    }
+                }
+                unroll!(4, pair => {
+                    let b = unsafe { sv.b_kn(ks * 16, wn * WARP_HV + pair as u32 * 16, lane) };
+                    unroll!(4, mt => {
+                        unsafe {
+                            E::mma(&mut acc[mt][2 * pair], a[mt], b[0]);
+                            E::mma(&mut acc[mt][2 * pair + 1], a[mt], b[1]);
+                        }
+                    });
+                });
+            }
+            unsafe { thread::sync_threads() };
+        }
+        (g, umax) = next;
+    }
+}

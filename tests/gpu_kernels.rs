@@ -1,0 +1,35 @@
+//! Every kernel of the module as the GPU's driver compiled it: no local memory (no register
+//! spills, no stack). `tests/ptx.rs` checks the same with a local `ptxas`, but the driver
+//! compiles the PTX itself at load time with its own compiler version, and at the 255-register
+//! limit the two can differ: a kernel reported spill-free here spilled there (ncu: 28 M local
+//! requests, 2.6× slower) before its register demand was brought down.
+//!
+//! Needs an NVIDIA Hopper GPU: `#[ignore]`d so a machine without one reports it as ignored;
+//! run it with `cargo test -- --include-ignored` (the bundle does).
+mod common;
+
+use common::runtime;
+use tfla_ptx_build::entry_points;
+
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn no_kernel_uses_local_memory_as_the_driver_compiled_it() {
+    let rt = runtime();
+    let entries = entry_points(tfla::runtime::PTX);
+    assert!(!entries.is_empty());
+    let mut bad = Vec::new();
+    for name in &entries {
+        let r = rt.kernel_resources(name).unwrap();
+        eprintln!(
+            "{name}: {} registers, {} B local",
+            r.registers, r.local_bytes
+        );
+        if r.local_bytes != 0 {
+            bad.push(format!(
+                "{name}: {} B local ({} registers)",
+                r.local_bytes, r.registers
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "kernels with local memory: {bad:?}");
+}
