@@ -168,9 +168,13 @@ pub mod state_wide {
     pub const STAGES: u32 = 3;
 
     /// Shared memory: STAGES × (K sub-tile SUB_L × TILE_QK, V sub-tile SUB_L × TILE_HV, 16-bit,
-    /// padded rows; the sub-tile's u, SUB_L f32).
+    /// padded rows; the sub-tile's u, SUB_L f32), and the tile of C̃_k staged for its store
+    /// (TILE_QK × TILE_HV, 16-bit, padded rows).
     pub const fn smem_bytes() -> u32 {
-        STAGES * stage_bytes()
+        STAGES * stage_bytes() + staging_bytes()
+    }
+    pub const fn staging_bytes() -> u32 {
+        TILE_QK * (TILE_HV + SMEM_ROW_PAD) * 2
     }
     pub const fn stage_bytes() -> u32 {
         k_bytes() + v_bytes() + SUB_L * 4

@@ -43,7 +43,8 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
     let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
     let (dqk, dhv) = (p.dqk, p.dhv);
 
-    // Shared memory layout: STAGES × (K sub-tile, V sub-tile, u of the sub-tile).
+    // Shared memory layout: STAGES × (K sub-tile, V sub-tile, u of the sub-tile), the staging
+    // tile of C̃_k (TILE_QK × TILE_HV).
     let stage_k = |st: u32| SmemTile {
         base: shared::base() + st * stage_bytes(),
         stride: (TILE_QK + SMEM_ROW_PAD) * 2,
@@ -53,6 +54,10 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
         stride: (TILE_HV + SMEM_ROW_PAD) * 2,
     };
     let stage_u = |st: u32| stage_v(st).base + v_bytes();
+    let staging = SmemTile {
+        base: shared::base() + STAGES * stage_bytes(),
+        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
+    };
 
     let head = bh as u64;
     let gk = p.ptr.k + head * (s as u64) * (dqk as u64) * 2;
@@ -156,14 +161,41 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
             )
         };
         if k < k_hi || p.ptr.c_final != 0 {
-            each_pair(&mut |mt, nb, half, inside, idx| {
-                let v = [acc[mt][nb][2 * half], acc[mt][nb][2 * half + 1]];
-                if k < k_hi {
-                    unsafe { global::st_b32_if(inside, c_out + idx * 2, E::pack(v[0], v[1])) };
-                } else {
-                    unsafe { global::st_v2_f32_if(inside, c_out + idx * 4, v) };
+            if k < k_hi {
+                // C̃_k through shared memory: each thread's pairs into the staging tile, then
+                // whole rows out in 16-byte stores (full sectors; the fragments' own 4-byte
+                // stores cover 16 bytes of a row each, half-sector writes the L2 must merge).
+                let (r0, c0) = (
+                    thread::opaque(wm * WARP_QK + lane / 4),
+                    wn * WARP_HV + (lane % 4) * 2,
+                );
+                unroll!(4, mt => {
+                    unroll!(2, half => {
+                        let r = r0 + mt as u32 * 16 + half as u32 * 8;
+                        unroll!(8, nb => {
+                            let v = E::pack(acc[mt][nb][2 * half], acc[mt][nb][2 * half + 1]);
+                            unsafe { shared::st_u32(staging.offset(r, c0 + nb as u32 * 8), v) };
+                        });
+                    });
+                });
+                unsafe { thread::sync_threads() };
+                let vecs = TILE_HV / 8;
+                let mut i = tid;
+                while i < TILE_QK * vecs {
+                    let (r, c) = (i / vecs, (i % vecs) * 8);
+                    let v = unsafe { shared::ld_v4(staging.offset(r, c)) };
+                    let inside = d0 + r < dqk && v0 + c < dhv;
+                    let at = ((d0 + r) * dhv + v0 + c) as u64;
+                    unsafe { global::st_v4_b32_if(inside, c_out + at * 2, v) };
+                    i += THREADS;
                 }
-            });
+                // (The staging tile is next written after the walk's next barrier.)
+            } else {
+                each_pair(&mut |mt, nb, half, inside, idx| {
+                    let v = [acc[mt][nb][2 * half], acc[mt][nb][2 * half + 1]];
+                    unsafe { global::st_v2_f32_if(inside, c_out + idx * 4, v) };
+                });
+            }
             // As in `chunk_state`: ñ_0, m_0 stay as chunk_gates wrote them; the final ñ is 0
             // without the normalizer.
             if k > k_lo && v0 == 0 && lane % 4 == 0 && (with_n || k == k_hi) {
