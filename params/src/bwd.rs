@@ -173,9 +173,10 @@ pub mod state {
     pub const MAX_TILES: u32 = (crate::MAX_HEAD_DIM / TILE_QK) * (crate::MAX_HEAD_DIM / TILE_HV);
 
     /// STAGES × (Q sub-tile SUB_L × TILE_QK, dH sub-tile SUB_L × TILE_HV, 16-bit, padded rows;
-    /// the sub-tile's two row weights, 2 × SUB_L f32), then one f32 per warp for reductions.
+    /// the sub-tile's two row weights, 2 × SUB_L f32), then one f32 per warp for reductions,
+    /// and the tile of dC̃ staged for its store (TILE_QK × TILE_HV, 16-bit, padded rows).
     pub const fn smem_bytes() -> u32 {
-        STAGES * stage_bytes() + WARPS * 4
+        STAGES * stage_bytes() + WARPS * 4 + crate::fwd::state::staging_bytes()
     }
     pub const fn stage_bytes() -> u32 {
         q_bytes() + dh_bytes() + 2 * SUB_L * 4
@@ -220,6 +221,10 @@ pub mod scores {
     /// Head-dim slice per ring item.
     pub const KD: u32 = 64;
     pub const STAGES: u32 = 2;
+    const _: () = assert!(
+        STAGES * 2 * slice_bytes() >= 2 * TILE * (TILE + SMEM_ROW_PAD) * 2,
+        "the P and dP tiles are staged where the ring was"
+    );
 
     pub const fn slice_bytes() -> u32 {
         TILE * (KD + SMEM_ROW_PAD) * 2
@@ -278,9 +283,14 @@ pub mod combine {
         let nk = TILE_OUT * (KD + SMEM_ROW_PAD) * 2;
         if kn > nk { kn } else { nk }
     }
+    /// (After the walk the output tile is staged for its store in the first stage's space.)
     pub const fn smem_bytes() -> u32 {
         STAGES * (a_bytes() + b_bytes())
     }
+    const _: () = assert!(
+        a_bytes() + b_bytes() >= TILE * (TILE_OUT + SMEM_ROW_PAD) * 2,
+        "the output tile is staged where the first stage was"
+    );
     /// (output column tiles, NC·L / TILE row tiles, BH).
     pub const fn grid(p: &BwdParams, out_dim: u32) -> (u32, u32, u32) {
         (

@@ -121,9 +121,13 @@ pub mod state {
     pub const STAGES: u32 = 2;
 
     /// Shared memory: STAGES × (K sub-tile SUB_L × TILE_QK, V sub-tile SUB_L × TILE_HV, 16-bit,
-    /// padded rows; the sub-tile's u, then weights, SUB_L f32).
+    /// padded rows; the sub-tile's u, SUB_L f32), and the tile of C̃_k staged for its store
+    /// (TILE_QK × TILE_HV, 16-bit, padded rows).
     pub const fn smem_bytes(_chunk: u32) -> u32 {
-        STAGES * stage_bytes()
+        STAGES * stage_bytes() + staging_bytes()
+    }
+    pub const fn staging_bytes() -> u32 {
+        TILE_QK * (TILE_HV + SMEM_ROW_PAD) * 2
     }
     pub const fn stage_bytes() -> u32 {
         k_bytes() + v_bytes() + SUB_L * 4
@@ -224,6 +228,10 @@ pub mod output {
     pub const KD: u32 = 64;
     /// Items in flight: the next one loads while the current one multiplies.
     pub const STAGES: u32 = 2;
+    const _: () = assert!(
+        STAGES * (q_bytes() + ring_bytes()) >= TILE_Q * (TILE_HV + SMEM_ROW_PAD) * 2,
+        "the h tile is staged where the Q and B-operand rings were"
+    );
 
     /// One stage of the Q ring: a KD-wide slice of the Q tile (TILE_Q × KD, 16-bit, padded).
     pub const fn q_bytes() -> u32 {
@@ -245,6 +253,7 @@ pub mod output {
     pub const fn gate_bytes(chunk: u32, dqk: u32) -> u32 {
         (chunk + 3 * TILE_Q + dqk) * 4
     }
+    /// (After the walk the h tile is staged for its store in the ring's space.)
     pub const fn smem_bytes(chunk: u32, dqk: u32) -> u32 {
         STAGES * (q_bytes() + ring_bytes() + v_bytes()) + gate_bytes(chunk, dqk)
     }

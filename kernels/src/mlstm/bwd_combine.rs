@@ -340,20 +340,27 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
         unsafe { thread::sync_threads() };
     }
 
-    // Store, and the row dot with the whole output.
+    // Store (staged where the first stage was: `stage::store_rows`, whole sectors per store),
+    // and the row dot with the whole output.
+    let staging = SmemTile {
+        base: shared::base(),
+        stride: (TILE_OUT + SMEM_ROW_PAD) * 2,
+    };
     let lane = thread::opaque(lane);
     unroll!(2, half => {
         let e = 2 * half;
         let rr = warp * 16 + acc_pos(lane, e).0;
-        let row = head * s as u64 + (t0 + i0 + rr) as u64;
         unroll!(16, nb => {
-            let c = c0 + nb as u32 * 8 + acc_pos(lane, e).1;
-            let at = (row * out_dim as u64 + c as u64) * 2;
             let v = E::pack(o.c_out * acc[nb][e], o.c_out * acc[nb][e + 1]);
-            unsafe { global::st_b32_if(i0 + rr < len && c < out_dim, o.out + at, v) };
+            unsafe { shared::st_u32(staging.offset(rr, nb as u32 * 8 + acc_pos(lane, e).1), v) };
         });
         if let Some((x, plane)) = o.end_dot {
             row_dot(&acc, e, x, plane);
         }
     });
+    unsafe {
+        thread::sync_threads();
+        let out = o.out + head * (s as u64) * (out_dim as u64) * 2;
+        stage::store_rows(THREADS, staging, out, (t0 + i0, t0 + len), (c0, out_dim), TILE, TILE_OUT / 8);
+    }
 }

@@ -132,6 +132,16 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
         unsafe { thread::sync_threads() };
     }
 
+    // The two tiles are staged where the ring was and leave in whole-sector stores
+    // (`stage::store_rows`).
+    let staged_p = SmemTile {
+        base: shared::base(),
+        stride: (TILE + SMEM_ROW_PAD) * 2,
+    };
+    let staged_dp = SmemTile {
+        base: shared::base() + TILE * (TILE + SMEM_ROW_PAD) * 2,
+        ..staged_p
+    };
     // Gate, scale and store both tiles; sum the pair gradients G_ij = scale·S_ij·dP_ij (j < i)
     // over the tile's rows and columns for the forget-gate gradient.
     let hk = head * nc as u64 + k as u64;
@@ -161,10 +171,9 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
                 row_sum += g;
                 col_sum[nb][x] += g;
             });
-            let at = (base + i as u64 * l as u64 + (j0 + cc) as u64) * 2;
             unsafe {
-                global::st_b32(p.ptr.scores_p + at, E::pack(pv[0], pv[1]));
-                global::st_b32(p.ptr.scores_dp + at, E::pack(dpv[0], dpv[1]));
+                shared::st_u32(staged_p.offset(rr, cc), E::pack(pv[0], pv[1]));
+                shared::st_u32(staged_dp.offset(rr, cc), E::pack(dpv[0], dpv[1]));
             }
         });
         row_sum += unsafe { shfl::xor_f32(row_sum, 1) };
@@ -187,7 +196,12 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
             }
         });
     });
-    unsafe { thread::sync_threads() };
+    unsafe {
+        thread::sync_threads();
+        let (sp, sdp) = (p.ptr.scores_p + base * 2, p.ptr.scores_dp + base * 2);
+        stage::store_rows(THREADS, staged_p, sp, (i0, l), (j0, l), TILE, TILE / 8);
+        stage::store_rows(THREADS, staged_dp, sdp, (i0, l), (j0, l), TILE, TILE / 8);
+    }
     if tid < TILE && j0 + tid < len {
         let mut c = 0f32;
         for w in 0..WARPS {

@@ -44,7 +44,8 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
     let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
     let (dqk, dhv) = (p.dqk, p.dhv);
 
-    // Shared memory: STAGES × (Q sub-tile, dH sub-tile, the sub-tile's α ρ and α δ), scratch.
+    // Shared memory: STAGES × (Q sub-tile, dH sub-tile, the sub-tile's α ρ and α δ), scratch,
+    // the staging tile of dC̃ (TILE_QK × TILE_HV).
     let stage_q = |st: u32| SmemTile {
         base: shared::base() + st * stage_bytes(),
         stride: (TILE_QK + SMEM_ROW_PAD) * 2,
@@ -55,6 +56,10 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
     };
     let stage_w = |st: u32| stage_dh(st).base + dh_bytes();
     let scratch = shared::base() + STAGES * stage_bytes();
+    let staging = SmemTile {
+        base: scratch + WARPS * 4,
+        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
+    };
 
     let head = bh as u64;
     let gq = p.ptr.q + head * (s as u64) * (dqk as u64) * 2;
@@ -146,17 +151,20 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
     let mut k = k_hi;
     while k > k_lo {
         k -= 1;
-        // Store dC'_{k+1}.
+        // Store dC'_{k+1}, through the staging tile (`stage::store_rows`: whole sectors).
         let hk = head * nc as u64 + k as u64;
-        let o = origin();
+        let (r0, c0) = (thread::opaque(warp * 16 + lane / 4), (lane % 4) * 2);
         unroll!(16, nb => {
-            for half in 0..2 {
-                let e = 2 * half;
-                let (idx, inside) = at(o, nb, e);
-                let ptr = p.ptr.dc_states + (hk * (dqk as u64) * (dhv as u64) + idx) * 2;
-                unsafe { global::st_b32_if(inside, ptr, E::pack(acc[nb][e], acc[nb][e + 1])) };
-            }
+            unroll!(2, half => {
+                let v = E::pack(acc[nb][2 * half], acc[nb][2 * half + 1]);
+                unsafe { shared::st_u32(staging.offset(r0 + half as u32 * 8, c0 + nb as u32 * 8), v) };
+            });
         });
+        unsafe {
+            thread::sync_threads();
+            let dc = p.ptr.dc_states + hk * (dqk as u64) * (dhv as u64) * 2;
+            stage::store_rows(THREADS, staging, dc, (d0, dqk), (v0, dhv), TILE_QK, TILE_HV / 8);
+        }
         if with_n && lane % 4 == 0 {
             for half in 0..2 {
                 let r = d0 + row(2 * half);

@@ -55,7 +55,8 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
     let (dqk, dhv) = (p.dqk, p.dhv);
 
-    // Shared memory layout: STAGES × (K sub-tile, V sub-tile, u of the sub-tile).
+    // Shared memory layout: STAGES × (K sub-tile, V sub-tile, u of the sub-tile), the staging
+    // tile of C̃_k (TILE_QK × TILE_HV).
     let stage_k = |st: u32| SmemTile {
         base: shared::base() + st * stage_bytes(),
         stride: (TILE_QK + SMEM_ROW_PAD) * 2,
@@ -65,6 +66,10 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         stride: (TILE_HV + SMEM_ROW_PAD) * 2,
     };
     let stage_u = |st: u32| stage_v(st).base + v_bytes();
+    let staging = SmemTile {
+        base: shared::base() + STAGES * stage_bytes(),
+        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
+    };
 
     // Global bases of this head (bytes).
     let esz = 2u64;
@@ -169,7 +174,21 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                 p.ptr.m_final + sh * 4,
             )
         };
-        if k < k_hi || p.ptr.c_final != 0 {
+        if k < k_hi {
+            // C̃_k through the staging tile (`stage::store_rows`: whole sectors per store).
+            let (r0, c0) = (thread::opaque(warp * 16 + lane / 4), (lane % 4) * 2);
+            unroll!(16, nb => {
+                unroll!(2, half => {
+                    let v = E::pack(acc[nb][2 * half], acc[nb][2 * half + 1]);
+                    let at = staging.offset(r0 + half as u32 * 8, c0 + nb as u32 * 8);
+                    unsafe { shared::st_u32(at, v) };
+                });
+            });
+            unsafe {
+                thread::sync_threads();
+                stage::store_rows(THREADS, staging, c_out, (d0, dqk), (v0, dhv), TILE_QK, TILE_HV / 8);
+            }
+        } else if p.ptr.c_final != 0 {
             let (r0, c0) = origin();
             unroll!(16, nb => {
                 for half in 0..2 {
@@ -178,13 +197,11 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
                     let inside = r < dqk && c < dhv;
                     let idx = (r * dhv + c) as u64;
                     let v = [acc[nb][e], acc[nb][e + 1]];
-                    if k < k_hi {
-                        unsafe { global::st_b32_if(inside, c_out + idx * 2, E::pack(v[0], v[1])) };
-                    } else {
-                        unsafe { global::st_v2_f32_if(inside, c_out + idx * 4, v) };
-                    }
+                    unsafe { global::st_v2_f32_if(inside, c_out + idx * 4, v) };
                 }
             });
+        }
+        if k < k_hi || p.ptr.c_final != 0 {
             // ñ_0 and m_0 are chunk_gates' (they stay as it wrote them). Without the
             // normalizer the final ñ is 0 (written by the first DHV tile's blocks, as with it).
             if k > k_lo && v0 == 0 && lane % 4 == 0 && (with_n || k == k_hi) {

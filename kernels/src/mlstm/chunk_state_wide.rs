@@ -162,9 +162,7 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
         };
         if k < k_hi || p.ptr.c_final != 0 {
             if k < k_hi {
-                // C̃_k through shared memory: each thread's pairs into the staging tile, then
-                // whole rows out in 16-byte stores (full sectors; the fragments' own 4-byte
-                // stores cover 16 bytes of a row each, half-sector writes the L2 must merge).
+                // C̃_k through the staging tile (`stage::store_rows`: whole sectors per store).
                 let (r0, c0) = (
                     thread::opaque(wm * WARP_QK + lane / 4),
                     wn * WARP_HV + (lane % 4) * 2,
@@ -178,16 +176,9 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
                         });
                     });
                 });
-                unsafe { thread::sync_threads() };
-                let vecs = TILE_HV / 8;
-                let mut i = tid;
-                while i < TILE_QK * vecs {
-                    let (r, c) = (i / vecs, (i % vecs) * 8);
-                    let v = unsafe { shared::ld_v4(staging.offset(r, c)) };
-                    let inside = d0 + r < dqk && v0 + c < dhv;
-                    let at = ((d0 + r) * dhv + v0 + c) as u64;
-                    unsafe { global::st_v4_b32_if(inside, c_out + at * 2, v) };
-                    i += THREADS;
+                unsafe {
+                    thread::sync_threads();
+                    stage::store_rows(THREADS, staging, c_out, (d0, dqk), (v0, dhv), TILE_QK, TILE_HV / 8);
                 }
                 // (The staging tile is next written after the walk's next barrier.)
             } else {

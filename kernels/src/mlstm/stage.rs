@@ -1,5 +1,5 @@
 //! Staging global tiles into shared memory.
-use crate::arch::{cp_async, thread};
+use crate::arch::{cp_async, global, shared, thread};
 use crate::tile::SmemTile;
 
 /// Issues `cp.async` copies of `rows` rows of a row-major (S, dim) tensor of 16-bit elements,
@@ -30,6 +30,39 @@ pub unsafe fn rows<const THREADS: u32>(
         };
         unsafe { cp_async::copy_16(tile.offset(r, c - c0), src, if ok { 16 } else { 0 }) };
         idx += THREADS;
+    }
+}
+
+/// Writes `rows` rows of a 16-bit tile in shared memory, columns 0 .. 8·vecs, to rows
+/// t .. t + rows, columns c0 .. of a row-major (·, dim) global matrix, in 16-byte stores; rows
+/// ≥ `t_end` and columns ≥ `dim` are not written. The counterpart of [`rows`] for results: an
+/// `mma` accumulator stored straight from its fragments writes 16 bytes per row and store
+/// (half a 32-byte sector), which the L2 has to merge; staged through shared memory, every
+/// store writes whole sectors. (The fragments' own layout lives in the caller; it fills `tile`
+/// and puts a barrier between.)
+///
+/// # Safety
+/// Called by all `threads` threads of the block after a barrier that follows the tile's
+/// writes; `base` is 16-byte aligned; `dim` is a multiple of 8.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub unsafe fn store_rows(
+    threads: u32,
+    tile: SmemTile,
+    base: u64,
+    (t, t_end): (u32, u32),
+    (c0, dim): (u32, u32),
+    rows: u32,
+    vecs: u32,
+) {
+    let mut idx = thread::thread_idx();
+    while idx < rows * vecs {
+        let (r, c) = (idx / vecs, (idx % vecs) * 8);
+        let v = unsafe { shared::ld_v4(tile.offset(r, c)) };
+        let ok = t + r < t_end && c0 + c < dim;
+        let at = ((t + r) * dim + c0 + c) as u64;
+        unsafe { global::st_v4_b32_if(ok, base + at * 2, v) };
+        idx += threads;
     }
 }
 
