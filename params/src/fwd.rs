@@ -228,10 +228,6 @@ pub mod output {
     pub const KD: u32 = 64;
     /// Items in flight: the next one loads while the current one multiplies.
     pub const STAGES: u32 = 2;
-    const _: () = assert!(
-        STAGES * (q_bytes() + ring_bytes()) >= TILE_Q * (TILE_HV + SMEM_ROW_PAD) * 2,
-        "the h tile is staged where the Q and B-operand rings were"
-    );
 
     /// One stage of the Q ring: a KD-wide slice of the Q tile (TILE_Q × KD, 16-bit, padded).
     pub const fn q_bytes() -> u32 {
@@ -253,7 +249,6 @@ pub mod output {
     pub const fn gate_bytes(chunk: u32, dqk: u32) -> u32 {
         (chunk + 3 * TILE_Q + dqk) * 4
     }
-    /// (After the walk the h tile is staged for its store in the ring's space.)
     pub const fn smem_bytes(chunk: u32, dqk: u32) -> u32 {
         STAGES * (q_bytes() + ring_bytes() + v_bytes()) + gate_bytes(chunk, dqk)
     }

@@ -81,11 +81,6 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     let srow_scale = srow_r + 4 * TILE_Q; // e^{m_k − M_i}
     let srow_floor = srow_scale + 4 * TILE_Q; // e^{−m_i} (1 for sig)
     let sn = srow_floor + 4 * TILE_Q; // ñ_k
-    // After the walk: the h tile, staged for its store where the Q and B-operand rings were.
-    let staging = SmemTile {
-        base: shared::base(),
-        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
-    };
 
     // Global bases of this head.
     let head = bh as u64;
@@ -321,11 +316,11 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
             1.0
         };
         let factor = p.scale / den;
-        // h through the staging tile (`stage::store_rows` below: whole sectors per store).
+        let row = gh + ((t0 + i) as u64) * (dhv as u64) * 2;
         unroll!(16, nb => {
+            let c = v0 + nb as u32 * 8 + (lane % 4) * 2;
             let h = E::pack(acc[nb][2 * x] * factor, acc[nb][2 * x + 1] * factor);
-            let at = staging.offset(rr, nb as u32 * 8 + (lane % 4) * 2);
-            unsafe { shared::st_u32(at, h) };
+            unsafe { global::st_b32_if(i < len && c < dhv, row + c as u64 * 2, h) };
         });
         if i < len && p.ptr.norm_rows != 0 && v0 == 0 && lane % 4 == 0 {
             // Without the normalizer s_i is reported as 0 (no ñ is formed).
@@ -333,8 +328,4 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
             unsafe { global::st_f32(p.ptr.norm_rows + (head * s as u64 + (t0 + i) as u64) * 4, norm) };
         }
     });
-    unsafe {
-        thread::sync_threads();
-        stage::store_rows(THREADS, staging, gh, (t0 + i0, t0 + len), (v0, dhv), TILE_Q, TILE_HV / 8);
-    }
 }
