@@ -361,6 +361,14 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
     unsafe {
         thread::sync_threads();
         let out = o.out + head * (s as u64) * (out_dim as u64) * 2;
-        stage::store_rows(THREADS, staging, out, (t0 + i0, t0 + len), (c0, out_dim), TILE, TILE_OUT / 8);
+        stage::store_rows(
+            THREADS,
+            staging,
+            out,
+            (t0 + i0, t0 + len),
+            (c0, out_dim),
+            TILE,
+            TILE_OUT / 8,
+        );
     }
 }

@@ -163,7 +163,15 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         unsafe {
             thread::sync_threads();
             let dc = p.ptr.dc_states + hk * (dqk as u64) * (dhv as u64) * 2;
-            stage::store_rows(THREADS, staging, dc, (d0, dqk), (v0, dhv), TILE_QK, TILE_HV / 8);
+            stage::store_rows(
+                THREADS,
+                staging,
+                dc,
+                (d0, dqk),
+                (v0, dhv),
+                TILE_QK,
+                TILE_HV / 8,
+            );
         }
         if with_n && lane % 4 == 0 {
             for half in 0..2 {

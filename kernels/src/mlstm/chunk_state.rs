@@ -186,7 +186,15 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             });
             unsafe {
                 thread::sync_threads();
-                stage::store_rows(THREADS, staging, c_out, (d0, dqk), (v0, dhv), TILE_QK, TILE_HV / 8);
+                stage::store_rows(
+                    THREADS,
+                    staging,
+                    c_out,
+                    (d0, dqk),
+                    (v0, dhv),
+                    TILE_QK,
+                    TILE_HV / 8,
+                );
             }
         } else if p.ptr.c_final != 0 {
             let (r0, c0) = origin();
