@@ -102,7 +102,7 @@ pub unsafe fn reduce<O: ScanOp, const THREADS: u32>(v: f32, scratch: u32) -> f32
             m /= 2;
         }
         thread::sync_threads();
-        if tid % 32 == 0 {
+        if tid.is_multiple_of(32) {
             shared::st_f32(scratch + 4 * (tid / 32), v);
         }
         thread::sync_threads();

@@ -261,7 +261,7 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
         });
         dot += shfl::xor_f32(dot, 1);
         dot += shfl::xor_f32(dot, 2);
-        if inside && lane % 4 == 0 {
+        if inside && lane.is_multiple_of(4) {
             let at = plane as u64 * p.bh as u64 * padded * MAX_COL_TILES as u64
                 + (head * padded + (t0 + i0 + rr) as u64) * MAX_COL_TILES as u64
                 + bx as u64;

@@ -44,7 +44,7 @@ pub unsafe fn bwd_max_path(p: &BwdParams) {
             return 1.0;
         }
         let k = t / l;
-        let m_prev = if t % l == 0 {
+        let m_prev = if t.is_multiple_of(l) {
             m_state(k)
         } else {
             let prev = head * padded + (t - 1) as u64;

@@ -87,12 +87,9 @@ pub unsafe fn chunk_gates<G: GateKind>(p: &FwdParams) {
             global::st_f32(p.ptr.n_states + (hk * dqk + d as u64) * 4, x);
             d += THREADS;
         }
-        if first {
-            if tid == 0 {
-                let m0 =
-                    global::ld_nc_f32_or_zero(G::STABILIZED && p.ptr.m0 != 0, p.ptr.m0 + sh * 4);
-                global::st_f32(p.ptr.m_states + hk * 4, m0);
-            }
+        if first && tid == 0 {
+            let m0 = global::ld_nc_f32_or_zero(G::STABILIZED && p.ptr.m0 != 0, p.ptr.m0 + sh * 4);
+            global::st_f32(p.ptr.m_states + hk * 4, m0);
         }
     }
 }

@@ -45,7 +45,7 @@ pub unsafe fn varlen_pack(p: &PackParams) {
     };
     let pad = [p.pad; 4];
     unsafe {
-        if words % 4 == 0 {
+        if words.is_multiple_of(4) {
             let mut w = 4 * lane as u64;
             while w < words {
                 let v = match src {
