@@ -317,10 +317,33 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
         };
         let factor = p.scale / den;
         let row = gh + ((t0 + i) as u64) * (dhv as u64) * 2;
-        unroll!(16, nb => {
-            let c = v0 + nb as u32 * 8 + (lane % 4) * 2;
-            let h = E::pack(acc[nb][2 * x] * factor, acc[nb][2 * x + 1] * factor);
-            unsafe { global::st_b32_if(i < len && c < dhv, row + c as u64 * 2, h) };
+        // The 4 lanes of a row hold columns 2t, 2t+1 of every n-block; a 4 × 4 transpose
+        // within the quad (two butterfly shuffle stages) gives lane t all 8 columns of n-block
+        // 4·grp + t, stored as one 16-byte vector: each store covers 64 contiguous bytes per
+        // row (whole sectors) instead of 16. (Staging through shared memory would do the same,
+        // but changed ptxas's schedule of this kernel's main loop: `stage::store_rows`.)
+        let (hi1, hi2) = (lane & 1 != 0, lane & 2 != 0);
+        unroll!(4, grp => {
+            let mut v = [0u32; 4];
+            unroll!(4, j => {
+                let nb = 4 * grp + j;
+                v[j] = E::pack(acc[nb][2 * x] * factor, acc[nb][2 * x + 1] * factor);
+            });
+            // v[j] holds M[lane][j] (M[s][j]: lane s's pair of n-block j); afterwards v[q]
+            // holds M[q][lane].
+            unroll!(2, p => {
+                let send = if hi2 { v[p] } else { v[p + 2] };
+                let got = unsafe { shfl::xor_f32(f32::from_bits(send), 2) }.to_bits();
+                if hi2 { v[p] = got } else { v[p + 2] = got }
+            });
+            unroll!(2, p => {
+                let p = 2 * p;
+                let send = if hi1 { v[p] } else { v[p + 1] };
+                let got = unsafe { shfl::xor_f32(f32::from_bits(send), 1) }.to_bits();
+                if hi1 { v[p] = got } else { v[p + 1] = got }
+            });
+            let c = v0 + (4 * grp as u32 + lane % 4) * 8;
+            unsafe { global::st_v4_b32_if(i < len && c < dhv, row + c as u64 * 2, v) };
         });
         if i < len && p.ptr.norm_rows != 0 && v0 == 0 && lane % 4 == 0 {
             // Without the normalizer s_i is reported as 0 (no ñ is formed).
