@@ -410,6 +410,14 @@ mod tests {
     }
 
     #[test]
+    fn wide_state_tiles_for_the_large_heads_only() {
+        // The paper's 512/512 and xLSTM-7B's 256/512 take the 128 × 256 tile; 128/128 and
+        // anything narrower than one wide tile keep the 64 × 128 one.
+        assert!(wide_state(512, 512) && wide_state(256, 512) && wide_state(128, 256));
+        assert!(!wide_state(128, 128) && !wide_state(512, 128) && !wide_state(64, 512));
+    }
+
+    #[test]
     fn entry_names_are_distinct_per_dtype_and_variant() {
         let mut names = [Gates::Exp, Gates::Sig, Gates::SigNoNorm]
             .iter()
