@@ -29,6 +29,7 @@ use super::gates::GateKind;
 use super::seqs::chunk_range;
 use super::slots::state_head;
 use super::stage;
+use super::state_walk;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
 use crate::tile::{SmemTile, acc_pos, split2};
@@ -128,14 +129,9 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         m = unsafe { global::ld_nc_f32(p.ptr.m_states + h0 * 4) };
     }
 
-    // Sub-tiles are items of one pipeline over the whole walk, 16-byte K/V rows and the u
-    // vector of SUB_L steps each; chunk boundaries are multiples of SUB_L, so item `it` covers
-    // steps it·SUB_L.. of chunk it·SUB_L / L, and the next chunk's first item loads during this
-    // chunk's last one.
-    let (item_lo, n_items) = (
-        k_lo * (l / SUB_L),
-        (k_hi * (l / SUB_L)).min(s.div_ceil(SUB_L)),
-    );
+    // Sub-tiles are items of one pipeline over the whole walk (`state_walk::items`): 16-byte
+    // K/V rows and the u vector of SUB_L steps each.
+    let (item_lo, n_items) = state_walk::items(p, (k_lo, k_hi), SUB_L);
     let issue = |it: u32| unsafe {
         let (st, j0) = (it % STAGES, it * SUB_L);
         stage::rows::<THREADS>(stage_k(st), gq_k, (j0, s), (d0, dqk), SUB_L, TILE_QK / 8);
@@ -143,37 +139,14 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         stage::f32_vec::<THREADS>(stage_u(st), g_u, (j0, s), SUB_L);
         cp_async::commit();
     };
-    // Chunk k's gate scalars: g and (stabilized) the max of u over the chunk; loaded one
-    // chunk ahead.
-    let gate_scalars = |k: u32| -> (f32, f32) {
-        let last = head * (nc * l) as u64 + (l.min(s - k * l) + k * l - 1) as u64;
-        let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + (head * nc as u64 + k as u64) * 4) };
-        let umax = if G::STABILIZED {
-            unsafe { global::ld_nc_f32(p.ptr.gate_cm + last * 4) }
-        } else {
-            0.0
-        };
-        (g, umax)
-    };
+    // Chunk k's gate scalars, loaded one chunk ahead.
+    let gate_scalars = |k: u32| unsafe { state_walk::gate_scalars::<G>(p, head, k) };
     issue(item_lo);
     let (mut g, mut umax) = gate_scalars(k_lo);
 
     for k in k_lo..=k_hi {
         // Store the state before chunk k (k = k_hi: the final state).
-        let (c_out, n_out, m_out) = if k < k_hi {
-            let hk = head * nc as u64 + k as u64;
-            (
-                p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 2,
-                p.ptr.n_states + hk * dqk as u64 * 4,
-                p.ptr.m_states + hk * 4,
-            )
-        } else {
-            (
-                p.ptr.c_final + sh * (dqk as u64) * (dhv as u64) * 4,
-                p.ptr.n_final + sh * dqk as u64 * 4,
-                p.ptr.m_final + sh * 4,
-            )
-        };
+        let (c_out, n_out, m_out) = state_walk::outputs(p, head, sh, k, k_hi);
         if k < k_hi {
             // C̃_k through the staging tile (`stage::store_rows`: whole sectors per store).
             let (r0, c0) = (thread::opaque(warp * 16 + lane / 4), (lane % 4) * 2);
@@ -233,13 +206,7 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         };
 
         // Chunk k: advance the max state, decay the state, add the chunk's K̃ᵀV.
-        let m_next = if G::STABILIZED {
-            (g + m).max(g + umax)
-        } else {
-            0.0
-        };
-        let decay = math::exp(g + m - m_next);
-        let log_w0 = g - m_next; // weight of step j: e^{log_w0 + u_j}
+        let (m_next, decay, log_w0) = state_walk::max_step::<G>((g, umax), m);
         m = m_next;
         for a in acc.iter_mut() {
             for x in a.iter_mut() {

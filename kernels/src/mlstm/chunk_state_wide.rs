@@ -16,6 +16,7 @@ use super::gates::GateKind;
 use super::seqs::chunk_range;
 use super::slots::state_head;
 use super::stage;
+use super::state_walk;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
 use crate::tile::{SmemTile, split2};
@@ -115,10 +116,7 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
     }
 
     // The sub-tile pipeline over the whole walk, as in `chunk_state`, two items ahead.
-    let (item_lo, n_items) = (
-        k_lo * (l / SUB_L),
-        (k_hi * (l / SUB_L)).min(s.div_ceil(SUB_L)),
-    );
+    let (item_lo, n_items) = state_walk::items(p, (k_lo, k_hi), SUB_L);
     let issue = |it: u32| unsafe {
         let (st, j0) = (it % STAGES, it * SUB_L);
         stage::rows::<THREADS>(stage_k(st), gk, (j0, s), (d0, dqk), SUB_L, TILE_QK / 8);
@@ -126,16 +124,7 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
         stage::f32_vec::<THREADS>(stage_u(st), g_u, (j0, s), SUB_L);
         cp_async::commit();
     };
-    let gate_scalars = |k: u32| -> (f32, f32) {
-        let last = head * (nc * l) as u64 + (l.min(s - k * l) + k * l - 1) as u64;
-        let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + (head * nc as u64 + k as u64) * 4) };
-        let umax = if G::STABILIZED {
-            unsafe { global::ld_nc_f32(p.ptr.gate_cm + last * 4) }
-        } else {
-            0.0
-        };
-        (g, umax)
-    };
+    let gate_scalars = |k: u32| unsafe { state_walk::gate_scalars::<G>(p, head, k) };
     issue(item_lo);
     if item_lo + 1 < n_items {
         issue(item_lo + 1);
@@ -146,20 +135,7 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
 
     for k in k_lo..=k_hi {
         // Store the state before chunk k (k = k_hi: the final state).
-        let (c_out, n_out, m_out) = if k < k_hi {
-            let hk = head * nc as u64 + k as u64;
-            (
-                p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 2,
-                p.ptr.n_states + hk * dqk as u64 * 4,
-                p.ptr.m_states + hk * 4,
-            )
-        } else {
-            (
-                p.ptr.c_final + sh * (dqk as u64) * (dhv as u64) * 4,
-                p.ptr.n_final + sh * dqk as u64 * 4,
-                p.ptr.m_final + sh * 4,
-            )
-        };
+        let (c_out, n_out, m_out) = state_walk::outputs(p, head, sh, k, k_hi);
         if k < k_hi || p.ptr.c_final != 0 {
             if k < k_hi {
                 // C̃_k through the staging tile (`stage::store_rows`: whole sectors per store).
@@ -218,13 +194,7 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
         };
 
         // Chunk k: advance the max state, decay the state, add the chunk's K̃ᵀV.
-        let m_next = if G::STABILIZED {
-            (g + m).max(g + umax)
-        } else {
-            0.0
-        };
-        let decay = math::exp(g + m - m_next);
-        let log_w0 = g - m_next;
+        let (m_next, decay, log_w0) = state_walk::max_step::<G>((g, umax), m);
         m = m_next;
         unroll!(4, mt => {
             unroll!(8, nb => {

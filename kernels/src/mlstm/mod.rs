@@ -19,6 +19,7 @@ mod recurrent_f32;
 mod seqs;
 mod slots;
 mod stage;
+mod state_walk;
 mod step;
 
 use crate::arch::convert::{Bf16, F16, F32};
