@@ -688,16 +688,16 @@ fn state_launch(p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
     if fwd::wide_state(p.dqk, p.dhv) {
         Launch {
             name: fwd::entry_name(FwdKernel::ChunkStateWide, gates, kdtype),
-            grid: fwd::state_wide::grid(p),
+            grid: fwd::state_wide::TILES.grid(p),
             threads: fwd::state_wide::THREADS,
-            smem: fwd::state_wide::smem_bytes(),
+            smem: fwd::state_wide::TILES.smem_bytes(),
         }
     } else {
         Launch {
             name: fwd::entry_name(FwdKernel::ChunkState, gates, kdtype),
-            grid: fwd::state::grid(p),
+            grid: fwd::state::TILES.grid(p),
             threads: fwd::state::THREADS,
-            smem: fwd::state::smem_bytes(p.chunk),
+            smem: fwd::state::TILES.smem_bytes(),
         }
     }
 }

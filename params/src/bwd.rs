@@ -176,7 +176,7 @@ pub mod state {
     /// the sub-tile's two row weights, 2 × SUB_L f32), then one f32 per warp for reductions,
     /// and the tile of dC̃ staged for its store (TILE_QK × TILE_HV, 16-bit, padded rows).
     pub const fn smem_bytes() -> u32 {
-        STAGES * stage_bytes() + WARPS * 4 + crate::fwd::state::staging_bytes()
+        STAGES * stage_bytes() + WARPS * 4 + crate::fwd::state::TILES.staging_bytes()
     }
     pub const fn stage_bytes() -> u32 {
         q_bytes() + dh_bytes() + 2 * SUB_L * 4

@@ -119,44 +119,19 @@ pub mod state {
     pub const SUB_L: u32 = 64;
     /// Sub-tiles in flight: the next one loads while this one multiplies.
     pub const STAGES: u32 = 2;
-
-    /// Shared memory: STAGES × (K sub-tile SUB_L × TILE_QK, V sub-tile SUB_L × TILE_HV, 16-bit,
-    /// padded rows; the sub-tile's u, SUB_L f32), and the tile of C̃_k staged for its store
-    /// (TILE_QK × TILE_HV, 16-bit, padded rows).
-    pub const fn smem_bytes(_chunk: u32) -> u32 {
-        STAGES * stage_bytes() + staging_bytes()
-    }
-    pub const fn staging_bytes() -> u32 {
-        TILE_QK * (TILE_HV + SMEM_ROW_PAD) * 2
-    }
-    pub const fn stage_bytes() -> u32 {
-        k_bytes() + v_bytes() + SUB_L * 4
-    }
-    pub const fn k_bytes() -> u32 {
-        SUB_L * (TILE_QK + SMEM_ROW_PAD) * 2
-    }
-    pub const fn v_bytes() -> u32 {
-        SUB_L * (TILE_HV + SMEM_ROW_PAD) * 2
-    }
-
-    /// (tiles of the state, BH, sequences): x enumerates (DQK tile, DHV tile) with the DHV
-    /// tile fastest; each block walks the chunks of one sequence.
-    pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
-        (
-            div_ceil(p.dqk, TILE_QK) * div_ceil(p.dhv, TILE_HV),
-            p.bh,
-            p.seqs,
-        )
-    }
+    pub const TILES: StateTiles = StateTiles {
+        qk: TILE_QK,
+        hv: TILE_HV,
+        sub_l: SUB_L,
+        stages: STAGES,
+    };
 }
 
 /// The chunk-state kernel's wide shape, for large states: 8 warps as WARPS_M (DQK) × WARPS_N
 /// (DHV), each owning a 64 × 64 sub-tile (4 m-tiles × 8 n-blocks) of a 128 × 256 state tile.
-/// The narrow shape (`state`) is bound by L2 traffic at DQK = DHV = 512 (ncu, H100: L2 87%
-/// busy, tensor pipe ~25%): every K sub-tile is re-read by each DHV tile and every V sub-tile
-/// by each DQK tile. Here each staged K and V sub-tile feeds 4× the state (half the L2 bytes
-/// per FLOP), and each B fragment loaded from shared memory feeds 4 m-tiles instead of one.
-/// One block per SM (~200 registers × 256 threads), so the pipeline is three stages deep.
+/// Each staged K and V sub-tile feeds 4× the state of the narrow shape (half the L2 bytes per
+/// FLOP), and each B fragment loaded from shared memory feeds 4 m-tiles instead of one. One
+/// block per SM (~245 registers × 256 threads), so the pipeline is three stages deep.
 pub mod state_wide {
     use super::*;
     pub const WARPS_M: u32 = 2;
@@ -170,30 +145,48 @@ pub mod state_wide {
     pub const TILE_HV: u32 = WARPS_N * WARP_HV;
     pub const SUB_L: u32 = 64;
     pub const STAGES: u32 = 3;
+    pub const TILES: StateTiles = StateTiles {
+        qk: TILE_QK,
+        hv: TILE_HV,
+        sub_l: SUB_L,
+        stages: STAGES,
+    };
+}
 
-    /// Shared memory: STAGES × (K sub-tile SUB_L × TILE_QK, V sub-tile SUB_L × TILE_HV, 16-bit,
-    /// padded rows; the sub-tile's u, SUB_L f32), and the tile of C̃_k staged for its store
-    /// (TILE_QK × TILE_HV, 16-bit, padded rows).
-    pub const fn smem_bytes() -> u32 {
-        STAGES * stage_bytes() + staging_bytes()
-    }
-    pub const fn staging_bytes() -> u32 {
-        TILE_QK * (TILE_HV + SMEM_ROW_PAD) * 2
-    }
-    pub const fn stage_bytes() -> u32 {
-        k_bytes() + v_bytes() + SUB_L * 4
-    }
-    pub const fn k_bytes() -> u32 {
-        SUB_L * (TILE_QK + SMEM_ROW_PAD) * 2
-    }
-    pub const fn v_bytes() -> u32 {
-        SUB_L * (TILE_HV + SMEM_ROW_PAD) * 2
-    }
+/// A chunk-state tile shape (`state`, `state_wide`) and what follows from it: shared memory,
+/// STAGES × (K sub-tile sub_l × qk, V sub-tile sub_l × hv, 16-bit, padded rows; the
+/// sub-tile's u, sub_l f32), then the tile of C̃_k staged for its store (qk × hv, 16-bit,
+/// padded rows); and the grid.
+pub struct StateTiles {
+    /// Rows (DQK) and columns (DHV) of the state tile of one block.
+    pub qk: u32,
+    pub hv: u32,
+    /// Time steps per staged sub-tile, and sub-tiles in flight.
+    pub sub_l: u32,
+    pub stages: u32,
+}
 
-    /// As `state::grid`, with this shape's tiles.
-    pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
+impl StateTiles {
+    pub const fn k_bytes(&self) -> u32 {
+        self.sub_l * (self.qk + SMEM_ROW_PAD) * 2
+    }
+    pub const fn v_bytes(&self) -> u32 {
+        self.sub_l * (self.hv + SMEM_ROW_PAD) * 2
+    }
+    pub const fn stage_bytes(&self) -> u32 {
+        self.k_bytes() + self.v_bytes() + self.sub_l * 4
+    }
+    pub const fn staging_bytes(&self) -> u32 {
+        self.qk * (self.hv + SMEM_ROW_PAD) * 2
+    }
+    pub const fn smem_bytes(&self) -> u32 {
+        self.stages * self.stage_bytes() + self.staging_bytes()
+    }
+    /// (tiles of the state, BH, sequences): x enumerates (DQK tile, DHV tile) with the DHV
+    /// tile fastest; each block walks the chunks of one sequence.
+    pub const fn grid(&self, p: &FwdParams) -> (u32, u32, u32) {
         (
-            div_ceil(p.dqk, TILE_QK) * div_ceil(p.dhv, TILE_HV),
+            div_ceil(p.dqk, self.qk) * div_ceil(p.dhv, self.hv),
             p.bh,
             p.seqs,
         )
@@ -372,8 +365,8 @@ mod tests {
     #[test]
     fn every_supported_config_fits_in_shared_memory() {
         for &chunk in &CHUNK_SIZES {
-            assert!(state::smem_bytes(chunk) <= HOPPER_SMEM);
-            assert!(state_wide::smem_bytes() <= HOPPER_SMEM);
+            assert!(state::TILES.smem_bytes() <= HOPPER_SMEM);
+            assert!(state_wide::TILES.smem_bytes() <= HOPPER_SMEM);
             assert!(gates::smem_bytes(chunk) <= HOPPER_SMEM);
             let mut dqk = HEAD_DIM_MULTIPLE;
             while dqk <= MAX_HEAD_DIM {
@@ -401,9 +394,9 @@ mod tests {
             ..Default::default()
         };
         // DQK tiles × DHV tiles of the state.
-        assert_eq!(state::grid(&p), (2 * 3, 6, 1));
+        assert_eq!(state::TILES.grid(&p), (2 * 3, 6, 1));
         // One DQK tile (80 ≤ 128) × two DHV tiles (272 > 256).
-        assert_eq!(state_wide::grid(&p), (2, 6, 1));
+        assert_eq!(state_wide::TILES.grid(&p), (2, 6, 1));
         // DHV tiles × (chunks · row tiles per chunk) × heads.
         assert_eq!(output::grid(&p), (3, 4 * 4, 6));
         assert_eq!(gates::grid(&p), (4, 6, 1));

@@ -42,7 +42,7 @@ const _: () = assert!(
 );
 
 /// # Safety
-/// Launched with `grid(p)`, THREADS threads and `smem_bytes(p.chunk)` bytes of dynamic shared
+/// Launched with `TILES.grid(p)`, THREADS threads and `TILES.smem_bytes()` bytes of dynamic shared
 /// memory, on parameters validated by the host (shapes, alignment, chunk size).
 #[inline(always)]
 pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
@@ -59,16 +59,16 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     // Shared memory layout: STAGES × (K sub-tile, V sub-tile, u of the sub-tile), the staging
     // tile of C̃_k (TILE_QK × TILE_HV).
     let stage_k = |st: u32| SmemTile {
-        base: shared::base() + st * stage_bytes(),
+        base: shared::base() + st * TILES.stage_bytes(),
         stride: (TILE_QK + SMEM_ROW_PAD) * 2,
     };
     let stage_v = |st: u32| SmemTile {
-        base: stage_k(st).base + k_bytes(),
+        base: stage_k(st).base + TILES.k_bytes(),
         stride: (TILE_HV + SMEM_ROW_PAD) * 2,
     };
-    let stage_u = |st: u32| stage_v(st).base + v_bytes();
+    let stage_u = |st: u32| stage_v(st).base + TILES.v_bytes();
     let staging = SmemTile {
-        base: shared::base() + STAGES * stage_bytes(),
+        base: shared::base() + STAGES * TILES.stage_bytes(),
         stride: (TILE_HV + SMEM_ROW_PAD) * 2,
     };
 

@@ -12,7 +12,10 @@ use tfla_params::fwd::FwdParams;
 #[inline(always)]
 pub fn items(p: &FwdParams, (k_lo, k_hi): (u32, u32), sub_l: u32) -> (u32, u32) {
     let l = p.chunk;
-    (k_lo * (l / sub_l), (k_hi * (l / sub_l)).min(p.s.div_ceil(sub_l)))
+    (
+        k_lo * (l / sub_l),
+        (k_hi * (l / sub_l)).min(p.s.div_ceil(sub_l)),
+    )
 }
 
 /// Chunk k's gate scalars: g, and (stabilized) the max of u over the chunk.
