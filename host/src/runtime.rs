@@ -5,7 +5,7 @@ use cust::device::{Device, DeviceAttribute};
 use cust::module::Module;
 use cust::stream::{Stream, StreamFlags};
 use cust::sys::{CUfunction, CUfunction_attribute_enum};
-use std::collections::HashMap;
+use std::collections::{HashMap, hash_map};
 use std::sync::Mutex;
 
 /// The PTX of every tfla kernel, built from `kernels/` by the build script.
@@ -38,7 +38,6 @@ pub struct KernelResources {
 }
 
 /// A looked-up entry point of the runtime's module and the dynamic shared memory it may use.
-#[derive(Clone, Copy)]
 struct Entry {
     function: CUfunction,
     smem_limit: u32,
@@ -105,35 +104,29 @@ impl Runtime {
     /// more shared memory raises the opt-in.
     pub(crate) fn function(&self, name: &'static str, smem: u32) -> Result<CUfunction> {
         let mut map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = match map.get(name) {
-            Some(&entry) => entry,
-            None => {
+        let entry = match map.entry(name) {
+            hash_map::Entry::Occupied(e) => e.into_mut(),
+            hash_map::Entry::Vacant(e) => {
                 let f = self
                     .module
                     .get_function(name)
                     .map_err(Error::cuda("cuModuleGetFunction"))?;
-                Entry {
+                e.insert(Entry {
                     function: f.to_raw(),
                     smem_limit: 0,
-                }
+                })
             }
         };
         // The default limit (48 KiB) needs no opt-in; above it, raise the attribute once.
-        let entry = if smem > entry.smem_limit.max(48 << 10) {
+        if smem > entry.smem_limit.max(48 << 10) {
             use CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
             // SAFETY: a live function of this runtime's module; `smem` is within the device's
             // opt-in limit (checked by the caller).
             let code =
                 unsafe { cust::sys::cuFuncSetAttribute(entry.function, MAX_DYN, smem as i32) };
             Error::check_driver("cuFuncSetAttribute", code)?;
-            Entry {
-                smem_limit: smem,
-                ..entry
-            }
-        } else {
-            entry
-        };
-        map.insert(name, entry);
+            entry.smem_limit = smem;
+        }
         Ok(entry.function)
     }
 
