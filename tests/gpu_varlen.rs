@@ -1,7 +1,8 @@
 //! Packed variable-length batches (`tfla::varlen`) on the GPU: one call over sequences of
 //! lengths 1, 15, 16, 17, L − 1, L, L + 1 and 3L + 5 equals running each sequence alone
 //! (forward outputs, final states, every gradient), and its h matches the float64 reference;
-//! every variant, bf16, f16 and f32, with and without initial states, both gradient modes;
+//! every variant, bf16, f16 and f32, with and without initial states, both gradient modes,
+//! small heads and heads that take the wide chunk-state tile;
 //! every output poisoned before its call (the packed ones allocated once, written by the
 //! `_into` calls); bad offsets and states get typed errors.
 //!
@@ -24,6 +25,9 @@ const LENGTHS: [usize; 8] = [1, 15, 16, 17, L - 1, L, L + 1, 3 * L + 5];
 const NH: usize = 2;
 const DQK: usize = 32;
 const DHV: usize = 48;
+/// (DQK, DHV) of most cases, and of the cases that run the wide chunk-state tile.
+const SMALL: (usize, usize) = (DQK, DHV);
+const WIDE: (usize, usize) = (144, 272);
 
 /// One sequence's inputs and upstream gradients (B = 1), rounded as the kernels see them.
 struct Seq {
@@ -76,6 +80,7 @@ fn check(
     dtype: Dtype,
     mode: GradMode,
     with_init: bool,
+    (dqk, dhv): (usize, usize),
     rng: &mut impl rand::Rng,
 ) -> Vec<(&'static str, f64, f64)> {
     let seqs: Vec<Seq> = LENGTHS
@@ -85,8 +90,8 @@ fn check(
                 b: 1,
                 nh: NH,
                 s,
-                dqk: DQK,
-                dhv: DHV,
+                dqk,
+                dhv,
             };
             let mut inp = RefInputs::random(shape, with_init, rng);
             round_inputs(&mut inp, dtype);
@@ -110,9 +115,9 @@ fn check(
     // The packed call.
     let field = |f: fn(&Seq) -> &[f64], d| pack(&seqs.iter().map(f).collect::<Vec<_>>(), lens, d);
     let f32_ = Dtype::F32;
-    let q = up(rt, dtype, &field(|s| &s.inp.q, DQK), &[total, NH, DQK]);
-    let k = up(rt, dtype, &field(|s| &s.inp.k, DQK), &[total, NH, DQK]);
-    let v = up(rt, dtype, &field(|s| &s.inp.v, DHV), &[total, NH, DHV]);
+    let q = up(rt, dtype, &field(|s| &s.inp.q, dqk), &[total, NH, dqk]);
+    let k = up(rt, dtype, &field(|s| &s.inp.k, dqk), &[total, NH, dqk]);
+    let v = up(rt, dtype, &field(|s| &s.inp.v, dhv), &[total, NH, dhv]);
     let i = up(rt, f32_, &field(|s| &s.inp.i, 1), &[total, NH]);
     let f = up(rt, f32_, &field(|s| &s.inp.f, 1), &[total, NH]);
     let states = |x: fn(&Seq) -> Option<&Vec<f64>>, shape: &[usize]| {
@@ -125,8 +130,8 @@ fn check(
             )
         })
     };
-    let c0 = states(|s| s.inp.c0.as_ref(), &[n, NH, DQK, DHV]);
-    let n0 = states(|s| s.inp.n0.as_ref(), &[n, NH, DQK]);
+    let c0 = states(|s| s.inp.c0.as_ref(), &[n, NH, dqk, dhv]);
+    let n0 = states(|s| s.inp.n0.as_ref(), &[n, NH, dqk]);
     let m0 = states(|s| s.inp.m0.as_ref(), &[n, NH]);
     let inp = VarlenInputs {
         c0: c0.as_ref(),
@@ -140,19 +145,19 @@ fn check(
         t.fill_nan().unwrap();
     }
     tfla::mlstm_fwd_varlen_into(rt, &inp, &cfg, &mut out).unwrap();
-    let dh = up(rt, dtype, &field(|s| &s.g.dh, DHV), &[total, NH, DHV]);
+    let dh = up(rt, dtype, &field(|s| &s.g.dh, dhv), &[total, NH, dhv]);
     let dc = up(
         rt,
         f32_,
         &concat(seqs.iter().map(|s| s.g.dc.clone().unwrap())),
-        &[n, NH, DQK, DHV],
+        &[n, NH, dqk, dhv],
     );
     let dn = variant.normalizes().then(|| {
         up(
             rt,
             f32_,
             &concat(seqs.iter().map(|s| s.g.dn.clone().unwrap())),
-            &[n, NH, DQK],
+            &[n, NH, dqk],
         )
     });
     let dm = up(
@@ -215,7 +220,7 @@ fn check(
         push("dc0", g.dc0.as_ref());
         push("dn0", g.dn0.as_ref());
         push("dm0", g.dm0.as_ref());
-        let p = RefParams::new(variant, DQK);
+        let p = RefParams::new(variant, dqk);
         reference_h.extend(reference::recurrent(&s.inp, &p).h);
     }
 
@@ -227,10 +232,10 @@ fn check(
     };
     let fwd_tol = fwd_tolerance(dtype);
     let mut errs = vec![
-        ("h", rel("h", packed(&out.h, DHV)), fwd_tol),
+        ("h", rel("h", packed(&out.h, dhv)), fwd_tol),
         (
             "h vs f64",
-            rel_err(&packed(&out.h, DHV), &reference_h),
+            rel_err(&packed(&out.h, dhv), &reference_h),
             fwd_tol,
         ),
         ("c", rel("c", whole(&out.c)), fwd_tol),
@@ -240,9 +245,9 @@ fn check(
         errs.push(("n", rel("n", whole(&out.n)), fwd_tol));
     }
     for (name, t, d) in [
-        ("dq", &grads.dq, DQK),
-        ("dk", &grads.dk, DQK),
-        ("dv", &grads.dv, DHV),
+        ("dq", &grads.dq, dqk),
+        ("dk", &grads.dk, dqk),
+        ("dv", &grads.dv, dhv),
         ("di", &grads.di, 1),
         ("df", &grads.df, 1),
     ] {
@@ -269,20 +274,24 @@ fn packed_batch_equals_each_sequence_alone() {
     let mut cases = Vec::new();
     for variant in [EXP, SIG, SIG_NONORM] {
         for dtype in [Dtype::Bf16, Dtype::F32] {
-            cases.push((variant, dtype, GradMode::Exact, true));
+            cases.push((variant, dtype, GradMode::Exact, true, SMALL));
         }
     }
-    cases.push((EXP, Dtype::F16, GradMode::Exact, false));
-    cases.push((EXP, Dtype::Bf16, GradMode::DetachedNormalizer, false));
-    cases.push((SIG, Dtype::F32, GradMode::DetachedNormalizer, false));
-    for (variant, dtype, mode, with_init) in cases {
-        let errs = check(&rt, variant, dtype, mode, with_init, &mut rng);
+    cases.push((EXP, Dtype::F16, GradMode::Exact, false, SMALL));
+    cases.push((EXP, Dtype::Bf16, GradMode::DetachedNormalizer, false, SMALL));
+    cases.push((SIG, Dtype::F32, GradMode::DetachedNormalizer, false, SMALL));
+    // Heads large enough for the wide chunk-state tile (`fwd::wide_state`), partial tiles both
+    // ways, so the packed walk runs through that kernel too.
+    cases.push((EXP, Dtype::Bf16, GradMode::Exact, true, WIDE));
+    cases.push((SIG_NONORM, Dtype::Bf16, GradMode::Exact, false, WIDE));
+    for (variant, dtype, mode, with_init, dims) in cases {
+        let errs = check(&rt, variant, dtype, mode, with_init, dims, &mut rng);
         let ok = errs.iter().all(|&(_, e, tol)| e <= tol);
         let line: Vec<String> = errs
             .iter()
             .map(|(n, e, _)| format!("{n} {e:.2e}"))
             .collect();
-        let label = format!("{variant:?} {dtype:?} {mode:?} init {with_init}");
+        let label = format!("{variant:?} {dtype:?} {mode:?} init {with_init} dims {dims:?}");
         println!(
             "{} {label}: {}",
             if ok { "ok  " } else { "FAIL" },

@@ -192,31 +192,28 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
         let st = item % STAGES;
         if item < n_state {
             let d = item * KD;
-            stage::rows::<THREADS>(
+            stage::rows::<THREADS, { KD / 8 }>(
                 stage_a(st),
                 ga,
                 (t0 + i0, t0 + len),
                 (d, a_dim),
                 TILE,
-                KD / 8,
             );
             if R::STATE_KN {
-                stage::rows::<THREADS>(
+                stage::rows::<THREADS, { TILE_OUT / 8 }>(
                     stage_b_kn(st),
                     gm,
                     (d, a_dim),
                     (c0, out_dim),
                     KD,
-                    TILE_OUT / 8,
                 );
             } else {
-                stage::rows::<THREADS>(
+                stage::rows::<THREADS, { KD / 8 }>(
                     stage_b_nk(st),
                     gm,
                     (c0, out_dim),
                     (d, a_dim),
                     TILE_OUT,
-                    KD / 8,
                 );
             }
         } else {
@@ -227,9 +224,9 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
             } else {
                 (i0, kt * TILE)
             };
-            stage::rows::<THREADS>(stage_a(st), gt, (tr, l), (tc, l), TILE, TILE / 8);
+            stage::rows::<THREADS, { TILE / 8 }>(stage_a(st), gt, (tr, l), (tc, l), TILE);
             let keys = (t0 + kt * TILE, t0 + len);
-            stage::rows::<THREADS>(stage_b_kn(st), gz, keys, (c0, out_dim), TILE, TILE_OUT / 8);
+            stage::rows::<THREADS, { TILE_OUT / 8 }>(stage_b_kn(st), gz, keys, (c0, out_dim), TILE);
         }
         cp_async::commit();
     };

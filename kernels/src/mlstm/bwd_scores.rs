@@ -75,8 +75,8 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
         } else {
             (gdh, gv, (item - n_q) * KD, dhv)
         };
-        stage::rows::<THREADS>(slice(st, 0), a, rows_i, (d, dim), TILE, KD / 8);
-        stage::rows::<THREADS>(slice(st, 1), b, rows_j, (d, dim), TILE, KD / 8);
+        stage::rows::<THREADS, { KD / 8 }>(slice(st, 0), a, rows_i, (d, dim), TILE);
+        stage::rows::<THREADS, { KD / 8 }>(slice(st, 1), b, rows_j, (d, dim), TILE);
         cp_async::commit();
     };
     issue(0);

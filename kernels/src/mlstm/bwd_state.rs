@@ -139,8 +139,8 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
     );
     let issue = |it: u32| unsafe {
         let (st, j0) = (it % STAGES, it * SUB_L);
-        stage::rows::<THREADS>(stage_q(st), gq, (j0, s), (d0, dqk), SUB_L, TILE_QK / 8);
-        stage::rows::<THREADS>(stage_dh(st), gdh, (j0, s), (v0, dhv), SUB_L, TILE_HV / 8);
+        stage::rows::<THREADS, { TILE_QK / 8 }>(stage_q(st), gq, (j0, s), (d0, dqk), SUB_L);
+        stage::rows::<THREADS, { TILE_HV / 8 }>(stage_dh(st), gdh, (j0, s), (v0, dhv), SUB_L);
         stage::f32_vec::<THREADS>(stage_w(st), g_wq, (j0, s), SUB_L);
         stage::f32_vec::<THREADS>(stage_w(st) + 4 * SUB_L, g_wn, (j0, s), SUB_L);
         cp_async::commit();

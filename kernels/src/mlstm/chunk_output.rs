@@ -104,35 +104,26 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
         } else {
             ((item - n_c) % n_d) * KD
         };
-        stage::rows::<THREADS>(
-            stage_q(st),
-            gq,
-            (t0 + i0, t0 + len),
-            (dd, dqk),
-            TILE_Q,
-            KD / 8,
-        );
+        stage::rows::<THREADS, { KD / 8 }>(stage_q(st), gq, (t0 + i0, t0 + len), (dd, dqk), TILE_Q);
         if item < n_c {
-            stage::rows::<THREADS>(
+            stage::rows::<THREADS, { TILE_HV / 8 }>(
                 stage_c(st),
                 gc,
                 (item * TILE_C, dqk),
                 (v0, dhv),
                 TILE_C,
-                TILE_HV / 8,
             );
         } else {
             let (kt, ds) = ((item - n_c) / n_d, (item - n_c) % n_d);
             let keys = (t0 + kt * TILE_K, t0 + len);
-            stage::rows::<THREADS>(stage_k(st), gk, keys, (ds * KD, dqk), TILE_K, KD / 8);
+            stage::rows::<THREADS, { KD / 8 }>(stage_k(st), gk, keys, (ds * KD, dqk), TILE_K);
             if ds == 0 {
-                stage::rows::<THREADS>(
+                stage::rows::<THREADS, { TILE_HV / 8 }>(
                     stage_v(kt % STAGES),
                     gv,
                     keys,
                     (v0, dhv),
                     TILE_K,
-                    TILE_HV / 8,
                 );
             }
         }

@@ -119,8 +119,8 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
     let (item_lo, n_items) = state_walk::items(p, (k_lo, k_hi), SUB_L);
     let issue = |it: u32| unsafe {
         let (st, j0) = (it % STAGES, it * SUB_L);
-        stage::rows::<THREADS>(stage_k(st), gk, (j0, s), (d0, dqk), SUB_L, TILE_QK / 8);
-        stage::rows::<THREADS>(stage_v(st), gv, (j0, s), (v0, dhv), SUB_L, TILE_HV / 8);
+        stage::rows::<THREADS, { TILE_QK / 8 }>(stage_k(st), gk, (j0, s), (d0, dqk), SUB_L);
+        stage::rows::<THREADS, { TILE_HV / 8 }>(stage_v(st), gv, (j0, s), (v0, dhv), SUB_L);
         stage::f32_vec::<THREADS>(stage_u(st), g_u, (j0, s), SUB_L);
         cp_async::commit();
     };
