@@ -238,9 +238,10 @@ pub mod output {
         TILE_K * (TILE_HV + SMEM_ROW_PAD) * 2
     }
     /// f32 vectors: column gate terms (L), and per row: row gate term, inter-chunk scale,
-    /// normalizer floor (3 × TILE_Q); ñ_k (DQK).
+    /// normalizer floor (3 × TILE_Q); ñ_k (DQK, zero-padded to whole TILE_C slices: the
+    /// slice loop reads whole slices).
     pub const fn gate_bytes(chunk: u32, dqk: u32) -> u32 {
-        (chunk + 3 * TILE_Q + dqk) * 4
+        (chunk + 3 * TILE_Q + div_ceil(dqk, TILE_C) * TILE_C) * 4
     }
     pub const fn smem_bytes(chunk: u32, dqk: u32) -> u32 {
         STAGES * (q_bytes() + ring_bytes() + v_bytes()) + gate_bytes(chunk, dqk)

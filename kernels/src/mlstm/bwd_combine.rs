@@ -272,23 +272,21 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
         let st = item % STAGES;
         let sa = stage_a(st);
         if item < n_state {
-            let d = item * KD;
+            // (Past the head dim the staged slices are zero: no skip needed.)
             unroll!(4, ks => {
                 let ks = ks as u32;
-                if d + ks * 16 < a_dim {
-                    let a = unsafe { sa.a(warp * 16, ks * 16, lane) };
-                    unroll!(8, pr => {
-                        let b = if R::STATE_KN {
-                            unsafe { stage_b_kn(st).b_kn(ks * 16, pr as u32 * 16, lane) }
-                        } else {
-                            unsafe { stage_b_nk(st).b_nk(pr as u32 * 16, ks * 16, lane) }
-                        };
-                        unsafe {
-                            E::mma(&mut acc[2 * pr], a, b[0]);
-                            E::mma(&mut acc[2 * pr + 1], a, b[1]);
-                        }
-                    });
-                }
+                let a = unsafe { sa.a(warp * 16, ks * 16, lane) };
+                unroll!(8, pr => {
+                    let b = if R::STATE_KN {
+                        unsafe { stage_b_kn(st).b_kn(ks * 16, pr as u32 * 16, lane) }
+                    } else {
+                        unsafe { stage_b_nk(st).b_nk(pr as u32 * 16, ks * 16, lane) }
+                    };
+                    unsafe {
+                        E::mma(&mut acc[2 * pr], a, b[0]);
+                        E::mma(&mut acc[2 * pr + 1], a, b[1]);
+                    }
+                });
             });
             if item + 1 == n_state {
                 // r ⊙ (A·M) + e ⊗ u (addresses from an opaque lane: not hoisted out of the walk).
@@ -358,14 +356,12 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
     unsafe {
         thread::sync_threads();
         let out = o.out + head * (s as u64) * (out_dim as u64) * 2;
-        stage::store_rows(
-            THREADS,
+        stage::store_rows::<THREADS, { TILE_OUT / 8 }>(
             staging,
             out,
             (t0 + i0, t0 + len),
             (c0, out_dim),
             TILE,
-            TILE_OUT / 8,
         );
     }
 }

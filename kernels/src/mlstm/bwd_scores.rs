@@ -107,27 +107,25 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
         unsafe { stage::advance((item + 1 < n_items).then_some(item + 1), issue) };
         let st = item % STAGES;
         let (sa, sb) = (slice(st, 0), slice(st, 1));
-        // acc += A·Bᵀ over slice d of a head dim `dim` (each call site names its own
-        // accumulator, so both stay in registers).
-        let mma_slice = |acc: &mut [[f32; 4]; NB], d: u32, dim: u32| {
+        // acc += A·Bᵀ over this slice (each call site names its own accumulator, so both stay
+        // in registers). Past the head dim the staged slices are zero: no skip needed.
+        let mma_slice = |acc: &mut [[f32; 4]; NB]| {
             unroll!(4, ks => {
                 let ks = ks as u32;
-                if d + ks * 16 < dim {
-                    let a = unsafe { sa.a(warp * 16, ks * 16, lane) };
-                    unroll!(4, pr => {
-                        let b = unsafe { sb.b_nk(pr as u32 * 16, ks * 16, lane) };
-                        unsafe {
-                            E::mma(&mut acc[2 * pr], a, b[0]);
-                            E::mma(&mut acc[2 * pr + 1], a, b[1]);
-                        }
-                    });
-                }
+                let a = unsafe { sa.a(warp * 16, ks * 16, lane) };
+                unroll!(4, pr => {
+                    let b = unsafe { sb.b_nk(pr as u32 * 16, ks * 16, lane) };
+                    unsafe {
+                        E::mma(&mut acc[2 * pr], a, b[0]);
+                        E::mma(&mut acc[2 * pr + 1], a, b[1]);
+                    }
+                });
             });
         };
         if item < n_q {
-            mma_slice(&mut sacc, item * KD, dqk);
+            mma_slice(&mut sacc);
         } else {
-            mma_slice(&mut dacc, (item - n_q) * KD, dhv);
+            mma_slice(&mut dacc);
         }
         unsafe { thread::sync_threads() };
     }
@@ -199,8 +197,8 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
     unsafe {
         thread::sync_threads();
         let (sp, sdp) = (p.ptr.scores_p + base * 2, p.ptr.scores_dp + base * 2);
-        stage::store_rows(THREADS, staged_p, sp, (i0, l), (j0, l), TILE, TILE / 8);
-        stage::store_rows(THREADS, staged_dp, sdp, (i0, l), (j0, l), TILE, TILE / 8);
+        stage::store_rows::<THREADS, { TILE / 8 }>(staged_p, sp, (i0, l), (j0, l), TILE);
+        stage::store_rows::<THREADS, { TILE / 8 }>(staged_dp, sdp, (i0, l), (j0, l), TILE);
     }
     if tid < TILE && j0 + tid < len {
         let mut c = 0f32;

@@ -163,14 +163,12 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         unsafe {
             thread::sync_threads();
             let dc = p.ptr.dc_states + hk * (dqk as u64) * (dhv as u64) * 2;
-            stage::store_rows(
-                THREADS,
+            stage::store_rows::<THREADS, { TILE_HV / 8 }>(
                 staging,
                 dc,
                 (d0, dqk),
                 (v0, dhv),
                 TILE_QK,
-                TILE_HV / 8,
             );
         }
         if with_n && lane % 4 == 0 {

@@ -176,14 +176,15 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
         }
     }
     if G::NORMALIZED {
+        // ñ_k, zero-padded to whole slices like the staged Q and C̃_k slices.
         let mut d = tid;
-        while d < dqk {
-            unsafe {
-                shared::st_f32(
-                    sn + 4 * d,
-                    global::ld_nc_f32(p.ptr.n_states + (hk * dqk as u64 + d as u64) * 4),
-                )
+        while d < n_c * TILE_C {
+            let n = if d < dqk {
+                unsafe { global::ld_nc_f32(p.ptr.n_states + (hk * dqk as u64 + d as u64) * 4) }
+            } else {
+                0.0
             };
+            unsafe { shared::st_f32(sn + 4 * d, n) };
             d += THREADS;
         }
     }
@@ -201,29 +202,28 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
         if item < n_c {
             // Inter-chunk term: acc += Q[:, dc..dc+TILE_C] · C̃_k[dc..dc+TILE_C, v0..].
             let (dc, sc) = (item * TILE_C, stage_c(st));
+            // (No skip past DQK: the slices are zero there, in shared memory, ñ_k included.)
             unroll!(4, ks => {
                 let ks = ks as u32;
-                if dc + ks * 16 < dqk {
-                    let a = unsafe { sq.a(warp * 16, ks * 16, lane) };
-                    unroll!(8, pair => {
-                        let b = unsafe { sc.b_kn(ks * 16, pair as u32 * 16, lane) };
-                        unsafe {
-                            E::mma(&mut acc[2 * pair], a, b[0]);
-                            E::mma(&mut acc[2 * pair + 1], a, b[1]);
-                        }
-                    });
-                    if G::NORMALIZED {
-                        // B fragment of the ñ_k column: b0 (k = 2t, 2t+1), b1 (k = 2t+8, 2t+9).
-                        let d = sn + 4 * (dc + ks * 16 + (lane % 4) * 2);
-                        let n = unsafe { [0, 1, 8, 9].map(|o| shared::ld_f32(d + 4 * o)) };
-                        // ñ_k split into a 16-bit head and tail: |ñᵀq| can be far below
-                        // ‖ñ‖‖q‖, and the whole row is divided by it, so it gets ~16 bits.
-                        let (hi, lo) = split2::<E>([n[0], n[1]]);
-                        let (hi2, lo2) = split2::<E>([n[2], n[3]]);
-                        unsafe {
-                            E::mma(&mut snacc, a, [hi, hi2]);
-                            E::mma(&mut snacc, a, [lo, lo2]);
-                        }
+                let a = unsafe { sq.a(warp * 16, ks * 16, lane) };
+                unroll!(8, pair => {
+                    let b = unsafe { sc.b_kn(ks * 16, pair as u32 * 16, lane) };
+                    unsafe {
+                        E::mma(&mut acc[2 * pair], a, b[0]);
+                        E::mma(&mut acc[2 * pair + 1], a, b[1]);
+                    }
+                });
+                if G::NORMALIZED {
+                    // B fragment of the ñ_k column: b0 (k = 2t, 2t+1), b1 (k = 2t+8, 2t+9).
+                    let d = sn + 4 * (dc + ks * 16 + (lane % 4) * 2);
+                    let n = unsafe { [0, 1, 8, 9].map(|o| shared::ld_f32(d + 4 * o)) };
+                    // ñ_k split into a 16-bit head and tail: |ñᵀq| can be far below
+                    // ‖ñ‖‖q‖, and the whole row is divided by it, so it gets ~16 bits.
+                    let (hi, lo) = split2::<E>([n[0], n[1]]);
+                    let (hi2, lo2) = split2::<E>([n[2], n[3]]);
+                    unsafe {
+                        E::mma(&mut snacc, a, [hi, hi2]);
+                        E::mma(&mut snacc, a, [lo, lo2]);
                     }
                 }
             });
@@ -248,16 +248,14 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
             let sk = stage_k(st);
             unroll!(4, ks => {
                 let ks = ks as u32;
-                if ds * KD + ks * 16 < dqk {
-                    let a = unsafe { sq.a(warp * 16, ks * 16, lane) };
-                    unroll!(4, pair => {
-                        let b = unsafe { sk.b_nk(pair as u32 * 16, ks * 16, lane) };
-                        unsafe {
-                            E::mma(&mut sacc[2 * pair], a, b[0]);
-                            E::mma(&mut sacc[2 * pair + 1], a, b[1]);
-                        }
-                    });
-                }
+                let a = unsafe { sq.a(warp * 16, ks * 16, lane) };
+                unroll!(4, pair => {
+                    let b = unsafe { sk.b_nk(pair as u32 * 16, ks * 16, lane) };
+                    unsafe {
+                        E::mma(&mut sacc[2 * pair], a, b[0]);
+                        E::mma(&mut sacc[2 * pair + 1], a, b[1]);
+                    }
+                });
             });
             if ds + 1 == n_d {
                 // P = S ⊙ 2^(R_i + C_j) (causal, ragged rows masked), then acc += P·V.

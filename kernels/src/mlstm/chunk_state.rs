@@ -159,14 +159,12 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             });
             unsafe {
                 thread::sync_threads();
-                stage::store_rows(
-                    THREADS,
+                stage::store_rows::<THREADS, { TILE_HV / 8 }>(
                     staging,
                     c_out,
                     (d0, dqk),
                     (v0, dhv),
                     TILE_QK,
-                    TILE_HV / 8,
                 );
             }
         } else if p.ptr.c_final != 0 {

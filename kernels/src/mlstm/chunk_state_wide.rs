@@ -154,14 +154,12 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
                 });
                 unsafe {
                     thread::sync_threads();
-                    stage::store_rows(
-                        THREADS,
+                    stage::store_rows::<THREADS, { TILE_HV / 8 }>(
                         staging,
                         c_out,
                         (d0, dqk),
                         (v0, dhv),
                         TILE_QK,
-                        TILE_HV / 8,
                     );
                 }
                 // (The staging tile is next written after the walk's next barrier.)

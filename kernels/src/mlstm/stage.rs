@@ -48,36 +48,48 @@ pub unsafe fn rows<const THREADS: u32, const VECS: u32>(
     }
 }
 
-/// Writes `rows` rows of a 16-bit tile in shared memory, columns 0 .. 8·vecs, to rows
+/// Writes `rows` rows of a 16-bit tile in shared memory, columns 0 .. 8·VECS, to rows
 /// t .. t + rows, columns c0 .. of a row-major (·, dim) global matrix, in 16-byte stores; rows
-/// ≥ `t_end` and columns ≥ `dim` are not written. The counterpart of [`rows`] for results: an
+/// ≥ `t_end` and columns ≥ `dim` are not written. The counterpart of [`rows`] for results (and
+/// walked the same way: one column vector per thread, a constant stride between its rows): an
 /// `mma` accumulator stored straight from its fragments writes 16 bytes per row and store
 /// (half a 32-byte sector), which the L2 has to merge; staged through shared memory, every
 /// store writes whole sectors. (The fragments' own layout lives in the caller; it fills `tile`
 /// and puts a barrier between.)
 ///
 /// # Safety
-/// Called by all `threads` threads of the block after a barrier that follows the tile's
+/// Called by all THREADS threads of the block after a barrier that follows the tile's
 /// writes; `base` is 16-byte aligned; `dim` is a multiple of 8.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub unsafe fn store_rows(
-    threads: u32,
+pub unsafe fn store_rows<const THREADS: u32, const VECS: u32>(
     tile: SmemTile,
     base: u64,
     (t, t_end): (u32, u32),
     (c0, dim): (u32, u32),
     rows: u32,
-    vecs: u32,
 ) {
-    let mut idx = thread::thread_idx();
-    while idx < rows * vecs {
-        let (r, c) = (idx / vecs, (idx % vecs) * 8);
-        let v = unsafe { shared::ld_v4(tile.offset(r, c)) };
-        let ok = t + r < t_end && c0 + c < dim;
-        let at = ((t + r) * dim + c0 + c) as u64;
-        unsafe { global::st_v4_b32_if(ok, base + at * 2, v) };
-        idx += threads;
+    const {
+        assert!(
+            THREADS.is_multiple_of(VECS),
+            "a thread stores the same column vector of every row it stores"
+        )
+    };
+    // Through `opaque`: a state walk stores once per chunk, and its per-thread offsets would
+    // otherwise be hoisted out of the walk and held in registers the whole time.
+    let tid = thread::opaque(thread::thread_idx());
+    let (r0, c) = (tid / VECS, (tid % VECS) * 8);
+    let step = THREADS / VECS;
+    let col_ok = c0 + c < dim;
+    let mut dst = base + (((t + r0) * dim + c0 + c) as u64) * 2;
+    let mut src = tile.offset(r0, c);
+    for n in 0..rows.div_ceil(step) {
+        let r = r0 + n * step;
+        if rows.is_multiple_of(step) || r < rows {
+            let v = unsafe { shared::ld_v4(src) };
+            unsafe { global::st_v4_b32_if(t + r < t_end && col_ok, dst, v) };
+        }
+        dst += (step * dim) as u64 * 2;
+        src += step * tile.stride;
     }
 }
 
