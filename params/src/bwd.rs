@@ -155,8 +155,9 @@ pub mod rows {
 
     pub const WARPS: u32 = 4;
     pub const THREADS: u32 = WARPS * WARP;
-    /// Rows per block (each warp takes every WARPS-th).
-    pub const ROWS: u32 = 16;
+    /// Rows per block: warp w sums dh·h of rows 32w .. 32w + 32 (a warp per row, four rows'
+    /// loads in flight), then every thread computes its own row's coefficients.
+    pub const ROWS: u32 = 32 * WARPS;
 
     /// (NC·L / ROWS, BH, 1).
     pub const fn grid(p: &BwdParams) -> (u32, u32, u32) {
@@ -508,7 +509,7 @@ mod tests {
             seqs: 1,
             ..Default::default()
         };
-        assert_eq!(rows::grid(&p), (64, 6, 1));
+        assert_eq!(rows::grid(&p), (8, 6, 1));
         assert_eq!(state::grid(&p), (2 * 3, 6, 1));
         assert_eq!(scores::grid(&p), (10, 4, 6));
         assert_eq!(combine::grid(&p, 272), (3, 16, 6));

@@ -72,101 +72,112 @@ pub unsafe fn bwd_rows<E: RowInput, G: GateKind>(p: &BwdParams) {
     let padded = (nc * l) as u64;
     let plane = p.bh as u64 * padded * 4; // bytes between planes
     let exact = p.exact != 0;
+    // Warp w owns rows 32w .. 32w + 32 of the block; thread (w, lane) row 32w + lane.
+    let first = bx * ROWS + 32 * warp;
+    let r = first + lane;
 
-    // Each warp takes ROWS / WARPS rows, all loads of them issued before the sums.
-    const PER_WARP: usize = (ROWS / WARPS) as usize;
-    const _: () = assert!(
-        PER_WARP == 4,
-        "the unroll! counts below assume 4 rows per warp"
-    );
-    let row_of = |x: usize| bx * ROWS + warp + WARPS * x as u32;
-    // dh·h per row: one 16-byte load per lane, 32·PER_LOAD elements per warp and pass.
+    // dh·h of the warp's rows: the whole warp reads each row (one 16-byte load per lane and
+    // pass), GROUP rows' loads in flight at a time; the lane whose row it is keeps the sum.
+    const GROUP: usize = 4;
+    const _: () = assert!(ROWS == 32 * WARPS && 32 % GROUP as u32 == 0);
     let elem_bytes = (16 / E::PER_LOAD) as u64;
-    let mut hd = [0f32; PER_WARP];
+    let mut hd = 0f32;
     if G::NORMALIZED {
-        let mut c0 = 0;
-        while c0 < dhv {
-            let c = c0 + E::PER_LOAD * lane;
-            let mut dv = [[0u32; 4]; PER_WARP];
-            let mut hv = [[0u32; 4]; PER_WARP];
+        for g in 0..32 / GROUP as u32 {
+            let mut sum = [0f32; GROUP];
+            let mut c0 = 0;
+            while c0 < dhv {
+                let c = c0 + E::PER_LOAD * lane;
+                let mut dv = [[0u32; 4]; GROUP];
+                let mut hv = [[0u32; 4]; GROUP];
+                // Unpredicated loads (out-of-range lanes read element 0 and drop it): ptxas
+                // issues all 2·GROUP of them before the first use, where predicated loads
+                // were each followed by their own sum (two loads in flight per warp).
+                let mut ok = [false; GROUP];
+                unroll!(4, x => {
+                    let row = first + GROUP as u32 * g + x as u32;
+                    ok[x] = row < s && c < dhv;
+                    let at = if ok[x] {
+                        ((head * s as u64 + row as u64) * dhv as u64 + c as u64) * elem_bytes
+                    } else {
+                        0
+                    };
+                    dv[x] = unsafe { global::ld_nc_v4(p.ptr.dh + at) };
+                    hv[x] = unsafe { global::ld_nc_v4(p.ptr.h + at) };
+                });
+                unroll!(4, x => {
+                    if ok[x] {
+                        sum[x] += E::dot(dv[x], hv[x]);
+                    }
+                });
+                c0 += 32 * E::PER_LOAD;
+            }
             unroll!(4, x => {
-                let r = row_of(x);
-                let ok = r < s && c < dhv;
-                let at = ((head * s as u64 + r as u64) * dhv as u64 + c as u64) * elem_bytes;
-                dv[x] = unsafe { global::ld_nc_v4_b32_or_zero(ok, p.ptr.dh + at) };
-                hv[x] = unsafe { global::ld_nc_v4_b32_or_zero(ok, p.ptr.h + at) };
+                unroll!(5, b => {
+                    sum[x] += unsafe { shfl::xor_f32(sum[x], 16 >> b) };
+                });
+                if lane == GROUP as u32 * g + x as u32 {
+                    hd = sum[x];
+                }
             });
-            unroll!(4, x => {
-                hd[x] += E::dot(dv[x], hv[x]);
-            });
-            c0 += 32 * E::PER_LOAD;
         }
-        unroll!(4, x => {
-            unroll!(5, b => {
-                hd[x] += unsafe { shfl::xor_f32(hd[x], 16 >> b) };
-            });
-        });
     }
 
-    unroll!(4, x => {
-        let r = row_of(x);
+    // The row's scalars, one row per thread (the gate vectors are read coalesced).
+    let mut out = [0f32; PLANES as usize];
+    if r < s {
         // Padded row r is step r (chunks are contiguous; only the last one is padded).
-        let valid = r < s;
-        let hd = hd[x];
-        let mut out = [0f32; PLANES as usize];
-        if valid {
-            let k = r / l;
-            let gate = |ptr: u64, idx: u32| unsafe {
-                global::ld_nc_f32(ptr + (head * padded + idx as u64) * 4)
-            };
-            let (b, u) = (gate(p.ptr.gate_b, r), gate(p.ptr.gate_u, r));
-            let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + (head * nc as u64 + k as u64) * 4) };
-            let (alpha, r_log, w, floor) = if G::STABILIZED {
-                let m_k =
-                    unsafe { global::ld_nc_f32(p.ptr.m_states + (head * nc as u64 + k as u64) * 4) };
-                let big_m = m_k.max(gate(p.ptr.gate_cm, r));
-                let last = k * l + (l.min(s - k * l) - 1);
-                let m_next = (g + m_k).max(g + gate(p.ptr.gate_cm, last));
-                (
-                    math::exp(m_k - big_m),
-                    -big_m,
-                    math::exp(g + u - m_next),
-                    math::exp(-(b + big_m)),
-                )
+        let k = r / l;
+        let gate = |ptr: u64, idx: u32| unsafe {
+            global::ld_nc_f32(ptr + (head * padded + idx as u64) * 4)
+        };
+        let (b, u) = (gate(p.ptr.gate_b, r), gate(p.ptr.gate_u, r));
+        let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + (head * nc as u64 + k as u64) * 4) };
+        let (alpha, r_log, w, floor) = if G::STABILIZED {
+            let m_k =
+                unsafe { global::ld_nc_f32(p.ptr.m_states + (head * nc as u64 + k as u64) * 4) };
+            let big_m = m_k.max(gate(p.ptr.gate_cm, r));
+            let last = k * l + (l.min(s - k * l) - 1);
+            let m_next = (g + m_k).max(g + gate(p.ptr.gate_cm, last));
+            (
+                math::exp(m_k - big_m),
+                -big_m,
+                math::exp(g + u - m_next),
+                math::exp(-(b + big_m)),
+            )
+        } else {
+            (math::exp(b), b, math::exp(g + u), 1.0)
+        };
+        let (rho, delta, dm) = if G::NORMALIZED {
+            let sn =
+                unsafe { global::ld_nc_f32(p.ptr.norm_rows + (head * s as u64 + r as u64) * 4) };
+            let den = sn.abs().max(floor) + p.eps;
+            let rho = 1.0 / den;
+            let live = exact && sn.abs() >= floor;
+            let delta = if live { -sn.signum() * hd * rho } else { 0.0 };
+            let dm = if exact && G::STABILIZED {
+                -hd * p.eps * rho
             } else {
-                (math::exp(b), b, math::exp(g + u), 1.0)
+                0.0
             };
-            let (rho, delta, dm) = if G::NORMALIZED {
-                let sn = unsafe { global::ld_nc_f32(p.ptr.norm_rows + (head * s as u64 + r as u64) * 4) };
-                let den = sn.abs().max(floor) + p.eps;
-                let rho = 1.0 / den;
-                let live = exact && sn.abs() >= floor;
-                let delta = if live { -sn.signum() * hd * rho } else { 0.0 };
-                let dm = if exact && G::STABILIZED { -hd * p.eps * rho } else { 0.0 };
-                (rho, delta, dm)
-            } else {
-                (1.0, 0.0, 0.0)
-            };
-            out[RHO as usize] = rho;
-            out[DELTA as usize] = delta;
-            out[WQ as usize] = alpha * rho;
-            out[WN as usize] = alpha * delta;
-            out[WK as usize] = w;
-            out[R_LOG2 as usize] = r_log * math::LOG2_E;
-            out[DM as usize] = dm;
+            (rho, delta, dm)
+        } else {
+            (1.0, 0.0, 0.0)
+        };
+        out[RHO as usize] = rho;
+        out[DELTA as usize] = delta;
+        out[WQ as usize] = alpha * rho;
+        out[WN as usize] = alpha * delta;
+        out[WK as usize] = w;
+        out[R_LOG2 as usize] = r_log * math::LOG2_E;
+        out[DM as usize] = dm;
+    }
+    if r < nc * l {
+        let at = p.ptr.row_coef + (head * padded + r as u64) * 4;
+        for (x, &o) in out.iter().enumerate() {
+            unsafe { global::st_f32(at + x as u64 * plane, o) };
         }
-        if lane < PLANES && r < nc * l {
-            // Lane x writes plane x (a select chain keeps `out` in registers).
-            let mut v = 0f32;
-            for (i, &o) in out.iter().enumerate() {
-                if lane == i as u32 {
-                    v = o;
-                }
-            }
-            let at = p.ptr.row_coef + lane as u64 * plane + (head * padded + r as u64) * 4;
-            unsafe { global::st_f32(at, v) };
-        }
-    });
+    }
     if E::ZEROES_ACCUMULATORS {
         unsafe { zero_accumulators(p, bx, head) };
     }
