@@ -12,7 +12,10 @@
 //!   then print one merged table with the ratios.
 //! - `cargo xtask report --tfla TFLA.json REFS.json…`: that merged table from saved results
 //!   (e.g. `benches/results/`).
+//! - `cargo xtask sass [--kernel SUBSTR] [--dump]`: each kernel's SASS instruction mix (ptxas
+//!   and cuobjdump, no GPU needed); `--dump` writes the listings to `target/sass/`.
 mod report;
+mod sass;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use tfla_ptx_build::{Arch, build_ptx, find_ptxas, ptxas_report};
@@ -35,6 +38,10 @@ fn main() -> ExitCode {
         Some("build-ptx") => cmd_build_ptx(opt("--arch").as_deref(), opt("--out")),
         Some("bundle") => cmd_bundle(opt("--out")).map(|_| ()),
         Some("bench") => cmd_bench(opt("--grid").as_deref().unwrap_or("paper")),
+        Some("sass") => sass::cmd_sass(
+            opt("--kernel").as_deref(),
+            args.iter().any(|a| a == "--dump"),
+        ),
         Some("report") => match opt("--tfla") {
             Some(tfla) => {
                 let refs: Vec<String> = args.iter().skip(1).filter(|a| a.ends_with(".json") && **a != tfla).cloned().collect();
@@ -42,7 +49,7 @@ fn main() -> ExitCode {
             }
             None => Err("usage: cargo xtask report --tfla TFLA.json REFS.json...".into()),
         },
-        _ => Err("usage: cargo xtask build-ptx [--arch sm_90|sm_90a] [--out PATH] | bundle [--out DIR] | bench [--grid paper|quick|smoke] | report --tfla TFLA.json REFS.json...".into()),
+        _ => Err("usage: cargo xtask build-ptx [--arch sm_90|sm_90a] [--out PATH] | bundle [--out DIR] | bench [--grid paper|quick|smoke] | report --tfla TFLA.json REFS.json... | sass [--kernel SUBSTR] [--dump]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
