@@ -4,9 +4,10 @@
 //!   PTX, checks it for unresolved externs and the instructions the kernels are meant to use,
 //!   and, when ptxas is found, prints each kernel's registers, stack and spills (failing on
 //!   spills or a stack frame).
-//! - `cargo xtask bundle [--out DIR]`: builds the test binaries and the benchmark in release
-//!   mode plus the PTX into one folder with `run.sh`, for GPU machines that have the CUDA driver
-//!   but no Rust toolchain.
+//! - `cargo xtask bundle [--out DIR] [--gzip]`: builds the test binaries and the benchmark in
+//!   release mode plus the PTX into one folder with `run.sh`, for GPU machines that have the
+//!   CUDA driver but no Rust toolchain. `--gzip` compresses the binaries (each embeds the PTX:
+//!   ~5× smaller), which `run.sh` unpacks into a temporary folder.
 //! - `cargo xtask bench [--grid paper|quick|smoke]`: the main job on a GPU machine: bundle,
 //!   then run the benchmark table (and the reference comparison when Python + PyTorch exist),
 //!   then print one merged table with the ratios.
@@ -36,7 +37,9 @@ fn main() -> ExitCode {
     };
     let result = match args.first().map(String::as_str) {
         Some("build-ptx") => cmd_build_ptx(opt("--arch").as_deref(), opt("--out")),
-        Some("bundle") => cmd_bundle(opt("--out")).map(|_| ()),
+        Some("bundle") => {
+            cmd_bundle(opt("--out"), args.iter().any(|a| a == "--gzip")).map(|_| ())
+        }
         Some("bench") => cmd_bench(opt("--grid").as_deref().unwrap_or("paper")),
         Some("sass") => sass::cmd_sass(
             opt("--kernel").as_deref(),
@@ -148,7 +151,7 @@ fn executables(json: &str) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-fn cmd_bundle(out: Option<String>) -> Result<PathBuf, String> {
+fn cmd_bundle(out: Option<String>, gzip: bool) -> Result<PathBuf, String> {
     let dir = out
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("bundle"));
@@ -176,6 +179,9 @@ fn cmd_bundle(out: Option<String>) -> Result<PathBuf, String> {
         for (name, exe) in executables(json) {
             let file = format!("{kind}-{name}");
             std::fs::copy(&exe, bin.join(&file)).map_err(|e| format!("{}: {e}", exe.display()))?;
+            if gzip {
+                run(Command::new("gzip").args(["-9", "-f"]).arg(bin.join(&file)))?;
+            }
             names.push(file);
         }
     }
@@ -193,23 +199,74 @@ fn cmd_bundle(out: Option<String>) -> Result<PathBuf, String> {
 fn write_run_script(dir: &Path) -> Result<(), String> {
     let script = r#"#!/usr/bin/env bash
 # Runs tfla's tests (GPU tests included) and the benchmark on a machine with the CUDA driver
-# and no Rust toolchain. Usage: bash run.sh [tests|bench|all] [GRID] [JSON_OUT]
+# and no Rust toolchain.
+#   bash run.sh [tests|bench|all] [GRID] [JSON_OUT]
+#   bash run.sh kernels [NH:DQK:DHV] [VARIANT]  per-kernel times (ncu) of one forward+backward
+#   bash run.sh ab DIR...   this bundle's benchmark against those of other bundles (A/B of a
+#                           change on one machine: quick grid, L = 128, alternated twice)
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
+# The binaries of a bundle made with --gzip are unpacked into a temporary folder.
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+bindir() {
+  if ls "$1"/bin/*.gz > /dev/null 2>&1; then
+    local d; d=$(mktemp -d -p "$work")
+    for f in "$1"/bin/*.gz; do gunzip -c "$f" > "$d/$(basename "$f" .gz)"; chmod +x "$d/$(basename "$f" .gz)"; done
+    echo "$d"
+  else
+    echo "$1/bin"
+  fi
+}
+bin=$(bindir "$here")
 what=${1:-all}
-grid=${2:-quick}
-json=${3:-}
 pass=0; fail=0
-if [ "$what" = tests ] || [ "$what" = all ]; then
-  for t in "$here"/bin/test-*; do
-    echo "=== $(basename "$t")"
-    if "$t" --include-ignored --test-threads=1 2>&1; then pass=$((pass+1)); else fail=$((fail+1)); fi
+case "$what" in
+tests|bench|all)
+  grid=${2:-quick}
+  json=${3:-}
+  if [ "$what" != bench ]; then
+    for t in "$bin"/test-*; do
+      echo "=== $(basename "$t")"
+      if "$t" --include-ignored --test-threads=1 2>&1; then pass=$((pass+1)); else fail=$((fail+1)); fi
+    done
+    echo "test binaries: $pass passed, $fail failed"
+  fi
+  if [ "$what" != tests ]; then
+    "$bin"/bench-tfla-bench --grid "$grid" ${json:+--json "$json"} || fail=$((fail+1))
+  fi
+  ;;
+kernels)
+  heads=${2:-8:512:512}
+  variant=${3:-exp}
+  csv=$(mktemp)
+  ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+    "$bin"/bench-tfla-bench --heads "$heads" --chunks 128 --variants "$variant" --reps 1 --no-step > "$csv" 2>/dev/null || fail=1
+  python3 - "$csv" <<'PY' || fail=1
+import collections, csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]
+name, value = head.index("Kernel Name"), head.index("Metric Value")
+times = collections.defaultdict(list)
+for r in rows[1:]:
+    times[r[name]].append(float(r[value].replace(",", "")) / 1e6)
+for k, v in times.items():
+    v.sort()
+    print(f"{k:45s} {v[len(v) // 2]:8.3f} ms  (median of {len(v)})")
+PY
+  ;;
+ab)
+  shift
+  bins=("$bin"); labels=("$here")
+  for d in "$@"; do d=$(cd "$d" && pwd); bins+=("$(bindir "$d")"); labels+=("$d"); done
+  for round in 1 2; do
+    for i in "${!bins[@]}"; do
+      echo "== ${labels[$i]} (round $round)"
+      "${bins[$i]}"/bench-tfla-bench --grid quick --chunks 128 --no-step --reps 10 2>&1 | grep -E '^(exp|sig)' || fail=1
+    done
   done
-  echo "test binaries: $pass passed, $fail failed"
-fi
-if [ "$what" = bench ] || [ "$what" = all ]; then
-  "$here"/bin/bench-tfla-bench --grid "$grid" ${json:+--json "$json"} || fail=$((fail+1))
-fi
+  ;;
+*) echo "usage: bash run.sh [tests|bench|all] [GRID] [JSON_OUT] | kernels [NH:DQK:DHV] [VARIANT] | ab DIR..."; fail=1 ;;
+esac
 [ "$fail" = 0 ]
 "#;
     let path = dir.join("run.sh");
@@ -217,7 +274,7 @@ fi
 }
 
 fn cmd_bench(grid: &str) -> Result<(), String> {
-    let dir = cmd_bundle(None)?;
+    let dir = cmd_bundle(None, false)?;
     let status = Command::new("bash")
         .arg(dir.join("run.sh"))
         .args(["bench", grid, &dir.join("tfla.json").display().to_string()])
