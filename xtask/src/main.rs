@@ -248,7 +248,10 @@ head = rows[0]
 name, value = head.index("Kernel Name"), head.index("Metric Value")
 times = collections.defaultdict(list)
 for r in rows[1:]:
-    times[r[name]].append(float(r[value].replace(",", "")) / 1e6)
+    try:
+        times[r[name]].append(float(r[value].replace(",", "")) / 1e6)  # ns -> ms
+    except ValueError:
+        pass
 for k, v in times.items():
     v.sort()
     print(f"{k:45s} {v[len(v) // 2]:8.3f} ms  (median of {len(v)})")
