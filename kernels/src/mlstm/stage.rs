@@ -2,16 +2,48 @@
 use crate::arch::{cp_async, global, shared, thread};
 use crate::tile::SmemTile;
 
+/// The walk of a staged tile that [`rows`] and [`store_rows`] share: thread `tid` moves
+/// column vector tid % VECS (16 bytes) of rows tid / VECS + n·(THREADS / VECS), so its column
+/// (and the column bound) is the same in every move and the next move's shared and global
+/// addresses are a constant stride further. With the sizes constant at the call site the
+/// loop unrolls completely into one row compare and one 64-bit add per move (a loop over a
+/// flat index idx = tid + n·THREADS cost ~10 integer instructions per move plus a remainder
+/// loop, since the compiler cannot know tid < THREADS). `each(shared, global, inside)` moves
+/// one vector; `inside` is false for rows ≥ `t_end` and columns ≥ `dim`.
+#[inline(always)]
+fn walk<const THREADS: u32, const VECS: u32>(
+    tid: u32,
+    tile: SmemTile,
+    base: u64,
+    (t, t_end): (u32, u32),
+    (c0, dim): (u32, u32),
+    rows: u32,
+    mut each: impl FnMut(u32, u64, bool),
+) {
+    const {
+        assert!(
+            THREADS.is_multiple_of(VECS),
+            "a thread moves the same column vector of every row it moves"
+        )
+    };
+    let (r0, c) = (tid / VECS, (tid % VECS) * 8);
+    let step = THREADS / VECS; // rows between one thread's moves
+    let col_ok = c0 + c < dim;
+    let mut global = base + (((t + r0) * dim + c0 + c) as u64) * 2;
+    let mut shared = tile.offset(r0, c);
+    for n in 0..rows.div_ceil(step) {
+        let r = r0 + n * step;
+        if rows.is_multiple_of(step) || r < rows {
+            each(shared, global, t + r < t_end && col_ok);
+        }
+        global += (step * dim) as u64 * 2;
+        shared += step * tile.stride;
+    }
+}
+
 /// Issues `cp.async` copies of `rows` rows of a row-major (S, dim) tensor of 16-bit elements,
 /// starting at row `t`, columns c0 .. c0 + 8·VECS, into `tile`; rows ≥ `t_end` and columns
-/// ≥ `dim` become zeros. The caller commits and waits.
-///
-/// Thread `tid` copies column vector tid % VECS of rows tid / VECS + n·(THREADS / VECS): its
-/// column (and the column bound) is the same in every copy, and the next copy's source and
-/// destination are a constant stride further. With the sizes constant at the call site the
-/// loop unrolls completely into one row compare, one 64-bit add and one copy per 16 bytes
-/// (a `while idx < rows·VECS` loop over idx = tid + n·THREADS cost ~10 integer instructions
-/// per copy plus a remainder loop, since the compiler cannot know tid < THREADS).
+/// ≥ `dim` become zeros. The caller commits and waits. (Walked as [`walk`] says.)
 ///
 /// # Safety
 /// Called by all THREADS threads; `base` is the head's 16-byte aligned base; `dim` is a multiple
@@ -20,42 +52,31 @@ use crate::tile::SmemTile;
 pub unsafe fn rows<const THREADS: u32, const VECS: u32>(
     tile: SmemTile,
     base: u64,
-    (t, t_end): (u32, u32),
-    (c0, dim): (u32, u32),
+    span: (u32, u32),
+    cols: (u32, u32),
     rows: u32,
 ) {
-    const {
-        assert!(
-            THREADS.is_multiple_of(VECS),
-            "a thread copies the same column vector of every row it copies"
-        )
-    };
-    let tid = thread::thread_idx();
-    let (r0, c) = (tid / VECS, (tid % VECS) * 8);
-    let step = THREADS / VECS; // rows between one thread's copies
-    let col_ok = c0 + c < dim;
-    let mut src = base + (((t + r0) * dim + c0 + c) as u64) * 2;
-    let mut dst = tile.offset(r0, c);
-    for n in 0..rows.div_ceil(step) {
-        let r = r0 + n * step;
-        if rows.is_multiple_of(step) || r < rows {
-            let ok = t + r < t_end && col_ok;
+    walk::<THREADS, VECS>(
+        thread::thread_idx(),
+        tile,
+        base,
+        span,
+        cols,
+        rows,
+        |dst, src, ok| {
             let from = if ok { src } else { base };
             unsafe { cp_async::copy_16(dst, from, if ok { 16 } else { 0 }) };
-        }
-        src += (step * dim) as u64 * 2;
-        dst += step * tile.stride;
-    }
+        },
+    );
 }
 
 /// Writes `rows` rows of a 16-bit tile in shared memory, columns 0 .. 8·VECS, to rows
 /// t .. t + rows, columns c0 .. of a row-major (·, dim) global matrix, in 16-byte stores; rows
-/// ≥ `t_end` and columns ≥ `dim` are not written. The counterpart of [`rows`] for results (and
-/// walked the same way: one column vector per thread, a constant stride between its rows): an
-/// `mma` accumulator stored straight from its fragments writes 16 bytes per row and store
-/// (half a 32-byte sector), which the L2 has to merge; staged through shared memory, every
-/// store writes whole sectors. (The fragments' own layout lives in the caller; it fills `tile`
-/// and puts a barrier between.)
+/// ≥ `t_end` and columns ≥ `dim` are not written. The counterpart of [`rows`] for results,
+/// walked the same way: an `mma` accumulator stored straight from its fragments writes 16
+/// bytes per row and store (half a 32-byte sector), which the L2 has to merge; staged through
+/// shared memory, every store writes whole sectors. (The fragments' own layout lives in the
+/// caller; it fills `tile` and puts a barrier between.)
 ///
 /// # Safety
 /// Called by all THREADS threads of the block after a barrier that follows the tile's
@@ -64,33 +85,17 @@ pub unsafe fn rows<const THREADS: u32, const VECS: u32>(
 pub unsafe fn store_rows<const THREADS: u32, const VECS: u32>(
     tile: SmemTile,
     base: u64,
-    (t, t_end): (u32, u32),
-    (c0, dim): (u32, u32),
+    span: (u32, u32),
+    cols: (u32, u32),
     rows: u32,
 ) {
-    const {
-        assert!(
-            THREADS.is_multiple_of(VECS),
-            "a thread stores the same column vector of every row it stores"
-        )
-    };
     // Through `opaque`: a state walk stores once per chunk, and its per-thread offsets would
     // otherwise be hoisted out of the walk and held in registers the whole time.
     let tid = thread::opaque(thread::thread_idx());
-    let (r0, c) = (tid / VECS, (tid % VECS) * 8);
-    let step = THREADS / VECS;
-    let col_ok = c0 + c < dim;
-    let mut dst = base + (((t + r0) * dim + c0 + c) as u64) * 2;
-    let mut src = tile.offset(r0, c);
-    for n in 0..rows.div_ceil(step) {
-        let r = r0 + n * step;
-        if rows.is_multiple_of(step) || r < rows {
-            let v = unsafe { shared::ld_v4(src) };
-            unsafe { global::st_v4_b32_if(t + r < t_end && col_ok, dst, v) };
-        }
-        dst += (step * dim) as u64 * 2;
-        src += step * tile.stride;
-    }
+    walk::<THREADS, VECS>(tid, tile, base, span, cols, rows, |src, dst, ok| {
+        let v = unsafe { shared::ld_v4(src) };
+        unsafe { global::st_v4_b32_if(ok, dst, v) };
+    });
 }
 
 /// Issues `cp.async` copies of `n` f32 of a (S,) vector from index `t` into `saddr`; entries
