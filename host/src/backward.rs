@@ -87,6 +87,28 @@ pub(crate) fn expect_dtype(arg: &'static str, t: &Tensor, dtype: Dtype) -> Resul
     Ok(())
 }
 
+/// An initial-state gradient `t` is present exactly when the inputs have that initial state,
+/// whose shape `shape` is then, and is f32.
+pub(crate) fn expect_initial_grad(
+    arg: &'static str,
+    t: Option<&Tensor>,
+    shape: Option<&[usize]>,
+) -> Result<()> {
+    match (t, shape) {
+        (Some(t), Some(shape)) => {
+            expect_shape(arg, t, shape)?;
+            expect_dtype(arg, t, Dtype::F32)
+        }
+        (None, None) => Ok(()),
+        (t, _) => Err(Error::Invalid {
+            arg,
+            value: if t.is_some() { "Some" } else { "None" }.into(),
+            reason: "an initial-state gradient is present exactly when the inputs have that \
+                     initial state",
+        }),
+    }
+}
+
 /// Which kernels run the backward pass for an input dtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BwdPath {
@@ -362,21 +384,7 @@ impl MlstmGrads {
             ("dm0", &self.dm0, inputs.m0.is_some(), vec![b, nh]),
         ];
         for (arg, t, given, shape) in initial {
-            match (t, given) {
-                (Some(t), true) => {
-                    expect_shape(arg, t, &shape)?;
-                    expect_dtype(arg, t, Dtype::F32)?;
-                }
-                (None, false) => {}
-                (t, _) => {
-                    return Err(Error::Invalid {
-                        arg,
-                        value: if t.is_some() { "Some" } else { "None" }.into(),
-                        reason: "an initial-state gradient is present exactly when the inputs \
-                                 have that initial state",
-                    });
-                }
-            }
+            expect_initial_grad(arg, t.as_ref(), given.then_some(&shape[..]))?;
         }
         self.workspace.check(dims, dtype, chunk, seqs)
     }

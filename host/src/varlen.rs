@@ -15,7 +15,8 @@
 //! repacking copies, and the padded copies of the inputs, which the outputs keep for the
 //! backward pass.
 use crate::backward::{
-    BwdWorkspace, MlstmGradOutputs, MlstmGrads, bwd_pointers, expect_dtype, launch_bwd,
+    BwdWorkspace, MlstmGradOutputs, MlstmGrads, bwd_pointers, expect_dtype, expect_initial_grad,
+    launch_bwd,
 };
 use crate::config::{Dims, GradMode, MlstmConfig};
 use crate::error::{Error, Result};
@@ -644,21 +645,7 @@ pub fn mlstm_bwd_varlen_into(
         ("dn0", &grads.dn0, inp.n0.map(Tensor::shape)),
         ("dm0", &grads.dm0, inp.m0.map(Tensor::shape)),
     ] {
-        match (t, want) {
-            (Some(t), Some(shape)) => {
-                expect_shape(arg, t, shape)?;
-                expect_dtype(arg, t, Dtype::F32)?;
-            }
-            (None, None) => {}
-            (t, _) => {
-                return Err(Error::Invalid {
-                    arg,
-                    value: if t.is_some() { "Some" } else { "None" }.into(),
-                    reason: "an initial-state gradient is present exactly when the inputs \
-                             have that initial state",
-                });
-            }
-        }
+        expect_initial_grad(arg, t.as_ref(), want)?;
     }
     layout.pack_into(rt, grad.dh, &grads.padded_dh, 0.0)?;
     let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
