@@ -226,17 +226,24 @@ pub fn entry_points(ptx: &str) -> Vec<String> {
 
 /// `ptxas` from PATH, else from `$CUDA_PATH/bin`, else the root `.ci/install-cuda` lays out.
 pub fn find_ptxas() -> Option<PathBuf> {
+    find_cuda_tool("ptxas")
+}
+
+/// A CUDA tool (`ptxas`, `cuobjdump`) by name: from PATH, else from `$CUDA_PATH/bin` or
+/// `$CUDA_HOME/bin`, else from `/opt/tfla-cuda/bin`.
+pub fn find_cuda_tool(name: &str) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|p| p.join("ptxas"))
+            .map(|p| p.join(name))
             .find(|p| p.is_file())
     });
     on_path.or_else(|| {
         ["CUDA_PATH", "CUDA_HOME"]
             .iter()
             .filter_map(std::env::var_os)
-            .map(|root| PathBuf::from(root).join("bin/ptxas"))
-            .chain(std::iter::once(PathBuf::from("/opt/tfla-cuda/bin/ptxas")))
+            .map(|root| PathBuf::from(root).join("bin"))
+            .chain(std::iter::once(PathBuf::from("/opt/tfla-cuda/bin")))
+            .map(|bin| bin.join(name))
             .find(|p| p.is_file())
     })
 }

@@ -67,8 +67,8 @@ fn root() -> PathBuf {
     tfla_ptx_build::workspace_root()
 }
 
-fn cmd_build_ptx(arch: Option<&str>, out: Option<String>) -> Result<(), String> {
-    let arch = Arch::parse(arch.unwrap_or("sm_90")).map_err(|e| e.to_string())?;
+/// Builds the PTX for `arch` and writes it to `out` (default `target/tfla_kernels.ptx`).
+fn write_ptx(arch: Arch, out: Option<String>) -> Result<(PathBuf, String), String> {
     let ptx = build_ptx(arch).map_err(|e| e.to_string())?;
     let out = out
         .map(PathBuf::from)
@@ -77,6 +77,12 @@ fn cmd_build_ptx(arch: Option<&str>, out: Option<String>) -> Result<(), String> 
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     std::fs::write(&out, &ptx).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok((out, ptx))
+}
+
+fn cmd_build_ptx(arch: Option<&str>, out: Option<String>) -> Result<(), String> {
+    let arch = Arch::parse(arch.unwrap_or("sm_90")).map_err(|e| e.to_string())?;
+    let (out, ptx) = write_ptx(arch, out)?;
     println!(
         "wrote {} ({} bytes, {} entry points)",
         out.display(),

@@ -4,7 +4,7 @@
 //! instructions per `cp.async` plus a remainder loop) and runtime branches that cut an
 //! unrolled k-loop into separate blocks were both found this way.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// Opcode families counted per kernel (the prefix before the first '.').
@@ -63,33 +63,18 @@ pub fn parse(sass: &str) -> Vec<Kernel> {
     kernels
 }
 
-fn find_cuobjdump(ptxas: &Path) -> Option<PathBuf> {
-    let beside = ptxas.with_file_name("cuobjdump");
-    if beside.is_file() {
-        return Some(beside);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("cuobjdump"))
-            .find(|p| p.is_file())
-    })
-}
-
 /// Builds the sm_90 PTX, assembles it with ptxas into `target/tfla_kernels.cubin`, and prints
 /// the instruction mix of the kernels whose name contains `filter`; with `dump`, also writes
 /// each of their SASS listings to `target/sass/NAME.sass`.
 pub fn cmd_sass(filter: Option<&str>, dump: bool) -> Result<(), String> {
-    let root = tfla_ptx_build::workspace_root();
-    let ptx = tfla_ptx_build::build_ptx(tfla_ptx_build::Arch::Sm90).map_err(|e| e.to_string())?;
     let ptxas = tfla_ptx_build::find_ptxas().ok_or("ptxas not found (PATH, CUDA_PATH)")?;
-    let cuobjdump = find_cuobjdump(&ptxas).ok_or(
-        "cuobjdump not found beside ptxas or on PATH (the Triton wheel ships one in \
+    let cuobjdump = tfla_ptx_build::find_cuda_tool("cuobjdump").ok_or(
+        "cuobjdump not found (PATH, CUDA_PATH; the Triton wheel ships one in \
          triton/backends/nvidia/bin/)",
     )?;
-    let dir = root.join("target");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let (ptx_path, cubin) = (dir.join("tfla_kernels.ptx"), dir.join("tfla_kernels.cubin"));
-    std::fs::write(&ptx_path, &ptx).map_err(|e| format!("{}: {e}", ptx_path.display()))?;
+    let (ptx_path, _) = super::write_ptx(tfla_ptx_build::Arch::Sm90, None)?;
+    let dir = ptx_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let cubin = dir.join("tfla_kernels.cubin");
     super::run(
         Command::new(&ptxas)
             .args(["-arch=sm_90", "-O3", "-o"])
