@@ -14,3 +14,5 @@ pub mod mma;
 pub mod shared;
 pub mod shfl;
 pub mod thread;
+#[cfg(target_feature = "sm_90a")]
+pub mod wgmma;
