@@ -1,40 +1,73 @@
 //! A probe of the `wgmma` path (sm_90a builds only): one warpgroup computes a 64 × 64 × 64
-//! bf16 product with both operands in shared memory, through the wrappers of `arch::wgmma`.
-//! It exists to check those wrappers, the descriptor fields and the core-matrix layout on a
-//! GPU (`tfla-wgmma-probe`) before a kernel is built on them.
+//! bf16 product C = A·B through the wrappers of `arch::wgmma`, in one of several operand
+//! forms (`mode`), so that one GPU run (`tfla-wgmma-probe`) tells which descriptor fields and
+//! layouts the hardware agrees with before a kernel is built on them:
+//! - 0: A and B from shared memory, both K-major (B stored as Bᵀ);
+//! - 1, 2: B MN-major (stored as B, `TRANS_B` = 1), with LBO/SBO as (along K, along N) and
+//!   as (along N, along K): the two readings of the descriptor for this layout;
+//! - 3: A from registers (`mma.sync` A fragments loaded with `ldmatrix`), B K-major;
+//! - 4, 5: A from registers, B MN-major with the two readings.
 use crate::arch::{global, shared, thread, wgmma};
+use crate::tile::SmemTile;
 
 /// Tile edge (M = N = K).
 const T: u32 = 64;
+/// Core matrices: 8 × 8 elements of 16 bits, 8 rows of 16 bytes, 128 contiguous bytes.
+const CORE: u32 = 128;
 
-/// Shared-memory offset of element (r, k) of a T × T K-major tile in core matrices: core
-/// matrix (r / 8, k / 8) at ((r / 8)·(T / 8) + k / 8)·128 bytes, so LBO (along K) is 128 and
-/// SBO (along M/N) is (T / 8)·128; its row r % 8 at 16 bytes each.
-const fn core_offset(r: u32, k: u32) -> u32 {
-    ((r / 8) * (T / 8) + k / 8) * 128 + (r % 8) * 16 + (k % 8) * 2
+/// Offset of the 16-byte row piece (r, c .. c + 8) of a T × T tile stored in core matrices,
+/// r indexing rows of the stored matrix (M or N for K-major, K for MN-major) and c its
+/// contiguous dimension: core (r / 8, c / 8) at ((c / 8)·(T / 8) + r / 8)·CORE when the core
+/// matrices run along r first (`r_first`), else ((r / 8)·(T / 8) + c / 8)·CORE.
+const fn core_piece(r: u32, c: u32, r_first: bool) -> u32 {
+    let core = if r_first {
+        (c / 8) * (T / 8) + r / 8
+    } else {
+        (r / 8) * (T / 8) + c / 8
+    };
+    core * CORE + (r % 8) * 16
 }
-const LBO: u32 = 128;
-const SBO: u32 = (T / 8) * 128;
 
-/// C (T × T f32, row-major) = A (T × T bf16, row-major, M × K) · B, with B given as Bᵀ
-/// (T × T bf16, row-major, N × K).
+/// C (T × T f32, row-major) = A · B; `a` is A (M × K), `b` is B (K × N) and `bt` is Bᵀ
+/// (N × K), all T × T bf16 row-major; `mode` as in the module doc.
 ///
 /// # Safety
-/// One block of 128 threads, 2·T·T·2 bytes of dynamic shared memory; the pointers hold the
-/// three matrices.
+/// One block of 128 threads and `3·T·(T + 8)·2` bytes of dynamic shared memory; the pointers
+/// hold the matrices.
 #[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn tfla_probe_wgmma_bf16(a: u64, bt: u64, c: u64) {
+pub unsafe extern "ptx-kernel" fn tfla_probe_wgmma_bf16(
+    a: u64,
+    b: u64,
+    bt: u64,
+    c: u64,
+    mode: u32,
+) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
-    let (sa, sb) = (shared::base(), shared::base() + T * T * 2);
-    // Each thread moves 16-byte row pieces (8 elements along K) into the core-matrix layout.
+    let sa = shared::base(); // A, K-major core matrices (T·T·2 bytes)
+    let sb = sa + T * T * 2; // B in the layout of the mode
+    // A row-major with padded rows, for `ldmatrix` (the register-A modes).
+    let rows = SmemTile {
+        base: sb + T * T * 2,
+        stride: (T + 8) * 2,
+    };
+    let mn_major = matches!(mode, 1 | 2 | 4 | 5);
     let mut i = tid;
     while i < T * T / 8 {
-        let (r, k) = (i / (T / 8), (i % (T / 8)) * 8);
-        let from = ((r * T + k) * 2) as u64;
+        let (r, c8) = (i / (T / 8), (i % (T / 8)) * 8);
+        let from = ((r * T + c8) * 2) as u64;
         unsafe {
-            shared::st_v4(sa + core_offset(r, k), global::ld_nc_v4(a + from));
-            shared::st_v4(sb + core_offset(r, k), global::ld_nc_v4(bt + from));
+            let va = global::ld_nc_v4(a + from);
+            shared::st_v4(sa + core_piece(r, c8, false), va);
+            shared::st_v4(rows.offset(r, c8), va);
+            if mn_major {
+                // B's row r is k; its 16-byte pieces run along N. Core (k/8, n/8) at
+                // ((n/8)·(T/8) + k/8)·CORE: 128 bytes apart along K, T/8·128 along N.
+                shared::st_v4(sb + core_piece(r, c8, true), global::ld_nc_v4(b + from));
+            } else {
+                // Bᵀ's row r is n; K-major like A.
+                shared::st_v4(sb + core_piece(r, c8, false), global::ld_nc_v4(bt + from));
+            }
         }
         i += 128;
     }
@@ -42,13 +75,27 @@ pub unsafe extern "ptx-kernel" fn tfla_probe_wgmma_bf16(a: u64, bt: u64, c: u64)
         wgmma::fence_proxy_async();
         thread::sync_threads();
     }
+    let (along_k, along_mn) = (CORE, (T / 8) * CORE);
     let mut acc = [0f32; 32];
     unsafe { wgmma::fence() };
     unroll!(4, ks => {
-        // k16 step ks: core matrices 2·ks and 2·ks + 1 along K.
-        let at = ks as u32 * 2 * 128;
-        let (da, db) = (wgmma::desc(sa + at, LBO, SBO), wgmma::desc(sb + at, LBO, SBO));
-        unsafe { wgmma::m64n64k16_bf16(&mut acc, da, db, ks > 0) };
+        let ks = ks as u32;
+        // k16 step ks: two core matrices along K, 2·CORE bytes on in every layout here.
+        let da = wgmma::desc(sa + ks * 2 * CORE, along_k, along_mn);
+        let db = match mode {
+            1 | 4 => wgmma::desc(sb + ks * 2 * CORE, along_k, along_mn),
+            2 | 5 => wgmma::desc(sb + ks * 2 * CORE, along_mn, along_k),
+            _ => wgmma::desc(sb + ks * 2 * CORE, along_k, along_mn),
+        };
+        let on = ks > 0;
+        unsafe {
+            match mode {
+                0 => wgmma::m64n64k16_bf16_ss::<0>(&mut acc, da, db, on),
+                1 | 2 => wgmma::m64n64k16_bf16_ss::<1>(&mut acc, da, db, on),
+                3 => wgmma::m64n64k16_bf16_rs::<0>(&mut acc, rows.a(16 * warp, 16 * ks, lane), db, on),
+                _ => wgmma::m64n64k16_bf16_rs::<1>(&mut acc, rows.a(16 * warp, 16 * ks, lane), db, on),
+            }
+        }
     });
     unsafe {
         wgmma::commit();

@@ -1,7 +1,8 @@
 //! tfla-wgmma-probe: runs the `wgmma` probe kernel (`kernels/src/probe.rs`: one warpgroup,
-//! C = A·B for 64 × 64 × 64 bf16 with both operands in shared memory) on random inputs and
-//! compares C with a CPU product. Needs a build for sm_90a (`TFLA_ARCH=sm_90a cargo build
-//! --release --bin tfla-wgmma-probe`) and a Hopper GPU; exits 0 only if C matches.
+//! C = A·B for 64 × 64 × 64 bf16) in each of its operand forms on random inputs and compares C
+//! with a CPU product, one line per form. Needs a build for sm_90a (`TFLA_ARCH=sm_90a cargo
+//! build --release --bin tfla-wgmma-probe`) and a Hopper GPU. Exit status 0 when the K-major
+//! forms (0 and 3) match and one reading of the MN-major descriptor (1 or 2, and 4 or 5) does.
 use cust::module::Module;
 use cust::prelude::*;
 use half::bf16;
@@ -11,66 +12,93 @@ use tfla::{Runtime, Tensor};
 
 const T: usize = 64;
 
-fn run() -> Result<f64, String> {
+const MODES: [&str; 6] = [
+    "SS, B K-major",
+    "SS, B MN-major, LBO along K",
+    "SS, B MN-major, LBO along N",
+    "RS, B K-major",
+    "RS, B MN-major, LBO along K",
+    "RS, B MN-major, LBO along N",
+];
+
+/// The worst relative error of C in each mode (infinite where C has a NaN).
+fn run() -> Result<Vec<f64>, String> {
     if tfla::runtime::PTX_ARCH != "sm_90a" {
         return Err(format!(
             "this build's kernels are for {}: build with TFLA_ARCH=sm_90a",
             tfla::runtime::PTX_ARCH
         ));
     }
-    let rt = Runtime::new().map_err(|e| e.to_string())?;
-    let module = Module::from_ptx(tfla::runtime::PTX, &[]).map_err(|e| e.to_string())?;
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let rt = Runtime::new().map_err(|x| e(&x))?;
+    let module = Module::from_ptx(tfla::runtime::PTX, &[]).map_err(|x| e(&x))?;
     let f = module
         .get_function("tfla_probe_wgmma_bf16")
-        .map_err(|e| e.to_string())?;
+        .map_err(|x| e(&x))?;
     let mut rng = rand::thread_rng();
     let mut draw = || -> Vec<bf16> {
         (0..T * T)
             .map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0)))
             .collect()
     };
-    let (a, bt) = (draw(), draw());
-    let da = Tensor::from_bf16(&rt, &a, &[T, T]).map_err(|e| e.to_string())?;
-    let db = Tensor::from_bf16(&rt, &bt, &[T, T]).map_err(|e| e.to_string())?;
-    let mut dc = Tensor::zeros(&rt, tfla::Dtype::F32, &[T, T]).map_err(|e| e.to_string())?;
-    dc.fill_nan().map_err(|e| e.to_string())?;
+    let (a, b) = (draw(), draw());
+    let bt: Vec<bf16> = (0..T * T).map(|i| b[(i % T) * T + i / T]).collect();
+    let da = Tensor::from_bf16(&rt, &a, &[T, T]).map_err(|x| e(&x))?;
+    let db = Tensor::from_bf16(&rt, &b, &[T, T]).map_err(|x| e(&x))?;
+    let dbt = Tensor::from_bf16(&rt, &bt, &[T, T]).map_err(|x| e(&x))?;
+    let mut dc = Tensor::zeros(&rt, tfla::Dtype::F32, &[T, T]).map_err(|x| e(&x))?;
     let stream = rt.stream();
-    let smem = (2 * T * T * 2) as u32;
-    // SAFETY: the three buffers hold the matrices the kernel reads and writes; one block of
-    // 128 threads with the shared memory it documents.
-    unsafe {
-        launch!(f<<<1, 128, smem, stream>>>(da.device_ptr(), db.device_ptr(), dc.device_ptr()))
-            .map_err(|e| e.to_string())?;
-    }
-    stream.synchronize().map_err(|e| e.to_string())?;
-    let c = dc.to_f32_vec().map_err(|e| e.to_string())?;
-    let mut worst = 0f64;
-    for r in 0..T {
-        for n in 0..T {
-            let want: f64 = (0..T)
-                .map(|k| a[r * T + k].to_f64() * bt[n * T + k].to_f64())
-                .sum();
-            let got = c[r * T + n] as f64;
-            let err = if got.is_nan() {
-                f64::INFINITY
-            } else {
-                (got - want).abs() / (1.0 + want.abs())
-            };
-            worst = worst.max(err);
+    let smem = (3 * T * (T + 8) * 2) as u32;
+    let mut worst = Vec::new();
+    for mode in 0..MODES.len() as u32 {
+        dc.fill_nan().map_err(|x| e(&x))?;
+        // SAFETY: the buffers hold the matrices the kernel reads and writes; one block of 128
+        // threads with the shared memory it documents.
+        unsafe {
+            launch!(f<<<1, 128, smem, stream>>>(
+                da.device_ptr(),
+                db.device_ptr(),
+                dbt.device_ptr(),
+                dc.device_ptr(),
+                mode
+            ))
+            .map_err(|x| e(&x))?;
         }
+        stream.synchronize().map_err(|x| e(&x))?;
+        let c = dc.to_f32_vec().map_err(|x| e(&x))?;
+        let mut w = 0f64;
+        for r in 0..T {
+            for n in 0..T {
+                let want: f64 = (0..T)
+                    .map(|k| a[r * T + k].to_f64() * b[k * T + n].to_f64())
+                    .sum();
+                let got = c[r * T + n] as f64;
+                let err = if got.is_nan() {
+                    f64::INFINITY
+                } else {
+                    (got - want).abs() / (1.0 + want.abs())
+                };
+                w = w.max(err);
+            }
+        }
+        worst.push(w);
     }
     Ok(worst)
 }
 
 fn main() -> ExitCode {
     match run() {
-        Ok(err) if err < 1e-4 => {
-            println!("wgmma probe: C matches the CPU product (worst relative error {err:.2e})");
-            ExitCode::SUCCESS
-        }
-        Ok(err) => {
-            println!("wgmma probe: MISMATCH (worst relative error {err:.2e})");
-            ExitCode::FAILURE
+        Ok(worst) => {
+            let ok: Vec<bool> = worst.iter().map(|&w| w < 1e-4).collect();
+            for (i, (name, w)) in MODES.iter().zip(&worst).enumerate() {
+                let verdict = if ok[i] { "matches" } else { "MISMATCH" };
+                println!("mode {i} ({name}): {verdict}, worst relative error {w:.2e}");
+            }
+            if ok[0] && ok[3] && (ok[1] || ok[2]) && (ok[4] || ok[5]) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("wgmma probe: {e}");

@@ -95,18 +95,24 @@ pub unsafe fn wait_all(acc: &mut [f32; 32]) {
     };
 }
 
-/// acc (+)= A · Bᵀ for a 64 × 16 A and a 64 × 16 B, both K-major in shared memory (`da`,
-/// `db`); `accumulate` false overwrites acc.
+/// acc (+)= A · B for a 64 × 16 A (K-major, descriptor `da`) and a 16 × 64 B (descriptor `db`:
+/// K-major when `TRANS_B` is 0, i.e. stored as Bᵀ, N × 16; MN-major when 1, stored as B,
+/// 16 × N); `accumulate` false overwrites acc.
 ///
 /// # Safety
 /// Executed by all threads of the warpgroup (warps 4g .. 4g + 4) after [`fence`]; the
 /// operands were written before a [`fence_proxy_async`] and a barrier.
 #[inline(always)]
-pub unsafe fn m64n64k16_bf16(acc: &mut [f32; 32], da: u64, db: u64, accumulate: bool) {
+pub unsafe fn m64n64k16_bf16_ss<const TRANS_B: u32>(
+    acc: &mut [f32; 32],
+    da: u64,
+    db: u64,
+    accumulate: bool,
+) {
     unsafe {
         asm!(
             "{{ .reg .pred p; setp.ne.b32 p, {scale}, 0;",
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{d0}, {d1}, {d2}, {d3}, {d4}, {d5}, {d6}, {d7}, {d8}, {d9}, {d10}, {d11}, {d12}, {d13}, {d14}, {d15}, {d16}, {d17}, {d18}, {d19}, {d20}, {d21}, {d22}, {d23}, {d24}, {d25}, {d26}, {d27}, {d28}, {d29}, {d30}, {d31}}}, {da}, {db}, p, 1, 1, 0, 0; }}",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{d0}, {d1}, {d2}, {d3}, {d4}, {d5}, {d6}, {d7}, {d8}, {d9}, {d10}, {d11}, {d12}, {d13}, {d14}, {d15}, {d16}, {d17}, {d18}, {d19}, {d20}, {d21}, {d22}, {d23}, {d24}, {d25}, {d26}, {d27}, {d28}, {d29}, {d30}, {d31}}}, {da}, {db}, p, 1, 1, 0, {tb}; }}",
             d0 = inout(reg32) acc[0],
             d1 = inout(reg32) acc[1],
             d2 = inout(reg32) acc[2],
@@ -142,6 +148,67 @@ pub unsafe fn m64n64k16_bf16(acc: &mut [f32; 32], da: u64, db: u64, accumulate: 
             da = in(reg64) da,
             db = in(reg64) db,
             scale = in(reg32) accumulate as u32,
+            tb = const TRANS_B,
+            options(nostack)
+        )
+    };
+}
+
+/// As [`m64n64k16_bf16_ss`] with A from registers: `a` is this warp's `mma.sync` m16n8k16 A
+/// fragment of rows 16w .. 16w + 16 (warp w of the warpgroup) and the 16 k of the step.
+///
+/// # Safety
+/// As [`m64n64k16_bf16_ss`]; `a` is not written again before the next [`wait_all`].
+#[inline(always)]
+pub unsafe fn m64n64k16_bf16_rs<const TRANS_B: u32>(
+    acc: &mut [f32; 32],
+    a: [u32; 4],
+    db: u64,
+    accumulate: bool,
+) {
+    unsafe {
+        asm!(
+            "{{ .reg .pred p; setp.ne.b32 p, {scale}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{d0}, {d1}, {d2}, {d3}, {d4}, {d5}, {d6}, {d7}, {d8}, {d9}, {d10}, {d11}, {d12}, {d13}, {d14}, {d15}, {d16}, {d17}, {d18}, {d19}, {d20}, {d21}, {d22}, {d23}, {d24}, {d25}, {d26}, {d27}, {d28}, {d29}, {d30}, {d31}}}, {{{a0}, {a1}, {a2}, {a3}}}, {db}, p, 1, 1, {tb}; }}",
+            d0 = inout(reg32) acc[0],
+            d1 = inout(reg32) acc[1],
+            d2 = inout(reg32) acc[2],
+            d3 = inout(reg32) acc[3],
+            d4 = inout(reg32) acc[4],
+            d5 = inout(reg32) acc[5],
+            d6 = inout(reg32) acc[6],
+            d7 = inout(reg32) acc[7],
+            d8 = inout(reg32) acc[8],
+            d9 = inout(reg32) acc[9],
+            d10 = inout(reg32) acc[10],
+            d11 = inout(reg32) acc[11],
+            d12 = inout(reg32) acc[12],
+            d13 = inout(reg32) acc[13],
+            d14 = inout(reg32) acc[14],
+            d15 = inout(reg32) acc[15],
+            d16 = inout(reg32) acc[16],
+            d17 = inout(reg32) acc[17],
+            d18 = inout(reg32) acc[18],
+            d19 = inout(reg32) acc[19],
+            d20 = inout(reg32) acc[20],
+            d21 = inout(reg32) acc[21],
+            d22 = inout(reg32) acc[22],
+            d23 = inout(reg32) acc[23],
+            d24 = inout(reg32) acc[24],
+            d25 = inout(reg32) acc[25],
+            d26 = inout(reg32) acc[26],
+            d27 = inout(reg32) acc[27],
+            d28 = inout(reg32) acc[28],
+            d29 = inout(reg32) acc[29],
+            d30 = inout(reg32) acc[30],
+            d31 = inout(reg32) acc[31],
+            a0 = in(reg32) a[0],
+            a1 = in(reg32) a[1],
+            a2 = in(reg32) a[2],
+            a3 = in(reg32) a[3],
+            db = in(reg64) db,
+            scale = in(reg32) accumulate as u32,
+            tb = const TRANS_B,
             options(nostack)
         )
     };
