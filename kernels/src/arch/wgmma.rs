@@ -1,22 +1,29 @@
 //! `wgmma` (sm_90a only: the module is compiled for `-C target-cpu=sm_90a`): warpgroup matrix
 //! multiplies with both operands in shared memory, described by 64-bit matrix descriptors.
 //!
-//! Operand layout used here: K-major tiles without swizzle, in 8 × 8 "core matrices" of 16-bit
-//! elements (8 rows of 16 bytes, 128 contiguous bytes). A descriptor names the tile's start
-//! and two strides: LBO, the bytes between core matrices adjacent along K, and SBO, the bytes
-//! between core matrices adjacent along M (or N).
+//! Operand layouts: (a) unswizzled, in 8 × 8 "core matrices" of 16-bit elements (8 rows of 16
+//! bytes, 128 contiguous bytes), the descriptor naming the tile's start and two strides (LBO
+//! and SBO: between core matrices along the two dimensions); (b) with the 128-byte swizzle, in
+//! atoms of 8 rows × 128 bytes (1024-byte aligned) whose 16-byte chunk c of row r sits at chunk
+//! c ^ r, SBO the bytes between atoms along the 8-row dimension.
 //!
 //! The accumulators of an m64nN instruction are the `mma.sync` m16n8 fragments of the four
 //! warps stacked: warp w of the warpgroup holds rows 16w .. 16w + 16, n-block j in elements
 //! 4j .. 4j + 4 (rows lane/4 and lane/4 + 8, columns 8j + 2·(lane%4) + {0, 1}).
 use core::arch::asm;
 
-/// The descriptor of a K-major, unswizzled operand tile at shared address `addr` (16-byte
-/// aligned) with core-matrix strides `lbo` (along K) and `sbo` (along M/N), in bytes.
+/// The descriptor of an unswizzled operand tile at shared address `addr` (16-byte aligned)
+/// with strides `lbo` and `sbo` in bytes.
 #[inline(always)]
 pub fn desc(addr: u32, lbo: u32, sbo: u32) -> u64 {
     let field = |x: u32| ((x & 0x3_ffff) >> 4) as u64;
     field(addr) | field(lbo) << 16 | field(sbo) << 32
+}
+
+/// The descriptor of a tile in the 128-byte swizzle (layout mode 1 in bits 62–63).
+#[inline(always)]
+pub fn desc_sw128(addr: u32, lbo: u32, sbo: u32) -> u64 {
+    desc(addr, lbo, sbo) | 1 << 62
 }
 
 /// Orders this thread's earlier register writes of accumulators before the next `wgmma`.
