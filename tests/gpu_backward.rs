@@ -432,9 +432,12 @@ fn backward_recomputes_released_chunk_states() {
                 let (w, g) = (want(name).unwrap(), got(name).unwrap());
                 let w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
                 // 16-bit: the same kernels on the same states, bit for bit; f32: its atomics
-                // add the column tiles in any order.
+                // add the column tiles in any order, and a sum with cancellation (dm0) keeps
+                // that reordering's rounding relative to its terms (2.3e-6 seen; a wrong
+                // recompute is off by O(1)).
                 let err = rel_err(&g, &w64);
-                if err > 1e-6 {
+                let bound = if dtype == Dtype::F32 { 1e-4 } else { 1e-6 };
+                if err > bound {
                     failures.push(format!(
                         "{variant:?} {dtype:?} round {round} {name}: {err:.2e}"
                     ));

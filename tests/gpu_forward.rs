@@ -245,6 +245,37 @@ fn forward_ragged_shapes_and_every_chunk_size() {
     run(&cases, "forward_ragged_shapes_and_every_chunk_size");
 }
 
+/// Shapes for the `wgmma` output tile (sm_90a builds: `fwd::output_wg`, 128 rows × 256 value
+/// columns; other builds run the same cases on the `mma.sync` kernel): every variant and
+/// dtype, partial column and head-dim slices, a ragged last chunk whose second warpgroup has
+/// no rows (L = 256, 40 steps), and one whose second row tile is empty (L = 256, 100 steps).
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn forward_wgmma_output_tile_shapes() {
+    let mut cases = Vec::new();
+    for variant in tfla::registry::KERNELS.iter().map(|k| k.variant) {
+        for dtype in [Dtype::Bf16, Dtype::F16] {
+            cases.push(Case {
+                shape: shape(1, 2, 300, 80, 272),
+                chunk: 128,
+                variant,
+                dtype,
+                initial_state: true,
+            });
+        }
+        for s in [256 + 40, 512 + 100] {
+            cases.push(Case {
+                shape: shape(1, 1, s, 192, 512),
+                chunk: 256,
+                variant,
+                dtype: Dtype::Bf16,
+                initial_state: false,
+            });
+        }
+    }
+    run(&cases, "forward_wgmma_output_tile_shapes");
+}
+
 #[test]
 #[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
 fn forward_hard_gate_regimes() {

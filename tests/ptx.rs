@@ -1,7 +1,7 @@
 //! The PTX the host embeds: every registered entry point is present, nothing is left
-//! unresolved, and (where ptxas is installed) every kernel assembles for sm_90 with no spills
-//! and no stack frame (a register tile in local memory shows up as one), the step kernels
-//! within the registers of four blocks per SM.
+//! unresolved, and every kernel assembles for the build's arch (sm_90, or sm_90a with the
+//! `wgmma` kernels) with no spills and no stack frame (a register tile in local memory shows
+//! up as one), the step kernels within the registers of four blocks per SM.
 use tfla_params::bwd::BwdKernel;
 use tfla_params::fwd::{FwdKernel, entry_name};
 use tfla_params::{Dtype, Gates};
@@ -46,6 +46,11 @@ fn fwd_entry_names() -> Vec<&'static str> {
     }
     for gates in GATES {
         names.push(tfla_params::fwd::recurrent::entry_name(gates));
+        if tfla::runtime::PTX_ARCH == "sm_90a" {
+            for dtype in [Dtype::Bf16, Dtype::F16] {
+                names.push(entry_name(FwdKernel::ChunkOutputWg, gates, dtype));
+            }
+        }
     }
     names.sort();
     names.dedup();
@@ -79,6 +84,9 @@ fn embedded_ptx_has_every_entry_point_and_no_externs() {
             tfla::runtime::PTX.contains(instr),
             "the kernels are meant to use {instr}"
         );
+    }
+    if tfla::runtime::PTX_ARCH == "sm_90a" {
+        assert!(tfla::runtime::PTX.contains("wgmma.mma_async.sync.aligned.m64n256k16"));
     }
 }
 

@@ -729,11 +729,26 @@ fn fwd_launches(p: &FwdParams, gates: Gates, dtype: Dtype) -> Vec<Launch> {
     vec![
         chunk_gates,
         state_launch(p, gates, kdtype),
+        output_launch(p, gates, kdtype),
+    ]
+}
+
+/// The chunk-output launch: on `wgmma` where the build has it (sm_90a) and the shape suits its
+/// 128 × 256 tile (`output_wg::applies`), else the `mma.sync` kernel.
+fn output_launch(p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
+    if cfg!(tfla_wgmma) && fwd::output_wg::applies(p.chunk, p.dqk, p.dhv) {
+        Launch {
+            name: fwd::entry_name(FwdKernel::ChunkOutputWg, gates, kdtype),
+            grid: fwd::output_wg::grid(p),
+            threads: fwd::output_wg::THREADS,
+            smem: fwd::output_wg::smem_bytes(p.chunk, p.dqk),
+        }
+    } else {
         Launch {
             name: fwd::entry_name(FwdKernel::ChunkOutput, gates, kdtype),
             grid: fwd::output::grid(p),
             threads: fwd::output::THREADS,
             smem: fwd::output::smem_bytes(p.chunk, p.dqk),
-        },
-    ]
+        }
+    }
 }

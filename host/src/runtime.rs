@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 /// The PTX of every tfla kernel, built from `kernels/` by the build script.
 pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/tfla_kernels.ptx"));
-/// The architecture the embedded PTX targets (`sm_90`, or `sm_90a` with `TFLA_ARCH`).
+/// The architecture the embedded PTX targets (`sm_90a`, or `sm_90` with `TFLA_ARCH=sm_90`).
 pub const PTX_ARCH: &str = env!("TFLA_PTX_ARCH");
 
 /// A CUDA device with tfla's module loaded and a stream to launch on. Kernels launched through

@@ -12,8 +12,6 @@ mod unroll;
 
 pub mod arch;
 pub mod mlstm;
-#[cfg(target_feature = "sm_90a")]
-pub mod probe;
 pub mod tile;
 
 /// Kernels never panic on validated input; a panic (out-of-bounds slice index, overflow in a

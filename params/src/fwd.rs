@@ -258,6 +258,88 @@ pub mod output {
     }
 }
 
+/// The chunk-output kernel on `wgmma` (sm_90a builds; `chunk_output_wg`): the same outputs as
+/// [`output`] from tiles of TILE_Q = 128 rows × TILE_HV = 256 value columns, two warpgroups of
+/// 64 rows each. Against the `mma.sync` kernel's 64 × 128 tile, every staged C̃_k slice and
+/// V tile feeds twice the rows, and every S = Q·Kᵀ tile serves twice the value columns, so it
+/// moves half the L2 bytes per FLOP and does half the QKᵀ recompute; the operands reach the
+/// tensor cores from shared memory without `ldmatrix`. One block per SM (registers:
+/// 128 accumulators + 32 for S per thread).
+pub mod output_wg {
+    use super::*;
+    pub const WARPGROUPS: u32 = 2;
+    pub const WARPS: u32 = 4 * WARPGROUPS;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// Query rows per block: 64 per warpgroup (the M of `wgmma`).
+    pub const TILE_Q: u32 = 64 * WARPGROUPS;
+    /// Key rows per step of the intra-chunk loop (the N of S's `wgmma`).
+    pub const TILE_K: u32 = 64;
+    /// Value columns per block (the N of the output `wgmma`s).
+    pub const TILE_HV: u32 = 256;
+    /// Rows of C̃_k per item of the inter-chunk part.
+    pub const TILE_C: u32 = 64;
+    /// Columns (DQK) of Q and K per item: one 128-byte swizzle panel.
+    pub const KD: u32 = 64;
+    /// Stages of the Q and B-operand ring: two items load while the current one multiplies
+    /// (one block per SM has no other block to cover the latency of its loads).
+    pub const STAGES: u32 = 3;
+    /// Stages of the V ring: a key tile's V arrives with its first K slice and is read with
+    /// its last; with two K slices or more per key tile (DQK > KD, see `applies`) the next
+    /// tile's V is issued after the previous tile's was read.
+    pub const V_STAGES: u32 = 2;
+    /// Alignment of the swizzled tiles (one 8-row atom); the dynamic shared memory is rounded
+    /// up to it in the kernel, hence ALIGN more bytes.
+    pub const ALIGN: u32 = 1024;
+
+    /// One stage of the Q ring: a KD-wide slice of the Q tile (TILE_Q × KD, 16-bit, swizzled).
+    pub const fn q_bytes() -> u32 {
+        TILE_Q * KD * 2
+    }
+    /// One stage of the B-operand ring: a C̃_k slice (TILE_C × TILE_HV) or a K slice
+    /// (TILE_K × KD), whichever is larger.
+    pub const fn ring_bytes() -> u32 {
+        let (c, k) = (TILE_C * TILE_HV * 2, TILE_K * KD * 2);
+        if c > k { c } else { k }
+    }
+    /// One stage of the V ring (TILE_K × TILE_HV).
+    pub const fn v_bytes() -> u32 {
+        TILE_K * TILE_HV * 2
+    }
+    /// ñ_k as the B operand of one m64n8 `wgmma` per TILE_C slice: an 8-row atom each (rows:
+    /// ñ's 16-bit head, its tail, six zero rows).
+    pub const fn n_bytes(dqk: u32) -> u32 {
+        div_ceil(dqk, TILE_C) * ALIGN
+    }
+    /// f32 vectors: column gate terms (L), and per row: row gate term, inter-chunk scale,
+    /// normalizer floor (3 × TILE_Q).
+    pub const fn gate_bytes(chunk: u32) -> u32 {
+        (chunk + 3 * TILE_Q) * 4
+    }
+    pub const fn smem_bytes(chunk: u32, dqk: u32) -> u32 {
+        ALIGN
+            + STAGES * (q_bytes() + ring_bytes())
+            + V_STAGES * v_bytes()
+            + n_bytes(dqk)
+            + gate_bytes(chunk)
+    }
+
+    /// (DHV tiles, NC · L / TILE_Q row tiles, BH), ordered as [`output::grid`]'s.
+    pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
+        (
+            div_ceil(p.dhv, TILE_HV),
+            p.num_chunks * (p.chunk / TILE_Q),
+            p.bh,
+        )
+    }
+
+    /// Whether an sm_90a forward takes this kernel: chunks of whole row tiles, value heads
+    /// wider than the `mma.sync` kernel's 128-column tile (at DHV ≤ 128 most of a 256-column
+    /// tile would be padding), and more than one K slice per key tile (`V_STAGES`).
+    pub const fn applies(chunk: u32, dqk: u32, dhv: u32) -> bool {
+        chunk.is_multiple_of(TILE_Q) && dqk > KD && dhv > 128
+    }
+}
+
 /// Chunk-gates kernel: one block per (chunk, head) turns the gate pre-activations into the
 /// chunk's cumulative log forget gates and running maxima, so the other two kernels need no
 /// scans (and no block-wide barriers for them). The chunk-0 block of each head also copies the
@@ -321,6 +403,8 @@ pub enum FwdKernel {
     /// The chunk-state kernel in its wide shape (`state_wide`, chosen by `wide_state`).
     ChunkStateWide,
     ChunkOutput,
+    /// The chunk-output kernel on `wgmma` (`output_wg`; in sm_90a builds only).
+    ChunkOutputWg,
 }
 
 /// Entry-point name of a forward kernel in the PTX module: one entry per (kernel, gates, dtype).
@@ -352,6 +436,12 @@ pub const fn entry_name(kernel: FwdKernel, gates: Gates, dtype: Dtype) -> &'stat
         (ChunkOutput, Sig, F16) => "mlstm_fwd_chunk_output_sig_f16",
         (ChunkOutput, SigNoNorm, Bf16) => "mlstm_fwd_chunk_output_signn_bf16",
         (ChunkOutput, SigNoNorm, F16) => "mlstm_fwd_chunk_output_signn_f16",
+        (ChunkOutputWg, Exp, Bf16) => "mlstm_fwd_chunk_output_wg_exp_bf16",
+        (ChunkOutputWg, Exp, F16) => "mlstm_fwd_chunk_output_wg_exp_f16",
+        (ChunkOutputWg, Sig, Bf16) => "mlstm_fwd_chunk_output_wg_sig_bf16",
+        (ChunkOutputWg, Sig, F16) => "mlstm_fwd_chunk_output_wg_sig_f16",
+        (ChunkOutputWg, SigNoNorm, Bf16) => "mlstm_fwd_chunk_output_wg_signn_bf16",
+        (ChunkOutputWg, SigNoNorm, F16) => "mlstm_fwd_chunk_output_wg_signn_f16",
     }
 }
 
@@ -380,6 +470,7 @@ mod tests {
         }
         // Two output blocks per SM (228 KiB, 1 KiB reserved per block) at the largest config.
         assert!(2 * (output::smem_bytes(1024, 512) + 1024) <= 228 * 1024);
+        assert!(output_wg::smem_bytes(1024, MAX_HEAD_DIM) <= HOPPER_SMEM);
     }
 
     #[test]

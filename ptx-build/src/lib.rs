@@ -19,6 +19,11 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// What a build targets unless `TFLA_ARCH` (build script) or `--arch` (xtask) says
+    /// otherwise: the `wgmma` kernels exist only in sm_90a PTX, which runs on Hopper only (as
+    /// sm_90 PTX does: the runtime requires compute capability 9.x).
+    pub const DEFAULT: Arch = Arch::Sm90a;
+
     pub fn name(self) -> &'static str {
         match self {
             Arch::Sm90 => "sm_90",

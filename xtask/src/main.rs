@@ -81,7 +81,10 @@ fn write_ptx(arch: Arch, out: Option<String>) -> Result<(PathBuf, String), Strin
 }
 
 fn cmd_build_ptx(arch: Option<&str>, out: Option<String>) -> Result<(), String> {
-    let arch = Arch::parse(arch.unwrap_or("sm_90")).map_err(|e| e.to_string())?;
+    let arch = match arch {
+        Some(a) => Arch::parse(a).map_err(|e| e.to_string())?,
+        None => Arch::DEFAULT,
+    };
     let (out, ptx) = write_ptx(arch, out)?;
     println!(
         "wrote {} ({} bytes, {} entry points)",

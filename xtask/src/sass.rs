@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 
 /// Opcode families counted per kernel (the prefix before the first '.').
-const COLUMNS: [&str; 8] = ["HMMA", "LDSM", "LDGSTS", "LDG", "STG", "LDS", "BAR", "BRA"];
+const COLUMNS: [&str; 9] = [
+    "HMMA", "HGMMA", "LDSM", "LDGSTS", "LDG", "STG", "LDS", "BAR", "BRA",
+];
 
 /// One kernel's SASS: its name and each instruction's opcode (with modifiers, without the
 /// predicate).
@@ -63,7 +65,7 @@ pub fn parse(sass: &str) -> Vec<Kernel> {
     kernels
 }
 
-/// Builds the sm_90 PTX, assembles it with ptxas into `target/tfla_kernels.cubin`, and prints
+/// Builds the PTX for the default arch, assembles it with ptxas into `target/tfla_kernels.cubin`, and prints
 /// the instruction mix of the kernels whose name contains `filter`; with `dump`, also writes
 /// each of their SASS listings to `target/sass/NAME.sass`.
 pub fn cmd_sass(filter: Option<&str>, dump: bool) -> Result<(), String> {
@@ -72,12 +74,14 @@ pub fn cmd_sass(filter: Option<&str>, dump: bool) -> Result<(), String> {
         "cuobjdump not found (PATH, CUDA_PATH; the Triton wheel ships one in \
          triton/backends/nvidia/bin/)",
     )?;
-    let (ptx_path, _) = super::write_ptx(tfla_ptx_build::Arch::Sm90, None)?;
+    let arch = tfla_ptx_build::Arch::DEFAULT;
+    let (ptx_path, _) = super::write_ptx(arch, None)?;
     let dir = ptx_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let cubin = dir.join("tfla_kernels.cubin");
     super::run(
         Command::new(&ptxas)
-            .args(["-arch=sm_90", "-O3", "-o"])
+            .arg(format!("-arch={}", arch.name()))
+            .args(["-O3", "-o"])
             .arg(&cubin)
             .arg(&ptx_path),
     )?;
@@ -96,7 +100,7 @@ pub fn cmd_sass(filter: Option<&str>, dump: bool) -> Result<(), String> {
         for n in &counts {
             print!(" {n:>6}");
         }
-        let mma = counts[0];
+        let mma = counts[0] + counts[1]; // mma.sync and wgmma
         if mma > 0 {
             println!(" {:>9.1}", (k.opcodes.len() - mma) as f64 / mma as f64);
         } else {

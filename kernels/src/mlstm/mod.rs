@@ -11,6 +11,8 @@ mod bwd_scores;
 mod bwd_state;
 mod chunk_gates;
 mod chunk_output;
+#[cfg(target_feature = "sm_90a")]
+mod chunk_output_wg;
 mod chunk_state;
 mod chunk_state_wide;
 mod gates;
@@ -72,6 +74,18 @@ entry! {
     mlstm_fwd_recurrent_exp_f32 = recurrent_f32<ExpGates>;
     mlstm_fwd_recurrent_sig_f32 = recurrent_f32<SigGates>;
     mlstm_fwd_recurrent_signn_f32 = recurrent_f32<SigNoNormGates>;
+}
+
+// The chunk-output kernel on `wgmma`, in sm_90a builds only (`tfla_params::fwd::output_wg`).
+#[cfg(target_feature = "sm_90a")]
+entry! {
+    FwdParams;
+    mlstm_fwd_chunk_output_wg_exp_bf16 = chunk_output_wg<Bf16, ExpGates>;
+    mlstm_fwd_chunk_output_wg_exp_f16 = chunk_output_wg<F16, ExpGates>;
+    mlstm_fwd_chunk_output_wg_sig_bf16 = chunk_output_wg<Bf16, SigGates>;
+    mlstm_fwd_chunk_output_wg_sig_f16 = chunk_output_wg<F16, SigGates>;
+    mlstm_fwd_chunk_output_wg_signn_bf16 = chunk_output_wg<Bf16, SigNoNormGates>;
+    mlstm_fwd_chunk_output_wg_signn_f16 = chunk_output_wg<F16, SigNoNormGates>;
 }
 
 entry! {

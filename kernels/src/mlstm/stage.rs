@@ -2,10 +2,11 @@
 use crate::arch::{cp_async, global, shared, thread};
 use crate::tile::SmemTile;
 
-/// The walk of a staged tile that [`rows`] and [`store_rows`] share: thread `tid` moves
-/// column vector tid % VECS (16 bytes) of rows tid / VECS + n·(THREADS / VECS), so its column
-/// (and the column bound) is the same in every move and the next move's shared and global
-/// addresses are a constant stride further. With the sizes constant at the call site the
+/// The walk of a staged tile that [`rows`], [`rows_sw128`] and [`store_rows`] share: thread
+/// `tid` moves column vector tid % VECS (16 bytes) of rows tid / VECS + n·(THREADS / VECS), so
+/// its column (and the column bound) is the same in every move and the next move's shared and
+/// global addresses are a constant stride further (`at(r, c)` is the shared address of
+/// element (r, c), `row_bytes` the shared bytes from one row to the next along the walk). With the sizes constant at the call site the
 /// loop unrolls completely into one row compare and one 64-bit add per move (a loop over a
 /// flat index idx = tid + n·THREADS cost ~10 integer instructions per move plus a remainder
 /// loop, since the compiler cannot know tid < THREADS). `each(shared, global, inside)` moves
@@ -13,7 +14,7 @@ use crate::tile::SmemTile;
 #[inline(always)]
 fn walk<const THREADS: u32, const VECS: u32>(
     tid: u32,
-    tile: SmemTile,
+    (at, row_bytes): (impl Fn(u32, u32) -> u32, u32),
     base: u64,
     (t, t_end): (u32, u32),
     (c0, dim): (u32, u32),
@@ -30,14 +31,14 @@ fn walk<const THREADS: u32, const VECS: u32>(
     let step = THREADS / VECS; // rows between one thread's moves
     let col_ok = c0 + c < dim;
     let mut global = base + (((t + r0) * dim + c0 + c) as u64) * 2;
-    let mut shared = tile.offset(r0, c);
+    let mut shared = at(r0, c);
     for n in 0..rows.div_ceil(step) {
         let r = r0 + n * step;
         if rows.is_multiple_of(step) || r < rows {
             each(shared, global, t + r < t_end && col_ok);
         }
         global += (step * dim) as u64 * 2;
-        shared += step * tile.stride;
+        shared += step * row_bytes;
     }
 }
 
@@ -58,7 +59,49 @@ pub unsafe fn rows<const THREADS: u32, const VECS: u32>(
 ) {
     walk::<THREADS, VECS>(
         thread::thread_idx(),
-        tile,
+        (|r, c| tile.offset(r, c), tile.stride),
+        base,
+        span,
+        cols,
+        rows,
+        |dst, src, ok| {
+            let from = if ok { src } else { base };
+            unsafe { cp_async::copy_16(dst, from, if ok { 16 } else { 0 }) };
+        },
+    );
+}
+
+/// Shared-memory offset of element (r, c) (c a multiple of 8) of a tile of `rows` rows in the
+/// 128-byte swizzle (`arch::wgmma`): panels of 64 columns, `rows` × 128 bytes each, one after
+/// the other; in a panel row r at 128·r, its 16-byte chunk (c % 64) / 8 at that XOR r % 8.
+#[inline(always)]
+pub const fn sw128(rows: u32, r: u32, c: u32) -> u32 {
+    (c / 64) * rows * 128 + r * 128 + (((c % 64) / 8) ^ (r % 8)) * 16
+}
+
+/// As [`rows`] into a tile at `saddr` (1024-byte aligned) in the 128-byte swizzle of
+/// [`sw128`]: K-major operands (64 columns of the reduction index, one panel) and MN-major ones
+/// (rows of the reduction index, 8·VECS columns in panels of 64) of `wgmma`.
+///
+/// # Safety
+/// As [`rows`]; the tile at `saddr` holds ⌈8·VECS / 64⌉ panels of `rows` rows.
+#[inline(always)]
+pub unsafe fn rows_sw128<const THREADS: u32, const VECS: u32>(
+    saddr: u32,
+    base: u64,
+    span: (u32, u32),
+    cols: (u32, u32),
+    rows: u32,
+) {
+    const {
+        assert!(
+            (THREADS / VECS).is_multiple_of(8),
+            "a thread's rows keep one swizzle phase: its column's chunk moves the same in each"
+        )
+    };
+    walk::<THREADS, VECS>(
+        thread::thread_idx(),
+        (|r, c| saddr + sw128(rows, r, c), 128),
         base,
         span,
         cols,
@@ -92,7 +135,8 @@ pub unsafe fn store_rows<const THREADS: u32, const VECS: u32>(
     // Through `opaque`: a state walk stores once per chunk, and its per-thread offsets would
     // otherwise be hoisted out of the walk and held in registers the whole time.
     let tid = thread::opaque(thread::thread_idx());
-    walk::<THREADS, VECS>(tid, tile, base, span, cols, rows, |src, dst, ok| {
+    let at = (|r, c| tile.offset(r, c), tile.stride);
+    walk::<THREADS, VECS>(tid, at, base, span, cols, rows, |src, dst, ok| {
         let v = unsafe { shared::ld_v4(src) };
         unsafe { global::st_v4_b32_if(ok, dst, v) };
     });

@@ -1,0 +1,373 @@
+//! Chunk outputs on `wgmma` (sm_90a builds): the outputs of `chunk_output` (same math, same
+//! notation; see there) from a tile of TILE_Q = 128 rows × TILE_HV = 256 value columns. Each of
+//! the two warpgroups owns 64 rows; its accumulator (an m64n256 `wgmma` result, 128 f32 per
+//! thread) holds all 256 columns, so one S = Q·Kᵀ tile per (row, key) tile serves every value
+//! column of the block.
+//!
+//! Operands: Q slices (A) and C̃_k slices, K slices and V tiles (B) are staged by `cp.async` in
+//! the 128-byte swizzle and read by the tensor cores through descriptors; P = S ⊙ gates is the
+//! A operand of P·V from registers, as in the `mma.sync` kernel. ñ_kᵀq rides on an m64n8
+//! `wgmma` whose B rows are ñ_k's 16-bit head and tail (about 16 bits, as `chunk_output`'s
+//! split). Loads: the item pipeline of `chunk_output` (C̃_k slices, then per key tile its K
+//! slices with V on the first, each with its Q slice), two items ahead of the one that
+//! multiplies, every stage made visible to the async proxy before the barrier that releases
+//! it. The `wgmma`s are not waited for where they are issued but at the next item's barrier
+//! (or where their result is needed: S for the gates), so each item's multiplies overlap the
+//! wait for the next item's loads.
+//!
+//! Causal shape: warpgroup 0 (rows i0 .. i0 + 64) needs the key tiles up to its diagonal only
+//! and waits at the barriers while warpgroup 1 multiplies the last one.
+use super::gates::GateKind;
+use super::stage;
+use crate::arch::convert::Elem;
+use crate::arch::wgmma::{self, Hold, Wgmma, desc_sw128};
+use crate::arch::{cp_async, global, math, shared, shfl, thread};
+use crate::tile::{acc_pos, acc_to_a, split2};
+use tfla_params::fwd::{FwdParams, output_wg::*};
+
+/// n-blocks (8 columns) of the output accumulator and of S.
+const NB: usize = (TILE_HV / 8) as usize;
+const NB_S: usize = (TILE_K / 8) as usize;
+/// Bytes between the 64-column panels of a swizzled C̃_k slice or V tile (the LBO of their
+/// MN-major descriptors), and between the two warpgroups' halves of a Q slice.
+const PANEL_C: u32 = TILE_C * 128;
+const PANEL_V: u32 = TILE_K * 128;
+const HALF_Q: u32 = 64 * 128;
+const _: () = assert!(
+    TILE_C == KD && KD == 64 && TILE_K == 64 && PANEL_C == PANEL_V,
+    "one swizzle panel per Q and K slice; C̃_k slices and V tiles share one descriptor shape"
+);
+const _: () = assert!(STAGES == 3, "the pipeline keeps two items ahead");
+const _: () = assert!(
+    NB == 32 && NB_S == 8 && WARPGROUPS == 2,
+    "the unroll! counts below assume 32 value n-blocks, 8 key n-blocks, two warpgroups"
+);
+
+/// A K-major operand at `addr` (Q's rows, K's rows), k16 step `ks`: 32 bytes along the
+/// swizzled 128-byte rows; 8-row atoms 1024 bytes apart.
+#[inline(always)]
+fn k_major(addr: u32, ks: u32) -> u64 {
+    desc_sw128(addr + 32 * ks, 16, 1024)
+}
+
+/// An MN-major operand at `addr` (C̃_k's and V's rows are the reduction index), k16 step `ks`:
+/// two 8-row atoms on; 64-column panels PANEL_C apart.
+#[inline(always)]
+fn mn_major(addr: u32, ks: u32) -> u64 {
+    desc_sw128(addr + 2048 * ks, PANEL_C, 1024)
+}
+
+/// # Safety
+/// Launched with `grid(p)`, THREADS threads and `smem_bytes(p.chunk, p.dqk)` bytes of dynamic
+/// shared memory, after `chunk_state` wrote the chunk states, on parameters validated by the
+/// host (shapes, alignment, a shape that `applies`).
+#[inline(always)]
+pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
+    let tid = thread::thread_idx();
+    let (lane, warp) = (tid % 32, tid / 32);
+    let wg = warp / 4;
+    let (bx, by, bh) = thread::block_idx();
+    let row_tiles = p.chunk / TILE_Q;
+    let (k, i0) = (by / row_tiles, (by % row_tiles) * TILE_Q);
+    let v0 = bx * TILE_HV;
+    let (l, s, dqk, dhv, nc) = (p.chunk, p.s, p.dqk, p.dhv, p.num_chunks);
+    let t0 = k * l;
+    if t0 + i0 >= s {
+        return; // a row tile past the end of a ragged last chunk: the whole block leaves
+    }
+    let len = l.min(s - t0);
+    let nkeys = (i0 + TILE_Q).min(len);
+    // This warpgroup's rows start at wg_i0; it multiplies only if one of them is a step, and
+    // only the key tiles up to its diagonal.
+    let wg_i0 = i0 + 64 * wg;
+    let wg_live = wg_i0 < len;
+    let wg_tiles = wg_i0 / TILE_K + 1;
+
+    // Shared memory: STAGES × Q slice, STAGES × B-operand slice, V_STAGES × V tile (all
+    // swizzled, 1024-byte aligned), ñ_k's atoms, gate vectors.
+    let base = (shared::base() + ALIGN - 1) & !(ALIGN - 1);
+    let stage_q = |st: u32| base + st * q_bytes();
+    let ring = base + STAGES * q_bytes();
+    let stage_b = |st: u32| ring + st * ring_bytes();
+    let stage_v = |st: u32| ring + STAGES * ring_bytes() + st * v_bytes();
+    let sn = ring + STAGES * ring_bytes() + V_STAGES * v_bytes();
+    let scol = sn + n_bytes(dqk); // C_j
+    let srow_r = scol + 4 * l; // R_i
+    let srow_scale = srow_r + 4 * TILE_Q; // e^{m_k − M_i}
+    let srow_floor = srow_scale + 4 * TILE_Q; // e^{−m_i} (1 for sig)
+
+    // Global bases of this head.
+    let head = bh as u64;
+    let gq = p.ptr.q + head * (s as u64) * (dqk as u64) * 2;
+    let gk = p.ptr.k + head * (s as u64) * (dqk as u64) * 2;
+    let gv = p.ptr.v + head * (s as u64) * (dhv as u64) * 2;
+    let gh = p.ptr.h + head * (s as u64) * (dhv as u64) * 2;
+    let gate_row = head * ((nc * l) as u64) + t0 as u64;
+    let hk = head * nc as u64 + k as u64;
+
+    // Items 0..n_c are C̃_k slices, then key tile kt, K slice ds is item n_c + kt·n_d + ds.
+    let gc = p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 2;
+    let (n_c, n_d) = (dqk.div_ceil(TILE_C).max(1), dqk.div_ceil(KD).max(1));
+    let n_items = n_c + nkeys.div_ceil(TILE_K) * n_d;
+    let issue = |item: u32| unsafe {
+        let st = item % STAGES;
+        let dd = if item < n_c {
+            item * TILE_C
+        } else {
+            ((item - n_c) % n_d) * KD
+        };
+        let rows_q = (t0 + i0, t0 + len);
+        stage::rows_sw128::<THREADS, { KD / 8 }>(stage_q(st), gq, rows_q, (dd, dqk), TILE_Q);
+        if item < n_c {
+            let rows_c = (item * TILE_C, dqk);
+            let cols = (v0, dhv);
+            stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(stage_b(st), gc, rows_c, cols, TILE_C);
+        } else {
+            let (kt, ds) = ((item - n_c) / n_d, (item - n_c) % n_d);
+            let keys = (t0 + kt * TILE_K, t0 + len);
+            stage::rows_sw128::<THREADS, { KD / 8 }>(stage_b(st), gk, keys, (ds * KD, dqk), TILE_K);
+            if ds == 0 {
+                let sv = stage_v(kt % V_STAGES);
+                stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(sv, gv, keys, (v0, dhv), TILE_K);
+            }
+        }
+        cp_async::commit();
+    };
+    issue(0);
+    if n_items > 1 {
+        issue(1);
+    } else {
+        unsafe { cp_async::commit() }; // an empty group: the waits count one behind
+    }
+
+    // The gate vectors of this tile, while item 0 loads (as in `chunk_output`).
+    let mut j = tid;
+    while j < nkeys {
+        let u = unsafe { global::ld_nc_f32(p.ptr.gate_u + (gate_row + j as u64) * 4) };
+        unsafe { shared::st_f32(scol + 4 * j, u * math::LOG2_E) };
+        j += THREADS;
+    }
+    let m_k = if G::STABILIZED {
+        unsafe { global::ld_nc_f32(p.ptr.m_states + hk * 4) }
+    } else {
+        0.0
+    };
+    if tid < TILE_Q {
+        let i = i0 + tid;
+        let (r, scale, floor, m_row) = if i >= len {
+            (0.0, 0.0, 1.0, 0.0)
+        } else {
+            let b = unsafe { global::ld_nc_f32(p.ptr.gate_b + (gate_row + i as u64) * 4) };
+            if G::STABILIZED {
+                let cm = unsafe { global::ld_nc_f32(p.ptr.gate_cm + (gate_row + i as u64) * 4) };
+                let big_m = m_k.max(cm);
+                (
+                    -big_m,
+                    math::exp(m_k - big_m),
+                    math::exp(-(b + big_m)),
+                    b + big_m,
+                )
+            } else {
+                (b, math::exp(b), 1.0, 0.0)
+            }
+        };
+        unsafe {
+            shared::st_f32(srow_r + 4 * tid, r * math::LOG2_E);
+            shared::st_f32(srow_scale + 4 * tid, scale);
+            shared::st_f32(srow_floor + 4 * tid, floor);
+            if p.ptr.m_rows != 0 && v0 == 0 && i < len {
+                global::st_f32(
+                    p.ptr.m_rows + (head * s as u64 + (t0 + i) as u64) * 4,
+                    m_row,
+                );
+            }
+        }
+    }
+    if G::NORMALIZED {
+        // ñ_k's atoms: per slice, row 0 the 16-bit head of ñ_k (zero past DQK), row 1 its
+        // tail, rows 2–7 zero; swizzled like every K-major operand.
+        let mut d = 2 * tid;
+        while d < n_c * TILE_C {
+            let at = |x: u32| {
+                let g = p.ptr.n_states + (hk * dqk as u64 + x as u64) * 4;
+                if x < dqk {
+                    unsafe { global::ld_nc_f32(g) }
+                } else {
+                    0.0
+                }
+            };
+            let (hi, lo) = split2::<E>([at(d), at(d + 1)]);
+            let atom = sn + (d / TILE_C) * ALIGN;
+            let c = d % TILE_C;
+            unsafe {
+                shared::st_u32(atom + stage::sw128(8, 0, c) + 2 * (c % 8), hi);
+                shared::st_u32(atom + stage::sw128(8, 1, c) + 2 * (c % 8), lo);
+            }
+            d += 2 * THREADS;
+        }
+        let mut x = tid;
+        while x < n_c * 48 {
+            // 48 vectors of 16 bytes: rows 2–7 of atom x / 48.
+            unsafe { shared::st_v4(sn + (x / 48) * ALIGN + 256 + 16 * (x % 48), [0; 4]) };
+            x += THREADS;
+        }
+    }
+
+    // (From a constant: a repeat expression this long becomes a store loop that keeps the
+    // array out of registers.)
+    const ZERO: [f32; 4 * NB] = [0.0; 4 * NB];
+    let mut acc = ZERO;
+    let mut sacc = [0f32; 4 * NB_S];
+    let mut nacc = [0f32; 4];
+    // This lane's part of the row sums s_i (rows g and g + 8 of its warp), reduced over the
+    // quad at the end.
+    let mut row_sum = [0f32; 2];
+    let wrow = 16 * warp; // the warp's first row in the tile (warpgroup wg's rows 64·wg ..)
+    // Item `item` has landed (the next one may still load) and this warpgroup's `wgmma`s of
+    // the previous item are done; after the barrier, every warpgroup's are, so the stages the
+    // previous item read are free for item + 2 (and a key tile's V stage for the tile after
+    // next: V_STAGES). The `wgmma`s of an item run on while the threads wait here for the next
+    // one's loads.
+    let step = |item: u32| unsafe {
+        cp_async::wait::<1>();
+        wgmma::fence_proxy_async();
+        wgmma::wait_all();
+        thread::sync_threads();
+        match (item + 2 < n_items).then_some(item + 2) {
+            Some(n) => issue(n),
+            None => cp_async::commit(), // an empty group: the waits count one behind
+        }
+    };
+    // Inter-chunk term: acc += Q[:, dc..dc+TILE_C] · C̃_k[dc..dc+TILE_C, v0..] (the slices are
+    // zero past DQK, ñ_k's atoms too). (Two loops: ptxas serializes `wgmma`s whose
+    // accumulators other instructions write inside the loop that carries them in flight.)
+    for item in 0..n_c {
+        step(item);
+        let st = item % STAGES;
+        let sq = stage_q(st) + HALF_Q * wg;
+        if wg_live {
+            unsafe {
+                wgmma::fence();
+                unroll!(4, ks => {
+                    let ks = ks as u32;
+                    E::ss_n256_mn(&mut acc, k_major(sq, ks), mn_major(stage_b(st), ks), true);
+                    if G::NORMALIZED {
+                        E::ss_n8_k(&mut nacc, k_major(sq, ks), k_major(sn + item * ALIGN, ks), true);
+                    }
+                });
+                wgmma::commit();
+            }
+        }
+    }
+    unsafe { wgmma::wait_all() };
+    acc.hold();
+    nacc.hold();
+    // Scale the inter-chunk term by e^{m_k − M_i} (sig: e^{b_i}) per row; ñ_kᵀq (columns 0
+    // and 1 of nacc, lane t = 0) starts the row sum.
+    unroll!(2, half => {
+        let e = 2 * half;
+        let rr = wrow + acc_pos(lane, e).0;
+        let scale = unsafe { shared::ld_f32(srow_scale + 4 * rr) };
+        unroll!(32, nb => {
+            acc[4 * nb + e] *= scale;
+            acc[4 * nb + e + 1] *= scale;
+        });
+        row_sum[half] = scale * (nacc[e] + nacc[e + 1]);
+    });
+    // Intra-chunk term, key tile kt: S (+)= Q[:, ds·KD..] · K[kt, ds·KD..]ᵀ, left running but
+    // for the last slice, whose S the gates need now; then acc += P·V, left running.
+    for item in n_c..n_items {
+        step(item);
+        let st = item % STAGES;
+        let sq = stage_q(st) + HALF_Q * wg;
+        let (kt, ds) = ((item - n_c) / n_d, (item - n_c) % n_d);
+        if wg_live && kt < wg_tiles {
+            let sk = stage_b(st);
+            unsafe {
+                wgmma::fence();
+                unroll!(4, ks => {
+                    let ks = ks as u32;
+                    E::ss_n64_k(&mut sacc, k_major(sq, ks), k_major(sk, ks), ds > 0 || ks > 0);
+                });
+                wgmma::commit();
+            }
+            if ds + 1 == n_d {
+                unsafe { wgmma::wait_all() };
+                sacc.hold();
+                // P = S ⊙ 2^(R_i + C_j) (causal, ragged rows masked), straight into P·V's A
+                // fragments (n-blocks 2ks, 2ks + 1 for k-step ks), all before the fence: ptxas
+                // serializes `wgmma`s whose registers (S's accumulators, the A fragments) other
+                // instructions write while one may be in flight.
+                let kb = kt * TILE_K;
+                let mut a = [[0u32; 4]; 4];
+                unroll!(4, ks => {
+                    let mut pv = [0f32; 8];
+                    unroll!(8, x => {
+                        let (nb, e) = (2 * ks + x / 4, x % 4);
+                        let (r, c) = acc_pos(lane, e);
+                        let rr = wrow + r;
+                        let (i, j) = (i0 + rr, kb + nb as u32 * 8 + c);
+                        // Branch-free, as in `chunk_output`.
+                        let w = math::exp2(unsafe { shared::ld_f32(srow_r + 4 * rr) + shared::ld_f32(scol + 4 * j) });
+                        let w = if j <= i && i < len { w } else { 0.0 };
+                        pv[x] = sacc[4 * nb + e] * w;
+                        row_sum[e / 2] += pv[x];
+                    });
+                    a[ks] = acc_to_a::<E>(&[pv[0], pv[1], pv[2], pv[3]], &[pv[4], pv[5], pv[6], pv[7]]);
+                });
+                let sv = stage_v(kt % V_STAGES);
+                unsafe {
+                    wgmma::fence();
+                    unroll!(4, ks => { E::rs_n256_mn(&mut acc, a[ks], mn_major(sv, ks as u32)) });
+                    wgmma::commit();
+                }
+            }
+        }
+    }
+    unsafe { wgmma::wait_all() };
+    acc.hold();
+
+    // Normalize and store, as in `chunk_output` (16-byte stores after a 4 × 4 transpose within
+    // each quad of lanes).
+    unroll!(2, x => {
+        let rs = &mut row_sum[x];
+        *rs += unsafe { shfl::xor_f32(*rs, 1) };
+        *rs += unsafe { shfl::xor_f32(*rs, 2) };
+        let rr = wrow + lane / 4 + 8 * x as u32;
+        let i = i0 + rr;
+        let norm = p.scale * *rs; // s_i
+        let den = if G::NORMALIZED {
+            let floor = unsafe { shared::ld_f32(srow_floor + 4 * rr) };
+            norm.abs().max(floor) + p.eps
+        } else {
+            1.0
+        };
+        let factor = p.scale / den;
+        let row = gh + ((t0 + i) as u64) * (dhv as u64) * 2;
+        let (hi1, hi2) = (lane & 1 != 0, lane & 2 != 0);
+        unroll!(8, grp => {
+            let mut v = [0u32; 4];
+            unroll!(4, j => {
+                let nb = 4 * grp + j;
+                v[j] = E::pack(acc[4 * nb + 2 * x] * factor, acc[4 * nb + 2 * x + 1] * factor);
+            });
+            unroll!(2, p => {
+                let send = if hi2 { v[p] } else { v[p + 2] };
+                let got = unsafe { shfl::xor_f32(f32::from_bits(send), 2) }.to_bits();
+                if hi2 { v[p] = got } else { v[p + 2] = got }
+            });
+            unroll!(2, p => {
+                let p = 2 * p;
+                let send = if hi1 { v[p] } else { v[p + 1] };
+                let got = unsafe { shfl::xor_f32(f32::from_bits(send), 1) }.to_bits();
+                if hi1 { v[p] = got } else { v[p + 1] = got }
+            });
+            let c = v0 + (4 * grp as u32 + lane % 4) * 8;
+            unsafe { global::st_v4_b32_if(i < len && c < dhv, row + c as u64 * 2, v) };
+        });
+        if i < len && p.ptr.norm_rows != 0 && v0 == 0 && lane % 4 == 0 {
+            let norm = if G::NORMALIZED { norm } else { 0.0 };
+            unsafe { global::st_f32(p.ptr.norm_rows + (head * s as u64 + (t0 + i) as u64) * 4, norm) };
+        }
+    });
+}
