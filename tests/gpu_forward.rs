@@ -245,27 +245,30 @@ fn forward_ragged_shapes_and_every_chunk_size() {
     run(&cases, "forward_ragged_shapes_and_every_chunk_size");
 }
 
-/// Shapes for the `wgmma` output tile (sm_90a builds: `fwd::output_wg`, 128 rows × 256 value
-/// columns; other builds run the same cases on the `mma.sync` kernel): every variant and
-/// dtype, partial column and head-dim slices, a ragged last chunk whose second warpgroup has
-/// no rows (L = 256, 40 steps), and one whose second row tile is empty (L = 256, 100 steps).
+/// Shapes for the `wgmma` output tiles (sm_90a builds: `fwd::output_wg`, 128 rows × 256 or
+/// 128 value columns; other builds run the same cases on the `mma.sync` kernel): every variant
+/// and dtype at both widths, partial column and head-dim slices, a ragged last chunk whose
+/// second warpgroup has no rows (L = 256, 40 steps), and one whose second row tile is empty
+/// (L = 256, 100 steps).
 #[test]
 #[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
 fn forward_wgmma_output_tile_shapes() {
     let mut cases = Vec::new();
     for variant in tfla::registry::KERNELS.iter().map(|k| k.variant) {
         for dtype in [Dtype::Bf16, Dtype::F16] {
-            cases.push(Case {
-                shape: shape(1, 2, 300, 80, 272),
-                chunk: 128,
-                variant,
-                dtype,
-                initial_state: true,
-            });
+            for (dqk, dhv) in [(80, 272), (128, 128)] {
+                cases.push(Case {
+                    shape: shape(1, 2, 300, dqk, dhv),
+                    chunk: 128,
+                    variant,
+                    dtype,
+                    initial_state: true,
+                });
+            }
         }
-        for s in [256 + 40, 512 + 100] {
+        for (s, dhv) in [(256 + 40, 512), (512 + 100, 512), (256 + 40, 80)] {
             cases.push(Case {
-                shape: shape(1, 1, s, 192, 512),
+                shape: shape(1, 1, s, 192, dhv),
                 chunk: 256,
                 variant,
                 dtype: Dtype::Bf16,

@@ -49,6 +49,7 @@ fn fwd_entry_names() -> Vec<&'static str> {
         if tfla::runtime::PTX_ARCH == "sm_90a" {
             for dtype in [Dtype::Bf16, Dtype::F16] {
                 names.push(entry_name(FwdKernel::ChunkOutputWg, gates, dtype));
+                names.push(entry_name(FwdKernel::ChunkStateWg, gates, dtype));
             }
         }
     }

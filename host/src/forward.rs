@@ -683,9 +683,18 @@ pub(crate) fn kernel_gates(variant: Variant) -> Gates {
     }
 }
 
-/// The chunk-state kernel in the shape `fwd::wide_state` picks for the head dims.
+/// The chunk-state kernel in the shape `fwd::wide_state` picks for the head dims (the wide
+/// one on `wgmma` where the build has it, sm_90a).
 fn state_launch(p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
-    if fwd::wide_state(p.dqk, p.dhv) {
+    let wide = fwd::wide_state(p.dqk, p.dhv);
+    if wide && cfg!(tfla_wgmma) {
+        Launch {
+            name: fwd::entry_name(FwdKernel::ChunkStateWg, gates, kdtype),
+            grid: fwd::state_wide::TILES.grid(p),
+            threads: fwd::state_wg::THREADS,
+            smem: fwd::state_wg::smem_bytes(),
+        }
+    } else if wide {
         Launch {
             name: fwd::entry_name(FwdKernel::ChunkStateWide, gates, kdtype),
             grid: fwd::state_wide::TILES.grid(p),

@@ -153,6 +153,45 @@ pub mod state_wide {
     };
 }
 
+/// The wide chunk-state shape on `wgmma` (sm_90a builds; `chunk_state_wg`), taken wherever
+/// [`wide_state`] picks the wide shape: the same 128 × 256 state tile, held by two warpgroups
+/// of 64 rows each as m64n256 accumulators. Per 16 steps a warp weights one A fragment of K̃ᵀ
+/// (its 16 rows) and its warpgroup issues one `wgmma` with V read from shared memory (128-byte
+/// swizzle), where the `mma.sync` shape loads 4 A and 8 B fragments and issues 32 `mma`s per
+/// warp.
+pub mod state_wg {
+    use super::*;
+    pub const WARPGROUPS: u32 = 2;
+    pub const WARPS: u32 = 4 * WARPGROUPS;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// The state tile: 64 DQK rows per warpgroup (the M of `wgmma`) × 256 DHV columns (N).
+    pub const TILE_QK: u32 = 64 * WARPGROUPS;
+    pub const TILE_HV: u32 = 256;
+    pub const SUB_L: u32 = 64;
+    pub const STAGES: u32 = 3;
+    /// Alignment of the swizzled V sub-tiles (see `output_wg::ALIGN`).
+    pub const ALIGN: u32 = 1024;
+    /// One V sub-tile, SUB_L × TILE_HV, swizzled (panels of 64 columns).
+    pub const fn v_bytes() -> u32 {
+        SUB_L * TILE_HV * 2
+    }
+    /// One K sub-tile, SUB_L × TILE_QK, padded rows (read with `ldmatrix.trans`).
+    pub const fn k_bytes() -> u32 {
+        SUB_L * (TILE_QK + SMEM_ROW_PAD) * 2
+    }
+    /// ALIGN, STAGES × V sub-tile, STAGES × (K sub-tile, its u: SUB_L f32), the tile of C̃_k
+    /// staged for its store (TILE_QK × TILE_HV, 16-bit, padded rows).
+    pub const fn smem_bytes() -> u32 {
+        ALIGN
+            + STAGES * (v_bytes() + k_bytes() + SUB_L * 4)
+            + TILE_QK * (TILE_HV + SMEM_ROW_PAD) * 2
+    }
+    const _: () = assert!(
+        TILE_QK == state_wide::TILE_QK && TILE_HV == state_wide::TILE_HV,
+        "the grid of `state_wide::TILES` serves both wide kernels"
+    );
+}
+
 /// A chunk-state tile shape (`state`, `state_wide`) and what follows from it: shared memory,
 /// STAGES × (K sub-tile sub_l × qk, V sub-tile sub_l × hv, 16-bit, padded rows; the
 /// sub-tile's u, sub_l f32), then the tile of C̃_k staged for its store (qk × hv, 16-bit,
@@ -402,6 +441,8 @@ pub enum FwdKernel {
     ChunkState,
     /// The chunk-state kernel in its wide shape (`state_wide`, chosen by `wide_state`).
     ChunkStateWide,
+    /// The wide chunk-state kernel on `wgmma` (`state_wg`; in sm_90a builds only).
+    ChunkStateWg,
     ChunkOutput,
     /// The chunk-output kernel on `wgmma` (`output_wg`; in sm_90a builds only).
     ChunkOutputWg,
@@ -430,6 +471,12 @@ pub const fn entry_name(kernel: FwdKernel, gates: Gates, dtype: Dtype) -> &'stat
         (ChunkStateWide, Sig, F16) => "mlstm_fwd_chunk_state_wide_sig_f16",
         (ChunkStateWide, SigNoNorm, Bf16) => "mlstm_fwd_chunk_state_wide_signn_bf16",
         (ChunkStateWide, SigNoNorm, F16) => "mlstm_fwd_chunk_state_wide_signn_f16",
+        (ChunkStateWg, Exp, Bf16) => "mlstm_fwd_chunk_state_wg_exp_bf16",
+        (ChunkStateWg, Exp, F16) => "mlstm_fwd_chunk_state_wg_exp_f16",
+        (ChunkStateWg, Sig, Bf16) => "mlstm_fwd_chunk_state_wg_sig_bf16",
+        (ChunkStateWg, Sig, F16) => "mlstm_fwd_chunk_state_wg_sig_f16",
+        (ChunkStateWg, SigNoNorm, Bf16) => "mlstm_fwd_chunk_state_wg_signn_bf16",
+        (ChunkStateWg, SigNoNorm, F16) => "mlstm_fwd_chunk_state_wg_signn_f16",
         (ChunkOutput, Exp, Bf16) => "mlstm_fwd_chunk_output_exp_bf16",
         (ChunkOutput, Exp, F16) => "mlstm_fwd_chunk_output_exp_f16",
         (ChunkOutput, Sig, Bf16) => "mlstm_fwd_chunk_output_sig_bf16",
@@ -471,6 +518,7 @@ mod tests {
         // Two output blocks per SM (228 KiB, 1 KiB reserved per block) at the largest config.
         assert!(2 * (output::smem_bytes(1024, 512) + 1024) <= 228 * 1024);
         assert!(output_wg::smem_bytes(1024, MAX_HEAD_DIM) <= HOPPER_SMEM);
+        assert!(state_wg::smem_bytes() <= HOPPER_SMEM);
     }
 
     #[test]

@@ -29,6 +29,20 @@ pub fn desc_sw128(addr: u32, lbo: u32, sbo: u32) -> u64 {
     field(addr) | field(lbo) << 16 | field(sbo) << 32 | 1 << 62
 }
 
+/// A K-major operand in the swizzle at `addr` (rows of 64 k: Q, K), k16 step `ks`: 32 bytes
+/// along the 128-byte rows; 8-row atoms 1024 bytes apart.
+#[inline(always)]
+pub fn k_major(addr: u32, ks: u32) -> u64 {
+    desc_sw128(addr + 32 * ks, 16, 1024)
+}
+
+/// An MN-major operand in the swizzle at `addr` (rows of the reduction index: C̃_k, V) whose
+/// 64-column panels are `panel` bytes apart, k16 step `ks`: two 8-row atoms on.
+#[inline(always)]
+pub fn mn_major(addr: u32, ks: u32, panel: u32) -> u64 {
+    desc_sw128(addr + 2048 * ks, panel, 1024)
+}
+
 /// Orders this thread's earlier register writes (accumulators, A fragments) before the next
 /// `wgmma`.
 ///

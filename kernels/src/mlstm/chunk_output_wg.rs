@@ -20,7 +20,7 @@
 use super::gates::GateKind;
 use super::stage;
 use crate::arch::convert::Elem;
-use crate::arch::wgmma::{self, Hold, Wgmma, desc_sw128};
+use crate::arch::wgmma::{self, Hold, Wgmma, k_major};
 use crate::arch::{cp_async, global, math, shared, shfl, thread};
 use crate::tile::{acc_pos, acc_to_a, split2};
 use tfla_params::fwd::{FwdParams, output_wg::*};
@@ -42,20 +42,6 @@ const _: () = assert!(
     NB == 32 && NB_S == 8 && WARPGROUPS == 2,
     "the unroll! counts below assume 32 value n-blocks, 8 key n-blocks, two warpgroups"
 );
-
-/// A K-major operand at `addr` (Q's rows, K's rows), k16 step `ks`: 32 bytes along the
-/// swizzled 128-byte rows; 8-row atoms 1024 bytes apart.
-#[inline(always)]
-fn k_major(addr: u32, ks: u32) -> u64 {
-    desc_sw128(addr + 32 * ks, 16, 1024)
-}
-
-/// An MN-major operand at `addr` (C̃_k's and V's rows are the reduction index), k16 step `ks`:
-/// two 8-row atoms on; 64-column panels PANEL_C apart.
-#[inline(always)]
-fn mn_major(addr: u32, ks: u32) -> u64 {
-    desc_sw128(addr + 2048 * ks, PANEL_C, 1024)
-}
 
 /// # Safety
 /// Launched with `grid(p)`, THREADS threads and `smem_bytes(p.chunk, p.dqk)` bytes of dynamic
@@ -250,7 +236,7 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
                 wgmma::fence();
                 unroll!(4, ks => {
                     let ks = ks as u32;
-                    E::ss_n256_mn(&mut acc, k_major(sq, ks), mn_major(stage_b(st), ks), true);
+                    E::ss_n256_mn(&mut acc, k_major(sq, ks), wgmma::mn_major(stage_b(st), ks, PANEL_C), true);
                     if G::NORMALIZED {
                         E::ss_n8_k(&mut nacc, k_major(sq, ks), k_major(sn + item * ALIGN, ks), true);
                     }
@@ -318,7 +304,7 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
                 let sv = stage_v(kt % V_STAGES);
                 unsafe {
                     wgmma::fence();
-                    unroll!(4, ks => { E::rs_n256_mn(&mut acc, a[ks], mn_major(sv, ks as u32)) });
+                    unroll!(4, ks => { E::rs_n256_mn(&mut acc, a[ks], wgmma::mn_major(sv, ks as u32, PANEL_C)) });
                     wgmma::commit();
                 }
             }

@@ -14,6 +14,8 @@ mod chunk_output;
 #[cfg(target_feature = "sm_90a")]
 mod chunk_output_wg;
 mod chunk_state;
+#[cfg(target_feature = "sm_90a")]
+mod chunk_state_wg;
 mod chunk_state_wide;
 mod gates;
 mod pack;
@@ -76,10 +78,16 @@ entry! {
     mlstm_fwd_recurrent_signn_f32 = recurrent_f32<SigNoNormGates>;
 }
 
-// The chunk-output kernel on `wgmma`, in sm_90a builds only (`tfla_params::fwd::output_wg`).
+// The `wgmma` kernels, in sm_90a builds only (`tfla_params::fwd::state_wg`, `output_wg`).
 #[cfg(target_feature = "sm_90a")]
 entry! {
     FwdParams;
+    mlstm_fwd_chunk_state_wg_exp_bf16 = chunk_state_wg<Bf16, ExpGates>;
+    mlstm_fwd_chunk_state_wg_exp_f16 = chunk_state_wg<F16, ExpGates>;
+    mlstm_fwd_chunk_state_wg_sig_bf16 = chunk_state_wg<Bf16, SigGates>;
+    mlstm_fwd_chunk_state_wg_sig_f16 = chunk_state_wg<F16, SigGates>;
+    mlstm_fwd_chunk_state_wg_signn_bf16 = chunk_state_wg<Bf16, SigNoNormGates>;
+    mlstm_fwd_chunk_state_wg_signn_f16 = chunk_state_wg<F16, SigNoNormGates>;
     mlstm_fwd_chunk_output_wg_exp_bf16 = chunk_output_wg<Bf16, ExpGates>;
     mlstm_fwd_chunk_output_wg_exp_f16 = chunk_output_wg<F16, ExpGates>;
     mlstm_fwd_chunk_output_wg_sig_bf16 = chunk_output_wg<Bf16, SigGates>;
