@@ -331,6 +331,26 @@ fn backward_matches_reference_all_variants_modes_and_dtypes() {
     );
 }
 
+/// Shapes of the wide state tile (`fwd::wide_state`: 128 × 256; on `wgmma` in sm_90a builds):
+/// every variant, mode and 16-bit dtype with partial tiles in both directions and initial
+/// states, and the xLSTM-7B head shape with a ragged last chunk.
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn backward_wide_state_tile_shapes() {
+    let mut cases = Vec::new();
+    for variant in VARIANTS {
+        for mode in MODES {
+            for dtype in [BF16, F16] {
+                cases.push(case(shape(1, 2, 300, 144, 272), 128, variant, dtype, mode));
+            }
+            cases.push(
+                case(shape(1, 1, 296, 256, 512), 256, variant, BF16, mode).without_final_grads(),
+            );
+        }
+    }
+    run(&cases, "backward_wide_state_tile_shapes");
+}
+
 #[test]
 #[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
 fn backward_ragged_shapes_and_chunk_sizes() {
