@@ -153,6 +153,11 @@ pub mod state_wide {
     };
 }
 
+/// Alignment of the tiles the `wgmma` kernels stage in the 128-byte swizzle (one 8-row atom,
+/// whose XOR pattern follows the address bits); those kernels round the dynamic shared memory
+/// up to it, so their `smem_bytes` count it once more.
+pub const SW128_ALIGN: u32 = 1024;
+
 /// The wide chunk-state shape on `wgmma` (sm_90a builds; `chunk_state_wg`), taken wherever
 /// [`wide_state`] picks the wide shape: the same 128 × 256 state tile, held by two warpgroups
 /// of 64 rows each as m64n256 accumulators. Per 16 steps a warp weights one A fragment of K̃ᵀ
@@ -169,8 +174,7 @@ pub mod state_wg {
     pub const TILE_HV: u32 = 256;
     pub const SUB_L: u32 = 64;
     pub const STAGES: u32 = 3;
-    /// Alignment of the swizzled V sub-tiles (see `output_wg::ALIGN`).
-    pub const ALIGN: u32 = 1024;
+    pub use super::SW128_ALIGN as ALIGN;
     /// One V sub-tile, SUB_L × TILE_HV, swizzled (panels of 64 columns).
     pub const fn v_bytes() -> u32 {
         SUB_L * TILE_HV * 2
@@ -326,9 +330,7 @@ pub mod output_wg {
     /// its last; with two K slices or more per key tile (DQK > KD, see `applies`) the next
     /// tile's V is issued after the previous tile's was read.
     pub const V_STAGES: u32 = 2;
-    /// Alignment of the swizzled tiles (one 8-row atom); the dynamic shared memory is rounded
-    /// up to it in the kernel, hence ALIGN more bytes.
-    pub const ALIGN: u32 = 1024;
+    pub use super::SW128_ALIGN as ALIGN;
 
     /// One stage of the Q ring: a KD-wide slice of the Q tile (TILE_Q × KD, 16-bit, swizzled).
     pub const fn q_bytes() -> u32 {
