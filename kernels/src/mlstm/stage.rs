@@ -74,6 +74,7 @@ pub unsafe fn rows<const THREADS: u32, const VECS: u32>(
 /// Shared-memory offset of element (r, c) (c a multiple of 8) of a tile of `rows` rows in the
 /// 128-byte swizzle (`arch::wgmma`): panels of 64 columns, `rows` × 128 bytes each, one after
 /// the other; in a panel row r at 128·r, its 16-byte chunk (c % 64) / 8 at that XOR r % 8.
+#[cfg(target_feature = "sm_90a")]
 #[inline(always)]
 pub const fn sw128(rows: u32, r: u32, c: u32) -> u32 {
     (c / 64) * rows * 128 + r * 128 + (((c % 64) / 8) ^ (r % 8)) * 16
@@ -85,6 +86,7 @@ pub const fn sw128(rows: u32, r: u32, c: u32) -> u32 {
 ///
 /// # Safety
 /// As [`rows`]; the tile at `saddr` holds ⌈8·VECS / 64⌉ panels of `rows` rows.
+#[cfg(target_feature = "sm_90a")]
 #[inline(always)]
 pub unsafe fn rows_sw128<const THREADS: u32, const VECS: u32>(
     saddr: u32,
