@@ -174,25 +174,6 @@ pub unsafe fn advance(next: Option<u32>, issue: impl Fn(u32)) {
     unsafe { advance_by::<1>(next, issue) }
 }
 
-/// [`advance_by`] for stages that `wgmma` reads: between the wait and the barrier each thread
-/// makes its landed copies visible to the async proxy.
-///
-/// # Safety
-/// As [`advance_by`].
-#[cfg(target_feature = "sm_90a")]
-#[inline(always)]
-pub unsafe fn advance_by_for_wgmma<const AHEAD: u32>(next: Option<u32>, issue: impl Fn(u32)) {
-    match next {
-        Some(n) => issue(n),
-        None => unsafe { cp_async::commit() },
-    }
-    unsafe {
-        cp_async::wait::<AHEAD>();
-        crate::arch::wgmma::fence_proxy_async();
-        thread::sync_threads();
-    }
-}
-
 /// One step of a pipeline that keeps `AHEAD` items in flight behind the current one (a ring of
 /// AHEAD + 1 stages, primed with AHEAD groups): issues item `next` = current + AHEAD (or an
 /// empty group), then waits until the current item has landed and every thread sees it.
@@ -201,12 +182,33 @@ pub unsafe fn advance_by_for_wgmma<const AHEAD: u32>(next: Option<u32>, issue: i
 /// As [`advance`]; the stage `next` goes to was last read before the previous barrier.
 #[inline(always)]
 pub unsafe fn advance_by<const AHEAD: u32>(next: Option<u32>, issue: impl Fn(u32)) {
+    unsafe { step::<AHEAD, false>(next, issue) }
+}
+
+/// [`advance_by`] for stages that `wgmma` reads: between the wait and the barrier each thread
+/// makes its landed copies visible to the async proxy.
+///
+/// # Safety
+/// As [`advance_by`].
+#[cfg(target_feature = "sm_90a")]
+#[inline(always)]
+pub unsafe fn advance_by_for_wgmma<const AHEAD: u32>(next: Option<u32>, issue: impl Fn(u32)) {
+    unsafe { step::<AHEAD, true>(next, issue) }
+}
+
+/// The pipeline step of [`advance_by`] and [`advance_by_for_wgmma`] (`ASYNC_PROXY`).
+#[inline(always)]
+unsafe fn step<const AHEAD: u32, const ASYNC_PROXY: bool>(next: Option<u32>, issue: impl Fn(u32)) {
     match next {
         Some(n) => issue(n),
         None => unsafe { cp_async::commit() },
     }
     unsafe {
         cp_async::wait::<AHEAD>();
+        #[cfg(target_feature = "sm_90a")]
+        if ASYNC_PROXY {
+            crate::arch::wgmma::fence_proxy_async();
+        }
         thread::sync_threads();
     }
 }
