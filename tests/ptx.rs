@@ -46,7 +46,7 @@ fn fwd_entry_names() -> Vec<&'static str> {
     }
     for gates in GATES {
         names.push(tfla_params::fwd::recurrent::entry_name(gates));
-        if tfla::runtime::PTX_ARCH == "sm_90a" {
+        if tfla::runtime::WGMMA {
             for dtype in [Dtype::Bf16, Dtype::F16] {
                 names.push(entry_name(FwdKernel::ChunkOutputWg, gates, dtype));
                 names.push(entry_name(FwdKernel::ChunkStateWg, gates, dtype));
@@ -86,7 +86,7 @@ fn embedded_ptx_has_every_entry_point_and_no_externs() {
             "the kernels are meant to use {instr}"
         );
     }
-    if tfla::runtime::PTX_ARCH == "sm_90a" {
+    if tfla::runtime::WGMMA {
         assert!(tfla::runtime::PTX.contains("wgmma.mma_async.sync.aligned.m64n256k16"));
     }
 }

@@ -687,7 +687,7 @@ pub(crate) fn kernel_gates(variant: Variant) -> Gates {
 /// one on `wgmma` where the build has it, sm_90a).
 fn state_launch(p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
     let wide = fwd::wide_state(p.dqk, p.dhv);
-    if wide && cfg!(tfla_wgmma) {
+    if wide && crate::runtime::WGMMA {
         Launch {
             name: fwd::entry_name(FwdKernel::ChunkStateWg, gates, kdtype),
             grid: fwd::state_wide::TILES.grid(p),
@@ -745,7 +745,7 @@ fn fwd_launches(p: &FwdParams, gates: Gates, dtype: Dtype) -> Vec<Launch> {
 /// The chunk-output launch: on `wgmma` where the build has it (sm_90a) and the shape suits its
 /// 128 × 256 tile (`output_wg::applies`), else the `mma.sync` kernel.
 fn output_launch(p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
-    if cfg!(tfla_wgmma) && fwd::output_wg::applies(p.chunk, p.dqk, p.dhv) {
+    if crate::runtime::WGMMA && fwd::output_wg::applies(p.chunk, p.dqk, p.dhv) {
         Launch {
             name: fwd::entry_name(FwdKernel::ChunkOutputWg, gates, kdtype),
             grid: fwd::output_wg::grid(p),

@@ -12,6 +12,8 @@ use std::sync::Mutex;
 pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/tfla_kernels.ptx"));
 /// The architecture the embedded PTX targets (`sm_90a`, or `sm_90` with `TFLA_ARCH=sm_90`).
 pub const PTX_ARCH: &str = env!("TFLA_PTX_ARCH");
+/// Whether the embedded PTX has the `wgmma` kernels (an sm_90a build; `host/build.rs`).
+pub const WGMMA: bool = cfg!(tfla_wgmma);
 
 /// A CUDA device with tfla's module loaded and a stream to launch on. Kernels launched through
 /// one `Runtime` run in order on its stream.

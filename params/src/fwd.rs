@@ -244,6 +244,17 @@ pub const fn wide_state(dqk: u32, dhv: u32) -> bool {
     dqk >= state_wide::TILE_QK && dhv >= state_wide::TILE_HV
 }
 
+/// The grid of a chunk-output kernel with tiles of `tile_q` rows × `tile_hv` value columns:
+/// (DHV tiles, NC · L / tile_q row tiles, BH); the DHV tiles of one row tile run side by side,
+/// so its Q and K tiles are read from L2 while still there.
+pub const fn output_grid(p: &FwdParams, tile_q: u32, tile_hv: u32) -> (u32, u32, u32) {
+    (
+        div_ceil(p.dhv, tile_hv),
+        p.num_chunks * (p.chunk / tile_q),
+        p.bh,
+    )
+}
+
 /// Chunk-output kernel: one block owns TILE_Q rows of one chunk and TILE_HV value columns;
 /// it adds the inter-chunk term Q·C̃_k and then walks the key tiles of the chunk up to the
 /// diagonal, streaming KD-wide slices of Q with slices of C̃_k or K, and V tiles, through a
@@ -290,14 +301,9 @@ pub mod output {
         STAGES * (q_bytes() + ring_bytes() + v_bytes()) + gate_bytes(chunk, dqk)
     }
 
-    /// (DHV tiles, NC · L / TILE_Q row tiles, BH): the DHV tiles of one row tile run side by
-    /// side, so its Q and K tiles are read from L2 while still there.
+    /// [`output_grid`] of this tile.
     pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
-        (
-            div_ceil(p.dhv, TILE_HV),
-            p.num_chunks * (p.chunk / TILE_Q),
-            p.bh,
-        )
+        output_grid(p, TILE_Q, TILE_HV)
     }
 }
 
@@ -364,13 +370,9 @@ pub mod output_wg {
             + gate_bytes(chunk)
     }
 
-    /// (DHV tiles, NC · L / TILE_Q row tiles, BH), ordered as [`output::grid`]'s.
+    /// [`output_grid`] of this tile.
     pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
-        (
-            div_ceil(p.dhv, TILE_HV),
-            p.num_chunks * (p.chunk / TILE_Q),
-            p.bh,
-        )
+        output_grid(p, TILE_Q, TILE_HV)
     }
 
     /// Whether an sm_90a forward takes this kernel: chunks of whole row tiles, value heads

@@ -30,9 +30,9 @@ const NB: usize = (TILE_HV / 8) as usize;
 const NB_S: usize = (TILE_K / 8) as usize;
 /// Bytes between the 64-column panels of a swizzled C̃_k slice or V tile (the LBO of their
 /// MN-major descriptors), and between the two warpgroups' halves of a Q slice.
-const PANEL_C: u32 = TILE_C * 128;
-const PANEL_V: u32 = TILE_K * 128;
-const HALF_Q: u32 = 64 * 128;
+const PANEL_C: u32 = stage::sw128_panel(TILE_C);
+const PANEL_V: u32 = stage::sw128_panel(TILE_K);
+const HALF_Q: u32 = stage::sw128_panel(64);
 const _: () = assert!(
     TILE_C == KD && KD == 64 && TILE_K == 64 && PANEL_C == PANEL_V,
     "one swizzle panel per Q and K slice; C̃_k slices and V tiles share one descriptor shape"

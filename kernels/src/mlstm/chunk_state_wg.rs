@@ -23,7 +23,7 @@ use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, state_wg::*};
 /// n-blocks (8 columns) of a warp's accumulator; bytes between the 64-column panels of a V
 /// sub-tile (the LBO of its descriptor).
 const NB: usize = (TILE_HV / 8) as usize;
-const PANEL_V: u32 = SUB_L * 128;
+const PANEL_V: u32 = stage::sw128_panel(SUB_L);
 const _: () = assert!(
     NB == 32 && SUB_L == 64 && STAGES == 3 && WARPGROUPS == 2,
     "the unroll! counts below assume 32 n-blocks, 64-step sub-tiles, 3 stages, 2 warpgroups"

@@ -77,7 +77,14 @@ pub unsafe fn rows<const THREADS: u32, const VECS: u32>(
 #[cfg(target_feature = "sm_90a")]
 #[inline(always)]
 pub const fn sw128(rows: u32, r: u32, c: u32) -> u32 {
-    (c / 64) * rows * 128 + r * 128 + (((c % 64) / 8) ^ (r % 8)) * 16
+    (c / 64) * sw128_panel(rows) + r * 128 + (((c % 64) / 8) ^ (r % 8)) * 16
+}
+
+/// Bytes of one 64-column panel of `rows` rows in the swizzle of [`sw128`] (the stride between
+/// panels: an MN-major descriptor's LBO).
+#[cfg(target_feature = "sm_90a")]
+pub const fn sw128_panel(rows: u32) -> u32 {
+    rows * 128
 }
 
 /// As [`rows`] into a tile at `saddr` (1024-byte aligned) in the 128-byte swizzle of
