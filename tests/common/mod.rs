@@ -93,7 +93,9 @@ pub fn norm(x: &[f64]) -> f64 {
 }
 
 /// ‖got − want‖ / max(‖want‖, scale): the relative error where the value may be a small
-/// difference of terms of size `scale` (+∞ if any value is NaN or infinite).
+/// difference of terms of size `scale` (+∞ if any value is NaN or infinite). The scale is at
+/// least f32's smallest normal: the kernels return f32 and the GPU flushes what is below it to
+/// zero (a gradient through a run of forget gates near 0 can be 1e-66 in float64).
 pub fn rel_err_at_scale(got: &[f32], want: &[f64], scale: f64) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
     if got.iter().any(|x| !x.is_finite()) {
@@ -105,7 +107,7 @@ pub fn rel_err_at_scale(got: &[f32], want: &[f64], scale: f64) -> f64 {
         .map(|(&g, &w)| (g as f64 - w).powi(2))
         .sum::<f64>()
         .sqrt();
-    diff / norm(want).max(scale).max(f64::MIN_POSITIVE)
+    diff / norm(want).max(scale).max(f32::MIN_POSITIVE as f64)
 }
 
 /// Relative error bound of the forward outputs per input dtype. The kernels round P = S ⊙ D,
