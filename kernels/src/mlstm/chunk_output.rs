@@ -20,9 +20,10 @@
 //! slice of the Q tile along. The next item loads while the current one multiplies, and shared
 //! memory stays independent of DQK: two blocks per SM at every head dim.
 use super::gates::GateKind;
+use super::out_tile::{GateTerms, OutTile};
 use super::stage;
 use crate::arch::convert::Elem;
-use crate::arch::{cp_async, global, math, shared, shfl, thread};
+use crate::arch::{cp_async, global, math, shared, thread};
 use crate::tile::{SmemTile, acc_pos, acc_to_a, split2};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, output::*};
 
@@ -45,17 +46,18 @@ const _: () = assert!(
 pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
-    let (bx, by, bh) = thread::block_idx();
-    let row_tiles = p.chunk / TILE_Q;
-    let (k, i0) = (by / row_tiles, (by % row_tiles) * TILE_Q);
-    let v0 = bx * TILE_HV;
-    let (l, s, dqk, dhv, nc) = (p.chunk, p.s, p.dqk, p.dhv, p.num_chunks);
-    let t0 = k * l;
-    if t0 + i0 >= s {
-        return; // a row tile past the end of a ragged last chunk: the whole block leaves
-    }
-    let len = l.min(s - t0);
-    let nkeys = (i0 + TILE_Q).min(len);
+    let Some(tile) = OutTile::of_block(p, TILE_Q, TILE_HV) else {
+        return;
+    };
+    let OutTile {
+        i0,
+        t0,
+        len,
+        v0,
+        head,
+        ..
+    } = tile;
+    let (l, s, dqk, dhv) = (p.chunk, p.s, p.dqk, p.dhv);
 
     // Shared memory layout: STAGES × (Q slice, B-operand slice), STAGES × V tile, gate vectors.
     let stage_q = |st: u32| SmemTile {
@@ -76,20 +78,16 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
         base: ring + STAGES * ring_bytes() + st * v_bytes(),
         stride: (TILE_HV + SMEM_ROW_PAD) * 2,
     };
-    let scol = ring + STAGES * (ring_bytes() + v_bytes()); // C_j
-    let srow_r = scol + 4 * l; // R_i
-    let srow_scale = srow_r + 4 * TILE_Q; // e^{m_k − M_i}
-    let srow_floor = srow_scale + 4 * TILE_Q; // e^{−m_i} (1 for sig)
-    let sn = srow_floor + 4 * TILE_Q; // ñ_k
+    let gt = GateTerms::new(ring + STAGES * (ring_bytes() + v_bytes()), l, TILE_Q);
+    let (scol, srow_r, srow_scale) = (gt.col, gt.row_r, gt.row_scale);
+    let sn = gt.row_floor + 4 * TILE_Q; // ñ_k
 
     // Global bases of this head.
-    let head = bh as u64;
     let gq = p.ptr.q + head * (s as u64) * (dqk as u64) * 2;
     let gk = p.ptr.k + head * (s as u64) * (dqk as u64) * 2;
     let gv = p.ptr.v + head * (s as u64) * (dhv as u64) * 2;
     let gh = p.ptr.h + head * (s as u64) * (dhv as u64) * 2;
-    let gate_row = head * ((nc * l) as u64) + t0 as u64; // chunk k in the (BH, NC·L) gate vectors
-    let hk = head * nc as u64 + k as u64;
+    let hk = tile.hk(p);
 
     // The item pipeline: items 0..n_c are C̃_k slices, then key tile kt, K slice ds is item
     // n_c + kt·n_d + ds.
@@ -132,49 +130,7 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     issue(0);
 
     // The gate vectors of this tile (from chunk_gates), while item 0 loads.
-    // C_j = u_j·log2e for the key steps up to the tile's last row.
-    let mut j = tid;
-    while j < nkeys {
-        let u = unsafe { global::ld_nc_f32(p.ptr.gate_u + (gate_row + j as u64) * 4) };
-        unsafe { shared::st_f32(scol + 4 * j, u * math::LOG2_E) };
-        j += THREADS;
-    }
-    let m_k = if G::STABILIZED {
-        unsafe { global::ld_nc_f32(p.ptr.m_states + hk * 4) }
-    } else {
-        0.0
-    };
-    if tid < TILE_Q {
-        let i = i0 + tid;
-        let (r, scale, floor, m_row) = if i >= len {
-            (0.0, 0.0, 1.0, 0.0)
-        } else {
-            let b = unsafe { global::ld_nc_f32(p.ptr.gate_b + (gate_row + i as u64) * 4) };
-            if G::STABILIZED {
-                let cm = unsafe { global::ld_nc_f32(p.ptr.gate_cm + (gate_row + i as u64) * 4) };
-                let big_m = m_k.max(cm);
-                (
-                    -big_m,
-                    math::exp(m_k - big_m),
-                    math::exp(-(b + big_m)),
-                    b + big_m,
-                )
-            } else {
-                (b, math::exp(b), 1.0, 0.0)
-            }
-        };
-        unsafe {
-            shared::st_f32(srow_r + 4 * tid, r * math::LOG2_E);
-            shared::st_f32(srow_scale + 4 * tid, scale);
-            shared::st_f32(srow_floor + 4 * tid, floor);
-            if p.ptr.m_rows != 0 && v0 == 0 && i < len {
-                global::st_f32(
-                    p.ptr.m_rows + (head * s as u64 + (t0 + i) as u64) * 4,
-                    m_row,
-                );
-            }
-        }
-    }
+    unsafe { tile.stage_gate_terms::<G, THREADS, TILE_Q>(p, gt, tid) };
     if G::NORMALIZED {
         // ñ_k, zero-padded to whole slices like the staged Q and C̃_k slices.
         let mut d = tid;
@@ -290,54 +246,16 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
         unsafe { thread::sync_threads() };
     }
 
-    // Normalize and store.
-    unroll!(2, x => {
-        let rs = &mut row_sum[x];
-        *rs += unsafe { shfl::xor_f32(*rs, 1) };
-        *rs += unsafe { shfl::xor_f32(*rs, 2) };
-        let rr = warp * 16 + lane / 4 + 8 * x as u32;
-        let i = i0 + rr;
-        let norm = p.scale * (snacc[2 * x] + *rs); // s_i
-        let den = if G::NORMALIZED {
-            let floor = unsafe { shared::ld_f32(srow_floor + 4 * rr) };
-            norm.abs().max(floor) + p.eps
-        } else {
-            1.0
-        };
-        let factor = p.scale / den;
-        let row = gh + ((t0 + i) as u64) * (dhv as u64) * 2;
-        // The 4 lanes of a row hold columns 2t, 2t+1 of every n-block; a 4 × 4 transpose
-        // within the quad (two butterfly shuffle stages) gives lane t all 8 columns of n-block
-        // 4·grp + t, stored as one 16-byte vector: each store covers 64 contiguous bytes per
-        // row (whole sectors) instead of 16. (Staging through shared memory would do the same,
-        // but changed ptxas's schedule of this kernel's main loop: `stage::store_rows`.)
-        let (hi1, hi2) = (lane & 1 != 0, lane & 2 != 0);
-        unroll!(4, grp => {
-            let mut v = [0u32; 4];
-            unroll!(4, j => {
-                let nb = 4 * grp + j;
-                v[j] = E::pack(acc[nb][2 * x] * factor, acc[nb][2 * x + 1] * factor);
-            });
-            // v[j] holds M[lane][j] (M[s][j]: lane s's pair of n-block j); afterwards v[q]
-            // holds M[q][lane].
-            unroll!(2, p => {
-                let send = if hi2 { v[p] } else { v[p + 2] };
-                let got = unsafe { shfl::xor_f32(f32::from_bits(send), 2) }.to_bits();
-                if hi2 { v[p] = got } else { v[p + 2] = got }
-            });
-            unroll!(2, p => {
-                let p = 2 * p;
-                let send = if hi1 { v[p] } else { v[p + 1] };
-                let got = unsafe { shfl::xor_f32(f32::from_bits(send), 1) }.to_bits();
-                if hi1 { v[p] = got } else { v[p + 1] = got }
-            });
-            let c = v0 + (4 * grp as u32 + lane % 4) * 8;
-            unsafe { global::st_v4_b32_if(i < len && c < dhv, row + c as u64 * 2, v) };
-        });
-        if i < len && p.ptr.norm_rows != 0 && v0 == 0 && lane % 4 == 0 {
-            // Without the normalizer s_i is reported as 0 (no ñ is formed).
-            let norm = if G::NORMALIZED { norm } else { 0.0 };
-            unsafe { global::st_f32(p.ptr.norm_rows + (head * s as u64 + (t0 + i) as u64) * 4, norm) };
-        }
-    });
+    // Normalize and store; ñ_kᵀq (in every lane of the quad) joins the row sums.
+    unsafe {
+        tile.store_h::<E, G, 4>(
+            p,
+            gt,
+            (warp * 16, lane),
+            gh,
+            row_sum,
+            |x, rs| snacc[2 * x] + rs,
+            |nb, e| acc[nb][e],
+        )
+    };
 }

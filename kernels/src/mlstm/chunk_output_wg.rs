@@ -18,10 +18,11 @@
 //! Causal shape: warpgroup 0 (rows i0 .. i0 + 64) needs the key tiles up to its diagonal only
 //! and waits at the barriers while warpgroup 1 multiplies the last one.
 use super::gates::GateKind;
+use super::out_tile::{GateTerms, OutTile};
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::wgmma::{self, Hold, Wgmma, k_major};
-use crate::arch::{cp_async, global, math, shared, shfl, thread};
+use crate::arch::{cp_async, global, math, shared, thread};
 use crate::tile::{acc_pos, acc_to_a, split2};
 use tfla_params::fwd::{FwdParams, output_wg::*};
 
@@ -52,17 +53,19 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
     let wg = warp / 4;
-    let (bx, by, bh) = thread::block_idx();
-    let row_tiles = p.chunk / TILE_Q;
-    let (k, i0) = (by / row_tiles, (by % row_tiles) * TILE_Q);
-    let v0 = bx * TILE_HV;
-    let (l, s, dqk, dhv, nc) = (p.chunk, p.s, p.dqk, p.dhv, p.num_chunks);
-    let t0 = k * l;
-    if t0 + i0 >= s {
-        return; // a row tile past the end of a ragged last chunk: the whole block leaves
-    }
-    let len = l.min(s - t0);
-    let nkeys = (i0 + TILE_Q).min(len);
+    let Some(tile) = OutTile::of_block(p, TILE_Q, TILE_HV) else {
+        return;
+    };
+    let OutTile {
+        i0,
+        t0,
+        len,
+        nkeys,
+        v0,
+        head,
+        ..
+    } = tile;
+    let (l, s, dqk, dhv) = (p.chunk, p.s, p.dqk, p.dhv);
     // This warpgroup's rows start at wg_i0; it multiplies only if one of them is a step, and
     // only the key tiles up to its diagonal.
     let wg_i0 = i0 + 64 * wg;
@@ -77,19 +80,15 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let stage_b = |st: u32| ring + st * ring_bytes();
     let stage_v = |st: u32| ring + STAGES * ring_bytes() + st * v_bytes();
     let sn = ring + STAGES * ring_bytes() + V_STAGES * v_bytes();
-    let scol = sn + n_bytes(dqk); // C_j
-    let srow_r = scol + 4 * l; // R_i
-    let srow_scale = srow_r + 4 * TILE_Q; // e^{m_k − M_i}
-    let srow_floor = srow_scale + 4 * TILE_Q; // e^{−m_i} (1 for sig)
+    let gt = GateTerms::new(sn + n_bytes(dqk), l, TILE_Q);
+    let (scol, srow_r, srow_scale) = (gt.col, gt.row_r, gt.row_scale);
 
     // Global bases of this head.
-    let head = bh as u64;
     let gq = p.ptr.q + head * (s as u64) * (dqk as u64) * 2;
     let gk = p.ptr.k + head * (s as u64) * (dqk as u64) * 2;
     let gv = p.ptr.v + head * (s as u64) * (dhv as u64) * 2;
     let gh = p.ptr.h + head * (s as u64) * (dhv as u64) * 2;
-    let gate_row = head * ((nc * l) as u64) + t0 as u64;
-    let hk = head * nc as u64 + k as u64;
+    let hk = tile.hk(p);
 
     // Items 0..n_c are C̃_k slices, then key tile kt, K slice ds is item n_c + kt·n_d + ds.
     let gc = p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 2;
@@ -126,49 +125,8 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
         unsafe { cp_async::commit() }; // an empty group: the waits count one behind
     }
 
-    // The gate vectors of this tile, while item 0 loads (as in `chunk_output`).
-    let mut j = tid;
-    while j < nkeys {
-        let u = unsafe { global::ld_nc_f32(p.ptr.gate_u + (gate_row + j as u64) * 4) };
-        unsafe { shared::st_f32(scol + 4 * j, u * math::LOG2_E) };
-        j += THREADS;
-    }
-    let m_k = if G::STABILIZED {
-        unsafe { global::ld_nc_f32(p.ptr.m_states + hk * 4) }
-    } else {
-        0.0
-    };
-    if tid < TILE_Q {
-        let i = i0 + tid;
-        let (r, scale, floor, m_row) = if i >= len {
-            (0.0, 0.0, 1.0, 0.0)
-        } else {
-            let b = unsafe { global::ld_nc_f32(p.ptr.gate_b + (gate_row + i as u64) * 4) };
-            if G::STABILIZED {
-                let cm = unsafe { global::ld_nc_f32(p.ptr.gate_cm + (gate_row + i as u64) * 4) };
-                let big_m = m_k.max(cm);
-                (
-                    -big_m,
-                    math::exp(m_k - big_m),
-                    math::exp(-(b + big_m)),
-                    b + big_m,
-                )
-            } else {
-                (b, math::exp(b), 1.0, 0.0)
-            }
-        };
-        unsafe {
-            shared::st_f32(srow_r + 4 * tid, r * math::LOG2_E);
-            shared::st_f32(srow_scale + 4 * tid, scale);
-            shared::st_f32(srow_floor + 4 * tid, floor);
-            if p.ptr.m_rows != 0 && v0 == 0 && i < len {
-                global::st_f32(
-                    p.ptr.m_rows + (head * s as u64 + (t0 + i) as u64) * 4,
-                    m_row,
-                );
-            }
-        }
-    }
+    // The gate vectors of this tile, while item 0 loads.
+    unsafe { tile.stage_gate_terms::<G, THREADS, TILE_Q>(p, gt, tid) };
     if G::NORMALIZED {
         // ñ_k's atoms: per slice, row 0 the 16-bit head of ñ_k (zero past DQK), row 1 its
         // tail, rows 2–7 zero; swizzled like every K-major operand.
@@ -313,47 +271,16 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     unsafe { wgmma::wait_all() };
     acc.hold();
 
-    // Normalize and store, as in `chunk_output` (16-byte stores after a 4 × 4 transpose within
-    // each quad of lanes).
-    unroll!(2, x => {
-        let rs = &mut row_sum[x];
-        *rs += unsafe { shfl::xor_f32(*rs, 1) };
-        *rs += unsafe { shfl::xor_f32(*rs, 2) };
-        let rr = wrow + lane / 4 + 8 * x as u32;
-        let i = i0 + rr;
-        let norm = p.scale * *rs; // s_i
-        let den = if G::NORMALIZED {
-            let floor = unsafe { shared::ld_f32(srow_floor + 4 * rr) };
-            norm.abs().max(floor) + p.eps
-        } else {
-            1.0
-        };
-        let factor = p.scale / den;
-        let row = gh + ((t0 + i) as u64) * (dhv as u64) * 2;
-        let (hi1, hi2) = (lane & 1 != 0, lane & 2 != 0);
-        unroll!(8, grp => {
-            let mut v = [0u32; 4];
-            unroll!(4, j => {
-                let nb = 4 * grp + j;
-                v[j] = E::pack(acc[4 * nb + 2 * x] * factor, acc[4 * nb + 2 * x + 1] * factor);
-            });
-            unroll!(2, p => {
-                let send = if hi2 { v[p] } else { v[p + 2] };
-                let got = unsafe { shfl::xor_f32(f32::from_bits(send), 2) }.to_bits();
-                if hi2 { v[p] = got } else { v[p + 2] = got }
-            });
-            unroll!(2, p => {
-                let p = 2 * p;
-                let send = if hi1 { v[p] } else { v[p + 1] };
-                let got = unsafe { shfl::xor_f32(f32::from_bits(send), 1) }.to_bits();
-                if hi1 { v[p] = got } else { v[p + 1] = got }
-            });
-            let c = v0 + (4 * grp as u32 + lane % 4) * 8;
-            unsafe { global::st_v4_b32_if(i < len && c < dhv, row + c as u64 * 2, v) };
-        });
-        if i < len && p.ptr.norm_rows != 0 && v0 == 0 && lane % 4 == 0 {
-            let norm = if G::NORMALIZED { norm } else { 0.0 };
-            unsafe { global::st_f32(p.ptr.norm_rows + (head * s as u64 + (t0 + i) as u64) * 4, norm) };
-        }
-    });
+    // Normalize and store; ñ_kᵀq is already in the lanes' row sums.
+    unsafe {
+        tile.store_h::<E, G, 8>(
+            p,
+            gt,
+            (wrow, lane),
+            gh,
+            row_sum,
+            |_, rs| rs,
+            |nb, e| acc[4 * nb + e],
+        )
+    };
 }

@@ -181,18 +181,18 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             });
         }
         if k < k_hi || p.ptr.c_final != 0 {
-            // ñ_0 and m_0 are chunk_gates' (they stay as it wrote them). Without the
-            // normalizer the final ñ is 0 (written by the first DHV tile's blocks, as with it).
-            if k > k_lo && v0 == 0 && lane % 4 == 0 && (with_n || k == k_hi) {
-                for half in 0..2 {
-                    let r = d0 + row(2 * half);
-                    let n = if G::NORMALIZED { nacc[2 * half] } else { 0.0 };
-                    unsafe { global::st_b32_if(r < dqk, n_out + r as u64 * 4, n.to_bits()) };
-                }
-            }
-            if k > k_lo && bx == 0 && tid == 0 {
-                unsafe { global::st_f32(m_out, m) };
-            }
+            unsafe {
+                state_walk::store_n_m::<G>(
+                    p,
+                    (k, k_lo, k_hi),
+                    (n_out, m_out),
+                    ([d0 + row(0), d0 + row(2)], &nacc),
+                    m,
+                    with_n,
+                    (v0 == 0, lane),
+                    bx == 0 && tid == 0,
+                )
+            };
         }
         if k == k_hi {
             break;

@@ -169,18 +169,18 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
                     unsafe { global::st_v2_f32_if(inside, c_out + idx * 4, v) };
                 });
             }
-            // As in `chunk_state`: ñ_0, m_0 stay as chunk_gates wrote them; the final ñ is 0
-            // without the normalizer.
-            if k > k_lo && v0 == 0 && lane % 4 == 0 && (with_n || k == k_hi) {
-                unroll!(2, half => {
-                    let r = n_rows(half as u32);
-                    let n = if G::NORMALIZED { nacc[2 * half] } else { 0.0 };
-                    unsafe { global::st_b32_if(r < dqk, n_out + r as u64 * 4, n.to_bits()) };
-                });
-            }
-            if k > k_lo && bx == 0 && tid == 0 {
-                unsafe { global::st_f32(m_out, m) };
-            }
+            unsafe {
+                state_walk::store_n_m::<G>(
+                    p,
+                    (k, k_lo, k_hi),
+                    (n_out, m_out),
+                    ([n_rows(0), n_rows(1)], &nacc),
+                    m,
+                    with_n,
+                    (v0 == 0, lane),
+                    bx == 0 && tid == 0,
+                )
+            };
         }
         if k == k_hi {
             break;

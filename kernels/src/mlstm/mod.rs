@@ -18,6 +18,7 @@ mod chunk_state;
 mod chunk_state_wg;
 mod chunk_state_wide;
 mod gates;
+mod out_tile;
 mod pack;
 mod recurrent_f32;
 mod seqs;

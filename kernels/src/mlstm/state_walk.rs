@@ -68,3 +68,34 @@ pub fn max_step<G: GateKind>((g, umax): (f32, f32), m: f32) -> (f32, f32, f32) {
     };
     (m_next, math::exp(g + m - m_next), g - m_next)
 }
+
+/// Stores ñ and m of the state before chunk k, beside its C̃ (`outputs`): ñ_0 and m_0 stay as
+/// chunk_gates wrote them; without the normalizer the final ñ is 0. ñ is written by the lanes
+/// t = 0 of the first DHV tile's blocks (`first_hv`), rows `rows` holding `nacc` elements 0 and
+/// 2; m by one thread of the head (`m_writer`).
+///
+/// # Safety
+/// `n_out`, `m_out` from `outputs` for chunk k.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn store_n_m<G: GateKind>(
+    p: &FwdParams,
+    (k, k_lo, k_hi): (u32, u32, u32),
+    (n_out, m_out): (u64, u64),
+    (rows, nacc): ([u32; 2], &[f32; 4]),
+    m: f32,
+    with_n: bool,
+    (first_hv, lane): (bool, u32),
+    m_writer: bool,
+) {
+    if k > k_lo && first_hv && lane % 4 == 0 && (with_n || k == k_hi) {
+        unroll!(2, half => {
+            let r = rows[half];
+            let n = if G::NORMALIZED { nacc[2 * half] } else { 0.0 };
+            unsafe { global::st_b32_if(r < p.dqk, n_out + r as u64 * 4, n.to_bits()) };
+        });
+    }
+    if k > k_lo && m_writer {
+        unsafe { global::st_f32(m_out, m) };
+    }
+}

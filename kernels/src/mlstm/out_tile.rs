@@ -1,0 +1,221 @@
+//! What the two chunk-output kernels (`chunk_output` on `mma.sync`, `chunk_output_wg` on
+//! `wgmma`) share around their multiplies: the gate terms of a tile, staged in shared memory
+//! before the item loop, and the epilogue that normalizes h and stores it (notation as in
+//! `chunk_output`).
+use super::gates::GateKind;
+use crate::arch::convert::Elem;
+use crate::arch::{global, math, shared, shfl, thread};
+use tfla_params::fwd::FwdParams;
+
+/// Where an output tile lies: rows i0.. of chunk k (whose first step is t0 and which has `len`
+/// steps), value columns v0.., head `head`; `nkeys` its rows' key steps (up to its last row).
+#[derive(Clone, Copy)]
+pub struct OutTile {
+    pub k: u32,
+    pub i0: u32,
+    pub t0: u32,
+    pub len: u32,
+    pub nkeys: u32,
+    pub v0: u32,
+    pub head: u64,
+}
+
+/// Shared-memory addresses of the tile's f32 gate vectors: the column term C_j of each key
+/// step (L), then per row (tile_q each) the row term R_i, the inter-chunk scale e^{m_k − M_i}
+/// (sig: e^{b_i}) and the normalizer floor e^{−m_i} (1 for sig).
+#[derive(Clone, Copy)]
+pub struct GateTerms {
+    pub col: u32,
+    pub row_r: u32,
+    pub row_scale: u32,
+    pub row_floor: u32,
+}
+
+impl GateTerms {
+    /// The vectors laid out from `base` for chunks of `chunk` steps and `tile_q` rows; `end`
+    /// is the first address after them.
+    #[inline(always)]
+    pub fn new(base: u32, chunk: u32, tile_q: u32) -> Self {
+        let row_r = base + 4 * chunk;
+        GateTerms {
+            col: base,
+            row_r,
+            row_scale: row_r + 4 * tile_q,
+            row_floor: row_r + 8 * tile_q,
+        }
+    }
+}
+
+impl OutTile {
+    /// This block's tile of `tile_q` rows × `tile_hv` value columns (grid: DHV tiles,
+    /// NC · L / tile_q row tiles, BH), or None for a row tile past the end of a ragged last
+    /// chunk (the whole block leaves).
+    #[inline(always)]
+    pub fn of_block(p: &FwdParams, tile_q: u32, tile_hv: u32) -> Option<Self> {
+        let (bx, by, bh) = thread::block_idx();
+        let row_tiles = p.chunk / tile_q;
+        let (k, i0) = (by / row_tiles, (by % row_tiles) * tile_q);
+        let v0 = bx * tile_hv;
+        let t0 = k * p.chunk;
+        if t0 + i0 >= p.s {
+            return None;
+        }
+        let len = p.chunk.min(p.s - t0);
+        Some(OutTile {
+            k,
+            i0,
+            t0,
+            len,
+            nkeys: (i0 + tile_q).min(len),
+            v0,
+            head: bh as u64,
+        })
+    }
+
+    /// Chunk k of the (BH, NC·L) gate vectors: the index of its first step.
+    #[inline(always)]
+    pub fn gate_row(&self, p: &FwdParams) -> u64 {
+        self.head * ((p.num_chunks * p.chunk) as u64) + self.t0 as u64
+    }
+
+    /// The (head, chunk) index of the chunk states.
+    #[inline(always)]
+    pub fn hk(&self, p: &FwdParams) -> u64 {
+        self.head * p.num_chunks as u64 + self.k as u64
+    }
+
+    /// Fills `g` from the gate vectors of chunk_gates and the chunk's max state (thread `tid`
+    /// of THREADS; TILE_Q rows): C_j = u_j·log2e for the tile's key steps; per row R_i (times
+    /// log2e), the scale and the floor (rows past `len`: 0, 0, 1). Writes the rows' m_i where
+    /// asked (first DHV tile only). A barrier follows before they are read.
+    ///
+    /// # Safety
+    /// chunk_gates and the state kernel have run; `g` lies in the launch's shared memory.
+    #[inline(always)]
+    pub unsafe fn stage_gate_terms<G: GateKind, const THREADS: u32, const TILE_Q: u32>(
+        &self,
+        p: &FwdParams,
+        g: GateTerms,
+        tid: u32,
+    ) {
+        let (gate_row, hk, len, i0) = (self.gate_row(p), self.hk(p), self.len, self.i0);
+        let mut j = tid;
+        while j < self.nkeys {
+            let u = unsafe { global::ld_nc_f32(p.ptr.gate_u + (gate_row + j as u64) * 4) };
+            unsafe { shared::st_f32(g.col + 4 * j, u * math::LOG2_E) };
+            j += THREADS;
+        }
+        let m_k = if G::STABILIZED {
+            unsafe { global::ld_nc_f32(p.ptr.m_states + hk * 4) }
+        } else {
+            0.0
+        };
+        if tid < TILE_Q {
+            let i = i0 + tid;
+            let (r, scale, floor, m_row) = if i >= len {
+                (0.0, 0.0, 1.0, 0.0)
+            } else {
+                let b = unsafe { global::ld_nc_f32(p.ptr.gate_b + (gate_row + i as u64) * 4) };
+                if G::STABILIZED {
+                    let cm =
+                        unsafe { global::ld_nc_f32(p.ptr.gate_cm + (gate_row + i as u64) * 4) };
+                    let big_m = m_k.max(cm);
+                    (
+                        -big_m,
+                        math::exp(m_k - big_m),
+                        math::exp(-(b + big_m)),
+                        b + big_m,
+                    )
+                } else {
+                    (b, math::exp(b), 1.0, 0.0)
+                }
+            };
+            unsafe {
+                shared::st_f32(g.row_r + 4 * tid, r * math::LOG2_E);
+                shared::st_f32(g.row_scale + 4 * tid, scale);
+                shared::st_f32(g.row_floor + 4 * tid, floor);
+                if p.ptr.m_rows != 0 && self.v0 == 0 && i < len {
+                    global::st_f32(
+                        p.ptr.m_rows + (self.head * p.s as u64 + (self.t0 + i) as u64) * 4,
+                        m_row,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Normalizes and stores the h rows of one warp: `wrow` its first row in the tile, rows
+    /// wrow + g and + 8 (g = lane / 4); `acc(nb, e)` element e of its accumulator's n-block nb
+    /// (GROUPS × 4 n-blocks), `row_sum` this lane's part of the rows' sums, `s_of(x, sum)` s_i
+    /// of row half x from the sum over the quad. Writes s_i where asked (first DHV tile only).
+    ///
+    /// # Safety
+    /// Warp-collective (shuffles); the gate terms are staged; `gh` is the head's h.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn store_h<E: Elem, G: GateKind, const GROUPS: usize>(
+        &self,
+        p: &FwdParams,
+        g: GateTerms,
+        (wrow, lane): (u32, u32),
+        gh: u64,
+        mut row_sum: [f32; 2],
+        s_of: impl Fn(usize, f32) -> f32,
+        acc: impl Fn(usize, usize) -> f32,
+    ) {
+        let (i0, t0, len, v0, dhv) = (self.i0, self.t0, self.len, self.v0, p.dhv);
+        unroll!(2, x => {
+            let rs = &mut row_sum[x];
+            *rs += unsafe { shfl::xor_f32(*rs, 1) };
+            *rs += unsafe { shfl::xor_f32(*rs, 2) };
+            let rr = wrow + lane / 4 + 8 * x as u32;
+            let i = i0 + rr;
+            let norm = p.scale * s_of(x, *rs); // s_i
+            let den = if G::NORMALIZED {
+                let floor = unsafe { shared::ld_f32(g.row_floor + 4 * rr) };
+                norm.abs().max(floor) + p.eps
+            } else {
+                1.0
+            };
+            let factor = p.scale / den;
+            let row = gh + ((t0 + i) as u64) * (dhv as u64) * 2;
+            // The 4 lanes of a row hold columns 2t, 2t+1 of every n-block; a 4 × 4 transpose
+            // within the quad (two butterfly shuffle stages) gives lane t all 8 columns of
+            // n-block 4·grp + t, stored as one 16-byte vector: each store covers 64 contiguous
+            // bytes per row (whole sectors) instead of 16. (Staging through shared memory would
+            // do the same, but changed ptxas's schedule of `chunk_output`'s main loop:
+            // `stage::store_rows`.)
+            let (hi1, hi2) = (lane & 1 != 0, lane & 2 != 0);
+            unroll!(8, grp => {
+                if grp < GROUPS {
+                    let mut v = [0u32; 4];
+                    unroll!(4, j => {
+                        let nb = 4 * grp + j;
+                        v[j] = E::pack(acc(nb, 2 * x) * factor, acc(nb, 2 * x + 1) * factor);
+                    });
+                    // v[j] holds M[lane][j] (M[s][j]: lane s's pair of n-block j); afterwards
+                    // v[q] holds M[q][lane].
+                    unroll!(2, p => {
+                        let send = if hi2 { v[p] } else { v[p + 2] };
+                        let got = unsafe { shfl::xor_f32(f32::from_bits(send), 2) }.to_bits();
+                        if hi2 { v[p] = got } else { v[p + 2] = got }
+                    });
+                    unroll!(2, p => {
+                        let p = 2 * p;
+                        let send = if hi1 { v[p] } else { v[p + 1] };
+                        let got = unsafe { shfl::xor_f32(f32::from_bits(send), 1) }.to_bits();
+                        if hi1 { v[p] = got } else { v[p + 1] = got }
+                    });
+                    let c = v0 + (4 * grp as u32 + lane % 4) * 8;
+                    unsafe { global::st_v4_b32_if(i < len && c < dhv, row + c as u64 * 2, v) };
+                }
+            });
+            if i < len && p.ptr.norm_rows != 0 && v0 == 0 && lane % 4 == 0 {
+                // Without the normalizer s_i is reported as 0 (no ñ is formed).
+                let norm = if G::NORMALIZED { norm } else { 0.0 };
+                let at = p.ptr.norm_rows + (self.head * p.s as u64 + (t0 + i) as u64) * 4;
+                unsafe { global::st_f32(at, norm) };
+            }
+        });
+    }
+}
