@@ -279,6 +279,43 @@ fn forward_wgmma_output_tile_shapes() {
     run(&cases, "forward_wgmma_output_tile_shapes");
 }
 
+/// Shapes of the one-kernel forward for small heads (`fwd::fused`: L = 128, DQK ≤ 128,
+/// DHV ≤ 128 in 64-column blocks): every variant and dtype at 128/128; a head dim that is not a
+/// whole k-step of the block's 128 rows and a value width with a partial second column block
+/// (48/80); the smallest heads (16/16, most warps hold no state rows); one step; a ragged last
+/// chunk whose second key tile is empty (S = 300: 44 steps); many chunks.
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn forward_fused_small_head_shapes() {
+    let mut cases = Vec::new();
+    for variant in tfla::registry::KERNELS.iter().map(|k| k.variant) {
+        for dtype in [Dtype::Bf16, Dtype::F16] {
+            cases.push(Case {
+                shape: shape(1, 2, 300, 128, 128),
+                chunk: 128,
+                variant,
+                dtype,
+                initial_state: true,
+            });
+        }
+        for (b, nh, s, dqk, dhv, initial_state) in [
+            (2, 1, 300, 48, 80, true),
+            (1, 3, 200, 16, 16, false),
+            (2, 1, 1, 128, 128, true),
+            (1, 1, 1500, 64, 128, true),
+        ] {
+            cases.push(Case {
+                shape: shape(b, nh, s, dqk, dhv),
+                chunk: 128,
+                variant,
+                dtype: Dtype::Bf16,
+                initial_state,
+            });
+        }
+    }
+    run(&cases, "forward_fused_small_head_shapes");
+}
+
 #[test]
 #[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
 fn forward_hard_gate_regimes() {

@@ -2,7 +2,8 @@
 //! lengths 1, 15, 16, 17, L − 1, L, L + 1 and 3L + 5 equals running each sequence alone
 //! (forward outputs, final states, every gradient), and its h matches the float64 reference;
 //! every variant, bf16, f16 and f32, with and without initial states, both gradient modes,
-//! small heads and heads that take the wide chunk-state tile;
+//! small heads and heads that take the wide chunk-state tile, and small heads at L = 128 (the
+//! one-kernel forward);
 //! every output poisoned before its call (the packed ones allocated once, written by the
 //! `_into` calls); bad offsets and states get typed errors.
 //!
@@ -80,7 +81,7 @@ fn check(
     dtype: Dtype,
     mode: GradMode,
     with_init: bool,
-    (dqk, dhv): (usize, usize),
+    ((dqk, dhv), chunk): ((usize, usize), usize),
     rng: &mut impl rand::Rng,
 ) -> Vec<(&'static str, f64, f64)> {
     let seqs: Vec<Seq> = LENGTHS
@@ -109,7 +110,7 @@ fn check(
     }
     let cfg = MlstmConfig {
         row_stats: true,
-        ..MlstmConfig::new(variant).with_chunk_size(L)
+        ..MlstmConfig::new(variant).with_chunk_size(chunk)
     };
 
     // The packed call.
@@ -284,14 +285,29 @@ fn packed_batch_equals_each_sequence_alone() {
     // ways, so the packed walk runs through that kernel too.
     cases.push((EXP, Dtype::Bf16, GradMode::Exact, true, WIDE));
     cases.push((SIG_NONORM, Dtype::Bf16, GradMode::Exact, false, WIDE));
-    for (variant, dtype, mode, with_init, dims) in cases {
-        let errs = check(&rt, variant, dtype, mode, with_init, dims, &mut rng);
+    let mut cases: Vec<_> = cases.into_iter().map(|c| (c, L)).collect();
+    // L = 128 with small heads runs the one-kernel forward (`fwd::fused`), whose blocks walk
+    // one sequence each; the lengths are then all within one or two chunks.
+    for variant in [EXP, SIG, SIG_NONORM] {
+        cases.push(((variant, Dtype::Bf16, GradMode::Exact, true, SMALL), 2 * L));
+    }
+    for ((variant, dtype, mode, with_init, dims), chunk) in cases {
+        let errs = check(
+            &rt,
+            variant,
+            dtype,
+            mode,
+            with_init,
+            (dims, chunk),
+            &mut rng,
+        );
         let ok = errs.iter().all(|&(_, e, tol)| e <= tol);
         let line: Vec<String> = errs
             .iter()
             .map(|(n, e, _)| format!("{n} {e:.2e}"))
             .collect();
-        let label = format!("{variant:?} {dtype:?} {mode:?} init {with_init} dims {dims:?}");
+        let label =
+            format!("{variant:?} {dtype:?} {mode:?} init {with_init} dims {dims:?} L {chunk}");
         println!(
             "{} {label}: {}",
             if ok { "ok  " } else { "FAIL" },

@@ -37,6 +37,7 @@ fn fwd_entry_names() -> Vec<&'static str> {
         FwdKernel::ChunkState,
         FwdKernel::ChunkStateWide,
         FwdKernel::ChunkOutput,
+        FwdKernel::ChunkFused,
     ] {
         for gates in GATES {
             for dtype in [Dtype::Bf16, Dtype::F16] {

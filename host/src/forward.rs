@@ -658,16 +658,11 @@ pub(crate) unsafe fn launch_fwd(
         eps: cfg.eps,
         seqs,
     };
-    let launches = fwd_launches(&params, kernel_gates(cfg.variant), dtype);
-    let launches = if states_only {
-        &launches[1..2]
-    } else {
-        &launches[..]
-    };
-    for l in launches {
+    let launches = fwd_launches(&params, kernel_gates(cfg.variant), dtype, states_only);
+    for l in &launches {
         l.check(rt)?;
     }
-    for l in launches {
+    for l in &launches {
         // SAFETY: pointers per this function's contract; dims, chunk and alignment checked.
         unsafe { l.run(rt, stream, &params)? };
     }
@@ -712,9 +707,11 @@ fn state_launch(p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
 }
 
 /// The launches of the forward pass, in order: the gate vectors, then for 16-bit inputs the
-/// chunk states and chunk outputs on the tensor cores, for f32 inputs the f32 recurrence (which
-/// writes the same outputs).
-fn fwd_launches(p: &FwdParams, gates: Gates, dtype: Dtype) -> Vec<Launch> {
+/// chunk states and chunk outputs on the tensor cores (in one kernel for the small heads that
+/// `fwd::fused::applies` to), for f32 inputs the f32 recurrence (which writes the same
+/// outputs). With `states_only`, the one launch that writes the chunk states (a state kernel
+/// or the recurrence): the gate vectors are still there.
+fn fwd_launches(p: &FwdParams, gates: Gates, dtype: Dtype, states_only: bool) -> Vec<Launch> {
     let chunk_gates = Launch {
         // The gate kernel has no element type; its name does not depend on the one passed.
         name: fwd::entry_name(FwdKernel::ChunkGates, gates, KDtype::Bf16),
@@ -732,14 +729,30 @@ fn fwd_launches(p: &FwdParams, gates: Gates, dtype: Dtype) -> Vec<Launch> {
                 threads: fwd::recurrent::THREADS,
                 smem: fwd::recurrent::smem_bytes(p.dqk),
             };
-            return vec![chunk_gates, recurrent];
+            return if states_only {
+                vec![recurrent]
+            } else {
+                vec![chunk_gates, recurrent]
+            };
         }
     };
-    vec![
-        chunk_gates,
-        state_launch(p, gates, kdtype),
-        output_launch(p, gates, kdtype),
-    ]
+    if states_only {
+        vec![state_launch(p, gates, kdtype)]
+    } else if fwd::fused::applies(p.chunk, p.dqk, p.dhv) {
+        let fused = Launch {
+            name: fwd::entry_name(FwdKernel::ChunkFused, gates, kdtype),
+            grid: fwd::fused::grid(p),
+            threads: fwd::fused::THREADS,
+            smem: fwd::fused::smem_bytes(),
+        };
+        vec![chunk_gates, fused]
+    } else {
+        vec![
+            chunk_gates,
+            state_launch(p, gates, kdtype),
+            output_launch(p, gates, kdtype),
+        ]
+    }
 }
 
 /// The chunk-output launch: on `wgmma` where the build has it (sm_90a) and the shape suits its

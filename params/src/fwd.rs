@@ -383,6 +383,69 @@ pub mod output_wg {
     }
 }
 
+/// The forward in one kernel for small heads (`chunk_fused`): one block owns TILE_HV value
+/// columns of one head and walks its chunks in order, holding the state's columns (all of DQK)
+/// in registers; per chunk it stores C̃_k and adds the chunk's output rows (TFLA's chunk-output
+/// tile with C̃_k taken from shared memory) before it advances the state. Against the
+/// two-kernel forward, C̃_k never travels back from DRAM and K, V are read once for both
+/// parts: at 128/128 those are 0.8 of the 2.1 GB the two kernels move. It serializes the
+/// chunks of a head, so it takes the heads whose whole state fits one block's registers
+/// (`applies`); the grid has DHV / TILE_HV blocks per head.
+pub mod fused {
+    use super::*;
+    pub const WARPS: u32 = 8;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// The chunk size it runs: each warp owns 16 rows of the chunk's output.
+    pub const CHUNK: u32 = 16 * WARPS;
+    /// State rows (DQK) held by the block, 16 per warp: the largest DQK it takes.
+    pub const TILE_QK: u32 = 16 * WARPS;
+    /// Value columns per block (register accumulators 16 × TILE_HV per warp, for the state
+    /// rows and for the output rows).
+    pub const TILE_HV: u32 = 64;
+    /// Key columns of one S = Q·Kᵀ tile of the output part.
+    pub const TILE_K: u32 = 64;
+    /// Chunks in flight: the next chunk's Q, K, V and u load while this one computes.
+    pub const STAGES: u32 = 2;
+
+    /// Q and K of a chunk (CHUNK × TILE_QK, 16-bit, padded rows).
+    pub const fn qk_bytes() -> u32 {
+        CHUNK * (TILE_QK + SMEM_ROW_PAD) * 2
+    }
+    /// V of a chunk (CHUNK × TILE_HV).
+    pub const fn v_bytes() -> u32 {
+        CHUNK * (TILE_HV + SMEM_ROW_PAD) * 2
+    }
+    /// One stage: Q, K, V and the chunk's gate vectors u, b, cm (CHUNK f32 each).
+    pub const fn stage_bytes() -> u32 {
+        2 * qk_bytes() + v_bytes() + 3 * CHUNK * 4
+    }
+    /// C̃_k in the input dtype (TILE_QK × TILE_HV, padded rows): the B operand of Q·C̃_k and
+    /// the staging tile of its store.
+    pub const fn state_bytes() -> u32 {
+        TILE_QK * (TILE_HV + SMEM_ROW_PAD) * 2
+    }
+    /// f32 vectors: the output's row gate terms (row term, inter-chunk scale, normalizer
+    /// floor: 3 × CHUNK; the column terms come from the staged u) and ñ_k (TILE_QK).
+    pub const fn gate_bytes() -> u32 {
+        (3 * CHUNK + TILE_QK) * 4
+    }
+    pub const fn smem_bytes() -> u32 {
+        STAGES * stage_bytes() + state_bytes() + gate_bytes()
+    }
+
+    /// (DHV tiles, BH, sequences).
+    pub const fn grid(p: &FwdParams) -> (u32, u32, u32) {
+        (div_ceil(p.dhv, TILE_HV), p.bh, p.seqs)
+    }
+
+    /// Whether a forward takes this kernel: chunks of CHUNK steps and heads up to TILE_QK ×
+    /// 128. Wider value heads would recompute S = Q·Kᵀ in every one of their many column
+    /// blocks; the two-kernel forward suits them (and large states) better.
+    pub const fn applies(chunk: u32, dqk: u32, dhv: u32) -> bool {
+        chunk == CHUNK && dqk <= TILE_QK && dhv <= 128
+    }
+}
+
 /// Chunk-gates kernel: one block per (chunk, head) turns the gate pre-activations into the
 /// chunk's cumulative log forget gates and running maxima, so the other two kernels need no
 /// scans (and no block-wide barriers for them). The chunk-0 block of each head also copies the
@@ -450,6 +513,8 @@ pub enum FwdKernel {
     ChunkOutput,
     /// The chunk-output kernel on `wgmma` (`output_wg`; in sm_90a builds only).
     ChunkOutputWg,
+    /// States and outputs in one kernel for small heads (`fused`).
+    ChunkFused,
 }
 
 /// Entry-point name of a forward kernel in the PTX module: one entry per (kernel, gates, dtype).
@@ -493,6 +558,12 @@ pub const fn entry_name(kernel: FwdKernel, gates: Gates, dtype: Dtype) -> &'stat
         (ChunkOutputWg, Sig, F16) => "mlstm_fwd_chunk_output_wg_sig_f16",
         (ChunkOutputWg, SigNoNorm, Bf16) => "mlstm_fwd_chunk_output_wg_signn_bf16",
         (ChunkOutputWg, SigNoNorm, F16) => "mlstm_fwd_chunk_output_wg_signn_f16",
+        (ChunkFused, Exp, Bf16) => "mlstm_fwd_chunk_fused_exp_bf16",
+        (ChunkFused, Exp, F16) => "mlstm_fwd_chunk_fused_exp_f16",
+        (ChunkFused, Sig, Bf16) => "mlstm_fwd_chunk_fused_sig_bf16",
+        (ChunkFused, Sig, F16) => "mlstm_fwd_chunk_fused_sig_f16",
+        (ChunkFused, SigNoNorm, Bf16) => "mlstm_fwd_chunk_fused_signn_bf16",
+        (ChunkFused, SigNoNorm, F16) => "mlstm_fwd_chunk_fused_signn_f16",
     }
 }
 
@@ -523,6 +594,7 @@ mod tests {
         assert!(2 * (output::smem_bytes(1024, 512) + 1024) <= 228 * 1024);
         assert!(output_wg::smem_bytes(1024, MAX_HEAD_DIM) <= HOPPER_SMEM);
         assert!(state_wg::smem_bytes() <= HOPPER_SMEM);
+        assert!(fused::smem_bytes() <= HOPPER_SMEM);
     }
 
     #[test]

@@ -43,6 +43,16 @@ pub unsafe fn sync_threads() {
     unsafe { nvptx::_syncthreads() }
 }
 
+/// `bar.warp.sync`: waits for every lane of the warp and orders their shared-memory accesses.
+///
+/// # Safety
+/// Every lane of the warp must reach this call.
+#[inline(always)]
+pub unsafe fn sync_warp() {
+    // SAFETY: forwarded to the caller.
+    unsafe { core::arch::asm!("bar.warp.sync -1;", options(nostack)) }
+}
+
 /// Aborts the kernel; the host sees a launch failure.
 #[inline(always)]
 pub fn trap() -> ! {

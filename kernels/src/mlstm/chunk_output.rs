@@ -130,7 +130,10 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     issue(0);
 
     // The gate vectors of this tile (from chunk_gates), while item 0 loads.
-    unsafe { tile.stage_gate_terms::<G, THREADS, TILE_Q>(p, gt, tid) };
+    unsafe {
+        let m_k = || tile.stored_m_k::<G>(p);
+        tile.stage_gate_terms::<G, THREADS, TILE_Q>(p, gt, m_k, tid)
+    };
     if G::NORMALIZED {
         // ñ_k, zero-padded to whole slices like the staged Q and C̃_k slices.
         let mut d = tid;

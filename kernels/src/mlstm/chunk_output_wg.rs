@@ -126,7 +126,10 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     }
 
     // The gate vectors of this tile, while item 0 loads.
-    unsafe { tile.stage_gate_terms::<G, THREADS, TILE_Q>(p, gt, tid) };
+    unsafe {
+        let m_k = || tile.stored_m_k::<G>(p);
+        tile.stage_gate_terms::<G, THREADS, TILE_Q>(p, gt, m_k, tid)
+    };
     if G::NORMALIZED {
         // ñ_k's atoms: per slice, row 0 the 16-bit head of ñ_k (zero past DQK), row 1 its
         // tail, rows 2–7 zero; swizzled like every K-major operand.

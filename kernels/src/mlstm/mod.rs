@@ -9,6 +9,7 @@ mod bwd_recurrent_f32;
 mod bwd_rows;
 mod bwd_scores;
 mod bwd_state;
+mod chunk_fused;
 mod chunk_gates;
 mod chunk_output;
 #[cfg(target_feature = "sm_90a")]
@@ -73,6 +74,12 @@ entry! {
     mlstm_fwd_chunk_output_sig_f16 = chunk_output<F16, SigGates>;
     mlstm_fwd_chunk_output_signn_bf16 = chunk_output<Bf16, SigNoNormGates>;
     mlstm_fwd_chunk_output_signn_f16 = chunk_output<F16, SigNoNormGates>;
+    mlstm_fwd_chunk_fused_exp_bf16 = chunk_fused<Bf16, ExpGates>;
+    mlstm_fwd_chunk_fused_exp_f16 = chunk_fused<F16, ExpGates>;
+    mlstm_fwd_chunk_fused_sig_bf16 = chunk_fused<Bf16, SigGates>;
+    mlstm_fwd_chunk_fused_sig_f16 = chunk_fused<F16, SigGates>;
+    mlstm_fwd_chunk_fused_signn_bf16 = chunk_fused<Bf16, SigNoNormGates>;
+    mlstm_fwd_chunk_fused_signn_f16 = chunk_fused<F16, SigNoNormGates>;
     // f32 inputs: the recurrence on the CUDA cores.
     mlstm_fwd_recurrent_exp_f32 = recurrent_f32<ExpGates>;
     mlstm_fwd_recurrent_sig_f32 = recurrent_f32<SigGates>;

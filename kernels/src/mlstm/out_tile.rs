@@ -84,62 +84,102 @@ impl OutTile {
         self.head * p.num_chunks as u64 + self.k as u64
     }
 
-    /// Fills `g` from the gate vectors of chunk_gates and the chunk's max state (thread `tid`
-    /// of THREADS; TILE_Q rows): C_j = u_j·log2e for the tile's key steps; per row R_i (times
-    /// log2e), the scale and the floor (rows past `len`: 0, 0, 1). Writes the rows' m_i where
-    /// asked (first DHV tile only). A barrier follows before they are read.
+    /// The max state m_k before the tile's chunk, as the state kernel stored it (0 without the
+    /// stabilizer).
     ///
     /// # Safety
-    /// chunk_gates and the state kernel have run; `g` lies in the launch's shared memory.
+    /// The state kernel has run (an earlier launch: read through the non-coherent path).
+    #[inline(always)]
+    pub unsafe fn stored_m_k<G: GateKind>(&self, p: &FwdParams) -> f32 {
+        if G::STABILIZED {
+            unsafe { global::ld_nc_f32(p.ptr.m_states + self.hk(p) * 4) }
+        } else {
+            0.0
+        }
+    }
+
+    /// Fills `g` from the gate vectors of chunk_gates and the chunk's max state `m_k()` (thread
+    /// `tid` of THREADS; TILE_Q rows): C_j = u_j·log2e for the tile's key steps; per row R_i
+    /// (times log2e), the scale and the floor (rows past `len`: 0, 0, 1). Writes the rows' m_i
+    /// where asked (first DHV tile only). A barrier follows before they are read. (`m_k` is
+    /// called after the column terms are issued, so a load of it overlaps theirs.)
+    ///
+    /// # Safety
+    /// chunk_gates has run; `g` lies in the launch's shared memory.
     #[inline(always)]
     pub unsafe fn stage_gate_terms<G: GateKind, const THREADS: u32, const TILE_Q: u32>(
         &self,
         p: &FwdParams,
         g: GateTerms,
+        m_k: impl FnOnce() -> f32,
         tid: u32,
     ) {
-        let (gate_row, hk, len, i0) = (self.gate_row(p), self.hk(p), self.len, self.i0);
+        let (gate_row, i0) = (self.gate_row(p), self.i0);
         let mut j = tid;
         while j < self.nkeys {
             let u = unsafe { global::ld_nc_f32(p.ptr.gate_u + (gate_row + j as u64) * 4) };
             unsafe { shared::st_f32(g.col + 4 * j, u * math::LOG2_E) };
             j += THREADS;
         }
-        let m_k = if G::STABILIZED {
-            unsafe { global::ld_nc_f32(p.ptr.m_states + hk * 4) }
-        } else {
-            0.0
-        };
+        let m_k = m_k();
         if tid < TILE_Q {
-            let i = i0 + tid;
-            let (r, scale, floor, m_row) = if i >= len {
-                (0.0, 0.0, 1.0, 0.0)
-            } else {
-                let b = unsafe { global::ld_nc_f32(p.ptr.gate_b + (gate_row + i as u64) * 4) };
-                if G::STABILIZED {
-                    let cm =
-                        unsafe { global::ld_nc_f32(p.ptr.gate_cm + (gate_row + i as u64) * 4) };
-                    let big_m = m_k.max(cm);
-                    (
-                        -big_m,
-                        math::exp(m_k - big_m),
-                        math::exp(-(b + big_m)),
-                        b + big_m,
-                    )
-                } else {
-                    (b, math::exp(b), 1.0, 0.0)
-                }
-            };
+            let i = gate_row + (i0 + tid) as u64;
             unsafe {
-                shared::st_f32(g.row_r + 4 * tid, r * math::LOG2_E);
-                shared::st_f32(g.row_scale + 4 * tid, scale);
-                shared::st_f32(g.row_floor + 4 * tid, floor);
-                if p.ptr.m_rows != 0 && self.v0 == 0 && i < len {
-                    global::st_f32(
-                        p.ptr.m_rows + (self.head * p.s as u64 + (self.t0 + i) as u64) * 4,
-                        m_row,
-                    );
-                }
+                self.put_row_terms::<G>(
+                    p,
+                    g,
+                    tid,
+                    || global::ld_nc_f32(p.ptr.gate_b + i * 4),
+                    || global::ld_nc_f32(p.ptr.gate_cm + i * 4),
+                    m_k,
+                )
+            };
+        }
+    }
+
+    /// Row `row` of the tile's gate terms in `g` (see `stage_gate_terms`), from the row's
+    /// b_i and cm_i (`b()`, and `cm()` only with the stabilizer; neither past `len`) and the
+    /// chunk's max state `m_k`. Writes the row's m_i where asked (first DHV tile only).
+    ///
+    /// # Safety
+    /// `g` lies in the launch's shared memory; `b` and `cm` read what chunk_gates wrote.
+    #[inline(always)]
+    pub unsafe fn put_row_terms<G: GateKind>(
+        &self,
+        p: &FwdParams,
+        g: GateTerms,
+        row: u32,
+        b: impl FnOnce() -> f32,
+        cm: impl FnOnce() -> f32,
+        m_k: f32,
+    ) {
+        let (len, i) = (self.len, self.i0 + row);
+        let (r, scale, floor, m_row) = if i >= len {
+            (0.0, 0.0, 1.0, 0.0)
+        } else {
+            let b = b();
+            if G::STABILIZED {
+                let cm = cm();
+                let big_m = m_k.max(cm);
+                (
+                    -big_m,
+                    math::exp(m_k - big_m),
+                    math::exp(-(b + big_m)),
+                    b + big_m,
+                )
+            } else {
+                (b, math::exp(b), 1.0, 0.0)
+            }
+        };
+        unsafe {
+            shared::st_f32(g.row_r + 4 * row, r * math::LOG2_E);
+            shared::st_f32(g.row_scale + 4 * row, scale);
+            shared::st_f32(g.row_floor + 4 * row, floor);
+            if p.ptr.m_rows != 0 && self.v0 == 0 && i < len {
+                global::st_f32(
+                    p.ptr.m_rows + (self.head * p.s as u64 + (self.t0 + i) as u64) * 4,
+                    m_row,
+                );
             }
         }
     }
