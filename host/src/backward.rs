@@ -141,11 +141,12 @@ pub struct BwdWorkspace {
     pub dc_states: Tensor,
     /// dñ after each chunk: (BH, NC, DQK) f32.
     pub dn_states: Tensor,
-    /// Gated score matrices P and dP of every chunk: (BH, NC, L, L) in the input dtype each.
+    /// Gated score matrices P and dP of every chunk, their lower-triangular tiles packed:
+    /// (BH, NC, `scores::pairs(L)`, TILE, TILE) in the input dtype each.
     pub scores_p: Tensor,
     pub scores_dp: Tensor,
     /// Partial row dots per column tile: (combine::DOT_PLANES, BH, NC·L,
-    /// combine::MAX_COL_TILES) f32.
+    /// combine::col_tiles(DQK)) f32.
     pub row_dots: Tensor,
     /// Partial state dots per state tile: (BH, NC + 2·sequences, state::MAX_TILES) f32
     /// (`state::dots_per_head`).
@@ -180,12 +181,20 @@ fn workspace_layout(
     // A tensor only one path uses is empty on the other.
     let only = |tc: bool, shape: Vec<usize>| if tc != f32_path { shape } else { vec![0] };
     let segments = bwd::recurrent::segments_len(bh as u32, dqk as u32, dhv as u32, chunk as u32);
+    let tile = bwd::scores::TILE as usize;
+    let scores = vec![
+        bh,
+        nc,
+        bwd::scores::pairs(chunk as u32) as usize,
+        tile,
+        tile,
+    ];
     let mut layout = [
         ("row_coef", f32_, vec![bwd::rows::PLANES as usize, bh, rows]),
         ("dc_states", dtype, vec![bh, nc, dqk, dhv]),
         ("dn_states", f32_, vec![bh, nc, dqk]),
-        ("scores_p", dtype, vec![bh, nc, chunk, chunk]),
-        ("scores_dp", dtype, vec![bh, nc, chunk, chunk]),
+        ("scores_p", dtype, scores.clone()),
+        ("scores_dp", dtype, scores),
         (
             "row_dots",
             f32_,
@@ -193,7 +202,7 @@ fn workspace_layout(
                 bwd::combine::DOT_PLANES as usize,
                 bh,
                 rows,
-                bwd::combine::MAX_COL_TILES as usize,
+                bwd::combine::col_tiles(dqk as u32) as usize,
             ],
         ),
         (
@@ -867,8 +876,10 @@ mod tests {
         assert_eq!(shape("row_coef"), [bwd::rows::PLANES as usize, 6, 1024]);
         assert_eq!(shape("dc_states"), [6, 4, 80, 272]);
         assert_eq!(shape("dn_states"), [6, 4, 80]);
-        assert_eq!(shape("scores_p"), [6, 4, 256, 256]);
-        assert_eq!(shape("row_dots")[..3], [3, 6, 1024]);
+        // L = 256: 4 × 4 score tiles of 64, 10 of them on or below the diagonal.
+        assert_eq!(shape("scores_p"), [6, 4, 10, 64, 64]);
+        // DQK = 80: one 128-column tile of dq and dk.
+        assert_eq!(shape("row_dots"), [3, 6, 1024, 1]);
         assert_eq!(shape("state_dots")[..2], [6, 6]);
         assert_eq!(shape("pair_sums"), [2, 6, 1024, 4]);
         // Every row_coef plane starts 16-byte aligned (cp.async of the row weights).

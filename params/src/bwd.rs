@@ -67,13 +67,14 @@ pub struct BwdPointers {
     pub dc_states: u64,
     /// dñ_{k+1}: (BH, NC, DQK) f32.
     pub dn_states: u64,
-    /// Gated score matrices of every chunk, rows i, columns j (only tiles with j-tile ≤ i-tile
-    /// are written): P_ij = W_ij (q̂_i·k_j) ρ_i and dP_ij = W_ij ((dh_i·v_j) ρ_i + δ_i),
-    /// (BH, NC, L, L) in the input dtype each.
+    /// Gated score matrices of every chunk, rows i, columns j: P_ij = W_ij (q̂_i·k_j) ρ_i and
+    /// dP_ij = W_ij ((dh_i·v_j) ρ_i + δ_i), in the input dtype each. Causal, so only the tiles
+    /// with j-tile ≤ i-tile are kept, packed: (BH, NC, `scores::pairs(L)`, TILE, TILE), tile
+    /// (i-tile, j-tile) at `scores::pair_index` (5/8 of the L × L matrix at L = 256).
     pub scores_p: u64,
     pub scores_dp: u64,
     /// Partial row dot products per output column tile, `combine::DOT_PLANES` planes of
-    /// (BH, NC·L, combine::MAX_COL_TILES) f32 (see [`combine`]).
+    /// (BH, NC·L, `combine::col_tiles(DQK)`) f32 (see [`combine`]).
     pub row_dots: u64,
     /// Partial state dots per state tile, (BH, `state::dots_per_head`, state::MAX_TILES) f32:
     /// for chunk k < NC A_k = γ_k ⟨dC'_{k+1}, C'_k⟩, then per sequence n ⟨dC'_0, C'_0⟩ and
@@ -244,6 +245,11 @@ pub mod scores {
         let t = chunk / TILE;
         t * (t + 1) / 2
     }
+    /// Index of tile pair (row tile `it`, column tile `jt` ≤ `it`): row-major over the lower
+    /// triangle (the grid's x and the packed score matrices' tile axis).
+    pub const fn pair_index(it: u32, jt: u32) -> u32 {
+        it * (it + 1) / 2 + jt
+    }
     /// (tile pairs, NC, BH).
     pub const fn grid(p: &BwdParams) -> (u32, u32, u32) {
         (pairs(p.chunk), p.num_chunks, p.bh)
@@ -264,8 +270,10 @@ pub mod combine {
     /// Contraction slice of the state term per ring item.
     pub const KD: u32 = 64;
     pub const STAGES: u32 = 2;
-    /// Output column tiles at the largest head dim (the row-dot planes' last axis).
-    pub const MAX_COL_TILES: u32 = crate::MAX_HEAD_DIM / TILE_OUT;
+    /// Output column tiles of dq and dk (the row-dot planes' last axis).
+    pub const fn col_tiles(dqk: u32) -> u32 {
+        div_ceil(dqk, TILE_OUT)
+    }
     /// Row-dot planes: q̂_i·(inter-chunk part of dq̂_i) (dq kernel), k_j·dk_j and
     /// k_j·(inter-chunk part of dk_j) (dk kernel).
     pub const DOT_Q_INTER: u32 = 0;

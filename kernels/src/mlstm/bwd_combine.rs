@@ -16,7 +16,7 @@ use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, shared, shfl, thread};
 use crate::tile::{SmemTile, acc_pos};
-use tfla_params::bwd::{BwdParams, combine::*, rows};
+use tfla_params::bwd::{BwdParams, combine::*, rows, scores};
 use tfla_params::fwd::SMEM_ROW_PAD;
 
 const NB: usize = (TILE_OUT / 8) as usize;
@@ -177,7 +177,9 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
     let ga = o.a + head * (s as u64) * (a_dim as u64) * 2;
     let gz = o.z + head * (s as u64) * (out_dim as u64) * 2;
     let gm = o.state + hk * (a_dim as u64) * (out_dim as u64) * 2;
-    let gt = o.t + hk * (l as u64) * (l as u64) * 2;
+    // The chunk's packed score tiles (`scores::pair_index`), TILE × TILE each.
+    let tile_bytes = (TILE * TILE * 2) as u64;
+    let gt = o.t + hk * scores::pairs(l) as u64 * tile_bytes;
 
     // Items: the state term's KD slices, then the key tiles.
     let n_state = a_dim.div_ceil(KD).max(1);
@@ -218,13 +220,10 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
             }
         } else {
             let kt = kt_first + item - n_state;
-            // T rows: own (dq) or the key tile's (transposed); columns the other.
-            let (tr, tc) = if R::TRANSPOSED {
-                (kt * TILE, i0)
-            } else {
-                (i0, kt * TILE)
-            };
-            stage::rows::<THREADS, { TILE / 8 }>(stage_a(st), gt, (tr, l), (tc, l), TILE);
+            // T's row tile: own (dq) or the key tile's (transposed); column tile the other.
+            let (tr, tc) = if R::TRANSPOSED { (kt, own) } else { (own, kt) };
+            let tile = gt + scores::pair_index(tr, tc) as u64 * tile_bytes;
+            stage::rows::<THREADS, { TILE / 8 }>(stage_a(st), tile, (0, TILE), (0, TILE), TILE);
             let keys = (t0 + kt * TILE, t0 + len);
             stage::rows::<THREADS, { TILE_OUT / 8 }>(stage_b_kn(st), gz, keys, (c0, out_dim), TILE);
         }
@@ -259,8 +258,9 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
         dot += shfl::xor_f32(dot, 1);
         dot += shfl::xor_f32(dot, 2);
         if inside && lane.is_multiple_of(4) {
-            let at = plane as u64 * p.bh as u64 * padded * MAX_COL_TILES as u64
-                + (head * padded + (t0 + i0 + rr) as u64) * MAX_COL_TILES as u64
+            let col_tiles = col_tiles(p.dqk) as u64;
+            let at = plane as u64 * p.bh as u64 * padded * col_tiles
+                + (head * padded + (t0 + i0 + rr) as u64) * col_tiles
                 + bx as u64;
             global::st_f32(p.ptr.row_dots + at * 4, dot);
         }

@@ -20,7 +20,7 @@ use super::block::{self, Add};
 use super::gates::GateKind;
 use super::seqs::seq_of_chunk;
 use crate::arch::{global, math, shared, shfl, thread};
-use tfla_params::bwd::combine::{self, DOT_K, DOT_K_INTER, DOT_Q_INTER, MAX_COL_TILES};
+use tfla_params::bwd::combine::{self, DOT_K, DOT_K_INTER, DOT_Q_INTER};
 use tfla_params::bwd::{BwdParams, gates::*, scores, state};
 
 /// # Safety
@@ -42,13 +42,13 @@ pub unsafe fn bwd_gates<G: GateKind>(p: &BwdParams) {
     let sa = scratch + 4 * WARPS; // A_k
 
     // Row dot plane `plane` of chunk step τ, summed over the column tiles.
-    let col_tiles = p.dqk.div_ceil(combine::TILE_OUT);
+    let col_tiles = combine::col_tiles(p.dqk);
     let row_dot = |plane: u32, tau: u32| {
         let row = plane as u64 * p.bh as u64 * padded + head * padded + (t0 + tau) as u64;
         let mut v = 0f32;
         for ct in 0..col_tiles {
             v += unsafe {
-                global::ld_nc_f32(p.ptr.row_dots + (row * MAX_COL_TILES as u64 + ct as u64) * 4)
+                global::ld_nc_f32(p.ptr.row_dots + (row * col_tiles as u64 + ct as u64) * 4)
             };
         }
         v

@@ -36,10 +36,10 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
     let (pair, k, bh) = thread::block_idx();
     // Pair index → (row tile, column tile ≤ row tile), row-major over the lower triangle.
     let mut it = 0;
-    while (it + 1) * (it + 2) / 2 <= pair {
+    while pair_index(it + 1, 0) <= pair {
         it += 1;
     }
-    let jt = pair - it * (it + 1) / 2;
+    let jt = pair - pair_index(it, 0);
     let (l, s, dqk, dhv, nc) = (p.chunk, p.s, p.dqk, p.dhv, p.num_chunks);
     let t0 = k * l;
     let (i0, j0) = (it * TILE, jt * TILE);
@@ -143,7 +143,8 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
     // Gate, scale and store both tiles; sum the pair gradients G_ij = scale·S_ij·dP_ij (j < i)
     // over the tile's rows and columns for the forget-gate gradient.
     let hk = head * nc as u64 + k as u64;
-    let base = hk * (l as u64) * (l as u64);
+    // This pair's tile of the packed score matrices (`scores::pair_index`).
+    let base = (hk * pairs(l) as u64 + pair as u64) * (TILE * TILE) as u64;
     let tiles = tiles(l);
     let mut col_sum = [[0f32; 2]; NB];
     unroll!(2, half => {
@@ -197,8 +198,8 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
     unsafe {
         thread::sync_threads();
         let (sp, sdp) = (p.ptr.scores_p + base * 2, p.ptr.scores_dp + base * 2);
-        stage::store_rows::<THREADS, { TILE / 8 }>(staged_p, sp, (i0, l), (j0, l), TILE);
-        stage::store_rows::<THREADS, { TILE / 8 }>(staged_dp, sdp, (i0, l), (j0, l), TILE);
+        stage::store_rows::<THREADS, { TILE / 8 }>(staged_p, sp, (0, TILE), (0, TILE), TILE);
+        stage::store_rows::<THREADS, { TILE / 8 }>(staged_dp, sdp, (0, TILE), (0, TILE), TILE);
     }
     if tid < TILE && j0 + tid < len {
         let mut c = 0f32;
