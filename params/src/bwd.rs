@@ -270,6 +270,11 @@ pub mod combine {
     /// Contraction slice of the state term per ring item.
     pub const KD: u32 = 64;
     pub const STAGES: u32 = 2;
+    /// Blocks per SM dq and dk are built for (`register_caps`): left alone, ptxas gives the
+    /// normalizing variants' dq and dk 186–255 registers, two blocks of 4 warps per SM, for
+    /// kernels that wait on `ldmatrix`/`cp.async` latency; capped, they fit without spilling.
+    pub const BLOCKS_PER_SM: u32 = 3;
+    pub const MAX_REGISTERS: u32 = crate::register_budget(THREADS, BLOCKS_PER_SM);
     /// Output column tiles of dq and dk (the row-dot planes' last axis).
     pub const fn col_tiles(dqk: u32) -> u32 {
         div_ceil(dqk, TILE_OUT)
@@ -442,6 +447,19 @@ impl BwdKernel {
         BwdKernel::Gates,
         BwdKernel::MaxPath,
     ];
+}
+
+/// Register caps of the backward's entry points, as (entry name, registers per thread): the PTX
+/// builder writes them as `.maxnreg` (what `__launch_bounds__` does in CUDA C++).
+pub fn register_caps() -> impl Iterator<Item = (&'static str, u32)> {
+    let gates = [Gates::Exp, Gates::Sig, Gates::SigNoNorm];
+    let dtypes = [Dtype::Bf16, Dtype::F16];
+    // (dv needs ~128 registers unconstrained: four blocks per SM; a cap would raise it.)
+    [BwdKernel::Dq, BwdKernel::Dk]
+        .into_iter()
+        .flat_map(move |k| gates.into_iter().map(move |g| (k, g)))
+        .flat_map(move |(k, g)| dtypes.into_iter().map(move |d| entry_name(k, g, d)))
+        .map(|name| (name, combine::MAX_REGISTERS))
 }
 
 /// Entry-point name of a backward kernel: one per (kernel, gates, dtype); the gate-gradient

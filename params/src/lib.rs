@@ -44,6 +44,12 @@ pub enum Gates {
     SigNoNorm = 2,
 }
 
+/// Registers per thread left to a kernel of `threads` threads per block when `blocks` blocks
+/// share one SM (65,536 registers; allocated per thread in units of 8).
+pub const fn register_budget(threads: u32, blocks: u32) -> u32 {
+    65536 / (threads * blocks) / 8 * 8
+}
+
 /// `ceil(a / b)` for the grid arithmetic.
 pub const fn div_ceil(a: u32, b: u32) -> u32 {
     a.div_ceil(b)

@@ -4,7 +4,9 @@
 //!
 //! The PTX comes from rustc's own NVPTX backend: `cargo rustc --target nvptx64-nvidia-cuda
 //! -Zbuild-std=core -- --emit=asm`. The final link step (`llvm-bitcode-linker`) is not needed
-//! for `--emit=asm` and is replaced by a no-op linker.
+//! for `--emit=asm` and is replaced by a no-op linker. The register caps of
+//! `tfla_params::bwd::register_caps` are then written into the entries (`.maxnreg`), which
+//! rustc has no attribute for.
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,6 +68,8 @@ pub enum BuildError {
     },
     /// The PTX references functions it does not define.
     UnresolvedExterns(Vec<String>),
+    /// A register cap names an entry point the PTX does not have.
+    NoEntry(String),
     Io(PathBuf, std::io::Error),
 }
 
@@ -81,6 +85,12 @@ impl fmt::Display for BuildError {
                     f,
                     "the PTX calls functions it does not define: {}",
                     names.join(", ")
+                )
+            }
+            BuildError::NoEntry(name) => {
+                write!(
+                    f,
+                    "a register cap names `{name}`, which the PTX does not define"
                 )
             }
             BuildError::Io(p, e) => write!(f, "{}: {e}", p.display()),
@@ -209,7 +219,31 @@ pub fn build_ptx(arch: Arch) -> Result<String, BuildError> {
     if !unresolved.is_empty() {
         return Err(BuildError::UnresolvedExterns(unresolved));
     }
-    Ok(ptx)
+    cap_registers(&ptx, tfla_params::bwd::register_caps())
+}
+
+/// `ptx` with `.maxnreg N` written into each named entry (between its parameter list and its
+/// body, where PTX puts performance directives).
+pub fn cap_registers<'a>(
+    ptx: &str,
+    caps: impl IntoIterator<Item = (&'a str, u32)>,
+) -> Result<String, BuildError> {
+    let mut lines: Vec<String> = ptx.lines().map(str::to_string).collect();
+    for (name, regs) in caps {
+        let head = format!(".visible .entry {name}(");
+        let start = lines
+            .iter()
+            .position(|l| l.trim_start() == head)
+            .ok_or_else(|| BuildError::NoEntry(name.to_string()))?;
+        // The parameter list closes on a line of its own, and the body opens on the next.
+        let close = (start..lines.len())
+            .find(|&i| lines[i].trim() == ")" && lines.get(i + 1).is_some_and(|l| l.trim() == "{"))
+            .ok_or_else(|| BuildError::NoEntry(name.to_string()))?;
+        lines.insert(close + 1, format!(".maxnreg {regs}"));
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    Ok(out)
 }
 
 /// Functions the PTX declares `.extern` (called but not defined): must be none, or the module
@@ -357,6 +391,20 @@ mod tests {
             (r[1].name.as_str(), r[1].registers, r[1].stack_bytes),
             ("k2", 10, 0)
         );
+    }
+
+    #[test]
+    fn caps_registers_of_named_entries() {
+        let ptx = ".visible .entry k_a(\n\t.param .b32 p\n)\n{\n\tret;\n}\n.visible .entry k_b(\n)\n{\n}\n";
+        let capped = cap_registers(ptx, [("k_b", 168)]).unwrap();
+        assert_eq!(
+            capped,
+            ".visible .entry k_a(\n\t.param .b32 p\n)\n{\n\tret;\n}\n.visible .entry k_b(\n)\n.maxnreg 168\n{\n}\n"
+        );
+        assert!(matches!(
+            cap_registers(ptx, [("k_c", 168)]),
+            Err(BuildError::NoEntry(_))
+        ));
     }
 
     #[test]
