@@ -179,55 +179,44 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
             }
         }
 
-        // γ_k, from the chunk's gate scalars (m_{k+1} recomputed as the forward did).
+        // The chunk's reads from memory before its products (γ_k's gate scalars, C'_k for A_k,
+        // the largest row weights) are all issued before any of them is used: one round trip
+        // per chunk on the walk's critical path instead of three.
         let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + hk * 4) };
-        let decay = if G::STABILIZED {
-            let m_k = unsafe { global::ld_nc_f32(p.ptr.m_states + hk * 4) };
+        let (m_k, cm_last) = if G::STABILIZED {
             let last = head * padded + (k * l + l.min(s - k * l) - 1) as u64;
-            let cm_last = unsafe { global::ld_nc_f32(p.ptr.gate_cm + last * 4) };
-            math::exp(g + m_k - (g + m_k).max(g + cm_last))
+            unsafe {
+                (
+                    global::ld_nc_f32(p.ptr.m_states + hk * 4),
+                    global::ld_nc_f32(p.ptr.gate_cm + last * 4),
+                )
+            }
         } else {
-            math::exp(g)
+            (0.0, 0.0)
         };
-        // A_k = γ_k ⟨dC'_{k+1}, C'_k⟩, this tile's part (the forget gates' share through the
-        // decay of the state into the next chunk).
-        let mut dot = 0f32;
-        if k == k_lo && p.ptr.c0 != 0 {
-            // C'_0 as given (f32), not rounded to the input dtype as the chunk states are. (A
-            // branch around the whole loop: one inside it made the kernel 1.7× slower.)
+        // C'_0 as given (f32), not rounded to the input dtype as the chunk states are, is read
+        // in its own loop below. (Branches around whole loops: one inside made the kernel 1.7×
+        // slower.)
+        let from_c0 = k == k_lo && p.ptr.c0 != 0;
+        let mut c_k = [[0u32; 2]; NB];
+        if !from_c0 {
             let o = origin();
             unroll!(16, nb => {
                 for half in 0..2 {
-                    let e = 2 * half;
-                    let (idx, inside) = at(o, nb, e);
-                    let x = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c0 + (mat + idx) * 4) };
-                    dot += acc[nb][e] * x[0] + acc[nb][e + 1] * x[1];
-                }
-            });
-        } else {
-            let o = origin();
-            unroll!(16, nb => {
-                for half in 0..2 {
-                    let e = 2 * half;
-                    let (idx, inside) = at(o, nb, e);
+                    let (idx, inside) = at(o, nb, 2 * half);
                     let ptr = p.ptr.c_states + (hk * (dqk as u64) * (dhv as u64) + idx) * 2;
-                    let (x0, x1) = E::unpack(unsafe { global::ld_nc_f32_or_zero(inside, ptr) }.to_bits());
-                    dot += acc[nb][e] * x0 + acc[nb][e + 1] * x1;
+                    c_k[nb][half] = unsafe { global::ld_nc_f32_or_zero(inside, ptr) }.to_bits();
                 }
             });
         }
+        let mut n_k = [0f32; 2];
         if with_n && lane % 4 == 0 {
-            for half in 0..2 {
+            for (half, n) in n_k.iter_mut().enumerate() {
                 let r = d0 + row(2 * half);
                 let ptr = p.ptr.n_states + (hk * dqk as u64 + r as u64) * 4;
-                dot += nacc[2 * half] * unsafe { global::ld_nc_f32_or_zero(r < dqk, ptr) };
+                *n = unsafe { global::ld_nc_f32_or_zero(r < dqk, ptr) };
             }
         }
-        let dot = unsafe { block::reduce::<Add, THREADS>(dot, scratch) };
-        if tid == 0 {
-            unsafe { global::st_f32(dots + k as u64 * MAX_TILES as u64 * 4, decay * dot) };
-        }
-
         // The chunk's products run on weights divided by their largest value (restored
         // after): α_i ρ_i can all be tiny (a forget gate near 0 at the chunk's start), and
         // q̂·α ρ rounded to f16 would then lose its precision in the subnormal range.
@@ -240,6 +229,45 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
             wn = wn.max(unsafe { global::ld_nc_f32(g_wn + at) }.abs());
             j += THREADS;
         }
+
+        // γ_k (m_{k+1} recomputed as the forward did).
+        let decay = if G::STABILIZED {
+            math::exp(g + m_k - (g + m_k).max(g + cm_last))
+        } else {
+            math::exp(g)
+        };
+        // A_k = γ_k ⟨dC'_{k+1}, C'_k⟩, this tile's part (the forget gates' share through the
+        // decay of the state into the next chunk).
+        let mut dot = 0f32;
+        if from_c0 {
+            let o = origin();
+            unroll!(16, nb => {
+                for half in 0..2 {
+                    let e = 2 * half;
+                    let (idx, inside) = at(o, nb, e);
+                    let x = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c0 + (mat + idx) * 4) };
+                    dot += acc[nb][e] * x[0] + acc[nb][e + 1] * x[1];
+                }
+            });
+        } else {
+            unroll!(16, nb => {
+                for half in 0..2 {
+                    let e = 2 * half;
+                    let (x0, x1) = E::unpack(c_k[nb][half]);
+                    dot += acc[nb][e] * x0 + acc[nb][e + 1] * x1;
+                }
+            });
+        }
+        if with_n && lane % 4 == 0 {
+            for (half, n) in n_k.iter().enumerate() {
+                dot += nacc[2 * half] * n;
+            }
+        }
+        let dot = unsafe { block::reduce::<Add, THREADS>(dot, scratch) };
+        if tid == 0 {
+            unsafe { global::st_f32(dots + k as u64 * MAX_TILES as u64 * 4, decay * dot) };
+        }
+
         let unit = |x: f32| if x > 0.0 { x } else { 1.0 };
         let wc = unit(unsafe { block::reduce::<Max, THREADS>(wc, scratch) });
         let wn = unit(unsafe { block::reduce::<Max, THREADS>(wn, scratch) });
