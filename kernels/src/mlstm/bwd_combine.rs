@@ -266,6 +266,18 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
         }
     };
 
+    // The rows' coefficients r (and e), read from memory before the walk: they land while the
+    // state term runs instead of stalling every warp when it ends.
+    let (r_rows, e_rows) = {
+        let lane = thread::opaque(lane);
+        let row = |half: usize| warp * 16 + acc_pos(lane, 2 * half).0;
+        let r = [0, 1].map(|half| o.r_mul * coef(o.r_plane, row(half)));
+        let e = [0, 1].map(|half| match o.e_plane {
+            Some(pl) => o.r_mul * coef(pl, row(half)),
+            None => 0.0,
+        });
+        (r, e)
+    };
     let mut acc = [[0f32; 4]; NB];
     for item in 0..n_items {
         unsafe { stage::advance((item + 1 < n_items).then_some(item + 1), issue) };
@@ -293,12 +305,7 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
                 let lane = thread::opaque(lane);
                 unroll!(2, half => {
                     let e = 2 * half;
-                    let rr = warp * 16 + acc_pos(lane, e).0;
-                    let r = o.r_mul * coef(o.r_plane, rr);
-                    let ecoef = match o.e_plane {
-                        Some(pl) => o.r_mul * coef(pl, rr),
-                        None => 0.0,
-                    };
+                    let (r, ecoef) = (r_rows[half], e_rows[half]);
                     unroll!(16, nb => {
                         let c = c0 + nb as u32 * 8 + acc_pos(lane, e).1;
                         let u = if o.e_plane.is_some() {
