@@ -57,9 +57,33 @@ pub unsafe fn rows<const THREADS: u32, const VECS: u32>(
     cols: (u32, u32),
     rows: u32,
 ) {
+    unsafe {
+        copy_walk::<THREADS, VECS>(
+            (|r, c| tile.offset(r, c), tile.stride),
+            base,
+            span,
+            cols,
+            rows,
+        )
+    };
+}
+
+/// The `cp.async` copies of [`rows`] and [`rows_sw128`] along [`walk`], shared element address
+/// `at` (and the shared bytes between rows): what lies outside the tensor becomes zeros.
+///
+/// # Safety
+/// As [`rows`].
+#[inline(always)]
+unsafe fn copy_walk<const THREADS: u32, const VECS: u32>(
+    at: (impl Fn(u32, u32) -> u32, u32),
+    base: u64,
+    span: (u32, u32),
+    cols: (u32, u32),
+    rows: u32,
+) {
     walk::<THREADS, VECS>(
         thread::thread_idx(),
-        (|r, c| tile.offset(r, c), tile.stride),
+        at,
         base,
         span,
         cols,
@@ -108,18 +132,15 @@ pub unsafe fn rows_sw128<const THREADS: u32, const VECS: u32>(
             "a thread's rows keep one swizzle phase: its column's chunk moves the same in each"
         )
     };
-    walk::<THREADS, VECS>(
-        thread::thread_idx(),
-        (|r, c| saddr + sw128(rows, r, c), 128),
-        base,
-        span,
-        cols,
-        rows,
-        |dst, src, ok| {
-            let from = if ok { src } else { base };
-            unsafe { cp_async::copy_16(dst, from, if ok { 16 } else { 0 }) };
-        },
-    );
+    unsafe {
+        copy_walk::<THREADS, VECS>(
+            (|r, c| saddr + sw128(rows, r, c), 128),
+            base,
+            span,
+            cols,
+            rows,
+        )
+    };
 }
 
 /// Writes `rows` rows of a 16-bit tile in shared memory, columns 0 .. 8·VECS, to rows
