@@ -18,7 +18,7 @@
 //! elements before it writes the same elements of C̃_final; ñ_0 and m_0 come from the chunk
 //! states at chunk 0).
 use super::gates::GateKind;
-use super::out_tile::{GateTerms, OutTile};
+use super::out_tile::{OutTile, RowTerms};
 use super::seqs::chunk_range;
 use super::slots::state_head;
 use super::stage;
@@ -70,15 +70,9 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
         base: shared::base() + STAGES * stage_bytes(),
         stride: (TILE_HV + SMEM_ROW_PAD) * 2,
     };
-    // The row terms; the column terms C_j = u_j·log2e are formed from the staged u where read
-    // (`col` is not used).
-    let row_r = state.base + state_bytes();
-    let gt = GateTerms {
-        col: 0,
-        row_r,
-        row_scale: row_r + 4 * CHUNK,
-        row_floor: row_r + 8 * CHUNK,
-    };
+    // The row gate terms; the column terms C_j = u_j·log2e are formed from the staged u where
+    // they are read.
+    let gt = RowTerms::at(state.base + state_bytes(), CHUNK);
     let sn = gt.row_floor + 4 * CHUNK;
 
     // Global bases of this head.

@@ -20,7 +20,7 @@
 //! slice of the Q tile along. The next item loads while the current one multiplies, and shared
 //! memory stays independent of DQK: two blocks per SM at every head dim.
 use super::gates::GateKind;
-use super::out_tile::{GateTerms, OutTile};
+use super::out_tile::{OutTile, RowTerms};
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
@@ -78,8 +78,10 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
         base: ring + STAGES * ring_bytes() + st * v_bytes(),
         stride: (TILE_HV + SMEM_ROW_PAD) * 2,
     };
-    let gt = GateTerms::new(ring + STAGES * (ring_bytes() + v_bytes()), l, TILE_Q);
-    let (scol, srow_r, srow_scale) = (gt.col, gt.row_r, gt.row_scale);
+    // Gate vectors: the column terms (L f32), then the row terms.
+    let scol = ring + STAGES * (ring_bytes() + v_bytes());
+    let gt = RowTerms::at(scol + 4 * l, TILE_Q);
+    let (srow_r, srow_scale) = (gt.row_r, gt.row_scale);
     let sn = gt.row_floor + 4 * TILE_Q; // ñ_k
 
     // Global bases of this head.
@@ -132,7 +134,7 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
     // The gate vectors of this tile (from chunk_gates), while item 0 loads.
     unsafe {
         let m_k = || tile.stored_m_k::<G>(p);
-        tile.stage_gate_terms::<G, THREADS, TILE_Q>(p, gt, m_k, tid)
+        tile.stage_gate_terms::<G, THREADS, TILE_Q>(p, scol, gt, m_k, tid)
     };
     if G::NORMALIZED {
         // ñ_k, zero-padded to whole slices like the staged Q and C̃_k slices.

@@ -18,7 +18,7 @@
 //! Causal shape: warpgroup 0 (rows i0 .. i0 + 64) needs the key tiles up to its diagonal only
 //! and waits at the barriers while warpgroup 1 multiplies the last one.
 use super::gates::GateKind;
-use super::out_tile::{GateTerms, OutTile};
+use super::out_tile::{OutTile, RowTerms};
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::wgmma::{self, Hold, Wgmma, k_major};
@@ -80,8 +80,10 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let stage_b = |st: u32| ring + st * ring_bytes();
     let stage_v = |st: u32| ring + STAGES * ring_bytes() + st * v_bytes();
     let sn = ring + STAGES * ring_bytes() + V_STAGES * v_bytes();
-    let gt = GateTerms::new(sn + n_bytes(dqk), l, TILE_Q);
-    let (scol, srow_r, srow_scale) = (gt.col, gt.row_r, gt.row_scale);
+    // Gate vectors: the column terms (L f32), then the row terms.
+    let scol = sn + n_bytes(dqk);
+    let gt = RowTerms::at(scol + 4 * l, TILE_Q);
+    let (srow_r, srow_scale) = (gt.row_r, gt.row_scale);
 
     // Global bases of this head.
     let gq = p.ptr.q + head * (s as u64) * (dqk as u64) * 2;
@@ -128,7 +130,7 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     // The gate vectors of this tile, while item 0 loads.
     unsafe {
         let m_k = || tile.stored_m_k::<G>(p);
-        tile.stage_gate_terms::<G, THREADS, TILE_Q>(p, gt, m_k, tid)
+        tile.stage_gate_terms::<G, THREADS, TILE_Q>(p, scol, gt, m_k, tid)
     };
     if G::NORMALIZED {
         // ñ_k's atoms: per slice, row 0 the 16-bit head of ñ_k (zero past DQK), row 1 its

@@ -20,28 +20,25 @@ pub struct OutTile {
     pub head: u64,
 }
 
-/// Shared-memory addresses of the tile's f32 gate vectors: the column term C_j of each key
-/// step (L), then per row (tile_q each) the row term R_i, the inter-chunk scale e^{m_k − M_i}
-/// (sig: e^{b_i}) and the normalizer floor e^{−m_i} (1 for sig).
+/// Shared-memory addresses of a tile's f32 row gate terms, tile_q each: the row term R_i, the
+/// inter-chunk scale e^{m_k − M_i} (sig: e^{b_i}) and the normalizer floor e^{−m_i} (1 for
+/// sig). (The column terms C_j = u_j·log2e live where each kernel has them: staged by
+/// `stage_gate_terms`, or read from the staged u.)
 #[derive(Clone, Copy)]
-pub struct GateTerms {
-    pub col: u32,
+pub struct RowTerms {
     pub row_r: u32,
     pub row_scale: u32,
     pub row_floor: u32,
 }
 
-impl GateTerms {
-    /// The vectors laid out from `base` for chunks of `chunk` steps and `tile_q` rows; `end`
-    /// is the first address after them.
+impl RowTerms {
+    /// The vectors laid out from `base` for `tile_q` rows; `end` is the first address after.
     #[inline(always)]
-    pub fn new(base: u32, chunk: u32, tile_q: u32) -> Self {
-        let row_r = base + 4 * chunk;
-        GateTerms {
-            col: base,
-            row_r,
-            row_scale: row_r + 4 * tile_q,
-            row_floor: row_r + 8 * tile_q,
+    pub fn at(base: u32, tile_q: u32) -> Self {
+        RowTerms {
+            row_r: base,
+            row_scale: base + 4 * tile_q,
+            row_floor: base + 8 * tile_q,
         }
     }
 }
@@ -98,8 +95,8 @@ impl OutTile {
         }
     }
 
-    /// Fills `g` from the gate vectors of chunk_gates and the chunk's max state `m_k()` (thread
-    /// `tid` of THREADS; TILE_Q rows): C_j = u_j·log2e for the tile's key steps; per row R_i
+    /// Fills `col` (C_j = u_j·log2e for the tile's key steps, f32) and `g` from the gate vectors
+    /// of chunk_gates and the chunk's max state `m_k()` (thread `tid` of THREADS; TILE_Q rows): per row R_i
     /// (times log2e), the scale and the floor (rows past `len`: 0, 0, 1). Writes the rows' m_i
     /// where asked (first DHV tile only). A barrier follows before they are read. (`m_k` is
     /// called after the column terms are issued, so a load of it overlaps theirs.)
@@ -110,7 +107,8 @@ impl OutTile {
     pub unsafe fn stage_gate_terms<G: GateKind, const THREADS: u32, const TILE_Q: u32>(
         &self,
         p: &FwdParams,
-        g: GateTerms,
+        col: u32,
+        g: RowTerms,
         m_k: impl FnOnce() -> f32,
         tid: u32,
     ) {
@@ -118,7 +116,7 @@ impl OutTile {
         let mut j = tid;
         while j < self.nkeys {
             let u = unsafe { global::ld_nc_f32(p.ptr.gate_u + (gate_row + j as u64) * 4) };
-            unsafe { shared::st_f32(g.col + 4 * j, u * math::LOG2_E) };
+            unsafe { shared::st_f32(col + 4 * j, u * math::LOG2_E) };
             j += THREADS;
         }
         let m_k = m_k();
@@ -147,7 +145,7 @@ impl OutTile {
     pub unsafe fn put_row_terms<G: GateKind>(
         &self,
         p: &FwdParams,
-        g: GateTerms,
+        g: RowTerms,
         row: u32,
         b: impl FnOnce() -> f32,
         cm: impl FnOnce() -> f32,
@@ -196,7 +194,7 @@ impl OutTile {
     pub unsafe fn store_h<E: Elem, G: GateKind, const GROUPS: usize>(
         &self,
         p: &FwdParams,
-        g: GateTerms,
+        g: RowTerms,
         (wrow, lane): (u32, u32),
         gh: u64,
         mut row_sum: [f32; 2],
