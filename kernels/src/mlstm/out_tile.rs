@@ -32,7 +32,7 @@ pub struct RowTerms {
 }
 
 impl RowTerms {
-    /// The vectors laid out from `base` for `tile_q` rows; `end` is the first address after.
+    /// The vectors laid out from `base` for `tile_q` rows.
     #[inline(always)]
     pub fn at(base: u32, tile_q: u32) -> Self {
         RowTerms {
