@@ -406,6 +406,34 @@ fn backward_ragged_shapes_and_chunk_sizes() {
     run(&cases, "backward_ragged_shapes_and_chunk_sizes");
 }
 
+/// Shapes of the one-kernel chunk gradients (`bwd::chunk`: L = 128, heads up to 128): every
+/// variant, mode and 16-bit dtype at 128/128 with a last chunk of 44 steps (one row tile, five
+/// warps without rows); a last chunk of 80 (a partial second row tile) with head dims below
+/// the tile; S = 1 with the smallest heads; DHV < DQK without a ragged end; 1000 steps.
+#[test]
+#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+fn backward_chunk_kernel_small_head_shapes() {
+    use GradMode::{DetachedNormalizer as Detached, Exact};
+    let mut cases = Vec::new();
+    for variant in VARIANTS {
+        for mode in MODES {
+            for dtype in [BF16, F16] {
+                cases.push(case(shape(1, 2, 300, 128, 128), 128, variant, dtype, mode));
+            }
+        }
+    }
+    cases.extend([
+        case(shape(1, 2, 208, 48, 80), 128, EXP, BF16, Exact),
+        case(shape(1, 2, 208, 80, 48), 128, SIG, F16, Detached).without_initial_state(),
+        case(shape(2, 1, 1, 16, 16), 128, EXP, BF16, Exact),
+        case(shape(2, 1, 1, 16, 16), 128, SIG, F16, Detached).without_final_grads(),
+        case(shape(1, 2, 256, 128, 32), 128, EXP, BF16, Detached),
+        case(shape(1, 1, 1000, 128, 128), 128, SIG_NONORM, BF16, Exact),
+        case(shape(1, 1, 1000, 128, 128), 128, EXP, BF16, Exact).without_initial_state(),
+    ]);
+    run(&cases, "backward_chunk_kernel_small_head_shapes");
+}
+
 #[test]
 #[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
 fn backward_hard_gate_regimes() {

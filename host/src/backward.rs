@@ -142,7 +142,8 @@ pub struct BwdWorkspace {
     /// dñ after each chunk: (BH, NC, DQK) f32.
     pub dn_states: Tensor,
     /// Gated score matrices P and dP of every chunk, their lower-triangular tiles packed:
-    /// (BH, NC, `scores::pairs(L)`, TILE, TILE) in the input dtype each.
+    /// (BH, NC, `scores::pairs(L)`, TILE, TILE) in the input dtype each; empty where the chunk
+    /// kernel keeps them on chip (`bwd::chunk::applies`).
     pub scores_p: Tensor,
     pub scores_dp: Tensor,
     /// Partial row dots per column tile: (combine::DOT_PLANES, BH, NC·L,
@@ -180,6 +181,8 @@ fn workspace_layout(
     let f32_path = BwdPath::of(dtype) == BwdPath::F32;
     // A tensor only one path uses is empty on the other.
     let only = |tc: bool, shape: Vec<usize>| if tc != f32_path { shape } else { vec![0] };
+    // The one-kernel chunk gradients keep the score matrices on chip.
+    let on_chip = bwd::chunk::applies(chunk as u32, dqk as u32, dhv as u32);
     let segments = bwd::recurrent::segments_len(bh as u32, dqk as u32, dhv as u32, chunk as u32);
     let tile = bwd::scores::TILE as usize;
     let scores = vec![
@@ -193,8 +196,12 @@ fn workspace_layout(
         ("row_coef", f32_, vec![bwd::rows::PLANES as usize, bh, rows]),
         ("dc_states", dtype, vec![bh, nc, dqk, dhv]),
         ("dn_states", f32_, vec![bh, nc, dqk]),
-        ("scores_p", dtype, scores.clone()),
-        ("scores_dp", dtype, scores),
+        (
+            "scores_p",
+            dtype,
+            if on_chip { vec![0] } else { scores.clone() },
+        ),
+        ("scores_dp", dtype, if on_chip { vec![0] } else { scores }),
         (
             "row_dots",
             f32_,
@@ -655,7 +662,8 @@ pub(crate) unsafe fn launch_bwd(
     let path = BwdPath::of(dtype);
     let chunk = cfg.chunk_for(&dims)?;
     let scale = cfg.scale_for(&dims)?;
-    check_pointers(ptrs, cfg.variant, path)?;
+    let on_chip = bwd::chunk::applies(chunk as u32, dims.dqk as u32, dims.dhv as u32);
+    check_pointers(ptrs, cfg.variant, path, on_chip)?;
     let params = BwdParams {
         ptr: *ptrs,
         bh: dims.bh() as u32,
@@ -682,7 +690,14 @@ pub(crate) unsafe fn launch_bwd(
 }
 
 /// Required pointers present, optional ones consistent, every pointer aligned.
-fn check_pointers(p: &BwdPointers, variant: Variant, path: BwdPath) -> Result<()> {
+/// `scores_on_chip`: the chunk kernel runs (`bwd::chunk::applies`), which needs no score
+/// matrices.
+fn check_pointers(
+    p: &BwdPointers,
+    variant: Variant,
+    path: BwdPath,
+    scores_on_chip: bool,
+) -> Result<()> {
     let mut required = vec![
         ("q", p.q),
         ("k", p.k),
@@ -707,14 +722,17 @@ fn check_pointers(p: &BwdPointers, variant: Variant, path: BwdPath) -> Result<()
         ("df", p.df),
     ];
     match path {
-        BwdPath::TensorCores(_) => required.extend([
-            ("dc_states", p.dc_states),
-            ("dn_states", p.dn_states),
-            ("scores_p", p.scores_p),
-            ("scores_dp", p.scores_dp),
-            ("row_dots", p.row_dots),
-            ("pair_sums", p.pair_sums),
-        ]),
+        BwdPath::TensorCores(_) => {
+            required.extend([
+                ("dc_states", p.dc_states),
+                ("dn_states", p.dn_states),
+                ("row_dots", p.row_dots),
+                ("pair_sums", p.pair_sums),
+            ]);
+            if !scores_on_chip {
+                required.extend([("scores_p", p.scores_p), ("scores_dp", p.scores_dp)]);
+            }
+        }
         BwdPath::F32 => required.push(("segments", p.segments)),
     }
     if variant.normalizes() {
@@ -780,9 +798,10 @@ fn check_pointers(p: &BwdPointers, variant: Variant, path: BwdPath) -> Result<()
 }
 
 /// The launches of the backward pass, in order: row coefficients, then on the tensor cores
-/// state gradients (reverse walk), score matrices, dq, dk, dv, gate gradients (which sum the
-/// row dots of dq and dk), or for f32 the reverse recurrence; the max-state path only for
-/// mLSTMexp in Exact mode (elsewhere m is constant or held constant).
+/// state gradients (reverse walk), score matrices, dq, dk, dv (or those four in one kernel
+/// where `bwd::chunk::applies`), gate gradients (which sum the row dots of dq and dk), or for
+/// f32 the reverse recurrence; the max-state path only for mLSTMexp in Exact mode (elsewhere m
+/// is constant or held constant).
 fn bwd_launches(p: &BwdParams, gates: Gates, path: BwdPath) -> Vec<Launch> {
     let max_path = Launch {
         name: bwd::entry_name(BwdKernel::MaxPath, gates, KDtype::Bf16),
@@ -833,22 +852,33 @@ fn bwd_launches(p: &BwdParams, gates: Gates, path: BwdPath) -> Vec<Launch> {
             threads: bwd::state::THREADS,
             smem: bwd::state::smem_bytes(),
         },
-        Launch {
-            name: name(BwdKernel::Scores),
-            grid: bwd::scores::grid(p),
-            threads: bwd::scores::THREADS,
-            smem: bwd::scores::smem_bytes(),
-        },
-        combine(BwdKernel::Dq, p.dqk),
-        combine(BwdKernel::Dk, p.dqk),
-        combine(BwdKernel::Dv, p.dhv),
-        Launch {
-            name: name(BwdKernel::Gates),
-            grid: bwd::gates::grid(p),
-            threads: bwd::gates::THREADS,
-            smem: bwd::gates::smem_bytes(p.chunk),
-        },
     ];
+    if bwd::chunk::applies(p.chunk, p.dqk, p.dhv) {
+        launches.push(Launch {
+            name: name(BwdKernel::Chunk),
+            grid: bwd::chunk::grid(p),
+            threads: bwd::chunk::THREADS,
+            smem: bwd::chunk::smem_bytes(),
+        });
+    } else {
+        launches.extend([
+            Launch {
+                name: name(BwdKernel::Scores),
+                grid: bwd::scores::grid(p),
+                threads: bwd::scores::THREADS,
+                smem: bwd::scores::smem_bytes(),
+            },
+            combine(BwdKernel::Dq, p.dqk),
+            combine(BwdKernel::Dk, p.dqk),
+            combine(BwdKernel::Dv, p.dhv),
+        ]);
+    }
+    launches.push(Launch {
+        name: name(BwdKernel::Gates),
+        grid: bwd::gates::grid(p),
+        threads: bwd::gates::THREADS,
+        smem: bwd::gates::smem_bytes(p.chunk),
+    });
     launches.extend(with_max_path.then_some(max_path));
     launches
 }
@@ -882,6 +912,11 @@ mod tests {
         assert_eq!(shape("row_dots"), [3, 6, 1024, 1]);
         assert_eq!(shape("state_dots")[..2], [6, 6]);
         assert_eq!(shape("pair_sums"), [2, 6, 1024, 4]);
+        // L = 128 and heads up to 128: the chunk kernel needs no score matrices.
+        let l = workspace_layout(&dims(1000, 128, 128), Dtype::Bf16, 128, 1);
+        assert_eq!(numel_of(&l, "scores_p"), 0);
+        assert_eq!(numel_of(&l, "scores_dp"), 0);
+        assert_eq!(numel_of(&l, "pair_sums"), 2 * 6 * 1024 * 2);
         // Every row_coef plane starts 16-byte aligned (cp.async of the row weights).
         assert_eq!(6 * 1024 * 4 % 16, 0);
         for &chunk in &tfla_params::CHUNK_SIZES {
@@ -903,9 +938,12 @@ mod tests {
         };
         let names = |l: &[Launch]| l.iter().map(|l| l.name).collect::<Vec<_>>();
         let f16 = BwdPath::TensorCores(KDtype::F16);
+        // L = 128 with DHV = 128 but DQK = 256: the four intra-chunk kernels.
+        let p = BwdParams { dqk: 256, ..p };
         let want = |g| {
             BwdKernel::ALL
                 .iter()
+                .filter(|&&k| k != BwdKernel::Chunk)
                 .map(|&k| bwd::entry_name(k, g, KDtype::F16))
                 .collect::<Vec<_>>()
         };
@@ -919,9 +957,31 @@ mod tests {
         assert_eq!(names(&l), want(Gates::Sig)[..7]);
         assert_eq!(bwd_launches(&p, Gates::Exp, f16).len(), 7);
         // dq and dk tile DQK, dv tiles DHV.
-        assert_eq!(l[3].grid, bwd::combine::grid(&p, 64));
+        assert_eq!(l[3].grid, bwd::combine::grid(&p, 256));
         assert_eq!(l[5].grid, bwd::combine::grid(&p, 128));
         assert!(l.iter().all(|l| l.threads % 32 == 0 && l.threads > 0));
+
+        // Heads up to 128 at L = 128: one kernel per chunk in place of those four.
+        let small = BwdParams { dqk: 64, ..exact };
+        let l = bwd_launches(&small, Gates::Exp, f16);
+        let chunk = |g| bwd::entry_name(BwdKernel::Chunk, g, KDtype::F16);
+        let want_small = [
+            BwdKernel::Rows,
+            BwdKernel::State,
+            BwdKernel::Chunk,
+            BwdKernel::Gates,
+            BwdKernel::MaxPath,
+        ]
+        .map(|k| bwd::entry_name(k, Gates::Exp, KDtype::F16));
+        assert_eq!(names(&l), want_small);
+        assert_eq!(l[2].name, chunk(Gates::Exp));
+        assert_eq!(l[2].grid, (8, 6, 1));
+        let at_256 = BwdParams {
+            chunk: 256,
+            num_chunks: 4,
+            ..small
+        };
+        assert!(!names(&bwd_launches(&at_256, Gates::Exp, f16)).contains(&chunk(Gates::Exp)));
 
         // f32: rows, the recurrence, and the max-state path where it applies.
         let l = bwd_launches(&exact, Gates::Exp, BwdPath::F32);
@@ -980,15 +1040,15 @@ mod tests {
             *f = next;
             next += 0x10_0000;
         }
-        assert!(check_pointers(&p, Variant::Exp, TC).is_ok());
-        let arg_of = |p: &BwdPointers, v| match check_pointers(p, v, TC) {
+        assert!(check_pointers(&p, Variant::Exp, TC, false).is_ok());
+        let arg_of = |p: &BwdPointers, v| match check_pointers(p, v, TC, false) {
             Err(Error::Invalid { arg, .. }) => arg,
             other => panic!("expected Error::Invalid, got {other:?}"),
         };
         let mut bad = p;
         bad.norm_rows = 0;
         assert_eq!(arg_of(&bad, Variant::Exp), "norm_rows");
-        assert!(check_pointers(&bad, Variant::Sig { normalize: false }, TC).is_ok());
+        assert!(check_pointers(&bad, Variant::Sig { normalize: false }, TC, false).is_ok());
         let mut bad = p;
         bad.dc_final = 0x2000_0000;
         assert_eq!(arg_of(&bad, Variant::Exp), "c_final");
@@ -1007,14 +1067,16 @@ mod tests {
         let mut bad = p;
         bad.scores_dp = 0;
         assert_eq!(arg_of(&bad, Variant::Exp), "scores_dp");
+        // The chunk kernel keeps the score matrices on chip.
+        assert!(check_pointers(&bad, Variant::Exp, TC, true).is_ok());
         // The f32 path needs its scratch, not the tensor-core workspace.
-        let f32_arg = |p: &BwdPointers| match check_pointers(p, Variant::Exp, BwdPath::F32) {
+        let f32_arg = |p: &BwdPointers| match check_pointers(p, Variant::Exp, BwdPath::F32, false) {
             Err(Error::Invalid { arg, .. }) => arg,
             other => panic!("expected Error::Invalid, got {other:?}"),
         };
         assert_eq!(f32_arg(&bad), "segments");
         bad.segments = next;
-        assert!(check_pointers(&bad, Variant::Exp, BwdPath::F32).is_ok());
+        assert!(check_pointers(&bad, Variant::Exp, BwdPath::F32, false).is_ok());
         bad.dq += 4;
         assert_eq!(f32_arg(&bad), "dq");
     }

@@ -315,6 +315,55 @@ pub mod combine {
     }
 }
 
+/// The chunk's input gradients in one kernel for small heads (`bwd_chunk`), in place of the
+/// score and the three combine kernels: one block per (chunk, head) stages the chunk's Q, K, V,
+/// dH, C̃_k and dC̃_{k+1} whole in shared memory and computes dq (warp w: rows 16w.., the
+/// score tiles S, dS of its rows, dP in registers as the A operand of dP·K), then dv and dk
+/// (warp w: key rows 16w.., the transposed score tiles Sᵀ, dSᵀ recomputed in registers). P and
+/// dP never leave the SM: at 128/128 that is 0.4 GB of stores and 0.6 GB of loads fewer than
+/// the four kernels, and Q, K, V, dH are read once instead of three to five times.
+pub mod chunk {
+    use super::*;
+    pub const WARPS: u32 = 8;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// The chunk size it runs: 16 rows per warp.
+    pub const CHUNK: u32 = 16 * WARPS;
+    /// The largest head dim (DQK and DHV) it takes: register accumulators 16 × TILE_D per warp.
+    pub const TILE_D: u32 = 128;
+    /// Score tile width (the pair-sum planes' tiles, as the score kernel's).
+    pub const TILE: u32 = scores::TILE;
+    const _: () = assert!(
+        CHUNK == 2 * TILE && TILE == 16 * (WARPS / 2),
+        "two score tiles per chunk, the rows of four warps each"
+    );
+
+    /// One staged operand: CHUNK (or TILE_D) rows × TILE_D columns, 16-bit, padded rows.
+    pub const fn tile_bytes() -> u32 {
+        CHUNK * (TILE_D + SMEM_ROW_PAD) * 2
+    }
+    /// Staged operands: Q, K, V, dH, C̃_k, dC̃_{k+1}.
+    pub const TILES: u32 = 6;
+    /// The chunk's row vectors R (log2 row factor), ρ, δ, u, α ρ, α δ, w (`rows`; CHUNK f32
+    /// each), then per warp and key tile the partial column sums of the pair gradients
+    /// (WARPS × 2 × TILE f32).
+    pub const VECTORS: u32 = 7;
+    pub const fn smem_bytes() -> u32 {
+        TILES * tile_bytes() + VECTORS * CHUNK * 4 + WARPS * 2 * TILE * 4
+    }
+    /// Registers per thread it is built for (`register_caps`; one block per SM, its shared
+    /// memory allows no second). Left alone, ptxas takes all 255 and still spills a few
+    /// long-lived values (24–40 bytes); capped at 224 it schedules without spilling.
+    pub const MAX_REGISTERS: u32 = 224;
+    /// Whether a backward takes this kernel (at its chunk size, head dims up to TILE_D).
+    pub const fn applies(chunk: u32, dqk: u32, dhv: u32) -> bool {
+        chunk == CHUNK && dqk <= TILE_D && dhv <= TILE_D
+    }
+    /// (NC, BH, 1).
+    pub const fn grid(p: &BwdParams) -> (u32, u32, u32) {
+        (p.num_chunks, p.bh, 1)
+    }
+}
+
 /// Gate gradients: one block per (chunk, head) (the forget-gate gradient is a sum inside the
 /// chunk: two block scans over its steps).
 pub mod gates {
@@ -432,18 +481,21 @@ pub enum BwdKernel {
     Dq,
     Dk,
     Dv,
+    /// Scores, dq, dk and dv in one kernel where `chunk::applies`.
+    Chunk,
     Gates,
     MaxPath,
 }
 
 impl BwdKernel {
-    pub const ALL: [BwdKernel; 8] = [
+    pub const ALL: [BwdKernel; 9] = [
         BwdKernel::Rows,
         BwdKernel::State,
         BwdKernel::Scores,
         BwdKernel::Dq,
         BwdKernel::Dk,
         BwdKernel::Dv,
+        BwdKernel::Chunk,
         BwdKernel::Gates,
         BwdKernel::MaxPath,
     ];
@@ -455,11 +507,14 @@ pub fn register_caps() -> impl Iterator<Item = (&'static str, u32)> {
     let gates = [Gates::Exp, Gates::Sig, Gates::SigNoNorm];
     let dtypes = [Dtype::Bf16, Dtype::F16];
     // (dv needs ~128 registers unconstrained: four blocks per SM; a cap would raise it.)
-    [BwdKernel::Dq, BwdKernel::Dk]
-        .into_iter()
-        .flat_map(move |k| gates.into_iter().map(move |g| (k, g)))
-        .flat_map(move |(k, g)| dtypes.into_iter().map(move |d| entry_name(k, g, d)))
-        .map(|name| (name, combine::MAX_REGISTERS))
+    [
+        (BwdKernel::Dq, combine::MAX_REGISTERS),
+        (BwdKernel::Dk, combine::MAX_REGISTERS),
+        (BwdKernel::Chunk, chunk::MAX_REGISTERS),
+    ]
+    .into_iter()
+    .flat_map(move |(k, cap)| gates.into_iter().map(move |g| (k, g, cap)))
+    .flat_map(move |(k, g, cap)| dtypes.into_iter().map(move |d| (entry_name(k, g, d), cap)))
 }
 
 /// Entry-point name of a backward kernel: one per (kernel, gates, dtype); the gate-gradient
@@ -476,6 +531,7 @@ pub const fn entry_name(kernel: BwdKernel, gates: Gates, dtype: Dtype) -> &'stat
         Dq => DQ[g][d],
         Dk => DK[g][d],
         Dv => DV[g][d],
+        Chunk => CHUNK[g][d],
         Gates => GATES[g],
         // Only mLSTMexp has a max state: the name is the same for every `gates`.
         MaxPath => "mlstm_bwd_max_path_exp",
@@ -499,6 +555,7 @@ names! {
     DQ = "mlstm_bwd_dq";
     DK = "mlstm_bwd_dk";
     DV = "mlstm_bwd_dv";
+    CHUNK = "mlstm_bwd_chunk";
 }
 const GATES: [&str; 3] = [
     "mlstm_bwd_gates_exp",
@@ -518,6 +575,7 @@ mod tests {
         assert!(state::smem_bytes() <= HOPPER_SMEM);
         assert!(scores::smem_bytes() <= HOPPER_SMEM);
         assert!(combine::smem_bytes() <= HOPPER_SMEM);
+        assert!(chunk::smem_bytes() <= HOPPER_SMEM);
         assert!(recurrent::smem_bytes(1024) <= HOPPER_SMEM);
         // Two combine and two score blocks per SM.
         assert!(2 * (combine::smem_bytes() + 1024) <= 228 * 1024);
@@ -585,6 +643,6 @@ mod tests {
         }
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 6 * 6 + 3 + 1);
+        assert_eq!(names.len(), 7 * 6 + 3 + 1);
     }
 }

@@ -73,3 +73,21 @@ pub fn opaque(x: u32) -> u32 {
     };
     y
 }
+
+/// Runs `body(0)`, …, `body(n - 1)` (n ≥ 1) as a loop that neither LLVM nor ptxas unrolls:
+/// the counter passes through [`opaque`] (no trip count to unroll by) and the loop header
+/// carries PTX's `nounroll` pragma. For loops whose unrolled bodies would outgrow the
+/// instruction cache.
+#[inline(always)]
+pub fn rolled_loop(n: u32, mut body: impl FnMut(u32)) {
+    let mut i = 0;
+    loop {
+        // SAFETY: a directive, no instruction.
+        unsafe { core::arch::asm!(".pragma \"nounroll\";", options(nomem, nostack)) };
+        body(i);
+        i = opaque(i + 1);
+        if i >= n {
+            break;
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! variant (`GateKind`); `entry!` instantiates the PTX entry points under the names that
 //! `tfla_params::fwd::entry_name` lists.
 mod block;
+mod bwd_chunk;
 mod bwd_combine;
 mod bwd_gates;
 mod bwd_max_path;
@@ -143,6 +144,12 @@ entry! {
     mlstm_bwd_dv_sig_f16 = bwd_combine<F16, SigGates, Dv>;
     mlstm_bwd_dv_signn_bf16 = bwd_combine<Bf16, SigNoNormGates, Dv>;
     mlstm_bwd_dv_signn_f16 = bwd_combine<F16, SigNoNormGates, Dv>;
+    mlstm_bwd_chunk_exp_bf16 = bwd_chunk<Bf16, ExpGates>;
+    mlstm_bwd_chunk_exp_f16 = bwd_chunk<F16, ExpGates>;
+    mlstm_bwd_chunk_sig_bf16 = bwd_chunk<Bf16, SigGates>;
+    mlstm_bwd_chunk_sig_f16 = bwd_chunk<F16, SigGates>;
+    mlstm_bwd_chunk_signn_bf16 = bwd_chunk<Bf16, SigNoNormGates>;
+    mlstm_bwd_chunk_signn_f16 = bwd_chunk<F16, SigNoNormGates>;
     mlstm_bwd_gates_exp = bwd_gates<ExpGates>;
     mlstm_bwd_gates_sig = bwd_gates<SigGates>;
     mlstm_bwd_gates_signn = bwd_gates<SigNoNormGates>;
