@@ -607,6 +607,36 @@ mod tests {
     }
 
     #[test]
+    fn chunk_kernel_takes_small_heads_at_its_chunk_size() {
+        for (dqk, dhv) in [(128, 128), (16, 16), (48, 80), (128, 32)] {
+            assert!(chunk::applies(128, dqk, dhv), "{dqk}/{dhv}");
+        }
+        for (l, dqk, dhv) in [
+            (64, 64, 64),
+            (256, 128, 128),
+            (128, 136, 128),
+            (128, 128, 256),
+        ] {
+            assert!(!chunk::applies(l, dqk, dhv), "L = {l}, {dqk}/{dhv}");
+        }
+        // One block per (chunk, head); the register cap is written for every entry.
+        let p = BwdParams {
+            bh: 6,
+            chunk: 128,
+            num_chunks: 8,
+            ..Default::default()
+        };
+        assert_eq!(chunk::grid(&p), (8, 6, 1));
+        let caps: std::vec::Vec<_> = register_caps().collect();
+        for g in [Gates::Exp, Gates::Sig, Gates::SigNoNorm] {
+            for d in [Dtype::Bf16, Dtype::F16] {
+                let name = entry_name(BwdKernel::Chunk, g, d);
+                assert!(caps.contains(&(name, chunk::MAX_REGISTERS)), "{name}");
+            }
+        }
+    }
+
+    #[test]
     fn recurrent_segments_bound_the_scratch() {
         // About 2√L slots: checkpoints plus one segment's states.
         let want = [
