@@ -106,7 +106,7 @@ pub unsafe fn bwd_chunk<E: Elem, G: GateKind>(p: &BwdParams) {
             (0, dhv),
             TILE_D,
         );
-        // (Rows past S hold zeros: the rows kernel pads them, chunk_gates too.)
+        // (The planes run to NC·L; what rows past S hold is masked by i < len.)
         let span = (t0, nc * l);
         stage::f32_vec::<THREADS>(s_r, plane(rows::R_LOG2), span, CHUNK);
         stage::f32_vec::<THREADS>(s_rho, plane(rows::RHO), span, CHUNK);
