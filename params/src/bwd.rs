@@ -70,7 +70,8 @@ pub struct BwdPointers {
     /// Gated score matrices of every chunk, rows i, columns j: P_ij = W_ij (q̂_i·k_j) ρ_i and
     /// dP_ij = W_ij ((dh_i·v_j) ρ_i + δ_i), in the input dtype each. Causal, so only the tiles
     /// with j-tile ≤ i-tile are kept, packed: (BH, NC, `scores::pairs(L)`, TILE, TILE), tile
-    /// (i-tile, j-tile) at `scores::pair_index` (5/8 of the L × L matrix at L = 256).
+    /// (i-tile, j-tile) at `scores::pair_index` (5/8 of the L × L matrix at L = 256). Unused
+    /// (0 allowed) where the chunk kernel keeps them on chip (`chunk::applies`).
     pub scores_p: u64,
     pub scores_dp: u64,
     /// Partial row dot products per output column tile, `combine::DOT_PLANES` planes of
