@@ -177,6 +177,34 @@ pub unsafe fn bwd_chunk<E: Elem, G: GateKind>(p: &BwdParams) {
         });
         t
     };
+    // dq's two score tiles S = Q·Kᵀ and dS = dH·Vᵀ of key tile j0.., in one rolled loop over
+    // the larger head dim (the staged operands are zeros past theirs): twice the independent
+    // `mma` per iteration of two separate loops.
+    let score_pair = #[inline(always)]
+    |j0: u32| -> (Tile, Tile) {
+        let lane = thread::opaque(lane);
+        let (mut st, mut dt) = ([[0f32; 4]; TB], [[0f32; 4]; TB]);
+        thread::rolled_loop(dqk.max(dhv).div_ceil(16), |ks| {
+            let (qa, ha) = unsafe {
+                (
+                    sq.a(warp * 16, ks * 16, lane),
+                    sdh.a(warp * 16, ks * 16, lane),
+                )
+            };
+            unroll!(4, pr => {
+                let (kb, vb) = unsafe {
+                    (sk.b_nk(j0 + pr as u32 * 16, ks * 16, lane), sv.b_nk(j0 + pr as u32 * 16, ks * 16, lane))
+                };
+                unsafe {
+                    E::mma(&mut st[2 * pr], qa, kb[0]);
+                    E::mma(&mut st[2 * pr + 1], qa, kb[1]);
+                    E::mma(&mut dt[2 * pr], ha, vb[0]);
+                    E::mma(&mut dt[2 * pr + 1], ha, vb[1]);
+                }
+            });
+        });
+        (st, dt)
+    };
     // acc += T·Z: T a gated score tile in registers, Z rows z0.. of `z`.
     let mma_tile = #[inline(always)]
     |acc: &mut Acc, t: &Tile, z: SmemTile, z0: u32| {
@@ -279,8 +307,7 @@ pub unsafe fn bwd_chunk<E: Elem, G: GateKind>(p: &BwdParams) {
         // Key tiles up to the warp's rows (a loop, as the k-steps).
         for jt in 0..=own_tile {
             let j0 = jt * TILE;
-            let sacc = score_tile(sq, sk, j0, dqk);
-            let mut dp = score_tile(sdh, sv, j0, dhv);
+            let (sacc, mut dp) = score_pair(j0);
             // dP = W ⊙ (dS ρ + δ), W_ij = 2^(R_i + C_j) for j ≤ i < len; G_ij = scale·S_ij·dP_ij
             // for j < i, summed per row over the tile and per column over the warp's rows.
             let mut row_sum = [0f32; 2];
