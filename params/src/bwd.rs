@@ -344,10 +344,11 @@ pub mod chunk {
     }
     /// Staged operands: Q, K, V, dH, C̃_k, dC̃_{k+1}.
     pub const TILES: u32 = 6;
-    /// The chunk's row vectors R (log2 row factor), ρ, δ, u, α ρ, α δ, w (`rows`; CHUNK f32
-    /// each), then per warp and key tile the partial column sums of the pair gradients
-    /// (WARPS × 2 × TILE f32).
+    /// The chunk's row vectors staged beside them: R (log2 row factor), ρ, δ, u, α ρ, α δ, w
+    /// (`rows`; CHUNK f32 each).
     pub const VECTORS: u32 = 7;
+    /// The operands, the row vectors, then per warp and key tile the partial column sums of
+    /// the pair gradients (WARPS × 2 × TILE f32).
     pub const fn smem_bytes() -> u32 {
         TILES * tile_bytes() + VECTORS * CHUNK * 4 + WARPS * 2 * TILE * 4
     }

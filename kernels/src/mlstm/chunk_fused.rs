@@ -100,17 +100,7 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
     let mut acc = [[0f32; 4]; NB];
     if p.ptr.c0 != 0 {
         let base = p.ptr.c0 + sh * (dqk as u64) * (dhv as u64) * 4;
-        let (r0, c0) = origin();
-        unroll!(8, nb => {
-            for half in 0..2 {
-                let e = 2 * half;
-                let (r, c) = (r0 + half as u32 * 8, c0 + nb as u32 * 8);
-                let ptr = base + ((r * dhv + c) as u64) * 4;
-                let x = unsafe { global::ld_v2_f32_or_zero(r < dqk && c < dhv, ptr) };
-                acc[nb][e] = x[0];
-                acc[nb][e + 1] = x[1];
-            }
-        });
+        unsafe { state_walk::load_state(&mut acc, base, origin(), (dqk, dhv)) };
     }
     // ñ as a value column of ones (as in `chunk_state`); every block needs it for its outputs.
     let ones = [E::pack(1.0, 1.0); 2];
@@ -191,17 +181,7 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
                 );
             }
         } else if p.ptr.c_final != 0 {
-            let (r0, c0) = origin();
-            unroll!(8, nb => {
-                for half in 0..2 {
-                    let e = 2 * half;
-                    let (r, c) = (r0 + half as u32 * 8, c0 + nb as u32 * 8);
-                    let inside = r < dqk && c < dhv;
-                    let idx = (r * dhv + c) as u64;
-                    let v = [acc[nb][e], acc[nb][e + 1]];
-                    unsafe { global::st_v2_f32_if(inside, c_out + idx * 4, v) };
-                }
-            });
+            unsafe { state_walk::store_state(&acc, c_out, origin(), (dqk, dhv)) };
         }
         if k < k_hi || p.ptr.c_final != 0 {
             unsafe {

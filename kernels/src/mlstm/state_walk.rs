@@ -99,3 +99,56 @@ pub unsafe fn store_n_m<G: GateKind>(
         unsafe { global::st_f32(m_out, m) };
     }
 }
+
+/// The initial state into a warp's f32 accumulators: `NB` (≤ 16) n-blocks of 16 rows × 8
+/// columns from element (r0, c0) (the kernel's `origin`) of a (dqk, dhv) f32 matrix at `base`;
+/// zeros outside the matrix.
+///
+/// # Safety
+/// `base` holds the (dqk, dhv) matrix, 8-byte aligned.
+#[inline(always)]
+pub unsafe fn load_state<const NB: usize>(
+    acc: &mut [[f32; 4]; NB],
+    base: u64,
+    (r0, c0): (u32, u32),
+    (dqk, dhv): (u32, u32),
+) {
+    unroll!(16, nb => {
+        if nb < NB {
+            for half in 0..2 {
+                let e = 2 * half;
+                let (r, c) = (r0 + half as u32 * 8, c0 + nb as u32 * 8);
+                let ptr = base + ((r * dhv + c) as u64) * 4;
+                let x = unsafe { global::ld_v2_f32_or_zero(r < dqk && c < dhv, ptr) };
+                acc[nb][e] = x[0];
+                acc[nb][e + 1] = x[1];
+            }
+        }
+    });
+}
+
+/// The final state from a warp's f32 accumulators, laid out as [`load_state`] reads them;
+/// nothing is written outside the matrix.
+///
+/// # Safety
+/// `base` holds the (dqk, dhv) matrix, 8-byte aligned.
+#[inline(always)]
+pub unsafe fn store_state<const NB: usize>(
+    acc: &[[f32; 4]; NB],
+    base: u64,
+    (r0, c0): (u32, u32),
+    (dqk, dhv): (u32, u32),
+) {
+    unroll!(16, nb => {
+        if nb < NB {
+            for half in 0..2 {
+                let e = 2 * half;
+                let (r, c) = (r0 + half as u32 * 8, c0 + nb as u32 * 8);
+                let inside = r < dqk && c < dhv;
+                let idx = (r * dhv + c) as u64;
+                let v = [acc[nb][e], acc[nb][e + 1]];
+                unsafe { global::st_v2_f32_if(inside, base + idx * 4, v) };
+            }
+        }
+    });
+}
