@@ -23,6 +23,15 @@ fn bwd_entry_names() -> Vec<&'static str> {
     for gates in GATES {
         names.push(tfla_params::bwd::recurrent::rows_entry(gates));
         names.push(tfla_params::bwd::recurrent::entry(gates));
+        if tfla::runtime::PTX_ARCH == "sm_90a" {
+            for dtype in [Dtype::Bf16, Dtype::F16] {
+                names.push(tfla_params::bwd::entry_name(
+                    BwdKernel::StateWg,
+                    gates,
+                    dtype,
+                ));
+            }
+        }
     }
     names.sort();
     names.dedup();

@@ -846,11 +846,22 @@ fn bwd_launches(p: &BwdParams, gates: Gates, path: BwdPath) -> Vec<Launch> {
             threads: bwd::rows::THREADS,
             smem: 0,
         },
-        Launch {
-            name: name(BwdKernel::State),
-            grid: bwd::state::grid(p),
-            threads: bwd::state::THREADS,
-            smem: bwd::state::smem_bytes(),
+        // The state gradients in the forward's state shape: the wide tile on `wgmma` where
+        // the build has it (sm_90a).
+        if cfg!(tfla_wgmma) && tfla_params::fwd::wide_state(p.dqk, p.dhv) {
+            Launch {
+                name: name(BwdKernel::StateWg),
+                grid: bwd::state_wg::grid(p),
+                threads: bwd::state_wg::THREADS,
+                smem: bwd::state_wg::smem_bytes(),
+            }
+        } else {
+            Launch {
+                name: name(BwdKernel::State),
+                grid: bwd::state::grid(p),
+                threads: bwd::state::THREADS,
+                smem: bwd::state::smem_bytes(),
+            }
         },
     ];
     if bwd::chunk::applies(p.chunk, p.dqk, p.dhv) {

@@ -212,6 +212,48 @@ pub mod state {
     }
 }
 
+/// State gradients on `wgmma` (sm_90a builds; `bwd_state_wg`), for the head shapes that take
+/// the forward's wide state tile (`fwd::wide_state`): a 128 × 256 tile of dC̃ held by two
+/// warpgroups as m64n256 accumulators; per 16 steps a warp weights its A fragment of Q̂ᵀ and
+/// its warpgroup multiplies it with the dH sub-tile from shared memory (128-byte swizzle).
+/// Its tiles are fewer than [`state::tiles`]; it writes its partial dots into the first of
+/// them, and the rest stay as the rows kernel zeroed them, so their consumers sum
+/// `state::tiles` slots either way.
+pub mod state_wg {
+    use super::*;
+    pub use crate::fwd::state_wg::{
+        ALIGN, STAGES, SUB_L, THREADS, TILE_HV, TILE_QK, WARPGROUPS, WARPS,
+    };
+    /// One dH sub-tile, SUB_L × TILE_HV, swizzled (panels of 64 columns).
+    pub const fn dh_bytes() -> u32 {
+        SUB_L * TILE_HV * 2
+    }
+    /// One Q sub-tile, SUB_L × TILE_QK, padded rows (read with `ldmatrix.trans`), and its two
+    /// row weights (2 × SUB_L f32).
+    pub const fn q_bytes() -> u32 {
+        SUB_L * (TILE_QK + SMEM_ROW_PAD) * 2 + 2 * SUB_L * 4
+    }
+    /// ALIGN, STAGES × dH sub-tile, STAGES × (Q sub-tile, weights), one f32 per warp for
+    /// reductions, the tile of dC̃ staged for its store (TILE_QK × TILE_HV, 16-bit, padded).
+    pub const fn smem_bytes() -> u32 {
+        ALIGN
+            + STAGES * (dh_bytes() + q_bytes())
+            + WARPS * 4
+            + TILE_QK * (TILE_HV + SMEM_ROW_PAD) * 2
+    }
+    pub const fn tiles(dqk: u32, dhv: u32) -> u32 {
+        div_ceil(dqk, TILE_QK) * div_ceil(dhv, TILE_HV)
+    }
+    /// (tiles of the state, BH, sequences), DHV tile fastest (as the forward).
+    pub const fn grid(p: &BwdParams) -> (u32, u32, u32) {
+        (tiles(p.dqk, p.dhv), p.bh, p.seqs)
+    }
+    const _: () = assert!(
+        TILE_QK >= state::TILE_QK && TILE_HV >= state::TILE_HV,
+        "fewer tiles than the narrow shape: the state dots fit in state::MAX_TILES slots"
+    );
+}
+
 /// Score matrices: one block computes a TILE × TILE tile (rows i, columns j ≤ i) of P and dP
 /// of one chunk: S = Q_i K_jᵀ over DQK and dS = dH_i V_jᵀ over DHV, in KD-wide slices through
 /// a two-stage ring.
@@ -487,6 +529,9 @@ pub enum BwdKernel {
     Chunk,
     Gates,
     MaxPath,
+    /// The state-gradient kernel on `wgmma` (`state_wg`; in sm_90a builds only, so not in
+    /// `ALL`).
+    StateWg,
 }
 
 impl BwdKernel {
@@ -537,6 +582,7 @@ pub const fn entry_name(kernel: BwdKernel, gates: Gates, dtype: Dtype) -> &'stat
         Gates => GATES[g],
         // Only mLSTMexp has a max state: the name is the same for every `gates`.
         MaxPath => "mlstm_bwd_max_path_exp",
+        StateWg => STATE_WG[g][d],
     }
 }
 
@@ -553,6 +599,7 @@ macro_rules! names {
 names! {
     ROWS = "mlstm_bwd_rows";
     STATE = "mlstm_bwd_state";
+    STATE_WG = "mlstm_bwd_state_wg";
     SCORES = "mlstm_bwd_scores";
     DQ = "mlstm_bwd_dq";
     DK = "mlstm_bwd_dk";
@@ -575,6 +622,7 @@ mod tests {
     #[test]
     fn every_kernel_fits_in_shared_memory() {
         assert!(state::smem_bytes() <= HOPPER_SMEM);
+        assert!(state_wg::smem_bytes() <= HOPPER_SMEM);
         assert!(scores::smem_bytes() <= HOPPER_SMEM);
         assert!(combine::smem_bytes() <= HOPPER_SMEM);
         assert!(chunk::smem_bytes() <= HOPPER_SMEM);

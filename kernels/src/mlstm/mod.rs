@@ -10,6 +10,8 @@ mod bwd_recurrent_f32;
 mod bwd_rows;
 mod bwd_scores;
 mod bwd_state;
+#[cfg(target_feature = "sm_90a")]
+mod bwd_state_wg;
 mod chunk_fused;
 mod chunk_gates;
 mod chunk_output;
@@ -103,6 +105,18 @@ entry! {
     mlstm_fwd_chunk_output_wg_sig_f16 = chunk_output_wg<F16, SigGates>;
     mlstm_fwd_chunk_output_wg_signn_bf16 = chunk_output_wg<Bf16, SigNoNormGates>;
     mlstm_fwd_chunk_output_wg_signn_f16 = chunk_output_wg<F16, SigNoNormGates>;
+}
+
+// The backward's `wgmma` kernel, in sm_90a builds only (`tfla_params::bwd::state_wg`).
+#[cfg(target_feature = "sm_90a")]
+entry! {
+    BwdParams;
+    mlstm_bwd_state_wg_exp_bf16 = bwd_state_wg<Bf16, ExpGates>;
+    mlstm_bwd_state_wg_exp_f16 = bwd_state_wg<F16, ExpGates>;
+    mlstm_bwd_state_wg_sig_bf16 = bwd_state_wg<Bf16, SigGates>;
+    mlstm_bwd_state_wg_sig_f16 = bwd_state_wg<F16, SigGates>;
+    mlstm_bwd_state_wg_signn_bf16 = bwd_state_wg<Bf16, SigNoNormGates>;
+    mlstm_bwd_state_wg_signn_f16 = bwd_state_wg<F16, SigNoNormGates>;
 }
 
 entry! {

@@ -1,0 +1,353 @@
+//! State gradients on `wgmma` (sm_90a builds; `tfla_params::bwd::state_wg`): the reverse walk,
+//! outputs and partial dots of `bwd_state` (see its docs for the notation), for the wide
+//! 128 × 256 tile of dC̃ the forward's `chunk_state_wg` uses, held by two warpgroups as m64n256
+//! accumulators (warp w: rows 16w .. 16w + 16 of the tile, all 256 columns).
+//!
+//! Per 16 steps each warp loads its A fragment of Q̂ᵀ (`ldmatrix.trans`) and weights it by the
+//! steps' α ρ in registers, and the warpgroup multiplies it with the dH sub-tile straight from
+//! shared memory (128-byte swizzle): one `wgmma` per 16 steps. The ñ column (weights α δ) rides
+//! on `mma.sync` with the same fragment, as in `bwd_state`.
+use super::block::{self, Add, Max};
+use super::gates::GateKind;
+use super::seqs::chunk_range;
+use super::stage;
+use crate::arch::convert::Elem;
+use crate::arch::wgmma::{self, Hold, Wgmma};
+use crate::arch::{cp_async, global, math, shared, thread};
+use crate::tile::{SmemTile, acc_pos};
+use tfla_params::bwd::state::{MAX_TILES, dots_per_head, final_dot, init_dot};
+use tfla_params::bwd::{BwdParams, rows, state_wg::*};
+use tfla_params::fwd::SMEM_ROW_PAD;
+
+/// n-blocks (8 columns) of a warp's accumulator; bytes between the 64-column panels of a dH
+/// sub-tile (the LBO of its descriptor).
+const NB: usize = (TILE_HV / 8) as usize;
+const PANEL_DH: u32 = SUB_L * 128;
+const _: () = assert!(
+    NB == 32 && SUB_L == 64 && STAGES == 3 && WARPGROUPS == 2,
+    "the unroll! counts below assume 32 n-blocks, 64-step sub-tiles, 3 stages, 2 warpgroups"
+);
+
+/// # Safety
+/// Launched with `grid(p)`, THREADS threads and `smem_bytes()` bytes of dynamic shared memory
+/// after the rows kernel (which zeroes the state dots), on parameters validated by the host.
+#[inline(always)]
+pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
+    let tid = thread::thread_idx();
+    let (lane, warp) = (tid % 32, tid / 32);
+    let (bx, bh, seq) = thread::block_idx();
+    let tiles_hv = p.dhv.div_ceil(TILE_HV);
+    let (d0, v0) = ((bx / tiles_hv) * TILE_QK, (bx % tiles_hv) * TILE_HV);
+    let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
+    let (dqk, dhv) = (p.dqk, p.dhv);
+
+    // Shared memory: STAGES × dH sub-tile (swizzled, 1024-byte aligned), STAGES × (Q sub-tile,
+    // the sub-tile's α ρ and α δ), scratch, the staging tile of dC̃ (TILE_QK × TILE_HV).
+    let base = (shared::base() + ALIGN - 1) & !(ALIGN - 1);
+    let stage_dh = |st: u32| base + st * dh_bytes();
+    let stage_q = |st: u32| SmemTile {
+        base: base + STAGES * dh_bytes() + st * q_bytes(),
+        stride: (TILE_QK + SMEM_ROW_PAD) * 2,
+    };
+    let stage_w = |st: u32| stage_q(st).base + SUB_L * (TILE_QK + SMEM_ROW_PAD) * 2;
+    let scratch = base + STAGES * (dh_bytes() + q_bytes());
+    let staging = SmemTile {
+        base: scratch + WARPS * 4,
+        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
+    };
+
+    let head = bh as u64;
+    let gq = p.ptr.q + head * (s as u64) * (dqk as u64) * 2;
+    let gdh = p.ptr.dh + head * (s as u64) * (dhv as u64) * 2;
+    let padded = (nc * l) as u64;
+    let coef =
+        |plane: u32| p.ptr.row_coef + (plane as u64 * p.bh as u64 * padded + head * padded) * 4;
+    let (g_wq, g_wn) = (coef(rows::WQ), coef(rows::WN));
+
+    let row = |e: usize| warp * 16 + acc_pos(lane, e).0;
+    // This thread's first accumulator element (row, column in the state), through
+    // `thread::opaque`: call once per loop over the tile, so the per-element addresses are
+    // redone there instead of kept live across the walk (32 × 64-bit; the driver's compiler
+    // spilled them).
+    let origin = || {
+        let lane = thread::opaque(lane);
+        (d0 + warp * 16 + lane / 4, v0 + (lane % 4) * 2)
+    };
+    // Element offset of accumulator pair (nb, e) in a (DQK, DHV) matrix, and whether it exists.
+    let at = |(r0, c0): (u32, u32), nb: usize, e: usize| {
+        let (r, c) = (r0 + (e as u32 / 2) * 8, c0 + nb as u32 * 8);
+        ((r * dhv + c) as u64, r < dqk && c < dhv)
+    };
+    // This block's chunks [k_lo, k_hi) (all, or one sequence's: `super::seqs`), and the state
+    // head of its initial and final states and their gradients (B = 1 when packed).
+    let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
+    let sh = seq as u64 * p.bh as u64 + head;
+    let mat = sh * (dqk as u64) * (dhv as u64);
+    // This tile's entry of chunk 0 in the (BH, dots_per_head, MAX_TILES) state dots.
+    let dots = p.ptr.state_dots
+        + ((head * dots_per_head(nc, p.seqs) as u64) * MAX_TILES as u64 + bx as u64) * 4;
+    let vec = sh * dqk as u64;
+
+    // ñ rides along as a value column of ones in the blocks of the first DHV tile (as in the
+    // forward): `nacc` holds dñ of the warp's rows g and g+8 in elements 0 and 2.
+    let normalizer = G::NORMALIZED && p.exact != 0;
+    let with_n = normalizer && v0 == 0;
+    // (From a constant: a repeat expression this long becomes a store loop that keeps the
+    // array out of registers.)
+    const ZERO: [f32; 4 * NB] = [0.0; 4 * NB];
+    let mut acc = ZERO;
+    let mut nacc = [0f32; 4];
+    let mut dot_final = 0f32;
+    if p.ptr.dc_final != 0 {
+        let o = origin();
+        unroll!(32, nb => {
+            for half in 0..2 {
+                let e = 2 * half;
+                let (idx, inside) = at(o, nb, e);
+                let x = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.dc_final + (mat + idx) * 4) };
+                let c = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c_final + (mat + idx) * 4) };
+                acc[4 * nb + e] = x[0];
+                acc[4 * nb + e + 1] = x[1];
+                dot_final += x[0] * c[0] + x[1] * c[1];
+            }
+        });
+    }
+    if with_n && p.ptr.dn_final != 0 {
+        for half in 0..2 {
+            let r = d0 + row(2 * half);
+            let x = unsafe {
+                global::ld_nc_f32_or_zero(r < dqk, p.ptr.dn_final + (vec + r as u64) * 4)
+            };
+            let n =
+                unsafe { global::ld_nc_f32_or_zero(r < dqk, p.ptr.n_final + (vec + r as u64) * 4) };
+            nacc[2 * half] = x;
+            nacc[2 * half + 1] = x;
+            if lane % 4 == 0 {
+                dot_final += x * n;
+            }
+        }
+    }
+    let dot_final = unsafe { block::reduce::<Add, THREADS>(dot_final, scratch) };
+
+    // Items are SUB_L-step sub-tiles, walked from the last; chunk boundaries are multiples of
+    // SUB_L, so item `it` lies in chunk it·SUB_L / L.
+    let (item_lo, n_items) = (
+        k_lo * (l / SUB_L),
+        (k_hi * (l / SUB_L)).min(s.div_ceil(SUB_L)),
+    );
+    let issue = |it: u32| unsafe {
+        let (st, j0) = (it % STAGES, it * SUB_L);
+        stage::rows::<THREADS, { TILE_QK / 8 }>(stage_q(st), gq, (j0, s), (d0, dqk), SUB_L);
+        stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(stage_dh(st), gdh, (j0, s), (v0, dhv), SUB_L);
+        stage::f32_vec::<THREADS>(stage_w(st), g_wq, (j0, s), SUB_L);
+        stage::f32_vec::<THREADS>(stage_w(st) + 4 * SUB_L, g_wn, (j0, s), SUB_L);
+        cp_async::commit();
+    };
+    // Two items ahead, walking down.
+    issue(n_items - 1);
+    if n_items >= item_lo + 2 {
+        issue(n_items - 2);
+    } else {
+        unsafe { cp_async::commit() };
+    }
+    let ones = [E::pack(1.0, 1.0); 2];
+
+    let mut k = k_hi;
+    while k > k_lo {
+        k -= 1;
+        // Store dC'_{k+1}, through the staging tile (`stage::store_rows`: whole sectors).
+        let hk = head * nc as u64 + k as u64;
+        let (r0, c0) = (thread::opaque(warp * 16 + lane / 4), (lane % 4) * 2);
+        unroll!(32, nb => {
+            unroll!(2, half => {
+                let v = E::pack(acc[4 * nb + 2 * half], acc[4 * nb + 2 * half + 1]);
+                unsafe { shared::st_u32(staging.offset(r0 + half as u32 * 8, c0 + nb as u32 * 8), v) };
+            });
+        });
+        unsafe {
+            thread::sync_threads();
+            let dc = p.ptr.dc_states + hk * (dqk as u64) * (dhv as u64) * 2;
+            stage::store_rows::<THREADS, { TILE_HV / 8 }>(
+                staging,
+                dc,
+                (d0, dqk),
+                (v0, dhv),
+                TILE_QK,
+            );
+        }
+        if with_n && lane % 4 == 0 {
+            for half in 0..2 {
+                let r = d0 + row(2 * half);
+                let ptr = p.ptr.dn_states + (hk * dqk as u64 + r as u64) * 4;
+                unsafe { global::st_b32_if(r < dqk, ptr, nacc[2 * half].to_bits()) };
+            }
+        }
+
+        // γ_k, from the chunk's gate scalars (m_{k+1} recomputed as the forward did).
+        let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + hk * 4) };
+        let decay = if G::STABILIZED {
+            let m_k = unsafe { global::ld_nc_f32(p.ptr.m_states + hk * 4) };
+            let last = head * padded + (k * l + l.min(s - k * l) - 1) as u64;
+            let cm_last = unsafe { global::ld_nc_f32(p.ptr.gate_cm + last * 4) };
+            math::exp(g + m_k - (g + m_k).max(g + cm_last))
+        } else {
+            math::exp(g)
+        };
+        // A_k = γ_k ⟨dC'_{k+1}, C'_k⟩, this tile's part (the forget gates' share through the
+        // decay of the state into the next chunk).
+        let mut dot = 0f32;
+        if k == k_lo && p.ptr.c0 != 0 {
+            // C'_0 as given (f32), not rounded to the input dtype as the chunk states are. (A
+            // branch around the whole loop: one inside it made the kernel 1.7× slower.)
+            let o = origin();
+            unroll!(32, nb => {
+                for half in 0..2 {
+                    let e = 2 * half;
+                    let (idx, inside) = at(o, nb, e);
+                    let x = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c0 + (mat + idx) * 4) };
+                    dot += acc[4 * nb + e] * x[0] + acc[4 * nb + e + 1] * x[1];
+                }
+            });
+        } else {
+            let o = origin();
+            unroll!(32, nb => {
+                for half in 0..2 {
+                    let e = 2 * half;
+                    let (idx, inside) = at(o, nb, e);
+                    let ptr = p.ptr.c_states + (hk * (dqk as u64) * (dhv as u64) + idx) * 2;
+                    let (x0, x1) = E::unpack(unsafe { global::ld_nc_f32_or_zero(inside, ptr) }.to_bits());
+                    dot += acc[4 * nb + e] * x0 + acc[4 * nb + e + 1] * x1;
+                }
+            });
+        }
+        if with_n && lane % 4 == 0 {
+            for half in 0..2 {
+                let r = d0 + row(2 * half);
+                let ptr = p.ptr.n_states + (hk * dqk as u64 + r as u64) * 4;
+                dot += nacc[2 * half] * unsafe { global::ld_nc_f32_or_zero(r < dqk, ptr) };
+            }
+        }
+        let dot = unsafe { block::reduce::<Add, THREADS>(dot, scratch) };
+        if tid == 0 {
+            unsafe { global::st_f32(dots + k as u64 * MAX_TILES as u64 * 4, decay * dot) };
+        }
+
+        // The chunk's products run on weights divided by their largest value (restored
+        // after): α_i ρ_i can all be tiny (a forget gate near 0 at the chunk's start), and
+        // q̂·α ρ rounded to f16 would then lose its precision in the subnormal range.
+        let (first, len) = (k * l, l.min(s - k * l));
+        let (mut wc, mut wn) = (0f32, 0f32);
+        let mut j = tid;
+        while j < len {
+            let at = (first + j) as u64 * 4;
+            wc = wc.max(unsafe { global::ld_nc_f32(g_wq + at) });
+            wn = wn.max(unsafe { global::ld_nc_f32(g_wn + at) }.abs());
+            j += THREADS;
+        }
+        let unit = |x: f32| if x > 0.0 { x } else { 1.0 };
+        let wc = unit(unsafe { block::reduce::<Max, THREADS>(wc, scratch) });
+        let wn = unit(unsafe { block::reduce::<Max, THREADS>(wn, scratch) });
+        let (scale_c, scale_n) = (p.scale / wc, p.scale / wn);
+        let rescale = decay / wc;
+        unroll!(32, nb => {
+            unroll!(4, e => { acc[4 * nb + e] *= rescale; });
+        });
+        for x in nacc.iter_mut() {
+            *x *= decay / wn;
+        }
+
+        let first_item = k * (l / SUB_L);
+        let mut it = (first_item + l / SUB_L).min(n_items);
+        while it > first_item {
+            it -= 1;
+            let next = (it >= item_lo + 2).then(|| it - 2);
+            unsafe { stage::advance_by_for_wgmma::<2>(next, issue) };
+            let st = it % STAGES;
+            let (sq, sdh, sw) = (stage_q(st), stage_dh(st), stage_w(st));
+            // The weighted A fragments of the sub-tile's four 16-step slices, all before the
+            // fence: a register written between two `wgmma`s makes ptxas wait for the first.
+            let mut a = [[0u32; 4]; 4];
+            unroll!(4, ks => {
+                let ks = ks as u32;
+                let jj = ks * 16 + (lane % 4) * 2;
+                let q = unsafe { sq.a_trans(ks * 16, warp * 16, lane) };
+                // Steps past a ragged end have zero Q rows and weights.
+                let steps = [jj, jj + 1, jj + 8, jj + 9];
+                let wq = steps.map(|j| scale_c * unsafe { shared::ld_f32(sw + 4 * j) });
+                unroll!(4, r => {
+                    let (lo, hi) = E::unpack(q[r]);
+                    let wi = (r / 2) * 2;
+                    a[ks as usize][r] = E::pack(lo * wq[wi], hi * wq[wi + 1]);
+                });
+                if with_n {
+                    let wn = steps.map(|j| scale_n * unsafe { shared::ld_f32(sw + 4 * (SUB_L + j)) });
+                    let mut an = [0u32; 4];
+                    unroll!(4, r => {
+                        let (lo, hi) = E::unpack(q[r]);
+                        let wi = (r / 2) * 2;
+                        an[r] = E::pack(lo * wn[wi], hi * wn[wi + 1]);
+                    });
+                    unsafe { E::mma(&mut nacc, an, ones) };
+                }
+            });
+            unsafe {
+                wgmma::fence();
+                unroll!(4, ks => {
+                    E::rs_n256_mn(&mut acc, a[ks], wgmma::mn_major(sdh, ks as u32, PANEL_DH));
+                });
+                wgmma::commit();
+                wgmma::wait_all();
+            }
+            acc.hold();
+            unsafe { thread::sync_threads() };
+        }
+        unroll!(32, nb => {
+            unroll!(4, e => { acc[4 * nb + e] *= wc; });
+        });
+        for x in nacc.iter_mut() {
+            *x *= wn;
+        }
+    }
+
+    // dC'_0: the initial-state gradient, and its dot with the initial state.
+    let mut dot_init = 0f32;
+    let o = origin();
+    unroll!(32, nb => {
+        for half in 0..2 {
+            let e = 2 * half;
+            let (idx, inside) = at(o, nb, e);
+            let v = [acc[4 * nb + e], acc[4 * nb + e + 1]];
+            if p.ptr.dc0 != 0 {
+                unsafe { global::st_v2_f32_if(inside, p.ptr.dc0 + (mat + idx) * 4, v) };
+            }
+            if p.ptr.c0 != 0 {
+                let c = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c0 + (mat + idx) * 4) };
+                dot_init += v[0] * c[0] + v[1] * c[1];
+            }
+        }
+    });
+    if v0 == 0 && lane % 4 == 0 {
+        for half in 0..2 {
+            let r = d0 + row(2 * half);
+            let x = nacc[2 * half];
+            if p.ptr.dn0 != 0 {
+                unsafe {
+                    global::st_b32_if(r < dqk, p.ptr.dn0 + (vec + r as u64) * 4, x.to_bits())
+                };
+            }
+            if p.ptr.n0 != 0 {
+                dot_init += x * unsafe {
+                    global::ld_nc_f32_or_zero(r < dqk, p.ptr.n0 + (vec + r as u64) * 4)
+                };
+            }
+        }
+    }
+    let dot_init = unsafe { block::reduce::<Add, THREADS>(dot_init, scratch) };
+    if tid == 0 {
+        let per_chunk = MAX_TILES as u64 * 4;
+        unsafe {
+            global::st_f32(dots + init_dot(nc, seq) as u64 * per_chunk, dot_init);
+            global::st_f32(dots + final_dot(nc, seq) as u64 * per_chunk, dot_final);
+        }
+    }
+}
