@@ -216,9 +216,8 @@ pub mod state {
 /// the forward's wide state tile (`fwd::wide_state`): a 128 × 256 tile of dC̃ held by two
 /// warpgroups as m64n256 accumulators; per 16 steps a warp weights its A fragment of Q̂ᵀ and
 /// its warpgroup multiplies it with the dH sub-tile from shared memory (128-byte swizzle).
-/// Its tiles are fewer than [`state::tiles`]; it writes its partial dots into the first of
-/// them, and the rest stay as the rows kernel zeroed them, so their consumers sum
-/// `state::tiles` slots either way.
+/// Its tiles are fewer than [`state::tiles`]: the consumers of the partial dots sum
+/// [`state_tiles`] slots.
 pub mod state_wg {
     use super::*;
     pub use crate::fwd::state_wg::{
@@ -252,6 +251,16 @@ pub mod state_wg {
         TILE_QK >= state::TILE_QK && TILE_HV >= state::TILE_HV,
         "fewer tiles than the narrow shape: the state dots fit in state::MAX_TILES slots"
     );
+}
+
+/// State tiles of one head as this build's state-gradient kernel lays them out (`wgmma`:
+/// compiled for sm_90a): the slots of the state dots that hold partial sums.
+pub const fn state_tiles(dqk: u32, dhv: u32, wgmma: bool) -> u32 {
+    if wgmma && crate::fwd::wide_state(dqk, dhv) {
+        state_wg::tiles(dqk, dhv)
+    } else {
+        state::tiles(dqk, dhv)
+    }
 }
 
 /// Score matrices: one block computes a TILE × TILE tile (rows i, columns j ≤ i) of P and dP

@@ -21,7 +21,7 @@ use super::gates::GateKind;
 use super::seqs::seq_of_chunk;
 use crate::arch::{global, math, shared, shfl, thread};
 use tfla_params::bwd::combine::{self, DOT_K, DOT_K_INTER, DOT_Q_INTER};
-use tfla_params::bwd::{BwdParams, gates::*, scores, state};
+use tfla_params::bwd::{BwdParams, gates::*, scores, state, state_tiles};
 
 /// # Safety
 /// Launched with `grid(p)`, THREADS threads and `smem_bytes(p.chunk)` bytes of dynamic shared
@@ -77,7 +77,8 @@ pub unsafe fn bwd_gates<G: GateKind>(p: &BwdParams) {
     }
     // A_k, summed over the state tiles by the first warp.
     if tid < 32 {
-        let state_tiles = state::tiles(p.dqk, p.dhv);
+        // (The tile count of the state-gradient kernel this build runs.)
+        let state_tiles = state_tiles(p.dqk, p.dhv, cfg!(target_feature = "sm_90a"));
         let at = (head * state::dots_per_head(nc, p.seqs) as u64 + k as u64)
             * state::MAX_TILES as u64
             + tid as u64;

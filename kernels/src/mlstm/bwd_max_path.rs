@@ -15,7 +15,7 @@
 //! its steps, seeded by its final-state gradients, ending in its dm0.
 use super::seqs::chunk_range;
 use crate::arch::{global, math, shared, shfl, thread};
-use tfla_params::bwd::{BwdParams, max_path::*, rows, state};
+use tfla_params::bwd::{BwdParams, max_path::*, rows, state, state_tiles};
 
 /// # Safety
 /// Launched with `grid(p)`, THREADS threads and `smem_bytes()` bytes of dynamic shared memory
@@ -76,7 +76,7 @@ pub unsafe fn bwd_max_path(p: &BwdParams) {
                 * state::MAX_TILES as u64
                 * 4;
         let mut v = 0f32;
-        for tile in 0..state::tiles(p.dqk, p.dhv) {
+        for tile in 0..state_tiles(p.dqk, p.dhv, cfg!(target_feature = "sm_90a")) {
             v += unsafe { global::ld_nc_f32(base + tile as u64 * 4) };
         }
         v

@@ -30,7 +30,7 @@ const _: () = assert!(
 
 /// # Safety
 /// Launched with `grid(p)`, THREADS threads and `smem_bytes()` bytes of dynamic shared memory
-/// after the rows kernel (which zeroes the state dots), on parameters validated by the host.
+/// after the rows kernel, on parameters validated by the host.
 #[inline(always)]
 pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
     let tid = thread::thread_idx();
