@@ -8,6 +8,17 @@ pub fn thread_idx() -> u32 {
     unsafe { nvptx::_thread_idx_x() as u32 }
 }
 
+/// Index of this thread, read from its special register where it is called: unlike
+/// [`thread_idx`], the read is not merged with earlier ones, so index math at the end of a
+/// long walk does not hold a register throughout it.
+#[inline(always)]
+pub fn thread_idx_here() -> u32 {
+    let t: u32;
+    // SAFETY: reads a special register; deliberately not `pure` (no CSE, no hoisting).
+    unsafe { core::arch::asm!("mov.u32 {t}, %tid.x;", t = out(reg32) t, options(nomem, nostack)) };
+    t
+}
+
 /// Lane of this thread in its warp.
 #[inline(always)]
 pub fn lane() -> u32 {

@@ -6,7 +6,12 @@
 //! Per 16 steps each warp loads its A fragment of Q̂ᵀ (`ldmatrix.trans`) and weights it by the
 //! steps' α ρ in registers, and the warpgroup multiplies it with the dH sub-tile straight from
 //! shared memory (128-byte swizzle): one `wgmma` per 16 steps. The ñ column (weights α δ) rides
-//! on `mma.sync` with the same fragment, as in `bwd_state`.
+//! on `mma.sync`, as in `bwd_state`, once the sub-tile's products are done.
+//!
+//! Registers: the 128 accumulators leave ~125 for everything else, and the kernel takes all
+//! 255. What stays outside the walk is not kept across it (the final-state dot is stored at
+//! once, the thread's tile coordinates are re-read where used): one more live value and the
+//! driver's compiler spills. `gpu_kernels` checks the driver's build for local memory.
 use super::block::{self, Add, Max};
 use super::gates::GateKind;
 use super::seqs::chunk_range;
@@ -64,14 +69,22 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
         |plane: u32| p.ptr.row_coef + (plane as u64 * p.bh as u64 * padded + head * padded) * 4;
     let (g_wq, g_wn) = (coef(rows::WQ), coef(rows::WN));
 
-    let row = |e: usize| warp * 16 + acc_pos(lane, e).0;
-    // This thread's first accumulator element (row, column in the state), through
-    // `thread::opaque`: call once per loop over the tile, so the per-element addresses are
-    // redone there instead of kept live across the walk (32 × 64-bit; the driver's compiler
-    // spilled them).
+    // Tile row of this thread's accumulator element e, and its first element (row, column in
+    // the tile, in the state). Both from the thread index read where they are used
+    // (`thread::thread_idx_here`), once per loop over the tile: the per-element addresses are
+    // redone there instead of kept live across the walk (beside the 128 accumulators every
+    // register counts: the driver's compiler spilled a kept warp offset).
+    let row = |e: usize| {
+        let t = thread::thread_idx_here();
+        (t / 32) * 16 + acc_pos(t % 32, e).0
+    };
+    let local = || {
+        let t = thread::thread_idx_here();
+        ((t / 32) * 16 + (t % 32) / 4, (t % 4) * 2)
+    };
     let origin = || {
-        let lane = thread::opaque(lane);
-        (d0 + warp * 16 + lane / 4, v0 + (lane % 4) * 2)
+        let (r, c) = local();
+        (d0 + r, v0 + c)
     };
     // Element offset of accumulator pair (nb, e) in a (DQK, DHV) matrix, and whether it exists.
     let at = |(r0, c0): (u32, u32), nb: usize, e: usize| {
@@ -127,7 +140,13 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
             }
         }
     }
+    // Stored at once: a value kept for the end of the walk is one register too many beside
+    // the 128 accumulators (the driver's compiler spilled it).
     let dot_final = unsafe { block::reduce::<Add, THREADS>(dot_final, scratch) };
+    let per_chunk = MAX_TILES as u64 * 4;
+    if tid == 0 {
+        unsafe { global::st_f32(dots + final_dot(nc, seq) as u64 * per_chunk, dot_final) };
+    }
 
     // Items are SUB_L-step sub-tiles, walked from the last; chunk boundaries are multiples of
     // SUB_L, so item `it` lies in chunk it·SUB_L / L.
@@ -157,7 +176,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
         k -= 1;
         // Store dC'_{k+1}, through the staging tile (`stage::store_rows`: whole sectors).
         let hk = head * nc as u64 + k as u64;
-        let (r0, c0) = (thread::opaque(warp * 16 + lane / 4), (lane % 4) * 2);
+        let (r0, c0) = local();
         unroll!(32, nb => {
             unroll!(2, half => {
                 let v = E::pack(acc[4 * nb + 2 * half], acc[4 * nb + 2 * half + 1]);
@@ -272,23 +291,13 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
                 let jj = ks * 16 + (lane % 4) * 2;
                 let q = unsafe { sq.a_trans(ks * 16, warp * 16, lane) };
                 // Steps past a ragged end have zero Q rows and weights.
-                let steps = [jj, jj + 1, jj + 8, jj + 9];
-                let wq = steps.map(|j| scale_c * unsafe { shared::ld_f32(sw + 4 * j) });
+                let wq = [jj, jj + 1, jj + 8, jj + 9]
+                    .map(|j| scale_c * unsafe { shared::ld_f32(sw + 4 * j) });
                 unroll!(4, r => {
                     let (lo, hi) = E::unpack(q[r]);
                     let wi = (r / 2) * 2;
                     a[ks as usize][r] = E::pack(lo * wq[wi], hi * wq[wi + 1]);
                 });
-                if with_n {
-                    let wn = steps.map(|j| scale_n * unsafe { shared::ld_f32(sw + 4 * (SUB_L + j)) });
-                    let mut an = [0u32; 4];
-                    unroll!(4, r => {
-                        let (lo, hi) = E::unpack(q[r]);
-                        let wi = (r / 2) * 2;
-                        an[r] = E::pack(lo * wn[wi], hi * wn[wi + 1]);
-                    });
-                    unsafe { E::mma(&mut nacc, an, ones) };
-                }
             });
             unsafe {
                 wgmma::fence();
@@ -299,6 +308,25 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
                 wgmma::wait_all();
             }
             acc.hold();
+            if with_n {
+                // The ñ column (weights α δ) after the products, from a second `ldmatrix` of
+                // the Q fragment: beside the 128 accumulators and the A fragments the
+                // registers do not hold both weightings at once.
+                unroll!(4, ks => {
+                    let ks = ks as u32;
+                    let jj = ks * 16 + (lane % 4) * 2;
+                    let q = unsafe { sq.a_trans(ks * 16, warp * 16, lane) };
+                    let wn = [jj, jj + 1, jj + 8, jj + 9]
+                        .map(|j| scale_n * unsafe { shared::ld_f32(sw + 4 * (SUB_L + j)) });
+                    let mut an = [0u32; 4];
+                    unroll!(4, r => {
+                        let (lo, hi) = E::unpack(q[r]);
+                        let wi = (r / 2) * 2;
+                        an[r] = E::pack(lo * wn[wi], hi * wn[wi + 1]);
+                    });
+                    unsafe { E::mma(&mut nacc, an, ones) };
+                });
+            }
             unsafe { thread::sync_threads() };
         }
         unroll!(32, nb => {
@@ -344,10 +372,6 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
     }
     let dot_init = unsafe { block::reduce::<Add, THREADS>(dot_init, scratch) };
     if tid == 0 {
-        let per_chunk = MAX_TILES as u64 * 4;
-        unsafe {
-            global::st_f32(dots + init_dot(nc, seq) as u64 * per_chunk, dot_init);
-            global::st_f32(dots + final_dot(nc, seq) as u64 * per_chunk, dot_final);
-        }
+        unsafe { global::st_f32(dots + init_dot(nc, seq) as u64 * per_chunk, dot_init) };
     }
 }
