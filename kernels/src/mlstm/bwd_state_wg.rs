@@ -12,13 +12,14 @@
 //! 255. What stays outside the walk is not kept across it (the final-state dot is stored at
 //! once, the thread's tile coordinates are re-read where used): one more live value and the
 //! driver's compiler spills. `gpu_kernels` checks the driver's build for local memory.
-use super::block::{self, Add, Max};
+use super::block::{self, Add};
+use super::bwd_state_walk as walk;
 use super::gates::GateKind;
 use super::seqs::chunk_range;
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::wgmma::{self, Hold, Wgmma};
-use crate::arch::{cp_async, global, math, shared, thread};
+use crate::arch::{cp_async, global, shared, thread};
 use crate::tile::{SmemTile, acc_pos};
 use tfla_params::bwd::state::{MAX_TILES, dots_per_head, final_dot, init_dot};
 use tfla_params::bwd::{BwdParams, rows, state_wg::*};
@@ -126,22 +127,9 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
         });
     }
     if with_n && p.ptr.dn_final != 0 {
-        for half in 0..2 {
-            let r = d0 + row(2 * half);
-            let x = unsafe {
-                global::ld_nc_f32_or_zero(r < dqk, p.ptr.dn_final + (vec + r as u64) * 4)
-            };
-            let n =
-                unsafe { global::ld_nc_f32_or_zero(r < dqk, p.ptr.n_final + (vec + r as u64) * 4) };
-            nacc[2 * half] = x;
-            nacc[2 * half + 1] = x;
-            if lane % 4 == 0 {
-                dot_final += x * n;
-            }
-        }
+        let row = |half| d0 + row(2 * half);
+        unsafe { walk::seed_n(p, row, vec, lane, &mut nacc, &mut dot_final) };
     }
-    // Stored at once: a value kept for the end of the walk is one register too many beside
-    // the 128 accumulators (the driver's compiler spilled it).
     let dot_final = unsafe { block::reduce::<Add, THREADS>(dot_final, scratch) };
     let per_chunk = MAX_TILES as u64 * 4;
     if tid == 0 {
@@ -195,23 +183,23 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
             );
         }
         if with_n && lane % 4 == 0 {
-            for half in 0..2 {
-                let r = d0 + row(2 * half);
-                let ptr = p.ptr.dn_states + (hk * dqk as u64 + r as u64) * 4;
-                unsafe { global::st_b32_if(r < dqk, ptr, nacc[2 * half].to_bits()) };
-            }
+            unsafe { walk::store_dn(p, |half| d0 + row(2 * half), hk, &nacc) };
         }
 
-        // γ_k, from the chunk's gate scalars (m_{k+1} recomputed as the forward did).
+        // γ_k, from the chunk's gate scalars.
         let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + hk * 4) };
-        let decay = if G::STABILIZED {
-            let m_k = unsafe { global::ld_nc_f32(p.ptr.m_states + hk * 4) };
+        let (m_k, cm_last) = if G::STABILIZED {
             let last = head * padded + (k * l + l.min(s - k * l) - 1) as u64;
-            let cm_last = unsafe { global::ld_nc_f32(p.ptr.gate_cm + last * 4) };
-            math::exp(g + m_k - (g + m_k).max(g + cm_last))
+            unsafe {
+                (
+                    global::ld_nc_f32(p.ptr.m_states + hk * 4),
+                    global::ld_nc_f32(p.ptr.gate_cm + last * 4),
+                )
+            }
         } else {
-            math::exp(g)
+            (0.0, 0.0)
         };
+        let decay = walk::decay::<G>(g, m_k, cm_last);
         // A_k = γ_k ⟨dC'_{k+1}, C'_k⟩, this tile's part (the forget gates' share through the
         // decay of the state into the next chunk).
         let mut dot = 0f32;
@@ -251,21 +239,9 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
             unsafe { global::st_f32(dots + k as u64 * MAX_TILES as u64 * 4, decay * dot) };
         }
 
-        // The chunk's products run on weights divided by their largest value (restored
-        // after): α_i ρ_i can all be tiny (a forget gate near 0 at the chunk's start), and
-        // q̂·α ρ rounded to f16 would then lose its precision in the subnormal range.
-        let (first, len) = (k * l, l.min(s - k * l));
-        let (mut wc, mut wn) = (0f32, 0f32);
-        let mut j = tid;
-        while j < len {
-            let at = (first + j) as u64 * 4;
-            wc = wc.max(unsafe { global::ld_nc_f32(g_wq + at) });
-            wn = wn.max(unsafe { global::ld_nc_f32(g_wn + at) }.abs());
-            j += THREADS;
-        }
-        let unit = |x: f32| if x > 0.0 { x } else { 1.0 };
-        let wc = unit(unsafe { block::reduce::<Max, THREADS>(wc, scratch) });
-        let wn = unit(unsafe { block::reduce::<Max, THREADS>(wn, scratch) });
+        let w_max =
+            unsafe { walk::weight_max::<THREADS>((g_wq, g_wn), (k * l, l.min(s - k * l)), tid) };
+        let (wc, wn) = unsafe { walk::weight_scales::<THREADS>(w_max, scratch) };
         let (scale_c, scale_n) = (p.scale / wc, p.scale / wn);
         let rescale = decay / wc;
         unroll!(32, nb => {
@@ -290,14 +266,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
                 let ks = ks as u32;
                 let jj = ks * 16 + (lane % 4) * 2;
                 let q = unsafe { sq.a_trans(ks * 16, warp * 16, lane) };
-                // Steps past a ragged end have zero Q rows and weights.
-                let wq = [jj, jj + 1, jj + 8, jj + 9]
-                    .map(|j| scale_c * unsafe { shared::ld_f32(sw + 4 * j) });
-                unroll!(4, r => {
-                    let (lo, hi) = E::unpack(q[r]);
-                    let wi = (r / 2) * 2;
-                    a[ks as usize][r] = E::pack(lo * wq[wi], hi * wq[wi + 1]);
-                });
+                a[ks as usize] = unsafe { walk::weighted::<E>(q, sw, jj, scale_c) };
             });
             unsafe {
                 wgmma::fence();
@@ -316,14 +285,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
                     let ks = ks as u32;
                     let jj = ks * 16 + (lane % 4) * 2;
                     let q = unsafe { sq.a_trans(ks * 16, warp * 16, lane) };
-                    let wn = [jj, jj + 1, jj + 8, jj + 9]
-                        .map(|j| scale_n * unsafe { shared::ld_f32(sw + 4 * (SUB_L + j)) });
-                    let mut an = [0u32; 4];
-                    unroll!(4, r => {
-                        let (lo, hi) = E::unpack(q[r]);
-                        let wi = (r / 2) * 2;
-                        an[r] = E::pack(lo * wn[wi], hi * wn[wi + 1]);
-                    });
+                    let an = unsafe { walk::weighted::<E>(q, sw + 4 * SUB_L, jj, scale_n) };
                     unsafe { E::mma(&mut nacc, an, ones) };
                 });
             }
@@ -355,20 +317,8 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
         }
     });
     if v0 == 0 && lane % 4 == 0 {
-        for half in 0..2 {
-            let r = d0 + row(2 * half);
-            let x = nacc[2 * half];
-            if p.ptr.dn0 != 0 {
-                unsafe {
-                    global::st_b32_if(r < dqk, p.ptr.dn0 + (vec + r as u64) * 4, x.to_bits())
-                };
-            }
-            if p.ptr.n0 != 0 {
-                dot_init += x * unsafe {
-                    global::ld_nc_f32_or_zero(r < dqk, p.ptr.n0 + (vec + r as u64) * 4)
-                };
-            }
-        }
+        let row = |half| d0 + row(2 * half);
+        unsafe { walk::initial_n(p, row, vec, &nacc, &mut dot_init) };
     }
     let dot_init = unsafe { block::reduce::<Add, THREADS>(dot_init, scratch) };
     if tid == 0 {

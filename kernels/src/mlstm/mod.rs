@@ -10,6 +10,7 @@ mod bwd_recurrent_f32;
 mod bwd_rows;
 mod bwd_scores;
 mod bwd_state;
+mod bwd_state_walk;
 #[cfg(target_feature = "sm_90a")]
 mod bwd_state_wg;
 mod chunk_fused;

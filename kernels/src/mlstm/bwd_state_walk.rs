@@ -1,0 +1,144 @@
+//! What the two state-gradient walks share (`bwd_state` on `mma.sync`, `bwd_state_wg` on
+//! `wgmma`; notation in `bwd_state`): the ñ column's seed, per-chunk store and initial-state
+//! part, the chunk's decay γ_k and weight scales, and the weighting of a Q̂ᵀ fragment. What
+//! differs between them is the accumulator layout of dC̃, which stays in each kernel.
+//!
+//! The ñ helpers work on the rows a thread holds (`row(half)`: the state row of its
+//! accumulator elements 2·half, half = 0, 1), with dñ in elements 0 and 2 of `nacc`.
+use super::block::{self, Max};
+use super::gates::GateKind;
+use crate::arch::convert::Elem;
+use crate::arch::{global, math, shared};
+use tfla_params::bwd::BwdParams;
+
+/// The ñ column's seed from the final-state gradient dñ_S; adds this thread's part of
+/// ⟨dñ_S, ñ_S⟩ to `dot` (lanes t = 0 of each quad only, as the rows repeat across the quad).
+///
+/// # Safety
+/// `p.ptr.dn_final` and `p.ptr.n_final` hold the state head at `vec` (its first row).
+#[inline(always)]
+pub unsafe fn seed_n(
+    p: &BwdParams,
+    row: impl Fn(usize) -> u32,
+    vec: u64,
+    lane: u32,
+    nacc: &mut [f32; 4],
+    dot: &mut f32,
+) {
+    for half in 0..2 {
+        let r = row(half);
+        let at = (vec + r as u64) * 4;
+        let x = unsafe { global::ld_nc_f32_or_zero(r < p.dqk, p.ptr.dn_final + at) };
+        let n = unsafe { global::ld_nc_f32_or_zero(r < p.dqk, p.ptr.n_final + at) };
+        nacc[2 * half] = x;
+        nacc[2 * half + 1] = x;
+        if lane.is_multiple_of(4) {
+            *dot += x * n;
+        }
+    }
+}
+
+/// Stores dñ_{k+1} of this thread's rows (call from lanes t = 0; `hk` = head · chunks + k).
+///
+/// # Safety
+/// `hk` indexes `p.ptr.dn_states`.
+#[inline(always)]
+pub unsafe fn store_dn(p: &BwdParams, row: impl Fn(usize) -> u32, hk: u64, nacc: &[f32; 4]) {
+    for half in 0..2 {
+        let r = row(half);
+        let ptr = p.ptr.dn_states + (hk * p.dqk as u64 + r as u64) * 4;
+        unsafe { global::st_b32_if(r < p.dqk, ptr, nacc[2 * half].to_bits()) };
+    }
+}
+
+/// γ_k from chunk k's gate scalars g, m_k and the last cumulative gate of the chunk (m_{k+1}
+/// recomputed as the forward did).
+#[inline(always)]
+pub fn decay<G: GateKind>(g: f32, m_k: f32, cm_last: f32) -> f32 {
+    if G::STABILIZED {
+        math::exp(g + m_k - (g + m_k).max(g + cm_last))
+    } else {
+        math::exp(g)
+    }
+}
+
+/// This thread's part of the largest row weights of a chunk's steps [first, first + len):
+/// (max α ρ, max |α δ|). The chunk's products run on weights divided by their largest value
+/// (restored after): α_i ρ_i can all be tiny (a forget gate near 0 at the chunk's start), and
+/// q̂·α ρ rounded to f16 would then lose its precision in the subnormal range.
+///
+/// # Safety
+/// `g_wq`, `g_wn` hold the head's weights for those steps.
+#[inline(always)]
+pub unsafe fn weight_max<const THREADS: u32>(
+    (g_wq, g_wn): (u64, u64),
+    (first, len): (u32, u32),
+    tid: u32,
+) -> (f32, f32) {
+    let (mut wc, mut wn) = (0f32, 0f32);
+    let mut j = tid;
+    while j < len {
+        let at = (first + j) as u64 * 4;
+        wc = wc.max(unsafe { global::ld_nc_f32(g_wq + at) });
+        wn = wn.max(unsafe { global::ld_nc_f32(g_wn + at) }.abs());
+        j += THREADS;
+    }
+    (wc, wn)
+}
+
+/// The block's largest row weights from the threads' parts (`weight_max`), 1 where all are 0.
+///
+/// # Safety
+/// Called by every thread of the block; `scratch` holds one f32 per warp.
+#[inline(always)]
+pub unsafe fn weight_scales<const THREADS: u32>((wc, wn): (f32, f32), scratch: u32) -> (f32, f32) {
+    let unit = |x: f32| if x > 0.0 { x } else { 1.0 };
+    let wc = unit(unsafe { block::reduce::<Max, THREADS>(wc, scratch) });
+    let wn = unit(unsafe { block::reduce::<Max, THREADS>(wn, scratch) });
+    (wc, wn)
+}
+
+/// A Q̂ᵀ A fragment (`ldmatrix.trans`, steps jj, jj + 1, jj + 8, jj + 9 of the sub-tile) with
+/// each step's column scaled by `scale` times its weight in shared memory at `w` (f32 per
+/// step). Steps past a ragged end have zero Q rows and weights.
+///
+/// # Safety
+/// `w` points at the sub-tile's weights in shared memory.
+#[inline(always)]
+pub unsafe fn weighted<E: Elem>(q: [u32; 4], w: u32, jj: u32, scale: f32) -> [u32; 4] {
+    let wt = [jj, jj + 1, jj + 8, jj + 9].map(|j| scale * unsafe { shared::ld_f32(w + 4 * j) });
+    let mut a = [0u32; 4];
+    unroll!(4, r => {
+        let (lo, hi) = E::unpack(q[r]);
+        let wi = (r / 2) * 2;
+        a[r] = E::pack(lo * wt[wi], hi * wt[wi + 1]);
+    });
+    a
+}
+
+/// The ñ part of the initial-state gradient: stores dñ_0 of this thread's rows (where asked)
+/// and adds its part of ⟨dñ_0, ñ_0⟩ to `dot` (call from lanes t = 0 of the first DHV tile).
+///
+/// # Safety
+/// `p.ptr.dn0`, `p.ptr.n0` (where set) hold the state head at `vec`.
+#[inline(always)]
+pub unsafe fn initial_n(
+    p: &BwdParams,
+    row: impl Fn(usize) -> u32,
+    vec: u64,
+    nacc: &[f32; 4],
+    dot: &mut f32,
+) {
+    for half in 0..2 {
+        let r = row(half);
+        let x = nacc[2 * half];
+        if p.ptr.dn0 != 0 {
+            unsafe { global::st_b32_if(r < p.dqk, p.ptr.dn0 + (vec + r as u64) * 4, x.to_bits()) };
+        }
+        if p.ptr.n0 != 0 {
+            *dot += x * unsafe {
+                global::ld_nc_f32_or_zero(r < p.dqk, p.ptr.n0 + (vec + r as u64) * 4)
+            };
+        }
+    }
+}
