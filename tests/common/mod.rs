@@ -115,8 +115,10 @@ pub fn rel_err_at_scale(got: &[f32], want: &[f64], scale: f64) -> f64 {
 /// (accumulating in f32), so errors are a few units of that dtype's rounding (2^-9 for bf16,
 /// 2^-12 for f16), relative to the outputs' norm. f32 (the recurrence, no 16-bit rounding)
 /// is limited by the normalizer readout instead: a row's h carries its cancellation κ_n times
-/// f32 rounding (κ_n ≤ [`MAX_READOUT_CANCELLATION`] in the tests), and the rows with the
-/// smallest denominators weigh most in the norm; measured up to 1.7e-5 (mLSTMexp).
+/// f32 rounding (κ_n ≤ [`max_readout_cancellation`] in the tests), and the rows with the
+/// smallest denominators weigh most in the norm. With κ_n up to 1000 that was up to 1.7e-5
+/// (mLSTMexp), and once 7.9e-5 (`gpu_varlen`, mLSTMexp f32, seed 16849819465730303908): the
+/// draw, not the kernel (its packed and separate outputs agreed exactly).
 pub fn fwd_tolerance(dtype: Dtype) -> f64 {
     match dtype {
         Dtype::Bf16 => 1e-2,
@@ -141,9 +143,10 @@ pub fn bwd_tolerance(dtype: Dtype, name: &str) -> f64 {
         Dtype::F16 => 5e-3,
         // f32 (the reverse recurrence, no 16-bit rounding): 2e-7 where the normalizer
         // readout s = ñᵀq̂ is well conditioned; otherwise the error follows its cancellation
-        // κ_n (limited to 1000 by `limit_readout_cancellation`), since the forward's f32 s
-        // carries ~κ_n·1e-7 into ρ = 1/den and δ. Measured over three runs of every case:
-        // at most 9.5e-4 (mLSTMexp, hard gate regimes).
+        // κ_n (limited by `limit_readout_cancellation`), since the forward's f32 s carries
+        // ~κ_n·1e-7 into ρ = 1/den and δ. Measured over three runs of every case with κ_n up
+        // to 1000: at most 9.5e-4 (mLSTMexp, hard gate regimes); the limit is 100 for f32
+        // now (`max_readout_cancellation`).
         Dtype::F32 => 5e-3,
     };
     if name == "dn0" { 3.0 * base } else { base }
@@ -254,11 +257,19 @@ pub const HARD_GATES: [GateRegime; 3] = [
     }),
 ];
 
-/// Largest cancellation a test row's normalizer readout may have, κ_n = ‖ñ_t ∘ q̂_t‖ / den_t.
-pub const MAX_READOUT_CANCELLATION: f64 = 1000.0;
+/// Largest cancellation a test row's normalizer readout may have, κ_n = ‖ñ_t ∘ q̂_t‖ / den_t,
+/// per input dtype. The readout runs in f32 in every dtype, so a row's h and gradients carry
+/// ~κ_n · 1e-7: beside 16-bit rounding (and the 16-bit tolerances) κ_n = 1000 is harmless,
+/// but at the f32 forward bound (5e-5) one such row can be the whole error.
+pub fn max_readout_cancellation(dtype: Dtype) -> f64 {
+    match dtype {
+        Dtype::F32 => 100.0,
+        Dtype::Bf16 | Dtype::F16 => 1000.0,
+    }
+}
 
 /// Redraws q_t (fresh N(0, 1), rounded to `dtype`) for every row whose normalizer readout
-/// s_t = ñ_tᵀq̂_t cancels by more than [`MAX_READOUT_CANCELLATION`], until none does (q_t
+/// s_t = ñ_tᵀq̂_t cancels by more than [`max_readout_cancellation`], until none does (q_t
 /// enters only row t's readout, so nothing else moves). There the denominator carries κ_n
 /// times the rounding of any implementation's s_t, and that row's h, and gradients ∝ 1/den_t,
 /// can dominate every norm a test measures: one row of κ_n = 5·10⁴ put 3% on all bf16
@@ -275,10 +286,11 @@ pub fn limit_readout_cancellation(
     }
     let p = RefParams::new(variant, inp.shape.dqk);
     let dqk = inp.shape.dqk;
+    let limit = max_readout_cancellation(dtype);
     for _ in 0..100 {
         let t = reference::readout_terms(inp, &p);
         let rows: Vec<usize> = (0..t.den.len())
-            .filter(|&r| t.nq_norm[r] > MAX_READOUT_CANCELLATION * t.den[r])
+            .filter(|&r| t.nq_norm[r] > limit * t.den[r])
             .collect();
         if rows.is_empty() {
             return;
@@ -288,7 +300,7 @@ pub fn limit_readout_cancellation(
             inp.q[r * dqk..(r + 1) * dqk].copy_from_slice(&round_to(dtype, &fresh));
         }
     }
-    panic!("rows still cancel by more than {MAX_READOUT_CANCELLATION} after 100 redraws");
+    panic!("rows still cancel by more than {limit} after 100 redraws");
 }
 
 /// Largest cancellation of a row's dh_t·h_t, Σ|dh_ti h_ti| / |dh_t·h_t|, in the Exact tests:
