@@ -347,9 +347,11 @@ fn backward_matches_reference_all_variants_modes_and_dtypes() {
     );
 }
 
-/// Shapes of the wide state tile (`fwd::wide_state`: 128 × 256; on `wgmma` in sm_90a builds):
-/// every variant, mode and 16-bit dtype with partial tiles in both directions and initial
-/// states, and the xLSTM-7B head shape with a ragged last chunk.
+/// Shapes of the wide state tile (`fwd::wide_state`: 128 × 256; the state gradients on `wgmma`
+/// in sm_90a builds from L = 256, `bwd::state_wg::applies`): every variant, mode and 16-bit
+/// dtype with partial tiles in both directions and initial states at L = 256 (and bf16 at
+/// L = 128, the narrow state-gradient kernel), and the xLSTM-7B head shape with a ragged last
+/// chunk.
 #[test]
 #[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
 fn backward_wide_state_tile_shapes() {
@@ -357,8 +359,9 @@ fn backward_wide_state_tile_shapes() {
     for variant in VARIANTS {
         for mode in MODES {
             for dtype in [BF16, F16] {
-                cases.push(case(shape(1, 2, 300, 144, 272), 128, variant, dtype, mode));
+                cases.push(case(shape(1, 2, 300, 144, 272), 256, variant, dtype, mode));
             }
+            cases.push(case(shape(1, 2, 300, 144, 272), 128, variant, BF16, mode));
             cases.push(
                 case(shape(1, 1, 296, 256, 512), 256, variant, BF16, mode).without_final_grads(),
             );

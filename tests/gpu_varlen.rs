@@ -291,6 +291,11 @@ fn packed_batch_equals_each_sequence_alone() {
     for variant in [EXP, SIG, SIG_NONORM] {
         cases.push(((variant, Dtype::Bf16, GradMode::Exact, true, SMALL), 2 * L));
     }
+    // L = 256 with wide heads: the state gradients on `wgmma` in sm_90a builds
+    // (`bwd::state_wg::applies`), each sequence within one chunk.
+    for variant in [EXP, SIG] {
+        cases.push(((variant, Dtype::Bf16, GradMode::Exact, true, WIDE), 4 * L));
+    }
     for ((variant, dtype, mode, with_init, dims), chunk) in cases {
         let errs = check(
             &rt,

@@ -846,9 +846,9 @@ fn bwd_launches(p: &BwdParams, gates: Gates, path: BwdPath) -> Vec<Launch> {
             threads: bwd::rows::THREADS,
             smem: 0,
         },
-        // The state gradients in the forward's state shape: the wide tile on `wgmma` where
-        // the build has it (sm_90a).
-        if cfg!(tfla_wgmma) && tfla_params::fwd::wide_state(p.dqk, p.dhv) {
+        // The state gradients on the wide `wgmma` tile where the build has it (sm_90a) and
+        // it pays (`bwd::state_wg::applies`).
+        if cfg!(tfla_wgmma) && bwd::state_wg::applies(p.chunk, p.dqk, p.dhv) {
             Launch {
                 name: name(BwdKernel::StateWg),
                 grid: bwd::state_wg::grid(p),

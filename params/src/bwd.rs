@@ -220,6 +220,17 @@ pub mod state {
 /// [`state_tiles`] slots.
 pub mod state_wg {
     use super::*;
+    /// Shortest chunk this kernel takes. One block of 8 warps fills an SM (255 registers), so
+    /// nothing overlaps the walk's per-chunk work between products (the dC̃ store, the gate
+    /// dots); at L = 128 that work is twice the share it is at 256, and the narrow kernel's
+    /// blocks hide it better (H100, 512/512 and 256/512: this kernel 2–7% slower, fwd+bwd
+    /// 0–1% slower; at L = 256 fwd+bwd 2–3% faster).
+    pub const MIN_CHUNK: u32 = 256;
+    /// Whether this kernel (in sm_90a builds) computes the state gradients of these head
+    /// dims and chunk size.
+    pub const fn applies(chunk: u32, dqk: u32, dhv: u32) -> bool {
+        crate::fwd::wide_state(dqk, dhv) && chunk >= MIN_CHUNK
+    }
     pub use crate::fwd::state_wg::{
         ALIGN, STAGES, SUB_L, THREADS, TILE_HV, TILE_QK, WARPGROUPS, WARPS,
     };
@@ -255,8 +266,8 @@ pub mod state_wg {
 
 /// State tiles of one head as this build's state-gradient kernel lays them out (`wgmma`:
 /// compiled for sm_90a): the slots of the state dots that hold partial sums.
-pub const fn state_tiles(dqk: u32, dhv: u32, wgmma: bool) -> u32 {
-    if wgmma && crate::fwd::wide_state(dqk, dhv) {
+pub const fn state_tiles(chunk: u32, dqk: u32, dhv: u32, wgmma: bool) -> u32 {
+    if wgmma && state_wg::applies(chunk, dqk, dhv) {
         state_wg::tiles(dqk, dhv)
     } else {
         state::tiles(dqk, dhv)
@@ -663,6 +674,19 @@ mod tests {
             assert_eq!(l % combine::TILE, 0);
             assert_eq!(l % state::SUB_L, 0);
         }
+    }
+
+    #[test]
+    fn wide_state_gradients_take_wide_heads_from_chunk_256() {
+        // The wide heads of the benchmark grid, and their state-dot slots per build.
+        for (dqk, dhv) in [(512, 512), (256, 512), (144, 272)] {
+            assert!(state_wg::applies(256, dqk, dhv), "{dqk}/{dhv}");
+            assert!(!state_wg::applies(128, dqk, dhv), "{dqk}/{dhv}");
+            assert_eq!(state_tiles(256, dqk, dhv, true), state_wg::tiles(dqk, dhv));
+            assert_eq!(state_tiles(128, dqk, dhv, true), state::tiles(dqk, dhv));
+            assert_eq!(state_tiles(256, dqk, dhv, false), state::tiles(dqk, dhv));
+        }
+        assert!(!state_wg::applies(256, 128, 128));
     }
 
     #[test]

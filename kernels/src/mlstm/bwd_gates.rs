@@ -78,7 +78,7 @@ pub unsafe fn bwd_gates<G: GateKind>(p: &BwdParams) {
     // A_k, summed over the state tiles by the first warp.
     if tid < 32 {
         // (The tile count of the state-gradient kernel this build runs.)
-        let state_tiles = state_tiles(p.dqk, p.dhv, cfg!(target_feature = "sm_90a"));
+        let state_tiles = state_tiles(p.chunk, p.dqk, p.dhv, cfg!(target_feature = "sm_90a"));
         let at = (head * state::dots_per_head(nc, p.seqs) as u64 + k as u64)
             * state::MAX_TILES as u64
             + tid as u64;

@@ -76,7 +76,7 @@ pub unsafe fn bwd_max_path(p: &BwdParams) {
                 * state::MAX_TILES as u64
                 * 4;
         let mut v = 0f32;
-        for tile in 0..state_tiles(p.dqk, p.dhv, cfg!(target_feature = "sm_90a")) {
+        for tile in 0..state_tiles(p.chunk, p.dqk, p.dhv, cfg!(target_feature = "sm_90a")) {
             v += unsafe { global::ld_nc_f32(base + tile as u64 * 4) };
         }
         v
