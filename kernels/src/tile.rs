@@ -99,6 +99,27 @@ pub fn acc_pos(lane: u32, e: usize) -> (u32, u32) {
     )
 }
 
+/// Calls `f(nb, e, inside, idx)` for the accumulator element pairs (n-block nb < NB ≤ 32,
+/// first element e = 0, 2) of a warp's 16-row tile whose first element (e = 0 of lane 0's
+/// n-block 0 shifted to this lane: row g, column 2t) is (r0, c0) of a row-major (rows, cols)
+/// matrix: `idx` is the pair's first element index, `inside` whether the pair lies in the
+/// matrix. How register tiles of state are loaded, stored and dotted with global matrices.
+#[inline(always)]
+pub fn acc_pairs<const NB: usize>(
+    (r0, c0): (u32, u32),
+    (rows, cols): (u32, u32),
+    mut f: impl FnMut(usize, usize, bool, u64),
+) {
+    unroll!(32, nb => {
+        if nb < NB {
+            for half in 0..2 {
+                let (r, c) = (r0 + half as u32 * 8, c0 + nb as u32 * 8);
+                f(nb, 2 * half, r < rows && c < cols, (r * cols + c) as u64);
+            }
+        }
+    });
+}
+
 /// Splits a pair of f32 into a packed 16-bit head (round to nearest) and the packed 16-bit
 /// rounding error of that head: head + tail carries about 16 significant bits instead of 8
 /// (bf16) or 11 (f16), at the price of a second `mma` with the tail.

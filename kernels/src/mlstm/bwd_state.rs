@@ -144,23 +144,17 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         // Store dC'_{k+1}, through the staging tile (`stage::store_rows`: whole sectors).
         let hk = head * nc as u64 + k as u64;
         let (r0, c0) = (thread::opaque(warp * 16 + lane / 4), (lane % 4) * 2);
-        unroll!(16, nb => {
-            unroll!(2, half => {
-                let v = E::pack(acc[nb][2 * half], acc[nb][2 * half + 1]);
-                unsafe { shared::st_u32(staging.offset(r0 + half as u32 * 8, c0 + nb as u32 * 8), v) };
-            });
-        });
         unsafe {
-            thread::sync_threads();
-            let dc = p.ptr.dc_states + hk * (dqk as u64) * (dhv as u64) * 2;
-            stage::store_rows::<THREADS, { TILE_HV / 8 }>(
+            walk::store_dc::<NB, THREADS, { TILE_HV / 8 }>(
+                p,
                 staging,
-                dc,
-                (d0, dqk),
-                (v0, dhv),
+                hk,
+                (d0, v0),
+                (r0, c0),
                 TILE_QK,
-            );
-        }
+                |nb, half| E::pack(acc[nb][2 * half], acc[nb][2 * half + 1]),
+            )
+        };
         if with_n && lane % 4 == 0 {
             unsafe { walk::store_dn(p, |half| d0 + row(2 * half), hk, &nacc) };
         }
@@ -168,18 +162,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         // The chunk's reads from memory before its products (γ_k's gate scalars, C'_k for A_k,
         // the largest row weights) are all issued before any of them is used: one round trip
         // per chunk on the walk's critical path instead of three.
-        let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + hk * 4) };
-        let (m_k, cm_last) = if G::STABILIZED {
-            let last = head * padded + (k * l + l.min(s - k * l) - 1) as u64;
-            unsafe {
-                (
-                    global::ld_nc_f32(p.ptr.m_states + hk * 4),
-                    global::ld_nc_f32(p.ptr.gate_cm + last * 4),
-                )
-            }
-        } else {
-            (0.0, 0.0)
-        };
+        let (g, m_k, cm_last) = unsafe { walk::gate_scalars::<G>(p, head, k) };
         // C'_0 as given (f32), not rounded to the input dtype as the chunk states are, is read
         // in its own loop below. (Branches around whole loops: one inside made the kernel 1.7×
         // slower.)

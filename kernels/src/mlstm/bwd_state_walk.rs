@@ -1,15 +1,75 @@
 //! What the two state-gradient walks share (`bwd_state` on `mma.sync`, `bwd_state_wg` on
-//! `wgmma`; notation in `bwd_state`): the ñ column's seed, per-chunk store and initial-state
-//! part, the chunk's decay γ_k and weight scales, and the weighting of a Q̂ᵀ fragment. What
+//! `wgmma`; notation in `bwd_state`): the dC̃ store, the ñ column's seed, per-chunk store and
+//! initial-state part, the chunk's gate scalars, decay γ_k and weight scales, and the
+//! weighting of a Q̂ᵀ fragment. What
 //! differs between them is the accumulator layout of dC̃, which stays in each kernel.
 //!
 //! The ñ helpers work on the rows a thread holds (`row(half)`: the state row of its
 //! accumulator elements 2·half, half = 0, 1), with dñ in elements 0 and 2 of `nacc`.
 use super::block::{self, Max};
 use super::gates::GateKind;
+use super::stage;
 use crate::arch::convert::Elem;
-use crate::arch::{global, math, shared};
+use crate::arch::{global, math, shared, thread};
+use crate::tile::SmemTile;
 use tfla_params::bwd::BwdParams;
+
+/// Stores dC̃_{k+1} (`hk` = head · chunks + k) of a block's (tile_qk, TILE_HV) tile at (d0, v0)
+/// through the staging tile (`stage::store_rows`: whole sectors): each thread writes its
+/// accumulator pairs, `pair(nb, half)` packed to the input dtype, at rows r0, r0 + 8 and
+/// columns c0 + 8·nb of the tile, for nb < NB.
+///
+/// # Safety
+/// Called by every thread of the block; `staging` holds the tile.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn store_dc<const NB: usize, const THREADS: u32, const VECS: u32>(
+    p: &BwdParams,
+    staging: SmemTile,
+    hk: u64,
+    (d0, v0): (u32, u32),
+    (r0, c0): (u32, u32),
+    tile_qk: u32,
+    pair: impl Fn(usize, usize) -> u32,
+) {
+    unroll!(32, nb => {
+        if nb < NB {
+            unroll!(2, half => {
+                let at = staging.offset(r0 + half as u32 * 8, c0 + nb as u32 * 8);
+                unsafe { shared::st_u32(at, pair(nb, half)) };
+            });
+        }
+    });
+    unsafe {
+        thread::sync_threads();
+        let dc = p.ptr.dc_states + hk * (p.dqk as u64) * (p.dhv as u64) * 2;
+        stage::store_rows::<THREADS, VECS>(staging, dc, (d0, p.dqk), (v0, p.dhv), tile_qk);
+    }
+}
+
+/// Chunk k's gate scalars for γ_k (`decay`): g, and (stabilized) m_k and the chunk's last
+/// cumulative gate. Loads only: the kernels issue them with the chunk's other reads.
+///
+/// # Safety
+/// `head < p.bh`, `k < p.num_chunks`, the forward's gates and max states are in place.
+#[inline(always)]
+pub unsafe fn gate_scalars<G: GateKind>(p: &BwdParams, head: u64, k: u32) -> (f32, f32, f32) {
+    let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
+    let hk = head * nc as u64 + k as u64;
+    let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + hk * 4) };
+    let (m_k, cm_last) = if G::STABILIZED {
+        let last = head * (nc * l) as u64 + (k * l + l.min(s - k * l) - 1) as u64;
+        unsafe {
+            (
+                global::ld_nc_f32(p.ptr.m_states + hk * 4),
+                global::ld_nc_f32(p.ptr.gate_cm + last * 4),
+            )
+        }
+    } else {
+        (0.0, 0.0)
+    };
+    (g, m_k, cm_last)
+}
 
 /// The ñ column's seed from the final-state gradient dñ_S; adds this thread's part of
 /// ⟨dñ_S, ñ_S⟩ to `dot` (lanes t = 0 of each quad only, as the rows repeat across the quad).

@@ -165,40 +165,23 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
         // Store dC'_{k+1}, through the staging tile (`stage::store_rows`: whole sectors).
         let hk = head * nc as u64 + k as u64;
         let (r0, c0) = local();
-        unroll!(32, nb => {
-            unroll!(2, half => {
-                let v = E::pack(acc[4 * nb + 2 * half], acc[4 * nb + 2 * half + 1]);
-                unsafe { shared::st_u32(staging.offset(r0 + half as u32 * 8, c0 + nb as u32 * 8), v) };
-            });
-        });
         unsafe {
-            thread::sync_threads();
-            let dc = p.ptr.dc_states + hk * (dqk as u64) * (dhv as u64) * 2;
-            stage::store_rows::<THREADS, { TILE_HV / 8 }>(
+            walk::store_dc::<NB, THREADS, { TILE_HV / 8 }>(
+                p,
                 staging,
-                dc,
-                (d0, dqk),
-                (v0, dhv),
+                hk,
+                (d0, v0),
+                (r0, c0),
                 TILE_QK,
-            );
-        }
+                |nb, half| E::pack(acc[4 * nb + 2 * half], acc[4 * nb + 2 * half + 1]),
+            )
+        };
         if with_n && lane % 4 == 0 {
             unsafe { walk::store_dn(p, |half| d0 + row(2 * half), hk, &nacc) };
         }
 
         // γ_k, from the chunk's gate scalars.
-        let g = unsafe { global::ld_nc_f32(p.ptr.gate_g + hk * 4) };
-        let (m_k, cm_last) = if G::STABILIZED {
-            let last = head * padded + (k * l + l.min(s - k * l) - 1) as u64;
-            unsafe {
-                (
-                    global::ld_nc_f32(p.ptr.m_states + hk * 4),
-                    global::ld_nc_f32(p.ptr.gate_cm + last * 4),
-                )
-            }
-        } else {
-            (0.0, 0.0)
-        };
+        let (g, m_k, cm_last) = unsafe { walk::gate_scalars::<G>(p, head, k) };
         let decay = walk::decay::<G>(g, m_k, cm_last);
         // A_k = γ_k ⟨dC'_{k+1}, C'_k⟩, this tile's part (the forget gates' share through the
         // decay of the state into the next chunk).

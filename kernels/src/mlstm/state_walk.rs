@@ -4,6 +4,7 @@
 //! tiles multiply and store.
 use super::gates::GateKind;
 use crate::arch::{global, math};
+use crate::tile::acc_pairs;
 use tfla_params::fwd::FwdParams;
 
 /// Pipeline items [first, end) of chunks [k_lo, k_hi), `sub_l` steps each: chunk boundaries
@@ -110,20 +111,13 @@ pub unsafe fn store_n_m<G: GateKind>(
 pub unsafe fn load_state<const NB: usize>(
     acc: &mut [[f32; 4]; NB],
     base: u64,
-    (r0, c0): (u32, u32),
-    (dqk, dhv): (u32, u32),
+    origin: (u32, u32),
+    dims: (u32, u32),
 ) {
-    unroll!(16, nb => {
-        if nb < NB {
-            for half in 0..2 {
-                let e = 2 * half;
-                let (r, c) = (r0 + half as u32 * 8, c0 + nb as u32 * 8);
-                let ptr = base + ((r * dhv + c) as u64) * 4;
-                let x = unsafe { global::ld_v2_f32_or_zero(r < dqk && c < dhv, ptr) };
-                acc[nb][e] = x[0];
-                acc[nb][e + 1] = x[1];
-            }
-        }
+    acc_pairs::<NB>(origin, dims, |nb, e, inside, idx| {
+        let x = unsafe { global::ld_v2_f32_or_zero(inside, base + idx * 4) };
+        acc[nb][e] = x[0];
+        acc[nb][e + 1] = x[1];
     });
 }
 
@@ -136,19 +130,11 @@ pub unsafe fn load_state<const NB: usize>(
 pub unsafe fn store_state<const NB: usize>(
     acc: &[[f32; 4]; NB],
     base: u64,
-    (r0, c0): (u32, u32),
-    (dqk, dhv): (u32, u32),
+    origin: (u32, u32),
+    dims: (u32, u32),
 ) {
-    unroll!(16, nb => {
-        if nb < NB {
-            for half in 0..2 {
-                let e = 2 * half;
-                let (r, c) = (r0 + half as u32 * 8, c0 + nb as u32 * 8);
-                let inside = r < dqk && c < dhv;
-                let idx = (r * dhv + c) as u64;
-                let v = [acc[nb][e], acc[nb][e + 1]];
-                unsafe { global::st_v2_f32_if(inside, base + idx * 4, v) };
-            }
-        }
+    acc_pairs::<NB>(origin, dims, |nb, e, inside, idx| {
+        let v = [acc[nb][e], acc[nb][e + 1]];
+        unsafe { global::st_v2_f32_if(inside, base + idx * 4, v) };
     });
 }
