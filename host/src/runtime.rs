@@ -57,6 +57,8 @@ impl Runtime {
 
     /// The device with this ordinal.
     pub fn with_device(ordinal: u32) -> Result<Self> {
+        // libcuda is loaded here, not linked (`tfla-driver`): without a driver this is the error.
+        tfla_driver::load().map_err(Error::NoDevice)?;
         cust::init(cust::CudaFlags::empty()).map_err(Error::cuda("cuInit"))?;
         let count = Device::num_devices().map_err(Error::cuda("cuDeviceGetCount"))?;
         if ordinal >= count {

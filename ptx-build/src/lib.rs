@@ -263,13 +263,80 @@ pub fn entry_points(ptx: &str) -> Vec<String> {
         .collect()
 }
 
-/// `ptxas` from PATH, else from `$CUDA_PATH/bin`, else the root `.ci/install-cuda` lays out.
+/// The pip wheel that carries `ptxas` of CUDA 13.0, the version of the GPU machines' driver
+/// (580), whose compiler turns our PTX into SASS: its register and spill report is the one that
+/// matches the driver's (12.9's once called a kernel clean that the driver spilled).
+pub const PTXAS_WHEEL: &str = "nvidia-cuda-nvcc==13.0.88";
+
+/// Where [`ptxas`] keeps the `ptxas` it fetched: `<target dir>/cuda-tools/bin`.
+pub fn fetched_tools_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("cuda-tools")
+}
+
+/// `ptxas` from PATH, else from `$CUDA_PATH/bin` or `$CUDA_HOME/bin`, else the one [`ptxas`]
+/// fetched into [`fetched_tools_dir`].
 pub fn find_ptxas() -> Option<PathBuf> {
     find_cuda_tool("ptxas")
 }
 
+/// `ptxas` as [`find_ptxas`] finds it, else fetched once: `python3 -m pip download` of
+/// [`PTXAS_WHEEL`] (~37 MB) into the target folder, `ptxas` taken out of it. No CUDA install,
+/// no root; a later `cargo clean` removes it.
+pub fn ptxas() -> Result<PathBuf, BuildError> {
+    if let Some(found) = find_ptxas() {
+        return Ok(found);
+    }
+    let dir = fetched_tools_dir();
+    // A folder of this process's own, renamed into place at the end: test binaries running at
+    // once each fetch, and the last rename wins with an identical file.
+    let tmp = dir.join(format!("fetch-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| BuildError::Io(tmp.clone(), e))?;
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "download", "--quiet", "--no-deps", "--dest"])
+        .arg(&tmp)
+        .arg(PTXAS_WHEEL);
+    run_tool(
+        pip,
+        &format!("python3 -m pip download {PTXAS_WHEEL} (fetching ptxas)"),
+    )?;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).map_err(|e| BuildError::Io(bin.clone(), e))?;
+    let staged = tmp.join("ptxas");
+    let mut unzip = Command::new("python3");
+    unzip.args(["-c", UNZIP_PTXAS]).arg(&tmp).arg(&staged);
+    run_tool(unzip, "python3 (taking ptxas out of the wheel)")?;
+    let target = bin.join("ptxas");
+    std::fs::rename(&staged, &target).map_err(|e| BuildError::Io(target.clone(), e))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(target)
+}
+
+/// Copies `*/bin/ptxas` out of the one wheel in argv[1] to argv[2], executable.
+const UNZIP_PTXAS: &str = "import glob, os, sys, zipfile
+z = zipfile.ZipFile(glob.glob(os.path.join(sys.argv[1], '*.whl'))[0])
+name = next(n for n in z.namelist() if n.endswith('/bin/ptxas'))
+open(sys.argv[2], 'wb').write(z.read(name))
+os.chmod(sys.argv[2], 0o755)";
+
+fn run_tool(mut cmd: Command, what: &str) -> Result<(), BuildError> {
+    let out = cmd.output().map_err(|err| BuildError::Spawn {
+        what: what.to_string(),
+        err,
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(BuildError::Failed {
+        what: what.to_string(),
+        output: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
 /// A CUDA tool (`ptxas`, `cuobjdump`) by name: from PATH, else from `$CUDA_PATH/bin` or
-/// `$CUDA_HOME/bin`, else from `/opt/tfla-cuda/bin`.
+/// `$CUDA_HOME/bin`, else from [`fetched_tools_dir`]`/bin`.
 pub fn find_cuda_tool(name: &str) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -281,7 +348,7 @@ pub fn find_cuda_tool(name: &str) -> Option<PathBuf> {
             .iter()
             .filter_map(std::env::var_os)
             .map(|root| PathBuf::from(root).join("bin"))
-            .chain(std::iter::once(PathBuf::from("/opt/tfla-cuda/bin")))
+            .chain(std::iter::once(fetched_tools_dir().join("bin")))
             .map(|bin| bin.join(name))
             .find(|p| p.is_file())
     })

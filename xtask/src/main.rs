@@ -2,15 +2,17 @@
 //!
 //! - `cargo xtask build-ptx [--arch sm_90|sm_90a] [--out PATH]`: builds the device crate into
 //!   PTX, checks it for unresolved externs and the instructions the kernels are meant to use,
-//!   and, when ptxas is found, prints each kernel's registers, stack and spills (failing on
-//!   spills or a stack frame).
+//!   and prints each kernel's registers, stack and spills from ptxas (failing on spills or a
+//!   stack frame; ptxas is fetched into target/ where the machine has none).
 //! - `cargo xtask bundle [--out DIR] [--gzip]`: builds the test binaries and the benchmark in
 //!   release mode plus the PTX into one folder with `run.sh`, for GPU machines that have the
 //!   CUDA driver but no Rust toolchain. `--gzip` compresses the binaries (each embeds the PTX:
 //!   ~5× smaller), which `run.sh` unpacks into a temporary folder.
-//! - `cargo xtask bench [--grid paper|quick|smoke]`: the main job on a GPU machine: bundle,
-//!   then run the benchmark table (and the reference comparison when Python + PyTorch exist),
-//!   then print one merged table with the ratios.
+//! - `cargo xtask bench [--grid quick|paper|smoke]`: the main job on a GPU machine: builds
+//!   the benchmark, times tfla, sets up the pinned reference kernels (when python3 has torch)
+//!   and times them on the same card, then prints one merged table with the ratios. The
+//!   default grid (`quick`, B = 8, S = 8192) takes a few minutes; `--grid paper` is the paper's
+//!   four (B, S) points. Results go to `target/bench/results/`.
 //! - `cargo xtask report --tfla TFLA.json REFS.json…`: that merged table from saved results
 //!   (e.g. `benches/results/`).
 //! - `cargo xtask sass [--kernel SUBSTR] [--dump]`: each kernel's SASS instruction mix (ptxas
@@ -19,7 +21,7 @@ mod report;
 mod sass;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use tfla_ptx_build::{Arch, build_ptx, find_ptxas, ptxas_report};
+use tfla_ptx_build::{Arch, build_ptx, ptxas_report};
 
 const MEANT_TO_USE: [&str; 3] = [
     "mma.sync.aligned.m16n8k16",
@@ -37,10 +39,8 @@ fn main() -> ExitCode {
     };
     let result = match args.first().map(String::as_str) {
         Some("build-ptx") => cmd_build_ptx(opt("--arch").as_deref(), opt("--out")),
-        Some("bundle") => {
-            cmd_bundle(opt("--out"), args.iter().any(|a| a == "--gzip")).map(|_| ())
-        }
-        Some("bench") => cmd_bench(opt("--grid").as_deref().unwrap_or("paper")),
+        Some("bundle") => cmd_bundle(opt("--out"), args.iter().any(|a| a == "--gzip")),
+        Some("bench") => cmd_bench(opt("--grid").as_deref().unwrap_or("quick")),
         Some("sass") => sass::cmd_sass(
             opt("--kernel").as_deref(),
             args.iter().any(|a| a == "--dump"),
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             }
             None => Err("usage: cargo xtask report --tfla TFLA.json REFS.json...".into()),
         },
-        _ => Err("usage: cargo xtask build-ptx [--arch sm_90|sm_90a] [--out PATH] | bundle [--out DIR] | bench [--grid paper|quick|smoke] | report --tfla TFLA.json REFS.json... | sass [--kernel SUBSTR] [--dump]".into()),
+        _ => Err("usage: cargo xtask build-ptx [--arch sm_90|sm_90a] [--out PATH] | bundle [--out DIR] | bench [--grid quick|paper|smoke] | report --tfla TFLA.json REFS.json... | sass [--kernel SUBSTR] [--dump]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,10 +99,7 @@ fn cmd_build_ptx(arch: Option<&str>, out: Option<String>) -> Result<(), String> 
             ));
         }
     }
-    let Some(ptxas) = find_ptxas() else {
-        println!("ptxas not found (PATH, CUDA_PATH): resource report skipped");
-        return Ok(());
-    };
+    let ptxas = tfla_ptx_build::ptxas().map_err(|e| e.to_string())?;
     let report = ptxas_report(&ptxas, &ptx, arch).map_err(|e| e.to_string())?;
     println!(
         "{:<40} {:>5} {:>7} {:>7}",
@@ -160,56 +157,75 @@ fn executables(json: &str) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-fn cmd_bundle(out: Option<String>, gzip: bool) -> Result<PathBuf, String> {
+/// Builds with `cargo <args> --release --message-format=json` and copies each executable into
+/// `bin` as `<prefix>-<target name>` (gzipped with `gzip`); returns the file names.
+fn build_into(bin: &Path, prefix: &str, args: &[&str], gzip: bool) -> Result<Vec<String>, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let json = run(Command::new(&cargo)
+        .current_dir(root())
+        .args(args)
+        .args(["--release", "--message-format=json"]))?;
+    let mut names = Vec::new();
+    for (name, exe) in executables(&json) {
+        let file = format!("{prefix}-{name}");
+        std::fs::copy(&exe, bin.join(&file)).map_err(|e| format!("{}: {e}", exe.display()))?;
+        if gzip {
+            run(Command::new("gzip").args(["-9", "-f"]).arg(bin.join(&file)))?;
+        }
+        names.push(file);
+    }
+    Ok(names)
+}
+
+/// A folder `dir` with `bin/` (this xtask, for `report`, and what `build` puts there), the
+/// reference script and `run.sh`.
+fn lay_out(
+    dir: &Path,
+    build: impl FnOnce(&Path) -> Result<Vec<String>, String>,
+) -> Result<Vec<String>, String> {
+    let bin = dir.join("bin");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let mut names = build(&bin)?;
+    let xtask = std::env::current_exe().map_err(|e| e.to_string())?;
+    std::fs::copy(&xtask, bin.join("xtask")).map_err(|e| format!("{}: {e}", xtask.display()))?;
+    names.push("xtask".into());
+    let compare = root().join("benches/compare/compare.py");
+    std::fs::copy(&compare, dir.join("compare.py"))
+        .map_err(|e| format!("{}: {e}", compare.display()))?;
+    write_run_script(dir)?;
+    Ok(names)
+}
+
+fn cmd_bundle(out: Option<String>, gzip: bool) -> Result<(), String> {
     let dir = out
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("bundle"));
-    let bin = dir.join("bin");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let tests = run(Command::new(&cargo).current_dir(root()).args([
-        "test",
-        "--release",
-        "--workspace",
-        "--no-run",
-        "--message-format=json",
-    ]))?;
-    let benches = run(Command::new(&cargo).current_dir(root()).args([
-        "build",
-        "--release",
-        "-p",
-        "tfla-benches",
-        "--bins",
-        "--message-format=json",
-    ]))?;
-    let mut names = Vec::new();
-    for (kind, json) in [("test", &tests), ("bench", &benches)] {
-        for (name, exe) in executables(json) {
-            let file = format!("{kind}-{name}");
-            std::fs::copy(&exe, bin.join(&file)).map_err(|e| format!("{}: {e}", exe.display()))?;
-            if gzip {
-                run(Command::new("gzip").args(["-9", "-f"]).arg(bin.join(&file)))?;
-            }
-            names.push(file);
-        }
-    }
+    let names = lay_out(&dir, |bin| {
+        let mut names = build_into(bin, "test", &["test", "--workspace", "--no-run"], gzip)?;
+        names.extend(build_into(
+            bin,
+            "bench",
+            &["build", "-p", "tfla-benches", "--bins"],
+            gzip,
+        )?);
+        Ok(names)
+    })?;
     let ptx = build_ptx(Arch::Sm90).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("tfla_kernels.ptx"), ptx).map_err(|e| e.to_string())?;
-    let compare = root().join("benches/compare/compare.py");
-    if compare.exists() {
-        std::fs::copy(&compare, dir.join("compare.py")).map_err(|e| e.to_string())?;
-    }
-    write_run_script(&dir)?;
     println!("bundle in {}: {}", dir.display(), names.join(", "));
-    Ok(dir)
+    Ok(())
 }
 
 fn write_run_script(dir: &Path) -> Result<(), String> {
     let script = r#"#!/usr/bin/env bash
 # Runs tfla's tests (GPU tests included) and the benchmark on a machine with the CUDA driver
-# and no Rust toolchain.
-#   bash run.sh [tests|bench|all] [GRID] [JSON_OUT]
+# and no Rust toolchain (`cargo xtask bench` runs its `bench` mode too).
+#   bash run.sh [tests|bench|all] [GRID] [RESULTS_DIR]
+#       bench: tfla-bench's table (RESULTS_DIR/tfla.json), then the pinned reference kernels
+#       (set up with pip into $TFLA_REF_SITE, default ./ref-site, when python3 has torch) on
+#       the same card (RESULTS_DIR/refs.json), then the merged table. GRID: quick (default),
+#       paper, smoke. Offline, the wheels come from a folder instead: TFLA_REF_WHEELS=DIR.
 #   bash run.sh kernels [NH:DQK:DHV] [VARIANT]  per-kernel times (ncu) of one forward+backward
 #   bash run.sh ab DIR...   this bundle's benchmark against those of other bundles (A/B of a
 #                           change on one machine: quick grid, L = 128, alternated twice)
@@ -221,6 +237,7 @@ bindir() {
   if ls "$1"/bin/*.gz > /dev/null 2>&1; then
     local d; d=$(mktemp -d -p "$work")
     for f in "$1"/bin/*.gz; do gunzip -c "$f" > "$d/$(basename "$f" .gz)"; chmod +x "$d/$(basename "$f" .gz)"; done
+    cp "$1/bin/xtask" "$d/"
     echo "$d"
   else
     echo "$1/bin"
@@ -229,10 +246,40 @@ bindir() {
 bin=$(bindir "$here")
 what=${1:-all}
 pass=0; fail=0
+# The reference kernels' pinned versions (benches/compare/README.md).
+REF_PACKAGES="mlstm-kernels==2.0.6 fla-core==0.6.0"
+# Sets PYTHONPATH so that python3 imports the pinned references, installing them (pure-Python
+# wheels, no dependencies pulled: torch and triton stay the machine's) into $TFLA_REF_SITE
+# first where needed; says what is missing and returns 1 where that cannot be done.
+refs_ready() {
+  if ! python3 -c "import torch, triton; assert torch.cuda.is_available()" 2> /dev/null; then
+    echo "reference comparison skipped: it needs python3 with a CUDA build of torch and triton"
+    echo "  (python3 -m pip install torch), then run again: the reference kernels themselves"
+    echo "  ($REF_PACKAGES) are installed under target/ by this command."
+    return 1
+  fi
+  local site=${TFLA_REF_SITE:-$here/ref-site}
+  export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+  local have='from importlib import metadata as m
+assert m.version("mlstm-kernels") == "2.0.6" and m.version("fla-core") == "0.6.0"
+import einops'
+  python3 -c "$have" 2> /dev/null && return 0
+  local want=$REF_PACKAGES log
+  python3 -c "import einops" 2> /dev/null || want="$want einops"
+  echo "== installing the reference kernels into $site: $want"
+  log=$(python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
+        --target "$site" ${TFLA_REF_WHEELS:+--no-index --find-links "$TFLA_REF_WHEELS"} $want 2>&1)
+  if [ $? != 0 ] || ! python3 -c "$have" 2> /dev/null; then
+    echo "$log" | tail -5
+    echo "reference comparison skipped: could not install $want (offline? put the wheels in a"
+    echo "  folder and set TFLA_REF_WHEELS=DIR, or: python3 -m pip install $want)"
+    return 1
+  fi
+}
 case "$what" in
 tests|bench|all)
   grid=${2:-quick}
-  json=${3:-}
+  results=${3:-$here/results}
   if [ "$what" != bench ]; then
     for t in "$bin"/test-*; do
       echo "=== $(basename "$t")"
@@ -241,7 +288,18 @@ tests|bench|all)
     echo "test binaries: $pass passed, $fail failed"
   fi
   if [ "$what" != tests ]; then
-    "$bin"/bench-tfla-bench --grid "$grid" ${json:+--json "$json"} || fail=$((fail+1))
+    mkdir -p "$results"
+    start=$SECONDS
+    if "$bin"/bench-tfla-bench --grid "$grid" --json "$results/tfla.json"; then
+      echo "== tfla: $((SECONDS - start)) s"
+      if refs_ready; then
+        python3 "$here/compare.py" --grid "$grid" --dtype bf16 --json "$results/refs.json" \
+          && "$bin"/xtask report --tfla "$results/tfla.json" "$results/refs.json" || fail=$((fail+1))
+      fi
+      echo "== results in $results ($((SECONDS - start)) s)"
+    else
+      fail=$((fail+1))
+    fi
   fi
   ;;
 kernels)
@@ -285,37 +343,29 @@ esac
     std::fs::write(&path, script).map_err(|e| e.to_string())
 }
 
+/// The main job: the benchmark binary and this xtask in `target/bench/`, then `run.sh bench`
+/// there (tfla's table, the references' set-up and table, the merged table), the same script a
+/// bundle runs on a machine without Rust.
 fn cmd_bench(grid: &str) -> Result<(), String> {
-    let dir = cmd_bundle(None, false)?;
+    let dir = root().join("target/bench");
+    lay_out(&dir, |bin| {
+        build_into(
+            bin,
+            "bench",
+            &["build", "-p", "tfla-benches", "--bin", "tfla-bench"],
+            false,
+        )
+    })?;
     let status = Command::new("bash")
         .arg(dir.join("run.sh"))
-        .args(["bench", grid, &dir.join("tfla.json").display().to_string()])
+        .args(["bench", grid])
+        .arg(dir.join("results"))
+        // The reference packages go here, outside the folder laid anew each run.
+        .env("TFLA_REF_SITE", root().join("target/ref-site"))
         .status()
         .map_err(|e| e.to_string())?;
     if !status.success() {
         return Err("the benchmark failed".into());
-    }
-    let compare = dir.join("compare.py");
-    let has_torch = Command::new("python3")
-        .args(["-c", "import torch"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if compare.exists() && has_torch {
-        let status = Command::new("python3")
-            .arg(&compare)
-            .args(["--grid", grid, "--dtype", "bf16", "--json"])
-            .arg(dir.join("refs.json"))
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err("the reference comparison failed".into());
-        }
-        let refs = [dir.join("refs.json").display().to_string()];
-        report::report(&dir.join("tfla.json"), &refs)?;
-    } else {
-        println!(
-            "reference comparison skipped (needs benches/compare/compare.py and python3 with torch)"
-        );
     }
     Ok(())
 }

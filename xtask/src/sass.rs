@@ -76,7 +76,7 @@ pub fn parse(sass: &str) -> Vec<Kernel> {
 /// the instruction mix of the kernels whose name contains `filter`; with `dump`, also writes
 /// each of their SASS listings to `target/sass/NAME.sass`.
 pub fn cmd_sass(filter: Option<&str>, dump: bool) -> Result<(), String> {
-    let ptxas = tfla_ptx_build::find_ptxas().ok_or("ptxas not found (PATH, CUDA_PATH)")?;
+    let ptxas = tfla_ptx_build::ptxas().map_err(|e| e.to_string())?;
     let cuobjdump = tfla_ptx_build::find_cuda_tool("cuobjdump").ok_or(
         "cuobjdump not found (PATH, CUDA_PATH; the Triton wheel ships one in \
          triton/backends/nvidia/bin/)",
