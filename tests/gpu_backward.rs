@@ -829,7 +829,7 @@ fn bad_arguments_get_typed_errors() {
     let mut ptrs = tfla::bwd_pointers(&inputs, &fwd, &ok, &grads);
     let raw = |p: &tfla::BwdPointers| {
         // SAFETY: rejected before any launch (the test passes a bad pointer each time).
-        unsafe { tfla::mlstm_bwd_raw(&rt, rt.stream(), p, dims, BF16, &cfg, mode) }.unwrap_err()
+        unsafe { tfla::mlstm_bwd_raw(&rt, rt.raw_stream(), p, dims, BF16, &cfg, mode) }.unwrap_err()
     };
     ptrs.dh += 2;
     let e = raw(&ptrs);

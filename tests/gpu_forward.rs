@@ -494,12 +494,12 @@ fn bad_arguments_get_typed_errors() {
     ptrs.q += 2;
     let cfg64 = cfg.with_chunk_size(out.states.chunk_size);
     // SAFETY: rejected before launch (misaligned q, then null h).
-    let e = unsafe { tfla::mlstm_fwd_raw(&rt, rt.stream(), &ptrs, dims, Dtype::Bf16, &cfg64) }
+    let e = unsafe { tfla::mlstm_fwd_raw(&rt, rt.raw_stream(), &ptrs, dims, Dtype::Bf16, &cfg64) }
         .unwrap_err();
     assert!(matches!(e, Error::Invalid { arg: "q", .. }), "{e}");
     ptrs.q = q.device_ptr();
     ptrs.h = 0;
-    let e = unsafe { tfla::mlstm_fwd_raw(&rt, rt.stream(), &ptrs, dims, Dtype::Bf16, &cfg64) }
+    let e = unsafe { tfla::mlstm_fwd_raw(&rt, rt.raw_stream(), &ptrs, dims, Dtype::Bf16, &cfg64) }
         .unwrap_err();
     assert!(matches!(e, Error::Invalid { arg: "h", .. }), "{e}");
 }
@@ -836,7 +836,7 @@ fn state_pool_bad_arguments_get_typed_errors_and_write_nothing() {
     ptrs.slots += 2;
     let cfg64 = cfg.with_chunk_size(out.states.chunk_size);
     // SAFETY: rejected before launch (misaligned slots).
-    let e = unsafe { tfla::mlstm_fwd_raw(&rt, rt.stream(), &ptrs, dims, Dtype::Bf16, &cfg64) }
+    let e = unsafe { tfla::mlstm_fwd_raw(&rt, rt.raw_stream(), &ptrs, dims, Dtype::Bf16, &cfg64) }
         .unwrap_err();
     assert!(matches!(e, Error::Invalid { arg: "slots", .. }), "{e}");
     // Nothing was written.

@@ -834,7 +834,7 @@ fn step_bad_arguments_get_typed_errors() {
     let good = tfla::step_pointers(&ok, &states, &h);
     let raw = |ptrs: &tfla::StepPointers, state| {
         // SAFETY: every call below is rejected before a launch.
-        unsafe { tfla::mlstm_step_raw(&rt, rt.stream(), ptrs, dims, Dtype::Bf16, state, &cfg) }
+        unsafe { tfla::mlstm_step_raw(&rt, rt.raw_stream(), ptrs, dims, Dtype::Bf16, state, &cfg) }
             .unwrap_err()
     };
     let e = raw(

@@ -69,6 +69,10 @@ macro_rules! driver_api {
             #[unsafe(no_mangle)]
             #[allow(non_snake_case)]
             #[doc = concat!("`", stringify!($name), "`: a jump to the loaded driver's function.")]
+            ///
+            /// # Safety
+            /// Called only through cust's declaration of the driver function, with its
+            /// arguments: the jump passes them on untouched.
             pub unsafe extern "C" fn $name() {
                 core::arch::naked_asm!(
                     "jmp qword ptr [rip + {table} + {offset}]",

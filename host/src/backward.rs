@@ -23,7 +23,7 @@ use crate::launch::{self, Launch};
 use crate::runtime::Runtime;
 use crate::tensor::{Dtype, Tensor};
 use crate::variant::Variant;
-use cust::stream::Stream;
+use cust::sys::CUstream;
 pub use tfla_params::bwd::BwdPointers;
 use tfla_params::bwd::{self, BwdKernel, BwdParams};
 use tfla_params::{Dtype as KDtype, Gates};
@@ -167,8 +167,10 @@ pub struct BwdWorkspace {
     pub recomputed_h: Option<Tensor>,
 }
 
-/// Shapes of the workspace tensors at `dims` and chunk size `chunk`, with their dtypes.
-fn workspace_layout(
+/// The workspace tensors at `dims`, chunk size `chunk` and `seqs` sequences per head (1 unless
+/// packed), as (name in [`BwdPointers`], dtype, shape): what [`BwdWorkspace::alloc`] allocates,
+/// and what a framework that owns its buffers allocates for [`mlstm_bwd_raw`].
+pub fn workspace_layout(
     dims: &Dims,
     dtype: Dtype,
     chunk: usize,
@@ -480,7 +482,7 @@ pub fn mlstm_bwd_into(
     // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked against
     // `dims` above (inputs by `dims()`, forward outputs by `check`, upstream gradients, outputs
     // and workspace by their `check`); cuMemAlloc aligns them.
-    unsafe { mlstm_bwd_raw(rt, rt.stream(), &ptrs, dims, dtype, cfg, mode) }
+    unsafe { mlstm_bwd_raw(rt, rt.raw_stream(), &ptrs, dims, dtype, cfg, mode) }
 }
 
 /// The chunk states a forward released, recomputed into the workspace by the forward's state
@@ -530,7 +532,7 @@ fn recompute_states(
     // the recomputed states (and h) allocated for them; the pass writes the chunk states, the
     // forward's ñ_k, m_k of the later chunks with the values they hold, and h only for f32
     // (into scratch).
-    unsafe { launch_fwd(rt, rt.stream(), &ptrs, dims, dtype, cfg, 1, true)? };
+    unsafe { launch_fwd(rt, rt.raw_stream(), &ptrs, dims, dtype, cfg, 1, true)? };
     Ok(states)
 }
 
@@ -629,7 +631,7 @@ pub fn bwd_pointers(
 /// workspace do not overlap each other or the inputs.
 pub unsafe fn mlstm_bwd_raw(
     rt: &Runtime,
-    stream: &Stream,
+    stream: CUstream,
     ptrs: &BwdPointers,
     dims: Dims,
     dtype: Dtype,
@@ -650,7 +652,7 @@ pub unsafe fn mlstm_bwd_raw(
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn launch_bwd(
     rt: &Runtime,
-    stream: &Stream,
+    stream: CUstream,
     ptrs: &BwdPointers,
     dims: Dims,
     dtype: Dtype,

@@ -20,7 +20,7 @@ use crate::runtime::Runtime;
 use crate::slots::{PoolSlots, Slots, StatePool};
 use crate::tensor::{Dtype, Tensor};
 use crate::variant::Variant;
-use cust::stream::Stream;
+use cust::sys::CUstream;
 pub use tfla_params::fwd::FwdPointers;
 use tfla_params::fwd::{self, FwdKernel, FwdParams};
 use tfla_params::{Dtype as KDtype, Gates};
@@ -258,6 +258,42 @@ pub struct MlstmOutputs {
     pooled: bool,
 }
 
+/// What a forward pass writes, as (name in [`FwdPointers`], dtype, shape), in the order of
+/// [`MlstmOutputs`]' fields: h, the final states, the chunk states, the gate vectors and, with
+/// `cfg.row_stats`, the row statistics. Without `finals` (a forward into a state pool) the final
+/// states are empty (shape `[0]`). What [`MlstmOutputs::alloc`] allocates, and what a framework
+/// that owns its buffers allocates for [`mlstm_fwd_raw`].
+pub fn output_layout(
+    dims: &Dims,
+    dtype: Dtype,
+    cfg: &MlstmConfig,
+    finals: bool,
+) -> Result<Vec<(&'static str, Dtype, Vec<usize>)>> {
+    let Dims { b, nh, s, dqk, dhv } = *dims;
+    let chunk = cfg.chunk_for(dims)?;
+    let nc = s.div_ceil(chunk);
+    let f32_ = Dtype::F32;
+    let fin = |shape: Vec<usize>| if finals { shape } else { vec![0] };
+    let mut layout = vec![
+        ("h", dtype, vec![b, nh, s, dhv]),
+        ("c_final", f32_, fin(vec![b, nh, dqk, dhv])),
+        ("n_final", f32_, fin(vec![b, nh, dqk])),
+        ("m_final", f32_, fin(vec![b, nh])),
+        ("c_states", dtype, vec![b, nh, nc, dqk, dhv]),
+        ("n_states", f32_, vec![b, nh, nc, dqk]),
+        ("m_states", f32_, vec![b, nh, nc]),
+        ("gate_b", f32_, vec![b, nh, nc * chunk]),
+        ("gate_u", f32_, vec![b, nh, nc * chunk]),
+        ("gate_cm", f32_, vec![b, nh, nc * chunk]),
+        ("gate_g", f32_, vec![b, nh, nc]),
+    ];
+    if cfg.row_stats {
+        layout.push(("m_rows", f32_, vec![b, nh, s]));
+        layout.push(("norm_rows", f32_, vec![b, nh, s]));
+    }
+    Ok(layout)
+}
+
 impl MlstmOutputs {
     /// Allocates outputs for `dims` (contents unspecified until a forward pass writes them).
     pub fn alloc(rt: &Runtime, dims: &Dims, dtype: Dtype, cfg: &MlstmConfig) -> Result<Self> {
@@ -273,32 +309,32 @@ impl MlstmOutputs {
         cfg: &MlstmConfig,
         finals: bool,
     ) -> Result<Self> {
-        let Dims { b, nh, s, dqk, dhv } = *dims;
         let chunk = cfg.chunk_for(dims)?;
-        let nc = s.div_ceil(chunk);
-        let f32_ = Dtype::F32;
-        let fin = |shape: &[usize]| Tensor::uninit(rt, f32_, if finals { shape } else { &[0] });
+        let mut tensors = output_layout(dims, dtype, cfg, finals)?
+            .into_iter()
+            .map(|(_, dt, shape)| Tensor::uninit(rt, dt, &shape));
+        let mut next = || tensors.next().expect("output_layout lists every output");
         Ok(MlstmOutputs {
-            h: Tensor::uninit(rt, dtype, &[b, nh, s, dhv])?,
-            c: fin(&[b, nh, dqk, dhv])?,
-            n: fin(&[b, nh, dqk])?,
-            m: fin(&[b, nh])?,
+            h: next()?,
+            c: next()?,
+            n: next()?,
+            m: next()?,
             states: ChunkStates {
                 chunk_size: chunk,
-                c: Tensor::uninit(rt, dtype, &[b, nh, nc, dqk, dhv])?,
-                n: Tensor::uninit(rt, f32_, &[b, nh, nc, dqk])?,
-                m: Tensor::uninit(rt, f32_, &[b, nh, nc])?,
+                c: next()?,
+                n: next()?,
+                m: next()?,
             },
             gates: ChunkGates {
-                b: Tensor::uninit(rt, f32_, &[b, nh, nc * chunk])?,
-                u: Tensor::uninit(rt, f32_, &[b, nh, nc * chunk])?,
-                cm: Tensor::uninit(rt, f32_, &[b, nh, nc * chunk])?,
-                g: Tensor::uninit(rt, f32_, &[b, nh, nc])?,
+                b: next()?,
+                u: next()?,
+                cm: next()?,
+                g: next()?,
             },
             row_stats: if cfg.row_stats {
                 Some(RowStats {
-                    m: Tensor::uninit(rt, f32_, &[b, nh, s])?,
-                    norm: Tensor::uninit(rt, f32_, &[b, nh, s])?,
+                    m: next()?,
+                    norm: next()?,
                 })
             } else {
                 None
@@ -480,7 +516,7 @@ pub fn mlstm_fwd_into(
     // against `dims` above (inputs and the pool by `dims()`, outputs by `check_shapes`);
     // cuMemAlloc aligns them; the slots were checked against B and the pool (in range,
     // distinct), so the pool is read and written in place, one slot per row.
-    unsafe { mlstm_fwd_raw(rt, rt.stream(), &ptrs, dims, dtype, cfg) }
+    unsafe { mlstm_fwd_raw(rt, rt.raw_stream(), &ptrs, dims, dtype, cfg) }
 }
 
 /// The device addresses of `inputs` and `out`, as [`mlstm_fwd_raw`] takes them. With a state
@@ -556,7 +592,7 @@ pub fn fwd_pointers(inputs: &MlstmInputs, out: &MlstmOutputs) -> FwdPointers {
 /// m_final = m0: updated in place).
 pub unsafe fn mlstm_fwd_raw(
     rt: &Runtime,
-    stream: &Stream,
+    stream: CUstream,
     ptrs: &FwdPointers,
     dims: Dims,
     dtype: Dtype,
@@ -578,7 +614,7 @@ pub unsafe fn mlstm_fwd_raw(
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn launch_fwd(
     rt: &Runtime,
-    stream: &Stream,
+    stream: CUstream,
     ptrs: &FwdPointers,
     dims: Dims,
     dtype: Dtype,

@@ -2,7 +2,7 @@
 //! the device, and launches the runtime's cached entry point on a stream.
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
-use cust::stream::Stream;
+use cust::sys::CUstream;
 use std::ffi::c_void;
 
 /// One kernel launch: entry point, grid, block, dynamic shared memory.
@@ -49,7 +49,7 @@ impl Launch {
     /// # Safety
     /// `params` holds device pointers valid for what the kernel reads and writes at the
     /// launch's dimensions; the kernel's parameter type is `P`.
-    pub unsafe fn run<P>(&self, rt: &Runtime, stream: &Stream, params: &P) -> Result<()> {
+    pub unsafe fn run<P>(&self, rt: &Runtime, stream: CUstream, params: &P) -> Result<()> {
         self.check(rt)?;
         let f = rt.function(self.name, self.smem)?;
         let (x, y, z) = self.grid;
@@ -67,7 +67,7 @@ impl Launch {
                 1,
                 1,
                 self.smem,
-                stream.as_inner(),
+                stream,
                 args.as_mut_ptr(),
                 std::ptr::null_mut(),
             )

@@ -29,13 +29,15 @@ pub mod varlen;
 
 pub use backward::{
     BwdPointers, BwdWorkspace, MlstmGradOutputs, MlstmGrads, bwd_pointers, mlstm_bwd,
-    mlstm_bwd_into, mlstm_bwd_raw, mlstm_fwd_bwd,
+    mlstm_bwd_into, mlstm_bwd_raw, mlstm_fwd_bwd, workspace_layout,
 };
 pub use config::{Dims, GradMode, MlstmConfig, select_chunk_size};
+/// The driver's stream handle the `_raw` entry points launch on.
+pub use cust::sys::CUstream;
 pub use error::{Error, Result};
 pub use forward::{
     ChunkGates, ChunkStates, DeviceInputs, FwdPointers, MlstmInputs, MlstmOutputs, RowStats,
-    fwd_pointers, mlstm_fwd, mlstm_fwd_into, mlstm_fwd_raw,
+    fwd_pointers, mlstm_fwd, mlstm_fwd_into, mlstm_fwd_raw, output_layout,
 };
 pub use runtime::Runtime;
 pub use slots::{PoolSlots, Slots, StatePool, check_slots};

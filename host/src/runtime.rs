@@ -99,6 +99,12 @@ impl Runtime {
         &self.stream
     }
 
+    /// The runtime's stream as the driver's handle, what the `_raw` entry points take (they
+    /// take any stream of the device's primary context: a framework's too).
+    pub fn raw_stream(&self) -> cust::sys::CUstream {
+        self.stream.as_inner()
+    }
+
     pub(crate) fn module(&self) -> &Module {
         &self.module
     }

@@ -31,7 +31,7 @@ use crate::runtime::Runtime;
 use crate::slots::{PoolSlots, Slots, StatePool};
 use crate::tensor::{Dtype, Tensor};
 use crate::variant::Variant;
-use cust::stream::Stream;
+use cust::sys::CUstream;
 pub use tfla_params::step::StepPointers;
 use tfla_params::step::{self, InputDtype, StateDtype, StepParams};
 
@@ -299,7 +299,7 @@ pub fn mlstm_step_into(
     // `dims` above (inputs by `dims()`, states by `check`, h here); the borrows keep h and the
     // states apart from the inputs and each other; cuMemAlloc aligns them; the counters are
     // zero (set by the constructors, left zero by every step).
-    unsafe { mlstm_step_raw(rt, rt.stream(), &ptrs, dims, dtype, states.dtype(), cfg) }
+    unsafe { mlstm_step_raw(rt, rt.raw_stream(), &ptrs, dims, dtype, states.dtype(), cfg) }
 }
 
 /// h: (B, NH, DHV) in the input dtype.
@@ -375,7 +375,7 @@ pub fn mlstm_step_pool_into(
     // the host copy of the same values) are in range and distinct, so the heads of the launch
     // update distinct state heads and use distinct counters (`tfla_params::step::StepPointers`
     // docs); the counters hold num_slots·NH zeros (`pool_counters`).
-    unsafe { mlstm_step_raw(rt, rt.stream(), &ptrs, dims, dtype, Dtype::F32, cfg) }
+    unsafe { mlstm_step_raw(rt, rt.raw_stream(), &ptrs, dims, dtype, Dtype::F32, cfg) }
 }
 
 /// The device address of the pool's arrival counters, one per state head (`heads` =
@@ -422,7 +422,7 @@ pub fn step_pointers(inputs: &StepInputs, states: &StepStates, h: &Tensor) -> St
 /// num_slots·NH state heads and `tiles_done` num_slots·NH u32 zeros.
 pub unsafe fn mlstm_step_raw(
     rt: &Runtime,
-    stream: &Stream,
+    stream: CUstream,
     ptrs: &StepPointers,
     dims: StepDims,
     dtype: Dtype,

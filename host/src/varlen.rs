@@ -327,7 +327,7 @@ impl VarlenLayout {
             smem: 0,
         };
         // SAFETY: the caller's contract; offsets checked on the host.
-        unsafe { launch.run(rt, rt.stream(), &p) }
+        unsafe { launch.run(rt, rt.raw_stream(), &p) }
     }
 
     fn seq_chunks(&self) -> u64 {
@@ -499,7 +499,7 @@ pub fn mlstm_fwd_varlen_into(
     unsafe {
         launch_fwd(
             rt,
-            rt.stream(),
+            rt.raw_stream(),
             &ptrs,
             pdims,
             inp.q.dtype(),
@@ -672,7 +672,18 @@ pub fn mlstm_bwd_varlen_into(
     // SAFETY: the padded tensors were checked against `pdims` and the forward's chunk size,
     // the workspace for N sequences; the per-sequence states and gradients against N, NH and
     // the head dims.
-    unsafe { launch_bwd(rt, rt.stream(), &ptrs, pdims, dtype, &cfg, mode, n as u32)? };
+    unsafe {
+        launch_bwd(
+            rt,
+            rt.raw_stream(),
+            &ptrs,
+            pdims,
+            dtype,
+            &cfg,
+            mode,
+            n as u32,
+        )?
+    };
     let p = &grads.padded;
     layout.unpack_into(rt, &p.dq, &grads.dq)?;
     layout.unpack_into(rt, &p.dk, &grads.dk)?;

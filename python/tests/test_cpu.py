@@ -1,0 +1,132 @@
+"""What runs without a GPU (CI): the extension imports, the layouts the fake (meta)
+implementations use, argument errors with the host's messages, and the float64 reference."""
+
+import numpy as np
+import pytest
+
+import tfla
+from tfla import _tfla, reference
+
+
+def test_package_carries_the_ptx_and_its_chunk_sizes():
+    assert tfla.PTX_ARCH == "sm_90a"
+    assert tfla.CHUNK_SIZES == (64, 128, 256, 512, 1024)
+
+
+def test_output_layout_gives_every_forward_buffer():
+    b, nh, s, dqk, dhv, chunk = 2, 3, 129, 32, 64, 64
+    layout = {name: (dt, tuple(shape)) for name, dt, shape in _tfla.output_layout(b, nh, s, dqk, dhv, "bf16", chunk, True)}
+    nc = 3  # ceil(129 / 64)
+    assert layout["h"] == ("bf16", (b, nh, s, dhv))
+    assert layout["c_final"] == ("f32", (b, nh, dqk, dhv))
+    assert layout["n_final"] == ("f32", (b, nh, dqk))
+    assert layout["m_final"] == ("f32", (b, nh))
+    assert layout["c_states"] == ("bf16", (b, nh, nc, dqk, dhv))
+    assert layout["gate_b"] == ("f32", (b, nh, nc * chunk))
+    assert layout["norm_rows"] == ("f32", (b, nh, s))
+    without_stats = [n for n, _, _ in _tfla.output_layout(b, nh, s, dqk, dhv, "f16", chunk, False)]
+    assert "norm_rows" not in without_stats and "m_rows" not in without_stats
+
+
+def test_workspace_layout_depends_on_the_path():
+    tensor_cores = {n: s for n, _, s in _tfla.workspace_layout(1, 2, 256, 64, 64, "bf16", 128)}
+    f32 = {n: s for n, _, s in _tfla.workspace_layout(1, 2, 256, 64, 64, "f32", 128)}
+    assert tensor_cores["segments"] == [0] and f32["segments"] != [0]
+    assert f32["dc_states"] == [0] and tensor_cores["dc_states"] == [2, 2, 64, 64]
+
+
+def test_chunk_size_is_chosen_or_validated():
+    assert _tfla.chunk_size(1, 1, 8192, 128, 128, None) in tfla.CHUNK_SIZES
+    assert _tfla.chunk_size(1, 1, 8192, 128, 128, 256) == 256
+    with pytest.raises(ValueError, match="`chunk_size` = 100 is not supported"):
+        _tfla.chunk_size(1, 1, 8192, 128, 128, 100)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((1, 2, 64, 40, 64, "bf16", 64, True), "`DQK` = 40 is not supported"),
+        ((1, 2, 64, 64, 1024, "bf16", 64, True), "`DHV` = 1024 is not supported"),
+        ((1, 2, 64, 64, 64, "int8", 64, True), "`dtype` = int8 is invalid"),
+        ((1, 2, 64, 64, 64, "bf16", 96, True), "`chunk_size` = 96 is not supported"),
+    ],
+)
+def test_bad_arguments_raise_value_errors_naming_them(args, message):
+    with pytest.raises(ValueError, match=message):
+        _tfla.output_layout(*args)
+
+
+def test_unknown_pointer_names_are_rejected_before_any_device_work():
+    with pytest.raises(ValueError, match="`pointers` = qq is invalid"):
+        _tfla.forward(0, 0, {"qq": 1}, 1, 1, 64, 64, 64, "bf16", "exp", True, 1e-6, 64, False)
+
+
+def test_without_a_driver_the_kernels_raise_runtime_error():
+    try:
+        _tfla.device_info(0)
+    except RuntimeError as e:
+        assert "no CUDA device" in str(e)
+    else:
+        pytest.skip("a GPU is present: the no-driver error cannot be shown here")
+
+
+def _inputs(rng, b, nh, s, dqk, dhv):
+    q, k = rng.standard_normal((2, b, nh, s, dqk))
+    v = rng.standard_normal((b, nh, s, dhv))
+    i = rng.standard_normal((b, nh, s))
+    f = rng.standard_normal((b, nh, s)) + 3.0
+    return q, k, v, i, f
+
+
+def _naive_exp(q, k, v, i, f, eps=1e-6):
+    """mLSTMexp step by step in numpy, written from the formulas of tfla's README."""
+    b, nh, s, dqk = q.shape
+    h = np.zeros(v.shape)
+    for bh in np.ndindex(b, nh):
+        c = np.zeros((dqk, v.shape[-1]))
+        n = np.zeros(dqk)
+        m = 0.0
+        for t in range(s):
+            lam = -np.log1p(np.exp(-f[bh][t]))
+            m_new = max(lam + m, i[bh][t])
+            decay, inp = np.exp(lam + m - m_new), np.exp(i[bh][t] - m_new)
+            c = decay * c + inp * np.outer(k[bh][t], v[bh][t])
+            n = decay * n + inp * k[bh][t]
+            qh = q[bh][t] / np.sqrt(dqk)
+            h[bh][t] = c.T @ qh / (max(abs(n @ qh), np.exp(-m_new)) + eps)
+            m = m_new
+    return h
+
+
+def test_reference_forward_matches_the_formulas():
+    rng = np.random.default_rng(1)
+    q, k, v, i, f = _inputs(rng, 1, 2, 7, 16, 8)
+    out = reference.forward(q, k, v, i, f, variant="exp")
+    assert out.h.shape == (1, 2, 7, 8) and out.c.shape == (1, 2, 16, 8)
+    np.testing.assert_allclose(out.h, _naive_exp(q, k, v, i, f), rtol=1e-10, atol=1e-12)
+
+
+def test_reference_backward_matches_finite_differences():
+    rng = np.random.default_rng(2)
+    q, k, v, i, f = _inputs(rng, 1, 1, 5, 4, 3)
+    dh = rng.standard_normal(v.shape)
+    for variant, normalize in (("exp", True), ("sig", True), ("sig", False)):
+        g = reference.backward(q, k, v, i, f, dh, variant=variant, normalize=normalize)
+
+        def loss(fv):
+            return float((reference.forward(q, k, v, i, fv, variant=variant, normalize=normalize).h * dh).sum())
+
+        step = 1e-6
+        for t in range(5):
+            up, down = f.copy(), f.copy()
+            up[0, 0, t] += step
+            down[0, 0, t] -= step
+            numeric = (loss(up) - loss(down)) / (2 * step)
+            assert abs(numeric - g.df[0, 0, t]) <= 1e-5 * max(1.0, abs(numeric)), (variant, t)
+
+
+def test_reference_rejects_mismatched_lengths():
+    rng = np.random.default_rng(3)
+    q, k, v, i, f = _inputs(rng, 1, 1, 5, 4, 3)
+    with pytest.raises(ValueError, match="`i` = 4 float64 values is invalid"):
+        reference.forward(q, k, v, i[..., :4], f)
