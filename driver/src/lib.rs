@@ -93,17 +93,27 @@ include!("api.rs");
 /// table points into it.
 static LIBRARY: OnceLock<Result<libloading::Library, String>> = OnceLock::new();
 
-/// The driver library's file name (its soname, what the NVIDIA driver installs).
+/// The driver library's file name (its soname, what the NVIDIA driver installs), found on the
+/// dynamic loader's search path.
 pub const LIBRARY_NAME: &str = "libcuda.so.1";
+
+/// An environment variable naming the driver library's path instead (a driver outside the
+/// loader's search path; the tests' stand-in driver).
+pub const LIBRARY_ENV: &str = "TFLA_LIBCUDA";
 
 /// Loads `libcuda.so.1` and points every function at it, once per process; later calls return
 /// the first call's outcome. The error says why the library could not be loaded (no NVIDIA
 /// driver installed, or not on the loader's search path).
 pub fn load() -> Result<(), String> {
     let loaded = LIBRARY.get_or_init(|| {
+        let path = std::env::var_os(LIBRARY_ENV).unwrap_or_else(|| LIBRARY_NAME.into());
         // SAFETY: libcuda's initializers are the driver's own; loading it has no other effect.
-        let lib = unsafe { libloading::Library::new(LIBRARY_NAME) }
-            .map_err(|e| format!("no NVIDIA driver: cannot load {LIBRARY_NAME} ({e})"))?;
+        let lib = unsafe { libloading::Library::new(&path) }.map_err(|e| {
+            format!(
+                "no NVIDIA driver: cannot load {} ({e})",
+                path.to_string_lossy()
+            )
+        })?;
         for (slot, name) in TABLE.iter().zip(NAMES) {
             // SAFETY: only the symbol's address is taken; it is called through the jumps,
             // with the signature cust declares for it.
@@ -165,5 +175,89 @@ mod tests {
                 assert_eq!(unsafe { driver_get_version(&mut version) }, NOT_INITIALIZED);
             }
         }
+    }
+
+    /// A stand-in libcuda.so.1 (C, built with the system's `cc`, which the Rust toolchain
+    /// links with) that checks what arrives: the jumps must hand every argument through, the
+    /// six in registers and cuLaunchKernel's five on the stack, and return its results.
+    const STUB: &str = r#"
+#include <stdint.h>
+int cuInit(unsigned flags) { return flags == 0 ? 0 : 1; }
+int cuDriverGetVersion(int *v) { *v = 13000; return 0; }
+int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                   unsigned bz, unsigned smem, void *stream, void **params, void **extra) {
+  return (uintptr_t)f == 1 && gx == 2 && gy == 3 && gz == 4 && bx == 5 && by == 6 && bz == 7
+      && smem == 8 && (uintptr_t)stream == 9 && (uintptr_t)params == 10
+      && (uintptr_t)extra == 11 ? 0 : 999;
+}
+"#;
+
+    /// Runs in a child process of this test binary (loading is once per process) with
+    /// `TFLA_LIBCUDA` naming the stand-in.
+    #[test]
+    fn jumps_hand_every_argument_to_the_loaded_library() {
+        unsafe extern "C" {
+            #[link_name = "cuInit"]
+            fn cu_init(flags: c_uint) -> c_int;
+            #[link_name = "cuDriverGetVersion"]
+            fn driver_get_version(version: *mut c_int) -> c_int;
+            #[link_name = "cuLaunchKernel"]
+            #[allow(clippy::too_many_arguments)]
+            fn launch(
+                f: usize,
+                gx: u32,
+                gy: u32,
+                gz: u32,
+                bx: u32,
+                by: u32,
+                bz: u32,
+                smem: u32,
+                stream: usize,
+                params: usize,
+                extra: usize,
+            ) -> c_int;
+        }
+        const CHILD: &str = "TFLA_DRIVER_STUB_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            // SAFETY: the stand-in's functions, with the arguments they take.
+            unsafe {
+                assert_eq!(cu_init(0), 0);
+                let mut version = 0;
+                assert_eq!(driver_get_version(&mut version), 0);
+                assert_eq!(version, 13000);
+                assert_eq!(launch(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11), 0);
+                assert_eq!(launch(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12), 999);
+            }
+            // A function the stand-in does not export keeps a stand-in of its own.
+            let slot = TABLE[Slot::cuCtxSynchronize as usize].load(Ordering::Acquire);
+            assert_eq!(slot, not_exported as *mut (), "cuCtxSynchronize");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("tfla-driver-stub-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, lib) = (dir.join("stub.c"), dir.join("libcuda.so.1"));
+        std::fs::write(&src, STUB).unwrap();
+        let cc = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-O1", "-o"])
+            .arg(&lib)
+            .arg(&src)
+            .status()
+            .expect("cc (the C compiler the Rust toolchain links with)");
+        assert!(cc.success(), "building the stand-in driver failed");
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::jumps_hand_every_argument_to_the_loaded_library",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .env(LIBRARY_ENV, &lib)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = String::from_utf8_lossy(&child.stdout).into_owned()
+            + &String::from_utf8_lossy(&child.stderr);
+        assert!(child.status.success(), "child failed:\n{out}");
+        assert!(out.contains("1 passed"), "the child ran no test:\n{out}");
     }
 }

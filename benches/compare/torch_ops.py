@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""tfla through PyTorch: the time of ``tfla.torch`` ops against the Rust benchmark's.
+
+For each head config at (B, S) = (8, 8192), bf16, the forward and the forward+backward of
+``tfla.torch.mlstm_chunkwise`` (Exact gradient, chunk size as tfla-bench's best, or
+``--chunk``) are timed with CUDA events (median of ``--reps`` after warm-up, L2 not flushed,
+as tfla-bench does), and the ratio to tfla-bench's time of the same point in its JSON
+(``--tfla``, from the same run) is printed: the Python layer's cost. Then the generation step:
+``mlstm_step(..., inplace=True)`` per call in an eager loop against the same loop replayed
+from a CUDA graph (which leaves the kernel alone), at B·NH = 64, DQK = 256, DHV = 512.
+
+    python3 benches/compare/torch_ops.py --tfla target/bench/results/tfla.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+
+import tfla.torch as tt
+
+HEADS = [(8, 512, 512), (8, 256, 512), (16, 128, 128)]
+
+
+def time_ms(fn, reps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def rust_best(rows: list, variant: str, nh: int, dqk: int, dhv: int, b: int, s: int, key: str):
+    """tfla-bench's best (ms, chunk) at this point, or None."""
+    best = None
+    for r in rows:
+        if (r.get("variant"), r.get("NH"), r.get("DQK"), r.get("DHV"), r.get("B"), r.get("S")) != (variant, nh, dqk, dhv, b, s):
+            continue
+        ms = r.get(key)
+        if ms and (best is None or ms < best[0]):
+            best = (ms, r.get("chunk"))
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tfla", help="tfla-bench's JSON of the same run (for the ratios)")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--json", help="write the measurements here")
+    args = ap.parse_args()
+    rows = []
+    if args.tfla:
+        data = json.load(open(args.tfla))
+        rows = data if isinstance(data, list) else data.get("rows", [])
+    b, s = 8, 8192
+    out = {"device": torch.cuda.get_device_name(), "chunkwise": [], "step": []}
+    print(f"{'variant':10} {'NH/DQK/DHV':12} {'L':>5} {'fwd ms':>8} {'rust':>8} {'ratio':>6} "
+          f"{'fwd+bwd':>8} {'rust':>8} {'ratio':>6}")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for nh, dqk, dhv in HEADS:
+        for variant, normalize, name in (("exp", True, "exp"), ("sig", True, "sig"), ("sig", False, "sig_nonorm")):
+            q, k = (torch.randn(b, nh, s, dqk, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
+            v = torch.randn(b, nh, s, dhv, device="cuda", generator=g, dtype=torch.bfloat16)
+            i = torch.randn(b, nh, s, device="cuda", generator=g)
+            f = torch.randn(b, nh, s, device="cuda", generator=g) + 3
+            fwd_rust = rust_best(rows, name, nh, dqk, dhv, b, s, "fwd_ms")
+            bwd_rust = rust_best(rows, name, nh, dqk, dhv, b, s, "fwdbwd_ms")
+            chunk = fwd_rust[1] if fwd_rust else None
+            kw = dict(variant=variant, normalize=normalize)
+            with torch.no_grad():
+                fwd = time_ms(lambda: tt.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk, **kw), args.reps)
+            leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
+            dh = torch.randn_like(v)
+            chunk_b = bwd_rust[1] if bwd_rust else None
+
+            def fwd_bwd():
+                h = tt.mlstm_chunkwise(*leaves, chunk_size=chunk_b, **kw)
+                h.backward(dh)
+
+            both = time_ms(fwd_bwd, args.reps)
+            ratio = lambda ms, r: f"{ms / r[0]:6.3f}" if r else "     -"  # noqa: E731
+            rust = lambda r: f"{r[0]:8.3f}" if r else "       -"  # noqa: E731
+            print(f"{name:10} {f'{nh}/{dqk}/{dhv}':12} {chunk or '-':>5} {fwd:8.3f} {rust(fwd_rust)} "
+                  f"{ratio(fwd, fwd_rust)} {both:8.3f} {rust(bwd_rust)} {ratio(both, bwd_rust)}")
+            out["chunkwise"].append(dict(variant=name, NH=nh, DQK=dqk, DHV=dhv, B=b, S=s, chunk=chunk,
+                                         fwd_ms=fwd, fwdbwd_ms=both, rust_fwd_ms=fwd_rust and fwd_rust[0],
+                                         rust_fwdbwd_ms=bwd_rust and bwd_rust[0]))
+            del q, k, v, leaves, dh
+    # Generation: per-call cost of the op in an eager loop vs the same calls from a CUDA graph.
+    for bh in (64, 256):
+        nh, dqk, dhv, calls = 8, 256, 512, 100
+        bb = bh // nh
+        q, k = (torch.randn(bb, nh, dqk, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        v = torch.randn(bb, nh, dhv, device="cuda", dtype=torch.bfloat16)
+        i, f = torch.randn(bb, nh, device="cuda"), torch.randn(bb, nh, device="cuda") + 3
+        c = torch.zeros(bb, nh, dqk, dhv, device="cuda", dtype=torch.bfloat16)
+        n, m = torch.zeros(bb, nh, dqk, device="cuda"), torch.zeros(bb, nh, device="cuda")
+
+        def loop():
+            for _ in range(calls):
+                tt.mlstm_step(q, k, v, i, f, c, n, m, inplace=True)
+
+        eager = time_ms(loop, 5) / calls
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            loop()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loop()
+        replay = time_ms(graph.replay, 5) / calls
+        print(f"step B*NH={bh} DQK={dqk} DHV={dhv} bf16 state: eager {eager * 1e3:7.2f} us/call, "
+              f"graph replay {replay * 1e3:7.2f} us/call, overhead {(eager - replay) * 1e3:6.2f} us")
+        out["step"].append(dict(BH=bh, DQK=dqk, DHV=dhv, eager_us=eager * 1e3, graph_us=replay * 1e3))
+    if args.json:
+        json.dump(out, open(args.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
