@@ -54,17 +54,19 @@ fn grad_mode(name: &str) -> PyResult<GradMode> {
         .ok_or_else(|| invalid("grad_mode", name, "expected \"exact\" or \"detached\""))
 }
 
-/// The forward configuration, as the Python side describes it.
+/// The forward configuration, as the Python side describes it. `chunk_size` 0 lets tfla
+/// choose (the ops take a plain int, so that `torch.compile` traces them without calling
+/// into the extension).
 fn config(
     variant_name: &str,
     normalize: bool,
     eps: f32,
-    chunk_size: Option<usize>,
+    chunk_size: usize,
     row_stats: bool,
 ) -> PyResult<MlstmConfig> {
     let mut cfg = MlstmConfig::new(variant(variant_name, normalize)?);
     cfg.eps = eps;
-    cfg.chunk_size = chunk_size;
+    cfg.chunk_size = (chunk_size != 0).then_some(chunk_size);
     cfg.row_stats = row_stats;
     Ok(cfg)
 }
@@ -84,16 +86,16 @@ fn layout(entries: impl IntoIterator<Item = (&'static str, Dtype, Vec<usize>)>) 
         .collect()
 }
 
-/// The chunk size a call with these arguments runs (`chunk_size` validated, or chosen).
+/// The chunk size a call with these arguments runs (`chunk_size` validated, or chosen: 0).
 #[pyfunction]
-#[pyo3(signature = (b, nh, s, dqk, dhv, chunk_size=None))]
+#[pyo3(signature = (b, nh, s, dqk, dhv, chunk_size=0))]
 fn chunk_size(
     b: usize,
     nh: usize,
     s: usize,
     dqk: usize,
     dhv: usize,
-    chunk_size: Option<usize>,
+    chunk_size: usize,
 ) -> PyResult<usize> {
     let cfg = config("exp", true, 1e-6, chunk_size, false)?;
     cfg.chunk_for(&dims(b, nh, s, dqk, dhv)?).map_err(py_err)
@@ -113,7 +115,7 @@ fn output_layout(
     chunk_size: usize,
     row_stats: bool,
 ) -> PyResult<Layout> {
-    let cfg = config("exp", true, 1e-6, Some(chunk_size), row_stats)?;
+    let cfg = config("exp", true, 1e-6, chunk_size, row_stats)?;
     let d = dims(b, nh, s, dqk, dhv)?;
     let entries = tfla::output_layout(&d, self::dtype(dtype)?, &cfg, true).map_err(py_err)?;
     Ok(layout(entries))
@@ -131,7 +133,7 @@ fn workspace_layout(
     dtype: &str,
     chunk_size: usize,
 ) -> PyResult<Layout> {
-    let cfg = config("exp", true, 1e-6, Some(chunk_size), false)?;
+    let cfg = config("exp", true, 1e-6, chunk_size, false)?;
     let d = dims(b, nh, s, dqk, dhv)?;
     let chunk = cfg.chunk_for(&d).map_err(py_err)?;
     Ok(layout(tfla::workspace_layout(
@@ -235,7 +237,7 @@ fn forward(
         m_rows,
         norm_rows,
     );
-    let cfg = config(variant, normalize, eps, Some(chunk_size), row_stats)?;
+    let cfg = config(variant, normalize, eps, chunk_size, row_stats)?;
     let d = dims(b, nh, s, dqk, dhv)?;
     let dt = self::dtype(dtype)?;
     let rt = runtime(device)?;
@@ -312,7 +314,7 @@ fn backward(
         dn0,
         dm0,
     );
-    let cfg = config(variant, normalize, eps, Some(chunk_size), true)?;
+    let cfg = config(variant, normalize, eps, chunk_size, true)?;
     let d = dims(b, nh, s, dqk, dhv)?;
     let dt = self::dtype(dtype)?;
     let mode = self::grad_mode(grad_mode)?;
@@ -359,7 +361,7 @@ fn step(
         tiles_done,
         slots
     );
-    let cfg = config(variant, normalize, eps, None, false)?;
+    let cfg = config(variant, normalize, eps, 0, false)?;
     let sd = StepDims { b, nh, dqk, dhv };
     sd.validate().map_err(py_err)?;
     let (dt, st) = (self::dtype(dtype)?, self::dtype(state_dtype)?);

@@ -36,7 +36,7 @@ def test_workspace_layout_depends_on_the_path():
 
 
 def test_chunk_size_is_chosen_or_validated():
-    assert _tfla.chunk_size(1, 1, 8192, 128, 128, None) in tfla.CHUNK_SIZES
+    assert _tfla.chunk_size(1, 1, 8192, 128, 128, 0) in tfla.CHUNK_SIZES
     assert _tfla.chunk_size(1, 1, 8192, 128, 128, 256) == 256
     with pytest.raises(ValueError, match="`chunk_size` = 100 is not supported"):
         _tfla.chunk_size(1, 1, 8192, 128, 128, 100)

@@ -318,3 +318,22 @@ def test_long_sequence_time_per_token_is_flat():
     h = tt.mlstm_chunkwise(**x)
     assert torch.isfinite(h).all()
     assert math.isfinite(float(h.float().norm()))
+
+
+def test_cu_seqlens_runs_each_sequence_alone():
+    lengths = [5, 130, 64, 1]
+    cu = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    x = inputs(1, 2, cu[-1], 32, 64, torch.bfloat16, seed=4)
+    g = torch.Generator(device="cpu").manual_seed(5)
+    c0 = (torch.randn(len(lengths), 2, 32, 64, generator=g) * 0.3).to(DEV)
+    h, (c, n, m) = tt.mlstm_chunkwise(
+        **x, c_initial=c0, cu_seqlens=torch.tensor(cu, device=DEV), return_last_states=True
+    )
+    assert c.shape == (len(lengths), 2, 32, 64) and m.shape == (len(lengths), 2, 1)
+    for s, (a, b) in enumerate(zip(cu, cu[1:])):
+        piece = {name: t[:, :, a:b] for name, t in x.items()}
+        ref = reference.forward(*(cpu(piece[name]) for name in "qkvif"), cpu(c0[s : s + 1]))
+        assert rel(h[:, :, a:b], ref.h) < FWD_TOL["bf16"], s
+        assert rel(c[s : s + 1], ref.c) < FWD_TOL["bf16"], s
+    with pytest.raises(ValueError, match="`cu_seqlens` = \\[0, 3\\] is invalid"):
+        tt.mlstm_chunkwise(**x, cu_seqlens=[0, 3])

@@ -78,6 +78,39 @@ def _gate(arg: str, t: Tensor, shape: tuple[int, ...], device: torch.device) -> 
     return t.float().contiguous()
 
 
+def _packed(q, k, v, i, f, c0, n0, m0, cu_seqlens, return_last_states, options):
+    """``mlstm_chunkwise`` with ``cu_seqlens``: each sequence alone, then h concatenated and
+    the final states stacked."""
+    if q.dim() != 4 or q.shape[0] != 1:
+        raise ValueError(f"with `cu_seqlens`, `q` must be (1, NH, T, DQK), got {tuple(q.shape)}")
+    offsets = [int(x) for x in (cu_seqlens.tolist() if isinstance(cu_seqlens, Tensor) else cu_seqlens)]
+    total = q.shape[2]
+    if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != total or any(
+        b <= a for a, b in zip(offsets, offsets[1:])
+    ):
+        raise ValueError(
+            f"`cu_seqlens` = {offsets} is invalid: expected 0, then strictly increasing offsets, "
+            f"ending at T = {total}"
+        )
+    seqs = len(offsets) - 1
+    for arg, t in (("c_initial", c0), ("n_initial", n0), ("m_initial", m0)):
+        if t is not None and t.shape[0] != seqs:
+            raise ValueError(f"`{arg}` has {t.shape[0]} rows, expected one per sequence ({seqs})")
+    hs, finals = [], []
+    for n, (a, b) in enumerate(zip(offsets, offsets[1:])):
+        row = lambda t: None if t is None else t[n : n + 1]  # noqa: E731
+        h, last = mlstm_chunkwise(
+            q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], i[:, :, a:b], f[:, :, a:b],
+            row(c0), row(n0), row(m0), return_last_states=True, **options,
+        )  # fmt: skip
+        hs.append(h)
+        finals.append(last)
+    h = torch.cat(hs, dim=2)
+    if return_last_states:
+        return h, tuple(torch.cat(parts, dim=0) for parts in zip(*finals))
+    return h
+
+
 def _check_options(variant: str, normalize: bool, grad_mode: str) -> None:
     if variant not in _VARIANTS:
         raise ValueError(f"`variant` = {variant!r} is invalid: expected 'exp' or 'sig'")
@@ -122,13 +155,18 @@ def mlstm_chunkwise(
 
     Returns h (B, NH, S, DHV) in q's dtype, and with ``return_last_states`` also the final
     states (c (B, NH, DQK, DHV), n (B, NH, DQK), m (B, NH, 1), float32).
+
+    cu_seqlens: N + 1 offsets (0, strictly increasing, ending at S) of N sequences packed into
+    one batch row (B = 1): each runs from its own initial state (row n of c_initial etc.,
+    shaped (N, NH, ...)) and has its own final state, as if run alone. From PyTorch this is
+    one call per sequence for now (the offsets are read on the host, so it is not
+    CUDA-graph capturable); the Rust API's packed kernels (``tfla::mlstm_fwd_varlen``) do it
+    in one call.
     """
-    if cu_seqlens is not None:
-        raise NotImplementedError(
-            "cu_seqlens (packed variable-length batches) is not available from PyTorch yet; "
-            "the Rust API has it (tfla::mlstm_fwd_varlen)"
-        )
     _check_options(variant, normalize, grad_mode)
+    options = dict(variant=variant, normalize=normalize, eps=eps, chunk_size=chunk_size, grad_mode=grad_mode)
+    if cu_seqlens is not None:
+        return _packed(q, k, v, i, f, c_initial, n_initial, m_initial, cu_seqlens, return_last_states, options)
     for arg, t in (("q", q), ("k", k), ("v", v), ("i", i), ("f", f)):
         _cuda(arg, t)
     q, k, v = _autocast(q, k, v)
@@ -150,7 +188,7 @@ def mlstm_chunkwise(
     c0 = _state("c_initial", c_initial, (b, nh, dqk, dhv), q.device)
     n0 = _state("n_initial", n_initial, (b, nh, dqk), q.device)
     m0 = _state("m_initial", m_initial, (b, nh), q.device)
-    chunk = _tfla.chunk_size(b, nh, s, dqk, dhv, chunk_size)
+    chunk = chunk_size or 0  # 0: tfla chooses (inside the ops, so compile traces no call out)
     inputs = (q, k, v, i, f, c0, n0, m0)
     row_stats = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     out = torch.ops.tfla.mlstm_fwd(

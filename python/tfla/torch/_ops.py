@@ -6,8 +6,8 @@ functions the Rust API allocates by); the kernels run on ``torch.cuda.current_st
 device's primary context, which PyTorch and tfla's runtime share. So memory is accounted by
 PyTorch, CUDA-graph capture sees only PyTorch allocations, and nothing is copied.
 
-The ops take contiguous tensors (the public functions in ``tfla.torch`` make them so) and
-f32 gates; their fake implementations give the same shapes from the same layouts, so
+The ops take contiguous tensors (the public functions in ``tfla.torch`` make them so), f32
+gates and a chunk size (0: tfla chooses, from the shapes alone, so forward and backward agree); their fake implementations give the same shapes from the same layouts, so
 ``torch.compile`` traces them without running them.
 """
 
