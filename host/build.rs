@@ -1,23 +1,18 @@
-//! Builds the device crate into PTX (through `tfla-ptx-build`, the same builder `cargo xtask
-//! build-ptx` uses) and leaves it in OUT_DIR for `include_str!`. `TFLA_ARCH=sm_90` selects the
-//! portable target (no `wgmma` kernels) instead of the default sm_90a.
+//! Builds the device crate into PTX twice (through `tfla-ptx-build`, the same builder `cargo
+//! xtask build-ptx` uses), for Hopper (sm_90a, with the `wgmma` kernels) and for every card
+//! from Ampere on (sm_80, the `mma.sync` kernels), and leaves both in OUT_DIR for
+//! `include_str!`: the runtime loads the one that fits the device.
 fn main() {
     for path in tfla_ptx_build::inputs() {
         println!("cargo:rerun-if-changed={}", path.display());
     }
-    println!("cargo:rerun-if-env-changed=TFLA_ARCH");
-    let arch = match std::env::var("TFLA_ARCH") {
-        Ok(a) => tfla_ptx_build::Arch::parse(&a).unwrap_or_else(|e| fail(&e)),
-        Err(_) => tfla_ptx_build::Arch::DEFAULT,
-    };
-    let ptx = tfla_ptx_build::build_ptx(arch).unwrap_or_else(|e| fail(&e));
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    std::fs::write(out.join("tfla_kernels.ptx"), ptx).unwrap_or_else(|e| fail(&e));
-    println!("cargo:rustc-env=TFLA_PTX_ARCH={}", arch.name());
-    // The `wgmma` kernels exist in sm_90a builds only.
-    println!("cargo::rustc-check-cfg=cfg(tfla_wgmma)");
-    if arch == tfla_ptx_build::Arch::Sm90a {
-        println!("cargo:rustc-cfg=tfla_wgmma");
+    for (arch, file) in [
+        (tfla_ptx_build::Arch::DEFAULT, "tfla_kernels_hopper.ptx"),
+        (tfla_ptx_build::Arch::PORTABLE, "tfla_kernels_portable.ptx"),
+    ] {
+        let ptx = tfla_ptx_build::build_ptx(arch).unwrap_or_else(|e| fail(&e));
+        std::fs::write(out.join(file), ptx).unwrap_or_else(|e| fail(&e));
     }
 }
 

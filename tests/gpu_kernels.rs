@@ -4,7 +4,8 @@
 //! limit the two can differ: a kernel reported spill-free here spilled there (ncu: 28 M local
 //! requests, 2.6× slower) before its register demand was brought down.
 //!
-//! Needs an NVIDIA Hopper GPU: `#[ignore]`d so a machine without one reports it as ignored;
+//! Checks the module the runtime loaded (sm_90a on Hopper; `TFLA_PORTABLE=1` for the sm_80
+//! one). Needs an NVIDIA GPU: `#[ignore]`d so a machine without one reports it as ignored;
 //! run it with `cargo test -- --include-ignored` (the bundle does).
 mod common;
 
@@ -15,7 +16,7 @@ use tfla_ptx_build::entry_points;
 #[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
 fn no_kernel_uses_local_memory_as_the_driver_compiled_it() {
     let rt = runtime();
-    let entries = entry_points(tfla::runtime::PTX);
+    let entries = entry_points(rt.arch().ptx());
     assert!(!entries.is_empty());
     let mut bad = Vec::new();
     for name in &entries {

@@ -1,7 +1,10 @@
-//! The PTX the host embeds: every registered entry point is present, nothing is left
-//! unresolved, and every kernel assembles for the build's arch (sm_90, or sm_90a with the
-//! `wgmma` kernels) with no spills and no stack frame (a register tile in local memory shows
-//! up as one), the step kernels within the registers of four blocks per SM.
+//! The two PTX modules the host embeds (sm_90a for Hopper with the `wgmma` kernels, sm_80 for
+//! every card from Ampere on): every registered entry point is present, nothing is left
+//! unresolved, and every kernel assembles with no spills and no stack frame (a register tile
+//! in local memory shows up as one), the step kernels within the registers of four blocks per
+//! SM — the Hopper module for sm_90a, the portable one for each card family from sm_80 to
+//! sm_120.
+use tfla::runtime::PtxArch;
 use tfla_params::bwd::BwdKernel;
 use tfla_params::fwd::{FwdKernel, entry_name};
 use tfla_params::{Dtype, Gates};
@@ -11,7 +14,7 @@ const GATES: [Gates; 3] = [Gates::Exp, Gates::Sig, Gates::SigNoNorm];
 
 /// Every backward entry point (the gate-gradient kernel has one name per gate variant), the
 /// f32 path's included.
-fn bwd_entry_names() -> Vec<&'static str> {
+fn bwd_entry_names(arch: PtxArch) -> Vec<&'static str> {
     let mut names = Vec::new();
     for kernel in BwdKernel::ALL {
         for gates in GATES {
@@ -23,7 +26,7 @@ fn bwd_entry_names() -> Vec<&'static str> {
     for gates in GATES {
         names.push(tfla_params::bwd::recurrent::rows_entry(gates));
         names.push(tfla_params::bwd::recurrent::entry(gates));
-        if tfla::runtime::PTX_ARCH == "sm_90a" {
+        if arch == PtxArch::Sm90a {
             for dtype in [Dtype::Bf16, Dtype::F16] {
                 names.push(tfla_params::bwd::entry_name(
                     BwdKernel::StateWg,
@@ -39,7 +42,7 @@ fn bwd_entry_names() -> Vec<&'static str> {
 }
 
 /// Every forward entry point.
-fn fwd_entry_names() -> Vec<&'static str> {
+fn fwd_entry_names(arch: PtxArch) -> Vec<&'static str> {
     let mut names = Vec::new();
     for kernel in [
         FwdKernel::ChunkGates,
@@ -56,7 +59,7 @@ fn fwd_entry_names() -> Vec<&'static str> {
     }
     for gates in GATES {
         names.push(tfla_params::fwd::recurrent::entry_name(gates));
-        if tfla::runtime::WGMMA {
+        if arch == PtxArch::Sm90a {
             for dtype in [Dtype::Bf16, Dtype::F16] {
                 names.push(entry_name(FwdKernel::ChunkOutputWg, gates, dtype));
                 names.push(entry_name(FwdKernel::ChunkStateWg, gates, dtype));
@@ -68,64 +71,70 @@ fn fwd_entry_names() -> Vec<&'static str> {
     names
 }
 
-fn all_entry_names() -> Vec<&'static str> {
-    let mut names = fwd_entry_names();
-    names.extend(bwd_entry_names());
+fn all_entry_names(arch: PtxArch) -> Vec<&'static str> {
+    let mut names = fwd_entry_names(arch);
+    names.extend(bwd_entry_names(arch));
     names.extend(tfla_params::step::entry_names());
     names.push(tfla_params::seqs::pack::ENTRY);
     names
 }
 
+const MODULES: [PtxArch; 2] = [PtxArch::Sm90a, PtxArch::Sm80];
+
 #[test]
 fn embedded_ptx_has_every_entry_point_and_no_externs() {
-    let entries = entry_points(tfla::runtime::PTX);
-    for name in all_entry_names() {
+    for arch in MODULES {
+        let ptx = arch.ptx();
+        let entries = entry_points(ptx);
+        let names = all_entry_names(arch);
+        for name in &names {
+            assert!(
+                entries.iter().any(|e| e == name),
+                "entry point {name} missing from the {arch:?} PTX"
+            );
+        }
+        // No entry the plan cannot launch (in particular no `wgmma` kernel in the sm_80 one).
+        assert_eq!(entries.len(), names.len(), "{arch:?}: unlisted entries");
+        assert!(unresolved_externs(ptx).is_empty());
+        for instr in [
+            "mma.sync.aligned.m16n8k16",
+            "ldmatrix.sync.aligned",
+            "cp.async.cg.shared.global",
+        ] {
+            assert!(ptx.contains(instr), "the kernels are meant to use {instr}");
+        }
+        let wgmma = ptx.contains("wgmma.mma_async.sync.aligned.m64n256k16");
+        assert_eq!(wgmma, arch == PtxArch::Sm90a, "{arch:?}");
         assert!(
-            entries.iter().any(|e| e == name),
-            "entry point {name} missing from the PTX"
+            ptx.contains(&format!(".target {}", arch.name())),
+            "{arch:?}"
         );
-    }
-    assert!(unresolved_externs(tfla::runtime::PTX).is_empty());
-    for instr in [
-        "mma.sync.aligned.m16n8k16",
-        "ldmatrix.sync.aligned",
-        "cp.async.cg.shared.global",
-    ] {
-        assert!(
-            tfla::runtime::PTX.contains(instr),
-            "the kernels are meant to use {instr}"
-        );
-    }
-    if tfla::runtime::WGMMA {
-        assert!(tfla::runtime::PTX.contains("wgmma.mma_async.sync.aligned.m64n256k16"));
     }
 }
 
-#[test]
-fn ptxas_assembles_every_kernel_without_spills() {
+/// Assembles `arch`'s module for `target` and checks every kernel's resources.
+fn assemble_without_spills(arch: PtxArch, target: &str) {
     // Found on the machine or fetched into target/ (pip); never skipped: a missing ptxas is a
     // failure, not a check that passed without checking anything.
     let ptxas = ptxas().unwrap_or_else(|e| panic!("no ptxas: {e}"));
-    // The arch the embedded PTX was built for (`TFLA_ARCH`): sm_90a PTX does not assemble for sm_90.
-    let arch = Arch::parse(tfla::runtime::PTX_ARCH).expect("the build names a known arch");
-    let report = ptxas_report(&ptxas, tfla::runtime::PTX, arch).expect("ptxas failed");
-    for name in all_entry_names() {
+    let report = ptxas_report(&ptxas, arch.ptx(), target).expect("ptxas failed");
+    for name in all_entry_names(arch) {
         let k = report
             .iter()
             .find(|k| k.name == name)
             .unwrap_or_else(|| panic!("{name} not in ptxas report"));
         eprintln!(
-            "{name}: {} registers, {} B stack, {} B spilled",
+            "{target} {name}: {} registers, {} B stack, {} B spilled",
             k.registers, k.stack_bytes, k.spill_store_bytes
         );
         assert_eq!(
             (k.spill_store_bytes, k.spill_load_bytes),
             (0, 0),
-            "{name} spills"
+            "{target}: {name} spills"
         );
         assert_eq!(
             k.stack_bytes, 0,
-            "{name} has a stack frame (a register tile went to local memory)"
+            "{target}: {name} has a stack frame (a register tile went to local memory)"
         );
         assert!(k.registers <= 255, "{name}: {} registers", k.registers);
     }
@@ -136,23 +145,39 @@ fn ptxas_assembles_every_kernel_without_spills() {
         let k = report.iter().find(|k| k.name == name).unwrap();
         assert!(
             k.registers <= tfla_params::step::MAX_REGISTERS,
-            "{name}: {} registers, more than {} (four blocks per SM)",
+            "{target}: {name}: {} registers, more than {} (four blocks per SM)",
             k.registers,
             tfla_params::step::MAX_REGISTERS
         );
     }
 }
 
+#[test]
+fn hopper_module_assembles_without_spills() {
+    assemble_without_spills(PtxArch::Sm90a, Arch::DEFAULT.name());
+}
+
+/// The portable module as each card family's driver would compile it: Ampere (A100; A10,
+/// RTX 30), Ada (L4, L40, RTX 40), Hopper, Blackwell (B200; RTX 50).
+#[test]
+fn portable_module_assembles_without_spills_for_every_card_from_ampere_on() {
+    std::thread::scope(|scope| {
+        for target in Arch::PORTABLE_TARGETS {
+            scope.spawn(move || assemble_without_spills(PtxArch::Sm80, target));
+        }
+    });
+}
+
 /// The size of `name`'s one parameter in the PTX (`.param .align 8 .b8 NAME_param_0[SIZE]`);
 /// fails if the entry has none or a second one.
 fn param_bytes(name: &str) -> usize {
     let decl = format!("{name}_param_0[");
-    let line = tfla::runtime::PTX
+    let line = tfla::runtime::PTX_HOPPER
         .lines()
         .find(|l| l.contains(&decl))
         .unwrap_or_else(|| panic!("{name}: no parameter"));
     assert!(
-        !tfla::runtime::PTX.contains(&format!("{name}_param_1")),
+        !tfla::runtime::PTX_HOPPER.contains(&format!("{name}_param_1")),
         "{name} takes a second parameter"
     );
     line.split('[')
@@ -168,12 +193,12 @@ fn every_entry_takes_the_parameter_struct_the_host_passes() {
     // a kernel taking anything else by value).
     let checks = [
         (
-            fwd_entry_names(),
+            fwd_entry_names(PtxArch::Sm90a),
             std::mem::size_of::<tfla_params::fwd::FwdParams>(),
             "FwdParams",
         ),
         (
-            bwd_entry_names(),
+            bwd_entry_names(PtxArch::Sm90a),
             std::mem::size_of::<tfla_params::bwd::BwdParams>(),
             "BwdParams",
         ),
@@ -201,7 +226,7 @@ fn every_entry_takes_the_parameter_struct_the_host_passes() {
 
 /// The PTX body of entry `name` (from its `.entry` line to the closing brace).
 fn entry_body(name: &str) -> &'static str {
-    let ptx = tfla::runtime::PTX;
+    let ptx = tfla::runtime::PTX_HOPPER;
     let start = ptx
         .find(&format!(".entry {name}("))
         .unwrap_or_else(|| panic!("{name} missing"));

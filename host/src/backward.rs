@@ -26,7 +26,7 @@ use crate::variant::Variant;
 use cust::sys::CUstream;
 pub use tfla_params::bwd::BwdPointers;
 use tfla_params::bwd::{self, BwdKernel, BwdParams};
-use tfla_params::{Dtype as KDtype, Gates};
+use tfla_params::{Device, Dtype as KDtype, Gates};
 
 /// The backward pass's upstream gradients: of h, and optionally of the final states. A packed
 /// batch (`crate::varlen`) takes the same, in its shapes: dh (T, NH, DHV), the final-state
@@ -111,7 +111,7 @@ pub(crate) fn expect_initial_grad(
 
 /// Which kernels run the backward pass for an input dtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BwdPath {
+pub(crate) enum BwdPath {
     /// 16-bit inputs: the chunkwise kernels on the tensor cores.
     TensorCores(KDtype),
     /// f32 inputs: the reverse recurrence on the CUDA cores.
@@ -119,7 +119,7 @@ enum BwdPath {
 }
 
 impl BwdPath {
-    fn of(dtype: Dtype) -> Self {
+    pub(crate) fn of(dtype: Dtype) -> Self {
         match dtype {
             Dtype::Bf16 => BwdPath::TensorCores(KDtype::Bf16),
             Dtype::F16 => BwdPath::TensorCores(KDtype::F16),
@@ -143,7 +143,7 @@ pub struct BwdWorkspace {
     pub dn_states: Tensor,
     /// Gated score matrices P and dP of every chunk, their lower-triangular tiles packed:
     /// (BH, NC, `scores::pairs(L)`, TILE, TILE) in the input dtype each; empty where the chunk
-    /// kernel keeps them on chip (`bwd::chunk::applies`).
+    /// kernel keeps them on chip (`bwd::use_chunk`).
     pub scores_p: Tensor,
     pub scores_dp: Tensor,
     /// Partial row dots per column tile: (combine::DOT_PLANES, BH, NC·L,
@@ -171,6 +171,7 @@ pub struct BwdWorkspace {
 /// packed), as (name in [`BwdPointers`], dtype, shape): what [`BwdWorkspace::alloc`] allocates,
 /// and what a framework that owns its buffers allocates for [`mlstm_bwd_raw`].
 pub fn workspace_layout(
+    dev: &Device,
     dims: &Dims,
     dtype: Dtype,
     chunk: usize,
@@ -184,7 +185,7 @@ pub fn workspace_layout(
     // A tensor only one path uses is empty on the other.
     let only = |tc: bool, shape: Vec<usize>| if tc != f32_path { shape } else { vec![0] };
     // The one-kernel chunk gradients keep the score matrices on chip.
-    let on_chip = bwd::chunk::applies(chunk as u32, dqk as u32, dhv as u32);
+    let on_chip = bwd::use_chunk(dev, chunk as u32, dqk as u32, dhv as u32);
     let segments = bwd::recurrent::segments_len(bh as u32, dqk as u32, dhv as u32, chunk as u32);
     let tile = bwd::scores::TILE as usize;
     let scores = vec![
@@ -254,8 +255,9 @@ impl BwdWorkspace {
         chunk: usize,
         seqs: usize,
     ) -> Result<Self> {
-        let [rc, dcs, dns, sp, sdp, rd, sd, ps, seg] = workspace_layout(dims, dtype, chunk, seqs)
-            .map(|(_, dt, shape)| Tensor::uninit(rt, dt, &shape));
+        let [rc, dcs, dns, sp, sdp, rd, sd, ps, seg] =
+            workspace_layout(&rt.plan_device(), dims, dtype, chunk, seqs)
+                .map(|(_, dt, shape)| Tensor::uninit(rt, dt, &shape));
         Ok(BwdWorkspace {
             chunk_size: chunk,
             row_coef: rc?,
@@ -297,7 +299,14 @@ impl BwdWorkspace {
             .sum()
     }
 
-    fn check(&self, dims: &Dims, dtype: Dtype, chunk: usize, seqs: usize) -> Result<()> {
+    fn check(
+        &self,
+        dev: &Device,
+        dims: &Dims,
+        dtype: Dtype,
+        chunk: usize,
+        seqs: usize,
+    ) -> Result<()> {
         if self.chunk_size != chunk {
             return Err(Error::Invalid {
                 arg: "workspace.chunk_size",
@@ -305,7 +314,7 @@ impl BwdWorkspace {
                 reason: "the gradients were allocated for another chunk size",
             });
         }
-        for ((arg, dt, shape), t) in workspace_layout(dims, dtype, chunk, seqs)
+        for ((arg, dt, shape), t) in workspace_layout(dev, dims, dtype, chunk, seqs)
             .into_iter()
             .zip(self.tensors())
         {
@@ -374,9 +383,12 @@ impl MlstmGrads {
         tensors.iter().map(|t| bytes(t)).sum::<usize>() + self.workspace.bytes()
     }
 
-    /// `seqs`: sequences per head the workspace serves (1 unless packed, `crate::varlen`).
+    /// `seqs`: sequences per head the workspace serves (1 unless packed, `crate::varlen`);
+    /// `dev`: the device the workspace was planned for.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn check(
         &self,
+        dev: &Device,
         inputs: &MlstmInputs,
         dims: &Dims,
         dtype: Dtype,
@@ -404,7 +416,7 @@ impl MlstmGrads {
         for (arg, t, given, shape) in initial {
             expect_initial_grad(arg, t.as_ref(), given.then_some(&shape[..]))?;
         }
-        self.workspace.check(dims, dtype, chunk, seqs)
+        self.workspace.check(dev, dims, dtype, chunk, seqs)
     }
 }
 
@@ -474,7 +486,14 @@ pub fn mlstm_bwd_into(
     grads: &mut MlstmGrads,
 ) -> Result<()> {
     let (dims, dtype) = check_args(inputs, fwd, grad_out, cfg)?;
-    grads.check(inputs, &dims, dtype, cfg.chunk_for(&dims)?, 1)?;
+    grads.check(
+        &rt.plan_device(),
+        inputs,
+        &dims,
+        dtype,
+        cfg.chunk_for(&dims)?,
+        1,
+    )?;
     let mut ptrs = bwd_pointers(inputs, fwd, grad_out, grads);
     if fwd.states.released() {
         ptrs.c_states = recompute_states(rt, inputs, fwd, cfg, dims, &mut grads.workspace)?;
@@ -664,7 +683,8 @@ pub(crate) unsafe fn launch_bwd(
     let path = BwdPath::of(dtype);
     let chunk = cfg.chunk_for(&dims)?;
     let scale = cfg.scale_for(&dims)?;
-    let on_chip = bwd::chunk::applies(chunk as u32, dims.dqk as u32, dims.dhv as u32);
+    let dev = rt.plan_device();
+    let on_chip = bwd::use_chunk(&dev, chunk as u32, dims.dqk as u32, dims.dhv as u32);
     check_pointers(ptrs, cfg.variant, path, on_chip)?;
     let params = BwdParams {
         ptr: *ptrs,
@@ -679,7 +699,7 @@ pub(crate) unsafe fn launch_bwd(
         exact: (mode == GradMode::Exact) as u32,
         seqs,
     };
-    let launches = bwd_launches(&params, kernel_gates(cfg.variant), path);
+    let launches = bwd_launches(&dev, &params, kernel_gates(cfg.variant), path);
     for l in &launches {
         l.check(rt)?;
     }
@@ -692,7 +712,7 @@ pub(crate) unsafe fn launch_bwd(
 }
 
 /// Required pointers present, optional ones consistent, every pointer aligned.
-/// `scores_on_chip`: the chunk kernel runs (`bwd::chunk::applies`), which needs no score
+/// `scores_on_chip`: the chunk kernel runs (`bwd::use_chunk`), which needs no score
 /// matrices.
 fn check_pointers(
     p: &BwdPointers,
@@ -801,10 +821,15 @@ fn check_pointers(
 
 /// The launches of the backward pass, in order: row coefficients, then on the tensor cores
 /// state gradients (reverse walk), score matrices, dq, dk, dv (or those four in one kernel
-/// where `bwd::chunk::applies`), gate gradients (which sum the row dots of dq and dk), or for
+/// where `bwd::use_chunk`), gate gradients (which sum the row dots of dq and dk), or for
 /// f32 the reverse recurrence; the max-state path only for mLSTMexp in Exact mode (elsewhere m
 /// is constant or held constant).
-fn bwd_launches(p: &BwdParams, gates: Gates, path: BwdPath) -> Vec<Launch> {
+pub(crate) fn bwd_launches(
+    dev: &Device,
+    p: &BwdParams,
+    gates: Gates,
+    path: BwdPath,
+) -> Vec<Launch> {
     let max_path = Launch {
         name: bwd::entry_name(BwdKernel::MaxPath, gates, KDtype::Bf16),
         grid: bwd::max_path::grid(p),
@@ -848,9 +873,9 @@ fn bwd_launches(p: &BwdParams, gates: Gates, path: BwdPath) -> Vec<Launch> {
             threads: bwd::rows::THREADS,
             smem: 0,
         },
-        // The state gradients on the wide `wgmma` tile where the build has it (sm_90a) and
-        // it pays (`bwd::state_wg::applies`).
-        if cfg!(tfla_wgmma) && bwd::state_wg::applies(p.chunk, p.dqk, p.dhv) {
+        // The state gradients on the wide `wgmma` tile where the module has it (sm_90a) and
+        // it pays (`bwd::use_state_wg`).
+        if bwd::use_state_wg(dev, p.chunk, p.dqk, p.dhv) {
             Launch {
                 name: name(BwdKernel::StateWg),
                 grid: bwd::state_wg::grid(p),
@@ -866,7 +891,7 @@ fn bwd_launches(p: &BwdParams, gates: Gates, path: BwdPath) -> Vec<Launch> {
             }
         },
     ];
-    if bwd::chunk::applies(p.chunk, p.dqk, p.dhv) {
+    if bwd::use_chunk(dev, p.chunk, p.dqk, p.dhv) {
         launches.push(Launch {
             name: name(BwdKernel::Chunk),
             grid: bwd::chunk::grid(p),
@@ -913,7 +938,7 @@ mod tests {
     #[test]
     fn workspace_layout_matches_the_pointer_contract() {
         let d = dims(1000, 80, 272);
-        let l = workspace_layout(&d, Dtype::Bf16, 256, 1);
+        let l = workspace_layout(&Device::HOPPER, &d, Dtype::Bf16, 256, 1);
         let shape = |name: &str| l.iter().find(|(n, ..)| *n == name).unwrap().2.clone();
         // NC = 4, NC·L = 1024, BH = 6.
         assert_eq!(shape("row_coef"), [bwd::rows::PLANES as usize, 6, 1024]);
@@ -926,7 +951,7 @@ mod tests {
         assert_eq!(shape("state_dots")[..2], [6, 6]);
         assert_eq!(shape("pair_sums"), [2, 6, 1024, 4]);
         // L = 128 and heads up to 128: the chunk kernel needs no score matrices.
-        let l = workspace_layout(&dims(1000, 128, 128), Dtype::Bf16, 128, 1);
+        let l = workspace_layout(&Device::HOPPER, &dims(1000, 128, 128), Dtype::Bf16, 128, 1);
         assert_eq!(numel_of(&l, "scores_p"), 0);
         assert_eq!(numel_of(&l, "scores_dp"), 0);
         assert_eq!(numel_of(&l, "pair_sums"), 2 * 6 * 1024 * 2);
@@ -963,12 +988,12 @@ mod tests {
         // The max-state path runs for mLSTMexp in Exact mode only.
         let exact = BwdParams { exact: 1, ..p };
         assert_eq!(
-            names(&bwd_launches(&exact, Gates::Exp, f16)),
+            names(&bwd_launches(&Device::HOPPER, &exact, Gates::Exp, f16)),
             want(Gates::Exp)
         );
-        let l = bwd_launches(&exact, Gates::Sig, f16);
+        let l = bwd_launches(&Device::HOPPER, &exact, Gates::Sig, f16);
         assert_eq!(names(&l), want(Gates::Sig)[..7]);
-        assert_eq!(bwd_launches(&p, Gates::Exp, f16).len(), 7);
+        assert_eq!(bwd_launches(&Device::HOPPER, &p, Gates::Exp, f16).len(), 7);
         // dq and dk tile DQK, dv tiles DHV.
         assert_eq!(l[3].grid, bwd::combine::grid(&p, 256));
         assert_eq!(l[5].grid, bwd::combine::grid(&p, 128));
@@ -976,7 +1001,7 @@ mod tests {
 
         // Heads up to 128 at L = 128: one kernel per chunk in place of those four.
         let small = BwdParams { dqk: 64, ..exact };
-        let l = bwd_launches(&small, Gates::Exp, f16);
+        let l = bwd_launches(&Device::HOPPER, &small, Gates::Exp, f16);
         let chunk = |g| bwd::entry_name(BwdKernel::Chunk, g, KDtype::F16);
         let want_small = [
             BwdKernel::Rows,
@@ -994,10 +1019,13 @@ mod tests {
             num_chunks: 4,
             ..small
         };
-        assert!(!names(&bwd_launches(&at_256, Gates::Exp, f16)).contains(&chunk(Gates::Exp)));
+        assert!(
+            !names(&bwd_launches(&Device::HOPPER, &at_256, Gates::Exp, f16))
+                .contains(&chunk(Gates::Exp))
+        );
 
         // f32: rows, the recurrence, and the max-state path where it applies.
-        let l = bwd_launches(&exact, Gates::Exp, BwdPath::F32);
+        let l = bwd_launches(&Device::HOPPER, &exact, Gates::Exp, BwdPath::F32);
         assert_eq!(
             names(&l),
             [
@@ -1008,7 +1036,7 @@ mod tests {
         );
         // Exact mode carries ñ as one more column tile: 128 + 1 columns.
         assert_eq!(l[1].grid, (9, 6, 1));
-        let l = bwd_launches(&p, Gates::Sig, BwdPath::F32);
+        let l = bwd_launches(&Device::HOPPER, &p, Gates::Sig, BwdPath::F32);
         assert_eq!(l.len(), 2);
         assert_eq!(l[1].grid, (8, 6, 1));
     }
@@ -1097,7 +1125,7 @@ mod tests {
     #[test]
     fn f32_path_needs_only_its_workspace() {
         let d = dims(1000, 80, 272);
-        let l = workspace_layout(&d, Dtype::F32, 256, 1);
+        let l = workspace_layout(&Device::HOPPER, &d, Dtype::F32, 256, 1);
         let numel = |name| numel_of(&l, name);
         for name in [
             "dc_states",
@@ -1113,7 +1141,10 @@ mod tests {
         assert_eq!(numel("segments"), 6 * 18 * 32 * 80 * 16);
         assert_eq!(numel("state_dots"), 6 * 6 * bwd::state::MAX_TILES as usize);
         assert_eq!(
-            numel_of(&workspace_layout(&d, Dtype::Bf16, 256, 1), "segments"),
+            numel_of(
+                &workspace_layout(&Device::HOPPER, &d, Dtype::Bf16, 256, 1),
+                "segments"
+            ),
             0
         );
     }

@@ -23,7 +23,7 @@ use crate::variant::Variant;
 use cust::sys::CUstream;
 pub use tfla_params::fwd::FwdPointers;
 use tfla_params::fwd::{self, FwdKernel, FwdParams};
-use tfla_params::{Dtype as KDtype, Gates};
+use tfla_params::{Device, Dtype as KDtype, Gates};
 
 /// The forward pass's inputs.
 #[derive(Clone, Copy)]
@@ -694,7 +694,13 @@ pub(crate) unsafe fn launch_fwd(
         eps: cfg.eps,
         seqs,
     };
-    let launches = fwd_launches(&params, kernel_gates(cfg.variant), dtype, states_only);
+    let launches = fwd_launches(
+        &rt.plan_device(),
+        &params,
+        kernel_gates(cfg.variant),
+        dtype,
+        states_only,
+    );
     for l in &launches {
         l.check(rt)?;
     }
@@ -714,31 +720,29 @@ pub(crate) fn kernel_gates(variant: Variant) -> Gates {
     }
 }
 
-/// The chunk-state kernel in the shape `fwd::wide_state` picks for the head dims (the wide
-/// one on `wgmma` where the build has it, sm_90a).
-fn state_launch(p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
-    let wide = fwd::wide_state(p.dqk, p.dhv);
-    if wide && crate::runtime::WGMMA {
-        Launch {
-            name: fwd::entry_name(FwdKernel::ChunkStateWg, gates, kdtype),
+/// The chunk-state kernel in the shape `fwd::state_kernel` picks for the head dims on `dev`.
+fn state_launch(dev: &Device, p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
+    let kernel = fwd::state_kernel(dev, p.dqk, p.dhv);
+    let name = fwd::entry_name(kernel, gates, kdtype);
+    match kernel {
+        FwdKernel::ChunkStateWg => Launch {
+            name,
             grid: fwd::state_wide::TILES.grid(p),
             threads: fwd::state_wg::THREADS,
             smem: fwd::state_wg::smem_bytes(),
-        }
-    } else if wide {
-        Launch {
-            name: fwd::entry_name(FwdKernel::ChunkStateWide, gates, kdtype),
+        },
+        FwdKernel::ChunkStateWide => Launch {
+            name,
             grid: fwd::state_wide::TILES.grid(p),
             threads: fwd::state_wide::THREADS,
             smem: fwd::state_wide::TILES.smem_bytes(),
-        }
-    } else {
-        Launch {
-            name: fwd::entry_name(FwdKernel::ChunkState, gates, kdtype),
+        },
+        _ => Launch {
+            name,
             grid: fwd::state::TILES.grid(p),
             threads: fwd::state::THREADS,
             smem: fwd::state::TILES.smem_bytes(),
-        }
+        },
     }
 }
 
@@ -747,7 +751,13 @@ fn state_launch(p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
 /// `fwd::fused::applies` to), for f32 inputs the f32 recurrence (which writes the same
 /// outputs). With `states_only`, the one launch that writes the chunk states (a state kernel
 /// or the recurrence): the gate vectors are still there.
-fn fwd_launches(p: &FwdParams, gates: Gates, dtype: Dtype, states_only: bool) -> Vec<Launch> {
+pub(crate) fn fwd_launches(
+    dev: &Device,
+    p: &FwdParams,
+    gates: Gates,
+    dtype: Dtype,
+    states_only: bool,
+) -> Vec<Launch> {
     let chunk_gates = Launch {
         // The gate kernel has no element type; its name does not depend on the one passed.
         name: fwd::entry_name(FwdKernel::ChunkGates, gates, KDtype::Bf16),
@@ -773,8 +783,8 @@ fn fwd_launches(p: &FwdParams, gates: Gates, dtype: Dtype, states_only: bool) ->
         }
     };
     if states_only {
-        vec![state_launch(p, gates, kdtype)]
-    } else if fwd::fused::applies(p.chunk, p.dqk, p.dhv) {
+        vec![state_launch(dev, p, gates, kdtype)]
+    } else if fwd::use_fused(dev, p.chunk, p.dqk, p.dhv) {
         let fused = Launch {
             name: fwd::entry_name(FwdKernel::ChunkFused, gates, kdtype),
             grid: fwd::fused::grid(p),
@@ -785,25 +795,26 @@ fn fwd_launches(p: &FwdParams, gates: Gates, dtype: Dtype, states_only: bool) ->
     } else {
         vec![
             chunk_gates,
-            state_launch(p, gates, kdtype),
-            output_launch(p, gates, kdtype),
+            state_launch(dev, p, gates, kdtype),
+            output_launch(dev, p, gates, kdtype),
         ]
     }
 }
 
-/// The chunk-output launch: on `wgmma` where the build has it (sm_90a) and the shape suits its
-/// 128 × 256 tile (`output_wg::applies`), else the `mma.sync` kernel.
-fn output_launch(p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
-    if crate::runtime::WGMMA && fwd::output_wg::applies(p.chunk, p.dqk, p.dhv) {
+/// The chunk-output launch `fwd::output_kernel` picks on `dev`.
+fn output_launch(dev: &Device, p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
+    let kernel = fwd::output_kernel(dev, p.chunk, p.dqk, p.dhv);
+    let name = fwd::entry_name(kernel, gates, kdtype);
+    if kernel == FwdKernel::ChunkOutputWg {
         Launch {
-            name: fwd::entry_name(FwdKernel::ChunkOutputWg, gates, kdtype),
+            name,
             grid: fwd::output_wg::grid(p),
             threads: fwd::output_wg::THREADS,
             smem: fwd::output_wg::smem_bytes(p.chunk, p.dqk),
         }
     } else {
         Launch {
-            name: fwd::entry_name(FwdKernel::ChunkOutput, gates, kdtype),
+            name,
             grid: fwd::output::grid(p),
             threads: fwd::output::THREADS,
             smem: fwd::output::smem_bytes(p.chunk, p.dqk),

@@ -120,6 +120,107 @@ pub(crate) fn check_not_packed(seq_chunks: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backward::{BwdPath, bwd_launches};
+    use crate::forward::{fwd_launches, kernel_gates};
+    use crate::{Dtype, Variant};
+    use tfla_params::bwd::{self, BwdParams};
+    use tfla_params::fwd::{self, FwdParams};
+    use tfla_params::{CHUNK_SIZES, Device};
+
+    /// Every launch of the forward and the backward plan fits the shared memory of each card's
+    /// limit set, at every head shape, chunk size, variant and dtype: a smaller card gets
+    /// kernels that fit (never a launch failure). On Hopper the plan keeps its fast kernels
+    /// (the one-kernel fused forward and chunk gradients, and `wgmma` where each applies).
+    #[test]
+    fn every_limit_set_gets_a_plan_that_fits() {
+        let variants = [
+            Variant::Exp,
+            Variant::Sig { normalize: true },
+            Variant::Sig { normalize: false },
+        ];
+        for dev in Device::LIMIT_SETS {
+            for chunk in CHUNK_SIZES {
+                for dqk in (16..=512).step_by(16) {
+                    for dhv in (16..=512).step_by(16) {
+                        let fp = FwdParams {
+                            bh: 4,
+                            s: 4 * chunk,
+                            dqk,
+                            dhv,
+                            chunk,
+                            num_chunks: 4,
+                            seqs: 1,
+                            ..Default::default()
+                        };
+                        let bp = BwdParams {
+                            bh: 4,
+                            s: 4 * chunk,
+                            dqk,
+                            dhv,
+                            chunk,
+                            num_chunks: 4,
+                            seqs: 1,
+                            exact: 1,
+                            ..Default::default()
+                        };
+                        for variant in variants {
+                            let gates = kernel_gates(variant);
+                            for dtype in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
+                                let launches = fwd_launches(&dev, &fp, gates, dtype, false)
+                                    .into_iter()
+                                    .chain(bwd_launches(&dev, &bp, gates, BwdPath::of(dtype)));
+                                for l in launches {
+                                    assert!(
+                                        dev.fits(l.smem),
+                                        "{}: {} bytes on {dev:?} (L={chunk}, {dqk}/{dhv})",
+                                        l.name,
+                                        l.smem
+                                    );
+                                    assert!(l.check_grid().is_ok());
+                                }
+                            }
+                        }
+                        let hopper = dev == Device::HOPPER;
+                        if hopper {
+                            assert_eq!(
+                                fwd::use_fused(&dev, chunk, dqk, dhv),
+                                fwd::fused::applies(chunk, dqk, dhv)
+                            );
+                            assert_eq!(
+                                bwd::use_chunk(&dev, chunk, dqk, dhv),
+                                bwd::chunk::applies(chunk, dqk, dhv)
+                            );
+                            assert_eq!(
+                                bwd::use_state_wg(&dev, chunk, dqk, dhv),
+                                bwd::state_wg::applies(chunk, dqk, dhv)
+                            );
+                        } else {
+                            assert!(!bwd::use_state_wg(&dev, chunk, dqk, dhv));
+                            assert_ne!(
+                                fwd::output_kernel(&dev, chunk, dqk, dhv),
+                                fwd::FwdKernel::ChunkOutputWg
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // The 99 KB cards lose the one-kernel paths; the A100 keeps none of the ~200 KB kernels.
+        let small = Device::SMALL_SMEM_99K;
+        assert!(!fwd::use_fused(&small, 128, 128, 128) && !bwd::use_chunk(&small, 128, 128, 128));
+        assert_eq!(
+            fwd::state_kernel(&Device::AMPERE_A100, 512, 512),
+            fwd::FwdKernel::ChunkState
+        );
+        assert_eq!(
+            fwd::state_kernel(&Device::PORTABLE_227K, 512, 512),
+            fwd::FwdKernel::ChunkStateWide
+        );
+        assert_eq!(
+            fwd::state_kernel(&Device::HOPPER, 512, 512),
+            fwd::FwdKernel::ChunkStateWg
+        );
+    }
 
     #[test]
     fn grids_beyond_cuda_limits_are_typed_errors() {

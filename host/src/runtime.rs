@@ -8,12 +8,77 @@ use cust::sys::{CUfunction, CUfunction_attribute_enum};
 use std::collections::{HashMap, hash_map};
 use std::sync::Mutex;
 
-/// The PTX of every tfla kernel, built from `kernels/` by the build script.
-pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/tfla_kernels.ptx"));
-/// The architecture the embedded PTX targets (`sm_90a`, or `sm_90` with `TFLA_ARCH=sm_90`).
-pub const PTX_ARCH: &str = env!("TFLA_PTX_ARCH");
-/// Whether the embedded PTX has the `wgmma` kernels (an sm_90a build; `host/build.rs`).
-pub const WGMMA: bool = cfg!(tfla_wgmma);
+/// The PTX of every tfla kernel for Hopper (sm_90a: with the `wgmma` kernels), built from
+/// `kernels/` by the build script.
+pub const PTX_HOPPER: &str = include_str!(concat!(env!("OUT_DIR"), "/tfla_kernels_hopper.ptx"));
+/// The PTX for every card from Ampere on (sm_80: the `mma.sync` kernels; the driver compiles
+/// it for whatever later card runs it).
+pub const PTX_PORTABLE: &str = include_str!(concat!(env!("OUT_DIR"), "/tfla_kernels_portable.ptx"));
+
+/// Which of the two embedded PTX modules a runtime runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PtxArch {
+    /// sm_90a, on compute capability 9.0 (H100, H200).
+    Sm90a,
+    /// sm_80, on every other card from compute capability 8.0 on, and on Hopper when the
+    /// portable path is forced.
+    Sm80,
+}
+
+impl PtxArch {
+    pub fn name(self) -> &'static str {
+        match self {
+            PtxArch::Sm90a => "sm_90a",
+            PtxArch::Sm80 => "sm_80",
+        }
+    }
+
+    /// The module's text.
+    pub fn ptx(self) -> &'static str {
+        match self {
+            PtxArch::Sm90a => PTX_HOPPER,
+            PtxArch::Sm80 => PTX_PORTABLE,
+        }
+    }
+}
+
+/// How a [`Runtime`] picks its module and plans its launches; [`RuntimeOptions::from_env`] is
+/// what [`Runtime::new`] uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeOptions {
+    /// Run the portable sm_80 module on a Hopper card too (to test and compare that path).
+    pub portable: bool,
+    /// Plan for at most this much shared memory per block (bytes) instead of what the device
+    /// allows: the tile plans of a smaller card, on this one. Implies `portable` (the sm_90a
+    /// module's `wgmma` kernels need Hopper's 227 KB).
+    pub smem_limit: Option<u32>,
+}
+
+impl RuntimeOptions {
+    /// `TFLA_PORTABLE=1` sets `portable`; `TFLA_SMEM_LIMIT_KB=99` sets `smem_limit` (99 KB).
+    pub fn from_env() -> Result<Self> {
+        let portable = std::env::var("TFLA_PORTABLE").is_ok_and(|v| !v.is_empty() && v != "0");
+        let smem_limit = match std::env::var("TFLA_SMEM_LIMIT_KB") {
+            Ok(v) => Some(
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&kb| kb > 0)
+                    .ok_or(Error::Invalid {
+                        arg: "TFLA_SMEM_LIMIT_KB",
+                        value: v.clone(),
+                        reason: "expected a positive number of kilobytes, e.g. 99 or 163",
+                    })?
+                    * 1024,
+            ),
+            Err(_) => None,
+        };
+        Ok(RuntimeOptions {
+            portable,
+            smem_limit,
+        })
+    }
+}
 
 /// A CUDA device with tfla's module loaded and a stream to launch on. Kernels launched through
 /// one `Runtime` run in order on its stream.
@@ -23,7 +88,11 @@ pub struct Runtime {
     stream: Stream,
     device: Device,
     _ctx: Context,
-    /// Shared memory per block the device allows once a kernel opts in.
+    /// The module loaded.
+    arch: PtxArch,
+    /// What the launch plan knows of the device (shared memory per block, `wgmma`).
+    plan: tfla_params::Device,
+    /// Shared memory per block the device allows once a kernel opts in (or the forced limit).
     pub(crate) max_smem_optin: u32,
     /// Entry points looked up so far, with the dynamic shared memory each was opted in to: a
     /// launch then costs one hash lookup instead of a module lookup and an attribute call (a
@@ -55,8 +124,16 @@ impl Runtime {
         Self::with_device(0)
     }
 
-    /// The device with this ordinal.
+    /// The device with this ordinal, with the options of the environment
+    /// ([`RuntimeOptions::from_env`]).
     pub fn with_device(ordinal: u32) -> Result<Self> {
+        Self::with_options(ordinal, RuntimeOptions::from_env()?)
+    }
+
+    /// The device with this ordinal: the sm_90a module on compute capability 9.0, the sm_80
+    /// module on every other card from 8.0 on (or with `options.portable`); an older card is
+    /// an [`Error::NoDevice`] naming its compute capability.
+    pub fn with_options(ordinal: u32, options: RuntimeOptions) -> Result<Self> {
         // libcuda is loaded here, not linked (`tfla-driver`): without a driver this is the error.
         tfla_driver::load().map_err(Error::NoDevice)?;
         cust::init(cust::CudaFlags::empty()).map_err(Error::cuda("cuInit"))?;
@@ -68,26 +145,54 @@ impl Runtime {
         }
         let device = Device::get_device(ordinal).map_err(Error::cuda("cuDeviceGet"))?;
         let ctx = Context::new(device).map_err(Error::cuda("cuCtxCreate"))?;
-        let major = device
-            .get_attribute(DeviceAttribute::ComputeCapabilityMajor)
-            .map_err(Error::cuda("cuDeviceGetAttribute"))?;
-        if major < 9 {
+        let attr = |a| {
+            device
+                .get_attribute(a)
+                .map_err(Error::cuda("cuDeviceGetAttribute"))
+        };
+        let (major, minor) = (
+            attr(DeviceAttribute::ComputeCapabilityMajor)?,
+            attr(DeviceAttribute::ComputeCapabilityMinor)?,
+        );
+        if major < 8 {
             return Err(Error::NoDevice(format!(
-                "device {ordinal} has compute capability {major}.x; tfla's PTX targets {PTX_ARCH}"
+                "device {ordinal} has compute capability {major}.{minor}; tfla needs 8.0 or later \
+                 (Ampere, Ada, Hopper, Blackwell)"
             )));
         }
-        let module = Module::from_ptx(PTX, &[]).map_err(Error::cuda("cuModuleLoadData"))?;
+        let device_smem = smem_optin(device)?;
+        let max_smem_optin = options
+            .smem_limit
+            .map_or(device_smem, |l| l.min(device_smem));
+        let portable = options.portable || options.smem_limit.is_some();
+        let arch = if (major, minor) == (9, 0) && !portable {
+            PtxArch::Sm90a
+        } else {
+            PtxArch::Sm80
+        };
+        let module = Module::from_ptx(arch.ptx(), &[]).map_err(Error::cuda("cuModuleLoadData"))?;
         let stream =
             Stream::new(StreamFlags::NON_BLOCKING, None).map_err(Error::cuda("cuStreamCreate"))?;
-        let max_smem_optin = smem_optin(device)?;
         Ok(Runtime {
             module,
             stream,
             device,
             _ctx: ctx,
+            arch,
+            plan: tfla_params::Device::new(max_smem_optin, arch == PtxArch::Sm90a),
             max_smem_optin,
             functions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The module this runtime runs (`sm_90a` on Hopper, else `sm_80`).
+    pub fn arch(&self) -> PtxArch {
+        self.arch
+    }
+
+    /// What the launch plan knows of this device.
+    pub fn plan_device(&self) -> tfla_params::Device {
+        self.plan
     }
 
     /// Shared memory per block the device allows a kernel that opts in (227 KiB on Hopper).

@@ -634,6 +634,7 @@ pub fn mlstm_bwd_varlen_into(
     let (n, dtype) = (d.seqs, inp.q.dtype());
     let layout = &fwd.layout;
     grads.padded.check(
+        &rt.plan_device(),
         &fwd.padded_inputs.as_inputs(),
         &pdims,
         dtype,

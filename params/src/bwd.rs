@@ -11,7 +11,7 @@
 //!   |s_i| ≥ floor_i, else 0), so dnum'_i = [dh_i ρ_i, δ_i] (`shared/MATH.md`).
 
 use crate::fwd::SMEM_ROW_PAD;
-use crate::{Dtype, Gates, WARP, div_ceil};
+use crate::{Device, Dtype, Gates, WARP, div_ceil};
 
 /// Device addresses of every tensor the backward kernels read or write (0 where absent); every
 /// tensor contiguous, row-major, in the shape its comment gives.
@@ -272,6 +272,20 @@ pub const fn state_tiles(chunk: u32, dqk: u32, dhv: u32, wgmma: bool) -> u32 {
     } else {
         state::tiles(dqk, dhv)
     }
+}
+
+/// Whether the state gradients run on the wide `wgmma` tile on `dev` (the sm_90a module, where
+/// [`state_wg::applies`]); the kernels that read the state dots decide the same way at
+/// compile time ([`state_tiles`] with the module's `wgmma`).
+pub const fn use_state_wg(dev: &Device, chunk: u32, dqk: u32, dhv: u32) -> bool {
+    dev.wgmma && state_wg::applies(chunk, dqk, dhv)
+}
+
+/// Whether the chunk gradients run in the one on-chip kernel on `dev` ([`chunk::applies`],
+/// where its ~210 KB of shared memory fit); else the score and combine kernels, whose score
+/// matrices the workspace then holds.
+pub const fn use_chunk(dev: &Device, chunk: u32, dqk: u32, dhv: u32) -> bool {
+    chunk::applies(chunk, dqk, dhv) && dev.fits(chunk::smem_bytes())
 }
 
 /// Score matrices: one block computes a TILE × TILE tile (rows i, columns j ≤ i) of P and dP

@@ -2,7 +2,7 @@
 //! boundary) and the chunk-output kernel (H of one row tile of one chunk, TFLA's second level of
 //! parallelism). Both take [`FwdParams`] by value.
 
-use crate::{Dtype, Gates, WARP, div_ceil};
+use crate::{Device, Dtype, Gates, WARP, div_ceil};
 
 /// Device addresses of every tensor the forward kernels read or write (0 where absent); every
 /// tensor is contiguous, row-major, in the shape its comment gives. Part of [`FwdParams`];
@@ -242,6 +242,37 @@ impl StateTiles {
 /// SMs: 128 heads give 128 blocks).
 pub const fn wide_state(dqk: u32, dhv: u32) -> bool {
     dqk >= state_wide::TILE_QK && dhv >= state_wide::TILE_HV
+}
+
+/// The chunk-state kernel's shape for the head dims on `dev`: the wide tile where
+/// [`wide_state`] wants it (on `wgmma` in the sm_90a module, else the `mma.sync` wide kernel
+/// where its shared memory fits), the narrow one otherwise.
+pub const fn state_kernel(dev: &Device, dqk: u32, dhv: u32) -> FwdKernel {
+    if !wide_state(dqk, dhv) {
+        FwdKernel::ChunkState
+    } else if dev.wgmma {
+        FwdKernel::ChunkStateWg
+    } else if dev.fits(state_wide::TILES.smem_bytes()) {
+        FwdKernel::ChunkStateWide
+    } else {
+        FwdKernel::ChunkState
+    }
+}
+
+/// The chunk-output kernel on `dev`: on `wgmma` in the sm_90a module where its tile suits the
+/// shape ([`output_wg::applies`]), else the `mma.sync` kernel (which fits 99 KB at every shape).
+pub const fn output_kernel(dev: &Device, chunk: u32, dqk: u32, dhv: u32) -> FwdKernel {
+    if dev.wgmma && output_wg::applies(chunk, dqk, dhv) {
+        FwdKernel::ChunkOutputWg
+    } else {
+        FwdKernel::ChunkOutput
+    }
+}
+
+/// Whether the forward runs states and outputs in one kernel on `dev` ([`fused::applies`],
+/// where its ~200 KB of shared memory fit).
+pub const fn use_fused(dev: &Device, chunk: u32, dqk: u32, dhv: u32) -> bool {
+    fused::applies(chunk, dqk, dhv) && dev.fits(fused::smem_bytes())
 }
 
 /// The grid of a chunk-output kernel with tiles of `tile_q` rows × `tile_hv` value columns:

@@ -24,6 +24,49 @@ pub const MAX_HEAD_DIM: u32 = 512;
 /// Chunk sizes the kernels support: multiples of the row tile, powers of two.
 pub const CHUNK_SIZES: [u32; 5] = [64, 128, 256, 512, 1024];
 
+/// What the launch plan needs to know of the device a module runs on: the shared memory a
+/// block may opt in to, and whether the loaded PTX has the `wgmma` kernels (the sm_90a module,
+/// on compute capability 9.0). Every kernel choice that depends on the card goes through this
+/// ([`fwd::state_kernel`], [`fwd::output_kernel`], [`fwd::use_fused`], [`bwd::use_state_wg`],
+/// [`bwd::use_chunk`]), so a card with less shared memory gets the kernels that fit it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Device {
+    /// Maximum dynamic shared memory per block after opting in, in bytes.
+    pub smem_optin: u32,
+    /// The sm_90a module is loaded (its `wgmma` kernels exist, and the kernels that read the
+    /// state-gradient dots were compiled for the `wgmma` tile where it applies).
+    pub wgmma: bool,
+}
+
+impl Device {
+    /// H100 and H200 (compute capability 9.0) with the sm_90a module.
+    pub const HOPPER: Device = Device::new(227 * 1024, true);
+    /// The portable sm_80 module on a card with 227 KB per block: Hopper forced onto the
+    /// portable path, B200 (10.0).
+    pub const PORTABLE_227K: Device = Device::new(227 * 1024, false);
+    /// A100 (8.0): 163 KB per block.
+    pub const AMPERE_A100: Device = Device::new(163 * 1024, false);
+    /// A10, RTX 30 (8.6), L4, L40, RTX 40 (8.9), RTX 50 (12.0): 99 KB per block.
+    pub const SMALL_SMEM_99K: Device = Device::new(99 * 1024, false);
+    /// The limit sets the plan is tested against (and the GPU tests can force with
+    /// `TFLA_SMEM_LIMIT_KB`).
+    pub const LIMIT_SETS: [Device; 4] = [
+        Device::HOPPER,
+        Device::PORTABLE_227K,
+        Device::AMPERE_A100,
+        Device::SMALL_SMEM_99K,
+    ];
+
+    pub const fn new(smem_optin: u32, wgmma: bool) -> Self {
+        Device { smem_optin, wgmma }
+    }
+
+    /// Whether a block of `smem` bytes of dynamic shared memory can launch.
+    pub const fn fits(&self, smem: u32) -> bool {
+        smem <= self.smem_optin
+    }
+}
+
 /// Element type of q, k, v, h (gates and states are always f32).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -14,20 +14,30 @@ use std::process::Command;
 /// Target architecture of the PTX.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
-    /// Hopper, portable instructions only (`mma.sync`, `ldmatrix`, `cp.async`).
+    /// Ampere and every later card (the driver compiles sm_80 PTX for any newer device): the
+    /// portable instructions only (`mma.sync`, `ldmatrix`, `cp.async`).
+    Sm80,
+    /// Hopper, portable instructions only.
     Sm90,
-    /// Hopper with the arch-specific features (`wgmma`, `setmaxnreg`); PTX ISA 8.0.
+    /// Hopper with the arch-specific features (`wgmma`, `setmaxnreg`); PTX ISA 8.0. Runs on
+    /// compute capability 9.0 only.
     Sm90a,
 }
 
 impl Arch {
-    /// What a build targets unless `TFLA_ARCH` (build script) or `--arch` (xtask) says
-    /// otherwise: the `wgmma` kernels exist only in sm_90a PTX, which runs on Hopper only (as
-    /// sm_90 PTX does: the runtime requires compute capability 9.x).
+    /// The PTX the host embeds for Hopper (compute capability 9.0).
     pub const DEFAULT: Arch = Arch::Sm90a;
+    /// The PTX the host embeds for every other card from Ampere on, and for Hopper when the
+    /// portable path is forced.
+    pub const PORTABLE: Arch = Arch::Sm80;
+    /// What `ptxas` assembles the portable PTX for in the resource check: each card family
+    /// from Ampere on (A100, A10/RTX 30, L4/L40/RTX 40, H100, B200, RTX 50).
+    pub const PORTABLE_TARGETS: [&'static str; 6] =
+        ["sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120"];
 
     pub fn name(self) -> &'static str {
         match self {
+            Arch::Sm80 => "sm_80",
             Arch::Sm90 => "sm_90",
             Arch::Sm90a => "sm_90a",
         }
@@ -35,6 +45,7 @@ impl Arch {
 
     pub fn parse(s: &str) -> Result<Self, BuildError> {
         match s {
+            "sm_80" => Ok(Arch::Sm80),
             "sm_90" => Ok(Arch::Sm90),
             "sm_90a" => Ok(Arch::Sm90a),
             other => Err(BuildError::UnknownArch(other.to_string())),
@@ -76,7 +87,9 @@ pub enum BuildError {
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BuildError::UnknownArch(a) => write!(f, "unknown arch `{a}`: expected sm_90 or sm_90a"),
+            BuildError::UnknownArch(a) => {
+                write!(f, "unknown arch `{a}`: expected sm_80, sm_90 or sm_90a")
+            }
             BuildError::Toolchain(m) => write!(f, "{m}"),
             BuildError::Spawn { what, err } => write!(f, "could not run {what}: {err}"),
             BuildError::Failed { what, output } => write!(f, "{what} failed:\n{output}"),
@@ -185,11 +198,12 @@ fn clean(mut cmd: Command) -> Command {
 }
 
 /// Builds the device crate for `arch` and returns the PTX text. The build directory is
-/// `kernels/target`, shared by every caller so `core` is compiled once.
+/// `kernels/target/<arch>`, shared by every caller so `core` is compiled once per arch (and
+/// building one arch leaves the other's build up to date).
 pub fn build_ptx(arch: Arch) -> Result<String, BuildError> {
     let dir = kernels_dir();
     check_toolchain(&dir)?;
-    let target_dir = dir.join("target");
+    let target_dir = dir.join("target").join(arch.name());
     let mut cmd = clean(Command::new(cargo()));
     cmd.current_dir(&dir)
         .args([
@@ -219,7 +233,16 @@ pub fn build_ptx(arch: Arch) -> Result<String, BuildError> {
     if !unresolved.is_empty() {
         return Err(BuildError::UnresolvedExterns(unresolved));
     }
-    cap_registers(&ptx, tfla_params::bwd::register_caps())
+    // The step kernels keep four 256-thread blocks per SM (`params::step::MAX_REGISTERS`):
+    // ptxas stays under the budget by itself for sm_90, but not for sm_80..sm_120, where the
+    // portable module's entries say so.
+    let step_caps = (arch == Arch::Sm80).then(|| {
+        tfla_params::step::entry_names().map(|name| (name, tfla_params::step::MAX_REGISTERS))
+    });
+    cap_registers(
+        &ptx,
+        tfla_params::bwd::register_caps().chain(step_caps.into_iter().flatten()),
+    )
 }
 
 /// `ptx` with `.maxnreg N` written into each named entry (between its parameter list and its
@@ -366,14 +389,22 @@ pub struct KernelReport {
     pub spill_load_bytes: u32,
 }
 
-/// Assembles `ptx` for `arch` with `ptxas -v` and returns each entry point's resources.
-pub fn ptxas_report(ptxas: &Path, ptx: &str, arch: Arch) -> Result<Vec<KernelReport>, BuildError> {
-    let dir = std::env::temp_dir().join(format!("tfla-ptxas-{}", std::process::id()));
+/// Assembles `ptx` for `target` (an `-arch` of ptxas: `sm_90a`, `sm_86`, …) with `ptxas -v` and
+/// returns each entry point's resources.
+pub fn ptxas_report(
+    ptxas: &Path,
+    ptx: &str,
+    target: &str,
+) -> Result<Vec<KernelReport>, BuildError> {
+    // One folder per call: test threads assemble for several targets at once.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tfla-ptxas-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| BuildError::Io(dir.clone(), e))?;
     let src = dir.join("tfla_kernels.ptx");
     std::fs::write(&src, ptx).map_err(|e| BuildError::Io(src.clone(), e))?;
     let out = Command::new(ptxas)
-        .arg(format!("-arch={}", arch.name()))
+        .arg(format!("-arch={target}"))
         .args(["-v", "--warn-on-spills", "-o"])
         .arg(dir.join("tfla_kernels.cubin"))
         .arg(&src)

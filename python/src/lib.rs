@@ -121,10 +121,12 @@ fn output_layout(
     Ok(layout(entries))
 }
 
-/// The backward's scratch: [(name, dtype, shape)], `tfla::workspace_layout`.
+/// The backward's scratch: [(name, dtype, shape)], `tfla::workspace_layout`, for a device
+/// whose plan is `plan` = (shared memory per block, `wgmma`), as [`device_plan`] gives it.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn workspace_layout(
+    plan: (u32, bool),
     b: usize,
     nh: usize,
     s: usize,
@@ -136,7 +138,9 @@ fn workspace_layout(
     let cfg = config("exp", true, 1e-6, chunk_size, false)?;
     let d = dims(b, nh, s, dqk, dhv)?;
     let chunk = cfg.chunk_for(&d).map_err(py_err)?;
+    let dev = tfla_params::Device::new(plan.0, plan.1);
     Ok(layout(tfla::workspace_layout(
+        &dev,
         &d,
         self::dtype(dtype)?,
         chunk,
@@ -160,12 +164,21 @@ fn runtime(device: u32) -> PyResult<Arc<Runtime>> {
     Ok(rt)
 }
 
-/// The name and the architecture of the PTX the runtime runs on `device`.
+/// The name of `device` and the architecture of the PTX module its runtime runs (`sm_90a` on
+/// Hopper, else `sm_80`; `TFLA_PORTABLE=1` forces `sm_80`).
 #[pyfunction]
 fn device_info(device: u32) -> PyResult<(String, String)> {
     let rt = runtime(device)?;
     let name = rt.device_name().map_err(py_err)?;
-    Ok((name, tfla::runtime::PTX_ARCH.to_string()))
+    Ok((name, rt.arch().name().to_string()))
+}
+
+/// What the launch plan knows of `device`: (shared memory per block, `wgmma`), the `plan`
+/// [`workspace_layout`] takes.
+#[pyfunction]
+fn device_plan(device: u32) -> PyResult<(u32, bool)> {
+    let dev = runtime(device)?.plan_device();
+    Ok((dev.smem_optin, dev.wgmma))
 }
 
 /// Reads each `(name, field)` of `pointers` into the struct; a name it does not know is an
@@ -530,12 +543,20 @@ fn reference_backward<'py>(
 
 #[pymodule]
 fn _tfla(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("PTX_ARCH", tfla::runtime::PTX_ARCH)?;
+    m.add("PTX_ARCHES", vec!["sm_90a", "sm_80"])?;
+    m.add(
+        "LIMIT_SETS",
+        tfla_params::Device::LIMIT_SETS
+            .iter()
+            .map(|d| (d.smem_optin, d.wgmma))
+            .collect::<Vec<_>>(),
+    )?;
     m.add("CHUNK_SIZES", tfla_params::CHUNK_SIZES.to_vec())?;
     m.add_function(wrap_pyfunction!(chunk_size, m)?)?;
     m.add_function(wrap_pyfunction!(output_layout, m)?)?;
     m.add_function(wrap_pyfunction!(workspace_layout, m)?)?;
     m.add_function(wrap_pyfunction!(device_info, m)?)?;
+    m.add_function(wrap_pyfunction!(device_plan, m)?)?;
     m.add_function(wrap_pyfunction!(forward, m)?)?;
     m.add_function(wrap_pyfunction!(backward, m)?)?;
     m.add_function(wrap_pyfunction!(step, m)?)?;

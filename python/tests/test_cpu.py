@@ -9,7 +9,7 @@ from tfla import _tfla, reference
 
 
 def test_package_carries_the_ptx_and_its_chunk_sizes():
-    assert tfla.PTX_ARCH == "sm_90a"
+    assert tfla.PTX_ARCHES == ("sm_90a", "sm_80")
     assert tfla.CHUNK_SIZES == (64, 128, 256, 512, 1024)
 
 
@@ -28,11 +28,21 @@ def test_output_layout_gives_every_forward_buffer():
     assert "norm_rows" not in without_stats and "m_rows" not in without_stats
 
 
-def test_workspace_layout_depends_on_the_path():
-    tensor_cores = {n: s for n, _, s in _tfla.workspace_layout(1, 2, 256, 64, 64, "bf16", 128)}
-    f32 = {n: s for n, _, s in _tfla.workspace_layout(1, 2, 256, 64, 64, "f32", 128)}
+HOPPER, PORTABLE, A100, SMALL = _tfla.LIMIT_SETS
+
+
+def test_workspace_layout_depends_on_the_path_and_the_card():
+    def layout(plan, dtype):
+        return {n: s for n, _, s in _tfla.workspace_layout(plan, 1, 2, 256, 64, 64, dtype, 128)}
+
+    tensor_cores, f32 = layout(HOPPER, "bf16"), layout(HOPPER, "f32")
     assert tensor_cores["segments"] == [0] and f32["segments"] != [0]
     assert f32["dc_states"] == [0] and tensor_cores["dc_states"] == [2, 2, 64, 64]
+    # L = 128, heads of 64: Hopper's one-kernel chunk gradients keep the scores on chip; a
+    # 99 KB card runs the score kernels, whose matrices the workspace holds.
+    assert tensor_cores["scores_p"] == [0]
+    assert layout(SMALL, "bf16")["scores_p"] == [2, 2, 3, 64, 64]
+    assert HOPPER == (227 * 1024, True) and SMALL == (99 * 1024, False)
 
 
 def test_chunk_size_is_chosen_or_validated():

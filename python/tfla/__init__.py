@@ -12,9 +12,10 @@ from . import _tfla, reference
 
 __version__ = "0.1.0"
 
-#: The architecture of the PTX this build carries (``sm_90a``).
-PTX_ARCH: str = _tfla.PTX_ARCH
+#: The PTX modules this build carries: sm_90a (Hopper, with the ``wgmma`` kernels) and sm_80
+#: (every card from Ampere on); the runtime loads the one that fits the device.
+PTX_ARCHES: tuple = tuple(_tfla.PTX_ARCHES)
 #: The chunk sizes the kernels take.
 CHUNK_SIZES: tuple = tuple(_tfla.CHUNK_SIZES)
 
-__all__ = ["reference", "PTX_ARCH", "CHUNK_SIZES", "__version__"]
+__all__ = ["reference", "PTX_ARCHES", "CHUNK_SIZES", "__version__"]

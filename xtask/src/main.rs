@@ -1,6 +1,6 @@
 //! tfla's developer tasks.
 //!
-//! - `cargo xtask build-ptx [--arch sm_90|sm_90a] [--out PATH]`: builds the device crate into
+//! - `cargo xtask build-ptx [--arch sm_80|sm_90|sm_90a] [--out PATH]`: builds the device crate into
 //!   PTX, checks it for unresolved externs and the instructions the kernels are meant to use,
 //!   and prints each kernel's registers, stack and spills from ptxas (failing on spills or a
 //!   stack frame; ptxas is fetched into target/ where the machine has none).
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             }
             None => Err("usage: cargo xtask report --tfla TFLA.json REFS.json...".into()),
         },
-        _ => Err("usage: cargo xtask build-ptx [--arch sm_90|sm_90a] [--out PATH] | bundle [--out DIR] | bench [--grid quick|paper|smoke] | report --tfla TFLA.json REFS.json... | sass [--kernel SUBSTR] [--dump]".into()),
+        _ => Err("usage: cargo xtask build-ptx [--arch sm_80|sm_90|sm_90a] [--out PATH] | bundle [--out DIR] | bench [--grid quick|paper|smoke] | report --tfla TFLA.json REFS.json... | sass [--kernel SUBSTR] [--dump]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,7 +100,7 @@ fn cmd_build_ptx(arch: Option<&str>, out: Option<String>) -> Result<(), String> 
         }
     }
     let ptxas = tfla_ptx_build::ptxas().map_err(|e| e.to_string())?;
-    let report = ptxas_report(&ptxas, &ptx, arch).map_err(|e| e.to_string())?;
+    let report = ptxas_report(&ptxas, &ptx, arch.name()).map_err(|e| e.to_string())?;
     println!(
         "{:<40} {:>5} {:>7} {:>7}",
         "kernel", "regs", "stack B", "spill B"
@@ -211,8 +211,12 @@ fn cmd_bundle(out: Option<String>, gzip: bool) -> Result<(), String> {
         )?);
         Ok(names)
     })?;
-    let ptx = build_ptx(Arch::Sm90).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("tfla_kernels.ptx"), ptx).map_err(|e| e.to_string())?;
+    // The two modules the binaries embed, for ncu and cuobjdump on the GPU machine.
+    for arch in [Arch::DEFAULT, Arch::PORTABLE] {
+        let ptx = build_ptx(arch).map_err(|e| e.to_string())?;
+        let file = dir.join(format!("tfla_kernels_{}.ptx", arch.name()));
+        std::fs::write(&file, ptx).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
     println!("bundle in {}: {}", dir.display(), names.join(", "));
     Ok(())
 }
@@ -226,6 +230,8 @@ fn write_run_script(dir: &Path) -> Result<(), String> {
 #       (set up with pip into $TFLA_REF_SITE, default ./ref-site, when python3 has torch) on
 #       the same card (RESULTS_DIR/refs.json), then the merged table. GRID: quick (default),
 #       paper, smoke. Offline, the wheels come from a folder instead: TFLA_REF_WHEELS=DIR.
+#   bash run.sh portable    the GPU tests through the sm_80 module under each smaller card's
+#                           shared memory, and the quick table with each module
 #   bash run.sh kernels [NH:DQK:DHV] [VARIANT]  per-kernel times (ncu) of one forward+backward
 #   bash run.sh ab DIR...   this bundle's benchmark against those of other bundles (A/B of a
 #                           change on one machine: quick grid, L = 128, alternated twice)
@@ -302,6 +308,21 @@ tests|bench|all)
     fi
   fi
   ;;
+portable)
+  # The sm_80 module on this card: the GPU tests under each smaller card's shared memory
+  # (TFLA_SMEM_LIMIT_KB plans for it; 227: B200, 163: A100, 99: A10/L4/RTX), then the quick
+  # grid's forward and forward+backward table with the Hopper module and with the sm_80 one.
+  for kb in 227 163 99; do
+    for t in "$bin"/test-gpu_*; do
+      echo "=== $(basename "$t") with the sm_80 module, ${kb} KB per block"
+      if TFLA_PORTABLE=1 TFLA_SMEM_LIMIT_KB=$kb "$t" --include-ignored --test-threads=1 2>&1; then
+        pass=$((pass+1)); else fail=$((fail+1)); fi
+    done
+  done
+  echo "test binaries: $pass passed, $fail failed"
+  "$bin"/bench-tfla-bench --grid quick --no-step || fail=$((fail+1))
+  TFLA_PORTABLE=1 "$bin"/bench-tfla-bench --grid quick --no-step || fail=$((fail+1))
+  ;;
 kernels)
   heads=${2:-8:512:512}
   variant=${3:-exp}
@@ -335,7 +356,7 @@ ab)
     done
   done
   ;;
-*) echo "usage: bash run.sh [tests|bench|all] [GRID] [JSON_OUT] | kernels [NH:DQK:DHV] [VARIANT] | ab DIR..."; fail=1 ;;
+*) echo "usage: bash run.sh [tests|bench|all] [GRID] [RESULTS_DIR] | portable | kernels [NH:DQK:DHV] [VARIANT] | ab DIR..."; fail=1 ;;
 esac
 [ "$fail" = 0 ]
 "#;

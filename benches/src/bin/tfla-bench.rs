@@ -98,7 +98,11 @@ fn main() {
         eprintln!("tfla-bench: {e}");
         std::process::exit(2)
     });
-    let device = rt.device_name().unwrap_or_default();
+    let device = format!(
+        "{} ({} module)",
+        rt.device_name().unwrap_or_default(),
+        rt.arch().name()
+    );
     let variants = [
         ("exp", Variant::Exp),
         ("sig", Variant::Sig { normalize: true }),

@@ -13,6 +13,7 @@ gates and a chunk size (0: tfla chooses, from the shapes alone, so forward and b
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -46,6 +47,13 @@ def _ptr(t: Optional[Tensor]) -> int:
 
 def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
+
+
+@functools.lru_cache(maxsize=None)
+def device_plan(index: int) -> tuple[int, bool]:
+    """(shared memory per block, wgmma) of the runtime on device ``index``: the backward's
+    workspace depends on which kernels fit the card."""
+    return _tfla.device_plan(index)
 
 
 def _empty(like: Tensor) -> Tensor:
@@ -152,7 +160,7 @@ def mlstm_bwd(
     dtype = dtype_name("q", q)
     workspace = {
         name: q.new_empty(shape, dtype=DTYPES[dt])
-        for name, dt, shape in _tfla.workspace_layout(*dims, dtype, chunk_size)
+        for name, dt, shape in _tfla.workspace_layout(device_plan(q.device.index), *dims, dtype, chunk_size)
     }
     pointers = {
         "q": q, "k": k, "v": v, "i": i, "f": f, "c0": c0, "n0": n0, "m0": m0, "h": h,
