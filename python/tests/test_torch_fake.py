@@ -1,0 +1,100 @@
+"""The PyTorch layer without a GPU (CI): the ops' fake (meta) implementations give the shapes
+and dtypes the kernels write, ``torch.export`` (Dynamo, strict) traces ``mlstm_chunkwise`` into
+one graph around the custom op, and bad arguments raise before anything reaches a device.
+
+Needs torch (any build); skipped where it is missing. Fake CUDA tensors need no GPU."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
+
+import tfla.torch as tt  # noqa: E402
+
+CUDA = torch.device("cuda", 0)
+
+
+def fake_inputs(b, nh, s, dqk, dhv, dtype=torch.bfloat16):
+    empty = lambda *shape, dt=dtype: torch.empty(*shape, device=CUDA, dtype=dt)  # noqa: E731
+    return (
+        empty(b, nh, s, dqk), empty(b, nh, s, dqk), empty(b, nh, s, dhv),
+        empty(b, nh, s, dt=torch.float32), empty(b, nh, s, dt=torch.float32),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("chunk", [0, 64, 256])
+def test_forward_fake_gives_the_kernels_shapes(dtype, chunk):
+    b, nh, s, dqk, dhv = 2, 3, 300, 64, 32
+    with FakeTensorMode():
+        q, k, v, i, f = fake_inputs(b, nh, s, dqk, dhv, dtype)
+        out = torch.ops.tfla.mlstm_fwd(q, k, v, i, f, None, None, None, "exp", True, 1e-6, chunk, True, "exact")
+        nc = -(-s // (chunk or 128))
+        h, c, n, m, cs, ns, ms, gb, gu, gcm, gg, m_rows, norm_rows = out
+        assert (h.shape, h.dtype, h.device) == ((b, nh, s, dhv), dtype, CUDA)
+        assert (c.shape, n.shape, m.shape) == ((b, nh, dqk, dhv), (b, nh, dqk), (b, nh))
+        assert c.dtype == n.dtype == m.dtype == torch.float32
+        assert (cs.shape, cs.dtype) == ((b, nh, nc, dqk, dhv), dtype)
+        assert gb.shape == (b, nh, nc * (chunk or 128)) and norm_rows.shape == (b, nh, s)
+        grads = torch.ops.tfla.mlstm_bwd(
+            q, k, v, i, f, None, None, None, h, c, n, cs, ns, ms, gb, gu, gcm, gg, norm_rows,
+            torch.empty_like(h), None, None, None, "exp", True, 1e-6, chunk, "exact",
+        )  # fmt: skip
+        for g, x in zip(grads[:5], (q, k, v, i, f)):
+            assert g.shape == x.shape
+        assert grads[0].dtype == dtype and grads[3].dtype == torch.float32
+        assert all(g.numel() == 0 for g in grads[5:])  # no initial states: empty
+
+
+def test_public_function_under_fake_tensors_returns_mlstm_kernels_shapes():
+    with FakeTensorMode():
+        q, k, v, i, f = fake_inputs(2, 4, 100, 32, 64)
+        m0 = torch.empty(2, 4, 1, device=CUDA)
+        h, (c, n, m) = tt.mlstm_chunkwise(q, k, v, i, f, m_initial=m0, return_last_states=True)
+        assert h.shape == (2, 4, 100, 64) and c.shape == (2, 4, 32, 64) and m.shape == (2, 4, 1)
+        # A drop-in callable with mlstm_kernels' arguments, tuning arguments ignored.
+        kernel = tt.get_mlstm_kernel("chunkwise--tfla-sig-nonorm")
+        assert kernel(q, k, v, i, f, chunk_size=64, siz_b_L_loop=32).shape == (2, 4, 100, 64)
+        state = torch.empty(2, 4, 32, 64, device=CUDA)
+        h1, (c1, n1, m1) = tt.mlstm_step(
+            q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state,
+            torch.empty(2, 4, 32, device=CUDA), torch.empty(2, 4, 1, device=CUDA),
+        )  # fmt: skip
+        assert h1.shape == (2, 4, 64) and c1.shape == state.shape and m1.shape == (2, 4, 1)
+
+
+def test_export_traces_one_graph_around_the_custom_op():
+    class Cell(torch.nn.Module):
+        def forward(self, q, k, v, i, f):
+            return tt.mlstm_chunkwise(q, k, v, i, f, variant="sig")
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        program = torch.export.export(Cell(), fake_inputs(1, 2, 128, 64, 64), strict=True)
+    ops = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert torch.ops.tfla.mlstm_fwd.default in ops
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(device="cpu"), "`q` is on cpu: tfla's kernels need CUDA tensors"),
+        (dict(variant="lstm"), "`variant` = 'lstm' is invalid"),
+        (dict(grad_mode="x"), "`grad_mode` = 'x' is invalid"),
+        (dict(variant="exp", normalize=False), "`normalize` = False is invalid"),
+        (dict(k_shape=(1, 2, 64, 16)), "`k` has shape"),
+        (dict(q_dtype=torch.float64), "expected torch.bfloat16"),
+        (dict(cu_seqlens=[0, 5, 3, 64]), "`cu_seqlens` = \\[0, 5, 3, 64\\] is invalid"),
+    ],
+)
+def test_bad_arguments_raise_before_any_launch(change, message):
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        q, k, v, i, f = fake_inputs(1, 2, 64, 32, 32)
+        if change.get("device") == "cpu":
+            q = torch.empty(1, 2, 64, 32)
+        if "k_shape" in change:
+            k = torch.empty(change["k_shape"], device=CUDA, dtype=torch.bfloat16)
+        if "q_dtype" in change:
+            q, k, v = (t.to(change["q_dtype"]) for t in (q, k, v))
+        kwargs = {key: change[key] for key in ("variant", "grad_mode", "normalize", "cu_seqlens") if key in change}
+        with pytest.raises(ValueError, match=message):
+            tt.mlstm_chunkwise(q, k, v, i, f, **kwargs)
