@@ -161,22 +161,28 @@ impl GradMode {
     }
 }
 
-/// Chunk size when the caller gives none: 128, or the smallest supported chunk that covers a
-/// shorter sequence.
+/// Chunk size when the caller gives none: 256 for the heads that take the wide state tile
+/// (DQK ≥ 128 and DHV ≥ 256, `tfla_params::fwd::wide_state`), 128 for the others, or the
+/// smallest supported chunk that covers a shorter sequence.
 ///
-/// Why 128: L trades intra-chunk work (S·L·(DQK+DHV) FLOPs per head, growing with L) against
-/// chunk-state traffic (NC = S/L states of DQK·DHV, shrinking with L). Measured on an H200
-/// (BENCHMARKS.md, B=8, S=8192, bf16), L = 128 was fastest for every head configuration and
-/// variant: 512/512 6.5 ms at 128 vs 7.1 at 256 and 9.4 at 512; 256/512 3.7 vs 4.0 and 5.2;
-/// 128/128 1.15 vs 1.28 and 1.66. Larger chunks halve the materialized states each doubling
-/// (what to choose when memory, not time, is short).
+/// L trades intra-chunk work (S·L·(DQK+DHV) FLOPs per head, growing with L) against
+/// chunk-state traffic (NC = S/L states of DQK·DHV, shrinking with L): the larger the state,
+/// the larger the best L. Measured on an H100 over the paper grid (BENCHMARKS.md, bf16, the
+/// best of L = 64, 128, 256 at each of the four (B, S) points, every variant): 512/512 and
+/// 256/512 fastest at 256 in forward+backward everywhere and in the forward at 22 of 24
+/// points (the other two at 128 within 4%); 128/128 fastest at 128 everywhere. Larger chunks
+/// also halve the materialized states each doubling.
 pub fn select_chunk_size(dims: &Dims) -> u32 {
-    const FASTEST: u32 = 128;
+    let best = if tfla_params::fwd::wide_state(dims.dqk as u32, dims.dhv as u32) {
+        256
+    } else {
+        128
+    };
     CHUNK_SIZES
         .iter()
         .copied()
         .find(|&l| l as usize >= dims.s)
-        .map_or(FASTEST, |cover| cover.min(FASTEST))
+        .map_or(best, |cover| cover.min(best))
 }
 
 #[cfg(test)]
@@ -196,7 +202,11 @@ mod tests {
     #[test]
     fn heuristic_chunk_sizes() {
         assert_eq!(select_chunk_size(&dims(8192, 128, 128)), 128);
-        assert_eq!(select_chunk_size(&dims(8192, 512, 512)), 128);
+        assert_eq!(select_chunk_size(&dims(8192, 512, 512)), 256);
+        assert_eq!(select_chunk_size(&dims(8192, 256, 512)), 256);
+        assert_eq!(select_chunk_size(&dims(8192, 128, 512)), 256);
+        assert_eq!(select_chunk_size(&dims(8192, 512, 128)), 128);
+        assert_eq!(select_chunk_size(&dims(200, 512, 512)), 256);
         assert_eq!(select_chunk_size(&dims(100, 512, 512)), 128);
         assert_eq!(select_chunk_size(&dims(64, 512, 512)), 64);
         assert_eq!(select_chunk_size(&dims(1, 512, 512)), 64);
