@@ -14,14 +14,15 @@
 //! rounding, slower; its states are recomputed per chunk from the forward's, about 2√L of
 //! them per head at a time). The two [`GradMode`]s share every kernel; Exact also carries the
 //! normalizer as one more value column and scans the max-state path.
-use crate::config::{Dims, GradMode, MlstmConfig};
+use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::forward::{
-    MlstmInputs, MlstmOutputs, expect_shape, fwd_pointers, kernel_gates, launch_fwd, mlstm_fwd,
+    MlstmInputs, MlstmOutputs, fwd_pointers, kernel_gates, launch_fwd, mlstm_fwd,
 };
 use crate::launch::{self, Launch};
 use crate::runtime::Runtime;
-use crate::tensor::{Dtype, Tensor};
+use crate::tensor::{Dtype, Tensor, expect_dtype, expect_shape};
+use crate::variant::GradMode;
 use crate::variant::Variant;
 use cust::sys::CUstream;
 pub use tfla_params::bwd::BwdPointers;
@@ -74,17 +75,6 @@ impl<'a> MlstmGradOutputs<'a> {
         }
         Ok(())
     }
-}
-
-pub(crate) fn expect_dtype(arg: &'static str, t: &Tensor, dtype: Dtype) -> Result<()> {
-    if t.dtype() != dtype {
-        return Err(Error::Dtype {
-            arg,
-            expected: dtype.name(),
-            got: t.dtype(),
-        });
-    }
-    Ok(())
 }
 
 /// An initial-state gradient `t` is present exactly when the inputs have that initial state,

@@ -122,45 +122,6 @@ impl MlstmConfig {
     }
 }
 
-/// Which gradient the backward pass computes (the GPU backward and `reference::backward`).
-///
-/// Both agree wherever the normalizer's denominator and the max state do not move with the
-/// inputs; on random mLSTMexp inputs they differ by ~100% in dq, dk, dĩ and df̃
-/// (`shared/MATH.md`), so pick the one the rest of the model expects.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum GradMode {
-    /// The true gradient of the forward as defined, including the paths through the
-    /// denominator max(|s|, floor) + eps and (mLSTMexp) through the max state m, which is
-    /// piecewise linear in the gates. Exact except on the measure-zero set where a max ties.
-    /// Costs one more value column (the normalizer) in the state and score products and a
-    /// per-row scan.
-    #[default]
-    Exact,
-    /// The denominator and the max state held constant (what the TFLA authors' Triton kernels
-    /// compute): ds = 0 and no path through m. No gradient flows through ñ: the upstream dn and
-    /// dm are ignored and dn0 = dm0 = 0. This is the exact gradient of a forward whose m_t and
-    /// den_t are frozen copies of their values.
-    DetachedNormalizer,
-}
-
-impl GradMode {
-    /// Parses "exact" or "detached" (the command line's names).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "exact" => Some(GradMode::Exact),
-            "detached" | "detached-normalizer" => Some(GradMode::DetachedNormalizer),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            GradMode::Exact => "exact",
-            GradMode::DetachedNormalizer => "detached",
-        }
-    }
-}
-
 /// Chunk size when the caller gives none: 256 for the heads that take the wide state tile
 /// (DQK ≥ 128 and DHV ≥ 256, `tfla_params::fwd::wide_state`), 128 for the others, or the
 /// smallest supported chunk that covers a shorter sequence.

@@ -1,5 +1,5 @@
 //! tfla's error type. Every message names the argument and the value at fault.
-use crate::tensor::Dtype;
+use crate::dtype::Dtype;
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

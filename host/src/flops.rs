@@ -1,7 +1,7 @@
 //! What the forward pass costs: model FLOPs (the count every TFLOP/s figure in tfla uses, the
 //! same formula as `benches/compare/compare.py`) and the bytes of chunk states it materializes.
 use crate::config::Dims;
-use crate::tensor::Dtype;
+use crate::dtype::Dtype;
 
 /// Forward FLOPs of the chunkwise mLSTM with chunk size L, per (batch, head) summed:
 /// 2·S·DQK·DHV (chunk states, K̃ᵀV), plus 2·S·DQK·DHV (inter-chunk output Q·C̃), plus

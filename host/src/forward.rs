@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::launch::{self, Launch};
 use crate::runtime::Runtime;
 use crate::slots::{PoolSlots, Slots, StatePool};
-use crate::tensor::{Dtype, Tensor};
+use crate::tensor::{Dtype, Tensor, expect_shape};
 use crate::variant::Variant;
 use cust::sys::CUstream;
 pub use tfla_params::fwd::FwdPointers;
@@ -180,17 +180,6 @@ impl DeviceInputs {
             pool: None,
         }
     }
-}
-
-pub(crate) fn expect_shape(arg: &'static str, t: &Tensor, expected: &[usize]) -> Result<()> {
-    if t.shape() != expected {
-        return Err(Error::Shape {
-            arg,
-            expected: expected.to_vec(),
-            got: t.shape().to_vec(),
-        });
-    }
-    Ok(())
 }
 
 /// The states at every chunk boundary: the interface between the two forward kernels, and

@@ -11,11 +11,12 @@
 //! and writes `dq`, `dk`, `dv` (compute dtype), `di`, `df` and, for the initial states the file
 //! has, `dc0`, `dn0`, `dm0` (f32); the gradient mode goes into the metadata.
 use crate::backward::{MlstmGradOutputs, mlstm_fwd_bwd};
-use crate::config::{GradMode, MlstmConfig};
+use crate::config::MlstmConfig;
 use crate::error::{Error, Result};
 use crate::forward::{DeviceInputs, MlstmOutputs, mlstm_fwd};
 use crate::runtime::Runtime;
 use crate::tensor::{Dtype, Tensor};
+use crate::variant::GradMode;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::Path;

@@ -13,6 +13,7 @@
 //! - [`registry`]: the kernel variants by name.
 pub mod backward;
 pub mod config;
+pub mod dtype;
 pub mod error;
 pub mod flops;
 pub mod forward;
@@ -31,7 +32,7 @@ pub use backward::{
     BwdPointers, BwdWorkspace, MlstmGradOutputs, MlstmGrads, bwd_pointers, mlstm_bwd,
     mlstm_bwd_into, mlstm_bwd_raw, mlstm_fwd_bwd, workspace_layout,
 };
-pub use config::{Dims, GradMode, MlstmConfig, select_chunk_size};
+pub use config::{Dims, MlstmConfig, select_chunk_size};
 /// The driver's stream handle the `_raw` entry points launch on.
 pub use cust::sys::CUstream;
 pub use error::{Error, Result};
@@ -46,7 +47,7 @@ pub use step::{
     mlstm_step_pool_into, mlstm_step_raw, step_pointers,
 };
 pub use tensor::{Dtype, Tensor};
-pub use variant::Variant;
+pub use variant::{GradMode, Variant};
 pub use varlen::{
     VarlenDims, VarlenGrads, VarlenInputs, VarlenOutputs, mlstm_bwd_varlen, mlstm_bwd_varlen_into,
     mlstm_fwd_varlen, mlstm_fwd_varlen_into,

@@ -20,9 +20,8 @@
 //! Used by the forward ([`crate::forward`], `MlstmInputs::pool`) and the step
 //! ([`crate::step::mlstm_step_pool`]), with the same checks and errors.
 use crate::error::{Error, Result};
-use crate::forward::expect_shape;
 use crate::runtime::Runtime;
-use crate::tensor::{self, Dtype, Tensor};
+use crate::tensor::{self, Dtype, Tensor, expect_shape};
 use cust::memory::DeviceBuffer;
 use std::collections::HashMap;
 

@@ -25,11 +25,11 @@
 //! forward checks them (length, range, no duplicates: typed errors, nothing launched).
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
-use crate::forward::{MlstmOutputs, expect_shape, kernel_gates};
+use crate::forward::{MlstmOutputs, kernel_gates};
 use crate::launch::{self, Launch};
 use crate::runtime::Runtime;
 use crate::slots::{PoolSlots, Slots, StatePool};
-use crate::tensor::{Dtype, Tensor};
+use crate::tensor::{Dtype, Tensor, expect_shape};
 use crate::variant::Variant;
 use cust::sys::CUstream;
 pub use tfla_params::step::StepPointers;

@@ -1,44 +1,10 @@
 //! Contiguous, row-major device tensors of bf16, f16 or f32. 16-bit elements travel as their
 //! bits (`u16`), so the public API uses `half` 2 while cust is built against its own `half`.
+pub use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use cust::memory::{CopyDestination, DeviceBuffer, DeviceCopy};
 use half::{bf16, f16};
-
-/// Element type of a tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    Bf16,
-    F16,
-    F32,
-}
-
-impl Dtype {
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::Bf16 | Dtype::F16 => 2,
-            Dtype::F32 => 4,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::Bf16 => "bf16",
-            Dtype::F16 => "f16",
-            Dtype::F32 => "f32",
-        }
-    }
-
-    /// Parses "bf16", "f16"/"fp16", "f32"/"fp32".
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "bf16" => Some(Dtype::Bf16),
-            "f16" | "fp16" => Some(Dtype::F16),
-            "f32" | "fp32" => Some(Dtype::F32),
-            _ => None,
-        }
-    }
-}
 
 enum Storage {
     Bits16(DeviceBuffer<u16>),
@@ -241,4 +207,26 @@ impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tensor({:?}, {:?})", self.dtype, self.shape)
     }
+}
+
+pub(crate) fn expect_shape(arg: &'static str, t: &Tensor, expected: &[usize]) -> Result<()> {
+    if t.shape() != expected {
+        return Err(Error::Shape {
+            arg,
+            expected: expected.to_vec(),
+            got: t.shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn expect_dtype(arg: &'static str, t: &Tensor, dtype: Dtype) -> Result<()> {
+    if t.dtype() != dtype {
+        return Err(Error::Dtype {
+            arg,
+            expected: dtype.name(),
+            got: t.dtype(),
+        });
+    }
+    Ok(())
 }

@@ -15,15 +15,15 @@
 //! repacking copies, and the padded copies of the inputs, which the outputs keep for the
 //! backward pass.
 use crate::backward::{
-    BwdWorkspace, MlstmGradOutputs, MlstmGrads, bwd_pointers, expect_dtype, expect_initial_grad,
-    launch_bwd,
+    BwdWorkspace, MlstmGradOutputs, MlstmGrads, bwd_pointers, expect_initial_grad, launch_bwd,
 };
-use crate::config::{Dims, GradMode, MlstmConfig};
+use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
-use crate::forward::{MlstmInputs, MlstmOutputs, expect_shape, fwd_pointers, launch_fwd};
+use crate::forward::{MlstmInputs, MlstmOutputs, fwd_pointers, launch_fwd};
 use crate::launch::Launch;
 use crate::runtime::Runtime;
-use crate::tensor::{self, Dtype, Tensor};
+use crate::tensor::{self, Dtype, Tensor, expect_dtype, expect_shape};
+use crate::variant::GradMode;
 use cust::memory::DeviceBuffer;
 use tfla_params::seqs::{PAD_F, PAD_I, PackParams, pack};
 

@@ -309,12 +309,15 @@ pub fn find_ptxas() -> Option<PathBuf> {
 /// [`PTXAS_WHEEL`] (~37 MB) into the target folder, `ptxas` taken out of it. No CUDA install,
 /// no root; a later `cargo clean` removes it.
 pub fn ptxas() -> Result<PathBuf, BuildError> {
+    // One fetch per process: threads that need ptxas at once wait for the first.
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCH.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(found) = find_ptxas() {
         return Ok(found);
     }
     let dir = fetched_tools_dir();
-    // A folder of this process's own, renamed into place at the end: test binaries running at
-    // once each fetch, and the last rename wins with an identical file.
+    // A folder of this process's own, and the file renamed into place at the end: processes
+    // fetching at once each fetch, and the last rename wins with an identical file.
     let tmp = dir.join(format!("fetch-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| BuildError::Io(tmp.clone(), e))?;
     let mut pip = Command::new("python3");

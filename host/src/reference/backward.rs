@@ -35,7 +35,7 @@ use super::{RefInputs, RefParams, Shape, check_len, check_opt_len};
 use crate::Variant;
 
 // The mode is the one type the GPU API and the reference share (defined with the config).
-pub use crate::config::GradMode;
+pub use crate::variant::GradMode;
 
 /// Upstream gradients: of h and, optionally, of the final states.
 #[derive(Clone, Debug, PartialEq)]
