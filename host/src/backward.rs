@@ -676,7 +676,31 @@ pub(crate) unsafe fn launch_bwd(
     let dev = rt.plan_device();
     let on_chip = bwd::use_chunk(&dev, chunk as u32, dims.dqk as u32, dims.dhv as u32);
     check_pointers(ptrs, cfg.variant, path, on_chip)?;
-    let params = BwdParams {
+    let params = bwd_params(ptrs, &dims, cfg, chunk, scale, mode, seqs);
+    let launches = bwd_launches(&dev, &params, kernel_gates(cfg.variant), path);
+    for l in &launches {
+        l.check(rt)?;
+    }
+    for l in &launches {
+        // SAFETY: pointers per this function's contract; dims, chunk, dtype and alignment
+        // checked; each kernel reads only what the kernels before it on `stream` wrote.
+        unsafe { l.run(rt, stream, &params)? };
+    }
+    Ok(())
+}
+
+/// The backward kernels' parameters for validated `dims`, `cfg` and the chunk size and scale
+/// it gives.
+pub(crate) fn bwd_params(
+    ptrs: &BwdPointers,
+    dims: &Dims,
+    cfg: &MlstmConfig,
+    chunk: usize,
+    scale: f32,
+    mode: GradMode,
+    seqs: u32,
+) -> BwdParams {
+    BwdParams {
         ptr: *ptrs,
         bh: dims.bh() as u32,
         s: dims.s as u32,
@@ -688,17 +712,7 @@ pub(crate) unsafe fn launch_bwd(
         eps: cfg.eps,
         exact: (mode == GradMode::Exact) as u32,
         seqs,
-    };
-    let launches = bwd_launches(&dev, &params, kernel_gates(cfg.variant), path);
-    for l in &launches {
-        l.check(rt)?;
     }
-    for l in &launches {
-        // SAFETY: pointers per this function's contract; dims, chunk, dtype and alignment
-        // checked; each kernel reads only what the kernels before it on `stream` wrote.
-        unsafe { l.run(rt, stream, &params)? };
-    }
-    Ok(())
 }
 
 /// Required pointers present, optional ones consistent, every pointer aligned.

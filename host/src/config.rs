@@ -42,10 +42,10 @@ impl Dims {
                 reason: "S·max(DQK, DHV) must stay below 2^31",
             });
         }
-        if self.b * self.nh > 65_535 {
+        if self.b.saturating_mul(self.nh) > 65_535 {
             return Err(Error::Invalid {
                 arg: "B·NH",
-                value: (self.b * self.nh).to_string(),
+                value: format!("{}·{}", self.b, self.nh),
                 reason: "at most 65535 heads per call",
             });
         }

@@ -665,7 +665,35 @@ pub(crate) unsafe fn launch_fwd(
         ("slots", ptrs.slots, 4),
     ];
     launch::check_pointers(&[&required[..], &required_out[..]].concat(), &aligned)?;
-    let params = FwdParams {
+    let params = fwd_params(ptrs, &dims, cfg, chunk, scale, seqs);
+    let launches = fwd_launches(
+        &rt.plan_device(),
+        &params,
+        kernel_gates(cfg.variant),
+        dtype,
+        states_only,
+    );
+    for l in &launches {
+        l.check(rt)?;
+    }
+    for l in &launches {
+        // SAFETY: pointers per this function's contract; dims, chunk and alignment checked.
+        unsafe { l.run(rt, stream, &params)? };
+    }
+    Ok(())
+}
+
+/// The forward kernels' parameters for validated `dims`, `cfg` and the chunk size and scale
+/// it gives.
+pub(crate) fn fwd_params(
+    ptrs: &FwdPointers,
+    dims: &Dims,
+    cfg: &MlstmConfig,
+    chunk: usize,
+    scale: f32,
+    seqs: u32,
+) -> FwdParams {
+    FwdParams {
         ptr: FwdPointers {
             // Without the normalizer ñ0 is not read: chunk_gates (whose entry serves both
             // mLSTMsig variants) then stores ñ_0 = 0 in the chunk states.
@@ -682,22 +710,7 @@ pub(crate) unsafe fn launch_fwd(
         scale,
         eps: cfg.eps,
         seqs,
-    };
-    let launches = fwd_launches(
-        &rt.plan_device(),
-        &params,
-        kernel_gates(cfg.variant),
-        dtype,
-        states_only,
-    );
-    for l in &launches {
-        l.check(rt)?;
     }
-    for l in &launches {
-        // SAFETY: pointers per this function's contract; dims, chunk and alignment checked.
-        unsafe { l.run(rt, stream, &params)? };
-    }
-    Ok(())
 }
 
 /// The kernels' gate type parameter for `variant` (entry-point names and `Gates` branches).

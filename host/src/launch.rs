@@ -127,6 +127,158 @@ mod tests {
     use tfla_params::fwd::{self, FwdParams};
     use tfla_params::{CHUNK_SIZES, Device};
 
+    /// A value for one dimension: mostly ordinary, often at an edge (0, 1, off the 16-grid,
+    /// the limits, past 32 and 64 bits when multiplied).
+    fn edgy(rng: &mut impl rand::Rng, ordinary: std::ops::RangeInclusive<usize>) -> usize {
+        const EDGES: [usize; 12] = [
+            0,
+            1,
+            15,
+            16,
+            17,
+            512,
+            528,
+            65_535,
+            65_536,
+            1 << 31,
+            u32::MAX as usize,
+            usize::MAX,
+        ];
+        if rng.gen_bool(0.3) {
+            EDGES[rng.gen_range(0..EDGES.len())]
+        } else {
+            rng.gen_range(ordinary)
+        }
+    }
+
+    /// A head dim: a multiple of 16 (edges included) or, now and then, any value.
+    fn head_dim(rng: &mut impl rand::Rng) -> usize {
+        let d = edgy(rng, 1..=40);
+        if rng.gen_bool(0.2) {
+            d
+        } else {
+            d.saturating_mul(16)
+        }
+    }
+
+    /// Property test of the validation layer over random and extreme arguments: nothing
+    /// panics; every rejected combination is a typed error naming its argument; every
+    /// accepted one (dims, chunk size, scale, eps) gives forward and backward plans whose
+    /// every launch has a grid within CUDA's limits and shared memory the card has, on each
+    /// limit set, for every variant, dtype and gradient mode.
+    #[test]
+    fn accepted_arguments_are_launchable_and_the_rest_are_named_errors() {
+        use crate::backward::bwd_params;
+        use crate::forward::fwd_params;
+        use crate::{Dims, GradMode, MlstmConfig};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        let (mut accepted, mut rejected) = (0, 0);
+        for _ in 0..20_000 {
+            let dims = Dims {
+                b: edgy(&mut rng, 1..=64),
+                nh: edgy(&mut rng, 1..=64),
+                s: edgy(&mut rng, 1..=100_000),
+                dqk: head_dim(&mut rng),
+                dhv: head_dim(&mut rng),
+            };
+            let variant = [
+                Variant::Exp,
+                Variant::Sig { normalize: true },
+                Variant::Sig { normalize: false },
+            ][rng.gen_range(0..3)];
+            let mut cfg = MlstmConfig::new(variant);
+            cfg.chunk_size = rng
+                .gen_bool(0.8)
+                .then(|| [0, 1, 32, 64, 100, 128, 256, 512, 1024, 2048][rng.gen_range(0..10)]);
+            cfg.scale = rng
+                .gen_bool(0.2)
+                .then(|| [f32::NAN, -1.0, 0.0, 0.5, f32::INFINITY][rng.gen_range(0..5)]);
+            let checked = std::panic::catch_unwind(|| {
+                dims.validate()?;
+                Ok::<_, Error>((cfg.chunk_for(&dims)?, cfg.scale_for(&dims)?))
+            })
+            .unwrap_or_else(|_| panic!("validation panicked on {dims:?}, {cfg:?}"));
+            let (chunk, scale) = match checked {
+                Ok(v) => v,
+                Err(e) => {
+                    rejected += 1;
+                    let named = match &e {
+                        Error::Invalid { arg, .. } | Error::HeadDim { arg, .. } => !arg.is_empty(),
+                        Error::ChunkSize { .. } => true,
+                        other => panic!("unexpected error kind for {dims:?}: {other}"),
+                    };
+                    assert!(named && !e.to_string().is_empty());
+                    continue;
+                }
+            };
+            accepted += 1;
+            let mode = if rng.gen_bool(0.5) {
+                GradMode::Exact
+            } else {
+                GradMode::DetachedNormalizer
+            };
+            let fp = fwd_params(&Default::default(), &dims, &cfg, chunk, scale, 1);
+            let bp = bwd_params(&Default::default(), &dims, &cfg, chunk, scale, mode, 1);
+            for dev in Device::LIMIT_SETS {
+                for dtype in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
+                    let launches = fwd_launches(&dev, &fp, kernel_gates(variant), dtype, false)
+                        .into_iter()
+                        .chain(bwd_launches(
+                            &dev,
+                            &bp,
+                            kernel_gates(variant),
+                            BwdPath::of(dtype),
+                        ));
+                    for l in launches {
+                        l.check_grid()
+                            .unwrap_or_else(|e| panic!("{dims:?} L={chunk}: {e}"));
+                        assert!(dev.fits(l.smem), "{}: {dims:?} L={chunk}", l.name);
+                    }
+                }
+            }
+        }
+        // Both kinds occurred in numbers (the distribution is doing its job).
+        eprintln!("{accepted} accepted, {rejected} rejected");
+        assert!(
+            accepted > 1_000 && rejected > 1_000,
+            "{accepted} accepted, {rejected} rejected"
+        );
+    }
+
+    /// Slot lists of every size against every pool size: no panic, and what is accepted is
+    /// in range and distinct (what the kernels rely on to update the pool in place).
+    #[test]
+    fn slot_lists_are_checked_without_panicking() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(22);
+        for _ in 0..20_000 {
+            let batch = edgy(&mut rng, 0..=8).min(64);
+            let num_slots = edgy(&mut rng, 0..=16);
+            let slots: Vec<u32> = (0..rng.gen_range(0..=10))
+                .map(|_| {
+                    if rng.gen_bool(0.1) {
+                        u32::MAX
+                    } else {
+                        rng.gen_range(0..20)
+                    }
+                })
+                .collect();
+            let ok = std::panic::catch_unwind(|| crate::check_slots(&slots, batch, num_slots))
+                .unwrap_or_else(|_| {
+                    panic!("check_slots panicked on {slots:?}, {batch}, {num_slots}")
+                });
+            if ok.is_ok() {
+                assert_eq!(slots.len(), batch);
+                let mut sorted = slots.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                assert_eq!(sorted.len(), slots.len());
+                assert!(slots.iter().all(|&s| (s as usize) < num_slots));
+            }
+        }
+    }
+
     /// Every launch of the forward and the backward plan fits the shared memory of each card's
     /// limit set, at every head shape, chunk size, variant and dtype: a smaller card gets
     /// kernels that fit (never a launch failure). On Hopper the plan keeps its fast kernels
