@@ -337,3 +337,33 @@ def test_cu_seqlens_runs_each_sequence_alone():
         assert rel(c[s : s + 1], ref.c) < FWD_TOL["bf16"], s
     with pytest.raises(ValueError, match="`cu_seqlens` = \\[0, 3\\] is invalid"):
         tt.mlstm_chunkwise(**x, cu_seqlens=[0, 3])
+
+
+@pytest.mark.parametrize("variant, normalize", VARIANTS)
+@pytest.mark.parametrize("grad_mode", ["exact", "detached"])
+def test_context_parallel_split_on_one_gpu_equals_one_call(variant, normalize, grad_mode):
+    """The context-parallel fold with the kernels (pieces run one after another): h and
+    gradients as one call, to the kernels' rounding."""
+    from tfla.torch import distributed as cp
+
+    x = inputs(1, 2, 1000, 64, 64, torch.bfloat16, seed=8, states=True)
+    opts = dict(variant=variant, normalize=normalize, grad_mode=grad_mode)
+
+    def cell(q, k, v, i, f, c0, n0, m0, **o):
+        return tt.mlstm_chunkwise(q, k, v, i, f, c0, n0, m0, return_last_states=True, **o)
+
+    results = []
+    for split in (None, 4):
+        leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+        core = [leaves[n] for n in "qkvif"]
+        init = (leaves["c_initial"], leaves["n_initial"], leaves["m_initial"].squeeze(-1))
+        if split:
+            h, (c, _, _) = cp.simulate(*core, ranks=split, cell=cell, initial=init, **opts)
+        else:
+            h, (c, _, _) = cell(*core, *init, **opts)
+        g = torch.Generator(device="cpu").manual_seed(2)
+        dh = torch.randn(h.shape, generator=g).to(DEV).to(h.dtype)
+        torch.autograd.backward([h, c], [dh, torch.ones_like(c) * 0.1])
+        results.append([h] + [leaves[n].grad for n in ("q", "k", "v", "i", "f", "c_initial")])
+    for name, a, b in zip(("h", "dq", "dk", "dv", "di", "df", "dc0"), *results):
+        assert rel(a, cpu(b)) < 3e-2, name
