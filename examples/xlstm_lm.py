@@ -393,6 +393,7 @@ def train(name: str, backend: Backend, cfg: ModelConfig, train_data: Tensor,
 
 # ----------------------------------------------------------------------------- generation check
 @torch.no_grad()
+@torch.no_grad()
 def generation_check(model: XLSTM, val_data: Tensor, prompt_len: int, new_tokens: int) -> dict:
     """Prefill (chunkwise, last states) + greedy decoding with tfla's step kernel, compared
     with one full chunkwise forward over prompt + generated tokens at the same positions: the
