@@ -17,6 +17,7 @@ use super::seqs::seq_of_chunk;
 use super::slots::state_head;
 use crate::arch::{global, math, shared, thread};
 use tfla_params::fwd::{FwdParams, gates::*};
+use tfla_params::seqs::PAD_I;
 
 /// # Safety
 /// Launched with `grid(p)`, THREADS threads and `smem_bytes(p.chunk)` bytes of dynamic shared
@@ -36,20 +37,30 @@ pub unsafe fn chunk_gates<G: GateKind>(p: &FwdParams) {
     let row = bh as u64 * (p.num_chunks * l) as u64 + t0 as u64;
     let in_row = bh as u64 * s as u64 + t0 as u64; // the same step in the (BH, S) inputs
     unsafe {
+        // Steps past S (the last chunk's padding rows, which the consumers stage with the
+        // rest) are written as padding steps that change nothing (λ = 0, ĩ = PAD_I, as in a
+        // packed batch's padding): never left uninitialized for a `cp.async` to read.
         let mut j = tid;
-        while j < len {
-            shared::st_f32(
-                sb + 4 * j,
-                math::log_sigmoid(global::ld_nc_f32(p.ptr.f + (in_row + j as u64) * 4)),
-            );
+        while j < l {
+            let lambda = if j < len {
+                math::log_sigmoid(global::ld_nc_f32(p.ptr.f + (in_row + j as u64) * 4))
+            } else {
+                0.0
+            };
+            shared::st_f32(sb + 4 * j, lambda);
             j += THREADS;
         }
         thread::sync_threads();
-        block::scan::<Add, THREADS>(sb, len, scratch);
+        block::scan::<Add, THREADS>(sb, l, scratch);
         let mut j = tid;
-        while j < len {
+        while j < l {
             let b = shared::ld_f32(sb + 4 * j);
-            let u = G::log_input(global::ld_nc_f32(p.ptr.i + (in_row + j as u64) * 4)) - b;
+            let i = if j < len {
+                global::ld_nc_f32(p.ptr.i + (in_row + j as u64) * 4)
+            } else {
+                PAD_I
+            };
+            let u = G::log_input(i) - b;
             global::st_f32(p.ptr.gate_b + (row + j as u64) * 4, b);
             global::st_f32(p.ptr.gate_u + (row + j as u64) * 4, u);
             shared::st_f32(su + 4 * j, u);
@@ -61,17 +72,21 @@ pub unsafe fn chunk_gates<G: GateKind>(p: &FwdParams) {
                 shared::ld_f32(sb + 4 * (len - 1)),
             );
         }
+        // cm: the running max of u (the stabilized variant); zeros without a max state, which
+        // the consumers stage all the same.
         if G::STABILIZED {
             thread::sync_threads();
-            block::scan::<Max, THREADS>(su, len, scratch);
-            let mut j = tid;
-            while j < len {
-                global::st_f32(
-                    p.ptr.gate_cm + (row + j as u64) * 4,
-                    shared::ld_f32(su + 4 * j),
-                );
-                j += THREADS;
-            }
+            block::scan::<Max, THREADS>(su, l, scratch);
+        }
+        let mut j = tid;
+        while j < l {
+            let cm = if G::STABILIZED {
+                shared::ld_f32(su + 4 * j)
+            } else {
+                0.0
+            };
+            global::st_f32(p.ptr.gate_cm + (row + j as u64) * 4, cm);
+            j += THREADS;
         }
         // ñ_k of this chunk: ñ0 at a sequence's first chunk, zeros elsewhere. The state kernels
         // overwrite the other chunks with the normalizer; without it (where the host passes
