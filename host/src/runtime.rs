@@ -245,6 +245,15 @@ impl Runtime {
         Ok(entry.function)
     }
 
+    /// The entry points this runtime has launched (looked up) so far: what a coverage check
+    /// (the sanitizer run, `tfla-sanitize`) compares with the module's entries.
+    pub fn launched_entries(&self) -> Vec<&'static str> {
+        let map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<_> = map.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
     /// What the driver's compiler made of entry point `name` of the module: registers per
     /// thread and local memory per thread (spills and stack; 0 is the norm for every tfla
     /// kernel). The driver compiles the PTX itself at load time, so these can differ from a

@@ -232,6 +232,7 @@ fn write_run_script(dir: &Path) -> Result<(), String> {
 #       paper, smoke. Offline, the wheels come from a folder instead: TFLA_REF_WHEELS=DIR.
 #   bash run.sh portable    the GPU tests through the sm_80 module under each smaller card's
 #                           shared memory, and the quick table with each module
+#   bash run.sh sanitize    memcheck, racecheck, initcheck and synccheck over every kernel entry
 #   bash run.sh kernels [NH:DQK:DHV] [VARIANT]  per-kernel times (ncu) of one forward+backward
 #   bash run.sh ab DIR...   this bundle's benchmark against those of other bundles (A/B of a
 #                           change on one machine: quick grid, L = 128, alternated twice)
@@ -323,6 +324,19 @@ portable)
   "$bin"/bench-tfla-bench --grid quick --no-step || fail=$((fail+1))
   TFLA_PORTABLE=1 "$bin"/bench-tfla-bench --grid quick --no-step || fail=$((fail+1))
   ;;
+sanitize)
+  # compute-sanitizer's four tools over tfla-sanitize (every kernel entry, edge shapes), with
+  # each module: zero reports, and every reachable entry launched, or this fails.
+  for portable in "" 1; do
+    for tool in memcheck racecheck initcheck synccheck; do
+      echo "=== compute-sanitizer --tool $tool, ${portable:+sm_80 }module"
+      if (set -o pipefail; TFLA_PORTABLE=$portable compute-sanitizer --tool "$tool" \
+          --error-exitcode 1 --print-limit 20 "$bin"/bench-tfla-sanitize 2>&1 | tail -25); then
+        pass=$((pass+1)); else fail=$((fail+1)); fi
+    done
+  done
+  echo "sanitizer runs: $pass passed, $fail failed"
+  ;;
 kernels)
   heads=${2:-8:512:512}
   variant=${3:-exp}
@@ -356,7 +370,7 @@ ab)
     done
   done
   ;;
-*) echo "usage: bash run.sh [tests|bench|all] [GRID] [RESULTS_DIR] | portable | kernels [NH:DQK:DHV] [VARIANT] | ab DIR..."; fail=1 ;;
+*) echo "usage: bash run.sh [tests|bench|all] [GRID] [RESULTS_DIR] | portable | sanitize | kernels [NH:DQK:DHV] [VARIANT] | ab DIR..."; fail=1 ;;
 esac
 [ "$fail" = 0 ]
 "#;

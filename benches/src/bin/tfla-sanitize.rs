@@ -1,0 +1,188 @@
+//! Launches every kernel entry of the loaded module at least once, on shapes that reach the
+//! kernels' edges, for compute-sanitizer (`bash run.sh sanitize` runs it under memcheck,
+//! racecheck, initcheck and synccheck): ragged tails including one-row chunks, S = 1, every
+//! chunk size, small, wide and `wgmma` heads, initial states, both gradient modes, bf16, f16
+//! and f32, a packed variable-length batch, the step kernel with f32 and bf16 states and a
+//! state pool. Every output is checked to be finite; at the end the entries never launched
+//! are listed, and any makes the run fail (a shape matrix that misses a kernel is a hole in
+//! the check, not a pass).
+//!
+//! Usage: tfla-sanitize (the module by the device, `TFLA_PORTABLE=1` for the sm_80 one).
+use tfla::{
+    Dtype, GradMode, MlstmConfig, MlstmGradOutputs, Runtime, Slots, StatePool, StepStates, Tensor,
+    Variant, mlstm_bwd_varlen, mlstm_fwd_bwd, mlstm_fwd_varlen, mlstm_step, mlstm_step_pool,
+};
+use tfla_benches::{RandomInputs, random_tensor};
+
+const VARIANTS: [Variant; 3] = [
+    Variant::Exp,
+    Variant::Sig { normalize: true },
+    Variant::Sig { normalize: false },
+];
+const DTYPES: [Dtype; 3] = [Dtype::Bf16, Dtype::F16, Dtype::F32];
+const MODES: [GradMode; 2] = [GradMode::Exact, GradMode::DetachedNormalizer];
+
+fn finite(what: &str, t: &Tensor) -> Result<(), String> {
+    let values = t.to_f32_vec().map_err(|e| format!("{what}: {e}"))?;
+    match values.iter().position(|x| !x.is_finite()) {
+        Some(at) => Err(format!("{what}: non-finite value at {at}")),
+        None => Ok(()),
+    }
+}
+
+/// (B, NH, S, DQK, DHV, chunk): a one-row tail chunk on small heads (the fused forward and
+/// the one-kernel chunk gradients), S = 1, each chunk size with a ragged tail, the wide heads
+/// (wide state tile, `wgmma` state and output kernels on sm_90a) at L = 128 and 256.
+const SHAPES: [(usize, usize, usize, usize, usize, Option<usize>); 10] = [
+    (1, 2, 129, 16, 16, None),
+    (1, 1, 1, 16, 32, None),
+    (1, 1, 100, 64, 64, Some(64)),
+    (1, 1, 300, 64, 64, Some(128)),
+    (1, 1, 300, 64, 64, Some(256)),
+    (1, 1, 600, 32, 32, Some(512)),
+    (1, 1, 1100, 32, 32, Some(1024)),
+    (1, 1, 260, 128, 256, Some(128)),
+    (1, 1, 260, 128, 256, Some(256)),
+    (1, 1, 129, 144, 272, Some(128)),
+];
+
+fn chunkwise(rt: &Runtime) -> Result<usize, String> {
+    let mut runs = 0;
+    for &(b, nh, s, dqk, dhv, chunk) in &SHAPES {
+        for dtype in DTYPES {
+            let x = RandomInputs::new(rt, dtype, &[b, nh, s], dqk, dhv);
+            let mut rng = rand::thread_rng();
+            let c0 = random_tensor(rt, &mut rng, Dtype::F32, &[b, nh, dqk, dhv], -0.1, 0.1);
+            let n0 = random_tensor(rt, &mut rng, Dtype::F32, &[b, nh, dqk], 0.0, 0.1);
+            let m0 = random_tensor(rt, &mut rng, Dtype::F32, &[b, nh], -0.5, 0.5);
+            for variant in VARIANTS {
+                for mode in MODES {
+                    let mut cfg = MlstmConfig::new(variant);
+                    cfg.chunk_size = chunk;
+                    let mut inputs = x.mlstm();
+                    // Initial states on every other run: both paths of the state kernels.
+                    if runs % 2 == 1 {
+                        inputs.c0 = Some(&c0);
+                        inputs.n0 = Some(&n0);
+                        inputs.m0 = Some(&m0);
+                    }
+                    let what = format!(
+                        "{variant:?} {dtype:?} {mode:?} ({b}, {nh}, {s}, {dqk}, {dhv}) L={chunk:?}"
+                    );
+                    let (out, grads) =
+                        mlstm_fwd_bwd(rt, &inputs, &MlstmGradOutputs::new(&x.dh), &cfg, mode)
+                            .map_err(|e| format!("{what}: {e}"))?;
+                    for (name, t) in [
+                        ("h", &out.h),
+                        ("c", &out.c),
+                        ("dq", &grads.dq),
+                        ("dk", &grads.dk),
+                        ("dv", &grads.dv),
+                        ("di", &grads.di),
+                        ("df", &grads.df),
+                    ] {
+                        finite(&format!("{what} {name}"), t)?;
+                    }
+                    runs += 1;
+                }
+            }
+        }
+    }
+    Ok(runs)
+}
+
+fn packed(rt: &Runtime) -> Result<usize, String> {
+    let cu = [0u32, 5, 134, 135, 400];
+    let mut runs = 0;
+    for dtype in DTYPES {
+        let x = RandomInputs::new(rt, dtype, &[400, 2], 64, 64);
+        for variant in VARIANTS {
+            for mode in MODES {
+                let cfg = MlstmConfig::new(variant).with_chunk_size(64);
+                let inp = x.varlen(&cu);
+                let what = format!("packed {variant:?} {dtype:?} {mode:?}");
+                let out = mlstm_fwd_varlen(rt, &inp, &cfg).map_err(|e| format!("{what}: {e}"))?;
+                let grads =
+                    mlstm_bwd_varlen(rt, &inp, &out, &MlstmGradOutputs::new(&x.dh), &cfg, mode)
+                        .map_err(|e| format!("{what}: {e}"))?;
+                finite(&format!("{what} h"), &out.h)?;
+                finite(&format!("{what} dq"), &grads.dq)?;
+                runs += 1;
+            }
+        }
+    }
+    Ok(runs)
+}
+
+fn steps(rt: &Runtime) -> Result<usize, String> {
+    let (b, nh) = (2, 3);
+    let mut runs = 0;
+    for &(dqk, dhv) in &[(16, 16), (64, 128), (256, 512)] {
+        for dtype in DTYPES {
+            let x = RandomInputs::new(rt, dtype, &[b, nh], dqk, dhv);
+            for variant in VARIANTS {
+                let cfg = MlstmConfig::new(variant);
+                for state_dtype in [Dtype::F32, Dtype::Bf16] {
+                    let what =
+                        format!("step {variant:?} {dtype:?} state {state_dtype:?} {dqk}/{dhv}");
+                    let mut states = StepStates::alloc_zeros(rt, b, nh, dqk, dhv, state_dtype)
+                        .map_err(|e| format!("{what}: {e}"))?;
+                    for _ in 0..2 {
+                        let h = mlstm_step(rt, &x.step(), &mut states, &cfg)
+                            .map_err(|e| format!("{what}: {e}"))?;
+                        finite(&what, &h)?;
+                    }
+                    runs += 1;
+                }
+                let what = format!("step pool {variant:?} {dtype:?} {dqk}/{dhv}");
+                let mut pool = StatePool::alloc_zeros(rt, 5, nh, dqk, dhv)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                let slots = Slots::new(rt, &[3, 1]).map_err(|e| format!("{what}: {e}"))?;
+                let h = mlstm_step_pool(rt, &x.step(), &mut pool, &slots, &cfg)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                finite(&what, &h)?;
+                // A prefill into the pool's slots: the forward's state-pool path.
+                let seq = RandomInputs::new(rt, dtype, &[b, nh, 70], dqk, dhv);
+                let pooled = seq.mlstm().with_pool(&pool, &slots);
+                let out = tfla::mlstm_fwd(rt, &pooled, &cfg)
+                    .map_err(|e| format!("{what} prefill: {e}"))?;
+                finite(&format!("{what} prefill h"), &out.h)?;
+                runs += 2;
+            }
+        }
+    }
+    Ok(runs)
+}
+
+fn main() {
+    let rt = Runtime::new().unwrap_or_else(|e| {
+        eprintln!("tfla-sanitize: {e}");
+        std::process::exit(2)
+    });
+    let ran = chunkwise(&rt).and_then(|a| Ok(a + packed(&rt)? + steps(&rt)?));
+    rt.synchronize().unwrap_or_else(|e| panic!("{e}"));
+    let runs = ran.unwrap_or_else(|e| {
+        eprintln!("tfla-sanitize: {e}");
+        std::process::exit(1)
+    });
+    let launched = rt.launched_entries();
+    // Where the module has `wgmma` the plan takes its wide state kernel, never the `mma.sync`
+    // wide one (which the sm_80 module's run covers: `TFLA_PORTABLE=1`).
+    let reachable = |e: &str| !(rt.plan_device().wgmma && e.contains("chunk_state_wide"));
+    let missing: Vec<String> = tfla_ptx_build::entry_points(rt.arch().ptx())
+        .into_iter()
+        .filter(|e| reachable(e) && !launched.contains(&e.as_str()))
+        .collect();
+    println!(
+        "tfla-sanitize: {runs} calls on the {} module, {} entries launched",
+        rt.arch().name(),
+        launched.len()
+    );
+    if !missing.is_empty() {
+        eprintln!(
+            "tfla-sanitize: entries never launched: {}",
+            missing.join(", ")
+        );
+        std::process::exit(1);
+    }
+}
