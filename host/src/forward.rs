@@ -12,7 +12,7 @@
 //! and write the pool in place, race-free: each thread of the state kernel reads its elements
 //! of C̃0 before it writes the same elements of the final C̃, and ñ0, m0 (which every block of
 //! a head needs, but one block writes at the end) are copied into the chunk states at chunk 0
-//! by the launch before (`kernels/src/mlstm/slots.rs`).
+//! by the launch before (`kernels/src/mlstm/common/slots.rs`).
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::launch::{self, Launch};

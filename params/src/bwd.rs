@@ -335,7 +335,7 @@ pub mod scores {
 
 /// Input gradients: one block owns TILE rows of one chunk and TILE_OUT output columns of dq,
 /// dk or dv: out = c·(r ⊙ (A·M) + e ⊗ u + T·Z) with the per-chunk state M, a rank-one term and
-/// the chunk's score matrix T (see `kernels/src/mlstm/bwd_combine.rs`).
+/// the chunk's score matrix T (see `kernels/src/mlstm/backward/bwd_combine.rs`).
 pub mod combine {
     use super::*;
     pub const WARPS: u32 = 4;

@@ -1,41 +1,27 @@
 //! The mLSTM kernels. Each kernel body is generic over the element type (`Elem`) and the gate
 //! variant (`GateKind`); `entry!` instantiates the PTX entry points under the names that
 //! `tfla_params::fwd::entry_name` lists.
-mod block;
-mod bwd_chunk;
-mod bwd_combine;
-mod bwd_gates;
-mod bwd_max_path;
-mod bwd_recurrent_f32;
-mod bwd_rows;
-mod bwd_scores;
-mod bwd_state;
-mod bwd_state_walk;
-#[cfg(target_feature = "sm_90a")]
-mod bwd_state_wg;
-mod chunk_fused;
-mod chunk_gates;
-mod chunk_output;
-#[cfg(target_feature = "sm_90a")]
-mod chunk_output_wg;
-mod chunk_state;
-#[cfg(target_feature = "sm_90a")]
-mod chunk_state_wg;
-mod chunk_state_wide;
-mod gates;
-mod out_tile;
-mod pack;
-mod recurrent_f32;
-mod seqs;
-mod slots;
-mod stage;
-mod state_walk;
-mod step;
+mod backward;
+mod common;
+mod forward;
+mod generation;
 
 use crate::arch::convert::{Bf16, F16, F32};
-use bwd_combine::{Dk, Dq, Dv};
-use gates::{ExpGates, SigGates, SigNoNormGates};
-use step::{StateBf16, StateF32};
+use backward::bwd_combine::{Dk, Dq, Dv};
+#[cfg(target_feature = "sm_90a")]
+use backward::bwd_state_wg;
+use backward::{
+    bwd_chunk, bwd_combine, bwd_gates, bwd_max_path, bwd_recurrent_f32, bwd_rows, bwd_scores,
+    bwd_state,
+};
+use common::gates::{ExpGates, SigGates, SigNoNormGates};
+use common::pack;
+#[cfg(target_feature = "sm_90a")]
+use forward::{chunk_output_wg, chunk_state_wg};
+use forward::{
+    chunk_fused, chunk_gates, chunk_output, chunk_state, chunk_state_wide, recurrent_f32,
+};
+use generation::step::{self, StateBf16, StateF32};
 use tfla_params::bwd::BwdParams;
 use tfla_params::fwd::FwdParams;
 use tfla_params::seqs::PackParams;
