@@ -17,17 +17,17 @@
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::forward::{
-    MlstmInputs, MlstmOutputs, fwd_pointers, kernel_gates, launch_fwd, mlstm_fwd,
+    MlstmInputs, MlstmOutputs, fwd_pointers, kernel_gates, launch_fwd, mlstm_fwd, path_of,
 };
-use crate::launch::{self, Launch};
+use crate::launch::{self, LaunchOnDevice};
 use crate::runtime::Runtime;
 use crate::tensor::{Dtype, Tensor, expect_dtype, expect_shape};
 use crate::variant::GradMode;
 use crate::variant::Variant;
 use cust::sys::CUstream;
 pub use tfla_params::bwd::BwdPointers;
-use tfla_params::bwd::{self, BwdKernel, BwdParams};
-use tfla_params::{Device, Dtype as KDtype, Gates};
+use tfla_params::bwd::{self, BwdParams};
+use tfla_params::{Device, Path};
 
 /// The backward pass's upstream gradients: of h, and optionally of the final states. A packed
 /// batch (`crate::varlen`) takes the same, in its shapes: dh (T, NH, DHV), the final-state
@@ -99,25 +99,6 @@ pub(crate) fn expect_initial_grad(
     }
 }
 
-/// Which kernels run the backward pass for an input dtype.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BwdPath {
-    /// 16-bit inputs: the chunkwise kernels on the tensor cores.
-    TensorCores(KDtype),
-    /// f32 inputs: the reverse recurrence on the CUDA cores.
-    F32,
-}
-
-impl BwdPath {
-    pub(crate) fn of(dtype: Dtype) -> Self {
-        match dtype {
-            Dtype::Bf16 => BwdPath::TensorCores(KDtype::Bf16),
-            Dtype::F16 => BwdPath::TensorCores(KDtype::F16),
-            Dtype::F32 => BwdPath::F32,
-        }
-    }
-}
-
 /// Scratch tensors the backward kernels hand each other (see `params/src/bwd.rs`,
 /// [`BwdPointers`]). Kept with the gradients so repeated calls allocate nothing and the scratch
 /// outlives the kernels that use it.
@@ -171,7 +152,7 @@ pub fn workspace_layout(
     let nc = dims.s.div_ceil(chunk);
     let rows = nc * chunk;
     let f32_ = Dtype::F32;
-    let f32_path = BwdPath::of(dtype) == BwdPath::F32;
+    let f32_path = path_of(dtype) == Path::F32;
     // A tensor only one path uses is empty on the other.
     let only = |tc: bool, shape: Vec<usize>| if tc != f32_path { shape } else { vec![0] };
     // The one-kernel chunk gradients keep the score matrices on chip.
@@ -670,18 +651,19 @@ pub(crate) unsafe fn launch_bwd(
     seqs: u32,
 ) -> Result<()> {
     dims.validate()?;
-    let path = BwdPath::of(dtype);
+    let path = path_of(dtype);
     let chunk = cfg.chunk_for(&dims)?;
     let scale = cfg.scale_for(&dims)?;
     let dev = rt.plan_device();
     let on_chip = bwd::use_chunk(&dev, chunk as u32, dims.dqk as u32, dims.dhv as u32);
     check_pointers(ptrs, cfg.variant, path, on_chip)?;
     let params = bwd_params(ptrs, &dims, cfg, chunk, scale, mode, seqs);
-    let launches = bwd_launches(&dev, &params, kernel_gates(cfg.variant), path);
-    for l in &launches {
+    let plan = bwd::plan(&dev, &params, kernel_gates(cfg.variant), path);
+    let launches = plan.as_slice();
+    for l in launches {
         l.check(rt)?;
     }
-    for l in &launches {
+    for l in launches {
         // SAFETY: pointers per this function's contract; dims, chunk, dtype and alignment
         // checked; each kernel reads only what the kernels before it on `stream` wrote.
         unsafe { l.run(rt, stream, &params)? };
@@ -721,7 +703,7 @@ pub(crate) fn bwd_params(
 fn check_pointers(
     p: &BwdPointers,
     variant: Variant,
-    path: BwdPath,
+    path: Path,
     scores_on_chip: bool,
 ) -> Result<()> {
     let mut required = vec![
@@ -748,7 +730,7 @@ fn check_pointers(
         ("df", p.df),
     ];
     match path {
-        BwdPath::TensorCores(_) => {
+        Path::TensorCores(_) => {
             required.extend([
                 ("dc_states", p.dc_states),
                 ("dn_states", p.dn_states),
@@ -759,7 +741,7 @@ fn check_pointers(
                 required.extend([("scores_p", p.scores_p), ("scores_dp", p.scores_dp)]);
             }
         }
-        BwdPath::F32 => required.push(("segments", p.segments)),
+        Path::F32 => required.push(("segments", p.segments)),
     }
     if variant.normalizes() {
         required.push(("norm_rows", p.norm_rows));
@@ -777,7 +759,7 @@ fn check_pointers(
     // matrices and ñ rows read or written two at a time); 4 for the rest (dq, dk, dv move two
     // 16-bit values per access). The f32 path reads and writes 16 bytes at a time what it
     // shares with the 16-bit one, and the same of its scratch (`segments`).
-    let wide = if path == BwdPath::F32 { 16 } else { 4 };
+    let wide = if path == Path::F32 { 16 } else { 4 };
     let aligned = [
         ("q", p.q, 16),
         ("k", p.k, 16),
@@ -823,111 +805,17 @@ fn check_pointers(
     launch::check_pointers(&required, &aligned)
 }
 
-/// The launches of the backward pass, in order: row coefficients, then on the tensor cores
-/// state gradients (reverse walk), score matrices, dq, dk, dv (or those four in one kernel
-/// where `bwd::use_chunk`), gate gradients (which sum the row dots of dq and dk), or for
-/// f32 the reverse recurrence; the max-state path only for mLSTMexp in Exact mode (elsewhere m
-/// is constant or held constant).
-pub(crate) fn bwd_launches(
-    dev: &Device,
-    p: &BwdParams,
-    gates: Gates,
-    path: BwdPath,
-) -> Vec<Launch> {
-    let max_path = Launch {
-        name: bwd::entry_name(BwdKernel::MaxPath, gates, KDtype::Bf16),
-        grid: bwd::max_path::grid(p),
-        threads: bwd::max_path::THREADS,
-        smem: bwd::max_path::smem_bytes(),
-    };
-    let with_max_path = gates == Gates::Exp && p.exact != 0;
-    let dtype = match path {
-        BwdPath::TensorCores(dtype) => dtype,
-        BwdPath::F32 => {
-            let rec = bwd::recurrent::grid(p, gates);
-            let mut launches = vec![
-                Launch {
-                    name: bwd::recurrent::rows_entry(gates),
-                    grid: bwd::rows::grid(p),
-                    threads: bwd::rows::THREADS,
-                    smem: 0,
-                },
-                Launch {
-                    name: bwd::recurrent::entry(gates),
-                    grid: rec,
-                    threads: bwd::recurrent::THREADS,
-                    smem: bwd::recurrent::smem_bytes(p.chunk),
-                },
-            ];
-            launches.extend(with_max_path.then_some(max_path));
-            return launches;
-        }
-    };
-    let name = |k| bwd::entry_name(k, gates, dtype);
-    let combine = |k, out_dim| Launch {
-        name: name(k),
-        grid: bwd::combine::grid(p, out_dim),
-        threads: bwd::combine::THREADS,
-        smem: bwd::combine::smem_bytes(),
-    };
-    let mut launches = vec![
-        Launch {
-            name: name(BwdKernel::Rows),
-            grid: bwd::rows::grid(p),
-            threads: bwd::rows::THREADS,
-            smem: 0,
-        },
-        // The state gradients on the wide `wgmma` tile where the module has it (sm_90a) and
-        // it pays (`bwd::use_state_wg`).
-        if bwd::use_state_wg(dev, p.chunk, p.dqk, p.dhv) {
-            Launch {
-                name: name(BwdKernel::StateWg),
-                grid: bwd::state_wg::grid(p),
-                threads: bwd::state_wg::THREADS,
-                smem: bwd::state_wg::smem_bytes(),
-            }
-        } else {
-            Launch {
-                name: name(BwdKernel::State),
-                grid: bwd::state::grid(p),
-                threads: bwd::state::THREADS,
-                smem: bwd::state::smem_bytes(),
-            }
-        },
-    ];
-    if bwd::use_chunk(dev, p.chunk, p.dqk, p.dhv) {
-        launches.push(Launch {
-            name: name(BwdKernel::Chunk),
-            grid: bwd::chunk::grid(p),
-            threads: bwd::chunk::THREADS,
-            smem: bwd::chunk::smem_bytes(),
-        });
-    } else {
-        launches.extend([
-            Launch {
-                name: name(BwdKernel::Scores),
-                grid: bwd::scores::grid(p),
-                threads: bwd::scores::THREADS,
-                smem: bwd::scores::smem_bytes(),
-            },
-            combine(BwdKernel::Dq, p.dqk),
-            combine(BwdKernel::Dk, p.dqk),
-            combine(BwdKernel::Dv, p.dhv),
-        ]);
-    }
-    launches.push(Launch {
-        name: name(BwdKernel::Gates),
-        grid: bwd::gates::grid(p),
-        threads: bwd::gates::THREADS,
-        smem: bwd::gates::smem_bytes(p.chunk),
-    });
-    launches.extend(with_max_path.then_some(max_path));
-    launches
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launch::Launch;
+    use tfla_params::bwd::BwdKernel;
+    use tfla_params::{Dtype as KDtype, Gates};
+
+    /// The plan's launches as a list.
+    fn bwd_launches(dev: &Device, p: &BwdParams, gates: Gates, path: Path) -> Vec<Launch> {
+        bwd::plan(dev, p, gates, path).as_slice().to_vec()
+    }
 
     fn dims(s: usize, dqk: usize, dhv: usize) -> Dims {
         Dims {
@@ -979,7 +867,7 @@ mod tests {
             ..Default::default()
         };
         let names = |l: &[Launch]| l.iter().map(|l| l.name).collect::<Vec<_>>();
-        let f16 = BwdPath::TensorCores(KDtype::F16);
+        let f16 = Path::TensorCores(KDtype::F16);
         // L = 128 with DHV = 128 but DQK = 256: the four intra-chunk kernels.
         let p = BwdParams { dqk: 256, ..p };
         let want = |g| {
@@ -1029,7 +917,7 @@ mod tests {
         );
 
         // f32: rows, the recurrence, and the max-state path where it applies.
-        let l = bwd_launches(&Device::HOPPER, &exact, Gates::Exp, BwdPath::F32);
+        let l = bwd_launches(&Device::HOPPER, &exact, Gates::Exp, Path::F32);
         assert_eq!(
             names(&l),
             [
@@ -1040,12 +928,12 @@ mod tests {
         );
         // Exact mode carries ñ as one more column tile: 128 + 1 columns.
         assert_eq!(l[1].grid, (9, 6, 1));
-        let l = bwd_launches(&Device::HOPPER, &p, Gates::Sig, BwdPath::F32);
+        let l = bwd_launches(&Device::HOPPER, &p, Gates::Sig, Path::F32);
         assert_eq!(l.len(), 2);
         assert_eq!(l[1].grid, (8, 6, 1));
     }
 
-    const TC: BwdPath = BwdPath::TensorCores(KDtype::Bf16);
+    const TC: Path = Path::TensorCores(KDtype::Bf16);
 
     #[test]
     fn pointer_checks_name_the_argument() {
@@ -1115,13 +1003,13 @@ mod tests {
         // The chunk kernel keeps the score matrices on chip.
         assert!(check_pointers(&bad, Variant::Exp, TC, true).is_ok());
         // The f32 path needs its scratch, not the tensor-core workspace.
-        let f32_arg = |p: &BwdPointers| match check_pointers(p, Variant::Exp, BwdPath::F32, false) {
+        let f32_arg = |p: &BwdPointers| match check_pointers(p, Variant::Exp, Path::F32, false) {
             Err(Error::Invalid { arg, .. }) => arg,
             other => panic!("expected Error::Invalid, got {other:?}"),
         };
         assert_eq!(f32_arg(&bad), "segments");
         bad.segments = next;
-        assert!(check_pointers(&bad, Variant::Exp, BwdPath::F32, false).is_ok());
+        assert!(check_pointers(&bad, Variant::Exp, Path::F32, false).is_ok());
         bad.dq += 4;
         assert_eq!(f32_arg(&bad), "dq");
     }

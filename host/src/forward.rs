@@ -15,15 +15,15 @@
 //! by the launch before (`kernels/src/mlstm/common/slots.rs`).
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
-use crate::launch::{self, Launch};
+use crate::launch::{self, LaunchOnDevice};
 use crate::runtime::Runtime;
 use crate::slots::{PoolSlots, Slots, StatePool};
 use crate::tensor::{Dtype, Tensor, expect_shape};
 use crate::variant::Variant;
 use cust::sys::CUstream;
 pub use tfla_params::fwd::FwdPointers;
-use tfla_params::fwd::{self, FwdKernel, FwdParams};
-use tfla_params::{Device, Dtype as KDtype, Gates};
+use tfla_params::fwd::{self, FwdParams};
+use tfla_params::{Dtype as KDtype, Gates, Path};
 
 /// The forward pass's inputs.
 #[derive(Clone, Copy)]
@@ -666,17 +666,18 @@ pub(crate) unsafe fn launch_fwd(
     ];
     launch::check_pointers(&[&required[..], &required_out[..]].concat(), &aligned)?;
     let params = fwd_params(ptrs, &dims, cfg, chunk, scale, seqs);
-    let launches = fwd_launches(
+    let plan = fwd::plan(
         &rt.plan_device(),
         &params,
         kernel_gates(cfg.variant),
-        dtype,
+        path_of(dtype),
         states_only,
     );
-    for l in &launches {
+    let launches = plan.as_slice();
+    for l in launches {
         l.check(rt)?;
     }
-    for l in &launches {
+    for l in launches {
         // SAFETY: pointers per this function's contract; dims, chunk and alignment checked.
         unsafe { l.run(rt, stream, &params)? };
     }
@@ -713,113 +714,21 @@ pub(crate) fn fwd_params(
     }
 }
 
+/// Which kernels run a pass for an input dtype: the tensor cores for 16-bit inputs, the f32
+/// recurrences for f32.
+pub(crate) fn path_of(dtype: Dtype) -> Path {
+    match dtype {
+        Dtype::Bf16 => Path::TensorCores(KDtype::Bf16),
+        Dtype::F16 => Path::TensorCores(KDtype::F16),
+        Dtype::F32 => Path::F32,
+    }
+}
+
 /// The kernels' gate type parameter for `variant` (entry-point names and `Gates` branches).
 pub(crate) fn kernel_gates(variant: Variant) -> Gates {
     match variant {
         Variant::Exp => Gates::Exp,
         Variant::Sig { normalize: true } => Gates::Sig,
         Variant::Sig { normalize: false } => Gates::SigNoNorm,
-    }
-}
-
-/// The chunk-state kernel in the shape `fwd::state_kernel` picks for the head dims on `dev`.
-fn state_launch(dev: &Device, p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
-    let kernel = fwd::state_kernel(dev, p.dqk, p.dhv);
-    let name = fwd::entry_name(kernel, gates, kdtype);
-    match kernel {
-        FwdKernel::ChunkStateWg => Launch {
-            name,
-            grid: fwd::state_wide::TILES.grid(p),
-            threads: fwd::state_wg::THREADS,
-            smem: fwd::state_wg::smem_bytes(),
-        },
-        FwdKernel::ChunkStateWide => Launch {
-            name,
-            grid: fwd::state_wide::TILES.grid(p),
-            threads: fwd::state_wide::THREADS,
-            smem: fwd::state_wide::TILES.smem_bytes(),
-        },
-        _ => Launch {
-            name,
-            grid: fwd::state::TILES.grid(p),
-            threads: fwd::state::THREADS,
-            smem: fwd::state::TILES.smem_bytes(),
-        },
-    }
-}
-
-/// The launches of the forward pass, in order: the gate vectors, then for 16-bit inputs the
-/// chunk states and chunk outputs on the tensor cores (in one kernel for the small heads that
-/// `fwd::fused::applies` to), for f32 inputs the f32 recurrence (which writes the same
-/// outputs). With `states_only`, the one launch that writes the chunk states (a state kernel
-/// or the recurrence): the gate vectors are still there.
-pub(crate) fn fwd_launches(
-    dev: &Device,
-    p: &FwdParams,
-    gates: Gates,
-    dtype: Dtype,
-    states_only: bool,
-) -> Vec<Launch> {
-    let chunk_gates = Launch {
-        // The gate kernel has no element type; its name does not depend on the one passed.
-        name: fwd::entry_name(FwdKernel::ChunkGates, gates, KDtype::Bf16),
-        grid: fwd::gates::grid(p),
-        threads: fwd::gates::THREADS,
-        smem: fwd::gates::smem_bytes(p.chunk),
-    };
-    let kdtype = match dtype {
-        Dtype::Bf16 => KDtype::Bf16,
-        Dtype::F16 => KDtype::F16,
-        Dtype::F32 => {
-            let recurrent = Launch {
-                name: fwd::recurrent::entry_name(gates),
-                grid: fwd::recurrent::grid(p),
-                threads: fwd::recurrent::THREADS,
-                smem: fwd::recurrent::smem_bytes(p.dqk),
-            };
-            return if states_only {
-                vec![recurrent]
-            } else {
-                vec![chunk_gates, recurrent]
-            };
-        }
-    };
-    if states_only {
-        vec![state_launch(dev, p, gates, kdtype)]
-    } else if fwd::use_fused(dev, p.chunk, p.dqk, p.dhv) {
-        let fused = Launch {
-            name: fwd::entry_name(FwdKernel::ChunkFused, gates, kdtype),
-            grid: fwd::fused::grid(p),
-            threads: fwd::fused::THREADS,
-            smem: fwd::fused::smem_bytes(),
-        };
-        vec![chunk_gates, fused]
-    } else {
-        vec![
-            chunk_gates,
-            state_launch(dev, p, gates, kdtype),
-            output_launch(dev, p, gates, kdtype),
-        ]
-    }
-}
-
-/// The chunk-output launch `fwd::output_kernel` picks on `dev`.
-fn output_launch(dev: &Device, p: &FwdParams, gates: Gates, kdtype: KDtype) -> Launch {
-    let kernel = fwd::output_kernel(dev, p.chunk, p.dqk, p.dhv);
-    let name = fwd::entry_name(kernel, gates, kdtype);
-    if kernel == FwdKernel::ChunkOutputWg {
-        Launch {
-            name,
-            grid: fwd::output_wg::grid(p),
-            threads: fwd::output_wg::THREADS,
-            smem: fwd::output_wg::smem_bytes(p.chunk, p.dqk),
-        }
-    } else {
-        Launch {
-            name,
-            grid: fwd::output::grid(p),
-            threads: fwd::output::THREADS,
-            smem: fwd::output::smem_bytes(p.chunk, p.dqk),
-        }
     }
 }

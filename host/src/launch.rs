@@ -5,19 +5,25 @@ use crate::runtime::Runtime;
 use cust::sys::CUstream;
 use std::ffi::c_void;
 
-/// One kernel launch: entry point, grid, block, dynamic shared memory.
-pub(crate) struct Launch {
-    pub name: &'static str,
-    pub grid: (u32, u32, u32),
-    pub threads: u32,
-    pub smem: u32,
+pub(crate) use tfla_params::Launch;
+
+/// What the host does with a launch of a plan (`tfla_params::fwd::plan`, `bwd::plan`): check
+/// it against the device, then launch it.
+pub(crate) trait LaunchOnDevice {
+    /// Fails with [`Error::SharedMemory`] when the device cannot give the block its memory,
+    /// and with [`Error::Invalid`] when the grid exceeds CUDA's limits.
+    fn check(&self, rt: &Runtime) -> Result<()>;
+    fn check_grid(&self) -> Result<()>;
+    /// Launches with `params` (a `#[repr(C)]` struct passed by value) as the only argument.
+    ///
+    /// # Safety
+    /// `params` holds device pointers valid for what the kernel reads and writes at the
+    /// launch's dimensions; the kernel's parameter type is `P`.
+    unsafe fn run<P>(&self, rt: &Runtime, stream: CUstream, params: &P) -> Result<()>;
 }
 
-impl Launch {
-    /// Fails with [`Error::SharedMemory`] when the device cannot give the block its memory, and
-    /// with [`Error::Invalid`] when the grid exceeds CUDA's limits (a very long S puts its row
-    /// tiles on the y axis, B·NH on y or z).
-    pub fn check(&self, rt: &Runtime) -> Result<()> {
+impl LaunchOnDevice for Launch {
+    fn check(&self, rt: &Runtime) -> Result<()> {
         self.check_grid()?;
         if self.smem > rt.max_smem_optin {
             return Err(Error::SharedMemory {
@@ -30,10 +36,7 @@ impl Launch {
     }
 
     fn check_grid(&self) -> Result<()> {
-        const MAX_X: u32 = i32::MAX as u32;
-        const MAX_YZ: u32 = 65_535;
-        let (x, y, z) = self.grid;
-        if x > MAX_X || y > MAX_YZ || z > MAX_YZ || x == 0 || y == 0 || z == 0 {
+        if !self.grid_fits() {
             return Err(Error::Invalid {
                 arg: "grid",
                 value: format!("{:?} for `{}`", self.grid, self.name),
@@ -44,12 +47,7 @@ impl Launch {
         Ok(())
     }
 
-    /// Launches with `params` (a `#[repr(C)]` struct passed by value) as the only argument.
-    ///
-    /// # Safety
-    /// `params` holds device pointers valid for what the kernel reads and writes at the
-    /// launch's dimensions; the kernel's parameter type is `P`.
-    pub unsafe fn run<P>(&self, rt: &Runtime, stream: CUstream, params: &P) -> Result<()> {
+    unsafe fn run<P>(&self, rt: &Runtime, stream: CUstream, params: &P) -> Result<()> {
         self.check(rt)?;
         let f = rt.function(self.name, self.smem)?;
         let (x, y, z) = self.grid;
@@ -120,12 +118,27 @@ pub(crate) fn check_not_packed(seq_chunks: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backward::{BwdPath, bwd_launches};
-    use crate::forward::{fwd_launches, kernel_gates};
+    use crate::forward::{kernel_gates, path_of};
     use crate::{Dtype, Variant};
     use tfla_params::bwd::{self, BwdParams};
     use tfla_params::fwd::{self, FwdParams};
-    use tfla_params::{CHUNK_SIZES, Device};
+    use tfla_params::{CHUNK_SIZES, Device, Gates};
+
+    fn fwd_launches(
+        dev: &Device,
+        p: &FwdParams,
+        g: Gates,
+        dtype: Dtype,
+        states_only: bool,
+    ) -> Vec<Launch> {
+        fwd::plan(dev, p, g, path_of(dtype), states_only)
+            .as_slice()
+            .to_vec()
+    }
+
+    fn bwd_launches(dev: &Device, p: &BwdParams, g: Gates, dtype: Dtype) -> Vec<Launch> {
+        bwd::plan(dev, p, g, path_of(dtype)).as_slice().to_vec()
+    }
 
     /// A value for one dimension: mostly ordinary, often at an edge (0, 1, off the 16-grid,
     /// the limits, past 32 and 64 bits when multiplied).
@@ -224,12 +237,7 @@ mod tests {
                 for dtype in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
                     let launches = fwd_launches(&dev, &fp, kernel_gates(variant), dtype, false)
                         .into_iter()
-                        .chain(bwd_launches(
-                            &dev,
-                            &bp,
-                            kernel_gates(variant),
-                            BwdPath::of(dtype),
-                        ));
+                        .chain(bwd_launches(&dev, &bp, kernel_gates(variant), dtype));
                     for l in launches {
                         l.check_grid()
                             .unwrap_or_else(|e| panic!("{dims:?} L={chunk}: {e}"));
@@ -320,7 +328,7 @@ mod tests {
                             for dtype in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
                                 let launches = fwd_launches(&dev, &fp, gates, dtype, false)
                                     .into_iter()
-                                    .chain(bwd_launches(&dev, &bp, gates, BwdPath::of(dtype)));
+                                    .chain(bwd_launches(&dev, &bp, gates, dtype));
                                 for l in launches {
                                     assert!(
                                         dev.fits(l.smem),

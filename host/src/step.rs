@@ -26,7 +26,7 @@
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::forward::{MlstmOutputs, kernel_gates};
-use crate::launch::{self, Launch};
+use crate::launch::{self, Launch, LaunchOnDevice};
 use crate::runtime::Runtime;
 use crate::slots::{PoolSlots, Slots, StatePool};
 use crate::tensor::{Dtype, Tensor, expect_shape};

@@ -20,7 +20,7 @@ use crate::backward::{
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::forward::{MlstmInputs, MlstmOutputs, fwd_pointers, launch_fwd};
-use crate::launch::Launch;
+use crate::launch::{Launch, LaunchOnDevice};
 use crate::runtime::Runtime;
 use crate::tensor::{self, Dtype, Tensor, expect_dtype, expect_shape};
 use crate::variant::GradMode;

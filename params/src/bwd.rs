@@ -11,7 +11,7 @@
 //!   |s_i| ≥ floor_i, else 0), so dnum'_i = [dh_i ρ_i, δ_i] (`shared/MATH.md`).
 
 use crate::fwd::SMEM_ROW_PAD;
-use crate::{Device, Dtype, Gates, WARP, div_ceil};
+use crate::{Device, Dtype, Gates, Launch, Path, Plan, WARP, div_ceil};
 
 /// Device addresses of every tensor the backward kernels read or write (0 where absent); every
 /// tensor contiguous, row-major, in the shape its comment gives.
@@ -286,6 +286,101 @@ pub const fn use_state_wg(dev: &Device, chunk: u32, dqk: u32, dhv: u32) -> bool 
 /// matrices the workspace then holds.
 pub const fn use_chunk(dev: &Device, chunk: u32, dqk: u32, dhv: u32) -> bool {
     chunk::applies(chunk, dqk, dhv) && dev.fits(chunk::smem_bytes())
+}
+
+/// The launches of the backward pass on `dev`, in order: row coefficients, then on the
+/// tensor cores the state gradients (reverse walk), score matrices, dq, dk, dv (those four in
+/// one kernel where [`use_chunk`]) and the gate gradients (which sum the row dots of dq and
+/// dk), or for f32 the reverse recurrence; the max-state path only for mLSTMexp in Exact mode
+/// (elsewhere m is constant or held constant).
+pub fn plan(dev: &Device, p: &BwdParams, gates: Gates, path: Path) -> Plan {
+    let max_path = Launch {
+        name: entry_name(BwdKernel::MaxPath, gates, Dtype::Bf16),
+        grid: max_path::grid(p),
+        threads: max_path::THREADS,
+        smem: max_path::smem_bytes(),
+    };
+    let with_max_path = matches!(gates, Gates::Exp) && p.exact != 0;
+    let mut plan = Plan::new();
+    let dtype = match path {
+        Path::TensorCores(dtype) => dtype,
+        Path::F32 => {
+            plan.push(Launch {
+                name: recurrent::rows_entry(gates),
+                grid: rows::grid(p),
+                threads: rows::THREADS,
+                smem: 0,
+            });
+            plan.push(Launch {
+                name: recurrent::entry(gates),
+                grid: recurrent::grid(p, gates),
+                threads: recurrent::THREADS,
+                smem: recurrent::smem_bytes(p.chunk),
+            });
+            if with_max_path {
+                plan.push(max_path);
+            }
+            return plan;
+        }
+    };
+    let name = |k| entry_name(k, gates, dtype);
+    let combine = |k, out_dim| Launch {
+        name: name(k),
+        grid: combine::grid(p, out_dim),
+        threads: combine::THREADS,
+        smem: combine::smem_bytes(),
+    };
+    plan.push(Launch {
+        name: name(BwdKernel::Rows),
+        grid: rows::grid(p),
+        threads: rows::THREADS,
+        smem: 0,
+    });
+    // The state gradients on the wide `wgmma` tile where the module has it (sm_90a) and it
+    // pays ([`use_state_wg`]).
+    plan.push(if use_state_wg(dev, p.chunk, p.dqk, p.dhv) {
+        Launch {
+            name: name(BwdKernel::StateWg),
+            grid: state_wg::grid(p),
+            threads: state_wg::THREADS,
+            smem: state_wg::smem_bytes(),
+        }
+    } else {
+        Launch {
+            name: name(BwdKernel::State),
+            grid: state::grid(p),
+            threads: state::THREADS,
+            smem: state::smem_bytes(),
+        }
+    });
+    if use_chunk(dev, p.chunk, p.dqk, p.dhv) {
+        plan.push(Launch {
+            name: name(BwdKernel::Chunk),
+            grid: chunk::grid(p),
+            threads: chunk::THREADS,
+            smem: chunk::smem_bytes(),
+        });
+    } else {
+        plan.push(Launch {
+            name: name(BwdKernel::Scores),
+            grid: scores::grid(p),
+            threads: scores::THREADS,
+            smem: scores::smem_bytes(),
+        });
+        plan.push(combine(BwdKernel::Dq, p.dqk));
+        plan.push(combine(BwdKernel::Dk, p.dqk));
+        plan.push(combine(BwdKernel::Dv, p.dhv));
+    }
+    plan.push(Launch {
+        name: name(BwdKernel::Gates),
+        grid: self::gates::grid(p),
+        threads: self::gates::THREADS,
+        smem: self::gates::smem_bytes(p.chunk),
+    });
+    if with_max_path {
+        plan.push(max_path);
+    }
+    plan
 }
 
 /// Score matrices: one block computes a TILE × TILE tile (rows i, columns j ≤ i) of P and dP

@@ -2,7 +2,7 @@
 //! boundary) and the chunk-output kernel (H of one row tile of one chunk, TFLA's second level of
 //! parallelism). Both take [`FwdParams`] by value.
 
-use crate::{Device, Dtype, Gates, WARP, div_ceil};
+use crate::{Device, Dtype, Gates, Launch, Path, Plan, WARP, div_ceil};
 
 /// Device addresses of every tensor the forward kernels read or write (0 where absent); every
 /// tensor is contiguous, row-major, in the shape its comment gives. Part of [`FwdParams`];
@@ -273,6 +273,98 @@ pub const fn output_kernel(dev: &Device, chunk: u32, dqk: u32, dhv: u32) -> FwdK
 /// where its ~200 KB of shared memory fit).
 pub const fn use_fused(dev: &Device, chunk: u32, dqk: u32, dhv: u32) -> bool {
     fused::applies(chunk, dqk, dhv) && dev.fits(fused::smem_bytes())
+}
+
+/// The chunk-state launch in the shape [`state_kernel`] picks for the head dims on `dev`.
+fn state_launch(dev: &Device, p: &FwdParams, gates: Gates, dtype: Dtype) -> Launch {
+    let kernel = state_kernel(dev, p.dqk, p.dhv);
+    let name = entry_name(kernel, gates, dtype);
+    match kernel {
+        FwdKernel::ChunkStateWg => Launch {
+            name,
+            grid: state_wide::TILES.grid(p),
+            threads: state_wg::THREADS,
+            smem: state_wg::smem_bytes(),
+        },
+        FwdKernel::ChunkStateWide => Launch {
+            name,
+            grid: state_wide::TILES.grid(p),
+            threads: state_wide::THREADS,
+            smem: state_wide::TILES.smem_bytes(),
+        },
+        _ => Launch {
+            name,
+            grid: state::TILES.grid(p),
+            threads: state::THREADS,
+            smem: state::TILES.smem_bytes(),
+        },
+    }
+}
+
+/// The chunk-output launch [`output_kernel`] picks on `dev`.
+fn output_launch(dev: &Device, p: &FwdParams, gates: Gates, dtype: Dtype) -> Launch {
+    let kernel = output_kernel(dev, p.chunk, p.dqk, p.dhv);
+    let name = entry_name(kernel, gates, dtype);
+    if matches!(kernel, FwdKernel::ChunkOutputWg) {
+        Launch {
+            name,
+            grid: output_wg::grid(p),
+            threads: output_wg::THREADS,
+            smem: output_wg::smem_bytes(p.chunk, p.dqk),
+        }
+    } else {
+        Launch {
+            name,
+            grid: output::grid(p),
+            threads: output::THREADS,
+            smem: output::smem_bytes(p.chunk, p.dqk),
+        }
+    }
+}
+
+/// The launches of the forward pass on `dev`, in order: the gate vectors, then for 16-bit
+/// inputs the chunk states and chunk outputs on the tensor cores (in one kernel for the small
+/// heads where [`use_fused`]), for f32 inputs the f32 recurrence (which writes the same
+/// outputs). With `states_only`, the one launch that writes the chunk states (a state kernel
+/// or the recurrence): the gate vectors are still there.
+pub fn plan(dev: &Device, p: &FwdParams, gates: Gates, path: Path, states_only: bool) -> Plan {
+    let chunk_gates = Launch {
+        // The gate kernel has no element type; its name does not depend on the one passed.
+        name: entry_name(FwdKernel::ChunkGates, gates, Dtype::Bf16),
+        grid: self::gates::grid(p),
+        threads: self::gates::THREADS,
+        smem: self::gates::smem_bytes(p.chunk),
+    };
+    let mut plan = Plan::new();
+    match path {
+        Path::F32 => {
+            if !states_only {
+                plan.push(chunk_gates);
+            }
+            plan.push(Launch {
+                name: recurrent::entry_name(gates),
+                grid: recurrent::grid(p),
+                threads: recurrent::THREADS,
+                smem: recurrent::smem_bytes(p.dqk),
+            });
+        }
+        Path::TensorCores(dtype) if states_only => plan.push(state_launch(dev, p, gates, dtype)),
+        Path::TensorCores(dtype) if use_fused(dev, p.chunk, p.dqk, p.dhv) => {
+            plan.push(chunk_gates);
+            plan.push(Launch {
+                name: entry_name(FwdKernel::ChunkFused, gates, dtype),
+                grid: fused::grid(p),
+                threads: fused::THREADS,
+                smem: fused::smem_bytes(),
+            });
+        }
+        Path::TensorCores(dtype) => {
+            plan.push(chunk_gates);
+            plan.push(state_launch(dev, p, gates, dtype));
+            plan.push(output_launch(dev, p, gates, dtype));
+        }
+    }
+    plan
 }
 
 /// The grid of a chunk-output kernel with tiles of `tile_q` rows × `tile_hv` value columns:

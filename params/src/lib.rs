@@ -67,6 +67,75 @@ impl Device {
     }
 }
 
+/// One kernel launch of a pass's plan: the entry point, the grid, threads per block and the
+/// dynamic shared memory in bytes. The plans ([`fwd::plan`], [`bwd::plan`]) are the one place
+/// launches are spelled; the host checks them against the device and launches them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub name: &'static str,
+    pub grid: (u32, u32, u32),
+    pub threads: u32,
+    pub smem: u32,
+}
+
+impl Launch {
+    /// Whether the grid is within CUDA's limits: x below 2^31, y and z at most 65535, none 0
+    /// (a very long S puts its row tiles on y, B·NH goes on y or z).
+    pub const fn grid_fits(&self) -> bool {
+        let (x, y, z) = self.grid;
+        x > 0 && y > 0 && z > 0 && x <= i32::MAX as u32 && y <= 65_535 && z <= 65_535
+    }
+}
+
+/// A pass's launches in order: at most [`Plan::MAX`], no allocation (the crate is `no_std`).
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    launches: [Launch; Plan::MAX],
+    len: usize,
+}
+
+impl Plan {
+    /// The backward's longest plan: rows, state, scores, dq, dk, dv, gates, max path.
+    pub const MAX: usize = 8;
+    const NONE: Launch = Launch {
+        name: "",
+        grid: (0, 0, 0),
+        threads: 0,
+        smem: 0,
+    };
+
+    pub const fn new() -> Self {
+        Plan {
+            launches: [Plan::NONE; Plan::MAX],
+            len: 0,
+        }
+    }
+
+    /// Appends a launch (a plan of more than [`Plan::MAX`] is a bug of this crate).
+    pub fn push(&mut self, launch: Launch) {
+        self.launches[self.len] = launch;
+        self.len += 1;
+    }
+
+    pub fn as_slice(&self) -> &[Launch] {
+        &self.launches[..self.len]
+    }
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan::new()
+    }
+}
+
+/// Which kernels a pass runs for its inputs: q, k, v in 16 bits on the tensor cores, or f32
+/// on the CUDA cores (tensor-core products would round them to 16 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Path {
+    TensorCores(Dtype),
+    F32,
+}
+
 /// Element type of q, k, v, h (gates and states are always f32).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
