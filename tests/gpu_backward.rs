@@ -4,7 +4,8 @@
 //! 16-bit dtypes, ragged shapes, DQK ≠ DHV, chunk sizes, initial states and final-state
 //! gradients given or not, hard gate regimes, a long sequence, state passing, typed errors.
 //!
-//! These tests need an NVIDIA Hopper GPU: they are `#[ignore]`d so a machine without one
+//! These tests need an NVIDIA GPU (8.0 or later; Hopper runs the sm_90a module, TFLA_PORTABLE=1
+//! the sm_80 one): they are `#[ignore]`d so a machine without one
 //! reports them as ignored; run them with `cargo test -- --include-ignored` (there a missing
 //! GPU is a failure, see `common::runtime`). Every case prints its measured errors.
 mod common;
@@ -326,7 +327,7 @@ fn run(cases: &[Case], name: &str) {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn backward_matches_reference_all_variants_modes_and_dtypes() {
     let mut cases = Vec::new();
     for variant in VARIANTS {
@@ -353,7 +354,7 @@ fn backward_matches_reference_all_variants_modes_and_dtypes() {
 /// L = 128, the narrow state-gradient kernel), and the xLSTM-7B head shape with a ragged last
 /// chunk.
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn backward_wide_state_tile_shapes() {
     let mut cases = Vec::new();
     for variant in VARIANTS {
@@ -371,7 +372,7 @@ fn backward_wide_state_tile_shapes() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn backward_ragged_shapes_and_chunk_sizes() {
     use GradMode::{DetachedNormalizer as Detached, Exact};
     let mut cases = vec![
@@ -414,7 +415,7 @@ fn backward_ragged_shapes_and_chunk_sizes() {
 /// warps without rows); a last chunk of 80 (a partial second row tile) with head dims below
 /// the tile; S = 1 with the smallest heads; DHV < DQK without a ragged end; 1000 steps.
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn backward_chunk_kernel_small_head_shapes() {
     use GradMode::{DetachedNormalizer as Detached, Exact};
     let mut cases = Vec::new();
@@ -438,7 +439,7 @@ fn backward_chunk_kernel_small_head_shapes() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn backward_hard_gate_regimes() {
     let mut cases = Vec::new();
     for gates in [Gates::ForgetNear0, Gates::ForgetNear1, Gates::BigInput] {
@@ -456,7 +457,7 @@ fn backward_hard_gate_regimes() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn backward_recomputes_released_chunk_states() {
     // A forward whose chunk states were released: the backward recomputes them and returns
     // the gradients of a backward from the kept states (twice, the second reusing the
@@ -529,7 +530,7 @@ fn backward_recomputes_released_chunk_states() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn backward_long_sequence() {
     // S = 8192: 64 chunks of state gradients walked in reverse, df̃ summed over the whole row.
     let mut cases: Vec<Case> = MODES
@@ -562,7 +563,7 @@ fn concat(a: &[f64], b: &[f64], heads: usize) -> Vec<f64> {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn backward_state_passing_equals_one_call() {
     // Forward over [0, S1) → final states → forward over [S1, S) from them; the backward of the
     // second part gives dC̃_0, dñ_0, dm_0, which are the first part's upstream final-state
@@ -694,7 +695,7 @@ fn to_shape(d: tfla::Dims) -> Shape {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn bad_arguments_get_typed_errors() {
     use tfla::{Error, Tensor};
     let rt = runtime();
@@ -863,7 +864,7 @@ fn bad_arguments_get_typed_errors() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn safetensors_file_with_dh_runs_the_backward() {
     use std::collections::HashMap;
     use tfla::io::{HostTensor, write_tensors};

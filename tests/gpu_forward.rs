@@ -2,7 +2,8 @@
 //! poisoned with NaN before each launch, every variant, both 16-bit dtypes, ragged shapes,
 //! every chunk size, initial and final states, chunk states, state passing.
 //!
-//! These tests need an NVIDIA Hopper GPU: they are `#[ignore]`d so a machine without one
+//! These tests need an NVIDIA GPU (8.0 or later; Hopper runs the sm_90a module, TFLA_PORTABLE=1
+//! the sm_80 one): they are `#[ignore]`d so a machine without one
 //! reports them as ignored; run them with `cargo test -- --include-ignored` (the bundle does).
 mod common;
 
@@ -137,7 +138,7 @@ fn run(cases: &[Case], name: &str) {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn forward_matches_reference_all_variants_and_dtypes() {
     let mut cases = Vec::new();
     for variant in tfla::registry::KERNELS.iter().map(|k| k.variant) {
@@ -175,7 +176,7 @@ fn forward_matches_reference_all_variants_and_dtypes() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn forward_ragged_shapes_and_every_chunk_size() {
     let mut cases = vec![
         // S = 1; smallest head dims.
@@ -251,7 +252,7 @@ fn forward_ragged_shapes_and_every_chunk_size() {
 /// second warpgroup has no rows (L = 256, 40 steps), and one whose second row tile is empty
 /// (L = 256, 100 steps).
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn forward_wgmma_output_tile_shapes() {
     let mut cases = Vec::new();
     for variant in tfla::registry::KERNELS.iter().map(|k| k.variant) {
@@ -285,7 +286,7 @@ fn forward_wgmma_output_tile_shapes() {
 /// (48/80); the smallest heads (16/16, most warps hold no state rows); one step; a ragged last
 /// chunk whose second key tile is empty (S = 300: 44 steps); many chunks.
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn forward_fused_small_head_shapes() {
     let mut cases = Vec::new();
     for variant in tfla::registry::KERNELS.iter().map(|k| k.variant) {
@@ -317,7 +318,7 @@ fn forward_fused_small_head_shapes() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn forward_hard_gate_regimes() {
     let rt = runtime();
     let mut rng = rng("forward_hard_gate_regimes");
@@ -351,7 +352,7 @@ fn forward_hard_gate_regimes() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn forward_state_passing_equals_one_call() {
     // Two calls with carried final states equal one call over the concatenation.
     let rt = runtime();
@@ -420,7 +421,7 @@ fn forward_state_passing_equals_one_call() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn bad_arguments_get_typed_errors() {
     use tfla::{Error, Tensor};
     let rt = runtime();
@@ -505,7 +506,7 @@ fn bad_arguments_get_typed_errors() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn safetensors_file_round_trip_matches_reference() {
     use std::collections::HashMap;
     use tfla::io::{HostTensor, write_tensors};
@@ -582,7 +583,7 @@ fn gather(x: &[f64], per: usize, slots: &[u32]) -> Vec<f64> {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn forward_with_state_pool_equals_separate_states() {
     // A pool of 7 slots holding random states; B = 3 rows on slots 5, 0, 3. The pool forward
     // runs the same kernels on the same states as a forward given them as c0, n0, m0, so h, the
@@ -759,7 +760,7 @@ fn forward_with_state_pool_equals_separate_states() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn state_pool_bad_arguments_get_typed_errors_and_write_nothing() {
     use tfla::{Error, MlstmInputs, Slots, StatePool, Tensor};
     let rt = runtime();

@@ -13,7 +13,7 @@ use common::runtime;
 use tfla_ptx_build::entry_points;
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn no_kernel_uses_local_memory_as_the_driver_compiled_it() {
     let rt = runtime();
     let entries = entry_points(rt.arch().ptx());

@@ -13,7 +13,8 @@
 //! large and carries the states' error amplified, so a bound for all of h at once either fails
 //! there or says nothing elsewhere.
 //!
-//! These tests need an NVIDIA Hopper GPU: they are `#[ignore]`d so a machine without one
+//! These tests need an NVIDIA GPU (8.0 or later; Hopper runs the sm_90a module, TFLA_PORTABLE=1
+//! the sm_80 one): they are `#[ignore]`d so a machine without one
 //! reports them as ignored; run them with `cargo test -- --include-ignored` (the bundle does).
 mod common;
 
@@ -375,7 +376,7 @@ fn run(cases: &[Case], name: &str) {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn step_matches_reference_all_variants_dtypes_and_state_dtypes() {
     let mut cases = Vec::new();
     for variant in VARIANTS {
@@ -407,7 +408,7 @@ fn step_matches_reference_all_variants_dtypes_and_state_dtypes() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn step_head_dims_and_ragged_tiles() {
     let mut cases = Vec::new();
     // (DQK, DHV): the smallest and largest head dims, DHV = 80 and 144 (a 16-column last
@@ -445,7 +446,7 @@ fn step_head_dims_and_ragged_tiles() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn step_hard_gate_regimes() {
     let rt = runtime();
     let mut rng = rng("step_hard_gate_regimes");
@@ -474,7 +475,7 @@ fn step_hard_gate_regimes() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn bf16_states_accuracy_over_1000_steps() {
     // The accuracy cost of bf16 states: f32 inputs (so only the state dtype differs), 1000
     // steps, errors of h and of the final states against float64 for both state dtypes,
@@ -550,7 +551,7 @@ fn bf16_states_accuracy_over_1000_steps() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn prefill_with_forward_then_steps_equals_one_forward() {
     // The chunkwise forward over S tokens, its final states into StepStates, then T steps:
     // h of the stepped tokens and the final states equal one forward over S + T tokens.
@@ -675,7 +676,7 @@ fn prefill_with_forward_then_steps_equals_one_forward() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn step_runs_64_heads_in_one_wave() {
     // The premise of the kernel's shape (`params::step`): every entry as the driver compiled it
     // keeps four blocks per SM, so B·NH = 64 at DQK = 256, DHV = 512 (512 blocks) fits one wave
@@ -711,7 +712,7 @@ fn step_runs_64_heads_in_one_wave() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn step_bad_arguments_get_typed_errors() {
     use tfla::Error;
     let rt = runtime();
@@ -887,7 +888,7 @@ fn step_bad_arguments_get_typed_errors() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn step_on_a_state_pool_equals_separate_states_bit_exact() {
     // A pool of 5 slots with random states, B = 2 rows on slots [3, 1], 4 steps: every h equals
     // the same steps on separate StepStates holding those slots' states, slots 3 and 1 end equal

@@ -7,7 +7,8 @@
 //! every output poisoned before its call (the packed ones allocated once, written by the
 //! `_into` calls); bad offsets and states get typed errors.
 //!
-//! These tests need an NVIDIA Hopper GPU: they are `#[ignore]`d so a machine without one
+//! These tests need an NVIDIA GPU (8.0 or later; Hopper runs the sm_90a module, TFLA_PORTABLE=1
+//! the sm_80 one): they are `#[ignore]`d so a machine without one
 //! reports them as ignored; run them with `cargo test -- --include-ignored` (there a missing
 //! GPU is a failure, see `common::runtime`). Every case prints its measured errors.
 mod common;
@@ -267,7 +268,7 @@ fn check(
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn packed_batch_equals_each_sequence_alone() {
     let rt = runtime();
     let mut rng = rng("packed_batch_equals_each_sequence_alone");
@@ -326,7 +327,7 @@ fn packed_batch_equals_each_sequence_alone() {
 }
 
 #[test]
-#[ignore = "needs an NVIDIA Hopper GPU; run with --include-ignored"]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn bad_offsets_and_states_get_typed_errors() {
     let rt = runtime();
     let z = |dtype, shape: &[usize]| Tensor::zeros(&rt, dtype, shape).unwrap();
