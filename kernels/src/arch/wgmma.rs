@@ -6,8 +6,8 @@
 //! Operand layout: the 128-byte swizzle, atoms of 8 rows × 128 bytes (1024-byte aligned) whose
 //! 16-byte chunk c of row r sits at chunk c ^ r (the XOR scatters the 8 rows of one column
 //! chunk over all banks, so `cp.async` writes and the tensor core's reads are conflict-free).
-//! Verified on an H100 with a 64 × 64 × 64 probe (session 6, every form against a CPU
-//! product):
+//! Verified on an H100 with a 64 × 64 × 64 probe, every form against a CPU product
+//! (benches/LOG.md):
 //! - K-major (rows of 64 k, as Q for A and K for B = Kᵀ): SBO = 1024 between 8-row atoms, the
 //!   start advanced 32 bytes per k16 step;
 //! - MN-major (rows of 64 n, k the row index, as C̃_k and V): SBO = 1024 between 8-row atoms

@@ -24,9 +24,8 @@
 //! (`tfla_params::step::MAX_REGISTERS`: 16 of loaded state, 2 rows of f32 or 4 of bf16 per
 //! pass), so four blocks of 256 threads are resident per SM: 528 slots, one wave (97% of the
 //! slots busy). With 4 rows of f32 (128 bytes per thread, 80 registers) three blocks fit: 396
-//! slots, 1.3 waves; at e170fed that f32 step took 33 µs (68% of copy bandwidth) at 64 heads
-//! and 98 µs (91%) at 256, i.e. ~11 µs more than the 256-head rate predicts, where bf16 states
-//! (one wave) took ~5 µs more. Bytes in flight stay far above what the memory needs:
+//! slots, 1.3 waves, and the partial second wave cost about twice the one-wave ramp
+//! (benches/LOG.md). Bytes in flight stay far above what the memory needs:
 //! 4 × 256 × 64 bytes = 64 KiB per SM, against ~20 KB (3 TB/s × ~0.8 µs loaded latency / 132
 //! SMs). Larger grids (B·NH = 256: 2048 blocks, 3.9 waves) are long enough that the last wave's
 //! ramp is a small part of the time.
