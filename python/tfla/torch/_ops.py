@@ -11,7 +11,6 @@ gates and a chunk size (0: tfla chooses, from the shapes alone, so forward and b
 ``torch.compile`` traces them without running them.
 """
 
-from __future__ import annotations
 
 import functools
 from typing import Optional
