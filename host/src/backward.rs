@@ -697,7 +697,7 @@ pub(crate) fn bwd_params(
     }
 }
 
-/// Required pointers present, optional ones consistent, every pointer aligned.
+/// Required pointers present and every pointer aligned (`bwd::pointers`).
 /// `scores_on_chip`: the chunk kernel runs (`bwd::use_chunk`), which needs no score
 /// matrices.
 fn check_pointers(
@@ -706,103 +706,12 @@ fn check_pointers(
     path: Path,
     scores_on_chip: bool,
 ) -> Result<()> {
-    let mut required = vec![
-        ("q", p.q),
-        ("k", p.k),
-        ("v", p.v),
-        ("i", p.i),
-        ("f", p.f),
-        ("h", p.h),
-        ("c_states", p.c_states),
-        ("n_states", p.n_states),
-        ("m_states", p.m_states),
-        ("gate_b", p.gate_b),
-        ("gate_u", p.gate_u),
-        ("gate_cm", p.gate_cm),
-        ("gate_g", p.gate_g),
-        ("dh", p.dh),
-        ("row_coef", p.row_coef),
-        ("state_dots", p.state_dots),
-        ("dq", p.dq),
-        ("dk", p.dk),
-        ("dv", p.dv),
-        ("di", p.di),
-        ("df", p.df),
-    ];
-    match path {
-        Path::TensorCores(_) => {
-            required.extend([
-                ("dc_states", p.dc_states),
-                ("dn_states", p.dn_states),
-                ("row_dots", p.row_dots),
-                ("pair_sums", p.pair_sums),
-            ]);
-            if !scores_on_chip {
-                required.extend([("scores_p", p.scores_p), ("scores_dp", p.scores_dp)]);
-            }
-        }
-        Path::F32 => required.push(("segments", p.segments)),
-    }
-    if variant.normalizes() {
-        required.push(("norm_rows", p.norm_rows));
-    }
-    // A final-state gradient is contracted with the final state (the path through m_S).
-    if p.dc_final != 0 {
-        required.push(("c_final", p.c_final));
-    }
-    if p.dn_final != 0 {
-        required.push(("n_final", p.n_final));
-    }
-    // What the kernels' accesses need: 16 bytes for cp.async rows (q, k, v, dh, c_states,
-    // dc_states, scores), 16-byte loads (h), the row weights the state kernel streams
-    // (row_coef) and what the forward already requires (c0, gate_u); 8 for pairs of f32 (C̃
-    // matrices and ñ rows read or written two at a time); 4 for the rest (dq, dk, dv move two
-    // 16-bit values per access). The f32 path reads and writes 16 bytes at a time what it
-    // shares with the 16-bit one, and the same of its scratch (`segments`).
-    let wide = if path == Path::F32 { 16 } else { 4 };
-    let aligned = [
-        ("q", p.q, 16),
-        ("k", p.k, 16),
-        ("v", p.v, 16),
-        ("dh", p.dh, 16),
-        ("h", p.h, 16),
-        ("c0", p.c0, 16),
-        ("c_states", p.c_states, 16),
-        ("dc_states", p.dc_states, 16),
-        ("scores_p", p.scores_p, 16),
-        ("scores_dp", p.scores_dp, 16),
-        ("gate_u", p.gate_u, 16),
-        ("row_coef", p.row_coef, 16),
-        ("segments", p.segments, 16),
-        ("c_final", p.c_final, 8),
-        ("dc_final", p.dc_final, wide.max(8)),
-        ("dc0", p.dc0, wide.max(8)),
-        ("n_states", p.n_states, 8),
-        ("dn_states", p.dn_states, 8),
-        ("dq", p.dq, wide),
-        ("dk", p.dk, wide),
-        ("dv", p.dv, 4),
-        ("i", p.i, 4),
-        ("f", p.f, 4),
-        ("n0", p.n0, 4),
-        ("m0", p.m0, 4),
-        ("m_states", p.m_states, 4),
-        ("n_final", p.n_final, 4),
-        ("gate_b", p.gate_b, 4),
-        ("gate_cm", p.gate_cm, 4),
-        ("gate_g", p.gate_g, 4),
-        ("norm_rows", p.norm_rows, 4),
-        ("dn_final", p.dn_final, 4),
-        ("dm_final", p.dm_final, 4),
-        ("row_dots", p.row_dots, 4),
-        ("state_dots", p.state_dots, 4),
-        ("pair_sums", p.pair_sums, 4),
-        ("di", p.di, 4),
-        ("df", p.df, 4),
-        ("dn0", p.dn0, 4),
-        ("dm0", p.dm0, 4),
-    ];
-    launch::check_pointers(&required, &aligned)
+    launch::check_pointers(&bwd::pointers(
+        p,
+        variant.normalizes(),
+        path,
+        scores_on_chip,
+    ))
 }
 
 #[cfg(test)]

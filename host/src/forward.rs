@@ -614,23 +614,6 @@ pub(crate) unsafe fn launch_fwd(
     dims.validate()?;
     let chunk = cfg.chunk_for(&dims)?;
     let scale = cfg.scale_for(&dims)?;
-    let required = [
-        ("q", ptrs.q),
-        ("k", ptrs.k),
-        ("v", ptrs.v),
-        ("i", ptrs.i),
-        ("f", ptrs.f),
-    ];
-    let required_out = [
-        ("h", ptrs.h),
-        ("c_states", ptrs.c_states),
-        ("n_states", ptrs.n_states),
-        ("m_states", ptrs.m_states),
-        ("gate_b", ptrs.gate_b),
-        ("gate_u", ptrs.gate_u),
-        ("gate_cm", ptrs.gate_cm),
-        ("gate_g", ptrs.gate_g),
-    ];
     let finals = [ptrs.c_final, ptrs.n_final, ptrs.m_final];
     if finals.contains(&0) && finals.iter().any(|&p| p != 0) {
         return Err(Error::Invalid {
@@ -639,32 +622,7 @@ pub(crate) unsafe fn launch_fwd(
             reason: "give all three final-state pointers or none",
         });
     }
-    // 16-byte vector accesses on q, k, v, C̃ states and C̃0; 4-byte on the rest.
-    let aligned = [
-        ("q", ptrs.q, 16),
-        ("k", ptrs.k, 16),
-        ("v", ptrs.v, 16),
-        ("h", ptrs.h, 4),
-        ("c0", ptrs.c0, 16),
-        ("c_states", ptrs.c_states, 16),
-        ("c_final", ptrs.c_final, 8),
-        ("i", ptrs.i, 4),
-        ("f", ptrs.f, 4),
-        ("n0", ptrs.n0, 4),
-        ("m0", ptrs.m0, 4),
-        ("n_states", ptrs.n_states, 4),
-        ("m_states", ptrs.m_states, 4),
-        ("n_final", ptrs.n_final, 4),
-        ("m_final", ptrs.m_final, 4),
-        ("gate_b", ptrs.gate_b, 4),
-        ("gate_u", ptrs.gate_u, 16),
-        ("gate_cm", ptrs.gate_cm, 4),
-        ("gate_g", ptrs.gate_g, 4),
-        ("m_rows", ptrs.m_rows, 4),
-        ("norm_rows", ptrs.norm_rows, 4),
-        ("slots", ptrs.slots, 4),
-    ];
-    launch::check_pointers(&[&required[..], &required_out[..]].concat(), &aligned)?;
+    launch::check_pointers(&fwd::pointers(ptrs))?;
     let params = fwd_params(ptrs, &dims, cfg, chunk, scale, seqs);
     let plan = fwd::plan(
         &rt.plan_device(),

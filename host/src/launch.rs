@@ -6,6 +6,7 @@ use cust::sys::CUstream;
 use std::ffi::c_void;
 
 pub(crate) use tfla_params::Launch;
+use tfla_params::Pointer;
 
 /// What the host does with a launch of a plan (`tfla_params::fwd::plan`, `bwd::plan`): check
 /// it against the device, then launch it.
@@ -74,30 +75,23 @@ impl LaunchOnDevice for Launch {
     }
 }
 
-/// The raw entry points' pointer checks: every `required` pointer non-null (typed error naming
-/// it), every pointer of `aligned` (0 = absent) a multiple of its alignment in bytes (what the
-/// kernels' widest access to it needs).
-pub(crate) fn check_pointers(
-    required: &[(&'static str, u64)],
-    aligned: &[(&'static str, u64, u64)],
-) -> Result<()> {
-    for &(arg, p) in required {
-        if p == 0 {
-            return Err(Error::Invalid {
-                arg,
-                value: "null".into(),
-                reason: "required pointer",
-            });
-        }
+/// A pass's pointer list (`tfla_params::fwd::pointers` and the like) checked: every required
+/// pointer non-null, then every pointer (0 = absent) a multiple of its alignment in bytes;
+/// the first failure is a typed error naming the pointer.
+pub(crate) fn check_pointers(pointers: &[Pointer]) -> Result<()> {
+    if let Some(p) = pointers.iter().find(|p| p.required && p.addr == 0) {
+        return Err(Error::Invalid {
+            arg: p.name,
+            value: "null".into(),
+            reason: "required pointer",
+        });
     }
-    for &(arg, p, align) in aligned {
-        if p % align != 0 {
-            return Err(Error::Invalid {
-                arg,
-                value: format!("{p:#x}, needs {align}-byte alignment"),
-                reason: "device pointer not aligned for the kernels' vector accesses",
-            });
-        }
+    if let Some(p) = pointers.iter().find(|p| p.addr % p.align != 0) {
+        return Err(Error::Invalid {
+            arg: p.name,
+            value: format!("{:#x}, needs {}-byte alignment", p.addr, p.align),
+            reason: "device pointer not aligned for the kernels' vector accesses",
+        });
     }
     Ok(())
 }
@@ -379,6 +373,100 @@ mod tests {
         assert_eq!(
             fwd::state_kernel(&Device::HOPPER, 512, 512),
             fwd::FwdKernel::ChunkStateWg
+        );
+    }
+
+    /// The forward's and the step's pointer lists through the check: what the GPU tests check
+    /// on a device (a misaligned q, a null h), here on the CPU, plus optional pointers.
+    #[test]
+    fn pointer_lists_name_the_null_or_misaligned_pointer() {
+        use tfla_params::fwd::FwdPointers;
+        use tfla_params::step::StepPointers;
+        let arg = |r: Result<()>| match r {
+            Err(Error::Invalid { arg, .. }) => arg,
+            other => panic!("expected a typed error, got {other:?}"),
+        };
+        let base = 1u64 << 20; // 1 MiB: aligned for every access
+        let fwd_ok = FwdPointers {
+            q: base,
+            k: base,
+            v: base,
+            i: base,
+            f: base,
+            h: base,
+            c_states: base,
+            n_states: base,
+            m_states: base,
+            gate_b: base,
+            gate_u: base,
+            gate_cm: base,
+            gate_g: base,
+            ..Default::default()
+        };
+        assert!(check_pointers(&fwd::pointers(&fwd_ok)).is_ok());
+        assert_eq!(
+            arg(check_pointers(&fwd::pointers(&FwdPointers {
+                q: base + 2,
+                ..fwd_ok
+            }))),
+            "q"
+        );
+        assert_eq!(
+            arg(check_pointers(&fwd::pointers(&FwdPointers {
+                h: 0,
+                ..fwd_ok
+            }))),
+            "h"
+        );
+        assert_eq!(
+            arg(check_pointers(&fwd::pointers(&FwdPointers {
+                c0: base + 8,
+                ..fwd_ok
+            }))),
+            "c0"
+        );
+        assert!(
+            check_pointers(&fwd::pointers(&FwdPointers {
+                c_final: base + 8,
+                ..fwd_ok
+            }))
+            .is_ok()
+        );
+        let step_ok = StepPointers {
+            q: base,
+            k: base,
+            v: base,
+            i: base,
+            f: base,
+            c: base,
+            n: base,
+            m: base,
+            h: base,
+            tiles_done: base,
+            slots: 0,
+        };
+        let step = |p: &StepPointers| check_pointers(&tfla_params::step::pointers(p, 2));
+        assert!(step(&step_ok).is_ok());
+        assert_eq!(
+            arg(step(&StepPointers {
+                v: base + 4,
+                ..step_ok
+            })),
+            "v"
+        );
+        assert_eq!(
+            arg(step(&StepPointers {
+                tiles_done: 0,
+                ..step_ok
+            })),
+            "tiles_done"
+        );
+        assert_eq!(
+            arg(step(&StepPointers {
+                slots: base + 2,
+                ..step_ok
+            })),
+            "slots"
         );
     }
 

@@ -433,34 +433,7 @@ pub unsafe fn mlstm_step_raw(
     let scale = cfg.scale_for(&dims.as_dims())?;
     let kstate = check_state_dtype("state_dtype", state_dtype)?;
     let kdtype = input_dtype(dtype);
-    let required = [
-        ("q", ptrs.q),
-        ("k", ptrs.k),
-        ("v", ptrs.v),
-        ("i", ptrs.i),
-        ("f", ptrs.f),
-        ("c", ptrs.c),
-        ("n", ptrs.n),
-        ("m", ptrs.m),
-        ("h", ptrs.h),
-        ("tiles_done", ptrs.tiles_done),
-    ];
-    // The kernel's vector widths: pairs of q, k, ñ; quads of v, h; 16 bytes of C̃.
-    let x = dtype.size() as u64;
-    let aligned = [
-        ("q", ptrs.q, 2 * x),
-        ("k", ptrs.k, 2 * x),
-        ("v", ptrs.v, 4 * x),
-        ("h", ptrs.h, 4 * x),
-        ("c", ptrs.c, 16),
-        ("n", ptrs.n, 8),
-        ("i", ptrs.i, 4),
-        ("f", ptrs.f, 4),
-        ("m", ptrs.m, 4),
-        ("tiles_done", ptrs.tiles_done, 4),
-        ("slots", ptrs.slots, 4),
-    ];
-    launch::check_pointers(&required, &aligned)?;
+    launch::check_pointers(&step::pointers(ptrs, dtype.size() as u64))?;
     let params = StepParams {
         ptr: *ptrs,
         bh: dims.bh() as u32,

@@ -11,7 +11,7 @@
 //!   |s_i| ≥ floor_i, else 0), so dnum'_i = [dh_i ρ_i, δ_i] (`shared/MATH.md`).
 
 use crate::fwd::SMEM_ROW_PAD;
-use crate::{Device, Dtype, Gates, Launch, Path, Plan, WARP, div_ceil};
+use crate::{Device, Dtype, Gates, Launch, Path, Plan, Pointer, WARP, div_ceil};
 
 /// Device addresses of every tensor the backward kernels read or write (0 where absent); every
 /// tensor contiguous, row-major, in the shape its comment gives.
@@ -380,6 +380,70 @@ pub fn plan(dev: &Device, p: &BwdParams, gates: Gates, path: Path) -> Plan {
         plan.push(max_path);
     }
     plan
+}
+
+/// The backward's pointers for `normalized` variants or not, an input `path`, and
+/// `scores_on_chip` (the chunk kernel runs, [`use_chunk`], which needs no score matrices).
+/// Required: the inputs, the forward's outputs the kernels read, dh, the gradients and the
+/// scratch the path uses (the normalizer readout for normalized variants; the final C̃ and ñ
+/// where their gradients are given: the path through m_S contracts them). Alignments: 16
+/// bytes for `cp.async` rows (q, k, v, dh, the C̃ states and their gradients, the scores),
+/// 16-byte loads (h), the row weights the state kernel streams (row_coef) and what the
+/// forward already requires (C̃0, u); 8 for pairs of f32 (C̃ matrices and ñ rows read or
+/// written two at a time); 4 for the rest (dq, dk, dv move two 16-bit values per access).
+/// The f32 path moves 16 bytes at a time what it shares with the 16-bit one, and its scratch.
+pub const fn pointers(
+    p: &BwdPointers,
+    normalized: bool,
+    path: Path,
+    scores_on_chip: bool,
+) -> [Pointer; 40] {
+    use Pointer as P;
+    let tc = matches!(path, Path::TensorCores(_));
+    let wide = if tc { 4 } else { 16 };
+    let wide8 = if wide > 8 { wide } else { 8 };
+    [
+        P::required("q", p.q, 16),
+        P::required("k", p.k, 16),
+        P::required("v", p.v, 16),
+        P::required("i", p.i, 4),
+        P::required("f", p.f, 4),
+        P::required("h", p.h, 16),
+        P::required("c_states", p.c_states, 16),
+        P::required("n_states", p.n_states, 8),
+        P::required("m_states", p.m_states, 4),
+        P::required("gate_b", p.gate_b, 4),
+        P::required("gate_u", p.gate_u, 16),
+        P::required("gate_cm", p.gate_cm, 4),
+        P::required("gate_g", p.gate_g, 4),
+        P::required("dh", p.dh, 16),
+        P::required("row_coef", p.row_coef, 16),
+        P::required("state_dots", p.state_dots, 4),
+        P::required("dq", p.dq, wide),
+        P::required("dk", p.dk, wide),
+        P::required("dv", p.dv, 4),
+        P::required("di", p.di, 4),
+        P::required("df", p.df, 4),
+        P::required_if(tc, "dc_states", p.dc_states, 16),
+        P::required_if(tc, "dn_states", p.dn_states, 8),
+        P::required_if(tc, "row_dots", p.row_dots, 4),
+        P::required_if(tc, "pair_sums", p.pair_sums, 4),
+        P::required_if(tc && !scores_on_chip, "scores_p", p.scores_p, 16),
+        P::required_if(tc && !scores_on_chip, "scores_dp", p.scores_dp, 16),
+        P::required_if(!tc, "segments", p.segments, 16),
+        P::required_if(normalized, "norm_rows", p.norm_rows, 4),
+        P::required_if(p.dc_final != 0, "c_final", p.c_final, 8),
+        P::required_if(p.dn_final != 0, "n_final", p.n_final, 4),
+        P::optional("c0", p.c0, 16),
+        P::optional("n0", p.n0, 4),
+        P::optional("m0", p.m0, 4),
+        P::optional("dc_final", p.dc_final, wide8),
+        P::optional("dn_final", p.dn_final, 4),
+        P::optional("dm_final", p.dm_final, 4),
+        P::optional("dc0", p.dc0, wide8),
+        P::optional("dn0", p.dn0, 4),
+        P::optional("dm0", p.dm0, 4),
+    ]
 }
 
 /// Score matrices: one block computes a TILE × TILE tile (rows i, columns j ≤ i) of P and dP

@@ -2,7 +2,7 @@
 //! boundary) and the chunk-output kernel (H of one row tile of one chunk, TFLA's second level of
 //! parallelism). Both take [`FwdParams`] by value.
 
-use crate::{Device, Dtype, Gates, Launch, Path, Plan, WARP, div_ceil};
+use crate::{Device, Dtype, Gates, Launch, Path, Plan, Pointer, WARP, div_ceil};
 
 /// Device addresses of every tensor the forward kernels read or write (0 where absent); every
 /// tensor is contiguous, row-major, in the shape its comment gives. Part of [`FwdParams`];
@@ -365,6 +365,39 @@ pub fn plan(dev: &Device, p: &FwdParams, gates: Gates, path: Path, states_only: 
         }
     }
     plan
+}
+
+/// The forward's pointers: q, k, v and the gates in, h, the chunk states and the gate vectors
+/// out are required; initial and final states, row statistics and slots are optional (the
+/// host checks that the final states come all three or none). Alignments: 16 bytes where a
+/// kernel moves 16-byte vectors (q, k, v, C̃0, the C̃ states, u), 8 for pairs of f32 (the final
+/// C̃), 4 for the rest.
+pub const fn pointers(p: &FwdPointers) -> [Pointer; 22] {
+    use Pointer as P;
+    [
+        P::required("q", p.q, 16),
+        P::required("k", p.k, 16),
+        P::required("v", p.v, 16),
+        P::required("i", p.i, 4),
+        P::required("f", p.f, 4),
+        P::required("h", p.h, 4),
+        P::required("c_states", p.c_states, 16),
+        P::required("n_states", p.n_states, 4),
+        P::required("m_states", p.m_states, 4),
+        P::required("gate_b", p.gate_b, 4),
+        P::required("gate_u", p.gate_u, 16),
+        P::required("gate_cm", p.gate_cm, 4),
+        P::required("gate_g", p.gate_g, 4),
+        P::optional("c0", p.c0, 16),
+        P::optional("n0", p.n0, 4),
+        P::optional("m0", p.m0, 4),
+        P::optional("c_final", p.c_final, 8),
+        P::optional("n_final", p.n_final, 4),
+        P::optional("m_final", p.m_final, 4),
+        P::optional("m_rows", p.m_rows, 4),
+        P::optional("norm_rows", p.norm_rows, 4),
+        P::optional("slots", p.slots, 4),
+    ]
 }
 
 /// The grid of a chunk-output kernel with tiles of `tile_q` rows × `tile_hv` value columns:

@@ -128,6 +128,48 @@ impl Default for Plan {
     }
 }
 
+/// A device pointer of a pass's parameters as its kernels use it: the field's name, its
+/// address (0: absent), whether the pass needs it, and the alignment in bytes its widest
+/// access needs. The passes list theirs ([`fwd::pointers`], [`bwd::pointers`],
+/// [`step::pointers`]); the host checks every launch's list before it launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pointer {
+    pub name: &'static str,
+    pub addr: u64,
+    pub required: bool,
+    pub align: u64,
+}
+
+impl Pointer {
+    pub const fn required(name: &'static str, addr: u64, align: u64) -> Self {
+        Pointer {
+            name,
+            addr,
+            required: true,
+            align,
+        }
+    }
+
+    pub const fn optional(name: &'static str, addr: u64, align: u64) -> Self {
+        Pointer {
+            name,
+            addr,
+            required: false,
+            align,
+        }
+    }
+
+    /// Required when `needed`, optional otherwise.
+    pub const fn required_if(needed: bool, name: &'static str, addr: u64, align: u64) -> Self {
+        Pointer {
+            name,
+            addr,
+            required: needed,
+            align,
+        }
+    }
+}
+
 /// Which kernels a pass runs for its inputs: q, k, v in 16 bits on the tensor cores, or f32
 /// on the CUDA cores (tensor-core products would round them to 16 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

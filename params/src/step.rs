@@ -12,7 +12,7 @@
 //! block of the head, and the block that arrives last writes ñ' and m' (see
 //! [`StepPointers::tiles_done`]).
 
-use crate::{Gates, WARP, div_ceil};
+use crate::{Gates, Pointer, WARP, div_ceil};
 
 /// Element type of q, k, v and h in the step kernel (the forward's [`crate::Dtype`] plus f32:
 /// the step runs on the CUDA cores, so f32 inputs need no separate path).
@@ -84,6 +84,26 @@ pub struct StepPointers {
     /// below the pool's slot count and that no two rows share one (two heads updating one
     /// state would race, and would share a counter).
     pub slots: u64,
+}
+
+/// The step's pointers for inputs of `x` bytes per element: all required but the slots.
+/// Alignments are the kernel's vector widths: pairs of q, k and ñ, quads of v and h, 16 bytes
+/// of C̃.
+pub const fn pointers(p: &StepPointers, x: u64) -> [Pointer; 11] {
+    use Pointer as P;
+    [
+        P::required("q", p.q, 2 * x),
+        P::required("k", p.k, 2 * x),
+        P::required("v", p.v, 4 * x),
+        P::required("i", p.i, 4),
+        P::required("f", p.f, 4),
+        P::required("c", p.c, 16),
+        P::required("n", p.n, 8),
+        P::required("m", p.m, 4),
+        P::required("h", p.h, 4 * x),
+        P::required("tiles_done", p.tiles_done, 4),
+        P::optional("slots", p.slots, 4),
+    ]
 }
 
 /// Parameters of the step kernel, passed by value. Built only from validated host arguments.
