@@ -288,6 +288,12 @@ tests|bench|all)
   grid=${2:-quick}
   results=${3:-$here/results}
   if [ "$what" != bench ]; then
+    # The PTX test assembles with ptxas: without one on PATH or in CUDA_PATH (and no network
+    # to fetch it), use the one the Triton wheel ships.
+    if ! command -v ptxas > /dev/null && [ -z "${CUDA_PATH:-}" ]; then
+      tb=$(python3 -c "import os, triton; print(os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin'))" 2> /dev/null)
+      [ -n "$tb" ] && [ -x "$tb/ptxas" ] && export PATH=$PATH:$tb
+    fi
     for t in "$bin"/test-*; do
       echo "=== $(basename "$t")"
       if "$t" --include-ignored --test-threads=1 2>&1; then pass=$((pass+1)); else fail=$((fail+1)); fi
