@@ -223,7 +223,7 @@ pub mod state_wg {
     /// Shortest chunk this kernel takes. One block of 8 warps fills an SM (255 registers), so
     /// nothing overlaps the walk's per-chunk work between products (the dC̃ store, the gate
     /// dots); at L = 128 that work is twice the share it is at 256, and the narrow kernel's
-    /// blocks hide it better (measured both ways on an H100: benches/LOG.md, 6ca7dd3).
+    /// blocks hide it better (measured both ways on an H100: benches/LOG.md).
     pub const MIN_CHUNK: u32 = 256;
     /// Whether this kernel (in sm_90a builds) computes the state gradients of these head
     /// dims and chunk size.

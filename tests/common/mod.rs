@@ -306,8 +306,8 @@ pub fn limit_readout_cancellation(
 /// Largest cancellation of a row's dh_t·h_t, Σ|dh_ti h_ti| / |dh_t·h_t|, in the Exact tests:
 /// ds_t carries up to this times the input dtype's rounding of h (below), so it must keep
 /// that product under the gradient bounds (10 · 2⁻⁹ = 2e-2 for bf16, 10 · 2⁻¹² = 2.4e-3 for
-/// f16). At 30, a bf16 row of cancellation 21 whose 1/s_t² made it dominate dq failed at
-/// 4.6e-2 (mLSTMexp, big input gates; the same on the forward of session 6 and this one).
+/// f16). A looser limit (30) let a bf16 row of cancellation 21, whose 1/s_t² made it dominate
+/// dq, fail the bound (mLSTMexp, big input gates; benches/LOG.md has the draw).
 pub const MAX_OUTPUT_CANCELLATION: f64 = 10.0;
 
 /// Redraws dh_t (fresh N(0, 1) at the loss scale of [`random_grad_outputs`], rounded to
