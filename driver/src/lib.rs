@@ -131,6 +131,30 @@ pub fn load() -> Result<(), String> {
 mod tests {
     use super::*;
 
+    // The driver functions the tests call, declared as cust_raw declares them (the symbols
+    // are this crate's jumps).
+    unsafe extern "C" {
+        #[link_name = "cuInit"]
+        fn cu_init(flags: c_uint) -> c_int;
+        #[link_name = "cuDriverGetVersion"]
+        fn driver_get_version(version: *mut c_int) -> c_int;
+        #[link_name = "cuLaunchKernel"]
+        #[allow(clippy::too_many_arguments)]
+        fn launch(
+            f: usize,
+            gx: u32,
+            gy: u32,
+            gz: u32,
+            bx: u32,
+            by: u32,
+            bz: u32,
+            smem: u32,
+            stream: usize,
+            params: usize,
+            extra: usize,
+        ) -> c_int;
+    }
+
     #[test]
     fn every_name_has_its_own_slot() {
         assert_eq!(NAMES.len(), TABLE.len());
@@ -149,12 +173,6 @@ mod tests {
     /// once per process.
     #[test]
     fn functions_fail_cleanly_until_cu_init_loads_the_driver() {
-        unsafe extern "C" {
-            #[link_name = "cuInit"]
-            fn cu_init(flags: c_uint) -> c_int;
-            #[link_name = "cuDriverGetVersion"]
-            fn driver_get_version(version: *mut c_int) -> c_int;
-        }
         let mut version = -1;
         // SAFETY: the jump ends in `not_loaded`, which ignores its arguments.
         let code = unsafe { driver_get_version(&mut version) };
@@ -196,27 +214,6 @@ int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
     /// `TFLA_LIBCUDA` naming the stand-in.
     #[test]
     fn jumps_hand_every_argument_to_the_loaded_library() {
-        unsafe extern "C" {
-            #[link_name = "cuInit"]
-            fn cu_init(flags: c_uint) -> c_int;
-            #[link_name = "cuDriverGetVersion"]
-            fn driver_get_version(version: *mut c_int) -> c_int;
-            #[link_name = "cuLaunchKernel"]
-            #[allow(clippy::too_many_arguments)]
-            fn launch(
-                f: usize,
-                gx: u32,
-                gy: u32,
-                gz: u32,
-                bx: u32,
-                by: u32,
-                bz: u32,
-                smem: u32,
-                stream: usize,
-                params: usize,
-                extra: usize,
-            ) -> c_int;
-        }
         const CHILD: &str = "TFLA_DRIVER_STUB_CHILD";
         if std::env::var_os(CHILD).is_some() {
             // SAFETY: the stand-in's functions, with the arguments they take.

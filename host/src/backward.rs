@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::forward::{
     MlstmInputs, MlstmOutputs, fwd_pointers, kernel_gates, launch_fwd, mlstm_fwd, path_of,
 };
-use crate::launch::{self, LaunchOnDevice};
+use crate::launch;
 use crate::runtime::Runtime;
 use crate::tensor::{Dtype, Tensor, expect_dtype, expect_shape};
 use crate::variant::GradMode;
@@ -659,16 +659,9 @@ pub(crate) unsafe fn launch_bwd(
     check_pointers(ptrs, cfg.variant, path, on_chip)?;
     let params = bwd_params(ptrs, &dims, cfg, chunk, scale, mode, seqs);
     let plan = bwd::plan(&dev, &params, kernel_gates(cfg.variant), path);
-    let launches = plan.as_slice();
-    for l in launches {
-        l.check(rt)?;
-    }
-    for l in launches {
-        // SAFETY: pointers per this function's contract; dims, chunk, dtype and alignment
-        // checked; each kernel reads only what the kernels before it on `stream` wrote.
-        unsafe { l.run(rt, stream, &params)? };
-    }
-    Ok(())
+    // SAFETY: pointers per this function's contract; dims, chunk, dtype and alignment checked;
+    // each kernel of the plan reads only what the ones before it wrote.
+    unsafe { launch::run_plan(rt, stream, plan.as_slice(), &params) }
 }
 
 /// The backward kernels' parameters for validated `dims`, `cfg` and the chunk size and scale

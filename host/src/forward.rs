@@ -15,7 +15,7 @@
 //! by the launch before (`kernels/src/mlstm/common/slots.rs`).
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
-use crate::launch::{self, LaunchOnDevice};
+use crate::launch;
 use crate::runtime::Runtime;
 use crate::slots::{PoolSlots, Slots, StatePool};
 use crate::tensor::{Dtype, Tensor, expect_shape};
@@ -631,15 +631,8 @@ pub(crate) unsafe fn launch_fwd(
         path_of(dtype),
         states_only,
     );
-    let launches = plan.as_slice();
-    for l in launches {
-        l.check(rt)?;
-    }
-    for l in launches {
-        // SAFETY: pointers per this function's contract; dims, chunk and alignment checked.
-        unsafe { l.run(rt, stream, &params)? };
-    }
-    Ok(())
+    // SAFETY: pointers per this function's contract; dims, chunk and alignment checked.
+    unsafe { launch::run_plan(rt, stream, plan.as_slice(), &params) }
 }
 
 /// The forward kernels' parameters for validated `dims`, `cfg` and the chunk size and scale

@@ -8,19 +8,13 @@ use std::ffi::c_void;
 pub(crate) use tfla_params::Launch;
 use tfla_params::Pointer;
 
-/// What the host does with a launch of a plan (`tfla_params::fwd::plan`, `bwd::plan`): check
-/// it against the device, then launch it.
+/// What the host checks of a launch of a plan (`tfla_params::fwd::plan`, `bwd::plan`) before
+/// [`run_plan`] launches it.
 pub(crate) trait LaunchOnDevice {
     /// Fails with [`Error::SharedMemory`] when the device cannot give the block its memory,
     /// and with [`Error::Invalid`] when the grid exceeds CUDA's limits.
     fn check(&self, rt: &Runtime) -> Result<()>;
     fn check_grid(&self) -> Result<()>;
-    /// Launches with `params` (a `#[repr(C)]` struct passed by value) as the only argument.
-    ///
-    /// # Safety
-    /// `params` holds device pointers valid for what the kernel reads and writes at the
-    /// launch's dimensions; the kernel's parameter type is `P`.
-    unsafe fn run<P>(&self, rt: &Runtime, stream: CUstream, params: &P) -> Result<()>;
 }
 
 impl LaunchOnDevice for Launch {
@@ -47,32 +41,50 @@ impl LaunchOnDevice for Launch {
         }
         Ok(())
     }
+}
 
-    unsafe fn run<P>(&self, rt: &Runtime, stream: CUstream, params: &P) -> Result<()> {
-        self.check(rt)?;
-        let f = rt.function(self.name, self.smem)?;
-        let (x, y, z) = self.grid;
+/// Checks every launch of `launches` against the device, then queues them in order on
+/// `stream`, each with `params` (a `#[repr(C)]` struct passed by value) as its only argument:
+/// a pass whose last kernel cannot launch is rejected before its first one runs.
+///
+/// # Safety
+/// `params` holds device pointers valid for what every kernel reads and writes at the
+/// launches' dimensions; the kernels' parameter type is `P`; each reads only what the kernels
+/// before it on `stream` wrote.
+pub(crate) unsafe fn run_plan<P>(
+    rt: &Runtime,
+    stream: CUstream,
+    launches: &[Launch],
+    params: &P,
+) -> Result<()> {
+    for l in launches {
+        l.check(rt)?;
+    }
+    for l in launches {
+        let f = rt.function(l.name, l.smem)?;
+        let (x, y, z) = l.grid;
         let mut args = [params as *const P as *mut c_void];
-        // SAFETY: forwarded to the caller (pointer validity); `f` is a function of the runtime's
-        // module, whose context the stream belongs to; grid and block come from the
-        // launch-configuration crate for these parameters, the shared memory was checked above.
+        // SAFETY: forwarded to the caller (pointer validity); `f` is a function of the
+        // runtime's module, whose context the stream belongs to; grid and shared memory were
+        // checked above.
         let code = unsafe {
             cust::sys::cuLaunchKernel(
                 f,
                 x,
                 y,
                 z,
-                self.threads,
+                l.threads,
                 1,
                 1,
-                self.smem,
+                l.smem,
                 stream,
                 args.as_mut_ptr(),
                 std::ptr::null_mut(),
             )
         };
-        Error::check_driver("cuLaunchKernel", code)
+        Error::check_driver("cuLaunchKernel", code)?;
     }
+    Ok(())
 }
 
 /// A pass's pointer list (`tfla_params::fwd::pointers` and the like) checked: every required

@@ -26,7 +26,7 @@
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::forward::{MlstmOutputs, kernel_gates};
-use crate::launch::{self, Launch, LaunchOnDevice};
+use crate::launch::{self, Launch};
 use crate::runtime::Runtime;
 use crate::slots::{PoolSlots, Slots, StatePool};
 use crate::tensor::{Dtype, Tensor, expect_shape};
@@ -443,14 +443,14 @@ pub unsafe fn mlstm_step_raw(
         scale,
         eps: cfg.eps,
     };
-    let launch = Launch {
+    let kernel = Launch {
         name: step::entry_name(kernel_gates(cfg.variant), kdtype, kstate),
         grid: step::grid(&params),
         threads: step::THREADS,
         smem: step::smem_bytes(params.dqk),
     };
     // SAFETY: pointers per this function's contract; dims, dtypes and alignment checked.
-    unsafe { launch.run(rt, stream, &params) }
+    unsafe { launch::run_plan(rt, stream, &[kernel], &params) }
 }
 
 fn input_dtype(dtype: Dtype) -> InputDtype {

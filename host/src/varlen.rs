@@ -20,7 +20,7 @@ use crate::backward::{
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::forward::{MlstmInputs, MlstmOutputs, fwd_pointers, launch_fwd};
-use crate::launch::{Launch, LaunchOnDevice};
+use crate::launch::{self, Launch};
 use crate::runtime::Runtime;
 use crate::tensor::{self, Dtype, Tensor, expect_dtype, expect_shape};
 use crate::variant::GradMode;
@@ -320,14 +320,14 @@ impl VarlenLayout {
             pad,
             unpack: unpack as u32,
         };
-        let launch = Launch {
+        let kernel = Launch {
             name: pack::ENTRY,
             grid: pack::grid(&p),
             threads: pack::THREADS,
             smem: 0,
         };
         // SAFETY: the caller's contract; offsets checked on the host.
-        unsafe { launch.run(rt, rt.raw_stream(), &p) }
+        unsafe { launch::run_plan(rt, rt.raw_stream(), &[kernel], &p) }
     }
 
     fn seq_chunks(&self) -> u64 {

@@ -196,8 +196,18 @@ macro_rules! pointers {
     }};
 }
 
-fn stream_handle(stream: usize) -> CUstream {
-    stream as CUstream
+/// Runs `launch` with the runtime of `device` and the driver handle of `stream`, the GIL
+/// released (the launches only queue work).
+fn on_device(
+    py: Python<'_>,
+    device: u32,
+    stream: usize,
+    launch: impl FnOnce(&Runtime, CUstream) -> tfla::Result<()> + Send,
+) -> PyResult<()> {
+    let rt = runtime(device)?;
+    // The handle crosses into the closure as an integer (a raw pointer is not Send).
+    py.detach(|| launch(&rt, stream as CUstream))
+        .map_err(py_err)
 }
 
 /// The forward pass on the caller's buffers (`pointers`: name → device address, 0 or absent
@@ -253,12 +263,10 @@ fn forward(
     let cfg = config(variant, normalize, eps, chunk_size, row_stats)?;
     let d = dims(b, nh, s, dqk, dhv)?;
     let dt = self::dtype(dtype)?;
-    let rt = runtime(device)?;
-    py.detach(|| {
-        // SAFETY: this function's contract.
-        unsafe { tfla::mlstm_fwd_raw(&rt, stream_handle(stream), &ptrs, d, dt, &cfg) }
+    // SAFETY: this function's contract.
+    on_device(py, device, stream, |rt, st| unsafe {
+        tfla::mlstm_fwd_raw(rt, st, &ptrs, d, dt, &cfg)
     })
-    .map_err(py_err)
 }
 
 /// The backward pass on the caller's buffers, queued on `stream` (contract as [`forward`];
@@ -331,12 +339,10 @@ fn backward(
     let d = dims(b, nh, s, dqk, dhv)?;
     let dt = self::dtype(dtype)?;
     let mode = self::grad_mode(grad_mode)?;
-    let rt = runtime(device)?;
-    py.detach(|| {
-        // SAFETY: this function's contract.
-        unsafe { tfla::mlstm_bwd_raw(&rt, stream_handle(stream), &ptrs, d, dt, &cfg, mode) }
+    // SAFETY: this function's contract.
+    on_device(py, device, stream, |rt, st| unsafe {
+        tfla::mlstm_bwd_raw(rt, st, &ptrs, d, dt, &cfg, mode)
     })
-    .map_err(py_err)
 }
 
 /// One generation step on the caller's buffers, the states updated in place, queued on
@@ -378,12 +384,10 @@ fn step(
     let sd = StepDims { b, nh, dqk, dhv };
     sd.validate().map_err(py_err)?;
     let (dt, st) = (self::dtype(dtype)?, self::dtype(state_dtype)?);
-    let rt = runtime(device)?;
-    py.detach(|| {
-        // SAFETY: this function's contract.
-        unsafe { tfla::mlstm_step_raw(&rt, stream_handle(stream), &ptrs, sd, dt, st, &cfg) }
+    // SAFETY: this function's contract.
+    on_device(py, device, stream, |rt, stream| unsafe {
+        tfla::mlstm_step_raw(rt, stream, &ptrs, sd, dt, st, &cfg)
     })
-    .map_err(py_err)
 }
 
 /// Checks a state-pool slot list on the host: every slot below `num_slots`, none twice.

@@ -203,6 +203,35 @@ def mlstm_chunkwise(
 
 
 
+def _is_fake(t: Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+# The step kernel's per-head arrival counters, one zeroed buffer per (device, stream, heads):
+# every step leaves them zero, so a decode loop reuses one instead of zeroing a new buffer
+# (one more launch) per token. Per stream: steps on two streams at once must not share them.
+_COUNTERS: dict[tuple[int, int, int], Tensor] = {}
+
+
+def _arrival_counters(heads: int, like: Tensor) -> Tensor:
+    device = like.device
+    if (
+        torch.compiler.is_compiling()
+        or _is_fake(like)
+        or torch.cuda.is_current_stream_capturing()
+    ):
+        # Traced, or inside a CUDA graph: a buffer of its own (zeroed in the graph, owned by
+        # its pool), no reuse across calls.
+        return torch.zeros(heads, dtype=torch.int32, device=device)
+    key = (device.index, torch.cuda.current_stream(device).cuda_stream, heads)
+    counters = _COUNTERS.get(key)
+    if counters is None:
+        counters = _COUNTERS[key] = torch.zeros(heads, dtype=torch.int32, device=device)
+    return counters
+
+
 def mlstm_step(
     q: Tensor,
     k: Tensor,
@@ -263,7 +292,7 @@ def mlstm_step(
             raise ValueError(f"`{arg}` must be contiguous: the step updates it in place")
     if n.dtype != torch.float32 or m_flat.dtype != torch.float32:
         raise ValueError(f"`n` and `m` must be float32, got {n.dtype} and {m_flat.dtype}")
-    tiles_done = torch.zeros(heads * nh, dtype=torch.int32, device=q.device)
+    tiles_done = _arrival_counters(heads * nh, q)
     h = torch.ops.tfla.mlstm_step_(
         q.contiguous(), k.contiguous(), v.contiguous(), i, f, c, n, m_flat, tiles_done, slots,
         variant, normalize, float(eps),
@@ -342,9 +371,13 @@ def get_mlstm_step_kernel(name: str) -> Callable[..., tuple[Tensor, LastStates]]
     fixed = _STEP_KERNELS[name]
 
     def kernel(q, k, v, i, f, c, n, m, eps: float = 1e-6, dtype_state=None, **_tuning):
-        if dtype_state is not None:
-            c = c.to(dtype_state)
-        return mlstm_step(q, k, v, i, f, c, n.float(), m.float(), eps=eps, **fixed)
+        if dtype_state is None or c.dtype == dtype_state:
+            return mlstm_step(q, k, v, i, f, c, n.float(), m.float(), eps=eps, **fixed)
+        # The state dtype changes: the converted C is a copy already; copy n, m and step in
+        # place instead of copying C twice.
+        c = c.to(dtype_state)
+        n, m = n.float().clone(), m.float().clone()
+        return mlstm_step(q, k, v, i, f, c, n, m, eps=eps, inplace=True, **fixed)
 
     kernel.__name__ = name.replace("-", "_")
     return kernel

@@ -96,57 +96,61 @@ def _tfla_cell(q, k, v, i, f, c0, n0, m0, **options):
     return mlstm_chunkwise(q, k, v, i, f, c0, n0, m0, return_last_states=True, **options)
 
 
-def rank_forward(
+def summarize(
     piece: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
-    gather: Callable[[Summary], tuple[list[Summary], Optional[Tensor]]],
     rank: int,
     initial: Optional[tuple[Tensor, Tensor, Tensor]],
     cell: Callable,
     options: dict,
-):
-    """Rank ``rank``'s h and states after its piece (q, k, v, i, f), given ``gather`` (this
-    rank's summary → every rank's, in rank order, and a zero that depends on all of them) and,
-    on rank 0, the sequence's initial state."""
+) -> Summary:
+    """The summary rank ``rank`` sends: its piece (q, k, v, i, f) run from a zero state, and
+    on rank 0 with the sequence's initial state folded in (``_as_start``)."""
     q, k, v, i, f = piece
     variant = options.get("variant", "exp")
-    detached = options.get("grad_mode", "exact") == "detached"
     _, (c, n, m) = cell(q, k, v, i, f, None, None, None, **options)
     summary = piece_summary(c, n, m.reshape(m.shape[:2]), i, f, variant)
     if rank == 0 and initial is not None:
+        detached = options.get("grad_mode", "exact") == "detached"
         summary = _as_start(fold(initial, summary, variant, detached))
-    summaries, anchor = gather(summary)
-    state = _zero_state(q, v)
-    for earlier in summaries[:rank]:
-        state = fold(state, earlier, variant, detached)
-    if rank == 0 and initial is not None:
+    return summary
+
+
+def run_from_summaries(
+    piece: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
+    earlier: list[Summary],
+    initial: Optional[tuple[Tensor, Tensor, Tensor]],
+    cell: Callable,
+    options: dict,
+):
+    """A piece's h and states after it, run from the fold of the ``earlier`` ranks' summaries
+    (rank 0: none, and the sequence's initial state if given)."""
+    q, k, v, i, f = piece
+    variant = options.get("variant", "exp")
+    detached = options.get("grad_mode", "exact") == "detached"
+    if not earlier and initial is not None:
         state = initial
-    c0, n0, m0 = state
-    h, last = cell(q, k, v, i, f, c0, n0, m0, **options)
-    # The gather's backward is a collective: every rank must run it, also one (rank 0) that
-    # uses no other rank's summary.
-    return (h if anchor is None else h + anchor.to(h.dtype)), last
+    else:
+        state = _zero_state(q, v)
+        for summary in earlier:
+            state = fold(state, summary, variant, detached)
+    return cell(q, k, v, i, f, *state, **options)
 
 
 def simulate(
     q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, ranks: int, cell: Callable,
     initial: Optional[tuple[Tensor, Tensor, Tensor]] = None, **options,
 ):  # fmt: skip
-    """Context parallelism over ``ranks`` pieces of the S axis in one process (each piece's
-    summary computed, then every piece run from its folded state): the same computation as
+    """Context parallelism over ``ranks`` pieces of the S axis in one process (every piece's
+    summary, then every piece from its folded state): the same computation as
     ``mlstm_context_parallel`` without the collectives. Returns the pieces' h concatenated and
     the last piece's states."""
     bounds = [round(r * q.shape[2] / ranks) for r in range(ranks + 1)]
     pieces = [tuple(t[:, :, a:b] for t in (q, k, v, i, f)) for a, b in zip(bounds, bounds[1:])]
-    summaries: list[Summary] = []
-    variant = options.get("variant", "exp")
-    detached = options.get("grad_mode", "exact") == "detached"
-    for r, (pq, pk, pv, pi, pf) in enumerate(pieces):
-        _, (c, n, m) = cell(pq, pk, pv, pi, pf, None, None, None, **options)
-        summary = piece_summary(c, n, m.reshape(m.shape[:2]), pi, pf, variant)
-        if r == 0 and initial is not None:
-            summary = _as_start(fold(initial, summary, variant, detached))
-        summaries.append(summary)
-    outs = [rank_forward(p, lambda _s: (summaries, None), r, initial, cell, options) for r, p in enumerate(pieces)]
+    summaries = [summarize(p, r, initial, cell, options) for r, p in enumerate(pieces)]
+    outs = [
+        run_from_summaries(p, summaries[:r], initial if r == 0 else None, cell, options)
+        for r, p in enumerate(pieces)
+    ]
     return torch.cat([h for h, _ in outs], dim=2), outs[-1][1]
 
 
@@ -187,6 +191,7 @@ def mlstm_context_parallel(
     rank = dist.get_rank(group)
 
     def gather(summary: Summary) -> tuple[list[Summary], Tensor]:
+        """Every rank's summary in rank order, and a zero that depends on all of them."""
         # One collective: the five tensors packed into one flat buffer per rank.
         shapes = [t.shape for t in summary]
         sizes = [t.numel() for t in summary]
@@ -203,7 +208,12 @@ def mlstm_context_parallel(
             zn if n_initial is None else n_initial.to(zn.dtype),
             zm if m_initial is None else m_initial.to(zm.dtype).reshape(zm.shape),
         )
-    h, (c, n, m) = rank_forward((q, k, v, i, f), gather, rank, initial, cell, options)
+    piece = (q, k, v, i, f)
+    summaries, anchor = gather(summarize(piece, rank, initial, cell, options))
+    h, (c, n, m) = run_from_summaries(piece, summaries[:rank], initial, cell, options)
+    # The gather's backward is a collective: every rank must run it, also rank 0, which uses
+    # no other rank's summary.
+    h = h + anchor.to(h.dtype)
     if return_last_states:
         return h, (c, n, m)
     return h
