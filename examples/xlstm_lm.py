@@ -86,8 +86,20 @@ def make_backend(name: str, args: argparse.Namespace) -> Backend:
         raise ValueError(f"unknown back end {name!r}: expected one of {ALL_BACKENDS}")
 
     def run(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, ret: bool):
-        out = kernel(q, k, v, i, f, return_last_states=ret, eps=EPS,
-                     autocast_kernel_dtype=torch.bfloat16, **options)
+        # Triton 3.6 aborts in LLVM's optimizer on triton_xl_chunk's exp forward kernel, so
+        # that kernel (compiled on the first call, then cached in memory) is built without
+        # LLVM's optimizations; the backward kernels, compiled outside, keep them.
+        old = os.environ.get("DISABLE_LLVM_OPT")
+        if name == "triton":
+            os.environ["DISABLE_LLVM_OPT"] = "1"
+        try:
+            out = kernel(q, k, v, i, f, return_last_states=ret, eps=EPS,
+                         autocast_kernel_dtype=torch.bfloat16, **options)
+        finally:
+            if old is None:
+                os.environ.pop("DISABLE_LLVM_OPT", None)
+            else:
+                os.environ["DISABLE_LLVM_OPT"] = old
         return out if ret else (out, None)
 
     return run
@@ -392,7 +404,6 @@ def train(name: str, backend: Backend, cfg: ModelConfig, train_data: Tensor,
 
 
 # ----------------------------------------------------------------------------- generation check
-@torch.no_grad()
 @torch.no_grad()
 def generation_check(model: XLSTM, val_data: Tensor, prompt_len: int, new_tokens: int) -> dict:
     """Prefill (chunkwise, last states) + greedy decoding with tfla's step kernel, compared

@@ -144,7 +144,9 @@ impl Runtime {
             )));
         }
         let device = Device::get_device(ordinal).map_err(Error::cuda("cuDeviceGet"))?;
-        let ctx = Context::new(device).map_err(Error::cuda("cuCtxCreate"))?;
+        // cust 0.3's `Context::new` retains the device's primary context, the one PyTorch and the CUDA
+        // runtime use, so memory and streams of either are valid here.
+        let ctx = Context::new(device).map_err(Error::cuda("cuDevicePrimaryCtxRetain"))?;
         let attr = |a| {
             device
                 .get_attribute(a)

@@ -156,8 +156,11 @@ def test_bad_input_raises_with_the_hosts_message(change, error, message):
         tt.mlstm_chunkwise(**x, **kwargs)
 
 
-def test_same_as_mlstm_kernels_forward_and_detached_gradients():
+def test_same_as_mlstm_kernels_forward_and_detached_gradients(monkeypatch):
     mk = pytest.importorskip("mlstm_kernels.torch")
+    # Triton 3.6 aborts in LLVM's optimizer on the exp forward kernel (BENCHMARKS.md,
+    # "Reference kernels: how they are run"); its result does not depend on the optimizer.
+    monkeypatch.setenv("DISABLE_LLVM_OPT", "1")
     for ours, theirs, kw in [
         ("chunkwise--tfla-exp", "chunkwise--triton_xl_chunk", {}),
         ("chunkwise--tfla-sig", "chunkwise--triton_xl_chunk_siging", dict(normalize=True)),
