@@ -353,6 +353,38 @@ fn forward_hard_gate_regimes() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
+fn forward_65536_tokens() {
+    // The max state over 65,536 steps of long memory (forget gates near 1, so m_t keeps
+    // growing with Σ log f and the input gates) and the chunk states passed 256 times.
+    let rt = runtime();
+    let mut rng = rng("forward_65536_tokens");
+    let mut failures = Vec::new();
+    for variant in [EXP, SIG] {
+        let case = Case {
+            shape: shape(1, 2, 65_536, 64, 64),
+            chunk: 256,
+            variant,
+            dtype: Dtype::Bf16,
+            initial_state: true,
+        };
+        let mut inp = RefInputs::random(case.shape, true, &mut rng);
+        for (t, (i, f)) in inp.i.iter_mut().zip(inp.f.iter_mut()).enumerate() {
+            (*i, *f) = ((t % 11) as f64 - 5.0, 6.0 + (t % 5) as f64);
+        }
+        round_inputs(&mut inp, case.dtype);
+        limit_readout_cancellation(&mut inp, case.variant, case.dtype, &mut rng);
+        let (h, st, cs) = check(&rt, case, &inp);
+        let tol = fwd_tolerance(case.dtype);
+        eprintln!("{variant:?}: h {h:.2e}, final states {st:.2e}, chunk states {cs:.2e}");
+        if !(h <= tol && st <= tol && cs <= tol) {
+            failures.push(format!("{variant:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "over the tolerance: {failures:?}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn forward_state_passing_equals_one_call() {
     // Two calls with carried final states equal one call over the concatenation.
     let rt = runtime();

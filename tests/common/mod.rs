@@ -239,8 +239,9 @@ pub fn to_f64(t: &Tensor) -> Vec<f64> {
 pub type GateRegime = (&'static str, fn(usize) -> (f64, f64));
 
 /// Forget gates near 0 (a reset nearly every step) and near 1 (long memory, |ñᵀq| far below
-/// ‖ñ‖‖q‖), and rare input gates large enough to move the max state.
-pub const HARD_GATES: [GateRegime; 3] = [
+/// ‖ñ‖‖q‖), rare input gates large enough to move the max state, and both gates at ±30 in a
+/// mixed pattern (forgetting all but e⁻³⁰ of the state, or nothing; input gates of e^±30).
+pub const HARD_GATES: [GateRegime; 4] = [
     ("forget≈0", |t| {
         (((t * 7) % 13) as f64 - 6.0, -9.0 + (t % 3) as f64)
     }),
@@ -254,6 +255,11 @@ pub const HARD_GATES: [GateRegime; 3] = [
             ((t * 3) % 9) as f64
         };
         (i, 2.0)
+    }),
+    ("gates at ±30", |t| {
+        let i = [30.0, -30.0, 1.0, -30.0, 30.0, 0.0, -2.0][t % 7];
+        let f = [30.0, 30.0, -30.0, 30.0, 3.0][t % 5];
+        (i, f)
     }),
 ];
 
