@@ -200,6 +200,7 @@ pub mod state_wg {
 /// STAGES × (K sub-tile sub_l × qk, V sub-tile sub_l × hv, 16-bit, padded rows; the
 /// sub-tile's u, sub_l f32), then the tile of C̃_k staged for its store (qk × hv, 16-bit,
 /// padded rows); and the grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateTiles {
     /// Rows (DQK) and columns (DHV) of the state tile of one block.
     pub qk: u32,

@@ -3,9 +3,77 @@
 //! before chunk k goes, and the max-state step. The shapes differ only in how their register
 //! tiles multiply and store.
 use super::gates::GateKind;
-use crate::arch::{global, math};
-use crate::tile::acc_pairs;
-use tfla_params::fwd::FwdParams;
+use super::seqs::chunk_range;
+use crate::arch::{cp_async, global, math, shared, thread};
+use crate::tile::{SmemTile, acc_pairs};
+use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, StateTiles};
+
+/// What a chunk-state block walks: its tile of the state (rows from `d0`, columns from `v0`;
+/// grid x enumerates the tiles, DHV fastest), its head `bh` and sequence `seq` (grid y, z),
+/// and the chunks [k_lo, k_hi] of that sequence (all of them unless the batch is packed).
+pub struct Walk {
+    pub bx: u32,
+    pub bh: u32,
+    pub seq: u32,
+    pub d0: u32,
+    pub v0: u32,
+    pub k_lo: u32,
+    pub k_hi: u32,
+}
+
+/// This block's walk, for state tiles of `tile_qk` × `tile_hv`.
+///
+/// # Safety
+/// Launched on the grid of a [`StateTiles`] of that tile, on parameters validated by the host.
+#[inline(always)]
+pub unsafe fn walk(p: &FwdParams, (tile_qk, tile_hv): (u32, u32)) -> Walk {
+    let (bx, bh, seq) = thread::block_idx();
+    let tiles_hv = p.dhv.div_ceil(tile_hv);
+    let (d0, v0) = ((bx / tiles_hv) * tile_qk, (bx % tiles_hv) * tile_hv);
+    let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, p.num_chunks, seq) };
+    Walk {
+        bx,
+        bh,
+        seq,
+        d0,
+        v0,
+        k_lo,
+        k_hi,
+    }
+}
+
+/// The shared memory of a chunk-state block as [`StateTiles`] lays it out: `stages` × (K
+/// sub-tile, V sub-tile, u of the sub-tile), then the staging tile of C̃_k.
+#[derive(Clone, Copy)]
+pub struct StateSmem(pub StateTiles);
+
+impl StateSmem {
+    #[inline(always)]
+    pub fn k(&self, st: u32) -> SmemTile {
+        SmemTile {
+            base: shared::base() + st * self.0.stage_bytes(),
+            stride: (self.0.qk + SMEM_ROW_PAD) * 2,
+        }
+    }
+    #[inline(always)]
+    pub fn v(&self, st: u32) -> SmemTile {
+        SmemTile {
+            base: self.k(st).base + self.0.k_bytes(),
+            stride: (self.0.hv + SMEM_ROW_PAD) * 2,
+        }
+    }
+    #[inline(always)]
+    pub fn u(&self, st: u32) -> u32 {
+        self.v(st).base + self.0.v_bytes()
+    }
+    #[inline(always)]
+    pub fn staging(&self) -> SmemTile {
+        SmemTile {
+            base: shared::base() + self.0.stages * self.0.stage_bytes(),
+            stride: (self.0.hv + SMEM_ROW_PAD) * 2,
+        }
+    }
+}
 
 /// Pipeline items [first, end) of chunks [k_lo, k_hi), `sub_l` steps each: chunk boundaries
 /// are multiples of `sub_l`, so item `it` covers steps it·sub_l.. of chunk it·sub_l / L, and
@@ -34,6 +102,55 @@ pub unsafe fn gate_scalars<G: GateKind>(p: &FwdParams, head: u64, k: u32) -> (f3
         0.0
     };
     (g, umax)
+}
+
+/// ñ_0 and m_0 of the walk's first chunk `k_lo`, as chunk_gates stored them there (ñ0, m0 or
+/// zeros): not from n0, m0, which another block of this head may overwrite with the final
+/// states. ñ of rows `row(0)`, `row(1)` goes to elements 0 and 2 of the normalizer accumulator (one more
+/// n-block whose 8 columns all hold ñ of the warp's rows g and g + 8), only `with_n`.
+///
+/// # Safety
+/// `head < p.bh`, `k_lo < p.num_chunks`, chunk_gates has run.
+#[inline(always)]
+pub unsafe fn initial_n_m<G: GateKind>(
+    p: &FwdParams,
+    head: u64,
+    k_lo: u32,
+    row: impl Fn(usize) -> u32,
+    with_n: bool,
+) -> ([f32; 4], f32) {
+    let h0 = head * p.num_chunks as u64 + k_lo as u64;
+    let mut nacc = [0f32; 4];
+    if with_n {
+        unroll!(2, half => {
+            let r = row(half);
+            let ptr = p.ptr.n_states + (h0 * p.dqk as u64 + r as u64) * 4;
+            let x = unsafe { global::ld_nc_f32_or_zero(r < p.dqk, ptr) };
+            nacc[2 * half] = x;
+            nacc[2 * half + 1] = x;
+        });
+    }
+    let mut m = 0f32;
+    if G::STABILIZED {
+        m = unsafe { global::ld_nc_f32(p.ptr.m_states + h0 * 4) };
+    }
+    (nacc, m)
+}
+
+/// Starts a walk's pipeline two items ahead: items `item_lo` and `item_lo + 1` in flight, or an
+/// empty group in place of the second where the walk has one item (the k-loop's waits count
+/// groups).
+///
+/// # Safety
+/// `issue` stages an item and commits its group.
+#[inline(always)]
+pub unsafe fn prime_two(issue: impl Fn(u32), item_lo: u32, n_items: u32) {
+    issue(item_lo);
+    if item_lo + 1 < n_items {
+        issue(item_lo + 1);
+    } else {
+        unsafe { cp_async::commit() };
+    }
 }
 
 /// Where the state before chunk k goes, (C̃, ñ, m) base addresses: the chunk states (C̃_k in

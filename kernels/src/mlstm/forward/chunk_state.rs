@@ -26,14 +26,13 @@
 //! come from the chunk states at chunk 0 (chunk_gates copied them there), which this kernel
 //! does not rewrite. So no block reads what another block of the head writes.
 use super::gates::GateKind;
-use super::seqs::chunk_range;
 use super::slots::state_head;
 use super::stage;
-use super::state_walk;
+use super::state_walk::{self, StateSmem, Walk};
 use crate::arch::convert::Elem;
-use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{SmemTile, acc_pos, split2};
-use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, state::*};
+use crate::arch::{cp_async, math, shared, thread};
+use crate::tile::{acc_pos, split2};
+use tfla_params::fwd::{FwdParams, state::*};
 
 const NB: usize = (TILE_HV / 8) as usize;
 const _: () = assert!(
@@ -48,29 +47,21 @@ const _: () = assert!(
 pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
-    let (bx, bh, seq) = thread::block_idx();
-    let tiles_hv = p.dhv.div_ceil(TILE_HV);
-    let (d0, v0) = ((bx / tiles_hv) * TILE_QK, (bx % tiles_hv) * TILE_HV);
+    // This block's tile and chunks [k_lo, k_hi]: all of them, or one sequence's.
+    let Walk {
+        bx,
+        bh,
+        seq,
+        d0,
+        v0,
+        k_lo,
+        k_hi,
+    } = unsafe { state_walk::walk(p, (TILE_QK, TILE_HV)) };
     let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
-    // This block's chunks [k_lo, k_hi): all of them, or one sequence's.
-    let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
     let (dqk, dhv) = (p.dqk, p.dhv);
-
-    // Shared memory layout: STAGES × (K sub-tile, V sub-tile, u of the sub-tile), the staging
-    // tile of C̃_k (TILE_QK × TILE_HV).
-    let stage_k = |st: u32| SmemTile {
-        base: shared::base() + st * TILES.stage_bytes(),
-        stride: (TILE_QK + SMEM_ROW_PAD) * 2,
-    };
-    let stage_v = |st: u32| SmemTile {
-        base: stage_k(st).base + TILES.k_bytes(),
-        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
-    };
-    let stage_u = |st: u32| stage_v(st).base + TILES.v_bytes();
-    let staging = SmemTile {
-        base: shared::base() + STAGES * TILES.stage_bytes(),
-        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
-    };
+    let smem = StateSmem(TILES);
+    let (stage_k, stage_v, stage_u) = (|st| smem.k(st), |st| smem.v(st), |st| smem.u(st));
+    let staging = smem.staging();
 
     // Global bases of this head (bytes).
     let esz = 2u64;
@@ -101,23 +92,8 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     // (rows g and g+8 in elements 0 and 2).
     let with_n = G::NORMALIZED && v0 == 0;
     let ones = [E::pack(1.0, 1.0); 2];
-    // ñ_0 and m_0 as chunk_gates stored them at chunk 0 (ñ0, m0 or zeros): not from n0, m0,
-    // which another block of this head may overwrite with the final states (module docs).
-    let h0 = head * nc as u64 + k_lo as u64;
-    let mut nacc = [0f32; 4];
-    if with_n {
-        for half in 0..2 {
-            let r = d0 + row(2 * half);
-            let ptr = p.ptr.n_states + (h0 * dqk as u64 + r as u64) * 4;
-            let x = unsafe { global::ld_nc_f32_or_zero(r < dqk, ptr) };
-            nacc[2 * half] = x;
-            nacc[2 * half + 1] = x;
-        }
-    }
-    let mut m = 0f32;
-    if G::STABILIZED {
-        m = unsafe { global::ld_nc_f32(p.ptr.m_states + h0 * 4) };
-    }
+    let (mut nacc, mut m) =
+        unsafe { state_walk::initial_n_m::<G>(p, head, k_lo, |h| d0 + row(2 * h), with_n) };
 
     // Sub-tiles are items of one pipeline over the whole walk (`state_walk::items`): 16-byte
     // K/V rows and the u vector of SUB_L steps each.

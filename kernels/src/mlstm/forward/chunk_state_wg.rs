@@ -10,10 +10,9 @@
 //! same A fragment (head and tail times a column of ones, `mma.sync`), in the blocks of the
 //! first DHV tile: warp w's ñ rows are its own 16 state rows.
 use super::gates::GateKind;
-use super::seqs::chunk_range;
 use super::slots::state_head;
 use super::stage;
-use super::state_walk;
+use super::state_walk::{self, Walk};
 use crate::arch::convert::Elem;
 use crate::arch::wgmma::{self, Hold, Wgmma};
 use crate::arch::{cp_async, global, math, shared, thread};
@@ -36,11 +35,16 @@ const _: () = assert!(
 pub unsafe fn chunk_state_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
-    let (bx, bh, seq) = thread::block_idx();
-    let tiles_hv = p.dhv.div_ceil(TILE_HV);
-    let (d0, v0) = ((bx / tiles_hv) * TILE_QK, (bx % tiles_hv) * TILE_HV);
+    let Walk {
+        bx,
+        bh,
+        seq,
+        d0,
+        v0,
+        k_lo,
+        k_hi,
+    } = unsafe { state_walk::walk(p, (TILE_QK, TILE_HV)) };
     let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
-    let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
     let (dqk, dhv) = (p.dqk, p.dhv);
 
     // Shared memory: STAGES × V sub-tile (swizzled, 1024-byte aligned), STAGES × (K sub-tile,
@@ -94,21 +98,8 @@ pub unsafe fn chunk_state_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let with_n = G::NORMALIZED && v0 == 0;
     let ones = [E::pack(1.0, 1.0); 2];
     let n_rows = |half: u32| d0 + warp * 16 + lane / 4 + 8 * half;
-    let h0 = head * nc as u64 + k_lo as u64;
-    let mut nacc = [0f32; 4];
-    if with_n {
-        unroll!(2, half => {
-            let r = n_rows(half as u32);
-            let ptr = p.ptr.n_states + (h0 * dqk as u64 + r as u64) * 4;
-            let x = unsafe { global::ld_nc_f32_or_zero(r < dqk, ptr) };
-            nacc[2 * half] = x;
-            nacc[2 * half + 1] = x;
-        });
-    }
-    let mut m = 0f32;
-    if G::STABILIZED {
-        m = unsafe { global::ld_nc_f32(p.ptr.m_states + h0 * 4) };
-    }
+    let (mut nacc, mut m) =
+        unsafe { state_walk::initial_n_m::<G>(p, head, k_lo, |h| n_rows(h as u32), with_n) };
 
     // The sub-tile pipeline over the whole walk, as in `chunk_state`, two items ahead.
     let (item_lo, n_items) = state_walk::items(p, (k_lo, k_hi), SUB_L);
@@ -120,12 +111,7 @@ pub unsafe fn chunk_state_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
         cp_async::commit();
     };
     let gate_scalars = |k: u32| unsafe { state_walk::gate_scalars::<G>(p, head, k) };
-    issue(item_lo);
-    if item_lo + 1 < n_items {
-        issue(item_lo + 1);
-    } else {
-        unsafe { cp_async::commit() };
-    }
+    unsafe { state_walk::prime_two(issue, item_lo, n_items) };
     let (mut g, mut umax) = gate_scalars(k_lo);
 
     for k in k_lo..=k_hi {

@@ -13,14 +13,13 @@
 //! 16 head-and-tail registers per m-tile beside the 128-register tile, past what the driver's
 //! compiler holds without spilling.)
 use super::gates::GateKind;
-use super::seqs::chunk_range;
 use super::slots::state_head;
 use super::stage;
-use super::state_walk;
+use super::state_walk::{self, StateSmem, Walk};
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{SmemTile, split2};
-use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, state_wide::*};
+use crate::tile::split2;
+use tfla_params::fwd::{FwdParams, state_wide::*};
 
 const MT: usize = (WARP_QK / 16) as usize;
 const NT: usize = (WARP_HV / 8) as usize;
@@ -37,28 +36,20 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
     let (wm, wn) = (warp / WARPS_N, warp % WARPS_N);
-    let (bx, bh, seq) = thread::block_idx();
-    let tiles_hv = p.dhv.div_ceil(TILE_HV);
-    let (d0, v0) = ((bx / tiles_hv) * TILE_QK, (bx % tiles_hv) * TILE_HV);
+    let Walk {
+        bx,
+        bh,
+        seq,
+        d0,
+        v0,
+        k_lo,
+        k_hi,
+    } = unsafe { state_walk::walk(p, (TILE_QK, TILE_HV)) };
     let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
-    let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
     let (dqk, dhv) = (p.dqk, p.dhv);
-
-    // Shared memory layout: STAGES × (K sub-tile, V sub-tile, u of the sub-tile), the staging
-    // tile of C̃_k (TILE_QK × TILE_HV).
-    let stage_k = |st: u32| SmemTile {
-        base: shared::base() + st * TILES.stage_bytes(),
-        stride: (TILE_QK + SMEM_ROW_PAD) * 2,
-    };
-    let stage_v = |st: u32| SmemTile {
-        base: stage_k(st).base + TILES.k_bytes(),
-        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
-    };
-    let stage_u = |st: u32| stage_v(st).base + TILES.v_bytes();
-    let staging = SmemTile {
-        base: shared::base() + STAGES * TILES.stage_bytes(),
-        stride: (TILE_HV + SMEM_ROW_PAD) * 2,
-    };
+    let smem = StateSmem(TILES);
+    let (stage_k, stage_v, stage_u) = (|st| smem.k(st), |st| smem.v(st), |st| smem.u(st));
+    let staging = smem.staging();
 
     let head = bh as u64;
     let gk = p.ptr.k + head * (s as u64) * (dqk as u64) * 2;
@@ -99,21 +90,8 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
     let with_n = G::NORMALIZED && v0 == 0;
     let ones = [E::pack(1.0, 1.0); 2];
     let n_rows = |half: u32| d0 + warp * 16 + lane / 4 + 8 * half;
-    let h0 = head * nc as u64 + k_lo as u64;
-    let mut nacc = [0f32; 4];
-    if with_n {
-        unroll!(2, half => {
-            let r = n_rows(half as u32);
-            let ptr = p.ptr.n_states + (h0 * dqk as u64 + r as u64) * 4;
-            let x = unsafe { global::ld_nc_f32_or_zero(r < dqk, ptr) };
-            nacc[2 * half] = x;
-            nacc[2 * half + 1] = x;
-        });
-    }
-    let mut m = 0f32;
-    if G::STABILIZED {
-        m = unsafe { global::ld_nc_f32(p.ptr.m_states + h0 * 4) };
-    }
+    let (mut nacc, mut m) =
+        unsafe { state_walk::initial_n_m::<G>(p, head, k_lo, |h| n_rows(h as u32), with_n) };
 
     // The sub-tile pipeline over the whole walk, as in `chunk_state`, two items ahead.
     let (item_lo, n_items) = state_walk::items(p, (k_lo, k_hi), SUB_L);
@@ -125,12 +103,7 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
         cp_async::commit();
     };
     let gate_scalars = |k: u32| unsafe { state_walk::gate_scalars::<G>(p, head, k) };
-    issue(item_lo);
-    if item_lo + 1 < n_items {
-        issue(item_lo + 1);
-    } else {
-        unsafe { cp_async::commit() };
-    }
+    unsafe { state_walk::prime_two(issue, item_lo, n_items) };
     let (mut g, mut umax) = gate_scalars(k_lo);
 
     for k in k_lo..=k_hi {
