@@ -796,3 +796,10 @@ mod tests {
         assert_eq!(names.len(), 6);
     }
 }
+
+// SAFETY: #[repr(C)], every field a u64.
+unsafe impl crate::PointerStruct for FwdPointers {
+    fn each(p: &Self, f: &mut dyn FnMut(Pointer)) {
+        pointers(p).into_iter().for_each(f)
+    }
+}

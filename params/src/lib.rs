@@ -170,6 +170,41 @@ impl Pointer {
     }
 }
 
+/// A pass's pointer struct (`fwd::FwdPointers`, `bwd::BwdPointers`, `step::StepPointers`),
+/// whose fields its pass's list names: the list is the one place a field's name is spelled,
+/// so callers that hold buffers by name (the Python binding) set them through it.
+///
+/// # Safety
+/// The type is `#[repr(C)]` and made only of `u64` fields.
+pub unsafe trait PointerStruct: Copy + Default {
+    /// Calls `f` with each pointer the pass's list gives for `p`.
+    fn each(p: &Self, f: &mut dyn FnMut(Pointer));
+
+    /// Sets the field the list calls `name` to `addr`; false (nothing set) where the list names
+    /// no such field.
+    fn set(&mut self, name: &str, addr: u64) -> bool {
+        let words = core::mem::size_of::<Self>() / 8;
+        // A probe whose every field holds its own index + 1: the list then says which field
+        // carries the name.
+        let mut probe = Self::default();
+        let base = &mut probe as *mut Self as *mut u64;
+        for w in 0..words {
+            // SAFETY: the type is `words` u64 fields (the trait's contract).
+            unsafe { base.add(w).write(w as u64 + 1) };
+        }
+        let mut field = None;
+        Self::each(&probe, &mut |p| {
+            if p.name == name {
+                field = Some(p.addr as usize - 1);
+            }
+        });
+        let Some(w) = field else { return false };
+        // SAFETY: as above; w < words (the probe's values).
+        unsafe { (self as *mut Self as *mut u64).add(w).write(addr) };
+        true
+    }
+}
+
 /// Which kernels a pass runs for its inputs: q, k, v in 16 bits on the tensor cores, or f32
 /// on the CUDA cores (tensor-core products would round them to 16 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -212,4 +247,38 @@ pub const fn div_ceil(a: u32, b: u32) -> u32 {
 /// Round `a` up to a multiple of `b`.
 pub const fn round_up(a: u32, b: u32) -> u32 {
     div_ceil(a, b) * b
+}
+
+#[cfg(test)]
+mod pointer_struct_tests {
+    use super::*;
+    use std::vec::Vec;
+
+    /// Every name of a pass's list sets its own field and nothing else; an unknown name sets
+    /// nothing.
+    fn round_trip<T: PointerStruct + PartialEq + core::fmt::Debug>() {
+        let mut names = Vec::new();
+        T::each(&T::default(), &mut |p| names.push(p.name));
+        assert!(!names.is_empty());
+        for (n, name) in names.iter().enumerate() {
+            let mut p = T::default();
+            assert!(p.set(name, 0x1000 + n as u64), "{name}");
+            let mut seen = Vec::new();
+            T::each(&p, &mut |q| seen.push((q.name, q.addr)));
+            for (other, addr) in seen {
+                let want = if other == *name { 0x1000 + n as u64 } else { 0 };
+                assert_eq!(addr, want, "setting {name} changed {other}");
+            }
+        }
+        let mut p = T::default();
+        assert!(!p.set("no_such_buffer", 1));
+        assert_eq!(p, T::default());
+    }
+
+    #[test]
+    fn every_listed_pointer_is_set_by_its_name() {
+        round_trip::<fwd::FwdPointers>();
+        round_trip::<bwd::BwdPointers>();
+        round_trip::<step::StepPointers>();
+    }
 }

@@ -268,3 +268,10 @@ mod tests {
         assert!(names.iter().all(|n| n.starts_with("mlstm_step_")));
     }
 }
+
+// SAFETY: #[repr(C)], every field a u64.
+unsafe impl crate::PointerStruct for StepPointers {
+    fn each(p: &Self, f: &mut dyn FnMut(Pointer)) {
+        pointers(p, 2).into_iter().for_each(f)
+    }
+}

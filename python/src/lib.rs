@@ -16,6 +16,7 @@ use tfla::{
     BwdPointers, CUstream, Dims, Dtype, Error, FwdPointers, GradMode, MlstmConfig, Runtime,
     StepDims, StepPointers, Variant,
 };
+use tfla_params::PointerStruct;
 
 fn py_err(e: Error) -> PyErr {
     let msg = e.to_string();
@@ -181,19 +182,16 @@ fn device_plan(device: u32) -> PyResult<(u32, bool)> {
     Ok((dev.smem_optin, dev.wgmma))
 }
 
-/// Reads each `(name, field)` of `pointers` into the struct; a name it does not know is an
-/// error (a misspelled buffer would otherwise be silently absent).
-macro_rules! pointers {
-    ($ty:ident, $map:expr, $($field:ident),* $(,)?) => {{
-        let mut p = $ty::default();
-        for (name, &addr) in $map.iter() {
-            match name.as_str() {
-                $(stringify!($field) => p.$field = addr,)*
-                other => return Err(invalid("pointers", other, concat!("not a buffer of ", stringify!($ty)))),
-            }
+/// The pass's pointer struct from device addresses by name: the names are those of the pass's
+/// pointer list in `tfla_params` (one place), an unknown name is a `ValueError`.
+fn named_pointers<T: PointerStruct>(map: &HashMap<String, u64>, of: &'static str) -> PyResult<T> {
+    let mut p = T::default();
+    for (name, &addr) in map {
+        if !p.set(name, addr) {
+            return Err(invalid("pointers", name, of));
         }
-        p
-    }};
+    }
+    Ok(p)
 }
 
 /// Runs `launch` with the runtime of `device` and the driver handle of `stream`, the GIL
@@ -235,31 +233,7 @@ fn forward(
     chunk_size: usize,
     row_stats: bool,
 ) -> PyResult<()> {
-    let ptrs = pointers!(
-        FwdPointers,
-        pointers,
-        q,
-        k,
-        v,
-        i,
-        f,
-        c0,
-        n0,
-        m0,
-        c_states,
-        n_states,
-        m_states,
-        c_final,
-        n_final,
-        m_final,
-        h,
-        gate_b,
-        gate_u,
-        gate_cm,
-        gate_g,
-        m_rows,
-        norm_rows,
-    );
+    let ptrs = named_pointers::<FwdPointers>(&pointers, "not a buffer of FwdPointers")?;
     let cfg = config(variant, normalize, eps, chunk_size, row_stats)?;
     let d = dims(b, nh, s, dqk, dhv)?;
     let dt = self::dtype(dtype)?;
@@ -291,50 +265,7 @@ fn backward(
     chunk_size: usize,
     grad_mode: &str,
 ) -> PyResult<()> {
-    let ptrs = pointers!(
-        BwdPointers,
-        pointers,
-        q,
-        k,
-        v,
-        i,
-        f,
-        c0,
-        n0,
-        m0,
-        h,
-        c_states,
-        n_states,
-        m_states,
-        c_final,
-        n_final,
-        gate_b,
-        gate_u,
-        gate_cm,
-        gate_g,
-        norm_rows,
-        dh,
-        dc_final,
-        dn_final,
-        dm_final,
-        row_coef,
-        dc_states,
-        dn_states,
-        scores_p,
-        scores_dp,
-        row_dots,
-        state_dots,
-        pair_sums,
-        segments,
-        dq,
-        dk,
-        dv,
-        di,
-        df,
-        dc0,
-        dn0,
-        dm0,
-    );
+    let ptrs = named_pointers::<BwdPointers>(&pointers, "not a buffer of BwdPointers")?;
     let cfg = config(variant, normalize, eps, chunk_size, true)?;
     let d = dims(b, nh, s, dqk, dhv)?;
     let dt = self::dtype(dtype)?;
@@ -365,21 +296,7 @@ fn step(
     normalize: bool,
     eps: f32,
 ) -> PyResult<()> {
-    let ptrs = pointers!(
-        StepPointers,
-        pointers,
-        q,
-        k,
-        v,
-        i,
-        f,
-        c,
-        n,
-        m,
-        h,
-        tiles_done,
-        slots
-    );
+    let ptrs = named_pointers::<StepPointers>(&pointers, "not a buffer of StepPointers")?;
     let cfg = config(variant, normalize, eps, 0, false)?;
     let sd = StepDims { b, nh, dqk, dhv };
     sd.validate().map_err(py_err)?;
