@@ -35,15 +35,8 @@ const _: () = assert!(
 pub unsafe fn chunk_state_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
-    let Walk {
-        bx,
-        bh,
-        seq,
-        d0,
-        v0,
-        k_lo,
-        k_hi,
-    } = unsafe { state_walk::walk(p, (TILE_QK, TILE_HV)) };
+    let walk = unsafe { state_walk::walk(p, (TILE_QK, TILE_HV)) };
+    let Walk { bx, bh, seq, d0, v0, k_lo, k_hi } = walk;
     let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
     let (dqk, dhv) = (p.dqk, p.dhv);
 

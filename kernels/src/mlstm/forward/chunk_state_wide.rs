@@ -36,15 +36,8 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
     let (wm, wn) = (warp / WARPS_N, warp % WARPS_N);
-    let Walk {
-        bx,
-        bh,
-        seq,
-        d0,
-        v0,
-        k_lo,
-        k_hi,
-    } = unsafe { state_walk::walk(p, (TILE_QK, TILE_HV)) };
+    let walk = unsafe { state_walk::walk(p, (TILE_QK, TILE_HV)) };
+    let Walk { bx, bh, seq, d0, v0, k_lo, k_hi } = walk;
     let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
     let (dqk, dhv) = (p.dqk, p.dhv);
     let smem = StateSmem(TILES);
