@@ -17,7 +17,8 @@
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::forward::{
-    MlstmInputs, MlstmOutputs, fwd_pointers, kernel_gates, launch_fwd, mlstm_fwd, path_of,
+    CheckedInputs, MlstmInputs, MlstmOutputs, fwd_checked, fwd_pointers, kernel_gates, launch_fwd,
+    path_of,
 };
 use crate::launch;
 use crate::runtime::Runtime;
@@ -325,8 +326,16 @@ impl MlstmGrads {
     /// Allocates gradients (and the workspace) for `inputs` and the chunk size of `cfg`
     /// (contents unspecified until a backward pass writes them).
     pub fn alloc(rt: &Runtime, inputs: &MlstmInputs, cfg: &MlstmConfig) -> Result<Self> {
-        let dims = inputs.dims()?;
-        let dtype = inputs.q.dtype();
+        Self::alloc_checked(rt, &inputs.check()?, cfg)
+    }
+
+    /// [`MlstmGrads::alloc`] for checked inputs.
+    pub(crate) fn alloc_checked(
+        rt: &Runtime,
+        checked: &CheckedInputs,
+        cfg: &MlstmConfig,
+    ) -> Result<Self> {
+        let (inputs, dims, dtype) = (checked.inputs(), checked.dims(), checked.dtype());
         let chunk = cfg.chunk_for(&dims)?;
         let Dims { b, nh, s, dqk, dhv } = dims;
         let f32_ = Dtype::F32;
@@ -401,10 +410,11 @@ pub fn mlstm_bwd(
     cfg: &MlstmConfig,
     mode: GradMode,
 ) -> Result<MlstmGrads> {
+    let inputs = inputs.check()?;
     // Validate before allocating: a bad argument should not cost the (large) workspace.
-    check_args(inputs, fwd, grad_out, cfg)?;
-    let mut grads = MlstmGrads::alloc(rt, inputs, cfg)?;
-    mlstm_bwd_into(rt, inputs, fwd, grad_out, cfg, mode, &mut grads)?;
+    check_args(&inputs, fwd, grad_out, cfg)?;
+    let mut grads = MlstmGrads::alloc_checked(rt, &inputs, cfg)?;
+    bwd_into_checked(rt, &inputs, fwd, grad_out, cfg, mode, &mut grads)?;
     Ok(grads)
 }
 
@@ -423,14 +433,13 @@ fn check_no_pool(inputs: &MlstmInputs) -> Result<()> {
 }
 
 fn check_args(
-    inputs: &MlstmInputs,
+    inputs: &CheckedInputs,
     fwd: &MlstmOutputs,
     grad_out: &MlstmGradOutputs,
     cfg: &MlstmConfig,
-) -> Result<(Dims, Dtype)> {
-    let dims = inputs.dims()?;
-    let dtype = inputs.q.dtype();
-    check_no_pool(inputs)?;
+) -> Result<()> {
+    let (dims, dtype) = (inputs.dims(), inputs.dtype());
+    check_no_pool(inputs.inputs())?;
     cfg.scale_for(&dims)?;
     fwd.check(&dims, dtype, cfg)?;
     // m_i is rebuilt from the gate vectors; the backward needs only the normalizer readout.
@@ -442,8 +451,7 @@ fn check_args(
                      run the forward with MlstmConfig::row_stats = true",
         });
     }
-    grad_out.check(&dims, dtype)?;
-    Ok((dims, dtype))
+    grad_out.check(&dims, dtype)
 }
 
 /// Runs the backward pass into caller-allocated gradients (see [`MlstmGrads::alloc`]).
@@ -456,7 +464,22 @@ pub fn mlstm_bwd_into(
     mode: GradMode,
     grads: &mut MlstmGrads,
 ) -> Result<()> {
-    let (dims, dtype) = check_args(inputs, fwd, grad_out, cfg)?;
+    let inputs = inputs.check()?;
+    check_args(&inputs, fwd, grad_out, cfg)?;
+    bwd_into_checked(rt, &inputs, fwd, grad_out, cfg, mode, grads)
+}
+
+/// [`mlstm_bwd_into`] on checked arguments (`check_args`).
+fn bwd_into_checked(
+    rt: &Runtime,
+    checked: &CheckedInputs,
+    fwd: &MlstmOutputs,
+    grad_out: &MlstmGradOutputs,
+    cfg: &MlstmConfig,
+    mode: GradMode,
+    grads: &mut MlstmGrads,
+) -> Result<()> {
+    let (inputs, dims, dtype) = (checked.inputs(), checked.dims(), checked.dtype());
     grads.check(
         &rt.plan_device(),
         inputs,
@@ -534,17 +557,19 @@ pub fn mlstm_fwd_bwd(
     cfg: &MlstmConfig,
     mode: GradMode,
 ) -> Result<(MlstmOutputs, MlstmGrads)> {
-    let dims = inputs.dims()?;
+    let inputs = inputs.check()?;
     // Reject what the backward would reject before spending a forward pass on it (and, with a
     // state pool, before the forward overwrites the pool's slots).
-    check_no_pool(inputs)?;
-    grad_out.check(&dims, inputs.q.dtype())?;
+    check_no_pool(inputs.inputs())?;
+    grad_out.check(&inputs.dims(), inputs.dtype())?;
     let cfg = MlstmConfig {
         row_stats: true,
         ..*cfg
     };
-    let fwd = mlstm_fwd(rt, inputs, &cfg)?;
-    let grads = mlstm_bwd(rt, inputs, &fwd, grad_out, &cfg, mode)?;
+    let fwd = fwd_checked(rt, &inputs, &cfg)?;
+    check_args(&inputs, &fwd, grad_out, &cfg)?;
+    let mut grads = MlstmGrads::alloc_checked(rt, &inputs, &cfg)?;
+    bwd_into_checked(rt, &inputs, &fwd, grad_out, &cfg, mode, &mut grads)?;
     Ok((fwd, grads))
 }
 

@@ -71,6 +71,16 @@ impl<'a> MlstmInputs<'a> {
         }
     }
 
+    /// Checks every shape and dtype once; the passes below the public entry points take the
+    /// result instead of checking again.
+    pub fn check(&self) -> Result<CheckedInputs<'a>> {
+        Ok(CheckedInputs {
+            inputs: *self,
+            dims: self.dims()?,
+            dtype: self.q.dtype(),
+        })
+    }
+
     /// Dimensions implied by the inputs, after checking every shape and dtype.
     pub fn dims(&self) -> Result<Dims> {
         let q = self.q.shape();
@@ -148,6 +158,28 @@ impl<'a> MlstmInputs<'a> {
             pool.check(b, nh, dims.dqk, dims.dhv)?;
         }
         Ok(dims)
+    }
+}
+
+/// Inputs whose shapes and dtypes [`MlstmInputs::check`] has checked, with the dimensions and
+/// the input dtype they imply.
+#[derive(Clone, Copy)]
+pub struct CheckedInputs<'a> {
+    inputs: MlstmInputs<'a>,
+    dims: Dims,
+    dtype: Dtype,
+}
+
+impl<'a> CheckedInputs<'a> {
+    pub fn inputs(&self) -> &MlstmInputs<'a> {
+        &self.inputs
+    }
+    pub fn dims(&self) -> Dims {
+        self.dims
+    }
+    /// The dtype of q, k, v.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
     }
 }
 
@@ -480,10 +512,18 @@ impl MlstmOutputs {
 /// Runs the forward pass, allocating the outputs (with a state pool, c, n, m empty: the final
 /// states go to the pool).
 pub fn mlstm_fwd(rt: &Runtime, inputs: &MlstmInputs, cfg: &MlstmConfig) -> Result<MlstmOutputs> {
-    let dims = inputs.dims()?;
-    let finals = inputs.pool.is_none();
-    let mut out = MlstmOutputs::alloc_with(rt, &dims, inputs.q.dtype(), cfg, finals)?;
-    mlstm_fwd_into(rt, inputs, cfg, &mut out)?;
+    fwd_checked(rt, &inputs.check()?, cfg)
+}
+
+/// [`mlstm_fwd`] on checked inputs.
+pub(crate) fn fwd_checked(
+    rt: &Runtime,
+    inputs: &CheckedInputs,
+    cfg: &MlstmConfig,
+) -> Result<MlstmOutputs> {
+    let finals = inputs.inputs.pool.is_none();
+    let mut out = MlstmOutputs::alloc_with(rt, &inputs.dims, inputs.dtype, cfg, finals)?;
+    fwd_into_checked(rt, inputs, cfg, &mut out)?;
     Ok(out)
 }
 
@@ -495,14 +535,23 @@ pub fn mlstm_fwd_into(
     cfg: &MlstmConfig,
     out: &mut MlstmOutputs,
 ) -> Result<()> {
+    fwd_into_checked(rt, &inputs.check()?, cfg, out)
+}
+
+/// [`mlstm_fwd_into`] on checked inputs.
+fn fwd_into_checked(
+    rt: &Runtime,
+    checked: &CheckedInputs,
+    cfg: &MlstmConfig,
+    out: &mut MlstmOutputs,
+) -> Result<()> {
     // Every check (the pool's shapes and slots included) before anything is written.
-    let dims = inputs.dims()?;
-    let dtype = inputs.q.dtype();
+    let (inputs, dims, dtype) = (&checked.inputs, checked.dims, checked.dtype);
     out.check_shapes(&dims, dtype, cfg, inputs.pool.is_none(), false)?;
     let ptrs = fwd_pointers(inputs, out);
     out.pooled = inputs.pool.is_some();
     // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked
-    // against `dims` above (inputs and the pool by `dims()`, outputs by `check_shapes`);
+    // against `dims` (inputs and the pool by `MlstmInputs::check`, outputs by `check_shapes`);
     // cuMemAlloc aligns them; the slots were checked against B and the pool (in range,
     // distinct), so the pool is read and written in place, one slot per row.
     unsafe { mlstm_fwd_raw(rt, rt.raw_stream(), &ptrs, dims, dtype, cfg) }

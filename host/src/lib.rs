@@ -37,8 +37,8 @@ pub use config::{Dims, MlstmConfig, select_chunk_size};
 pub use cust::sys::CUstream;
 pub use error::{Error, Result};
 pub use forward::{
-    ChunkGates, ChunkStates, DeviceInputs, FwdPointers, MlstmInputs, MlstmOutputs, RowStats,
-    fwd_pointers, mlstm_fwd, mlstm_fwd_into, mlstm_fwd_raw, output_layout,
+    CheckedInputs, ChunkGates, ChunkStates, DeviceInputs, FwdPointers, MlstmInputs, MlstmOutputs,
+    RowStats, fwd_pointers, mlstm_fwd, mlstm_fwd_into, mlstm_fwd_raw, output_layout,
 };
 pub use runtime::Runtime;
 pub use slots::{PoolSlots, Slots, StatePool, check_slots};

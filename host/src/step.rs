@@ -277,7 +277,7 @@ pub fn mlstm_step(
 ) -> Result<Tensor> {
     let dims = inputs.dims()?;
     let mut h = Tensor::uninit(rt, inputs.q.dtype(), &[dims.b, dims.nh, dims.dhv])?;
-    mlstm_step_into(rt, inputs, states, cfg, &mut h)?;
+    step_into_checked(rt, inputs, dims, states, cfg, &mut h)?;
     Ok(h)
 }
 
@@ -290,7 +290,18 @@ pub fn mlstm_step_into(
     cfg: &MlstmConfig,
     h: &mut Tensor,
 ) -> Result<()> {
-    let dims = inputs.dims()?;
+    step_into_checked(rt, inputs, inputs.dims()?, states, cfg, h)
+}
+
+/// [`mlstm_step_into`] on inputs whose `dims()` are `dims`.
+fn step_into_checked(
+    rt: &Runtime,
+    inputs: &StepInputs,
+    dims: StepDims,
+    states: &mut StepStates,
+    cfg: &MlstmConfig,
+    h: &mut Tensor,
+) -> Result<()> {
     let dtype = inputs.q.dtype();
     states.check(&dims)?;
     check_h(h, &dims, dtype)?;
@@ -336,7 +347,7 @@ pub fn mlstm_step_pool(
     // Every check before h is allocated (an error allocates nothing).
     PoolSlots { pool, slots }.check(dims.b, dims.nh, dims.dqk, dims.dhv)?;
     let mut h = Tensor::uninit(rt, inputs.q.dtype(), &[dims.b, dims.nh, dims.dhv])?;
-    mlstm_step_pool_into(rt, inputs, pool, slots, cfg, &mut h)?;
+    step_pool_into_checked(rt, inputs, dims, pool, slots, cfg, &mut h)?;
     Ok(h)
 }
 
@@ -350,7 +361,19 @@ pub fn mlstm_step_pool_into(
     cfg: &MlstmConfig,
     h: &mut Tensor,
 ) -> Result<()> {
-    let dims = inputs.dims()?;
+    step_pool_into_checked(rt, inputs, inputs.dims()?, pool, slots, cfg, h)
+}
+
+/// [`mlstm_step_pool_into`] on inputs whose `dims()` are `dims`.
+fn step_pool_into_checked(
+    rt: &Runtime,
+    inputs: &StepInputs,
+    dims: StepDims,
+    pool: &mut StatePool,
+    slots: &Slots,
+    cfg: &MlstmConfig,
+    h: &mut Tensor,
+) -> Result<()> {
     let dtype = inputs.q.dtype();
     let num_slots = pool.check(dims.nh, dims.dqk, dims.dhv)?;
     slots.check(dims.b, num_slots)?;
