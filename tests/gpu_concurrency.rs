@@ -151,20 +151,41 @@ fn threads_on_their_own_streams_equal_the_same_calls_in_turn() {
         })
         .collect();
     let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
-    // Warm-up (entry points looked up), then the memory baseline.
+    // Warm-up (entry points looked up) and the results to match.
     let in_turn: Vec<Bits> = (0..jobs.len())
         .map(|n| run_on(&rt, &stream, &jobs[n], &cfgs[n], cases[n].2))
         .collect();
-    let start = free_bytes();
     const ROUNDS: usize = 5;
+    // The baseline is taken after one round of the same threads: the driver keeps 2 MiB for
+    // the first streams made on new threads (measured on an H100; not tfla's allocations).
+    let mut start = 0;
+    for pass in 0..2 {
+        if pass == 1 {
+            start = free_bytes();
+        }
+        threads(&rt, &jobs, &cfgs, &cases, &in_turn, ROUNDS);
+    }
+    rt.synchronize().unwrap();
+    assert_eq!(free_bytes(), start, "device memory after the threads");
+}
+
+/// One thread per job, each on its own stream, `rounds` calls each: bit-equal to `in_turn`.
+fn threads(
+    rt: &Runtime,
+    jobs: &[Job],
+    cfgs: &[MlstmConfig],
+    cases: &[(Shape, Variant, GradMode)],
+    in_turn: &[Bits],
+    rounds: usize,
+) {
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..jobs.len())
             .map(|n| {
-                let (rt, job, cfg, mode) = (&rt, &jobs[n], &cfgs[n], cases[n].2);
+                let (job, cfg, mode) = (&jobs[n], &cfgs[n], cases[n].2);
                 scope.spawn(move || {
                     rt.make_current().unwrap();
                     let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
-                    (0..ROUNDS)
+                    (0..rounds)
                         .map(|_| run_on(rt, &stream, job, cfg, mode))
                         .collect::<Vec<_>>()
                 })
@@ -179,8 +200,6 @@ fn threads_on_their_own_streams_equal_the_same_calls_in_turn() {
             }
         }
     });
-    rt.synchronize().unwrap();
-    assert_eq!(free_bytes(), start, "device memory after the threads");
 }
 
 #[test]
