@@ -232,7 +232,8 @@ fn write_run_script(dir: &Path) -> Result<(), String> {
 #       paper, smoke. Offline, the wheels come from a folder instead: TFLA_REF_WHEELS=DIR.
 #   bash run.sh portable    the GPU tests through the sm_80 module under each smaller card's
 #                           shared memory, and the quick table with each module
-#   bash run.sh sanitize    memcheck, racecheck, initcheck and synccheck over every kernel entry
+#   bash run.sh sanitize [sm_90a|sm_80]  memcheck, racecheck, initcheck and synccheck over every
+#                           kernel entry, with both modules or the one named
 #   bash run.sh kernels [NH:DQK:DHV] [VARIANT]  per-kernel times (ncu) of one forward+backward
 #   bash run.sh ab DIR...   this bundle's benchmark against those of other bundles (A/B of a
 #                           change on one machine: quick grid, L = 128, alternated twice)
@@ -332,8 +333,11 @@ portable)
   ;;
 sanitize)
   # compute-sanitizer's four tools over tfla-sanitize (every kernel entry, edge shapes), with
-  # each module: zero reports, and every reachable entry launched, or this fails.
-  for portable in "" 1; do
+  # each module (or the one named: sm_90a, sm_80): zero reports, and every reachable entry
+  # launched, or this fails.
+  case "${2:-both}" in sm_90a) modules="x" ;; sm_80) modules="1" ;; *) modules="x 1" ;; esac
+  for portable in $modules; do
+    [ "$portable" = x ] && portable=""
     for tool in memcheck racecheck initcheck synccheck; do
       echo "=== compute-sanitizer --tool $tool, ${portable:+sm_80 }module"
       if (set -o pipefail; TFLA_PORTABLE=$portable compute-sanitizer --tool "$tool" \
@@ -376,7 +380,7 @@ ab)
     done
   done
   ;;
-*) echo "usage: bash run.sh [tests|bench|all] [GRID] [RESULTS_DIR] | portable | sanitize | kernels [NH:DQK:DHV] [VARIANT] | ab DIR..."; fail=1 ;;
+*) echo "usage: bash run.sh [tests|bench|all] [GRID] [RESULTS_DIR] | portable | sanitize [sm_90a|sm_80] | kernels [NH:DQK:DHV] [VARIANT] | ab DIR..."; fail=1 ;;
 esac
 [ "$fail" = 0 ]
 "#;

@@ -22,6 +22,19 @@ const VARIANTS: [Variant; 3] = [
 const DTYPES: [Dtype; 3] = [Dtype::Bf16, Dtype::F16, Dtype::F32];
 const MODES: [GradMode; 2] = [GradMode::Exact, GradMode::DetachedNormalizer];
 
+/// The cases that failed (an error or a non-finite output): each is reported and the run goes
+/// on, so that one failing case hides none of the kernels after it; any failure fails the run.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn attempt(&mut self, what: &str, case: impl FnOnce() -> Result<(), String>) {
+        if let Err(e) = case() {
+            self.0.push(format!("{what}: {e}"));
+        }
+    }
+}
+
 fn finite(what: &str, t: &Tensor) -> Result<(), String> {
     let values = t.to_f32_vec().map_err(|e| format!("{what}: {e}"))?;
     match values.iter().position(|x| !x.is_finite()) {
@@ -46,7 +59,7 @@ const SHAPES: [(usize, usize, usize, usize, usize, Option<usize>); 10] = [
     (1, 1, 129, 144, 272, Some(128)),
 ];
 
-fn chunkwise(rt: &Runtime) -> Result<usize, String> {
+fn chunkwise(rt: &Runtime, failures: &mut Failures) -> usize {
     let mut runs = 0;
     for &(b, nh, s, dqk, dhv, chunk) in &SHAPES {
         for dtype in DTYPES {
@@ -69,29 +82,32 @@ fn chunkwise(rt: &Runtime) -> Result<usize, String> {
                     let what = format!(
                         "{variant:?} {dtype:?} {mode:?} ({b}, {nh}, {s}, {dqk}, {dhv}) L={chunk:?}"
                     );
-                    let (out, grads) =
-                        mlstm_fwd_bwd(rt, &inputs, &MlstmGradOutputs::new(&x.dh), &cfg, mode)
-                            .map_err(|e| format!("{what}: {e}"))?;
-                    for (name, t) in [
-                        ("h", &out.h),
-                        ("c", &out.c),
-                        ("dq", &grads.dq),
-                        ("dk", &grads.dk),
-                        ("dv", &grads.dv),
-                        ("di", &grads.di),
-                        ("df", &grads.df),
-                    ] {
-                        finite(&format!("{what} {name}"), t)?;
-                    }
+                    failures.attempt(&what, || {
+                        let (out, grads) =
+                            mlstm_fwd_bwd(rt, &inputs, &MlstmGradOutputs::new(&x.dh), &cfg, mode)
+                                .map_err(|e| e.to_string())?;
+                        for (name, t) in [
+                            ("h", &out.h),
+                            ("c", &out.c),
+                            ("dq", &grads.dq),
+                            ("dk", &grads.dk),
+                            ("dv", &grads.dv),
+                            ("di", &grads.di),
+                            ("df", &grads.df),
+                        ] {
+                            finite(name, t)?;
+                        }
+                        Ok(())
+                    });
                     runs += 1;
                 }
             }
         }
     }
-    Ok(runs)
+    runs
 }
 
-fn packed(rt: &Runtime) -> Result<usize, String> {
+fn packed(rt: &Runtime, failures: &mut Failures) -> usize {
     let cu = [0u32, 5, 134, 135, 400];
     let mut runs = 0;
     for dtype in DTYPES {
@@ -105,20 +121,22 @@ fn packed(rt: &Runtime) -> Result<usize, String> {
                 };
                 let inp = x.varlen(&cu);
                 let what = format!("packed {variant:?} {dtype:?} {mode:?}");
-                let out = mlstm_fwd_varlen(rt, &inp, &cfg).map_err(|e| format!("{what}: {e}"))?;
-                let grads =
-                    mlstm_bwd_varlen(rt, &inp, &out, &MlstmGradOutputs::new(&x.dh), &cfg, mode)
-                        .map_err(|e| format!("{what}: {e}"))?;
-                finite(&format!("{what} h"), &out.h)?;
-                finite(&format!("{what} dq"), &grads.dq)?;
+                failures.attempt(&what, || {
+                    let out = mlstm_fwd_varlen(rt, &inp, &cfg).map_err(|e| e.to_string())?;
+                    let dh = MlstmGradOutputs::new(&x.dh);
+                    let grads = mlstm_bwd_varlen(rt, &inp, &out, &dh, &cfg, mode)
+                        .map_err(|e| e.to_string())?;
+                    finite("h", &out.h)?;
+                    finite("dq", &grads.dq)
+                });
                 runs += 1;
             }
         }
     }
-    Ok(runs)
+    runs
 }
 
-fn steps(rt: &Runtime) -> Result<usize, String> {
+fn steps(rt: &Runtime, failures: &mut Failures) -> usize {
     let (b, nh) = (2, 3);
     let mut runs = 0;
     for &(dqk, dhv) in &[(16, 16), (64, 128), (256, 512)] {
@@ -129,33 +147,38 @@ fn steps(rt: &Runtime) -> Result<usize, String> {
                 for state_dtype in [Dtype::F32, Dtype::Bf16] {
                     let what =
                         format!("step {variant:?} {dtype:?} state {state_dtype:?} {dqk}/{dhv}");
-                    let mut states = StepStates::alloc_zeros(rt, b, nh, dqk, dhv, state_dtype)
-                        .map_err(|e| format!("{what}: {e}"))?;
-                    for _ in 0..2 {
-                        let h = mlstm_step(rt, &x.step(), &mut states, &cfg)
-                            .map_err(|e| format!("{what}: {e}"))?;
-                        finite(&what, &h)?;
-                    }
+                    failures.attempt(&what, || {
+                        let mut states = StepStates::alloc_zeros(rt, b, nh, dqk, dhv, state_dtype)
+                            .map_err(|e| e.to_string())?;
+                        for _ in 0..2 {
+                            let h = mlstm_step(rt, &x.step(), &mut states, &cfg)
+                                .map_err(|e| e.to_string())?;
+                            finite("h", &h)?;
+                        }
+                        Ok(())
+                    });
                     runs += 1;
                 }
                 let what = format!("step pool {variant:?} {dtype:?} {dqk}/{dhv}");
-                let mut pool = StatePool::alloc_zeros(rt, 5, nh, dqk, dhv)
-                    .map_err(|e| format!("{what}: {e}"))?;
-                let slots = Slots::new(rt, &[3, 1]).map_err(|e| format!("{what}: {e}"))?;
-                let h = mlstm_step_pool(rt, &x.step(), &mut pool, &slots, &cfg)
-                    .map_err(|e| format!("{what}: {e}"))?;
-                finite(&what, &h)?;
-                // A prefill into the pool's slots: the forward's state-pool path.
-                let seq = RandomInputs::new(rt, dtype, &[b, nh, 70], dqk, dhv);
-                let pooled = seq.mlstm().with_pool(&pool, &slots);
-                let out = tfla::mlstm_fwd(rt, &pooled, &cfg)
-                    .map_err(|e| format!("{what} prefill: {e}"))?;
-                finite(&format!("{what} prefill h"), &out.h)?;
+                failures.attempt(&what, || {
+                    let mut pool =
+                        StatePool::alloc_zeros(rt, 5, nh, dqk, dhv).map_err(|e| e.to_string())?;
+                    let slots = Slots::new(rt, &[3, 1]).map_err(|e| e.to_string())?;
+                    let h = mlstm_step_pool(rt, &x.step(), &mut pool, &slots, &cfg)
+                        .map_err(|e| e.to_string())?;
+                    finite("h", &h)?;
+                    // A prefill into the pool's slots: the forward's state-pool path.
+                    let seq = RandomInputs::new(rt, dtype, &[b, nh, 70], dqk, dhv);
+                    let pooled = seq.mlstm().with_pool(&pool, &slots);
+                    let out =
+                        tfla::mlstm_fwd(rt, &pooled, &cfg).map_err(|e| format!("prefill: {e}"))?;
+                    finite("prefill h", &out.h)
+                });
                 runs += 2;
             }
         }
     }
-    Ok(runs)
+    runs
 }
 
 fn main() {
@@ -163,12 +186,13 @@ fn main() {
         eprintln!("tfla-sanitize: {e}");
         std::process::exit(2)
     });
-    let ran = chunkwise(&rt).and_then(|a| Ok(a + packed(&rt)? + steps(&rt)?));
+    let mut failures = Failures::default();
+    let runs =
+        chunkwise(&rt, &mut failures) + packed(&rt, &mut failures) + steps(&rt, &mut failures);
     rt.synchronize().unwrap_or_else(|e| panic!("{e}"));
-    let runs = ran.unwrap_or_else(|e| {
-        eprintln!("tfla-sanitize: {e}");
-        std::process::exit(1)
-    });
+    for f in &failures.0 {
+        eprintln!("tfla-sanitize: {f}");
+    }
     let launched = rt.launched_entries();
     // Where the module has `wgmma` the plan takes its wide state kernel, never the `mma.sync`
     // wide one (which the sm_80 module's run covers: `TFLA_PORTABLE=1`).
@@ -187,6 +211,8 @@ fn main() {
             "tfla-sanitize: entries never launched: {}",
             missing.join(", ")
         );
+    }
+    if !failures.0.is_empty() || !missing.is_empty() {
         std::process::exit(1);
     }
 }
