@@ -230,8 +230,9 @@ fn write_run_script(dir: &Path) -> Result<(), String> {
 #       (set up with pip into $TFLA_REF_SITE, default ./ref-site, when python3 has torch) on
 #       the same card (RESULTS_DIR/refs.json), then the merged table. GRID: quick (default),
 #       paper, smoke. Offline, the wheels come from a folder instead: TFLA_REF_WHEELS=DIR.
-#   bash run.sh portable    the GPU tests through the sm_80 module under each smaller card's
-#                           shared memory, and the quick table with each module
+#   bash run.sh portable [KB]  the GPU tests through the sm_80 module under each smaller card's
+#                           shared memory (or KB only: 227, 163, 99), and (without KB) the
+#                           quick table with each module
 #   bash run.sh sanitize [sm_90a|sm_80]  memcheck, racecheck, initcheck and synccheck over every
 #                           kernel entry, with both modules or the one named
 #   bash run.sh kernels [NH:DQK:DHV] [VARIANT]  per-kernel times (ncu) of one forward+backward
@@ -320,7 +321,7 @@ portable)
   # The sm_80 module on this card: the GPU tests under each smaller card's shared memory
   # (TFLA_SMEM_LIMIT_KB plans for it; 227: B200, 163: A100, 99: A10/L4/RTX), then the quick
   # grid's forward and forward+backward table with the Hopper module and with the sm_80 one.
-  for kb in 227 163 99; do
+  for kb in ${2:-227 163 99}; do
     for t in "$bin"/test-gpu_*; do
       echo "=== $(basename "$t") with the sm_80 module, ${kb} KB per block"
       if TFLA_PORTABLE=1 TFLA_SMEM_LIMIT_KB=$kb "$t" --include-ignored --test-threads=1 2>&1; then
@@ -328,8 +329,10 @@ portable)
     done
   done
   echo "test binaries: $pass passed, $fail failed"
-  "$bin"/bench-tfla-bench --grid quick --no-step || fail=$((fail+1))
-  TFLA_PORTABLE=1 "$bin"/bench-tfla-bench --grid quick --no-step || fail=$((fail+1))
+  if [ -z "${2:-}" ]; then
+    "$bin"/bench-tfla-bench --grid quick --no-step || fail=$((fail+1))
+    TFLA_PORTABLE=1 "$bin"/bench-tfla-bench --grid quick --no-step || fail=$((fail+1))
+  fi
   ;;
 sanitize)
   # compute-sanitizer's four tools over tfla-sanitize (every kernel entry, edge shapes), with
@@ -380,7 +383,7 @@ ab)
     done
   done
   ;;
-*) echo "usage: bash run.sh [tests|bench|all] [GRID] [RESULTS_DIR] | portable | sanitize [sm_90a|sm_80] | kernels [NH:DQK:DHV] [VARIANT] | ab DIR..."; fail=1 ;;
+*) echo "usage: bash run.sh [tests|bench|all] [GRID] [RESULTS_DIR] | portable [KB] | sanitize [sm_90a|sm_80] | kernels [NH:DQK:DHV] [VARIANT] | ab DIR..."; fail=1 ;;
 esac
 [ "$fail" = 0 ]
 "#;
