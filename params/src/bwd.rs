@@ -804,6 +804,16 @@ const GATES: [&str; 3] = [
     "mlstm_bwd_gates_signn",
 ];
 
+// SAFETY: #[repr(C)], every field a u64.
+unsafe impl crate::PointerStruct for BwdPointers {
+    fn each(p: &Self, f: &mut dyn FnMut(Pointer)) {
+        // Every name is listed whatever the pass's options; only `required` depends on them.
+        pointers(p, true, Path::TensorCores(Dtype::Bf16), false)
+            .into_iter()
+            .for_each(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -929,15 +939,5 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), 7 * 6 + 3 + 1);
-    }
-}
-
-// SAFETY: #[repr(C)], every field a u64.
-unsafe impl crate::PointerStruct for BwdPointers {
-    fn each(p: &Self, f: &mut dyn FnMut(Pointer)) {
-        // Every name is listed whatever the pass's options; only `required` depends on them.
-        pointers(p, true, Path::TensorCores(Dtype::Bf16), false)
-            .into_iter()
-            .for_each(f)
     }
 }

@@ -724,6 +724,13 @@ pub const fn entry_name(kernel: FwdKernel, gates: Gates, dtype: Dtype) -> &'stat
     }
 }
 
+// SAFETY: #[repr(C)], every field a u64.
+unsafe impl crate::PointerStruct for FwdPointers {
+    fn each(p: &Self, f: &mut dyn FnMut(Pointer)) {
+        pointers(p).into_iter().for_each(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -794,12 +801,5 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), 6);
-    }
-}
-
-// SAFETY: #[repr(C)], every field a u64.
-unsafe impl crate::PointerStruct for FwdPointers {
-    fn each(p: &Self, f: &mut dyn FnMut(Pointer)) {
-        pointers(p).into_iter().for_each(f)
     }
 }

@@ -210,6 +210,13 @@ pub fn entry_names() -> impl Iterator<Item = &'static str> {
         })
 }
 
+// SAFETY: #[repr(C)], every field a u64.
+unsafe impl crate::PointerStruct for StepPointers {
+    fn each(p: &Self, f: &mut dyn FnMut(Pointer)) {
+        pointers(p, 2).into_iter().for_each(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,12 +273,5 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), 18);
         assert!(names.iter().all(|n| n.starts_with("mlstm_step_")));
-    }
-}
-
-// SAFETY: #[repr(C)], every field a u64.
-unsafe impl crate::PointerStruct for StepPointers {
-    fn each(p: &Self, f: &mut dyn FnMut(Pointer)) {
-        pointers(p, 2).into_iter().for_each(f)
     }
 }
