@@ -5,7 +5,9 @@ For each head config at (B, S) = (8, 8192), bf16, the forward and the forward+ba
 ``tfla.torch.mlstm_chunkwise`` (Exact gradient, chunk size as tfla-bench's best, or
 ``--chunk``) are timed with CUDA events (median of ``--reps`` after warm-up, L2 not flushed,
 as tfla-bench does), and the ratio to tfla-bench's time of the same point in its JSON
-(``--tfla``, from the same run) is printed: the Python layer's cost. Then the generation step:
+(``--tfla``, from the same run) is printed: the Python layer's cost. Each is timed twice: one
+call per event pair, waiting for it (so host time the device spends idle counts), and calls
+queued back to back (the device's time per call when the host keeps ahead). Then the generation step:
 ``mlstm_step(..., inplace=True)`` per call in an eager loop against the same loop replayed
 from a CUDA graph (which leaves the kernel alone), at B·NH = 64, DQK = 256, DHV = 512.
 
@@ -40,6 +42,23 @@ def time_ms(fn, reps: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def time_queued_ms(fn, reps: int, warmup: int = 3) -> float:
+    """Per-call time of `reps` calls issued back to back between one pair of events: the
+    device's time per call where the host keeps ahead of it (as in training, where the next
+    op is queued while this one runs); ``time_ms`` waits for each call, so host time the
+    device spends idle counts there."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    stop.record()
+    stop.synchronize()
+    return start.elapsed_time(stop) / reps
+
+
 def rust_best(rows: list, variant: str, nh: int, dqk: int, dhv: int, b: int, s: int, key: str):
     """tfla-bench's best (ms, chunk) at this point, or None."""
     best = None
@@ -65,7 +84,8 @@ def main() -> None:
     b, s = 8, 8192
     out = {"device": torch.cuda.get_device_name(), "chunkwise": [], "step": []}
     print(f"{'variant':10} {'NH/DQK/DHV':12} {'L':>5} {'fwd ms':>8} {'rust':>8} {'ratio':>6} "
-          f"{'fwd+bwd':>8} {'rust':>8} {'ratio':>6}")
+          f"{'fwd+bwd':>8} {'rust':>8} {'ratio':>6} {'fwd q':>8} {'ratio':>6} {'f+b q':>8} {'ratio':>6}")
+    print("(q: calls queued back to back, time_queued_ms; the others wait for each call)")
     g = torch.Generator(device="cuda").manual_seed(0)
     for nh, dqk, dhv in HEADS:
         for variant, normalize, name in (("exp", True, "exp"), ("sig", True, "sig"), ("sig", False, "sig_nonorm")):
@@ -88,12 +108,17 @@ def main() -> None:
                 h.backward(dh)
 
             both = time_ms(fwd_bwd, args.reps)
+            with torch.no_grad():
+                fwd_q = time_queued_ms(lambda: tt.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk, **kw), args.reps)
+            both_q = time_queued_ms(fwd_bwd, args.reps)
             ratio = lambda ms, r: f"{ms / r[0]:6.3f}" if r else "     -"  # noqa: E731
             rust = lambda r: f"{r[0]:8.3f}" if r else "       -"  # noqa: E731
             print(f"{name:10} {f'{nh}/{dqk}/{dhv}':12} {chunk or '-':>5} {fwd:8.3f} {rust(fwd_rust)} "
-                  f"{ratio(fwd, fwd_rust)} {both:8.3f} {rust(bwd_rust)} {ratio(both, bwd_rust)}")
+                  f"{ratio(fwd, fwd_rust)} {both:8.3f} {rust(bwd_rust)} {ratio(both, bwd_rust)} "
+                  f"{fwd_q:8.3f} {ratio(fwd_q, fwd_rust)} {both_q:8.3f} {ratio(both_q, bwd_rust)}")
             out["chunkwise"].append(dict(variant=name, NH=nh, DQK=dqk, DHV=dhv, B=b, S=s, chunk=chunk,
-                                         fwd_ms=fwd, fwdbwd_ms=both, rust_fwd_ms=fwd_rust and fwd_rust[0],
+                                         fwd_ms=fwd, fwdbwd_ms=both, fwd_queued_ms=fwd_q,
+                                         fwdbwd_queued_ms=both_q, rust_fwd_ms=fwd_rust and fwd_rust[0],
                                          rust_fwdbwd_ms=bwd_rust and bwd_rust[0]))
             del q, k, v, leaves, dh
     # Generation: per-call cost of the op in an eager loop vs the same calls from a CUDA graph.
