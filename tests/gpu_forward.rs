@@ -328,6 +328,30 @@ fn forward_fused_small_head_shapes() {
     run(&cases, "forward_fused_small_head_shapes");
 }
 
+/// Runs `case` with gate pre-activations `gate(t)` (ĩ_t, f̃_t) against the reference; a case
+/// over the forward tolerance is added to `failures` as `label`.
+fn run_gated(
+    rt: &Runtime,
+    rng: &mut impl rand::Rng,
+    case: Case,
+    gate: impl Fn(usize) -> (f64, f64),
+    label: String,
+    failures: &mut Vec<String>,
+) {
+    let mut inp = RefInputs::random(case.shape, case.initial_state, rng);
+    for (t, (i, f)) in inp.i.iter_mut().zip(inp.f.iter_mut()).enumerate() {
+        (*i, *f) = gate(t % case.shape.s);
+    }
+    round_inputs(&mut inp, case.dtype);
+    limit_readout_cancellation(&mut inp, case.variant, case.dtype, rng);
+    let (h, st, cs) = check(rt, case, &inp);
+    let tol = fwd_tolerance(case.dtype);
+    eprintln!("{label}: h {h:.2e}, final states {st:.2e}, chunk states {cs:.2e}");
+    if !(h <= tol && st <= tol && cs <= tol) {
+        failures.push(label);
+    }
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn forward_hard_gate_regimes() {
@@ -343,20 +367,8 @@ fn forward_hard_gate_regimes() {
                 dtype: Dtype::Bf16,
                 initial_state: true,
             };
-            let mut inp = RefInputs::random(case.shape, true, &mut rng);
-            for (t, (i, f)) in inp.i.iter_mut().zip(inp.f.iter_mut()).enumerate() {
-                (*i, *f) = gate(t % case.shape.s);
-            }
-            round_inputs(&mut inp, case.dtype);
-            limit_readout_cancellation(&mut inp, case.variant, case.dtype, &mut rng);
-            let (h, st, cs) = check(&rt, case, &inp);
-            let tol = fwd_tolerance(case.dtype);
-            eprintln!(
-                "{label} {variant:?}: h {h:.2e}, final states {st:.2e}, chunk states {cs:.2e}"
-            );
-            if !(h <= tol && st <= tol && cs <= tol) {
-                failures.push(format!("{label} {variant:?}"));
-            }
+            let label = format!("{label} {variant:?}");
+            run_gated(&rt, &mut rng, case, gate, label, &mut failures);
         }
     }
     assert!(failures.is_empty(), "over tolerance: {failures:?}");
@@ -370,6 +382,7 @@ fn forward_65536_tokens() {
     let rt = runtime();
     let mut rng = rng("forward_65536_tokens");
     let mut failures = Vec::new();
+    let gate = |t: usize| ((t % 11) as f64 - 5.0, 6.0 + (t % 5) as f64);
     for variant in [EXP, SIG] {
         let case = Case {
             shape: shape(1, 2, 65_536, 64, 64),
@@ -378,18 +391,14 @@ fn forward_65536_tokens() {
             dtype: Dtype::Bf16,
             initial_state: true,
         };
-        let mut inp = RefInputs::random(case.shape, true, &mut rng);
-        for (t, (i, f)) in inp.i.iter_mut().zip(inp.f.iter_mut()).enumerate() {
-            (*i, *f) = ((t % 11) as f64 - 5.0, 6.0 + (t % 5) as f64);
-        }
-        round_inputs(&mut inp, case.dtype);
-        limit_readout_cancellation(&mut inp, case.variant, case.dtype, &mut rng);
-        let (h, st, cs) = check(&rt, case, &inp);
-        let tol = fwd_tolerance(case.dtype);
-        eprintln!("{variant:?}: h {h:.2e}, final states {st:.2e}, chunk states {cs:.2e}");
-        if !(h <= tol && st <= tol && cs <= tol) {
-            failures.push(format!("{variant:?}"));
-        }
+        run_gated(
+            &rt,
+            &mut rng,
+            case,
+            gate,
+            format!("{variant:?}"),
+            &mut failures,
+        );
     }
     assert!(failures.is_empty(), "over the tolerance: {failures:?}");
 }
