@@ -633,17 +633,6 @@ pub mod max_path {
     }
 }
 
-/// `[gates]` tables of the f32 entry names, in the order of [`Gates`].
-macro_rules! f32_names {
-    ($($table:ident = $prefix:literal;)*) => {$(
-        const $table: [&str; 3] = [
-            concat!($prefix, "_exp_f32"),
-            concat!($prefix, "_sig_f32"),
-            concat!($prefix, "_signn_f32"),
-        ];
-    )*};
-}
-
 /// The backward for f32 inputs, which the tensor cores would round to 16 bits: the reverse
 /// recurrence step by step on the CUDA cores (`kernels/src/mlstm/bwd_recurrent_f32.rs`), after
 /// the rows kernel and before the max-state path. One block owns TILE state columns of one
@@ -697,14 +686,10 @@ pub mod recurrent {
     }
     /// Entry points of the f32 rows kernel and of the walk, for `gates`.
     pub const fn rows_entry(gates: Gates) -> &'static str {
-        ROWS_F32[gates as usize]
+        crate::entries::names::bwd_rows::f32[gates as usize]
     }
     pub const fn entry(gates: Gates) -> &'static str {
-        RECURRENT_F32[gates as usize]
-    }
-    f32_names! {
-        ROWS_F32 = "mlstm_bwd_rows";
-        RECURRENT_F32 = "mlstm_bwd_recurrent";
+        crate::entries::names::bwd_recurrent::f32[gates as usize]
     }
 }
 
@@ -757,52 +742,27 @@ pub fn register_caps() -> impl Iterator<Item = (&'static str, u32)> {
 }
 
 /// Entry-point name of a backward kernel: one per (kernel, gates, dtype); the gate-gradient
-/// kernels have no element type (their names ignore `dtype`). The device crate's `entry!` list and
-/// this table must agree; the host tests load every name.
+/// kernels have no element type (their names ignore `dtype`). The names are the tables of
+/// [`crate::entries`], from the list the device crate instantiates; the host tests load every
+/// name.
 pub const fn entry_name(kernel: BwdKernel, gates: Gates, dtype: Dtype) -> &'static str {
+    use crate::entries::names;
     use BwdKernel::*;
-    let g = gates as usize;
-    let d = dtype as usize;
+    let (g, d) = (gates as usize, dtype as usize);
     match kernel {
-        Rows => ROWS[g][d],
-        State => STATE[g][d],
-        Scores => SCORES[g][d],
-        Dq => DQ[g][d],
-        Dk => DK[g][d],
-        Dv => DV[g][d],
-        Chunk => CHUNK[g][d],
-        Gates => GATES[g],
+        Rows => names::bwd_rows[g][d],
+        State => names::bwd_state[g][d],
+        Scores => names::bwd_scores[g][d],
+        Dq => names::bwd_dq[g][d],
+        Dk => names::bwd_dk[g][d],
+        Dv => names::bwd_dv[g][d],
+        Chunk => names::bwd_chunk[g][d],
+        Gates => names::bwd_gates[g],
         // Only mLSTMexp has a max state: the name is the same for every `gates`.
-        MaxPath => "mlstm_bwd_max_path_exp",
-        StateWg => STATE_WG[g][d],
+        MaxPath => names::bwd_max_path_exp,
+        StateWg => names::bwd_state_wg[g][d],
     }
 }
-
-/// `[gates][dtype]` tables of entry names, in the order of [`Gates`] and [`Dtype`].
-macro_rules! names {
-    ($($table:ident = $prefix:literal;)*) => {$(
-        const $table: [[&str; 2]; 3] = [
-            [concat!($prefix, "_exp_bf16"), concat!($prefix, "_exp_f16")],
-            [concat!($prefix, "_sig_bf16"), concat!($prefix, "_sig_f16")],
-            [concat!($prefix, "_signn_bf16"), concat!($prefix, "_signn_f16")],
-        ];
-    )*};
-}
-names! {
-    ROWS = "mlstm_bwd_rows";
-    STATE = "mlstm_bwd_state";
-    STATE_WG = "mlstm_bwd_state_wg";
-    SCORES = "mlstm_bwd_scores";
-    DQ = "mlstm_bwd_dq";
-    DK = "mlstm_bwd_dk";
-    DV = "mlstm_bwd_dv";
-    CHUNK = "mlstm_bwd_chunk";
-}
-const GATES: [&str; 3] = [
-    "mlstm_bwd_gates_exp",
-    "mlstm_bwd_gates_sig",
-    "mlstm_bwd_gates_signn",
-];
 
 // SAFETY: #[repr(C)], every field a u64.
 unsafe impl crate::PointerStruct for BwdPointers {

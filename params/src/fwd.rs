@@ -650,11 +650,7 @@ pub mod recurrent {
 
     /// Entry point of the f32 recurrence for `gates`.
     pub const fn entry_name(gates: Gates) -> &'static str {
-        match gates {
-            Gates::Exp => "mlstm_fwd_recurrent_exp_f32",
-            Gates::Sig => "mlstm_fwd_recurrent_sig_f32",
-            Gates::SigNoNorm => "mlstm_fwd_recurrent_signn_f32",
-        }
+        crate::entries::names::fwd_recurrent::f32[gates as usize]
     }
 }
 
@@ -675,52 +671,21 @@ pub enum FwdKernel {
 }
 
 /// Entry-point name of a forward kernel in the PTX module: one entry per (kernel, gates, dtype).
-/// The device crate's `entry!` invocations and this table must name the same symbols; the host
-/// tests load every name listed here.
+/// The names are the tables of [`crate::entries`], from the list the device crate instantiates;
+/// the host tests load every name listed here.
 pub const fn entry_name(kernel: FwdKernel, gates: Gates, dtype: Dtype) -> &'static str {
-    use Dtype::*;
+    use crate::entries::names;
     use FwdKernel::*;
-    use Gates::*;
-    match (kernel, gates, dtype) {
+    let (g, d) = (gates as usize, dtype as usize);
+    match kernel {
         // The gate math does not depend on the element type or on the normalizer.
-        (ChunkGates, Exp, _) => "mlstm_fwd_chunk_gates_exp",
-        (ChunkGates, Sig | SigNoNorm, _) => "mlstm_fwd_chunk_gates_sig",
-        (ChunkState, Exp, Bf16) => "mlstm_fwd_chunk_state_exp_bf16",
-        (ChunkState, Exp, F16) => "mlstm_fwd_chunk_state_exp_f16",
-        (ChunkState, Sig, Bf16) => "mlstm_fwd_chunk_state_sig_bf16",
-        (ChunkState, Sig, F16) => "mlstm_fwd_chunk_state_sig_f16",
-        (ChunkState, SigNoNorm, Bf16) => "mlstm_fwd_chunk_state_signn_bf16",
-        (ChunkState, SigNoNorm, F16) => "mlstm_fwd_chunk_state_signn_f16",
-        (ChunkStateWide, Exp, Bf16) => "mlstm_fwd_chunk_state_wide_exp_bf16",
-        (ChunkStateWide, Exp, F16) => "mlstm_fwd_chunk_state_wide_exp_f16",
-        (ChunkStateWide, Sig, Bf16) => "mlstm_fwd_chunk_state_wide_sig_bf16",
-        (ChunkStateWide, Sig, F16) => "mlstm_fwd_chunk_state_wide_sig_f16",
-        (ChunkStateWide, SigNoNorm, Bf16) => "mlstm_fwd_chunk_state_wide_signn_bf16",
-        (ChunkStateWide, SigNoNorm, F16) => "mlstm_fwd_chunk_state_wide_signn_f16",
-        (ChunkStateWg, Exp, Bf16) => "mlstm_fwd_chunk_state_wg_exp_bf16",
-        (ChunkStateWg, Exp, F16) => "mlstm_fwd_chunk_state_wg_exp_f16",
-        (ChunkStateWg, Sig, Bf16) => "mlstm_fwd_chunk_state_wg_sig_bf16",
-        (ChunkStateWg, Sig, F16) => "mlstm_fwd_chunk_state_wg_sig_f16",
-        (ChunkStateWg, SigNoNorm, Bf16) => "mlstm_fwd_chunk_state_wg_signn_bf16",
-        (ChunkStateWg, SigNoNorm, F16) => "mlstm_fwd_chunk_state_wg_signn_f16",
-        (ChunkOutput, Exp, Bf16) => "mlstm_fwd_chunk_output_exp_bf16",
-        (ChunkOutput, Exp, F16) => "mlstm_fwd_chunk_output_exp_f16",
-        (ChunkOutput, Sig, Bf16) => "mlstm_fwd_chunk_output_sig_bf16",
-        (ChunkOutput, Sig, F16) => "mlstm_fwd_chunk_output_sig_f16",
-        (ChunkOutput, SigNoNorm, Bf16) => "mlstm_fwd_chunk_output_signn_bf16",
-        (ChunkOutput, SigNoNorm, F16) => "mlstm_fwd_chunk_output_signn_f16",
-        (ChunkOutputWg, Exp, Bf16) => "mlstm_fwd_chunk_output_wg_exp_bf16",
-        (ChunkOutputWg, Exp, F16) => "mlstm_fwd_chunk_output_wg_exp_f16",
-        (ChunkOutputWg, Sig, Bf16) => "mlstm_fwd_chunk_output_wg_sig_bf16",
-        (ChunkOutputWg, Sig, F16) => "mlstm_fwd_chunk_output_wg_sig_f16",
-        (ChunkOutputWg, SigNoNorm, Bf16) => "mlstm_fwd_chunk_output_wg_signn_bf16",
-        (ChunkOutputWg, SigNoNorm, F16) => "mlstm_fwd_chunk_output_wg_signn_f16",
-        (ChunkFused, Exp, Bf16) => "mlstm_fwd_chunk_fused_exp_bf16",
-        (ChunkFused, Exp, F16) => "mlstm_fwd_chunk_fused_exp_f16",
-        (ChunkFused, Sig, Bf16) => "mlstm_fwd_chunk_fused_sig_bf16",
-        (ChunkFused, Sig, F16) => "mlstm_fwd_chunk_fused_sig_f16",
-        (ChunkFused, SigNoNorm, Bf16) => "mlstm_fwd_chunk_fused_signn_bf16",
-        (ChunkFused, SigNoNorm, F16) => "mlstm_fwd_chunk_fused_signn_f16",
+        ChunkGates => names::fwd_chunk_gates[if matches!(gates, Gates::Exp) { 0 } else { 1 }],
+        ChunkState => names::fwd_chunk_state[g][d],
+        ChunkStateWide => names::fwd_chunk_state_wide[g][d],
+        ChunkStateWg => names::fwd_chunk_state_wg[g][d],
+        ChunkOutput => names::fwd_chunk_output[g][d],
+        ChunkOutputWg => names::fwd_chunk_output_wg[g][d],
+        ChunkFused => names::fwd_chunk_fused[g][d],
     }
 }
 

@@ -10,6 +10,7 @@
 extern crate std;
 
 pub mod bwd;
+pub mod entries;
 pub mod fwd;
 pub mod seqs;
 pub mod step;

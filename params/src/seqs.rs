@@ -53,5 +53,5 @@ pub mod pack {
         let steps = if p.unpack != 0 { p.total } else { p.padded };
         (div_ceil(steps, ROWS), p.nh, 1)
     }
-    pub const ENTRY: &str = "mlstm_varlen_pack";
+    pub const ENTRY: &str = crate::entries::names::varlen_pack;
 }

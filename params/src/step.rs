@@ -164,31 +164,9 @@ pub const fn grid(p: &StepParams) -> (u32, u32, u32) {
 }
 
 /// Entry point of the step kernel for (gates, input dtype, C̃ dtype): one entry per triple.
-/// The device crate's `entry!` invocations and this table must name the same symbols.
+/// The names are [`crate::entries`]' table, from the list the device crate instantiates.
 pub const fn entry_name(gates: Gates, dtype: InputDtype, state: StateDtype) -> &'static str {
-    use Gates::*;
-    use InputDtype as I;
-    use StateDtype as S;
-    match (gates, dtype, state) {
-        (Exp, I::Bf16, S::F32) => "mlstm_step_exp_bf16_state_f32",
-        (Exp, I::F16, S::F32) => "mlstm_step_exp_f16_state_f32",
-        (Exp, I::F32, S::F32) => "mlstm_step_exp_f32_state_f32",
-        (Exp, I::Bf16, S::Bf16) => "mlstm_step_exp_bf16_state_bf16",
-        (Exp, I::F16, S::Bf16) => "mlstm_step_exp_f16_state_bf16",
-        (Exp, I::F32, S::Bf16) => "mlstm_step_exp_f32_state_bf16",
-        (Sig, I::Bf16, S::F32) => "mlstm_step_sig_bf16_state_f32",
-        (Sig, I::F16, S::F32) => "mlstm_step_sig_f16_state_f32",
-        (Sig, I::F32, S::F32) => "mlstm_step_sig_f32_state_f32",
-        (Sig, I::Bf16, S::Bf16) => "mlstm_step_sig_bf16_state_bf16",
-        (Sig, I::F16, S::Bf16) => "mlstm_step_sig_f16_state_bf16",
-        (Sig, I::F32, S::Bf16) => "mlstm_step_sig_f32_state_bf16",
-        (SigNoNorm, I::Bf16, S::F32) => "mlstm_step_signn_bf16_state_f32",
-        (SigNoNorm, I::F16, S::F32) => "mlstm_step_signn_f16_state_f32",
-        (SigNoNorm, I::F32, S::F32) => "mlstm_step_signn_f32_state_f32",
-        (SigNoNorm, I::Bf16, S::Bf16) => "mlstm_step_signn_bf16_state_bf16",
-        (SigNoNorm, I::F16, S::Bf16) => "mlstm_step_signn_f16_state_bf16",
-        (SigNoNorm, I::F32, S::Bf16) => "mlstm_step_signn_f32_state_bf16",
-    }
+    crate::entries::names::step[gates as usize][state as usize][dtype as usize]
 }
 
 /// Bytes per element of C̃.

@@ -1,6 +1,7 @@
 //! The mLSTM kernels. Each kernel body is generic over the element type (`Elem`) and the gate
-//! variant (`GateKind`); `entry!` instantiates the PTX entry points under the names that
-//! `tfla_params::fwd::entry_name` lists.
+//! variant (`GateKind`); the PTX entry points are the instances that `tfla_params::tfla_entries`
+//! lists (the one list of entries, whose names the host's tables are made from too),
+//! instantiated by `instantiate!` below.
 mod backward;
 mod common;
 mod forward;
@@ -27,180 +28,92 @@ use tfla_params::fwd::FwdParams;
 use tfla_params::seqs::PackParams;
 use tfla_params::step::StepParams;
 
+/// One PTX entry point: `$name` the name's pieces after `mlstm_` (`tfla_params::tfla_entry_name`),
+/// `$params` the parameter struct, `$body` the call.
 macro_rules! entry {
-    ($params:ty; $($name:ident = $body:ident<$($t:ty),+>;)*) => {$(
-        /// PTX entry point (see `tfla_params::fwd::entry_name`, `recurrent::entry_name` and
-        /// `tfla_params::bwd::entry_name`).
-        ///
-        /// # Safety
-        /// As the generic body.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "ptx-kernel" fn $name(p: $params) {
-            unsafe { $body::$body::<$($t),+>(&p) }
-        }
-    )*};
+    ($params:ident, [$($name:ident)+], $($body:tt)+) => {
+        // Each entry in its own block, so every function may be called `entry`: only the
+        // exported name, from the list, tells them apart.
+        const _: () = {
+            /// # Safety
+            /// As the generic body.
+            #[unsafe(export_name = tfla_params::tfla_entry_name!($($name)+))]
+            unsafe extern "ptx-kernel" fn entry(p: $params) {
+                unsafe { $($body)+(&p) }
+            }
+        };
+    };
 }
 
-entry! {
-    FwdParams;
-    // The gate math has no element type and ignores the normalizer.
-    mlstm_fwd_chunk_gates_exp = chunk_gates<ExpGates>;
-    mlstm_fwd_chunk_gates_sig = chunk_gates<SigGates>;
-    mlstm_fwd_chunk_state_exp_bf16 = chunk_state<Bf16, ExpGates>;
-    mlstm_fwd_chunk_state_exp_f16 = chunk_state<F16, ExpGates>;
-    mlstm_fwd_chunk_state_sig_bf16 = chunk_state<Bf16, SigGates>;
-    mlstm_fwd_chunk_state_sig_f16 = chunk_state<F16, SigGates>;
-    mlstm_fwd_chunk_state_signn_bf16 = chunk_state<Bf16, SigNoNormGates>;
-    mlstm_fwd_chunk_state_signn_f16 = chunk_state<F16, SigNoNormGates>;
-    mlstm_fwd_chunk_state_wide_exp_bf16 = chunk_state_wide<Bf16, ExpGates>;
-    mlstm_fwd_chunk_state_wide_exp_f16 = chunk_state_wide<F16, ExpGates>;
-    mlstm_fwd_chunk_state_wide_sig_bf16 = chunk_state_wide<Bf16, SigGates>;
-    mlstm_fwd_chunk_state_wide_sig_f16 = chunk_state_wide<F16, SigGates>;
-    mlstm_fwd_chunk_state_wide_signn_bf16 = chunk_state_wide<Bf16, SigNoNormGates>;
-    mlstm_fwd_chunk_state_wide_signn_f16 = chunk_state_wide<F16, SigNoNormGates>;
-    mlstm_fwd_chunk_output_exp_bf16 = chunk_output<Bf16, ExpGates>;
-    mlstm_fwd_chunk_output_exp_f16 = chunk_output<F16, ExpGates>;
-    mlstm_fwd_chunk_output_sig_bf16 = chunk_output<Bf16, SigGates>;
-    mlstm_fwd_chunk_output_sig_f16 = chunk_output<F16, SigGates>;
-    mlstm_fwd_chunk_output_signn_bf16 = chunk_output<Bf16, SigNoNormGates>;
-    mlstm_fwd_chunk_output_signn_f16 = chunk_output<F16, SigNoNormGates>;
-    mlstm_fwd_chunk_fused_exp_bf16 = chunk_fused<Bf16, ExpGates>;
-    mlstm_fwd_chunk_fused_exp_f16 = chunk_fused<F16, ExpGates>;
-    mlstm_fwd_chunk_fused_sig_bf16 = chunk_fused<Bf16, SigGates>;
-    mlstm_fwd_chunk_fused_sig_f16 = chunk_fused<F16, SigGates>;
-    mlstm_fwd_chunk_fused_signn_bf16 = chunk_fused<Bf16, SigNoNormGates>;
-    mlstm_fwd_chunk_fused_signn_f16 = chunk_fused<F16, SigNoNormGates>;
-    // f32 inputs: the recurrence on the CUDA cores.
-    mlstm_fwd_recurrent_exp_f32 = recurrent_f32<ExpGates>;
-    mlstm_fwd_recurrent_sig_f32 = recurrent_f32<SigGates>;
-    mlstm_fwd_recurrent_signn_f32 = recurrent_f32<SigNoNormGates>;
+/// The device crate's expansion of `tfla_params::tfla_entries` (kinds in `tfla_params::entries`).
+macro_rules! instantiate {
+    ($($kind:ident $params:ident $name:ident = $($body:ident)::+ $(<$x:ident>)?;)*) => {
+        $(instantiate!(@ $kind $params $name [$($body)::+] $($x)?);)*
+    };
+    (@ gd $params:ident $name:ident [$($body:tt)+]) => {
+        instantiate!(@gd2 $params $name [$($body)+] [] _exp ExpGates);
+        instantiate!(@gd2 $params $name [$($body)+] [] _sig SigGates);
+        instantiate!(@gd2 $params $name [$($body)+] [] _signn SigNoNormGates);
+    };
+    (@ gd_wg $params:ident $name:ident [$($body:tt)+]) => {
+        #[cfg(target_feature = "sm_90a")]
+        const _: () = {
+            instantiate!(@ gd $params $name [$($body)+]);
+        };
+    };
+    (@ gd_x $params:ident $name:ident [$($body:tt)+] $x:ident) => {
+        instantiate!(@gd2 $params $name [$($body)+] [, $x] _exp ExpGates);
+        instantiate!(@gd2 $params $name [$($body)+] [, $x] _sig SigGates);
+        instantiate!(@gd2 $params $name [$($body)+] [, $x] _signn SigNoNormGates);
+    };
+    (@gd2 $params:ident $name:ident [$($body:tt)+] [$($x:tt)*] $g:ident $gt:ident) => {
+        entry!($params, [$name $g _bf16], $($body)+::$($body)+::<Bf16, $gt $($x)*>);
+        entry!($params, [$name $g _f16], $($body)+::$($body)+::<F16, $gt $($x)*>);
+    };
+    (@ gd_e $params:ident $name:ident [$($body:tt)+]) => {
+        instantiate!(@gde $params $name [$($body)+] _exp);
+        instantiate!(@gde $params $name [$($body)+] _sig);
+        instantiate!(@gde $params $name [$($body)+] _signn);
+    };
+    (@gde $params:ident $name:ident [$($body:tt)+] $g:ident) => {
+        entry!($params, [$name $g _bf16], $($body)+::$($body)+::<Bf16>);
+        entry!($params, [$name $g _f16], $($body)+::$($body)+::<F16>);
+    };
+    (@ g $params:ident $name:ident [$($body:tt)+]) => {
+        entry!($params, [$name _exp], $($body)+::$($body)+::<ExpGates>);
+        entry!($params, [$name _sig], $($body)+::$($body)+::<SigGates>);
+        entry!($params, [$name _signn], $($body)+::$($body)+::<SigNoNormGates>);
+    };
+    (@ g2 $params:ident $name:ident [$($body:tt)+]) => {
+        entry!($params, [$name _exp], $($body)+::$($body)+::<ExpGates>);
+        entry!($params, [$name _sig], $($body)+::$($body)+::<SigGates>);
+    };
+    (@ g_f32 $params:ident $name:ident [$($body:tt)+]) => {
+        entry!($params, [$name _exp_f32], $($body)+::$($body)+::<ExpGates>);
+        entry!($params, [$name _sig_f32], $($body)+::$($body)+::<SigGates>);
+        entry!($params, [$name _signn_f32], $($body)+::$($body)+::<SigNoNormGates>);
+    };
+    (@ g_f32e $params:ident $name:ident [$($body:tt)+]) => {
+        entry!($params, [$name _exp_f32], $($body)+::$($body)+::<F32, ExpGates>);
+        entry!($params, [$name _sig_f32], $($body)+::$($body)+::<F32, SigGates>);
+        entry!($params, [$name _signn_f32], $($body)+::$($body)+::<F32, SigNoNormGates>);
+    };
+    (@ step $params:ident $name:ident [$($body:tt)+]) => {
+        instantiate!(@step2 $params $name [$($body)+] _exp ExpGates);
+        instantiate!(@step2 $params $name [$($body)+] _sig SigGates);
+        instantiate!(@step2 $params $name [$($body)+] _signn SigNoNormGates);
+    };
+    (@step2 $params:ident $name:ident [$($body:tt)+] $g:ident $gt:ident) => {
+        entry!($params, [$name $g _bf16_state_f32], $($body)+::$($body)+::<Bf16, StateF32, $gt>);
+        entry!($params, [$name $g _f16_state_f32], $($body)+::$($body)+::<F16, StateF32, $gt>);
+        entry!($params, [$name $g _f32_state_f32], $($body)+::$($body)+::<F32, StateF32, $gt>);
+        entry!($params, [$name $g _bf16_state_bf16], $($body)+::$($body)+::<Bf16, StateBf16, $gt>);
+        entry!($params, [$name $g _f16_state_bf16], $($body)+::$($body)+::<F16, StateBf16, $gt>);
+        entry!($params, [$name $g _f32_state_bf16], $($body)+::$($body)+::<F32, StateBf16, $gt>);
+    };
+    (@ one $params:ident $name:ident [$($body:tt)+]) => {
+        entry!($params, [$name], $($body)+);
+    };
 }
 
-// The `wgmma` kernels, in sm_90a builds only (`tfla_params::fwd::state_wg`, `output_wg`).
-#[cfg(target_feature = "sm_90a")]
-entry! {
-    FwdParams;
-    mlstm_fwd_chunk_state_wg_exp_bf16 = chunk_state_wg<Bf16, ExpGates>;
-    mlstm_fwd_chunk_state_wg_exp_f16 = chunk_state_wg<F16, ExpGates>;
-    mlstm_fwd_chunk_state_wg_sig_bf16 = chunk_state_wg<Bf16, SigGates>;
-    mlstm_fwd_chunk_state_wg_sig_f16 = chunk_state_wg<F16, SigGates>;
-    mlstm_fwd_chunk_state_wg_signn_bf16 = chunk_state_wg<Bf16, SigNoNormGates>;
-    mlstm_fwd_chunk_state_wg_signn_f16 = chunk_state_wg<F16, SigNoNormGates>;
-    mlstm_fwd_chunk_output_wg_exp_bf16 = chunk_output_wg<Bf16, ExpGates>;
-    mlstm_fwd_chunk_output_wg_exp_f16 = chunk_output_wg<F16, ExpGates>;
-    mlstm_fwd_chunk_output_wg_sig_bf16 = chunk_output_wg<Bf16, SigGates>;
-    mlstm_fwd_chunk_output_wg_sig_f16 = chunk_output_wg<F16, SigGates>;
-    mlstm_fwd_chunk_output_wg_signn_bf16 = chunk_output_wg<Bf16, SigNoNormGates>;
-    mlstm_fwd_chunk_output_wg_signn_f16 = chunk_output_wg<F16, SigNoNormGates>;
-}
-
-// The backward's `wgmma` kernel, in sm_90a builds only (`tfla_params::bwd::state_wg`).
-#[cfg(target_feature = "sm_90a")]
-entry! {
-    BwdParams;
-    mlstm_bwd_state_wg_exp_bf16 = bwd_state_wg<Bf16, ExpGates>;
-    mlstm_bwd_state_wg_exp_f16 = bwd_state_wg<F16, ExpGates>;
-    mlstm_bwd_state_wg_sig_bf16 = bwd_state_wg<Bf16, SigGates>;
-    mlstm_bwd_state_wg_sig_f16 = bwd_state_wg<F16, SigGates>;
-    mlstm_bwd_state_wg_signn_bf16 = bwd_state_wg<Bf16, SigNoNormGates>;
-    mlstm_bwd_state_wg_signn_f16 = bwd_state_wg<F16, SigNoNormGates>;
-}
-
-entry! {
-    BwdParams;
-    mlstm_bwd_rows_exp_bf16 = bwd_rows<Bf16, ExpGates>;
-    mlstm_bwd_rows_exp_f16 = bwd_rows<F16, ExpGates>;
-    mlstm_bwd_rows_sig_bf16 = bwd_rows<Bf16, SigGates>;
-    mlstm_bwd_rows_sig_f16 = bwd_rows<F16, SigGates>;
-    mlstm_bwd_rows_signn_bf16 = bwd_rows<Bf16, SigNoNormGates>;
-    mlstm_bwd_rows_signn_f16 = bwd_rows<F16, SigNoNormGates>;
-    mlstm_bwd_state_exp_bf16 = bwd_state<Bf16, ExpGates>;
-    mlstm_bwd_state_exp_f16 = bwd_state<F16, ExpGates>;
-    mlstm_bwd_state_sig_bf16 = bwd_state<Bf16, SigGates>;
-    mlstm_bwd_state_sig_f16 = bwd_state<F16, SigGates>;
-    mlstm_bwd_state_signn_bf16 = bwd_state<Bf16, SigNoNormGates>;
-    mlstm_bwd_state_signn_f16 = bwd_state<F16, SigNoNormGates>;
-    // The score kernel's gate terms come from the rows kernel: one body per element type.
-    mlstm_bwd_scores_exp_bf16 = bwd_scores<Bf16>;
-    mlstm_bwd_scores_exp_f16 = bwd_scores<F16>;
-    mlstm_bwd_scores_sig_bf16 = bwd_scores<Bf16>;
-    mlstm_bwd_scores_sig_f16 = bwd_scores<F16>;
-    mlstm_bwd_scores_signn_bf16 = bwd_scores<Bf16>;
-    mlstm_bwd_scores_signn_f16 = bwd_scores<F16>;
-    mlstm_bwd_dq_exp_bf16 = bwd_combine<Bf16, ExpGates, Dq>;
-    mlstm_bwd_dq_exp_f16 = bwd_combine<F16, ExpGates, Dq>;
-    mlstm_bwd_dq_sig_bf16 = bwd_combine<Bf16, SigGates, Dq>;
-    mlstm_bwd_dq_sig_f16 = bwd_combine<F16, SigGates, Dq>;
-    mlstm_bwd_dq_signn_bf16 = bwd_combine<Bf16, SigNoNormGates, Dq>;
-    mlstm_bwd_dq_signn_f16 = bwd_combine<F16, SigNoNormGates, Dq>;
-    mlstm_bwd_dk_exp_bf16 = bwd_combine<Bf16, ExpGates, Dk>;
-    mlstm_bwd_dk_exp_f16 = bwd_combine<F16, ExpGates, Dk>;
-    mlstm_bwd_dk_sig_bf16 = bwd_combine<Bf16, SigGates, Dk>;
-    mlstm_bwd_dk_sig_f16 = bwd_combine<F16, SigGates, Dk>;
-    mlstm_bwd_dk_signn_bf16 = bwd_combine<Bf16, SigNoNormGates, Dk>;
-    mlstm_bwd_dk_signn_f16 = bwd_combine<F16, SigNoNormGates, Dk>;
-    mlstm_bwd_dv_exp_bf16 = bwd_combine<Bf16, ExpGates, Dv>;
-    mlstm_bwd_dv_exp_f16 = bwd_combine<F16, ExpGates, Dv>;
-    mlstm_bwd_dv_sig_bf16 = bwd_combine<Bf16, SigGates, Dv>;
-    mlstm_bwd_dv_sig_f16 = bwd_combine<F16, SigGates, Dv>;
-    mlstm_bwd_dv_signn_bf16 = bwd_combine<Bf16, SigNoNormGates, Dv>;
-    mlstm_bwd_dv_signn_f16 = bwd_combine<F16, SigNoNormGates, Dv>;
-    mlstm_bwd_chunk_exp_bf16 = bwd_chunk<Bf16, ExpGates>;
-    mlstm_bwd_chunk_exp_f16 = bwd_chunk<F16, ExpGates>;
-    mlstm_bwd_chunk_sig_bf16 = bwd_chunk<Bf16, SigGates>;
-    mlstm_bwd_chunk_sig_f16 = bwd_chunk<F16, SigGates>;
-    mlstm_bwd_chunk_signn_bf16 = bwd_chunk<Bf16, SigNoNormGates>;
-    mlstm_bwd_chunk_signn_f16 = bwd_chunk<F16, SigNoNormGates>;
-    mlstm_bwd_gates_exp = bwd_gates<ExpGates>;
-    mlstm_bwd_gates_sig = bwd_gates<SigGates>;
-    mlstm_bwd_gates_signn = bwd_gates<SigNoNormGates>;
-    // f32 inputs: the rows kernel (which also zeroes what the walk accumulates), then the
-    // reverse recurrence on the CUDA cores (`tfla_params::bwd::recurrent`).
-    mlstm_bwd_rows_exp_f32 = bwd_rows<F32, ExpGates>;
-    mlstm_bwd_rows_sig_f32 = bwd_rows<F32, SigGates>;
-    mlstm_bwd_rows_signn_f32 = bwd_rows<F32, SigNoNormGates>;
-    mlstm_bwd_recurrent_exp_f32 = bwd_recurrent_f32<ExpGates>;
-    mlstm_bwd_recurrent_sig_f32 = bwd_recurrent_f32<SigGates>;
-    mlstm_bwd_recurrent_signn_f32 = bwd_recurrent_f32<SigNoNormGates>;
-}
-
-/// PTX entry point of the max-state path (mLSTMexp only; see `tfla_params::bwd::entry_name`).
-///
-/// # Safety
-/// As the body.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn mlstm_bwd_max_path_exp(p: BwdParams) {
-    unsafe { bwd_max_path::bwd_max_path(&p) }
-}
-
-entry! {
-    StepParams;
-    // Generation: one step per (gates, input dtype, state dtype); `tfla_params::step::entry_name`.
-    mlstm_step_exp_bf16_state_f32 = step<Bf16, StateF32, ExpGates>;
-    mlstm_step_exp_f16_state_f32 = step<F16, StateF32, ExpGates>;
-    mlstm_step_exp_f32_state_f32 = step<F32, StateF32, ExpGates>;
-    mlstm_step_exp_bf16_state_bf16 = step<Bf16, StateBf16, ExpGates>;
-    mlstm_step_exp_f16_state_bf16 = step<F16, StateBf16, ExpGates>;
-    mlstm_step_exp_f32_state_bf16 = step<F32, StateBf16, ExpGates>;
-    mlstm_step_sig_bf16_state_f32 = step<Bf16, StateF32, SigGates>;
-    mlstm_step_sig_f16_state_f32 = step<F16, StateF32, SigGates>;
-    mlstm_step_sig_f32_state_f32 = step<F32, StateF32, SigGates>;
-    mlstm_step_sig_bf16_state_bf16 = step<Bf16, StateBf16, SigGates>;
-    mlstm_step_sig_f16_state_bf16 = step<F16, StateBf16, SigGates>;
-    mlstm_step_sig_f32_state_bf16 = step<F32, StateBf16, SigGates>;
-    mlstm_step_signn_bf16_state_f32 = step<Bf16, StateF32, SigNoNormGates>;
-    mlstm_step_signn_f16_state_f32 = step<F16, StateF32, SigNoNormGates>;
-    mlstm_step_signn_f32_state_f32 = step<F32, StateF32, SigNoNormGates>;
-    mlstm_step_signn_bf16_state_bf16 = step<Bf16, StateBf16, SigNoNormGates>;
-    mlstm_step_signn_f16_state_bf16 = step<F16, StateBf16, SigNoNormGates>;
-    mlstm_step_signn_f32_state_bf16 = step<F32, StateBf16, SigNoNormGates>;
-}
-
-/// PTX entry point of the variable-length repacking (`tfla_params::seqs::pack::ENTRY`).
-///
-/// # Safety
-/// As the body.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn mlstm_varlen_pack(p: PackParams) {
-    unsafe { pack::varlen_pack(&p) }
-}
+tfla_params::tfla_entries!(instantiate);
