@@ -1,15 +1,12 @@
-//! Shared-memory tiles of 16-bit elements and the `mma.sync` m16n8k16 fragment maps over them.
-//!
-//! Fragment layouts, with g = lane / 4 and t = lane % 4 (each register holds 2 elements, the
-//! lower column in the low half):
-//! - A (16×16, row-major, 4 regs): a0 (g, 2t), a1 (g+8, 2t), a2 (g, 2t+8), a3 (g+8, 2t+8).
-//! - B (16×8, "col": indexed (k, n), 2 regs): b0 (k=2t, n=g), b1 (k=2t+8, n=g).
-//! - C/D (16×8 f32, 4 regs): c0, c1 at (g, 2t), (g, 2t+1); c2, c3 at (g+8, 2t), (g+8, 2t+1).
+//! Shared-memory tiles of 16-bit elements and the `mma.sync` m16n8k16 fragments over them. The
+//! fragment maps themselves (which element each lane holds or addresses, and the layouts of
+//! the PTX ISA they produce) are `tfla_params::fragment`, where the host tests them.
 //!
 //! The C layout of two adjacent n-blocks, packed pairwise, is exactly an A fragment: that is
 //! how a product computed in registers (P = S ⊙ gates) feeds the next `mma` without shared
 //! memory (see [`acc_to_a`]).
 use crate::arch::ldmatrix;
+use tfla_params::fragment;
 
 /// A row-major tile of 16-bit elements in shared memory: `rows × cols`, rows `stride` bytes
 /// apart (cols · 2 plus padding, a multiple of 16).
@@ -32,8 +29,8 @@ impl SmemTile {
     /// Warp-collective; the 16×16 block lies inside the tile.
     #[inline(always)]
     pub unsafe fn a(self, r0: u32, c0: u32, lane: u32) -> [u32; 4] {
-        // Matrices: (rows 0-7, cols 0-7), (rows 8-15, cols 0-7), (rows 0-7, cols 8-15), (8-15, 8-15).
-        unsafe { ldmatrix::x4(self.offset(r0 + lane % 16, c0 + (lane / 16) * 8)) }
+        let (r, c) = fragment::a_rows(lane, (r0, c0));
+        unsafe { ldmatrix::x4(self.offset(r, c)) }
     }
 
     /// A fragment of Aᵀ where the tile holds A transposed: A's rows m0..m0+16 are tile columns,
@@ -43,9 +40,7 @@ impl SmemTile {
     /// Warp-collective; the 16×16 block lies inside the tile.
     #[inline(always)]
     pub unsafe fn a_trans(self, k0: u32, m0: u32, lane: u32) -> [u32; 4] {
-        // Stored blocks: (k 0-7, m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15).
-        let k = k0 + lane % 8 + (lane / 16) * 8;
-        let m = m0 + ((lane / 8) % 2) * 8;
+        let (k, m) = fragment::a_trans_rows(lane, (k0, m0));
         unsafe { ldmatrix::x4_trans(self.offset(k, m)) }
     }
 
@@ -56,9 +51,7 @@ impl SmemTile {
     /// Warp-collective; the 16×16 block lies inside the tile.
     #[inline(always)]
     pub unsafe fn b_nk(self, n0: u32, k0: u32, lane: u32) -> [[u32; 2]; 2] {
-        // Stored blocks: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
-        let n = n0 + lane % 8 + (lane / 16) * 8;
-        let k = k0 + ((lane / 8) % 2) * 8;
+        let (n, k) = fragment::b_nk_rows(lane, (n0, k0));
         let r = unsafe { ldmatrix::x4(self.offset(n, k)) };
         [[r[0], r[1]], [r[2], r[3]]]
     }
@@ -70,9 +63,7 @@ impl SmemTile {
     /// Warp-collective; the 16×16 block lies inside the tile.
     #[inline(always)]
     pub unsafe fn b_kn(self, k0: u32, n0: u32, lane: u32) -> [[u32; 2]; 2] {
-        // Stored blocks: (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15).
-        let k = k0 + lane % 8 + ((lane / 8) % 2) * 8;
-        let n = n0 + (lane / 16) * 8;
+        let (k, n) = fragment::b_kn_rows(lane, (k0, n0));
         let r = unsafe { ldmatrix::x4_trans(self.offset(k, n)) };
         [[r[0], r[1]], [r[2], r[3]]]
     }
@@ -90,14 +81,7 @@ pub fn acc_to_a<E: crate::arch::convert::Elem>(lo: &[f32; 4], hi: &[f32; 4]) -> 
     ]
 }
 
-/// Row (within the warp's 16) and column (within the n-block) of accumulator element `e`.
-#[inline(always)]
-pub fn acc_pos(lane: u32, e: usize) -> (u32, u32) {
-    (
-        lane / 4 + ((e as u32) / 2) * 8,
-        (lane % 4) * 2 + (e as u32) % 2,
-    )
-}
+pub use tfla_params::fragment::acc_pos;
 
 /// Calls `f(nb, e, inside, idx)` for the accumulator element pairs (n-block nb < NB ≤ 32,
 /// first element e = 0, 2) of a warp's 16-row tile whose first element (e = 0 of lane 0's

@@ -11,6 +11,7 @@ extern crate std;
 
 pub mod bwd;
 pub mod entries;
+pub mod fragment;
 pub mod fwd;
 pub mod seqs;
 pub mod step;

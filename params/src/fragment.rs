@@ -1,0 +1,140 @@
+//! The `mma.sync` m16n8k16 fragment maps: which element of a tile each lane holds or addresses.
+//! The device crate's tiles (`kernels/src/tile.rs`) compute their `ldmatrix` addresses and
+//! accumulator positions here, and the tests below check them on the host against the layouts
+//! of the PTX ISA (g = lane / 4, t = lane % 4; each register holds 2 elements, the lower column
+//! in the low half):
+//! - A (16×16, row-major, 4 regs): a0 (g, 2t), a1 (g+8, 2t), a2 (g, 2t+8), a3 (g+8, 2t+8).
+//! - B (16×8, indexed (k, n), 2 regs): b0 (k=2t, n=g), b1 (k=2t+8, n=g).
+//! - C/D (16×8 f32, 4 regs): c0, c1 at (g, 2t), (g, 2t+1); c2, c3 at (g+8, 2t), (g+8, 2t+1).
+//!
+//! `ldmatrix.x4` reads four 8×8 matrices of 16-bit elements, matrix j from the row addresses of
+//! lanes 8j..8j+7, and gives lane l register j holding (row l / 4, columns 2(l % 4), +1) of
+//! matrix j (`.trans`: rows 2(l % 4), +1 of column l / 4).
+
+/// Row (within the warp's 16) and column (within the n-block) of accumulator element `e`.
+#[inline(always)]
+pub const fn acc_pos(lane: u32, e: usize) -> (u32, u32) {
+    (
+        lane / 4 + ((e as u32) / 2) * 8,
+        (lane % 4) * 2 + (e as u32) % 2,
+    )
+}
+
+/// The (row, column) of a row-major A tile that `lane` addresses for `ldmatrix.x4` of the
+/// 16×16 block at `(r0, c0)` (each map adds its origin in the order the kernels always did, so
+/// their code is unchanged): matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15,
+/// 8-15), so register j is a_j.
+#[inline(always)]
+pub const fn a_rows(lane: u32, (r0, c0): (u32, u32)) -> (u32, u32) {
+    (r0 + lane % 16, c0 + (lane / 16) * 8)
+}
+
+/// The (k, m) row and column that `lane` addresses for `ldmatrix.x4.trans` of the A fragment
+/// of a tile that holds A transposed (k rows, m columns): stored blocks (k 0-7, m 0-7), (k 0-7,
+/// m 8-15), (k 8-15, m 0-7), (k 8-15, m 8-15).
+#[inline(always)]
+pub const fn a_trans_rows(lane: u32, (k0, m0): (u32, u32)) -> (u32, u32) {
+    (k0 + lane % 8 + (lane / 16) * 8, m0 + ((lane / 8) % 2) * 8)
+}
+
+/// The (n, k) that `lane` addresses for `ldmatrix.x4` of the B fragments of two adjacent
+/// n-blocks from a tile indexed (n, k): registers (0, 1) are n-block 0's b0, b1, (2, 3) n-block
+/// 1's.
+#[inline(always)]
+pub const fn b_nk_rows(lane: u32, (n0, k0): (u32, u32)) -> (u32, u32) {
+    (n0 + lane % 8 + (lane / 16) * 8, k0 + ((lane / 8) % 2) * 8)
+}
+
+/// The (k, n) that `lane` addresses for `ldmatrix.x4.trans` of the B fragments of two adjacent
+/// n-blocks from a tile indexed (k, n), registers as [`b_nk_rows`].
+#[inline(always)]
+pub const fn b_kn_rows(lane: u32, (k0, n0): (u32, u32)) -> (u32, u32) {
+    (k0 + lane % 8 + ((lane / 8) % 2) * 8, n0 + (lane / 16) * 8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `ldmatrix.x4` (or `.trans`) hands lane `l` in register `j`: the two elements'
+    /// (row, column) in the tile, given each lane's row address (row, first column).
+    fn ldmatrix(addr: impl Fn(u32) -> (u32, u32), trans: bool, l: u32, j: u32) -> [(u32, u32); 2] {
+        let row_of = |i: u32| addr(8 * j + i); // matrix j's row i: (tile row, first column)
+        if trans {
+            // Rows 2(l % 4), +1 of the stored matrix, column l / 4.
+            [0, 1].map(|h| {
+                let (r, c) = row_of(2 * (l % 4) + h);
+                (r, c + l / 4)
+            })
+        } else {
+            let (r, c) = row_of(l / 4);
+            [0, 1].map(|h| (r, c + 2 * (l % 4) + h))
+        }
+    }
+
+    #[test]
+    fn accumulator_covers_the_16_by_8_tile_once_in_the_isa_layout() {
+        let mut seen = [[0u32; 8]; 16];
+        for lane in 0..32 {
+            let (g, t) = (lane / 4, lane % 4);
+            for e in 0..4 {
+                let (r, c) = acc_pos(lane, e);
+                let want = (g + 8 * (e as u32 / 2), 2 * t + e as u32 % 2);
+                assert_eq!((r, c), want, "lane {lane} c{e}");
+                seen[r as usize][c as usize] += 1;
+            }
+        }
+        assert!(seen.iter().flatten().all(|&n| n == 1));
+    }
+
+    #[test]
+    fn a_fragments_from_ldmatrix_are_the_isa_layout() {
+        for l in 0..32 {
+            let (g, t) = (l / 4, l % 4);
+            // a_j's first element per the ISA, (row, column) of A.
+            let want = [
+                (g, 2 * t),
+                (g + 8, 2 * t),
+                (g, 2 * t + 8),
+                (g + 8, 2 * t + 8),
+            ];
+            for j in 0..4 {
+                let (r, c) = want[j as usize];
+                assert_eq!(
+                    ldmatrix(|l| a_rows(l, (0, 0)), false, l, j),
+                    [(r, c), (r, c + 1)],
+                    "a{j}"
+                );
+                // Transposed storage: the tile's (k, m) is A's (m, k).
+                let got = ldmatrix(|l| a_trans_rows(l, (0, 0)), true, l, j).map(|(k, m)| (m, k));
+                assert_eq!(got, [(r, c), (r, c + 1)], "a{j} from the transposed tile");
+            }
+        }
+    }
+
+    #[test]
+    fn b_fragments_from_ldmatrix_are_the_isa_layout() {
+        for l in 0..32 {
+            let (g, t) = (l / 4, l % 4);
+            for nb in 0..2 {
+                for reg in 0..2 {
+                    // b_reg of n-block nb: (k, n) = (2t + 8·reg, +1; g + 8·nb).
+                    let (k, n) = (2 * t + 8 * reg, g + 8 * nb);
+                    let j = 2 * nb + reg;
+                    let nk = ldmatrix(|l| b_nk_rows(l, (0, 0)), false, l, j).map(|(n, k)| (k, n));
+                    assert_eq!(
+                        nk,
+                        [(k, n), (k + 1, n)],
+                        "b{reg} of n-block {nb}, (n, k) tile"
+                    );
+                    let kn = ldmatrix(|l| b_kn_rows(l, (0, 0)), true, l, j);
+                    assert_eq!(
+                        kn,
+                        [(k, n), (k + 1, n)],
+                        "b{reg} of n-block {nb}, (k, n) tile"
+                    );
+                }
+            }
+        }
+    }
+}
