@@ -182,28 +182,30 @@ pub unsafe trait PointerStruct: Copy + Default {
     /// Calls `f` with each pointer the pass's list gives for `p`.
     fn each(p: &Self, f: &mut dyn FnMut(Pointer));
 
-    /// Sets the field the list calls `name` to `addr`; false (nothing set) where the list names
-    /// no such field.
-    fn set(&mut self, name: &str, addr: u64) -> bool {
+    /// The struct with every field the list names set to `addr(name)` (0 where that gives
+    /// none), and how many names `addr` answered: fewer than the caller holds means it holds
+    /// names the list lacks. One probe and one walk of the list, whatever the count.
+    fn from_names(addr: impl Fn(&str) -> Option<u64>) -> (Self, usize) {
         let words = core::mem::size_of::<Self>() / 8;
         // A probe whose every field holds its own index + 1: the list then says which field
-        // carries the name.
+        // carries each name.
         let mut probe = Self::default();
         let base = &mut probe as *mut Self as *mut u64;
         for w in 0..words {
             // SAFETY: the type is `words` u64 fields (the trait's contract).
             unsafe { base.add(w).write(w as u64 + 1) };
         }
-        let mut field = None;
+        let mut out = Self::default();
+        let out_base = &mut out as *mut Self as *mut u64;
+        let mut answered = 0;
         Self::each(&probe, &mut |p| {
-            if p.name == name {
-                field = Some(p.addr as usize - 1);
+            if let Some(a) = addr(p.name) {
+                // SAFETY: as above; the probe's value is the field's index + 1 < words + 1.
+                unsafe { out_base.add(p.addr as usize - 1).write(a) };
+                answered += 1;
             }
         });
-        let Some(w) = field else { return false };
-        // SAFETY: as above; w < words (the probe's values).
-        unsafe { (self as *mut Self as *mut u64).add(w).write(addr) };
-        true
+        (out, answered)
     }
 }
 
@@ -257,14 +259,14 @@ mod pointer_struct_tests {
     use std::vec::Vec;
 
     /// Every name of a pass's list sets its own field and nothing else; an unknown name sets
-    /// nothing.
+    /// nothing and is not counted.
     fn round_trip<T: PointerStruct + PartialEq + core::fmt::Debug>() {
         let mut names = Vec::new();
         T::each(&T::default(), &mut |p| names.push(p.name));
         assert!(!names.is_empty());
         for (n, name) in names.iter().enumerate() {
-            let mut p = T::default();
-            assert!(p.set(name, 0x1000 + n as u64), "{name}");
+            let (p, answered) = T::from_names(|q| (q == *name).then_some(0x1000 + n as u64));
+            assert_eq!(answered, 1, "{name}");
             let mut seen = Vec::new();
             T::each(&p, &mut |q| seen.push((q.name, q.addr)));
             for (other, addr) in seen {
@@ -272,8 +274,8 @@ mod pointer_struct_tests {
                 assert_eq!(addr, want, "setting {name} changed {other}");
             }
         }
-        let mut p = T::default();
-        assert!(!p.set("no_such_buffer", 1));
+        let (p, answered) = T::from_names(|q| (q == "no_such_buffer").then_some(1));
+        assert_eq!(answered, 0);
         assert_eq!(p, T::default());
     }
 

@@ -185,11 +185,12 @@ fn device_plan(device: u32) -> PyResult<(u32, bool)> {
 /// The pass's pointer struct from device addresses by name: the names are those of the pass's
 /// pointer list in `tfla_params` (one place), an unknown name is a `ValueError`.
 fn named_pointers<T: PointerStruct>(map: &HashMap<String, u64>, of: &'static str) -> PyResult<T> {
-    let mut p = T::default();
-    for (name, &addr) in map {
-        if !p.set(name, addr) {
-            return Err(invalid("pointers", name, of));
-        }
+    let (p, answered) = T::from_names(|name| map.get(name).copied());
+    if answered < map.len() {
+        let mut listed = Vec::new();
+        T::each(&T::default(), &mut |p| listed.push(p.name));
+        let unknown = map.keys().find(|k| !listed.contains(&k.as_str()));
+        return Err(invalid("pointers", unknown.map_or("?", |k| k.as_str()), of));
     }
     Ok(p)
 }
