@@ -321,12 +321,25 @@ portable)
   # The sm_80 module on this card: the GPU tests under each smaller card's shared memory
   # (TFLA_SMEM_LIMIT_KB plans for it; 227: B200, 163: A100, 99: A10/L4/RTX), then the quick
   # grid's forward and forward+backward table with the Hopper module and with the sm_80 one.
-  for kb in ${2:-227 163 99}; do
+  # The limit sets run side by side (one process each); gpu_concurrency runs alone after
+  # them, because it measures the device's free memory and exhausts it on purpose.
+  kbs=${2:-227 163 99}
+  portable_suite() {
     for t in "$bin"/test-gpu_*; do
-      echo "=== $(basename "$t") with the sm_80 module, ${kb} KB per block"
-      if TFLA_PORTABLE=1 TFLA_SMEM_LIMIT_KB=$kb "$t" --include-ignored --test-threads=1 2>&1; then
-        pass=$((pass+1)); else fail=$((fail+1)); fi
+      [ "$(basename "$t")" = test-gpu_concurrency ] && [ "$2" = shared ] && continue
+      [ "$(basename "$t")" != test-gpu_concurrency ] && [ "$2" = alone ] && continue
+      echo "=== $(basename "$t") with the sm_80 module, $1 KB per block"
+      if TFLA_PORTABLE=1 TFLA_SMEM_LIMIT_KB=$1 "$t" --include-ignored --test-threads=1 2>&1; then
+        echo "=== passed"; else echo "=== FAILED"; fi
     done
+  }
+  for kb in $kbs; do portable_suite "$kb" shared > "$work/portable-$kb.log" & done
+  wait
+  for kb in $kbs; do portable_suite "$kb" alone >> "$work/portable-$kb.log"; done
+  for kb in $kbs; do
+    cat "$work/portable-$kb.log"
+    pass=$((pass + $(grep -c '^=== passed' "$work/portable-$kb.log")))
+    fail=$((fail + $(grep -c '^=== FAILED' "$work/portable-$kb.log")))
   done
   echo "test binaries: $pass passed, $fail failed"
   if [ -z "${2:-}" ]; then
@@ -337,16 +350,30 @@ portable)
 sanitize)
   # compute-sanitizer's four tools over tfla-sanitize (every kernel entry, edge shapes), with
   # each module (or the one named: sm_90a, sm_80): zero reports, and every reachable entry
-  # launched, or this fails.
+  # launched, or this fails. The runs are independent processes and the tools' cost is mostly
+  # on the CPU, so they run side by side; each one's report is printed whole, in order.
   case "${2:-both}" in sm_90a) modules="x" ;; sm_80) modules="1" ;; *) modules="x 1" ;; esac
+  runs=()
   for portable in $modules; do
     [ "$portable" = x ] && portable=""
     for tool in memcheck racecheck initcheck synccheck; do
-      echo "=== compute-sanitizer --tool $tool, ${portable:+sm_80 }module"
-      if (set -o pipefail; TFLA_PORTABLE=$portable compute-sanitizer --tool "$tool" \
-          --error-exitcode 1 --print-limit 20 "$bin"/bench-tfla-sanitize 2>&1 | tail -25); then
-        pass=$((pass+1)); else fail=$((fail+1)); fi
+      log="$work/sanitize-$tool${portable:+-sm_80}.log"
+      runs+=("$log")
+      (
+        start=$SECONDS
+        echo "=== compute-sanitizer --tool $tool, ${portable:+sm_80 }module"
+        TFLA_PORTABLE=$portable compute-sanitizer --tool "$tool" --error-exitcode 1 \
+          --print-limit 20 "$bin"/bench-tfla-sanitize > "$log.out" 2>&1
+        rc=$?
+        tail -25 "$log.out"
+        echo "=== rc $rc after $((SECONDS - start)) s"
+      ) > "$log" 2>&1 &
     done
+  done
+  wait
+  for log in "${runs[@]}"; do
+    cat "$log"
+    if grep -q '^=== rc 0 ' "$log"; then pass=$((pass+1)); else fail=$((fail+1)); fi
   done
   echo "sanitizer runs: $pass passed, $fail failed"
   ;;
