@@ -456,6 +456,59 @@ fn backward_hard_gate_regimes() {
     run(&cases, "backward_hard_gate_regimes");
 }
 
+/// Chunks whose every live row lies ~86.5 below the chunk's entry stabilizer in log space: from
+/// the second chunk on, six forget gates of e^{-14.42} open each chunk (their queries zero, so
+/// their normalizer takes its floor and δ = 0), and every later row has α = e^{m_k − M_i} ≈
+/// e^{-86.5} = 2.7e-38, just above f32's smallest normal (the other forget gates, σ(6), move
+/// it little and keep the max state's branches apart); with small upstream gradients (|δ| ≲
+/// 1e-3) every α δ is subnormal. The state-gradient walk scales a chunk's products by its
+/// largest weight (`bwd::state::product_scale`): a subnormal one overflowed 1 / scale to ∞
+/// and made dñ, dk, dĩ and df̃ NaN, which is how the xLSTM example's exact-gradient run died
+/// (benches/LOG.md, session 12). bf16, Exact mode, mLSTMexp and mLSTMsig (α = e^{b_i} there);
+/// the small heads' `mma.sync` state kernel, the wide ones' at L = 128 and their `wgmma` one
+/// at L = 256 (sm_90a).
+#[test]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
+fn backward_chunks_of_subnormal_row_weights() {
+    let rt = runtime();
+    let mut rng = rng("backward_chunks_of_subnormal_row_weights");
+    let mut failures = Vec::new();
+    for (sh, chunk) in [
+        (shape(1, 2, 300, 32, 64), 128),
+        (shape(1, 1, 300, 144, 272), 128),
+        (shape(1, 1, 600, 144, 272), 256),
+    ] {
+        for variant in [EXP, SIG] {
+            let c = case(sh, chunk, variant, BF16, GradMode::Exact)
+                .without_initial_state()
+                .without_final_grads();
+            let mut inp = RefInputs::random(sh, false, &mut rng);
+            let (s, dqk) = (sh.s, sh.dqk);
+            for bh in 0..sh.b * sh.nh {
+                for t in 0..s {
+                    let at = bh * s + t;
+                    let opening = t >= chunk && t % chunk < 6;
+                    inp.i[at] = 0.0;
+                    inp.f[at] = if opening { -86.5 / 6.0 } else { 6.0 };
+                    if opening {
+                        inp.q[at * dqk..(at + 1) * dqk].fill(0.0);
+                    }
+                }
+            }
+            round_inputs(&mut inp, BF16);
+            away_from_kinks(&mut inp, variant, BF16);
+            let mut g = random_grad_outputs(sh, variant, BF16, false, &mut rng);
+            // 2^-16: exact in bf16, and small enough that every |α δ| is subnormal.
+            g.dh.iter_mut().for_each(|x| *x *= 2f64.powi(-16));
+            let errs = check(&rt, &c, &inp, &g);
+            if !report(&format!("{c:?} (subnormal row weights)"), &errs, BF16) {
+                failures.push(c);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "over tolerance: {failures:?}");
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn backward_recomputes_released_chunk_states() {

@@ -210,6 +210,21 @@ pub mod state {
     pub const fn final_dot(num_chunks: u32, n: u32) -> u32 {
         num_chunks + 2 * n + 1
     }
+
+    /// The scale of a chunk's products in the state-gradient walk: its largest row weight
+    /// `w_max` (max α ρ, or max |α δ| for ñ), raised to at least γ_k·2⁻³² and 2⁻¹⁰⁰ (γ_k =
+    /// `decay`, the chunk's decay). The walk multiplies its accumulators by γ_k / scale and q̂'s
+    /// 16-bit operands by 1 / scale; the floor keeps both finite (γ_k / scale ≤ 2³², 1 / scale ≤
+    /// 2¹⁰⁰) where every weight of a chunk is tiny: each live row far below the stabilizer (α =
+    /// e^{m_k − M} near f32's smallest normal) times a small δ gives a subnormal α δ, whose
+    /// reciprocal is ∞ (the NaN state gradients of the xLSTM example, benches/LOG.md session
+    /// 12). Weights under the floor only lose precision in the 16-bit operands, where they
+    /// carry less than 2⁻³² of what the decayed accumulator does.
+    pub fn product_scale(w_max: f32, decay: f32) -> f32 {
+        const REL: f32 = f32::from_bits((127 - 32) << 23); // 2^-32
+        const ABS: f32 = f32::from_bits((127 - 100) << 23); // 2^-100
+        w_max.max(decay * REL).max(ABS)
+    }
 }
 
 /// State gradients on `wgmma` (sm_90a builds; `bwd_state_wg`), for the head shapes that take
@@ -780,6 +795,23 @@ mod tests {
     use crate::CHUNK_SIZES;
 
     const HOPPER_SMEM: u32 = 227 * 1024;
+
+    #[test]
+    fn state_product_scales_stay_finite_for_tiny_weights() {
+        let subnormal = f32::from_bits(1); // 1e-45, the chunk of the xLSTM example's NaN
+        for w in [0.0, subnormal, 1e-40, 1e-38, 1e-30, 1e-3, 1.0, 7.0] {
+            for decay in [0.0, subnormal, 3e-37, 1e-20, 0.5, 1.0] {
+                let scale = state::product_scale(w, decay);
+                assert!(scale >= w && scale > 0.0, "{w} {decay}: {scale}");
+                assert!((1.0 / scale).is_finite() && (0.18 / scale).is_finite());
+                assert!(decay / scale <= 2f32.powi(32), "{w} {decay}: {scale}");
+                // A weight that is not tiny is the scale itself (the operands use f16's range).
+                if w >= 1e-30 && w >= decay * 2f32.powi(-32) {
+                    assert_eq!(scale, w);
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_kernel_fits_in_shared_memory() {

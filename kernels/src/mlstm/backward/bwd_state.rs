@@ -225,7 +225,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
             unsafe { global::st_f32(dots + k as u64 * MAX_TILES as u64 * 4, decay * dot) };
         }
 
-        let (wc, wn) = unsafe { walk::weight_scales::<THREADS>(w_max, scratch) };
+        let (wc, wn) = unsafe { walk::weight_scales::<THREADS>(w_max, decay, scratch) };
         let (scale_c, scale_n) = (p.scale / wc, p.scale / wn);
         for a in acc.iter_mut() {
             for x in a.iter_mut() {

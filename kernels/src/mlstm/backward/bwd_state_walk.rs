@@ -12,7 +12,7 @@ use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{global, math, shared, thread};
 use crate::tile::SmemTile;
-use tfla_params::bwd::BwdParams;
+use tfla_params::bwd::{BwdParams, state};
 
 /// Stores dC̃_{k+1} (`hk` = head · chunks + k) of a block's (tile_qk, TILE_HV) tile at (d0, v0)
 /// through the staging tile (`stage::store_rows`: whole sectors): each thread writes its
@@ -146,16 +146,23 @@ pub unsafe fn weight_max<const THREADS: u32>(
     (wc, wn)
 }
 
-/// The block's largest row weights from the threads' parts (`weight_max`), 1 where all are 0.
+/// The scales of a chunk's products from the threads' parts of its largest row weights
+/// (`weight_max`) and its decay γ_k: `state::product_scale` (which says why there is a floor).
 ///
 /// # Safety
 /// Called by every thread of the block; `scratch` holds one f32 per warp.
 #[inline(always)]
-pub unsafe fn weight_scales<const THREADS: u32>((wc, wn): (f32, f32), scratch: u32) -> (f32, f32) {
-    let unit = |x: f32| if x > 0.0 { x } else { 1.0 };
-    let wc = unit(unsafe { block::reduce::<Max, THREADS>(wc, scratch) });
-    let wn = unit(unsafe { block::reduce::<Max, THREADS>(wn, scratch) });
-    (wc, wn)
+pub unsafe fn weight_scales<const THREADS: u32>(
+    (wc, wn): (f32, f32),
+    decay: f32,
+    scratch: u32,
+) -> (f32, f32) {
+    let wc = unsafe { block::reduce::<Max, THREADS>(wc, scratch) };
+    let wn = unsafe { block::reduce::<Max, THREADS>(wn, scratch) };
+    (
+        state::product_scale(wc, decay),
+        state::product_scale(wn, decay),
+    )
 }
 
 /// A Q̂ᵀ A fragment (`ldmatrix.trans`, steps jj, jj + 1, jj + 8, jj + 9 of the sub-tile) with

@@ -224,7 +224,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
 
         let w_max =
             unsafe { walk::weight_max::<THREADS>((g_wq, g_wn), (k * l, l.min(s - k * l)), tid) };
-        let (wc, wn) = unsafe { walk::weight_scales::<THREADS>(w_max, scratch) };
+        let (wc, wn) = unsafe { walk::weight_scales::<THREADS>(w_max, decay, scratch) };
         let (scale_c, scale_n) = (p.scale / wc, p.scale / wn);
         let rescale = decay / wc;
         unroll!(32, nb => {
