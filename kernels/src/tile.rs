@@ -81,7 +81,7 @@ pub fn acc_to_a<E: crate::arch::convert::Elem>(lo: &[f32; 4], hi: &[f32; 4]) -> 
     ]
 }
 
-pub use tfla_params::fragment::acc_pos;
+pub use tfla_params::fragment::{a_pos, acc_pos, b_pos, leads_quad};
 
 /// Calls `f(nb, e, inside, idx)` for the accumulator element pairs (n-block nb < NB ≤ 32,
 /// first element e = 0, 2) of a warp's 16-row tile whose first element (e = 0 of lane 0's

@@ -20,6 +20,31 @@ pub const fn acc_pos(lane: u32, e: usize) -> (u32, u32) {
     )
 }
 
+/// Row and column (within the 16×16 block) of the first of the two elements of A fragment
+/// register `j` that `lane` holds; the second is one column right.
+#[inline(always)]
+pub const fn a_pos(lane: u32, j: usize) -> (u32, u32) {
+    (
+        lane / 4 + ((j as u32) % 2) * 8,
+        (lane % 4) * 2 + ((j as u32) / 2) * 8,
+    )
+}
+
+/// (k, n) within the 16×8 block of the first of the two elements of B fragment register `j`
+/// that `lane` holds; the second is at k + 1.
+#[inline(always)]
+pub const fn b_pos(lane: u32, j: usize) -> (u32, u32) {
+    ((lane % 4) * 2 + (j as u32) * 8, lane / 4)
+}
+
+/// Whether `lane` leads its quad (t = 0): of the four lanes that share accumulator rows g and
+/// g + 8 it holds columns 0 and 1, and is the one that writes a value kept once per row (a row
+/// sum after the quad's shuffles, ñ of the row).
+#[inline(always)]
+pub const fn leads_quad(lane: u32) -> bool {
+    lane % 4 == 0
+}
+
 /// The (row, column) of a row-major A tile that `lane` addresses for `ldmatrix.x4` of the
 /// 16×16 block at `(r0, c0)` (each map adds its origin in the order the kernels always did, so
 /// their code is unchanged): matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15,
@@ -85,6 +110,10 @@ mod tests {
             }
         }
         assert!(seen.iter().flatten().all(|&n| n == 1));
+        // The quad's leader holds columns 0 and 1 of its rows.
+        for lane in 0..32 {
+            assert_eq!(leads_quad(lane), acc_pos(lane, 0).1 == 0);
+        }
     }
 
     #[test]
@@ -100,6 +129,7 @@ mod tests {
             ];
             for j in 0..4 {
                 let (r, c) = want[j as usize];
+                assert_eq!(a_pos(l, j as usize), (r, c), "a{j} position");
                 assert_eq!(
                     ldmatrix(|l| a_rows(l, (0, 0)), false, l, j),
                     [(r, c), (r, c + 1)],
@@ -120,6 +150,7 @@ mod tests {
                 for reg in 0..2 {
                     // b_reg of n-block nb: (k, n) = (2t + 8·reg, +1; g + 8·nb).
                     let (k, n) = (2 * t + 8 * reg, g + 8 * nb);
+                    assert_eq!(b_pos(l, reg as usize), (k, g), "b{reg} position");
                     let j = 2 * nb + reg;
                     let nk = ldmatrix(|l| b_nk_rows(l, (0, 0)), false, l, j).map(|(n, k)| (k, n));
                     assert_eq!(

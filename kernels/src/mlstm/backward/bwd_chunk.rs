@@ -228,7 +228,7 @@ pub unsafe fn bwd_chunk<E: Elem, G: GateKind>(p: &BwdParams) {
                       out_dim: u32| {
         let lane = thread::opaque(lane);
         unroll!(16, nb => {
-            let c = nb as u32 * 8 + (lane % 4) * 2;
+            let c = nb as u32 * 8 + acc_pos(lane, 0).1;
             let u = unsafe { global::ld_v2_f32_or_zero(with_u && c < out_dim, u + c as u64 * 4) };
             unroll!(2, half => {
                 let x = &mut acc[nb];
@@ -313,7 +313,7 @@ pub unsafe fn bwd_chunk<E: Elem, G: GateKind>(p: &BwdParams) {
             let mut row_sum = [0f32; 2];
             unroll!(8, nb => {
                 unroll!(2, x => {
-                    let j = j0 + nb as u32 * 8 + (lane % 4) * 2 + x as u32;
+                    let j = j0 + nb as u32 * 8 + acc_pos(lane, 0).1 + x as u32;
                     let c_j = unsafe { shared::ld_f32(s_u + 4 * j) } * math::LOG2_E;
                     let mut col = 0f32;
                     unroll!(2, half => {

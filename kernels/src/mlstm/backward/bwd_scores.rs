@@ -16,7 +16,7 @@
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, shfl, thread};
-use crate::tile::{SmemTile, acc_pos};
+use crate::tile::{SmemTile, acc_pos, leads_quad};
 use tfla_params::bwd::{BwdParams, rows, scores::*};
 use tfla_params::fwd::SMEM_ROW_PAD;
 
@@ -177,7 +177,7 @@ pub unsafe fn bwd_scores<E: Elem>(p: &BwdParams) {
         });
         row_sum += unsafe { shfl::xor_f32(row_sum, 1) };
         row_sum += unsafe { shfl::xor_f32(row_sum, 2) };
-        if lane % 4 == 0 && i < len {
+        if leads_quad(lane) && i < len {
             let at = (head * padded + (t0 + i) as u64) * tiles as u64 + jt as u64;
             unsafe { global::st_f32(p.ptr.pair_sums + at * 4, row_sum) };
         }

@@ -22,7 +22,7 @@ use super::seqs::chunk_range;
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, shared, thread};
-use crate::tile::{SmemTile, acc_pos};
+use crate::tile::{SmemTile, a_pos, acc_pos, leads_quad};
 use tfla_params::bwd::{BwdParams, rows, state::*};
 use tfla_params::fwd::SMEM_ROW_PAD;
 
@@ -77,7 +77,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
     // spilled them).
     let origin = || {
         let lane = thread::opaque(lane);
-        (d0 + warp * 16 + lane / 4, v0 + (lane % 4) * 2)
+        (d0 + warp * 16 + acc_pos(lane, 0).0, v0 + acc_pos(lane, 0).1)
     };
     // Element offset of accumulator pair (nb, e) in a (DQK, DHV) matrix, and whether it exists.
     let at = |(r0, c0): (u32, u32), nb: usize, e: usize| {
@@ -143,7 +143,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         k -= 1;
         // Store dC'_{k+1}, through the staging tile (`stage::store_rows`: whole sectors).
         let hk = head * nc as u64 + k as u64;
-        let (r0, c0) = (thread::opaque(warp * 16 + lane / 4), (lane % 4) * 2);
+        let (r0, c0) = (thread::opaque(warp * 16 + acc_pos(lane, 0).0), acc_pos(lane, 0).1);
         unsafe {
             walk::store_dc::<NB, THREADS, { TILE_HV / 8 }>(
                 p,
@@ -155,7 +155,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
                 |nb, half| E::pack(acc[nb][2 * half], acc[nb][2 * half + 1]),
             )
         };
-        if with_n && lane % 4 == 0 {
+        if with_n && leads_quad(lane) {
             unsafe { walk::store_dn(p, |half| d0 + row(2 * half), hk, &nacc) };
         }
 
@@ -182,7 +182,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
             });
         }
         let mut n_k = [0f32; 2];
-        if with_n && lane % 4 == 0 {
+        if with_n && leads_quad(lane) {
             for (half, n) in n_k.iter_mut().enumerate() {
                 let r = d0 + row(2 * half);
                 let ptr = p.ptr.n_states + (hk * dqk as u64 + r as u64) * 4;
@@ -215,7 +215,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
                 }
             });
         }
-        if with_n && lane % 4 == 0 {
+        if with_n && leads_quad(lane) {
             for (half, n) in n_k.iter().enumerate() {
                 dot += nacc[2 * half] * n;
             }
@@ -245,7 +245,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
             let (sq, sdh, sw) = (stage_q(st), stage_dh(st), stage_w(st));
             unroll!(4, ks => {
                 let ks = ks as u32;
-                let jj = ks * 16 + (lane % 4) * 2;
+                let jj = ks * 16 + a_pos(lane, 0).1;
                 let q = unsafe { sq.a_trans(ks * 16, warp * 16, lane) };
                 let a = unsafe { walk::weighted::<E>(q, sw, jj, scale_c) };
                 unroll!(8, pair => {
@@ -289,7 +289,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
             }
         }
     });
-    if v0 == 0 && lane % 4 == 0 {
+    if v0 == 0 && leads_quad(lane) {
         let row = |half| d0 + row(2 * half);
         unsafe { walk::initial_n(p, row, vec, &nacc, &mut dot_init) };
     }

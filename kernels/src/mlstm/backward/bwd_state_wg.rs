@@ -20,7 +20,7 @@ use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::wgmma::{self, Hold, Wgmma};
 use crate::arch::{cp_async, global, shared, thread};
-use crate::tile::{SmemTile, acc_pos};
+use crate::tile::{SmemTile, a_pos, acc_pos, leads_quad};
 use tfla_params::bwd::state::{MAX_TILES, dots_per_head, final_dot, init_dot};
 use tfla_params::bwd::{BwdParams, rows, state_wg::*};
 use tfla_params::fwd::SMEM_ROW_PAD;
@@ -176,7 +176,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
                 |nb, half| E::pack(acc[4 * nb + 2 * half], acc[4 * nb + 2 * half + 1]),
             )
         };
-        if with_n && lane % 4 == 0 {
+        if with_n && leads_quad(lane) {
             unsafe { walk::store_dn(p, |half| d0 + row(2 * half), hk, &nacc) };
         }
 
@@ -210,7 +210,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
                 }
             });
         }
-        if with_n && lane % 4 == 0 {
+        if with_n && leads_quad(lane) {
             for half in 0..2 {
                 let r = d0 + row(2 * half);
                 let ptr = p.ptr.n_states + (hk * dqk as u64 + r as u64) * 4;
@@ -247,7 +247,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
             let mut a = [[0u32; 4]; 4];
             unroll!(4, ks => {
                 let ks = ks as u32;
-                let jj = ks * 16 + (lane % 4) * 2;
+                let jj = ks * 16 + a_pos(lane, 0).1;
                 let q = unsafe { sq.a_trans(ks * 16, warp * 16, lane) };
                 a[ks as usize] = unsafe { walk::weighted::<E>(q, sw, jj, scale_c) };
             });
@@ -266,7 +266,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
                 // registers do not hold both weightings at once.
                 unroll!(4, ks => {
                     let ks = ks as u32;
-                    let jj = ks * 16 + (lane % 4) * 2;
+                    let jj = ks * 16 + a_pos(lane, 0).1;
                     let q = unsafe { sq.a_trans(ks * 16, warp * 16, lane) };
                     let an = unsafe { walk::weighted::<E>(q, sw + 4 * SUB_L, jj, scale_n) };
                     unsafe { E::mma(&mut nacc, an, ones) };
@@ -299,7 +299,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
             }
         }
     });
-    if v0 == 0 && lane % 4 == 0 {
+    if v0 == 0 && leads_quad(lane) {
         let row = |half| d0 + row(2 * half);
         unsafe { walk::initial_n(p, row, vec, &nacc, &mut dot_init) };
     }

@@ -6,6 +6,7 @@ use super::gates::GateKind;
 use crate::arch::convert::Elem;
 use crate::arch::{global, math, shared, shfl, thread};
 use tfla_params::fwd::FwdParams;
+use crate::tile::{acc_pos, leads_quad};
 
 /// Where an output tile lies: rows i0.. of chunk k (whose first step is t0 and which has `len`
 /// steps), value columns v0.., head `head`; `nkeys` its rows' key steps (up to its last row).
@@ -206,7 +207,7 @@ impl OutTile {
             let rs = &mut row_sum[x];
             *rs += unsafe { shfl::xor_f32(*rs, 1) };
             *rs += unsafe { shfl::xor_f32(*rs, 2) };
-            let rr = wrow + lane / 4 + 8 * x as u32;
+            let rr = wrow + acc_pos(lane, 2 * x).0;
             let i = i0 + rr;
             let norm = p.scale * s_of(x, *rs); // s_i
             let den = if G::NORMALIZED {
@@ -248,7 +249,7 @@ impl OutTile {
                     unsafe { global::st_v4_b32_if(i < len && c < dhv, row + c as u64 * 2, v) };
                 }
             });
-            if i < len && p.ptr.norm_rows != 0 && v0 == 0 && lane % 4 == 0 {
+            if i < len && p.ptr.norm_rows != 0 && v0 == 0 && leads_quad(lane) {
                 // Without the normalizer s_i is reported as 0 (no ñ is formed).
                 let norm = if G::NORMALIZED { norm } else { 0.0 };
                 let at = p.ptr.norm_rows + (self.head * p.s as u64 + (t0 + i) as u64) * 4;

@@ -5,7 +5,7 @@
 use super::gates::GateKind;
 use super::seqs::chunk_range;
 use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{SmemTile, acc_pairs};
+use crate::tile::{SmemTile, acc_pairs, leads_quad};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, StateTiles};
 
 /// What a chunk-state block walks: its tile of the state (rows from `d0`, columns from `v0`;
@@ -206,7 +206,7 @@ pub unsafe fn store_n_m<G: GateKind>(
     (first_hv, lane): (bool, u32),
     m_writer: bool,
 ) {
-    if k > k_lo && first_hv && lane % 4 == 0 && (with_n || k == k_hi) {
+    if k > k_lo && first_hv && leads_quad(lane) && (with_n || k == k_hi) {
         unroll!(2, half => {
             let r = rows[half];
             let n = if G::NORMALIZED { nacc[2 * half] } else { 0.0 };

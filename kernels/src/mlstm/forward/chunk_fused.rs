@@ -25,7 +25,7 @@ use super::stage;
 use super::state_walk;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{SmemTile, acc_pos, acc_to_a, split2};
+use crate::tile::{SmemTile, a_pos, acc_pos, acc_to_a, b_pos, leads_quad, split2};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, fused::*};
 
 const NB: usize = (TILE_HV / 8) as usize;
@@ -93,7 +93,7 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
     // As in `chunk_state`: this thread's first accumulator element, through `opaque`.
     let origin = || {
         let lane = thread::opaque(lane);
-        (warp * 16 + lane / 4, v0 + (lane % 4) * 2)
+        (warp * 16 + acc_pos(lane, 0).0, v0 + acc_pos(lane, 0).1)
     };
 
     let sh = unsafe { state_head(p, bh, seq) };
@@ -156,7 +156,7 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
         if k < k_hi {
             // C̃_k and ñ_k into shared memory (the previous chunk's readers passed the barrier
             // at the end of its iteration).
-            let (r0, c0) = (thread::opaque(warp * 16 + lane / 4), (lane % 4) * 2);
+            let (r0, c0) = (thread::opaque(warp * 16 + acc_pos(lane, 0).0), acc_pos(lane, 0).1);
             unroll!(8, nb => {
                 unroll!(2, half => {
                     let v = E::pack(acc[nb][2 * half], acc[nb][2 * half + 1]);
@@ -164,7 +164,7 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
                     unsafe { shared::st_u32(at, v) };
                 });
             });
-            if G::NORMALIZED && lane % 4 == 0 {
+            if G::NORMALIZED && leads_quad(lane) {
                 unroll!(2, half => {
                     unsafe { shared::st_f32(sn + 4 * row(2 * half), nacc[2 * half]) };
                 });
@@ -245,7 +245,7 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
             });
             if G::NORMALIZED {
                 // ñ_k as a 16-bit head and tail (`chunk_output`).
-                let d = sn + 4 * (ks as u32 * 16 + (lane % 4) * 2);
+                let d = sn + 4 * (ks as u32 * 16 + b_pos(lane, 0).0);
                 let n = unsafe { [0, 1, 8, 9].map(|o| shared::ld_f32(d + 4 * o)) };
                 let (hi, lo) = split2::<E>([n[0], n[1]]);
                 let (hi2, lo2) = split2::<E>([n[2], n[3]]);
@@ -331,7 +331,7 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
         }
         unroll!(8, ks => {
             let ks = ks as u32;
-            let jj = ks * 16 + (lane % 4) * 2;
+            let jj = ks * 16 + a_pos(lane, 0).1;
             let mut a = unsafe { sk.a_trans(ks * 16, warp * 16, lane) };
             let w = [jj, jj + 1, jj + 8, jj + 9].map(|j| math::exp(log_w0 + unsafe { shared::ld_f32(su + 4 * j) }));
             let mut a_lo = [0u32; 4];

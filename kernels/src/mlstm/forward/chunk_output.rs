@@ -24,7 +24,7 @@ use super::out_tile::{OutTile, RowTerms};
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{SmemTile, acc_pos, acc_to_a, split2};
+use crate::tile::{SmemTile, acc_pos, acc_to_a, b_pos, split2};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, output::*};
 
 const NB: usize = (TILE_HV / 8) as usize;
@@ -176,7 +176,7 @@ pub unsafe fn chunk_output<E: Elem, G: GateKind>(p: &FwdParams) {
                 });
                 if G::NORMALIZED {
                     // B fragment of the ñ_k column: b0 (k = 2t, 2t+1), b1 (k = 2t+8, 2t+9).
-                    let d = sn + 4 * (dc + ks * 16 + (lane % 4) * 2);
+                    let d = sn + 4 * (dc + ks * 16 + b_pos(lane, 0).0);
                     let n = unsafe { [0, 1, 8, 9].map(|o| shared::ld_f32(d + 4 * o)) };
                     // ñ_k split into a 16-bit head and tail: |ñᵀq| can be far below
                     // ‖ñ‖‖q‖, and the whole row is divided by it, so it gets ~16 bits.

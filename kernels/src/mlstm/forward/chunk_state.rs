@@ -31,7 +31,7 @@ use super::stage;
 use super::state_walk::{self, StateSmem, Walk};
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, math, shared, thread};
-use crate::tile::{acc_pos, split2};
+use crate::tile::{a_pos, acc_pos, split2};
 use tfla_params::fwd::{FwdParams, state::*};
 
 const NB: usize = (TILE_HV / 8) as usize;
@@ -70,7 +70,7 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
     // are redone there rather than kept live across the walk.
     let origin = || {
         let lane = thread::opaque(lane);
-        (d0 + warp * 16 + lane / 4, v0 + (lane % 4) * 2)
+        (d0 + warp * 16 + acc_pos(lane, 0).0, v0 + acc_pos(lane, 0).1)
     };
 
     // Initial state (coherent loads: with a state pool, C̃_final below overwrites them).
@@ -108,7 +108,7 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
         let (c_out, n_out, m_out) = state_walk::outputs(p, head, sh, k, k_hi);
         if k < k_hi {
             // C̃_k through the staging tile (`stage::store_rows`: whole sectors per store).
-            let (r0, c0) = (thread::opaque(warp * 16 + lane / 4), (lane % 4) * 2);
+            let (r0, c0) = (thread::opaque(warp * 16 + acc_pos(lane, 0).0), acc_pos(lane, 0).1);
             unroll!(16, nb => {
                 unroll!(2, half => {
                     let v = E::pack(acc[nb][2 * half], acc[nb][2 * half + 1]);
@@ -170,7 +170,7 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             let (sk, sv, su) = (stage_k(st), stage_v(st), stage_u(st));
             unroll!(4, ks => {
                 let ks = ks as u32;
-                let jj = ks * 16 + (lane % 4) * 2;
+                let jj = ks * 16 + a_pos(lane, 0).1;
                 let mut a = unsafe { sk.a_trans(ks * 16, warp * 16, lane) };
                 // a0, a1 hold steps jj, jj+1; a2, a3 hold jj+8, jj+9. Their weights
                 // e^{g + u_j − m}; steps past a ragged end have zero K rows, so need no mask.

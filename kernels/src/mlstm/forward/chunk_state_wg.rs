@@ -16,7 +16,7 @@ use super::state_walk::{self, Walk};
 use crate::arch::convert::Elem;
 use crate::arch::wgmma::{self, Hold, Wgmma};
 use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{SmemTile, split2};
+use crate::tile::{SmemTile, a_pos, acc_pos, split2};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, state_wg::*};
 
 /// n-blocks (8 columns) of a warp's accumulator; bytes between the 64-column panels of a V
@@ -62,7 +62,7 @@ pub unsafe fn chunk_state_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let sh = unsafe { state_head(p, bh, seq) };
     // This thread's first element of the tile (row, column in the state), through
     // `thread::opaque` at each use so that per-element addresses are not kept live.
-    let (r0, c0) = (d0 + warp * 16 + lane / 4, v0 + (lane % 4) * 2);
+    let (r0, c0) = (d0 + warp * 16 + acc_pos(lane, 0).0, v0 + acc_pos(lane, 0).1);
     // Calls `f(nb, half, inside, idx)` for the element pairs of the thread's accumulator:
     // `idx` the element index of the pair's first element in a (DQK, DHV) state.
     let each_pair = |f: &mut dyn FnMut(usize, usize, bool, u64)| {
@@ -90,7 +90,7 @@ pub unsafe fn chunk_state_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     // ñ of the tile rows 16·warp + g and + 8 (g = lane / 4), in elements 0 and 2.
     let with_n = G::NORMALIZED && v0 == 0;
     let ones = [E::pack(1.0, 1.0); 2];
-    let n_rows = |half: u32| d0 + warp * 16 + lane / 4 + 8 * half;
+    let n_rows = |half: u32| d0 + warp * 16 + acc_pos(lane, 0).0 + 8 * half;
     let (mut nacc, mut m) =
         unsafe { state_walk::initial_n_m::<G>(p, head, k_lo, |h| n_rows(h as u32), with_n) };
 
@@ -113,7 +113,7 @@ pub unsafe fn chunk_state_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
         if k < k_hi || p.ptr.c_final != 0 {
             if k < k_hi {
                 // C̃_k through the staging tile (`stage::store_rows`: whole sectors per store).
-                let (r0, c0) = (thread::opaque(warp * 16 + lane / 4), (lane % 4) * 2);
+                let (r0, c0) = (thread::opaque(warp * 16 + acc_pos(lane, 0).0), acc_pos(lane, 0).1);
                 unroll!(2, half => {
                     let r = r0 + half as u32 * 8;
                     unroll!(32, nb => {
@@ -180,7 +180,7 @@ pub unsafe fn chunk_state_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
             let mut a = [[0u32; 4]; 4];
             unroll!(4, ks => {
                 let ks = ks as u32;
-                let jj = ks * 16 + (lane % 4) * 2;
+                let jj = ks * 16 + a_pos(lane, 0).1;
                 // Weights of the steps in this thread's A elements (as in `chunk_state`).
                 let w = [jj, jj + 1, jj + 8, jj + 9]
                     .map(|j| math::exp(log_w0 + unsafe { shared::ld_f32(su + 4 * j) }));

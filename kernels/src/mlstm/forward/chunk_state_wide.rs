@@ -18,7 +18,7 @@ use super::stage;
 use super::state_walk::{self, StateSmem, Walk};
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::split2;
+use crate::tile::{a_pos, acc_pos, split2};
 use tfla_params::fwd::{FwdParams, state_wide::*};
 
 const MT: usize = (WARP_QK / 16) as usize;
@@ -53,8 +53,8 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
     // This thread's first element of the tile (row, column in the state), through
     // `thread::opaque` at each use so that per-element addresses are not kept live.
     let (r0, c0) = (
-        d0 + wm * WARP_QK + lane / 4,
-        v0 + wn * WARP_HV + (lane % 4) * 2,
+        d0 + wm * WARP_QK + acc_pos(lane, 0).0,
+        v0 + wn * WARP_HV + acc_pos(lane, 0).1,
     );
     // Calls `f(mt, nb, half, inside, idx)` for the element pairs of the thread's sub-tile:
     // `idx` the element index of the pair's first element in a (DQK, DHV) state.
@@ -82,7 +82,7 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
     // ñ of the tile rows 16·warp + g and + 8 (g = lane / 4), in elements 0 and 2.
     let with_n = G::NORMALIZED && v0 == 0;
     let ones = [E::pack(1.0, 1.0); 2];
-    let n_rows = |half: u32| d0 + warp * 16 + lane / 4 + 8 * half;
+    let n_rows = |half: u32| d0 + warp * 16 + acc_pos(lane, 0).0 + 8 * half;
     let (mut nacc, mut m) =
         unsafe { state_walk::initial_n_m::<G>(p, head, k_lo, |h| n_rows(h as u32), with_n) };
 
@@ -106,8 +106,8 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
             if k < k_hi {
                 // C̃_k through the staging tile (`stage::store_rows`: whole sectors per store).
                 let (r0, c0) = (
-                    thread::opaque(wm * WARP_QK + lane / 4),
-                    wn * WARP_HV + (lane % 4) * 2,
+                    thread::opaque(wm * WARP_QK + acc_pos(lane, 0).0),
+                    wn * WARP_HV + acc_pos(lane, 0).1,
                 );
                 unroll!(4, mt => {
                     unroll!(2, half => {
@@ -177,7 +177,7 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
             // see through): fully unrolled, the fragments of later slices are loaded early and
             // held beside the 128-register tile, and the kernel spills.
             for ks in 0..thread::opaque(SUB_L / 16) {
-                let jj = ks * 16 + (lane % 4) * 2;
+                let jj = ks * 16 + a_pos(lane, 0).1;
                 // Weights of the steps in this thread's A elements (as in `chunk_state`).
                 let w = [jj, jj + 1, jj + 8, jj + 9]
                     .map(|j| math::exp(log_w0 + unsafe { shared::ld_f32(su + 4 * j) }));
