@@ -42,7 +42,7 @@ pub const fn b_pos(lane: u32, j: usize) -> (u32, u32) {
 /// sum after the quad's shuffles, ñ of the row).
 #[inline(always)]
 pub const fn leads_quad(lane: u32) -> bool {
-    lane % 4 == 0
+    lane.is_multiple_of(4)
 }
 
 /// The (row, column) of a row-major A tile that `lane` addresses for `ldmatrix.x4` of the
