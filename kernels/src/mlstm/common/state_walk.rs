@@ -5,7 +5,8 @@
 use super::gates::GateKind;
 use super::seqs::chunk_range;
 use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{SmemTile, acc_pairs, leads_quad};
+use crate::arch::convert::Elem;
+use crate::tile::{SmemTile, a_pos, acc_pairs, leads_quad, split2};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, StateTiles};
 
 /// What a chunk-state block walks: its tile of the state (rows from `d0`, columns from `v0`;
@@ -254,4 +255,30 @@ pub unsafe fn store_state<const NB: usize>(
         let v = [acc[nb][e], acc[nb][e + 1]];
         unsafe { global::st_v2_f32_if(inside, base + idx * 4, v) };
     });
+}
+
+/// The weights e^{log_w0 + u_j} of the steps in `lane`'s A fragment of K̃ᵀ's 16-step slice `ks`
+/// (a0, a1 hold steps jj, jj + 1; a2, a3 hold jj + 8, jj + 9), from the sub-tile's u_j at `su`
+/// in shared memory. Steps past a ragged end have zero K rows, so need no mask.
+///
+/// # Safety
+/// `su` holds the sub-tile's SUB_L values of u.
+#[inline(always)]
+pub unsafe fn key_weights(su: u32, ks: u32, lane: u32, log_w0: f32) -> [f32; 4] {
+    let jj = ks * 16 + a_pos(lane, 0).1;
+    [jj, jj + 1, jj + 8, jj + 9].map(|j| math::exp(log_w0 + unsafe { shared::ld_f32(su + 4 * j) }))
+}
+
+/// The A fragment `a` with each element times its step's weight (`key_weights`), as a 16-bit
+/// head and the rounding error of that product as a second 16-bit term (for ñ, which ends up
+/// dividing a whole row of h).
+#[inline(always)]
+pub fn weighted_split<E: Elem>(a: [u32; 4], w: [f32; 4]) -> ([u32; 4], [u32; 4]) {
+    let (mut hi, mut lo) = ([0u32; 4], [0u32; 4]);
+    unroll!(4, r => {
+        let (x0, x1) = E::unpack(a[r]);
+        let wi = (r / 2) * 2;
+        (hi[r], lo[r]) = split2::<E>([x0 * w[wi], x1 * w[wi + 1]]);
+    });
+    (hi, lo)
 }

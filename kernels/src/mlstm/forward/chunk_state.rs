@@ -170,19 +170,10 @@ pub unsafe fn chunk_state<E: Elem, G: GateKind>(p: &FwdParams) {
             let (sk, sv, su) = (stage_k(st), stage_v(st), stage_u(st));
             unroll!(4, ks => {
                 let ks = ks as u32;
-                let jj = ks * 16 + a_pos(lane, 0).1;
-                let mut a = unsafe { sk.a_trans(ks * 16, warp * 16, lane) };
-                // a0, a1 hold steps jj, jj+1; a2, a3 hold jj+8, jj+9. Their weights
-                // e^{g + u_j − m}; steps past a ragged end have zero K rows, so need no mask.
-                let w = [jj, jj + 1, jj + 8, jj + 9].map(|j| math::exp(log_w0 + unsafe { shared::ld_f32(su + 4 * j) }));
-                // The weighted K, and (for ñ, which ends up dividing a whole row of h) the
-                // rounding error of that product as a second 16-bit term.
-                let mut a_lo = [0u32; 4];
-                unroll!(4, r => {
-                    let (lo, hi) = E::unpack(a[r]);
-                    let wi = (r / 2) * 2;
-                    (a[r], a_lo[r]) = split2::<E>([lo * w[wi], hi * w[wi + 1]]);
-                });
+                let a = unsafe { sk.a_trans(ks * 16, warp * 16, lane) };
+                // The weighted K, head and tail (`state_walk::weighted_split`).
+                let w = unsafe { state_walk::key_weights(su, ks, lane, log_w0) };
+                let (a, a_lo) = state_walk::weighted_split::<E>(a, w);
                 unroll!(8, pair => {
                     let b = unsafe { sv.b_kn(ks * 16, pair as u32 * 16, lane) };
                     unsafe {

@@ -180,10 +180,8 @@ pub unsafe fn chunk_state_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
             let mut a = [[0u32; 4]; 4];
             unroll!(4, ks => {
                 let ks = ks as u32;
-                let jj = ks * 16 + a_pos(lane, 0).1;
                 // Weights of the steps in this thread's A elements (as in `chunk_state`).
-                let w = [jj, jj + 1, jj + 8, jj + 9]
-                    .map(|j| math::exp(log_w0 + unsafe { shared::ld_f32(su + 4 * j) }));
+                let w = unsafe { state_walk::key_weights(su, ks, lane, log_w0) };
                 let raw = unsafe { sk.a_trans(ks * 16, warp * 16, lane) };
                 let (mut hi, mut lo) = ([0u32; 4], [0u32; 4]);
                 unroll!(4, r => {

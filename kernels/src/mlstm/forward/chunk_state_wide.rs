@@ -177,10 +177,8 @@ pub unsafe fn chunk_state_wide<E: Elem, G: GateKind>(p: &FwdParams) {
             // see through): fully unrolled, the fragments of later slices are loaded early and
             // held beside the 128-register tile, and the kernel spills.
             for ks in 0..thread::opaque(SUB_L / 16) {
-                let jj = ks * 16 + a_pos(lane, 0).1;
                 // Weights of the steps in this thread's A elements (as in `chunk_state`).
-                let w = [jj, jj + 1, jj + 8, jj + 9]
-                    .map(|j| math::exp(log_w0 + unsafe { shared::ld_f32(su + 4 * j) }));
+                let w = unsafe { state_walk::key_weights(su, ks, lane, log_w0) };
                 let mut a = [[0u32; 4]; MT];
                 unroll!(4, mt => {
                     let raw = unsafe { sk.a_trans(ks * 16, wm * WARP_QK + mt as u32 * 16, lane) };
