@@ -20,6 +20,7 @@ GRIDS = {  # (B, S); "paper" keeps B*S = 65,536 tokens
     "paper": [(32, 2048), (16, 4096), (8, 8192), (4, 16384)],
     "quick": [(8, 8192)],
     "smoke": [(2, 1024)],  # tiny: checks that every reference runs at all
+    "long": [(1, 16384), (1, 32768), (1, 65536), (1, 131072), (1, 262144)],  # one sequence
     "none": [],
 }
 HEADS = [(8, 512, 512), (8, 256, 512), (16, 128, 128)]  # (NH, DQK, DHV)
@@ -27,8 +28,8 @@ CHUNKS = (64, 128, 256)
 # The main job's default (quick) grid has to finish in minutes with cold Triton caches: TFLA's
 # chunk 64 never ran fastest on this grid (BENCHMARKS.md), and FLA's autotuning alone takes
 # minutes per head config, so those run with --grid paper (or --chunks / --only).
-GRID_CHUNKS = {"quick": (128, 256)}
-GRID_SKIPS_REFS = {"quick": ("fla:simple_gla", "fla:gla")}
+GRID_CHUNKS = {"quick": (128, 256), "long": (128, 256)}
+GRID_SKIPS_REFS = {"quick": ("fla:simple_gla", "fla:gla"), "long": ("fla:simple_gla", "fla:gla")}
 REFS = {  # id -> (ref, variant, worker group)
     # Each worker group is one process with one LLVM setting (group_setup): only the exp
     # forward needs DISABLE_LLVM_OPT=1, so exp runs apart from the sig kernels, which compile
@@ -604,7 +605,8 @@ def workaround_lines(args, plan):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--grid", choices=sorted(GRIDS), default="quick",
-                    help="paper: B*S=65536 at S=2k..16k; quick: B=8, S=8192; smoke: tiny; "
+                    help="paper: B*S=65536 at S=2k..16k; quick: B=8, S=8192; long: B=1, S=16k..256k; "
+                         "smoke: tiny; "
                          "none: ceilings and checks only")
     ap.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     ap.add_argument("--json", metavar="OUT.json", help="write every measurement here")

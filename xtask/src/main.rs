@@ -8,7 +8,7 @@
 //!   release mode plus the PTX into one folder with `run.sh`, for GPU machines that have the
 //!   CUDA driver but no Rust toolchain. `--gzip` compresses the binaries (each embeds the PTX:
 //!   ~5× smaller), which `run.sh` unpacks into a temporary folder.
-//! - `cargo xtask bench [--grid quick|paper|smoke]`: the main job on a GPU machine: builds
+//! - `cargo xtask bench [--grid quick|paper|smoke|long]`: the main job on a GPU machine: builds
 //!   the benchmark, times tfla, sets up the pinned reference kernels (when python3 has torch)
 //!   and times them on the same card, then prints one merged table with the ratios. The
 //!   default grid (`quick`, B = 8, S = 8192) takes a few minutes; `--grid paper` is the paper's
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             }
             None => Err("usage: cargo xtask report --tfla TFLA.json REFS.json...".into()),
         },
-        _ => Err("usage: cargo xtask build-ptx [--arch sm_80|sm_90|sm_90a] [--out PATH] | bundle [--out DIR] | bench [--grid quick|paper|smoke] | report --tfla TFLA.json REFS.json... | sass [--kernel SUBSTR] [--dump]".into()),
+        _ => Err("usage: cargo xtask build-ptx [--arch sm_80|sm_90|sm_90a] [--out PATH] | bundle [--out DIR] | bench [--grid quick|paper|smoke|long] | report --tfla TFLA.json REFS.json... | sass [--kernel SUBSTR] [--dump]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -229,7 +229,8 @@ fn write_run_script(dir: &Path) -> Result<(), String> {
 #       bench: tfla-bench's table (RESULTS_DIR/tfla.json), then the pinned reference kernels
 #       (set up with pip into $TFLA_REF_SITE, default ./ref-site, when python3 has torch) on
 #       the same card (RESULTS_DIR/refs.json), then the merged table. GRID: quick (default),
-#       paper, smoke. Offline, the wheels come from a folder instead: TFLA_REF_WHEELS=DIR.
+#       paper, smoke, long (B = 1, S = 16k … 256k). Offline, the wheels come from a folder
+#       instead: TFLA_REF_WHEELS=DIR.
 #   bash run.sh portable [KB]  the GPU tests through the sm_80 module under each smaller card's
 #                           shared memory (or KB only: 227, 163, 99), and (without KB) the
 #                           quick table with each module

@@ -2,7 +2,7 @@
 //! GPU and prints one table (and, with `--json PATH`, every number). Run by `cargo xtask bench` and by the bundle on machines
 //! without Rust.
 //!
-//! Usage: tfla-bench [--grid paper|quick|smoke] [--json PATH] [--variants exp,sig,sig_nonorm]
+//! Usage: tfla-bench [--grid paper|quick|smoke|long] [--json PATH] [--variants exp,sig,sig_nonorm]
 //!                   [--chunks 64,128,...] [--heads NH:DQK:DHV,...] [--reps N]
 //!                   [--dtype bf16|f16|f32] [--no-bwd] [--step | --no-step] [--varlen N]
 //!                   [--recompute]
@@ -25,13 +25,16 @@ use tfla_benches::RandomInputs;
 
 const HEADS: [(usize, usize, usize); 3] = [(8, 512, 512), (8, 256, 512), (16, 128, 128)];
 
-fn grid(name: &str) -> Vec<(usize, usize)> {
-    match name {
+fn grid(name: &str) -> Option<Vec<(usize, usize)>> {
+    Some(match name {
         "paper" => vec![(32, 2048), (16, 4096), (8, 8192), (4, 16384)],
         "quick" => vec![(8, 8192)],
         "smoke" => vec![(2, 1024)],
-        other => panic!("unknown grid `{other}`: paper, quick or smoke"),
-    }
+        // One sequence, 16k to 256k tokens: time per token and memory against S
+        // (`benches/compare/plot_long.py` draws them).
+        "long" => vec![(1, 16384), (1, 32768), (1, 65536), (1, 131072), (1, 262144)],
+        _ => return None,
+    })
 }
 
 /// Median time in ms of `f` over `reps` calls, after `warmup` calls.
@@ -65,6 +68,10 @@ fn main() {
             .cloned()
     };
     let grid_name = opt("--grid").unwrap_or_else(|| "quick".into());
+    let Some(points) = grid(&grid_name) else {
+        eprintln!("tfla-bench: unknown --grid `{grid_name}`: paper, quick, smoke or long");
+        std::process::exit(2);
+    };
     let list = |name: &str, default: &str| -> Vec<String> {
         opt(name)
             .unwrap_or_else(|| default.into())
@@ -142,7 +149,7 @@ fn main() {
         table.clear();
     }
     for &(nh, dqk, dhv) in heads.iter().filter(|_| !step_only) {
-        for &(b, s) in &grid(&grid_name) {
+        for &(b, s) in &points {
             let dims = Dims { b, nh, s, dqk, dhv };
             let data = RandomInputs::new(&rt, dtype, &[b, nh, s], dqk, dhv);
             let (inputs, dh) = (data.mlstm(), &data.dh);
