@@ -462,11 +462,11 @@ fn backward_hard_gate_regimes() {
 /// e^{-86.5} = 2.7e-38, just above f32's smallest normal (the other forget gates, σ(6), move
 /// it little and keep the max state's branches apart); with small upstream gradients (|δ| ≲
 /// 1e-3) every α δ is subnormal. The state-gradient walk scales a chunk's products by its
-/// largest weight (`bwd::state::product_scale`): a subnormal one overflowed 1 / scale to ∞
-/// and made dñ, dk, dĩ and df̃ NaN, which is how the xLSTM example's exact-gradient run died
-/// (benches/LOG.md, session 12). bf16, Exact mode, mLSTMexp and mLSTMsig (α = e^{b_i} there);
-/// the small heads' `mma.sync` state kernel, the wide ones' at L = 128 and their `wgmma` one
-/// at L = 256 (sm_90a).
+/// largest weight (`bwd::state::product_scale`), whose reciprocal must stay finite: a
+/// subnormal one overflows 1 / scale to ∞ and makes dñ, dk, dĩ and df̃ NaN, as training can
+/// reach when forget gates close hard inside a chunk. bf16, Exact mode, mLSTMexp and mLSTMsig
+/// (α = e^{b_i} there); the small heads' `mma.sync` state kernel, the wide ones' at L = 128 and
+/// their `wgmma` one at L = 256 (sm_90a).
 #[test]
 #[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn backward_chunks_of_subnormal_row_weights() {

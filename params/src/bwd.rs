@@ -217,9 +217,9 @@ pub mod state {
     /// 16-bit operands by 1 / scale; the floor keeps both finite (γ_k / scale ≤ 2³², 1 / scale ≤
     /// 2¹⁰⁰) where every weight of a chunk is tiny: each live row far below the stabilizer (α =
     /// e^{m_k − M} near f32's smallest normal) times a small δ gives a subnormal α δ, whose
-    /// reciprocal is ∞ (the NaN state gradients of the xLSTM example, benches/LOG.md session
-    /// 12). Weights under the floor only lose precision in the 16-bit operands, where they
-    /// carry less than 2⁻³² of what the decayed accumulator does.
+    /// reciprocal is ∞, and the state gradients would be NaN. Weights under the floor only lose
+    /// precision in the 16-bit operands, where they carry less than 2⁻³² of what the decayed
+    /// accumulator does.
     pub fn product_scale(w_max: f32, decay: f32) -> f32 {
         const REL: f32 = f32::from_bits((127 - 32) << 23); // 2^-32
         const ABS: f32 = f32::from_bits((127 - 100) << 23); // 2^-100
