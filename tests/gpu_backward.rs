@@ -116,8 +116,19 @@ impl Case {
 
 /// Fresh random inputs (rounded to the device precision) and upstream gradients of `case`.
 fn case_data(case: &Case, rng: &mut impl rand::Rng) -> (RefInputs, RefGradOutputs) {
+    case_data_with(case, rng, |_| {})
+}
+
+/// [`case_data`] with `edit` applied to the random inputs (after the case's gates, before
+/// rounding and the conditioning limits).
+fn case_data_with(
+    case: &Case,
+    rng: &mut impl rand::Rng,
+    edit: impl FnOnce(&mut RefInputs),
+) -> (RefInputs, RefGradOutputs) {
     let mut inp = RefInputs::random(case.shape, case.initial_state, rng);
     case.gates.apply(&mut inp);
+    edit(&mut inp);
     round_inputs(&mut inp, case.dtype);
     limit_readout_cancellation(&mut inp, case.variant, case.dtype, rng);
     if case.mode == GradMode::Exact {
@@ -482,27 +493,20 @@ fn backward_chunks_of_subnormal_row_weights() {
             let c = case(sh, chunk, variant, BF16, GradMode::Exact)
                 .without_initial_state()
                 .without_final_grads();
-            let mut inp = RefInputs::random(sh, false, &mut rng);
             let (s, dqk) = (sh.s, sh.dqk);
-            for bh in 0..sh.b * sh.nh {
-                for t in 0..s {
-                    let at = bh * s + t;
-                    let opening = t >= chunk && t % chunk < 6;
-                    inp.i[at] = 0.0;
-                    inp.f[at] = if opening { -86.5 / 6.0 } else { 6.0 };
-                    if opening {
-                        inp.q[at * dqk..(at + 1) * dqk].fill(0.0);
+            let (inp, mut g) = case_data_with(&c, &mut rng, |inp| {
+                for bh in 0..sh.b * sh.nh {
+                    for t in 0..s {
+                        let at = bh * s + t;
+                        let opening = t >= chunk && t % chunk < 6;
+                        inp.i[at] = 0.0;
+                        inp.f[at] = if opening { -86.5 / 6.0 } else { 6.0 };
+                        if opening {
+                            inp.q[at * dqk..(at + 1) * dqk].fill(0.0);
+                        }
                     }
                 }
-            }
-            // As `case_data`: rows whose readout cancels redrawn (the zero ones do not), the
-            // gradient's kinks avoided, upstream rows whose dh·h cancels redrawn.
-            round_inputs(&mut inp, BF16);
-            limit_readout_cancellation(&mut inp, variant, BF16, &mut rng);
-            away_from_kinks(&mut inp, variant, BF16);
-            let mut g = random_grad_outputs(sh, variant, BF16, false, &mut rng);
-            let h = reference::recurrent(&inp, &RefParams::new(variant, dqk)).h;
-            limit_output_cancellation(&mut g, &h, sh.dhv, BF16, &mut rng);
+            });
             // 2^-16: exact in bf16, and small enough that every |α δ| is subnormal.
             g.dh.iter_mut().for_each(|x| *x *= 2f64.powi(-16));
             let errs = check(&rt, &c, &inp, &g);
