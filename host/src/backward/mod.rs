@@ -215,15 +215,16 @@ pub fn bwd_pointers(
 ) -> BwdPointers {
     let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
     let ws = &grads.workspace;
+    let [q, k, v, i, f, c0, n0, m0] = inputs.device_ptrs();
     BwdPointers {
-        q: inputs.q.device_ptr(),
-        k: inputs.k.device_ptr(),
-        v: inputs.v.device_ptr(),
-        i: inputs.i.device_ptr(),
-        f: inputs.f.device_ptr(),
-        c0: ptr(inputs.c0),
-        n0: ptr(inputs.n0),
-        m0: ptr(inputs.m0),
+        q,
+        k,
+        v,
+        i,
+        f,
+        c0,
+        n0,
+        m0,
         h: fwd.h.device_ptr(),
         c_states: fwd.states.c.device_ptr(),
         n_states: fwd.states.n.device_ptr(),

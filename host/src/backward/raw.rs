@@ -299,21 +299,21 @@ mod tests {
         bad.norm_rows = 0;
         assert_eq!(arg_of(&bad, Variant::Exp), "norm_rows");
         assert!(check_pointers(&bad, Variant::Sig { normalize: false }, TC, false).is_ok());
-        let mut bad = p;
-        bad.dc_final = 0x2000_0000;
-        assert_eq!(arg_of(&bad, Variant::Exp), "c_final");
-        let mut bad = p;
-        bad.row_coef += 4;
-        assert_eq!(arg_of(&bad, Variant::Exp), "row_coef");
-        let mut bad = p;
-        bad.dh += 8;
-        assert_eq!(arg_of(&bad, Variant::Exp), "dh");
-        let mut bad = p;
-        bad.dn_states += 4;
-        assert_eq!(arg_of(&bad, Variant::Exp), "dn_states");
-        let mut bad = p;
-        bad.di += 2;
-        assert_eq!(arg_of(&bad, Variant::Exp), "di");
+        // One spoiled pointer at a time (a final-state gradient without its state, misaligned
+        // addresses): the error names the argument.
+        type Spoil = fn(&mut BwdPointers);
+        let spoiled: [(Spoil, &str); 5] = [
+            (|p| p.dc_final = 0x2000_0000, "c_final"),
+            (|p| p.row_coef += 4, "row_coef"),
+            (|p| p.dh += 8, "dh"),
+            (|p| p.dn_states += 4, "dn_states"),
+            (|p| p.di += 2, "di"),
+        ];
+        for (spoil, arg) in spoiled {
+            let mut bad = p;
+            spoil(&mut bad);
+            assert_eq!(arg_of(&bad, Variant::Exp), arg);
+        }
         let mut bad = p;
         bad.scores_dp = 0;
         assert_eq!(arg_of(&bad, Variant::Exp), "scores_dp");

@@ -51,6 +51,22 @@ impl<'a> MlstmInputs<'a> {
         }
     }
 
+    /// The device addresses of q, k, v, ĩ, f̃, c0, n0, m0 (0 for an absent initial state), as
+    /// the forward's and the backward's pointer lists take them.
+    pub(crate) fn device_ptrs(&self) -> [u64; 8] {
+        let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
+        [
+            self.q.device_ptr(),
+            self.k.device_ptr(),
+            self.v.device_ptr(),
+            self.i.device_ptr(),
+            self.f.device_ptr(),
+            ptr(self.c0),
+            ptr(self.n0),
+            ptr(self.m0),
+        ]
+    }
+
     /// Checks every shape and dtype once; the passes below the public entry points take the
     /// result instead of checking again.
     pub fn check(&self) -> Result<CheckedInputs<'a>> {

@@ -81,7 +81,6 @@ fn fwd_into_checked(
 /// The device addresses of `inputs` and `out`, as [`mlstm_fwd_raw`] takes them. With a state
 /// pool the initial and the final states are the pool's tensors, indexed by `slots`.
 pub fn fwd_pointers(inputs: &MlstmInputs, out: &MlstmOutputs) -> FwdPointers {
-    let ptr = |t: Option<&Tensor>| t.map_or(0, Tensor::device_ptr);
     let stats =
         |f: fn(&RowStats) -> &Tensor| out.row_stats.as_ref().map_or(0, |r| f(r).device_ptr());
     if let Some(PoolSlots { pool, slots }) = inputs.pool {
@@ -107,15 +106,16 @@ pub fn fwd_pointers(inputs: &MlstmInputs, out: &MlstmOutputs) -> FwdPointers {
             )
         };
     }
+    let [q, k, v, i, f, c0, n0, m0] = inputs.device_ptrs();
     FwdPointers {
-        q: inputs.q.device_ptr(),
-        k: inputs.k.device_ptr(),
-        v: inputs.v.device_ptr(),
-        i: inputs.i.device_ptr(),
-        f: inputs.f.device_ptr(),
-        c0: ptr(inputs.c0),
-        n0: ptr(inputs.n0),
-        m0: ptr(inputs.m0),
+        q,
+        k,
+        v,
+        i,
+        f,
+        c0,
+        n0,
+        m0,
         c_states: out.states.c.device_ptr(),
         n_states: out.states.n.device_ptr(),
         m_states: out.states.m.device_ptr(),
