@@ -21,7 +21,7 @@
 //! ([`crate::step::mlstm_step_pool`]), with the same checks and errors.
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
-use crate::tensor::{self, Dtype, Tensor, expect_shape};
+use crate::tensor::{self, Dtype, Tensor, expect_dtype, expect_shape};
 use cust::memory::DeviceBuffer;
 use std::collections::HashMap;
 
@@ -186,13 +186,7 @@ impl StatePool {
             ("pool.m", &self.m, vec![s, nh]),
         ] {
             expect_shape(arg, t, &shape)?;
-            if t.dtype() != Dtype::F32 {
-                return Err(Error::Dtype {
-                    arg,
-                    expected: "f32",
-                    got: t.dtype(),
-                });
-            }
+            expect_dtype(arg, t, Dtype::F32)?;
         }
         Ok(s)
     }

@@ -29,7 +29,7 @@ use crate::forward::{MlstmOutputs, kernel_gates};
 use crate::launch::{self, Launch};
 use crate::runtime::Runtime;
 use crate::slots::{PoolSlots, Slots, StatePool};
-use crate::tensor::{Dtype, Tensor, expect_shape};
+use crate::tensor::{Dtype, Tensor, expect_dtype, expect_shape};
 use crate::variant::Variant;
 use cust::sys::CUstream;
 pub use tfla_params::step::StepPointers;
@@ -121,22 +121,10 @@ impl<'a> StepInputs<'a> {
         expect_shape("f", self.f, &[b, nh])?;
         let dtype = self.q.dtype();
         for (arg, t) in [("k", self.k), ("v", self.v)] {
-            if t.dtype() != dtype {
-                return Err(Error::Dtype {
-                    arg,
-                    expected: dtype.name(),
-                    got: t.dtype(),
-                });
-            }
+            expect_dtype(arg, t, dtype)?;
         }
         for (arg, t) in [("i", self.i), ("f", self.f)] {
-            if t.dtype() != Dtype::F32 {
-                return Err(Error::Dtype {
-                    arg,
-                    expected: "f32",
-                    got: t.dtype(),
-                });
-            }
+            expect_dtype(arg, t, Dtype::F32)?;
         }
         Ok(dims)
     }
@@ -243,13 +231,7 @@ impl StepStates {
         expect_shape("m", &self.m, &[b, nh])?;
         check_state_dtype("c", self.c.dtype())?;
         for (arg, t) in [("n", &self.n), ("m", &self.m)] {
-            if t.dtype() != Dtype::F32 {
-                return Err(Error::Dtype {
-                    arg,
-                    expected: "f32",
-                    got: t.dtype(),
-                });
-            }
+            expect_dtype(arg, t, Dtype::F32)?;
         }
         // Counters of another head count would be read out of bounds.
         expect_shape("tiles_done", &self.tiles_done, &[b * nh])
@@ -316,13 +298,7 @@ fn step_into_checked(
 /// h: (B, NH, DHV) in the input dtype.
 fn check_h(h: &Tensor, dims: &StepDims, dtype: Dtype) -> Result<()> {
     expect_shape("h", h, &[dims.b, dims.nh, dims.dhv])?;
-    if h.dtype() != dtype {
-        return Err(Error::Dtype {
-            arg: "h",
-            expected: dtype.name(),
-            got: h.dtype(),
-        });
-    }
+    expect_dtype("h", h, dtype)?;
     Ok(())
 }
 

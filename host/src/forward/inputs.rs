@@ -3,7 +3,7 @@
 use crate::config::Dims;
 use crate::error::{Error, Result};
 use crate::slots::{PoolSlots, Slots, StatePool};
-use crate::tensor::{Dtype, Tensor, expect_shape};
+use crate::tensor::{Dtype, Tensor, expect_dtype, expect_shape};
 
 /// The forward pass's inputs.
 #[derive(Clone, Copy)]
@@ -104,13 +104,7 @@ impl<'a> MlstmInputs<'a> {
         expect_shape("f", self.f, &[b, nh, s])?;
         let dtype = self.q.dtype();
         for (arg, t) in [("k", self.k), ("v", self.v)] {
-            if t.dtype() != dtype {
-                return Err(Error::Dtype {
-                    arg,
-                    expected: dtype.name(),
-                    got: t.dtype(),
-                });
-            }
+            expect_dtype(arg, t, dtype)?;
         }
         for (arg, t) in [
             ("i", Some(self.i)),
@@ -119,14 +113,8 @@ impl<'a> MlstmInputs<'a> {
             ("n0", self.n0),
             ("m0", self.m0),
         ] {
-            if let Some(t) = t
-                && t.dtype() != Dtype::F32
-            {
-                return Err(Error::Dtype {
-                    arg,
-                    expected: "f32",
-                    got: t.dtype(),
-                });
+            if let Some(t) = t {
+                expect_dtype(arg, t, Dtype::F32)?;
             }
         }
         if let Some(c0) = self.c0 {

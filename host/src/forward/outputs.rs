@@ -3,7 +3,7 @@
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
-use crate::tensor::{Dtype, Tensor, expect_shape};
+use crate::tensor::{Dtype, Tensor, expect_dtype, expect_shape};
 
 /// The states at every chunk boundary: the interface between the two forward kernels, and
 /// what the backward pass starts from. C̃_k, ñ_k, m_k are the states *before* chunk k.
@@ -223,13 +223,7 @@ impl MlstmOutputs {
         let chunk = cfg.chunk_for(dims)?;
         let nc = s.div_ceil(chunk);
         expect_shape("h", &self.h, &[b, nh, s, dhv])?;
-        if self.h.dtype() != dtype {
-            return Err(Error::Dtype {
-                arg: "h",
-                expected: dtype.name(),
-                got: self.h.dtype(),
-            });
-        }
+        expect_dtype("h", &self.h, dtype)?;
         if self.states.chunk_size != chunk {
             return Err(Error::Invalid {
                 arg: "states.chunk_size",
@@ -241,13 +235,7 @@ impl MlstmOutputs {
         if !(released_ok && self.states.released()) {
             expect_shape("states.c", &self.states.c, &[b, nh, nc, dqk, dhv])?;
         }
-        if self.states.c.dtype() != dtype {
-            return Err(Error::Dtype {
-                arg: "states.c",
-                expected: dtype.name(),
-                got: self.states.c.dtype(),
-            });
-        }
+        expect_dtype("states.c", &self.states.c, dtype)?;
         let finals = [
             ("c", &self.c, vec![b, nh, dqk, dhv]),
             ("n", &self.n, vec![b, nh, dqk]),
@@ -265,26 +253,14 @@ impl MlstmOutputs {
         ]);
         for (arg, t, shape) in f32s {
             expect_shape(arg, t, &shape)?;
-            if t.dtype() != Dtype::F32 {
-                return Err(Error::Dtype {
-                    arg,
-                    expected: "f32",
-                    got: t.dtype(),
-                });
-            }
+            expect_dtype(arg, t, Dtype::F32)?;
         }
         match (&self.row_stats, cfg.row_stats) {
             (Some(r), _) => {
                 for (arg, t) in [("row_stats.m", &r.m), ("row_stats.norm", &r.norm)] {
                     expect_shape(arg, t, &[b, nh, s])?;
                     // Written and read as f32: a 16-bit tensor of this shape is half the bytes.
-                    if t.dtype() != Dtype::F32 {
-                        return Err(Error::Dtype {
-                            arg,
-                            expected: "f32",
-                            got: t.dtype(),
-                        });
-                    }
+                    expect_dtype(arg, t, Dtype::F32)?;
                 }
             }
             (None, true) => {
