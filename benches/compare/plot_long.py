@@ -65,14 +65,13 @@ def main() -> None:
     from matplotlib.ticker import NullLocator
 
     fig, axes = plt.subplots(2, len(heads), figsize=(4.5 * len(heads), 7), squeeze=False)
-    styles = {"tfla": ("tab:blue",), "Triton TFLA": ("tab:orange",)}
     for col, head in enumerate(heads):
         top, bottom = axes[0][col], axes[1][col]
         for name, by_head in series.items():
             points = sorted(by_head.get(head, {}).items())
             if not points:
                 continue
-            color = styles["tfla" if name.startswith("tfla") else "Triton TFLA"][0]
+            color = "tab:blue" if name.startswith("tfla") else "tab:orange"
             dash = "--" if "backward" in name else "-"
             s_values = [s for s, _ in points]
             top.plot(s_values, [us for _, (us, _) in points], dash, color=color, marker="o", ms=3, label=name)
