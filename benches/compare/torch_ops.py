@@ -104,6 +104,11 @@ def main() -> None:
             chunk_b = bwd_rust[1] if bwd_rust else None
 
             def fwd_bwd():
+                # As `optimizer.zero_grad()` does: without it every call after the first adds
+                # its gradients into the leaves' .grad (full-size q, k, v adds tfla-bench
+                # does not do).
+                for t in leaves:
+                    t.grad = None
                 h = tt.mlstm_chunkwise(*leaves, chunk_size=chunk_b, **kw)
                 h.backward(dh)
 
