@@ -59,6 +59,9 @@ fn readout(state: &State, p: &RefParams, qhat: &[f64], h: &mut [f64]) {
 /// forward is continuous there, its derivative jumps), per step (B, NH, S):
 /// - `den`: the relative distance ||s_t| − floor_t| / floor_t of the normalizer readout to its
 ///   floor (normalized variants; +∞ otherwise);
+/// - `readout_terms`: ‖ñ_t ∘ q̂_t‖ / floor_t, the size of the readout's terms on the same
+///   scale as `den` (a rounding of u in them moves |s_t| by about u times this; 0 where `den`
+///   is +∞);
 /// - `branch`: λ_t + m_{t−1} − ι_t, whose sign picks the max state's branch (mLSTMexp; +∞
 ///   otherwise).
 ///
@@ -67,6 +70,7 @@ fn readout(state: &State, p: &RefParams, qhat: &[f64], h: &mut [f64]) {
 #[derive(Clone, Debug)]
 pub struct KinkMargins {
     pub den: Vec<f64>,
+    pub readout_terms: Vec<f64>,
     pub branch: Vec<f64>,
 }
 
@@ -76,6 +80,7 @@ pub fn kink_margins(inp: &RefInputs, p: &RefParams) -> KinkMargins {
     let n = inp.shape.heads() * inp.shape.s;
     let mut out = KinkMargins {
         den: vec![f64::INFINITY; n],
+        readout_terms: vec![0.0; n],
         branch: vec![f64::INFINITY; n],
     };
     let mut qhat = vec![0.0; inp.shape.dqk];
@@ -98,6 +103,13 @@ pub fn kink_margins(inp: &RefInputs, p: &RefParams) -> KinkMargins {
                     1.0
                 };
                 out.den[row] = (s.abs() - floor).abs() / floor;
+                let terms: f64 = state
+                    .n
+                    .iter()
+                    .zip(&qhat)
+                    .map(|(n, q)| (n * q).powi(2))
+                    .sum();
+                out.readout_terms[row] = terms.sqrt() / floor;
             }
         }
     }

@@ -1,0 +1,232 @@
+//! The GPU tests' error bounds themselves, on the CPU (`common::bounds`): a bound from a
+//! case's conditioning must pass what a correct kernel can return, fail a kernel that drops a
+//! term, and grow with a row's conditioning instead of being capped by redrawing the row.
+mod common;
+
+use common::*;
+use tfla::reference::{self, GradMode, RefInputs, RefParams, Shape};
+use tfla::{Dtype, Variant};
+
+const VARIANTS: [Variant; 3] = [
+    Variant::Exp,
+    Variant::Sig { normalize: true },
+    Variant::Sig { normalize: false },
+];
+
+fn inputs(dtype: Dtype, rng: &mut impl rand::Rng) -> RefInputs {
+    let shape = Shape {
+        b: 1,
+        nh: 2,
+        s: 96,
+        dqk: 32,
+        dhv: 24,
+    };
+    let mut inp = RefInputs::random(shape, true, rng);
+    round_inputs(&mut inp, dtype);
+    inp
+}
+
+fn f32s(x: &[f64]) -> Vec<f32> {
+    x.iter().map(|&v| v as f32).collect()
+}
+
+/// A stand-in for a correct kernel (the reference on inputs moved by another draw of their
+/// rounding) passes with room; the reference with the input gate or the forget gate dropped
+/// (ĩ ≡ 0, f̃ ≡ +∞) fails by far, in every variant and dtype.
+#[test]
+fn forward_bound_passes_rounding_and_fails_a_dropped_gate() {
+    let mut rng = rng("forward_bound_passes_rounding_and_fails_a_dropped_gate");
+    for variant in VARIANTS {
+        for dtype in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
+            let inp = inputs(dtype, &mut rng);
+            let p = RefParams::new(variant, inp.shape.dqk);
+            let (want, samples) = forward_with_samples(&inp, variant, dtype, &mut rng);
+            let check = |got: &[f64]| {
+                check_rows(
+                    &f32s(got),
+                    &want.h,
+                    &views(&samples, |o| &o.h),
+                    inp.shape.dhv,
+                )
+            };
+            let rounded = reference::recurrent(&perturbed_inputs(&inp, dtype, &mut rng), &p);
+            let v = check(&rounded.h);
+            assert!(
+                v.ok() && v.rms <= 0.5,
+                "{variant:?} {dtype:?}: rounding alone at {v}"
+            );
+            for (what, edit) in [
+                (
+                    "input gate dropped",
+                    (|x: &mut RefInputs| x.i.fill(0.0)) as fn(&mut RefInputs),
+                ),
+                ("forget gate dropped", |x| x.f.fill(1e4)),
+            ] {
+                let mut wrong = inp.clone();
+                edit(&mut wrong);
+                let v = check(&reference::recurrent(&wrong, &p).h);
+                assert!(v.rms > 10.0, "{variant:?} {dtype:?}: {what} passes at {v}");
+            }
+        }
+    }
+}
+
+/// The Exact gradient against the detached-normalizer one (the gradient through the
+/// normalizer's readout dropped) fails in the normalized variants; the rounding stand-in passes.
+#[test]
+fn gradient_bound_fails_a_dropped_normalizer_term() {
+    let mut rng = rng("gradient_bound_fails_a_dropped_normalizer_term");
+    for variant in [Variant::Exp, Variant::Sig { normalize: true }] {
+        for dtype in [Dtype::Bf16, Dtype::F32] {
+            let mut inp = inputs(dtype, &mut rng);
+            away_from_kinks(&mut inp, variant, dtype, &mut rng);
+            let p = RefParams::new(variant, inp.shape.dqk);
+            let g = random_grad_outputs(inp.shape, variant, dtype, true, &mut rng);
+            let want = reference::backward(&inp, &p, &g, GradMode::Exact);
+            let samples: Vec<_> = (0..SAMPLES)
+                .map(|_| {
+                    let x = perturbed_inputs(&inp, dtype, &mut rng);
+                    let dy = perturbed_grad_outputs(&g, dtype, &mut rng);
+                    reference::backward(&x, &p, &dy, GradMode::Exact)
+                })
+                .collect();
+            let worst = |got: &reference::RefGrads| {
+                [
+                    check_rows(
+                        &f32s(&got.dq),
+                        &want.dq,
+                        &views(&samples, |s| &s.dq),
+                        inp.shape.dqk,
+                    ),
+                    check_rows(
+                        &f32s(&got.dk),
+                        &want.dk,
+                        &views(&samples, |s| &s.dk),
+                        inp.shape.dqk,
+                    ),
+                    check_rows(
+                        &f32s(&got.di),
+                        &want.di,
+                        &views(&samples, |s| &s.di),
+                        inp.shape.s,
+                    ),
+                ]
+                .into_iter()
+                .fold(0.0, |r, v| v.rms.max(r))
+            };
+            let x = perturbed_inputs(&inp, dtype, &mut rng);
+            let dy = perturbed_grad_outputs(&g, dtype, &mut rng);
+            let rounded = worst(&reference::backward(&x, &p, &dy, GradMode::Exact));
+            assert!(
+                rounded <= 0.5,
+                "{variant:?} {dtype:?}: rounding alone at {rounded:.2}"
+            );
+            let detached = worst(&reference::backward(
+                &inp,
+                &p,
+                &g,
+                GradMode::DetachedNormalizer,
+            ));
+            assert!(
+                detached > 2.0,
+                "{variant:?} {dtype:?}: detached passes at {detached:.2}"
+            );
+        }
+    }
+}
+
+/// A row whose normalizer readout cancels (q_t nearly orthogonal to ñ_t) gets a bound as wide
+/// as its conditioning, and the rows before it keep theirs: the row's cancellation
+/// κ_n = ‖ñ_t∘q̂_t‖/den_t is made ~100 (mLSTMexp, whose floor e^{−m_t} stays below the
+/// readout) and its bf16 bound, relative to its h, must reach u·κ_n (the relative move of its
+/// denominator under a rounding of u) and 10 times the median row's; the rows before t, which
+/// q_t cannot reach, get the same bounds from the same perturbations.
+#[test]
+fn bound_follows_a_rows_conditioning() {
+    let mut rng = rng("bound_follows_a_rows_conditioning");
+    let (variant, dtype) = (Variant::Exp, Dtype::Bf16);
+    let mut inp = inputs(dtype, &mut rng);
+    let Shape { s, dqk, dhv, .. } = inp.shape;
+    let t = 60;
+    // Input gates e^6 and forget gates σ(8): m_t = 6, so the floor e^{−6} lies far below ñ_t's
+    // readout, which sums ~t keys.
+    inp.i.fill(6.0);
+    inp.f.fill(8.0);
+    let p = RefParams::new(variant, dqk);
+    // ñ_t and m_t of head 0: the reference over its first t + 1 steps (B = 1: head 0 leads).
+    let (n_t, m_t) = {
+        let mut head = inp.clone();
+        head.shape = Shape {
+            nh: 1,
+            s: t + 1,
+            ..inp.shape
+        };
+        head.q.truncate((t + 1) * dqk);
+        head.k.truncate((t + 1) * dqk);
+        head.v.truncate((t + 1) * dhv);
+        head.i.truncate(t + 1);
+        head.f.truncate(t + 1);
+        head.c0.as_mut().unwrap().truncate(dqk * dhv);
+        head.n0.as_mut().unwrap().truncate(dqk);
+        head.m0.as_mut().unwrap().truncate(1);
+        let out = reference::recurrent(&head, &p);
+        (out.n, out.m[0])
+    };
+    let perturbation_seed: u64 = rand::Rng::r#gen(&mut rng);
+    let relative_bounds = |inp: &RefInputs| {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(perturbation_seed);
+        let (want, samples) = forward_with_samples(inp, variant, dtype, &mut rng);
+        let bounds = row_bounds(&want.h, &views(&samples, |o| &o.h), dhv);
+        let terms = reference::readout_terms(inp, &p);
+        let rel: Vec<f64> = (0..s)
+            .map(|r| bounds[r] / norm(&want.h[r * dhv..(r + 1) * dhv]))
+            .collect();
+        (rel, terms.nq_norm[t] / terms.den[t])
+    };
+    let (before, _) = relative_bounds(&inp);
+    // q_t ← its part orthogonal to ñ_t, plus what makes s_t = ñ_t·q̂_t a hundredth of the
+    // readout's terms (still above the floor).
+    let scale = 1.0 / (dqk as f64).sqrt();
+    let nn: f64 = n_t.iter().map(|x| x * x).sum();
+    let q_t = &mut inp.q[t * dqk..(t + 1) * dqk];
+    let along: f64 = q_t.iter().zip(&n_t).map(|(a, b)| a * b).sum::<f64>() / nn;
+    q_t.iter_mut().zip(&n_t).for_each(|(q, n)| *q -= along * n);
+    let terms: f64 = q_t
+        .iter()
+        .zip(&n_t)
+        .map(|(q, n)| (q * n * scale).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let target = (terms / 100.0).max(4.0 * (-m_t).exp());
+    q_t.iter_mut()
+        .zip(&n_t)
+        .for_each(|(q, n)| *q += target / (scale * nn) * n);
+    let q_rounded = round_to(dtype, q_t);
+    q_t.copy_from_slice(&q_rounded);
+    let (after, kappa) = relative_bounds(&inp);
+    assert!(kappa > 30.0, "κ_n of row {t} is only {kappa:.1}");
+    let mut sorted = after.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[s / 2];
+    let u = unit_roundoff(dtype);
+    assert!(
+        after[t] >= u * kappa && after[t] >= 10.0 * median,
+        "row {t} (κ_n {kappa:.0}): relative bound {:.2e}, median row {median:.2e}",
+        after[t]
+    );
+    for r in 0..t {
+        // The same perturbations; only the floor moves (2⁻²⁴ of the largest row, which row t
+        // may now be: a relative 1e-6 per 16× between the largest row and row r).
+        let moved = (after[r] - before[r]).abs() / before[r];
+        assert!(
+            moved <= 1e-3,
+            "row {r} moved: {:e} → {:e}",
+            before[r],
+            after[r]
+        );
+    }
+    eprintln!(
+        "row {t}: κ_n {kappa:.0}, relative bound {:.2e}; median row {median:.2e}",
+        after[t]
+    );
+}
