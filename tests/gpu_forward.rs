@@ -84,16 +84,9 @@ fn check(
             "c",
             check_rows(&got(&out.c), &want.c, &views(&samples, |o| &o.c), dhv),
         ),
-        // m is a log scale, all heads one row: an absolute error δ in it is a relative error
-        // δ in what C̃ and ñ stand for (C = C̃·e^m).
         (
             "m",
-            check_rows(
-                &got(&out.m),
-                &want.m,
-                &views(&samples, |o| &o.m),
-                want.m.len().max(1),
-            ),
+            max_state_verdict(&got(&out.m), &want.m, fwd_tolerance(case.dtype)),
         ),
     ];
     if case.variant.normalizes() {
@@ -114,12 +107,10 @@ fn check(
             .flat_map(|h| x[h * (nc + 1) * per..(h * (nc + 1) + nc) * per].to_vec())
             .collect()
     };
-    // Rows of `row` elements; `row` = 0: the whole tensor as one row (the max states).
     let chunk_rows = |got: &tfla::Tensor, pick: fn(&reference::ChunkStates) -> &[f64], per, row| {
         let want = drop_last(pick(&cs), per);
         let samples: Vec<Vec<f64>> = cs_samples.iter().map(|s| drop_last(pick(s), per)).collect();
         let samples: Vec<&[f64]> = samples.iter().map(Vec::as_slice).collect();
-        let row = if row == 0 { want.len().max(1) } else { row };
         check_rows(&got.to_f32_vec().unwrap(), &want, &samples, row)
     };
     verdicts.push((
@@ -130,9 +121,35 @@ fn check(
         verdicts.push(("chunk n", chunk_rows(&out.states.n, |c| &c.n, dqk, dqk)));
     }
     if case.variant == EXP {
-        verdicts.push(("chunk m", chunk_rows(&out.states.m, |c| &c.m, 1, 0)));
+        let want_m = drop_last(&cs.m, 1);
+        verdicts.push((
+            "chunk m",
+            max_state_verdict(&got(&out.states.m), &want_m, 1e-3),
+        ));
     }
     verdicts
+}
+
+/// The max states against a fixed bound `tol` on |got − want| / max(|want|, 1): m is a log
+/// scale (an absolute error δ in it is a relative error δ in what C̃ and ñ stand for, C =
+/// C̃·e^m) summed from up to S log gates in f32, whose rounding grows with S and |m| — not
+/// with the inputs' rounding, which [`check_rows`]' samples model. m = 0 is common (a forget
+/// gate of e⁻³⁰ at the last step leaves m = ĩ + λ ≈ 0), where a relative error says nothing.
+fn max_state_verdict(got: &[f32], want: &[f64], tol: f64) -> Verdict {
+    let (mut worst, mut row) = (0.0, 0);
+    for (r, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs() / w.abs().max(1.0);
+        if !(err <= worst) {
+            (worst, row) = (if err.is_nan() { f64::INFINITY } else { err }, r);
+        }
+    }
+    Verdict {
+        rms: worst / tol,
+        worst: worst / tol,
+        row,
+        rel_err: worst,
+        rel_bound: tol,
+    }
 }
 
 /// Prints one line of verdicts; true when every output is within its bound.
