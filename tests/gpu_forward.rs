@@ -139,7 +139,7 @@ fn max_state_verdict(got: &[f32], want: &[f64], tol: f64) -> Verdict {
     let (mut worst, mut row) = (0.0, 0);
     for (r, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs() / w.abs().max(1.0);
-        if !(err <= worst) {
+        if err.is_nan() || err > worst {
             (worst, row) = (if err.is_nan() { f64::INFINITY } else { err }, r);
         }
     }
