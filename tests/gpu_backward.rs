@@ -261,18 +261,6 @@ fn check(
     grad_verdicts(&device_grads(&grads), &want, &samples, case.shape)
 }
 
-/// Prints one line of verdicts; true when every gradient is within its bound (NaN never is).
-fn report(label: &str, verdicts: &[(&str, Verdict)]) -> bool {
-    let ok = verdicts.iter().all(|(_, v)| v.ok());
-    let line: Vec<String> = verdicts.iter().map(|(n, v)| format!("{n} {v}")).collect();
-    eprintln!(
-        "{} {label}: {}",
-        if ok { "ok  " } else { "FAIL" },
-        line.join(", ")
-    );
-    ok
-}
-
 /// Runs every case on fresh random data; fails listing the cases over the dtype's bound.
 fn run(cases: &[Case], name: &str) {
     let rt = runtime();

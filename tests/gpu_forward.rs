@@ -152,18 +152,6 @@ fn max_state_verdict(got: &[f32], want: &[f64], tol: f64) -> Verdict {
     }
 }
 
-/// Prints one line of verdicts; true when every output is within its bound.
-fn report(label: &str, verdicts: &[(&str, Verdict)]) -> bool {
-    let ok = verdicts.iter().all(|(_, v)| v.ok());
-    let line: Vec<String> = verdicts.iter().map(|(n, v)| format!("{n} {v}")).collect();
-    eprintln!(
-        "{} {label}: {}",
-        if ok { "ok  " } else { "FAIL" },
-        line.join(", ")
-    );
-    ok
-}
-
 fn run(cases: &[Case], name: &str) {
     let rt = runtime();
     let mut rng = rng(name);

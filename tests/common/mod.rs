@@ -313,6 +313,18 @@ pub fn forward_with_samples(
     (reference::recurrent(inp, &p), samples)
 }
 
+/// Prints one line of verdicts; true when every output is within its bound (NaN never is).
+pub fn report(label: &str, verdicts: &[(&str, Verdict)]) -> bool {
+    let ok = verdicts.iter().all(|(_, v)| v.ok());
+    let line: Vec<String> = verdicts.iter().map(|(n, v)| format!("{n} {v}")).collect();
+    eprintln!(
+        "{} {label}: {}",
+        if ok { "ok  " } else { "FAIL" },
+        line.join(", ")
+    );
+    ok
+}
+
 /// `pick` of every sample, as [`check_rows`] takes them.
 pub fn views<'a, T>(samples: &'a [T], pick: impl Fn(&'a T) -> &'a [f64]) -> Vec<&'a [f64]> {
     samples.iter().map(pick).collect()
