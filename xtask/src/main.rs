@@ -234,8 +234,11 @@ fn write_run_script(dir: &Path) -> Result<(), String> {
 #   bash run.sh portable [KB]  the GPU tests through the sm_80 module under each smaller card's
 #                           shared memory (or KB only: 227, 163, 99), and (without KB) the
 #                           quick table with each module
-#   bash run.sh sanitize [sm_90a|sm_80]  memcheck, racecheck, initcheck and synccheck over every
-#                           kernel entry, with both modules or the one named
+#   bash run.sh sanitize [sm_90a|sm_80|both] [NAME]  memcheck, racecheck, initcheck and
+#                           synccheck over every kernel entry, with both modules or the one
+#                           named; with NAME only the kernels whose names contain it are
+#                           checked (e.g. bwd_state after a change to those; the others run
+#                           unchecked, and every entry must still be launched)
 #   bash run.sh kernels [NH:DQK:DHV] [VARIANT]  per-kernel times (ncu) of one forward+backward
 #   bash run.sh ab DIR...   this bundle's benchmark against those of other bundles (A/B of a
 #                           change on one machine: quick grid, L = 128, alternated twice)
@@ -362,9 +365,9 @@ sanitize)
       runs+=("$log")
       (
         start=$SECONDS
-        echo "=== compute-sanitizer --tool $tool, ${portable:+sm_80 }module"
+        echo "=== compute-sanitizer --tool $tool, ${portable:+sm_80 }module${3:+, kernels named *$3*}"
         TFLA_PORTABLE=$portable compute-sanitizer --tool "$tool" --error-exitcode 1 \
-          --print-limit 20 "$bin"/bench-tfla-sanitize > "$log.out" 2>&1
+          --print-limit 20 ${3:+--kernel-name "kns=$3"} "$bin"/bench-tfla-sanitize > "$log.out" 2>&1
         rc=$?
         tail -25 "$log.out"
         echo "=== rc $rc after $((SECONDS - start)) s"
@@ -411,7 +414,7 @@ ab)
     done
   done
   ;;
-*) echo "usage: bash run.sh [tests|bench|all] [GRID] [RESULTS_DIR] | portable [KB] | sanitize [sm_90a|sm_80] | kernels [NH:DQK:DHV] [VARIANT] | ab DIR..."; fail=1 ;;
+*) echo "usage: bash run.sh [tests|bench|all] [GRID] [RESULTS_DIR] | portable [KB] | sanitize [sm_90a|sm_80|both] [NAME] | kernels [NH:DQK:DHV] [VARIANT] | ab DIR..."; fail=1 ;;
 esac
 [ "$fail" = 0 ]
 "#;
