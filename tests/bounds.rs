@@ -26,6 +26,9 @@ fn inputs(dtype: Dtype, rng: &mut impl rand::Rng) -> RefInputs {
     inp
 }
 
+/// Where a gradient lives in [`reference::RefGrads`].
+type Pick = fn(&reference::RefGrads) -> &[f64];
+
 fn f32s(x: &[f64]) -> Vec<f32> {
     x.iter().map(|&v| v as f32).collect()
 }
@@ -46,6 +49,7 @@ fn forward_bound_passes_rounding_and_fails_a_dropped_gate() {
                     &f32s(got),
                     &want.h,
                     &views(&samples, |o| &o.h),
+                    None,
                     inp.shape.dhv,
                 )
             };
@@ -71,65 +75,119 @@ fn forward_bound_passes_rounding_and_fails_a_dropped_gate() {
     }
 }
 
-/// The Exact gradient against the detached-normalizer one (the gradient through the
-/// normalizer's readout dropped) fails in the normalized variants; the rounding stand-in passes.
+/// The Exact gradient's bound ([`Terms`]: the detached gradient plus the term through the
+/// normalizer, each with its own rounding): a stand-in for a correct kernel whose two terms are
+/// rounded apart (each from its own draw of the inputs' rounding, as the backward forms the
+/// second from the 16-bit h) passes with room, while the samples alone, which move both terms
+/// together, are too tight for rows where the terms cancel (the GPU run of 2026-12-06 failed
+/// there, up to 10⁴× in dq); the detached gradient in place of the Exact one (the normalizer's
+/// term dropped) still fails, and so does a dropped input gate.
 #[test]
-fn gradient_bound_fails_a_dropped_normalizer_term() {
-    let mut rng = rng("gradient_bound_fails_a_dropped_normalizer_term");
+fn gradient_bound_passes_separately_rounded_terms_and_fails_a_dropped_term() {
+    let mut rng = rng("gradient_bound_passes_separately_rounded_terms_and_fails_a_dropped_term");
     for variant in [Variant::Exp, Variant::Sig { normalize: true }] {
-        for dtype in [Dtype::Bf16, Dtype::F32] {
+        for dtype in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
             let mut inp = inputs(dtype, &mut rng);
             away_from_kinks(&mut inp, variant, dtype, &mut rng);
             let p = RefParams::new(variant, inp.shape.dqk);
             let g = random_grad_outputs(inp.shape, variant, dtype, true, &mut rng);
-            let want = reference::backward(&inp, &p, &g, GradMode::Exact);
-            let samples: Vec<_> = (0..SAMPLES)
-                .map(|_| {
-                    let x = perturbed_inputs(&inp, dtype, &mut rng);
-                    let dy = perturbed_grad_outputs(&g, dtype, &mut rng);
-                    reference::backward(&x, &p, &dy, GradMode::Exact)
-                })
-                .collect();
-            let worst = |got: &reference::RefGrads| {
-                [
-                    check_rows(
-                        &f32s(&got.dq),
-                        &want.dq,
-                        &views(&samples, |s| &s.dq),
-                        inp.shape.dqk,
-                    ),
-                    check_rows(
-                        &f32s(&got.dk),
-                        &want.dk,
-                        &views(&samples, |s| &s.dk),
-                        inp.shape.dqk,
-                    ),
-                    check_rows(
-                        &f32s(&got.di),
-                        &want.di,
-                        &views(&samples, |s| &s.di),
-                        inp.shape.s,
-                    ),
-                ]
-                .into_iter()
-                .fold(0.0, |r, v| v.rms.max(r))
+            let grads = |x: &RefInputs, dy: &reference::RefGradOutputs, mode| {
+                reference::backward(x, &p, dy, mode)
             };
-            let x = perturbed_inputs(&inp, dtype, &mut rng);
-            let dy = perturbed_grad_outputs(&g, dtype, &mut rng);
-            let rounded = worst(&reference::backward(&x, &p, &dy, GradMode::Exact));
-            assert!(
-                rounded <= 0.5,
-                "{variant:?} {dtype:?}: rounding alone at {rounded:.2}"
+            let want = grads(&inp, &g, GradMode::Exact);
+            let detached = grads(&inp, &g, GradMode::DetachedNormalizer);
+            let mut draw = || {
+                let x = perturbed_inputs(&inp, dtype, &mut rng);
+                let dy = perturbed_grad_outputs(&g, dtype, &mut rng);
+                (x, dy)
+            };
+            let draws: Vec<_> = (0..SAMPLES).map(|_| draw()).collect();
+            let samples: Vec<_> = draws
+                .iter()
+                .map(|(x, dy)| grads(x, dy, GradMode::Exact))
+                .collect();
+            let detached_samples: Vec<_> = draws
+                .iter()
+                .map(|(x, dy)| grads(x, dy, GradMode::DetachedNormalizer))
+                .collect();
+            // The stand-in: the detached term from one draw, the normalizer's from another.
+            let (x1, dy1) = draw();
+            let (x2, dy2) = draw();
+            let (d1, e2, d2) = (
+                grads(&x1, &dy1, GradMode::DetachedNormalizer),
+                grads(&x2, &dy2, GradMode::Exact),
+                grads(&x2, &dy2, GradMode::DetachedNormalizer),
             );
-            let detached = worst(&reference::backward(
-                &inp,
-                &p,
-                &g,
-                GradMode::DetachedNormalizer,
-            ));
+            let apart = |pick: Pick| -> Vec<f64> {
+                let (a, b, c) = (pick(&d1), pick(&e2), pick(&d2));
+                a.iter()
+                    .zip(b)
+                    .zip(c)
+                    .map(|((a, b), c)| a + (b - c))
+                    .collect()
+            };
+            let u = unit_roundoff(dtype);
+            let dims = inp.shape;
+            let rows: [(Pick, usize); 3] = [
+                (|g| &g.dq, dims.dqk),
+                (|g| &g.dk, dims.dqk),
+                (|g| &g.di, dims.s),
+            ];
+            let worst = |got: &dyn Fn(Pick) -> Vec<f64>, with_terms: bool| {
+                rows.iter()
+                    .map(|&(pick, per)| {
+                        let minus = |a: &[f64], b: &[f64]| -> Vec<f64> {
+                            a.iter().zip(b).map(|(a, b)| a - b).collect()
+                        };
+                        let normalizer = minus(pick(&want), pick(&detached));
+                        let normalizer_samples: Vec<Vec<f64>> = samples
+                            .iter()
+                            .zip(&detached_samples)
+                            .map(|(e, d)| minus(pick(e), pick(d)))
+                            .collect();
+                        let terms = Terms {
+                            u,
+                            parts: vec![
+                                (pick(&detached), views(&detached_samples, pick)),
+                                (
+                                    &normalizer,
+                                    normalizer_samples.iter().map(Vec::as_slice).collect(),
+                                ),
+                            ],
+                        };
+                        let v = check_rows(
+                            &f32s(&got(pick)),
+                            pick(&want),
+                            &views(&samples, pick),
+                            with_terms.then_some(&terms),
+                            per,
+                        );
+                        (v.rms, v.worst)
+                    })
+                    .fold((0.0f64, 0.0f64), |(r, w), (r2, w2)| (r.max(r2), w.max(w2)))
+            };
+            let (rms, worst_row) = worst(&apart, true);
+            let (rms_alone, worst_alone) = worst(&apart, false);
+            eprintln!(
+                "{variant:?} {dtype:?}: terms rounded apart at {rms:.2}/{worst_row:.2} \
+                 ({rms_alone:.2}/{worst_alone:.2} against the samples alone)"
+            );
             assert!(
-                detached > 2.0,
-                "{variant:?} {dtype:?}: detached passes at {detached:.2}"
+                rms <= 0.75 && worst_row <= 4.0,
+                "{variant:?} {dtype:?}: rounding alone at {rms:.2}/{worst_row:.2}"
+            );
+            let (dropped, dropped_row) = worst(&|pick| pick(&detached).to_vec(), true);
+            assert!(
+                dropped > 1.0 || dropped_row > MAX_ROW_RATIO,
+                "{variant:?} {dtype:?}: detached passes at {dropped:.2}"
+            );
+            let mut wrong = inp.clone();
+            wrong.i.fill(0.0);
+            let wrong = grads(&wrong, &g, GradMode::Exact);
+            let (dropped, dropped_row) = worst(&|pick| pick(&wrong).to_vec(), true);
+            assert!(
+                dropped > 1.0 || dropped_row > MAX_ROW_RATIO,
+                "{variant:?} {dtype:?}: a dropped input gate passes at {dropped:.2}"
             );
         }
     }
@@ -176,7 +234,7 @@ fn bound_follows_a_rows_conditioning() {
     let relative_bounds = |inp: &RefInputs| {
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(perturbation_seed);
         let (want, samples) = forward_with_samples(inp, variant, dtype, &mut rng);
-        let bounds = row_bounds(&want.h, &views(&samples, |o| &o.h), dhv);
+        let bounds = row_bounds(&want.h, &views(&samples, |o| &o.h), None, dhv);
         let terms = reference::readout_terms(inp, &p);
         let rel: Vec<f64> = (0..s)
             .map(|r| bounds[r] / norm(&want.h[r * dhv..(r + 1) * dhv]))

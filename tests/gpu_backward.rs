@@ -166,8 +166,17 @@ fn poison(grads: &mut MlstmGrads) {
         .for_each(|t| t.fill_nan().unwrap());
 }
 
-/// The reference gradients of `inp` and `g`, and of [`SAMPLES`] copies of both moved by their
-/// rounding in a `dtype` kernel: what [`grad_verdicts`] bounds the kernels' gradients by.
+/// The reference gradients of a case: those of `inp` and `g`, of [`SAMPLES`] copies of both
+/// moved by their rounding in a `dtype` kernel, and in Exact mode (normalized variants) the
+/// detached-normalizer gradients of the same, whose differences to the Exact ones are the terms
+/// through the normalizer.
+struct ReferenceGrads {
+    want: RefGrads,
+    samples: Vec<RefGrads>,
+    detached: Option<(RefGrads, Vec<RefGrads>)>,
+    u: f64,
+}
+
 fn reference_grads(
     inp: &RefInputs,
     g: &RefGradOutputs,
@@ -175,18 +184,31 @@ fn reference_grads(
     dtype: Dtype,
     mode: GradMode,
     rng: &mut impl rand::Rng,
-) -> (RefGrads, Vec<RefGrads>) {
+) -> ReferenceGrads {
     let p = RefParams::new(variant, inp.shape.dqk);
-    let samples = (0..SAMPLES)
+    let split = mode == GradMode::Exact && variant.normalizes();
+    let draws: Vec<_> = (0..SAMPLES)
         .map(|_| {
-            let (x, dy) = (
+            (
                 perturbed_inputs(inp, dtype, rng),
                 perturbed_grad_outputs(g, dtype, rng),
-            );
-            reference::backward(&x, &p, &dy, mode)
+            )
         })
         .collect();
-    (reference::backward(inp, &p, g, mode), samples)
+    let run = |mode| -> (RefGrads, Vec<RefGrads>) {
+        let samples = draws
+            .iter()
+            .map(|(x, dy)| reference::backward(x, &p, dy, mode))
+            .collect();
+        (reference::backward(inp, &p, g, mode), samples)
+    };
+    let (want, samples) = run(mode);
+    ReferenceGrads {
+        want,
+        samples,
+        detached: split.then(|| run(GradMode::DetachedNormalizer)),
+        u: unit_roundoff(dtype),
+    }
 }
 
 /// A gradient's name, where [`RefGrads`] holds it, and its row length.
@@ -194,11 +216,13 @@ type GradRows = (&'static str, fn(&RefGrads) -> &[f64], usize);
 
 /// Every gradient the kernels returned against its bound from the case's conditioning
 /// ([`check_rows`]): dq, dk, dv, dC̃_0 and dñ_0 row by row; dĩ and df̃ (one number per step)
-/// one row per head; dm_0 (one per head) as one row.
+/// one row per head; dm_0 (one per head) as one row. In Exact mode each row also carries the
+/// rounding of its two terms, the detached gradient and the term through the normalizer
+/// ([`Terms`]): the backward forms the second from the 16-bit h, and where they cancel (the
+/// gradient of a row is small beside them) that rounding is the row's error.
 fn grad_verdicts(
     got: &dyn Fn(&str) -> Option<Vec<f32>>,
-    want: &RefGrads,
-    samples: &[RefGrads],
+    r: &ReferenceGrads,
     shape: Shape,
 ) -> Vec<(&'static str, Verdict)> {
     let Shape { s, dqk, dhv, .. } = shape;
@@ -212,11 +236,38 @@ fn grad_verdicts(
         ("dn0", |g| &g.dn0, dqk),
         ("dm0", |g| &g.dm0, shape.heads()),
     ];
+    let minus =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a - b).collect() };
     pick.into_iter()
-        .filter(|&(_, w, per)| per > 0 && !w(want).is_empty())
+        .filter(|&(_, w, per)| per > 0 && !w(&r.want).is_empty())
         .filter_map(|(name, w, per)| {
             let t = got(name)?;
-            Some((name, check_rows(&t, w(want), &views(samples, w), per)))
+            // The term through the normalizer: Exact − detached, in the reference and each sample.
+            let normalizer = r.detached.as_ref().map(|(d, ds)| {
+                let samples: Vec<Vec<f64>> = r
+                    .samples
+                    .iter()
+                    .zip(ds)
+                    .map(|(e, d)| minus(w(e), w(d)))
+                    .collect();
+                (minus(w(&r.want), w(d)), samples)
+            });
+            let terms = r
+                .detached
+                .as_ref()
+                .zip(normalizer.as_ref())
+                .map(|((d, ds), (n, ns))| Terms {
+                    u: r.u,
+                    parts: vec![
+                        (w(d), views(ds, w)),
+                        (n.as_slice(), ns.iter().map(Vec::as_slice).collect()),
+                    ],
+                });
+            let samples = views(&r.samples, w);
+            Some((
+                name,
+                check_rows(&t, w(&r.want), &samples, terms.as_ref(), per),
+            ))
         })
         .collect()
 }
@@ -257,8 +308,8 @@ fn check(
     let grad_out = dev_g.as_grad_outputs();
     tfla::mlstm_bwd_into(rt, &inputs, &fwd, &grad_out, &cfg, case.mode, &mut grads).unwrap();
     rt.synchronize().unwrap();
-    let (want, samples) = reference_grads(inp, g, case.variant, case.dtype, case.mode, rng);
-    grad_verdicts(&device_grads(&grads), &want, &samples, case.shape)
+    let r = reference_grads(inp, g, case.variant, case.dtype, case.mode, rng);
+    grad_verdicts(&device_grads(&grads), &r, case.shape)
 }
 
 /// Runs every case on fresh random data; fails listing the cases over the dtype's bound.
@@ -678,7 +729,7 @@ fn backward_state_passing_equals_one_call() {
                     other => panic!("no gradient `{other}`"),
                 }
             };
-            let (want, samples) = reference_grads(&whole, &g, variant, BF16, mode, &mut rng);
+            let r = reference_grads(&whole, &g, variant, BF16, mode, &mut rng);
             for (label, got) in [
                 (
                     "one call",
@@ -686,7 +737,7 @@ fn backward_state_passing_equals_one_call() {
                 ),
                 ("split", &split),
             ] {
-                let verdicts = grad_verdicts(got, &want, &samples, whole.shape);
+                let verdicts = grad_verdicts(got, &r, whole.shape);
                 if !report(&format!("{variant:?} {mode:?} {label}"), &verdicts) {
                     failures.push(format!("{variant:?} {mode:?} {label}"));
                 }
@@ -927,8 +978,8 @@ fn safetensors_file_with_dh_runs_the_backward() {
             other => panic!("`{name}` has dtype {other:?}"),
         }
     };
-    let (want, samples) = reference_grads(&inp, &g, EXP, BF16, c.mode, &mut rng);
-    let verdicts = grad_verdicts(&|name: &str| Some(read(name)), &want, &samples, c.shape);
+    let r = reference_grads(&inp, &g, EXP, BF16, c.mode, &mut rng);
+    let verdicts = grad_verdicts(&|name: &str| Some(read(name)), &r, c.shape);
     let _ = std::fs::remove_file(&input);
     let _ = std::fs::remove_file(&output);
     assert!(

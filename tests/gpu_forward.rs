@@ -78,11 +78,11 @@ fn check(
     let mut verdicts = vec![
         (
             "h",
-            check_rows(&got(&out.h), &want.h, &views(&samples, |o| &o.h), dhv),
+            check_rows(&got(&out.h), &want.h, &views(&samples, |o| &o.h), None, dhv),
         ),
         (
             "c",
-            check_rows(&got(&out.c), &want.c, &views(&samples, |o| &o.c), dhv),
+            check_rows(&got(&out.c), &want.c, &views(&samples, |o| &o.c), None, dhv),
         ),
         (
             "m",
@@ -92,7 +92,7 @@ fn check(
     if case.variant.normalizes() {
         verdicts.push((
             "n",
-            check_rows(&got(&out.n), &want.n, &views(&samples, |o| &o.n), dqk),
+            check_rows(&got(&out.n), &want.n, &views(&samples, |o| &o.n), None, dqk),
         ));
     }
     // Chunk states: the reference lists NC + 1 boundaries (the last is the final state).
@@ -111,7 +111,7 @@ fn check(
         let want = drop_last(pick(&cs), per);
         let samples: Vec<Vec<f64>> = cs_samples.iter().map(|s| drop_last(pick(s), per)).collect();
         let samples: Vec<&[f64]> = samples.iter().map(Vec::as_slice).collect();
-        check_rows(&got.to_f32_vec().unwrap(), &want, &samples, row)
+        check_rows(&got.to_f32_vec().unwrap(), &want, &samples, None, row)
     };
     verdicts.push((
         "chunk c",
@@ -623,7 +623,7 @@ fn safetensors_file_round_trip_matches_reference() {
         .map(|x| half::bf16::from_le_bytes([x[0], x[1]]).to_f32())
         .collect();
     let (want, samples) = forward_with_samples(&inp, EXP, Dtype::Bf16, &mut rng);
-    let v = check_rows(&got, &want.h, &views(&samples, |o| &o.h), dhv);
+    let v = check_rows(&got, &want.h, &views(&samples, |o| &o.h), None, dhv);
     eprintln!("file round trip: h {v}");
     assert!(v.ok(), "h over its bound: {v}");
     assert!(st.tensor("c").is_ok() && st.tensor("n").is_ok() && st.tensor("m").is_ok());
@@ -741,6 +741,7 @@ fn forward_with_state_pool_equals_separate_states() {
                 &got.h.to_f32_vec().unwrap(),
                 &want_h.h,
                 &views(&samples, |o| &o.h),
+                None,
                 dhv,
             );
             let mut bad = Vec::new();

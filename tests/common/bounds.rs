@@ -130,16 +130,25 @@ impl std::fmt::Display for Verdict {
     }
 }
 
-fn dist(a: impl Iterator<Item = f64>, b: &[f64]) -> f64 {
-    a.zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
+/// Terms a kernel forms from separately rounded operands and adds: the result is their sum,
+/// and however much the terms cancel, each carries its own error — its own sensitivity to the
+/// inputs' rounding, and a rounding of u relative to itself. The samples of the sum cannot show
+/// this (they move the inputs, and the terms move together and keep cancelling). The Exact
+/// gradient is such a sum: the detached-normalizer gradient plus the term through the
+/// normalizer, which the backward forms from the 16-bit h the forward stored.
+pub struct Terms<'a> {
+    pub u: f64,
+    /// Each term and its value in each sample.
+    pub parts: Vec<(&'a [f64], Vec<&'a [f64]>)>,
 }
 
-/// Each row's bound (rows of `per` elements): FACTOR · max_s ‖sample_s,t − want_t‖ + floor,
-/// where the samples are the reference on [`perturbed_inputs`] (and
-/// [`perturbed_grad_outputs`]) and the floor is the f32 rounding of the tensor's largest row
-/// (the kernels return f32; below that, and below f32's smallest normal, which the GPU flushes
-/// to zero, a difference is not the kernel's).
-pub fn row_bounds(want: &[f64], samples: &[&[f64]], per: usize) -> Vec<f64> {
+/// Each row's bound (rows of `per` elements): FACTOR · spread_t + floor, where spread_t is the
+/// largest ‖sample_s,t − want_t‖ over the samples (the reference on [`perturbed_inputs`] and
+/// [`perturbed_grad_outputs`]) or, with [`Terms`], the larger of that and Σ_k (the same for
+/// term k + u · ‖term_k,t‖); the floor is the f32 rounding of the tensor's largest row (the
+/// kernels return f32; below that, and below f32's smallest normal, which the GPU flushes to
+/// zero, a difference is not the kernel's).
+pub fn row_bounds(want: &[f64], samples: &[&[f64]], terms: Option<&Terms>, per: usize) -> Vec<f64> {
     assert!(
         per > 0 && want.len().is_multiple_of(per),
         "rows of {per} do not tile {}",
@@ -150,24 +159,42 @@ pub fn row_bounds(want: &[f64], samples: &[&[f64]], per: usize) -> Vec<f64> {
         .map(|w| w.iter().map(|x| x * x).sum::<f64>().sqrt())
         .fold(0.0, f64::max);
     let floor = (2f64.powi(-24) * largest).max(f32::MIN_POSITIVE as f64 * (per as f64).sqrt());
-    want.chunks_exact(per)
-        .enumerate()
-        .map(|(row, w)| {
-            let range = row * per..(row + 1) * per;
-            let spread = samples
-                .iter()
-                .map(|s| dist(s[range.clone()].iter().copied(), w))
-                .fold(0.0, f64::max);
-            FACTOR * spread + floor
+    let spread = |value: &[f64], samples: &[&[f64]], row: usize| {
+        let range = row * per..(row + 1) * per;
+        samples
+            .iter()
+            .map(|s| dist(s[range.clone()].iter().copied(), &value[range.clone()]))
+            .fold(0.0, f64::max)
+    };
+    (0..want.len() / per)
+        .map(|row| {
+            let whole = spread(want, samples, row);
+            let parts = terms.map_or(0.0, |t| {
+                t.parts
+                    .iter()
+                    .map(|(value, samples)| {
+                        let part = &value[row * per..(row + 1) * per];
+                        let size = part.iter().map(|v| v * v).sum::<f64>().sqrt();
+                        spread(value, samples, row) + t.u * size
+                    })
+                    .sum::<f64>()
+            });
+            FACTOR * whole.max(parts) + floor
         })
         .collect()
 }
 
 /// Checks `got` row by row (rows of `per` elements) against the reference `want` and
 /// [`row_bounds`] (see [`MAX_ROW_RATIO`] for the criterion).
-pub fn check_rows(got: &[f32], want: &[f64], samples: &[&[f64]], per: usize) -> Verdict {
+pub fn check_rows(
+    got: &[f32],
+    want: &[f64],
+    samples: &[&[f64]],
+    terms: Option<&Terms>,
+    per: usize,
+) -> Verdict {
     assert_eq!(got.len(), want.len(), "length mismatch");
-    let bounds = row_bounds(want, samples, per);
+    let bounds = row_bounds(want, samples, terms, per);
     if let Some(at) = got.iter().position(|x| !x.is_finite()) {
         return Verdict {
             rms: f64::INFINITY,
@@ -203,4 +230,8 @@ pub fn check_rows(got: &[f32], want: &[f64], samples: &[&[f64]], per: usize) -> 
     verdict.rms = (squares / bounds.len().max(1) as f64).sqrt();
     verdict.worst = verdict.worst.max(0.0);
     verdict
+}
+
+fn dist(a: impl Iterator<Item = f64>, b: &[f64]) -> f64 {
+    a.zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
 }
