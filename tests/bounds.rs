@@ -136,25 +136,11 @@ fn gradient_bound_passes_separately_rounded_terms_and_fails_a_dropped_term() {
             let worst = |got: &dyn Fn(Pick) -> Vec<f64>, with_terms: bool| {
                 rows.iter()
                     .map(|&(pick, per)| {
-                        let minus = |a: &[f64], b: &[f64]| -> Vec<f64> {
-                            a.iter().zip(b).map(|(a, b)| a - b).collect()
-                        };
-                        let normalizer = minus(pick(&want), pick(&detached));
-                        let normalizer_samples: Vec<Vec<f64>> = samples
-                            .iter()
-                            .zip(&detached_samples)
-                            .map(|(e, d)| minus(pick(e), pick(d)))
-                            .collect();
-                        let terms = Terms {
+                        let terms = Terms::exact_split(
                             u,
-                            parts: vec![
-                                (pick(&detached), views(&detached_samples, pick)),
-                                (
-                                    &normalizer,
-                                    normalizer_samples.iter().map(Vec::as_slice).collect(),
-                                ),
-                            ],
-                        };
+                            (pick(&want), &views(&samples, pick)),
+                            (pick(&detached), &views(&detached_samples, pick)),
+                        );
                         let v = check_rows(
                             &f32s(&got(pick)),
                             pick(&want),

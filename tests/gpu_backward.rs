@@ -236,34 +236,14 @@ fn grad_verdicts(
         ("dn0", |g| &g.dn0, dqk),
         ("dm0", |g| &g.dm0, shape.heads()),
     ];
-    let minus =
-        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a - b).collect() };
     pick.into_iter()
         .filter(|&(_, w, per)| per > 0 && !w(&r.want).is_empty())
         .filter_map(|(name, w, per)| {
             let t = got(name)?;
-            // The term through the normalizer: Exact − detached, in the reference and each sample.
-            let normalizer = r.detached.as_ref().map(|(d, ds)| {
-                let samples: Vec<Vec<f64>> = r
-                    .samples
-                    .iter()
-                    .zip(ds)
-                    .map(|(e, d)| minus(w(e), w(d)))
-                    .collect();
-                (minus(w(&r.want), w(d)), samples)
-            });
-            let terms = r
-                .detached
-                .as_ref()
-                .zip(normalizer.as_ref())
-                .map(|((d, ds), (n, ns))| Terms {
-                    u: r.u,
-                    parts: vec![
-                        (w(d), views(ds, w)),
-                        (n.as_slice(), ns.iter().map(Vec::as_slice).collect()),
-                    ],
-                });
             let samples = views(&r.samples, w);
+            let terms = r.detached.as_ref().map(|(d, ds)| {
+                Terms::exact_split(r.u, (w(&r.want), &samples), (w(d), &views(ds, w)))
+            });
             Some((
                 name,
                 check_rows(&t, w(&r.want), &samples, terms.as_ref(), per),

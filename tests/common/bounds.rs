@@ -11,6 +11,7 @@
 //! kink of the gradient move, `away_from_kinks`); a kernel that drops a term is off by O(1) in
 //! well conditioned rows and fails (`tests/bounds.rs` checks both on the CPU).
 
+use super::norm;
 use rand::Rng;
 use tfla::Dtype;
 use tfla::reference::{RefGradOutputs, RefInputs};
@@ -136,10 +137,37 @@ impl std::fmt::Display for Verdict {
 /// this (they move the inputs, and the terms move together and keep cancelling). The Exact
 /// gradient is such a sum: the detached-normalizer gradient plus the term through the
 /// normalizer, which the backward forms from the 16-bit h the forward stored.
-pub struct Terms<'a> {
+pub struct Terms {
     pub u: f64,
     /// Each term and its value in each sample.
-    pub parts: Vec<(&'a [f64], Vec<&'a [f64]>)>,
+    pub parts: Vec<(Vec<f64>, Vec<Vec<f64>>)>,
+}
+
+impl Terms {
+    /// The two terms of an Exact gradient tensor: the detached-normalizer gradient and the term
+    /// through the normalizer (Exact − detached), from the reference and its samples of both
+    /// modes (the same draws, in the same order).
+    pub fn exact_split(
+        u: f64,
+        (exact, exact_samples): (&[f64], &[&[f64]]),
+        (detached, detached_samples): (&[f64], &[&[f64]]),
+    ) -> Self {
+        let minus =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a - b).collect() };
+        let normalizer_samples = exact_samples
+            .iter()
+            .zip(detached_samples)
+            .map(|(e, d)| minus(e, d))
+            .collect();
+        let detached_samples = detached_samples.iter().map(|d| d.to_vec()).collect();
+        Self {
+            u,
+            parts: vec![
+                (detached.to_vec(), detached_samples),
+                (minus(exact, detached), normalizer_samples),
+            ],
+        }
+    }
 }
 
 /// Each row's bound (rows of `per` elements): FACTOR · spread_t + floor, where spread_t is the
@@ -154,28 +182,29 @@ pub fn row_bounds(want: &[f64], samples: &[&[f64]], terms: Option<&Terms>, per: 
         "rows of {per} do not tile {}",
         want.len()
     );
-    let largest = want
-        .chunks_exact(per)
-        .map(|w| w.iter().map(|x| x * x).sum::<f64>().sqrt())
-        .fold(0.0, f64::max);
+    let largest = want.chunks_exact(per).map(norm).fold(0.0, f64::max);
     let floor = (2f64.powi(-24) * largest).max(f32::MIN_POSITIVE as f64 * (per as f64).sqrt());
-    let spread = |value: &[f64], samples: &[&[f64]], row: usize| {
-        let range = row * per..(row + 1) * per;
+    // The largest distance of a row of the samples from the same row of `value`.
+    fn spread<S: AsRef<[f64]>>(value: &[f64], samples: &[S], rows: std::ops::Range<usize>) -> f64 {
         samples
             .iter()
-            .map(|s| dist(s[range.clone()].iter().copied(), &value[range.clone()]))
+            .map(|s| {
+                dist(
+                    s.as_ref()[rows.clone()].iter().copied(),
+                    &value[rows.clone()],
+                )
+            })
             .fold(0.0, f64::max)
-    };
+    }
     (0..want.len() / per)
         .map(|row| {
-            let whole = spread(want, samples, row);
+            let rows = row * per..(row + 1) * per;
+            let whole = spread(want, samples, rows.clone());
             let parts = terms.map_or(0.0, |t| {
                 t.parts
                     .iter()
                     .map(|(value, samples)| {
-                        let part = &value[row * per..(row + 1) * per];
-                        let size = part.iter().map(|v| v * v).sum::<f64>().sqrt();
-                        spread(value, samples, row) + t.u * size
+                        spread(value, samples, rows.clone()) + t.u * norm(&value[rows.clone()])
                     })
                     .sum::<f64>()
             });
@@ -217,12 +246,7 @@ pub fn check_rows(
         let ratio = err / bound;
         squares += ratio * ratio;
         if ratio > verdict.worst {
-            let scale = w
-                .iter()
-                .map(|x| x * x)
-                .sum::<f64>()
-                .sqrt()
-                .max(f64::MIN_POSITIVE);
+            let scale = norm(w).max(f64::MIN_POSITIVE);
             (verdict.worst, verdict.row) = (ratio, row);
             (verdict.rel_err, verdict.rel_bound) = (err / scale, bound / scale);
         }

@@ -97,10 +97,10 @@ pub fn norm(x: &[f64]) -> f64 {
 
 /// Relative error bound of the forward outputs per input dtype, where `gpu_varlen` and
 /// `gpu_step` compare with one norm (`gpu_forward` and `gpu_backward` use the bounds from each
-/// case's conditioning in `bounds.rs`). The kernels round P = S ⊙ D,
-/// the gate-weighted K and the chunk state C̃_k to the input dtype before each `mma`
-/// (accumulating in f32), so errors are a few units of that dtype's rounding (2^-9 for bf16,
-/// 2^-12 for f16), relative to the outputs' norm. f32 (the recurrence, no 16-bit rounding)
+/// case's conditioning in `bounds.rs`). The kernels round P = S ⊙ D, the gate-weighted K and
+/// the chunk state C̃_k to the input dtype before each `mma` (accumulating in f32), so errors
+/// are a few units of that dtype's rounding (2^-9 for bf16, 2^-12 for f16), relative to the
+/// outputs' norm. f32 (the recurrence, no 16-bit rounding)
 /// is limited by the normalizer readout instead: a row's h carries its cancellation κ_n times
 /// f32 rounding (κ_n ≤ [`max_readout_cancellation`] in the tests), and the rows with the
 /// smallest denominators weigh most in the norm. With κ_n up to 1000 that was up to 1.7e-5
@@ -119,9 +119,9 @@ pub fn fwd_tolerance(dtype: Dtype) -> f64 {
 /// kernels; the reference comparisons of `gpu_forward` and `gpu_backward` use the bounds from
 /// each case's conditioning in `bounds.rs` instead). The kernels round the score matrices P
 /// and dP, the state gradients dC̃_k and the gate-weighted operands to the input dtype before
-/// each `mma`,
-/// and δ_i = ds_i (Exact mode) comes from the 16-bit h and the forward's s_i: in rows where
-/// |s_i| is small it dominates dq_i and dk_i and carries twice the relative error of s_i.
+/// each `mma`, and δ_i = ds_i (Exact mode) comes from the 16-bit h and the forward's s_i: in
+/// rows where |s_i| is small it dominates dq_i and dk_i and carries twice the relative error
+/// of s_i.
 /// Measured over the GPU test cases and seeds: typically 2–5e-3 (bf16) and 3e-4 (f16); with
 /// the readout's cancellation limited (`limit_readout_cancellation`) and dh_t·h_t's to 10, at
 /// most 8.5e-3 and 1.3e-3 over three runs of every case (before: 3e-2 and 1.4e-2, one
