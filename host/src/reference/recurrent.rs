@@ -103,13 +103,7 @@ pub fn kink_margins(inp: &RefInputs, p: &RefParams) -> KinkMargins {
                     1.0
                 };
                 out.den[row] = (s.abs() - floor).abs() / floor;
-                let terms: f64 = state
-                    .n
-                    .iter()
-                    .zip(&qhat)
-                    .map(|(n, q)| (n * q).powi(2))
-                    .sum();
-                out.readout_terms[row] = terms.sqrt() / floor;
+                out.readout_terms[row] = state.readout_terms(&qhat) / floor;
             }
         }
     }
@@ -176,13 +170,7 @@ pub fn readout_terms(inp: &RefInputs, p: &RefParams) -> ReadoutTerms {
                 out.den[row] = denominator(p, s, state.m);
             }
             out.n_norm[row] = norm(&state.n);
-            out.nq_norm[row] = state
-                .n
-                .iter()
-                .zip(&qhat)
-                .map(|(n, q)| (n * q) * (n * q))
-                .sum::<f64>()
-                .sqrt();
+            out.nq_norm[row] = state.readout_terms(&qhat);
             out.q_norm[row] = norm(&qhat);
             out.c_norm[row] = norm(&state.c);
             out.num_norm[row] = norm(&num);

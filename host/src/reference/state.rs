@@ -42,6 +42,16 @@ impl State {
         }
     }
 
+    /// ‖ñ ∘ x‖₂, the size of the terms of the readout ñᵀx (what its rounding is relative to).
+    pub fn readout_terms(&self, x: &[f64]) -> f64 {
+        self.n
+            .iter()
+            .zip(x)
+            .map(|(n, q)| (n * q) * (n * q))
+            .sum::<f64>()
+            .sqrt()
+    }
+
     /// Writes num = C̃ᵀx (DHV) for x (DQK) and returns ñᵀx.
     pub fn query(&self, x: &[f64], num: &mut [f64]) -> f64 {
         num.fill(0.0);
