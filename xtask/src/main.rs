@@ -246,6 +246,9 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 # The binaries of a bundle made with --gzip are unpacked into a temporary folder.
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+# Each test binary's and sanitizer run's log, written as it runs: TFLA_LOGS=DIR keeps them
+# (for a run that may be cut off by a time limit).
+logs=${TFLA_LOGS:-$work}; mkdir -p "$logs"
 bindir() {
   if ls "$1"/bin/*.gz > /dev/null 2>&1; then
     local d; d=$(mktemp -d -p "$work")
@@ -300,9 +303,26 @@ tests|bench|all)
       tb=$(python3 -c "import os, triton; print(os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin'))" 2> /dev/null)
       [ -n "$tb" ] && [ -x "$tb/ptxas" ] && export PATH=$PATH:$tb
     fi
+    # The binaries run side by side (their time is mostly the float64 reference on the CPU),
+    # each into its own log, printed whole in order; gpu_concurrency runs alone after them,
+    # because it measures the device's free memory and exhausts it on purpose.
+    run_test() {
+      local start=$SECONDS
+      echo "=== $1"
+      "$bin/$1" --include-ignored --test-threads=1 2>&1
+      echo "=== rc $? after $((SECONDS - start)) s"
+    }
+    tests=()
     for t in "$bin"/test-*; do
-      echo "=== $(basename "$t")"
-      if "$t" --include-ignored --test-threads=1 2>&1; then pass=$((pass+1)); else fail=$((fail+1)); fi
+      name=$(basename "$t"); tests+=("$name")
+      [ "$name" = test-gpu_concurrency ] && continue
+      run_test "$name" > "$logs/$name.log" 2>&1 &
+    done
+    wait
+    run_test test-gpu_concurrency > "$logs/test-gpu_concurrency.log" 2>&1
+    for name in "${tests[@]}"; do
+      cat "$logs/$name.log"
+      if grep -q '^=== rc 0 ' "$logs/$name.log"; then pass=$((pass+1)); else fail=$((fail+1)); fi
     done
     echo "test binaries: $pass passed, $fail failed"
   fi
@@ -337,13 +357,13 @@ portable)
         echo "=== passed"; else echo "=== FAILED"; fi
     done
   }
-  for kb in $kbs; do portable_suite "$kb" shared > "$work/portable-$kb.log" & done
+  for kb in $kbs; do portable_suite "$kb" shared > "$logs/portable-$kb.log" & done
   wait
-  for kb in $kbs; do portable_suite "$kb" alone >> "$work/portable-$kb.log"; done
+  for kb in $kbs; do portable_suite "$kb" alone >> "$logs/portable-$kb.log"; done
   for kb in $kbs; do
-    cat "$work/portable-$kb.log"
-    pass=$((pass + $(grep -c '^=== passed' "$work/portable-$kb.log")))
-    fail=$((fail + $(grep -c '^=== FAILED' "$work/portable-$kb.log")))
+    cat "$logs/portable-$kb.log"
+    pass=$((pass + $(grep -c '^=== passed' "$logs/portable-$kb.log")))
+    fail=$((fail + $(grep -c '^=== FAILED' "$logs/portable-$kb.log")))
   done
   echo "test binaries: $pass passed, $fail failed"
   if [ -z "${2:-}" ]; then
@@ -361,7 +381,7 @@ sanitize)
   for portable in $modules; do
     [ "$portable" = x ] && portable=""
     for tool in memcheck racecheck initcheck synccheck; do
-      log="$work/sanitize-$tool${portable:+-sm_80}.log"
+      log="$logs/sanitize-$tool${portable:+-sm_80}.log"
       runs+=("$log")
       (
         start=$SECONDS
