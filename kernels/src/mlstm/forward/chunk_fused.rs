@@ -25,7 +25,7 @@ use super::stage;
 use super::state_walk;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{SmemTile, a_pos, acc_pos, acc_to_a, b_pos, leads_quad, split2};
+use crate::tile::{SmemTile, acc_pos, acc_to_a, b_pos, leads_quad, split2};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, fused::*};
 
 const NB: usize = (TILE_HV / 8) as usize;

@@ -30,8 +30,8 @@ use super::slots::state_head;
 use super::stage;
 use super::state_walk::{self, StateSmem, Walk};
 use crate::arch::convert::Elem;
-use crate::arch::{cp_async, math, shared, thread};
-use crate::tile::{a_pos, acc_pos, split2};
+use crate::arch::{cp_async, shared, thread};
+use crate::tile::acc_pos;
 use tfla_params::fwd::{FwdParams, state::*};
 
 const NB: usize = (TILE_HV / 8) as usize;

@@ -15,8 +15,8 @@ use super::stage;
 use super::state_walk::{self, Walk};
 use crate::arch::convert::Elem;
 use crate::arch::wgmma::{self, Hold, Wgmma};
-use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{SmemTile, a_pos, acc_pos, split2};
+use crate::arch::{cp_async, global, shared, thread};
+use crate::tile::{SmemTile, acc_pos, split2};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, state_wg::*};
 
 /// n-blocks (8 columns) of a warp's accumulator; bytes between the 64-column panels of a V

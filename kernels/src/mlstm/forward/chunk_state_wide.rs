@@ -17,8 +17,8 @@ use super::slots::state_head;
 use super::stage;
 use super::state_walk::{self, StateSmem, Walk};
 use crate::arch::convert::Elem;
-use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{a_pos, acc_pos, split2};
+use crate::arch::{cp_async, global, shared, thread};
+use crate::tile::{acc_pos, split2};
 use tfla_params::fwd::{FwdParams, state_wide::*};
 
 const MT: usize = (WARP_QK / 16) as usize;
