@@ -237,8 +237,9 @@ fn write_run_script(dir: &Path) -> Result<(), String> {
 #   bash run.sh sanitize [sm_90a|sm_80|both] [NAME]  memcheck, racecheck, initcheck and
 #                           synccheck over every kernel entry, with both modules or the one
 #                           named; with NAME only the kernels whose names contain it are
-#                           checked (e.g. bwd_state after a change to those; the others run
-#                           unchecked, and every entry must still be launched)
+#                           checked by memcheck, racecheck and synccheck (e.g. bwd_state after a
+#                           change to those; the others run unchecked, and every entry must
+#                           still be launched); initcheck always checks every kernel
 #   bash run.sh kernels [NH:DQK:DHV] [VARIANT]  per-kernel times (ncu) of one forward+backward
 #   bash run.sh ab DIR...   this bundle's benchmark against those of other bundles (A/B of a
 #                           change on one machine: quick grid, L = 128, alternated twice)
@@ -385,9 +386,13 @@ sanitize)
       runs+=("$log")
       (
         start=$SECONDS
-        echo "=== compute-sanitizer --tool $tool, ${portable:+sm_80 }module${3:+, kernels named *$3*}"
+        # initcheck tracks which bytes were written: a kernel left unchecked writes without
+        # being tracked, so what it wrote would read as uninitialized in the kernels checked.
+        only=${3:-}
+        [ "$tool" = initcheck ] && only=""
+        echo "=== compute-sanitizer --tool $tool, ${portable:+sm_80 }module${only:+, kernels named *$only*}"
         TFLA_PORTABLE=$portable compute-sanitizer --tool "$tool" --error-exitcode 1 \
-          --print-limit 20 ${3:+--kernel-name "kns=$3"} "$bin"/bench-tfla-sanitize > "$log.out" 2>&1
+          --print-limit 20 ${only:+--kernel-name "kns=$only"} "$bin"/bench-tfla-sanitize > "$log.out" 2>&1
         rc=$?
         tail -25 "$log.out"
         echo "=== rc $rc after $((SECONDS - start)) s"
