@@ -2,6 +2,7 @@
 //! pass, plus the problem dimensions and the chunk-size heuristic.
 use crate::error::{Error, Result};
 use crate::variant::Variant;
+use tfla_params::fwd::fused;
 use tfla_params::{CHUNK_SIZES, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM};
 
 /// Problem dimensions: batch, heads, steps, query/key head dim, value head dim.
@@ -123,8 +124,10 @@ impl MlstmConfig {
 }
 
 /// Chunk size when the caller gives none: 256 for the heads that take the wide state tile
-/// (DQK ≥ 128 and DHV ≥ 256, `tfla_params::fwd::wide_state`), 128 for the others, or the
-/// smallest supported chunk that covers a shorter sequence.
+/// (DQK ≥ 128 and DHV ≥ 256, `tfla_params::fwd::wide_state`); for the heads whose L = 128
+/// forward is the one-kernel walk (`tfla_params::fwd::fused`), 128, or 256 where the batch
+/// has at most [`FEW_HEADS`] heads; 128 for the others; or the smallest supported chunk that
+/// covers a shorter sequence.
 ///
 /// L trades intra-chunk work (S·L·(DQK+DHV) FLOPs per head, growing with L) against
 /// chunk-state traffic (NC = S/L states of DQK·DHV, shrinking with L): the larger the state,
@@ -133,8 +136,19 @@ impl MlstmConfig {
 /// 256/512 fastest at 256 in forward+backward everywhere and in the forward at 22 of 24
 /// points (the other two at 128 within 4%); 128/128 fastest at 128 everywhere. Larger chunks
 /// also halve the materialized states each doubling.
+///
+/// The one-kernel forward walks a head's chunks in order, one block per 64 value columns, so
+/// with few heads its grid leaves most of the card idle; at L = 256 the forward is split and
+/// its output kernel runs every chunk at once. At B·NH = 16 (128/128, S = 16k … 256k, one
+/// H100, BENCHMARKS.md "Long context") L = 256 was 1.5–1.8× faster forward and 1.05–1.17×
+/// forward+backward than 128; at B·NH = 64 and more (the paper grid) 128 is the faster.
+/// Between 16 and 64 heads it is not measured, and 128 stays.
 pub fn select_chunk_size(dims: &Dims) -> u32 {
-    let best = if tfla_params::fwd::wide_state(dims.dqk as u32, dims.dhv as u32) {
+    let (dqk, dhv) = (dims.dqk as u32, dims.dhv as u32);
+    let few_heads = dims.b.saturating_mul(dims.nh) <= FEW_HEADS;
+    let best = if tfla_params::fwd::wide_state(dqk, dhv)
+        || (few_heads && fused::applies(fused::CHUNK, dqk, dhv))
+    {
         256
     } else {
         128
@@ -145,6 +159,10 @@ pub fn select_chunk_size(dims: &Dims) -> u32 {
         .find(|&l| l as usize >= dims.s)
         .map_or(best, |cover| cover.min(best))
 }
+
+/// The most heads (B·NH) for which the one-kernel forward's heads take L = 256
+/// ([`select_chunk_size`]).
+pub const FEW_HEADS: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -162,7 +180,21 @@ mod tests {
 
     #[test]
     fn heuristic_chunk_sizes() {
-        assert_eq!(select_chunk_size(&dims(8192, 128, 128)), 128);
+        let heads = |bh: usize, s: usize, dqk: usize, dhv: usize| Dims {
+            b: 1,
+            nh: bh,
+            ..dims(s, dqk, dhv)
+        };
+        // The one-kernel forward's heads: 256 with few heads in the batch, 128 with many.
+        assert_eq!(select_chunk_size(&heads(128, 8192, 128, 128)), 128);
+        assert_eq!(
+            select_chunk_size(&heads(FEW_HEADS + 1, 8192, 128, 128)),
+            128
+        );
+        assert_eq!(select_chunk_size(&heads(FEW_HEADS, 8192, 128, 128)), 256);
+        assert_eq!(select_chunk_size(&heads(1, 8192, 64, 128)), 256);
+        assert_eq!(select_chunk_size(&heads(1, 100, 128, 128)), 128);
+        assert_eq!(select_chunk_size(&heads(128, 8192, 512, 512)), 256);
         assert_eq!(select_chunk_size(&dims(8192, 512, 512)), 256);
         assert_eq!(select_chunk_size(&dims(8192, 256, 512)), 256);
         assert_eq!(select_chunk_size(&dims(8192, 128, 512)), 256);
