@@ -47,6 +47,9 @@ def test_workspace_layout_depends_on_the_path_and_the_card():
 
 def test_chunk_size_is_chosen_or_validated():
     assert _tfla.chunk_size(1, 1, 8192, 128, 128, 0) in tfla.CHUNK_SIZES
+    # Small heads: 256 with at most 16 heads in the batch (B·NH), 128 with more (the Rust rule).
+    assert _tfla.chunk_size(1, 16, 8192, 128, 128, 0) == 256
+    assert _tfla.chunk_size(8, 16, 8192, 128, 128, 0) == 128
     assert _tfla.chunk_size(1, 1, 8192, 128, 128, 256) == 256
     with pytest.raises(ValueError, match="`chunk_size` = 100 is not supported"):
         _tfla.chunk_size(1, 1, 8192, 128, 128, 100)

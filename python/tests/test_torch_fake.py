@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 
 import tfla.torch as tt  # noqa: E402
+from tfla import _tfla  # noqa: E402
 
 CUDA = torch.device("cuda", 0)
 
@@ -29,13 +30,14 @@ def test_forward_fake_gives_the_kernels_shapes(dtype, chunk):
     with FakeTensorMode():
         q, k, v, i, f = fake_inputs(b, nh, s, dqk, dhv, dtype)
         out = torch.ops.tfla.mlstm_fwd(q, k, v, i, f, None, None, None, "exp", True, 1e-6, chunk, True, "exact")
-        nc = -(-s // (chunk or 128))
+        run = chunk or _tfla.chunk_size(b, nh, s, dqk, dhv, 0)  # 0: the chunk tfla chooses
+        nc = -(-s // run)
         h, c, n, m, cs, ns, ms, gb, gu, gcm, gg, m_rows, norm_rows = out
         assert (h.shape, h.dtype, h.device) == ((b, nh, s, dhv), dtype, CUDA)
         assert (c.shape, n.shape, m.shape) == ((b, nh, dqk, dhv), (b, nh, dqk), (b, nh))
         assert c.dtype == n.dtype == m.dtype == torch.float32
         assert (cs.shape, cs.dtype) == ((b, nh, nc, dqk, dhv), dtype)
-        assert gb.shape == (b, nh, nc * (chunk or 128)) and norm_rows.shape == (b, nh, s)
+        assert gb.shape == (b, nh, nc * run) and norm_rows.shape == (b, nh, s)
         grads = torch.ops.tfla.mlstm_bwd(
             q, k, v, i, f, None, None, None, h, c, n, cs, ns, ms, gb, gu, gcm, gg, norm_rows,
             torch.empty_like(h), None, None, None, "exp", True, 1e-6, chunk, "exact",
