@@ -293,6 +293,33 @@ import einops'
     return 1
   fi
 }
+# Runs the test binaries `$bin/$1` (a glob) with the environment $2 (VAR=VALUE words, or
+# empty) side by side, each into its own log: their time is mostly the float64 reference on
+# the CPU. gpu_concurrency runs alone after them, because it measures the device's free memory
+# and exhausts it on purpose. Prints each log whole, in order, and counts passes and failures.
+run_suite() {
+  local glob=$1 env=$2 label=$3 names=() name
+  local tag=${label//[^0-9A-Za-z_]/_}
+  log_of() { echo "$logs/$1${tag:+-$tag}.log"; }
+  run_one() {
+    local start=$SECONDS
+    echo "=== $1${label:+ ($label)}"
+    env $env "$bin/$1" --include-ignored --test-threads=1 2>&1
+    echo "=== rc $? after $((SECONDS - start)) s"
+  }
+  for t in "$bin"/$glob; do
+    name=$(basename "$t"); names+=("$name")
+    [ "$name" = test-gpu_concurrency ] || run_one "$name" > "$(log_of "$name")" 2>&1 &
+  done
+  wait
+  if [[ " ${names[*]} " == *" test-gpu_concurrency "* ]]; then
+    run_one test-gpu_concurrency > "$(log_of test-gpu_concurrency)" 2>&1
+  fi
+  for name in "${names[@]}"; do
+    cat "$(log_of "$name")"
+    if grep -q '^=== rc 0 ' "$(log_of "$name")"; then pass=$((pass+1)); else fail=$((fail+1)); fi
+  done
+}
 case "$what" in
 tests|bench|all)
   grid=${2:-quick}
@@ -304,27 +331,7 @@ tests|bench|all)
       tb=$(python3 -c "import os, triton; print(os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin'))" 2> /dev/null)
       [ -n "$tb" ] && [ -x "$tb/ptxas" ] && export PATH=$PATH:$tb
     fi
-    # The binaries run side by side (their time is mostly the float64 reference on the CPU),
-    # each into its own log, printed whole in order; gpu_concurrency runs alone after them,
-    # because it measures the device's free memory and exhausts it on purpose.
-    run_test() {
-      local start=$SECONDS
-      echo "=== $1"
-      "$bin/$1" --include-ignored --test-threads=1 2>&1
-      echo "=== rc $? after $((SECONDS - start)) s"
-    }
-    tests=()
-    for t in "$bin"/test-*; do
-      name=$(basename "$t"); tests+=("$name")
-      [ "$name" = test-gpu_concurrency ] && continue
-      run_test "$name" > "$logs/$name.log" 2>&1 &
-    done
-    wait
-    run_test test-gpu_concurrency > "$logs/test-gpu_concurrency.log" 2>&1
-    for name in "${tests[@]}"; do
-      cat "$logs/$name.log"
-      if grep -q '^=== rc 0 ' "$logs/$name.log"; then pass=$((pass+1)); else fail=$((fail+1)); fi
-    done
+    run_suite "test-*" "" ""
     echo "test binaries: $pass passed, $fail failed"
   fi
   if [ "$what" != tests ]; then
@@ -346,25 +353,9 @@ portable)
   # The sm_80 module on this card: the GPU tests under each smaller card's shared memory
   # (TFLA_SMEM_LIMIT_KB plans for it; 227: B200, 163: A100, 99: A10/L4/RTX), then the quick
   # grid's forward and forward+backward table with the Hopper module and with the sm_80 one.
-  # The limit sets run side by side (one process each); gpu_concurrency runs alone after
-  # them, because it measures the device's free memory and exhausts it on purpose.
   kbs=${2:-227 163 99}
-  portable_suite() {
-    for t in "$bin"/test-gpu_*; do
-      [ "$(basename "$t")" = test-gpu_concurrency ] && [ "$2" = shared ] && continue
-      [ "$(basename "$t")" != test-gpu_concurrency ] && [ "$2" = alone ] && continue
-      echo "=== $(basename "$t") with the sm_80 module, $1 KB per block"
-      if TFLA_PORTABLE=1 TFLA_SMEM_LIMIT_KB=$1 "$t" --include-ignored --test-threads=1 2>&1; then
-        echo "=== passed"; else echo "=== FAILED"; fi
-    done
-  }
-  for kb in $kbs; do portable_suite "$kb" shared > "$logs/portable-$kb.log" & done
-  wait
-  for kb in $kbs; do portable_suite "$kb" alone >> "$logs/portable-$kb.log"; done
   for kb in $kbs; do
-    cat "$logs/portable-$kb.log"
-    pass=$((pass + $(grep -c '^=== passed' "$logs/portable-$kb.log")))
-    fail=$((fail + $(grep -c '^=== FAILED' "$logs/portable-$kb.log")))
+    run_suite "test-gpu_*" "TFLA_PORTABLE=1 TFLA_SMEM_LIMIT_KB=$kb" "sm_80 module, $kb KB per block"
   done
   echo "test binaries: $pass passed, $fail failed"
   if [ -z "${2:-}" ]; then
