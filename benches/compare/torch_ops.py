@@ -153,8 +153,58 @@ def main() -> None:
         print(f"step B*NH={bh} DQK={dqk} DHV={dhv} bf16 state: eager {eager * 1e3:7.2f} us/call, "
               f"graph replay {replay * 1e3:7.2f} us/call, overhead {(eager - replay) * 1e3:6.2f} us")
         out["step"].append(dict(BH=bh, DQK=dqk, DHV=dhv, eager_us=eager * 1e3, graph_us=replay * 1e3))
+    out["host_us"] = host_costs()
     if args.json:
         json.dump(out, open(args.json, "w"), indent=1)
+
+
+def host_costs(calls: int = 2000) -> dict:
+    """Host time per call of each layer of the forward at a shape whose kernels take a few
+    microseconds (B = NH = 1, S = 64, D = 64), so the host, not the device, sets the pace:
+    wall time over `calls` calls, then one synchronize. From the extension's launch alone
+    (`_tfla.forward` on buffers allocated once) up to the public function, eager and through
+    the custom op (`torch.ops.tfla.mlstm_fwd`, the path torch.compile sees), and a
+    forward+backward."""
+    import time
+
+    from tfla import _tfla
+    from tfla.torch import _ops
+
+    q, k, v = (torch.randn(1, 1, 64, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    i, f = torch.randn(1, 1, 64, device="cuda"), torch.randn(1, 1, 64, device="cuda") + 3
+    args = (q, k, v, i, f, None, None, None, "exp", True, 1e-6, 0, False, "exact")
+    outs = _ops.forward(*args)
+    pointers = {"q": q, "k": k, "v": v, "i": i, "f": f, **dict(zip(_ops.FWD_OUTPUTS, outs))}
+    pointers = {n: t.data_ptr() if t.numel() else 0 for n, t in pointers.items()}
+    stream = torch.cuda.current_stream().cuda_stream
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
+    dh = torch.randn_like(v)
+
+    def fwd_bwd():
+        for t in leaves:
+            t.grad = None
+        tt.mlstm_chunkwise(*leaves).backward(dh)
+
+    layers = {
+        "launch (_tfla.forward)": lambda: _tfla.forward(0, stream, pointers, 1, 1, 64, 64, 64, "bf16", "exp", True, 1e-6, 0, False),
+        "op body (_ops.forward)": lambda: _ops.forward(*args),
+        "custom op (torch.ops)": lambda: torch.ops.tfla.mlstm_fwd(*args),
+        "mlstm_chunkwise": lambda: tt.mlstm_chunkwise(q, k, v, i, f),
+        "mlstm_chunkwise fwd+bwd": fwd_bwd,
+    }
+    result = {}
+    print(f"host time per call (B=NH=1, S=64, D=64, {calls} calls, no wait between them):")
+    for name, fn in layers.items():
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        result[name] = (time.perf_counter() - t0) / calls * 1e6
+        print(f"  {name:26} {result[name]:7.1f} us")
+    return result
 
 
 if __name__ == "__main__":

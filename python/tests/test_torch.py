@@ -197,6 +197,42 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(leaves[n].grad, a)
 
 
+class _SeenOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Passes every op through and records its name: a dispatch mode makes
+    ``mlstm_chunkwise`` take the custom ops instead of the eager path."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("variant, normalize", VARIANTS)
+def test_eager_path_equals_the_custom_ops(variant, normalize):
+    x = inputs(2, 2, 200, 64, 32, torch.bfloat16, states=True)
+
+    def run(mode):
+        leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+        with mode:
+            h, (c, n, m) = tt.mlstm_chunkwise(
+                **leaves, variant=variant, normalize=normalize, return_last_states=True
+            )
+            (h.float().square().sum() + c.sum() + n.sum()).backward()
+        return [h, c, n, m] + [leaves[name].grad for name in sorted(leaves)]
+
+    import contextlib
+
+    eager = run(contextlib.nullcontext())
+    mode = _SeenOps()
+    traced = run(mode)
+    assert {"tfla.mlstm_fwd.default", "tfla.mlstm_bwd.default"} <= mode.seen
+    for a, b in zip(eager, traced):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_cuda_graph_replay_matches_eager():
     x = inputs(2, 2, 256, 64, 64, torch.bfloat16)
     static = {n: t.clone() for n, t in x.items()}

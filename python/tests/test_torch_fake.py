@@ -65,6 +65,24 @@ def test_public_function_under_fake_tensors_returns_mlstm_kernels_shapes():
         assert h1.shape == (2, 4, 64) and c1.shape == state.shape and m1.shape == (2, 4, 1)
 
 
+def test_only_plain_untraced_calls_take_the_eager_path():
+    from tfla.torch import _ops
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class PassThrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    plain = torch.empty(2)
+    assert _ops.eager(plain)
+    with FakeTensorMode():
+        assert not _ops.eager(torch.empty(2))
+    with PassThrough():
+        assert not _ops.eager(plain)
+    assert not torch.compile(lambda t: _ops.eager(t), fullgraph=True, backend="eager")(plain)
+    assert torch.func.grad(lambda t: (t * float(_ops.eager(t))).sum())(plain).sum() == 0
+
+
 def test_export_traces_one_graph_around_the_custom_op():
     class Cell(torch.nn.Module):
         def forward(self, q, k, v, i, f):

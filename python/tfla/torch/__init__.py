@@ -191,7 +191,8 @@ def mlstm_chunkwise(
     chunk = chunk_size or 0  # 0: tfla chooses (inside the ops, so compile traces no call out)
     inputs = (q, k, v, i, f, c0, n0, m0)
     row_stats = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    out = torch.ops.tfla.mlstm_fwd(
+    fwd = _ops.Chunkwise.apply if _ops.eager(q) else torch.ops.tfla.mlstm_fwd
+    out = fwd(
         q.contiguous(), k.contiguous(), v.contiguous(), i, f, c0, n0, m0,
         variant, normalize, float(eps), chunk, row_stats, grad_mode,
     )  # fmt: skip
@@ -293,7 +294,8 @@ def mlstm_step(
     if n.dtype != torch.float32 or m_flat.dtype != torch.float32:
         raise ValueError(f"`n` and `m` must be float32, got {n.dtype} and {m_flat.dtype}")
     tiles_done = _arrival_counters(heads * nh, q)
-    h = torch.ops.tfla.mlstm_step_(
+    step = _ops.step_ if _ops.eager(q) else torch.ops.tfla.mlstm_step_
+    h = step(
         q.contiguous(), k.contiguous(), v.contiguous(), i, f, c, n, m_flat, tiles_done, slots,
         variant, normalize, float(eps),
     )  # fmt: skip

@@ -61,18 +61,25 @@ def _empty(like: Tensor) -> Tensor:
 
 
 def _dims(q: Tensor, v: Tensor) -> tuple[int, int, int, int, int]:
-    b, nh, s, dqk = q.shape
-    return b, nh, s, dqk, v.shape[-1]
+    # int(): under torch.compile's dynamic shapes these are SymInts, which the layouts (Rust,
+    # and cached by value) cannot take; the layouts need the concrete sizes anyway.
+    b, nh, s, dqk = (int(x) for x in q.shape)
+    return b, nh, s, dqk, int(v.shape[-1])
+
+
+# The layouts depend on the arguments alone; cached, a call pays a dict lookup for them
+# instead of a call into the extension that builds the lists again.
+_output_layout = functools.lru_cache(maxsize=256)(_tfla.output_layout)
+_workspace_layout = functools.lru_cache(maxsize=256)(_tfla.workspace_layout)
 
 
 def _outputs(q: Tensor, v: Tensor, chunk_size: int, row_stats: bool) -> tuple[Tensor, ...]:
-    layout = _tfla.output_layout(*_dims(q, v), dtype_name("q", q), chunk_size, row_stats)
+    layout = _output_layout(*_dims(q, v), dtype_name("q", q), chunk_size, row_stats)
     out = {name: q.new_empty(shape, dtype=DTYPES[dt]) for name, dt, shape in layout}
     return tuple(out[name] if name in out else _empty(q) for name in FWD_OUTPUTS)
 
 
-@torch.library.custom_op("tfla::mlstm_fwd", mutates_args=(), device_types="cuda")
-def mlstm_fwd(
+def forward(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -103,6 +110,9 @@ def mlstm_fwd(
     return out
 
 
+mlstm_fwd = torch.library.custom_op("tfla::mlstm_fwd", forward, mutates_args=(), device_types="cuda")
+
+
 @mlstm_fwd.register_fake
 def _(q, k, v, i, f, c0, n0, m0, variant, normalize, eps, chunk_size, row_stats, grad_mode):
     return _outputs(q, v, chunk_size, row_stats)
@@ -121,8 +131,7 @@ def _grads(q, k, v, c0, n0, m0) -> tuple[Tensor, ...]:
     )  # fmt: skip
 
 
-@torch.library.custom_op("tfla::mlstm_bwd", mutates_args=(), device_types="cuda")
-def mlstm_bwd(
+def backward(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -159,7 +168,7 @@ def mlstm_bwd(
     dtype = dtype_name("q", q)
     workspace = {
         name: q.new_empty(shape, dtype=DTYPES[dt])
-        for name, dt, shape in _tfla.workspace_layout(device_plan(q.device.index), *dims, dtype, chunk_size)
+        for name, dt, shape in _workspace_layout(device_plan(q.device.index), *dims, dtype, chunk_size)
     }
     pointers = {
         "q": q, "k": k, "v": v, "i": i, "f": f, "c0": c0, "n0": n0, "m0": m0, "h": h,
@@ -173,6 +182,9 @@ def mlstm_bwd(
         *dims, dtype, variant, normalize, eps, chunk_size, grad_mode,
     )  # fmt: skip
     return grads
+
+
+mlstm_bwd = torch.library.custom_op("tfla::mlstm_bwd", backward, mutates_args=(), device_types="cuda")
 
 
 @mlstm_bwd.register_fake
@@ -193,7 +205,9 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(cs, ns, ms, gb, gu, gcm, gg, m_rows, norm_rows)
 
 
-def _backward(ctx, dh, dc, dn, dm, *_unused):
+def _backward_with(bwd, ctx, dh, dc, dn, dm):
+    """The gradients of the forward's inputs, through ``bwd``: the op (traced) or ``backward``
+    (eager)."""
     if not ctx.row_stats:
         raise RuntimeError(
             "tfla: this forward ran without row statistics (no input required grad when it "
@@ -202,7 +216,7 @@ def _backward(ctx, dh, dc, dn, dm, *_unused):
     q, k, v, i, f, c0, n0, m0, h, c, n, cs, ns, ms, gb, gu, gcm, gg, norm_rows = ctx.saved_tensors
     dh = torch.zeros_like(h) if dh is None else dh.contiguous()
     dc, dn, dm = (None if t is None else t.contiguous() for t in (dc, dn, dm))
-    dq, dk, dv, di, df, dc0, dn0, dm0 = mlstm_bwd(
+    dq, dk, dv, di, df, dc0, dn0, dm0 = bwd(
         q, k, v, i, f, c0, n0, m0, h, c, n, cs, ns, ms, gb, gu, gcm, gg, norm_rows,
         dh, dc, dn, dm, *ctx.config,
     )  # fmt: skip
@@ -214,13 +228,51 @@ def _backward(ctx, dh, dc, dn, dm, *_unused):
     )  # fmt: skip
 
 
+def _backward(ctx, dh, dc, dn, dm, *_unused):
+    return _backward_with(mlstm_bwd, ctx, dh, dc, dn, dm)
+
+
 mlstm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op(
-    "tfla::mlstm_step_", mutates_args=("c", "n", "m", "tiles_done"), device_types="cuda"
-)
-def mlstm_step_(
+class Chunkwise(torch.autograd.Function):
+    """The same forward and backward as ``mlstm_fwd`` with its autograd, without the
+    dispatcher: an eager call through ``torch.ops`` costs 15–50 µs of host time more (the
+    custom op's dispatch and its autograd wrapper, measured on the CPU), which at the small
+    heads is several percent of the call. ``mlstm_chunkwise`` takes this path where nothing
+    traces the call (see ``eager``); torch.compile, fake tensors, functorch transforms and
+    dispatch modes see the op."""
+
+    @staticmethod
+    def forward(*inputs):
+        return forward(*inputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, dh, dc, dn, dm, *_unused):
+        return _backward_with(backward, ctx, dh, dc, dn, dm)
+
+
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 1)
+
+
+def eager(q: Tensor) -> bool:
+    """Whether a call on ``q`` may skip the dispatcher: a plain tensor, no compile, no
+    functorch transform, no dispatch mode (where the torch version lacks one of these
+    checks, never)."""
+    return (
+        type(q) is Tensor
+        and not torch.compiler.is_compiling()
+        and not _functorch_active()
+        and _dispatch_modes() == 0
+    )
+
+
+def step_(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -249,6 +301,11 @@ def mlstm_step_(
         b, nh, dqk, dhv, dtype_name("q", q), dtype_name("c", c), variant, normalize, eps,
     )  # fmt: skip
     return h
+
+
+mlstm_step_ = torch.library.custom_op(
+    "tfla::mlstm_step_", step_, mutates_args=("c", "n", "m", "tiles_done"), device_types="cuda"
+)
 
 
 @mlstm_step_.register_fake
