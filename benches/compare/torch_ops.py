@@ -27,15 +27,25 @@ import tfla.torch as tt
 HEADS = [(8, 512, 512), (8, 256, 512), (16, 128, 128)]
 
 
+HOST_US: list = []  # the host time of each call `time_ms` timed (perf_counter, µs)
+
+
 def time_ms(fn, reps: int, warmup: int = 3) -> float:
+    """Median device time of one call waited for (CUDA events around it), as tfla-bench
+    times; the host time of each call (until it returns, kernels queued) goes to HOST_US."""
+    import time
+
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
+    HOST_US.clear()
     for _ in range(reps):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
+        t0 = time.perf_counter()
         fn()
+        HOST_US.append((time.perf_counter() - t0) * 1e6)
         stop.record()
         stop.synchronize()
         times.append(start.elapsed_time(stop))
@@ -84,8 +94,11 @@ def main() -> None:
     b, s = 8, 8192
     out = {"device": torch.cuda.get_device_name(), "chunkwise": [], "step": []}
     print(f"{'variant':10} {'NH/DQK/DHV':12} {'L':>5} {'fwd ms':>8} {'rust':>8} {'ratio':>6} "
-          f"{'fwd+bwd':>8} {'rust':>8} {'ratio':>6} {'fwd q':>8} {'ratio':>6} {'f+b q':>8} {'ratio':>6}")
-    print("(q: calls queued back to back, time_queued_ms; the others wait for each call)")
+          f"{'fwd+bwd':>8} {'rust':>8} {'ratio':>6} {'fwd q':>8} {'ratio':>6} {'f+b q':>8} {'ratio':>6} "
+          f"{'fwd us':>7} {'f+b us':>7} {'raw fwd':>8} {'ratio':>6}")
+    print("(q: calls queued back to back, time_queued_ms; the others wait for each call; us: the "
+          "host time of a waited call until it returns, median; raw fwd: _tfla.forward on buffers "
+          "allocated once, in this process, and the waited forward's ratio to it)")
     g = torch.Generator(device="cuda").manual_seed(0)
     for nh, dqk, dhv in HEADS:
         for variant, normalize, name in (("exp", True, "exp"), ("sig", True, "sig"), ("sig", False, "sig_nonorm")):
@@ -99,6 +112,18 @@ def main() -> None:
             kw = dict(variant=variant, normalize=normalize)
             with torch.no_grad():
                 fwd = time_ms(lambda: tt.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk, **kw), args.reps)
+            fwd_host = statistics.median(HOST_US)
+            # The extension's launch alone on buffers allocated once: tfla-bench's work in this
+            # process (same buffers, same clocks), the floor of the Python layer.
+            from tfla import _tfla
+            from tfla.torch import _ops
+
+            outs = _ops.forward(q, k, v, i, f, None, None, None, variant, normalize, 1e-6, chunk or 0, False, "exact")
+            ptrs = _ops._addresses(outs[-1], _ops._forward_plan(_ops._dims(q, v), "bf16", chunk or 0, False)[2])
+            ptrs.update({n: t.data_ptr() for n, t in zip(("q", "k", "v", "i", "f", *_ops.PUBLIC), (q, k, v, i, f, *outs))})
+            stream = torch.cuda.current_stream().cuda_stream
+            fwd_raw = time_ms(lambda: _tfla.forward(0, stream, ptrs, b, nh, s, dqk, dhv, "bf16", variant, normalize, 1e-6, chunk or 0, False), args.reps)
+            del outs
             leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
             dh = torch.randn_like(v)
             chunk_b = bwd_rust[1] if bwd_rust else None
@@ -113,6 +138,7 @@ def main() -> None:
                 h.backward(dh)
 
             both = time_ms(fwd_bwd, args.reps)
+            both_host = statistics.median(HOST_US)
             with torch.no_grad():
                 fwd_q = time_queued_ms(lambda: tt.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk, **kw), args.reps)
             both_q = time_queued_ms(fwd_bwd, args.reps)
@@ -120,10 +146,12 @@ def main() -> None:
             rust = lambda r: f"{r[0]:8.3f}" if r else "       -"  # noqa: E731
             print(f"{name:10} {f'{nh}/{dqk}/{dhv}':12} {chunk or '-':>5} {fwd:8.3f} {rust(fwd_rust)} "
                   f"{ratio(fwd, fwd_rust)} {both:8.3f} {rust(bwd_rust)} {ratio(both, bwd_rust)} "
-                  f"{fwd_q:8.3f} {ratio(fwd_q, fwd_rust)} {both_q:8.3f} {ratio(both_q, bwd_rust)}")
+                  f"{fwd_q:8.3f} {ratio(fwd_q, fwd_rust)} {both_q:8.3f} {ratio(both_q, bwd_rust)} "
+                  f"{fwd_host:7.0f} {both_host:7.0f} {fwd_raw:8.3f} {fwd / fwd_raw:6.3f}")
             out["chunkwise"].append(dict(variant=name, NH=nh, DQK=dqk, DHV=dhv, B=b, S=s, chunk=chunk,
                                          fwd_ms=fwd, fwdbwd_ms=both, fwd_queued_ms=fwd_q,
-                                         fwdbwd_queued_ms=both_q, rust_fwd_ms=fwd_rust and fwd_rust[0],
+                                         fwdbwd_queued_ms=both_q, fwd_host_us=fwd_host,
+                                         fwdbwd_host_us=both_host, raw_fwd_ms=fwd_raw, rust_fwd_ms=fwd_rust and fwd_rust[0],
                                          rust_fwdbwd_ms=bwd_rust and bwd_rust[0]))
             del q, k, v, leaves, dh
     # Generation: per-call cost of the op in an eager loop vs the same calls from a CUDA graph.
@@ -174,8 +202,8 @@ def host_costs(calls: int = 2000) -> dict:
     i, f = torch.randn(1, 1, 64, device="cuda"), torch.randn(1, 1, 64, device="cuda") + 3
     args = (q, k, v, i, f, None, None, None, "exp", True, 1e-6, 0, False, "exact")
     outs = _ops.forward(*args)
-    pointers = {"q": q, "k": k, "v": v, "i": i, "f": f, **dict(zip(_ops.FWD_OUTPUTS, outs))}
-    pointers = {n: t.data_ptr() if t.numel() else 0 for n, t in pointers.items()}
+    pointers = _ops._addresses(outs[-1], _ops._forward_plan(_ops._dims(q, v), "bf16", 0, False)[2])
+    pointers.update({n: t.data_ptr() for n, t in zip(("q", "k", "v", "i", "f", *_ops.PUBLIC), (q, k, v, i, f, *outs))})
     stream = torch.cuda.current_stream().cuda_stream
     leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
     dh = torch.randn_like(v)
@@ -185,7 +213,22 @@ def host_costs(calls: int = 2000) -> dict:
             t.grad = None
         tt.mlstm_chunkwise(*leaves).backward(dh)
 
+    class Nothing(torch.autograd.Function):
+        @staticmethod
+        def forward(x):
+            return x
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
     layers = {
+        "one torch.empty (1 MB)": lambda: torch.empty(1 << 20, device="cuda", dtype=torch.uint8),
+        "autograd.Function.apply": lambda: Nothing.apply(q),
         "launch (_tfla.forward)": lambda: _tfla.forward(0, stream, pointers, 1, 1, 64, 64, 64, "bf16", "exp", True, 1e-6, 0, False),
         "op body (_ops.forward)": lambda: _ops.forward(*args),
         "custom op (torch.ops)": lambda: torch.ops.tfla.mlstm_fwd(*args),

@@ -4,6 +4,8 @@ one graph around the custom op, and bad arguments raise before anything reaches 
 
 Needs torch (any build); skipped where it is missing. Fake CUDA tensors need no GPU."""
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -11,6 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 
 import tfla.torch as tt  # noqa: E402
 from tfla import _tfla  # noqa: E402
+from tfla.torch import _ops  # noqa: E402
 
 CUDA = torch.device("cuda", 0)
 
@@ -32,14 +35,23 @@ def test_forward_fake_gives_the_kernels_shapes(dtype, chunk):
         out = torch.ops.tfla.mlstm_fwd(q, k, v, i, f, None, None, None, "exp", True, 1e-6, chunk, True, "exact")
         run = chunk or _tfla.chunk_size(b, nh, s, dqk, dhv, 0)  # 0: the chunk tfla chooses
         nc = -(-s // run)
-        h, c, n, m, cs, ns, ms, gb, gu, gcm, gg, m_rows, norm_rows = out
+        h, c, n, m, saved = out
         assert (h.shape, h.dtype, h.device) == ((b, nh, s, dhv), dtype, CUDA)
         assert (c.shape, n.shape, m.shape) == ((b, nh, dqk, dhv), (b, nh, dqk), (b, nh))
         assert c.dtype == n.dtype == m.dtype == torch.float32
-        assert (cs.shape, cs.dtype) == ((b, nh, nc, dqk, dhv), dtype)
-        assert gb.shape == (b, nh, nc * run) and norm_rows.shape == (b, nh, s)
+        # What only the backward reads, packed in one byte buffer: the chunk states (NC per
+        # head), the gate vectors and the row statistics, each at a 256-byte boundary.
+        size = {"bf16": 2, "f16": 2, "f32": 4}
+        parts = {
+            name: size[dt] * math.prod(shape)
+            for name, dt, shape in _tfla.output_layout(b, nh, s, dqk, dhv, _ops.dtype_name("q", q), chunk, True)
+        }
+        assert parts["c_states"] == size[_ops.dtype_name("q", q)] * b * nh * nc * dqk * dhv
+        assert parts["gate_b"] == 4 * b * nh * nc * run and parts["norm_rows"] == 4 * b * nh * s
+        packed = sum(-(-parts[p] // 256) * 256 for p in parts if p not in ("h", "c_final", "n_final", "m_final"))
+        assert (saved.dtype, saved.shape) == (torch.uint8, (packed,))
         grads = torch.ops.tfla.mlstm_bwd(
-            q, k, v, i, f, None, None, None, h, c, n, cs, ns, ms, gb, gu, gcm, gg, norm_rows,
+            q, k, v, i, f, None, None, None, h, c, n, saved,
             torch.empty_like(h), None, None, None, "exp", True, 1e-6, chunk, "exact",
         )  # fmt: skip
         for g, x in zip(grads[:5], (q, k, v, i, f)):
@@ -66,7 +78,6 @@ def test_public_function_under_fake_tensors_returns_mlstm_kernels_shapes():
 
 
 def test_only_plain_untraced_calls_take_the_eager_path():
-    from tfla.torch import _ops
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class PassThrough(TorchDispatchMode):

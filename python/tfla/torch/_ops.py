@@ -1,16 +1,18 @@
 """tfla's kernels as PyTorch custom ops (``torch.ops.tfla.*``).
 
-Every output and workspace buffer is a ``torch.empty`` of PyTorch's allocator, shaped by the
+Every output and workspace buffer is a ``torch.empty`` of PyTorch's allocator, sized by the
 layouts the extension returns (``_tfla.output_layout``, ``_tfla.workspace_layout``: the same
-functions the Rust API allocates by); the kernels run on ``torch.cuda.current_stream()`` in the
-device's primary context, which PyTorch and tfla's runtime share. So memory is accounted by
-PyTorch, CUDA-graph capture sees only PyTorch allocations, and nothing is copied.
+functions the Rust API allocates by); buffers that only tfla reads (what the forward keeps for
+the backward, the backward's scratch) are packed into one byte buffer each. The kernels run on
+PyTorch's current stream in the device's primary context, which PyTorch and tfla's runtime
+share. So memory is accounted by PyTorch, CUDA-graph capture sees only PyTorch allocations, and
+nothing is copied.
 
 The ops take contiguous tensors (the public functions in ``tfla.torch`` make them so), f32
-gates and a chunk size (0: tfla chooses, from the shapes alone, so forward and backward agree); their fake implementations give the same shapes from the same layouts, so
+gates and a chunk size (0: tfla chooses, from the shapes alone, so forward and backward
+agree); their fake implementations give the same shapes from the same layouts, so
 ``torch.compile`` traces them without running them.
 """
-
 
 import functools
 from typing import Optional
@@ -22,13 +24,17 @@ from .. import _tfla
 
 DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
+_BYTES = {"bf16": 2, "f16": 2, "f32": 4}
 
-# The forward op's outputs, in order: h, the final states, then what the backward reads.
-FWD_OUTPUTS = (
-    "h", "c_final", "n_final", "m_final", "c_states", "n_states", "m_states",
-    "gate_b", "gate_u", "gate_cm", "gate_g", "m_rows", "norm_rows",
-)  # fmt: skip
+# The forward's outputs a caller sees: h and the final states. Everything else it writes (the
+# chunk states, the gate vectors, the row statistics) only the backward reads, so it lives in
+# one byte buffer, ``saved``, at the offsets of ``_forward_plan``: one allocation instead of
+# nine per call.
+PUBLIC = ("h", "c_final", "n_final", "m_final")
 GRADS = ("dq", "dk", "dv", "di", "df", "dc0", "dn0", "dm0")
+# Sub-buffers of a packed buffer start at multiples of this (the kernels' vector loads need
+# 16 bytes; 256 is what PyTorch's allocator gives a tensor of its own).
+_ALIGN = 256
 
 
 def dtype_name(arg: str, t: Tensor) -> str:
@@ -44,8 +50,15 @@ def _ptr(t: Optional[Tensor]) -> int:
     return t.data_ptr() if t is not None and t.numel() > 0 else 0
 
 
-def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _stream(index: int) -> int:
+    """The handle of PyTorch's current stream on device ``index`` (without building a
+    ``torch.cuda.Stream`` object where torch has the raw accessor)."""
+    if _raw_stream is not None:
+        return _raw_stream(index)
+    return torch.cuda.current_stream(index).cuda_stream
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,16 +80,46 @@ def _dims(q: Tensor, v: Tensor) -> tuple[int, int, int, int, int]:
     return b, nh, s, dqk, int(v.shape[-1])
 
 
-# The layouts depend on the arguments alone; cached, a call pays a dict lookup for them
-# instead of a call into the extension that builds the lists again.
-_output_layout = functools.lru_cache(maxsize=256)(_tfla.output_layout)
-_workspace_layout = functools.lru_cache(maxsize=256)(_tfla.workspace_layout)
+def _pack(layout) -> tuple[int, dict[str, int]]:
+    """(bytes, {name: byte offset}) of the layout's buffers in one allocation."""
+    offsets, size = {}, 0
+    for name, dt, shape in layout:
+        numel = 1
+        for x in shape:
+            numel *= x
+        if numel:
+            offsets[name] = size
+            size += -(-numel * _BYTES[dt] // _ALIGN) * _ALIGN
+    return size, offsets
+
+
+# The plans depend on the arguments alone, so a call pays a dict lookup for them.
+@functools.lru_cache(maxsize=256)
+def _forward_plan(dims, dtype: str, chunk_size: int, row_stats: bool):
+    """((name, torch dtype, shape) of the public outputs, bytes of ``saved``, the offsets in
+    it), from ``_tfla.output_layout`` (the layout the Rust API allocates by)."""
+    layout = _tfla.output_layout(*dims, dtype, chunk_size, row_stats)
+    public = tuple((name, DTYPES[dt], tuple(shape)) for name, dt, shape in layout if name in PUBLIC)
+    assert tuple(name for name, _, _ in public) == PUBLIC
+    size, offsets = _pack([entry for entry in layout if entry[0] not in PUBLIC])
+    return public, size, offsets
+
+
+@functools.lru_cache(maxsize=256)
+def _workspace_plan(device_plan: tuple[int, bool], dims, dtype: str, chunk_size: int):
+    """(bytes, offsets) of the backward's scratch in one buffer (``_tfla.workspace_layout``)."""
+    return _pack(_tfla.workspace_layout(device_plan, *dims, dtype, chunk_size))
+
+
+def _addresses(base: Tensor, offsets: dict[str, int]) -> dict[str, int]:
+    start = base.data_ptr() if base.numel() else 0
+    return {name: start + offset for name, offset in offsets.items()}
 
 
 def _outputs(q: Tensor, v: Tensor, chunk_size: int, row_stats: bool) -> tuple[Tensor, ...]:
-    layout = _output_layout(*_dims(q, v), dtype_name("q", q), chunk_size, row_stats)
-    out = {name: q.new_empty(shape, dtype=DTYPES[dt]) for name, dt, shape in layout}
-    return tuple(out[name] if name in out else _empty(q) for name in FWD_OUTPUTS)
+    public, size, _ = _forward_plan(_dims(q, v), dtype_name("q", q), chunk_size, row_stats)
+    out = tuple(q.new_empty(shape, dtype=dt) for _, dt, shape in public)
+    return out + (q.new_empty(size, dtype=torch.uint8),)
 
 
 def forward(
@@ -94,18 +137,21 @@ def forward(
     chunk_size: int,
     row_stats: bool,
     grad_mode: str,
-) -> tuple[
-    Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-    Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-]:  # fmt: skip
-    """The forward pass: ``FWD_OUTPUTS`` (``m_rows``, ``norm_rows`` empty without
-    ``row_stats``). ``grad_mode`` is the backward's, kept with the op's inputs."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The forward pass: h, the final states c, n, m, and ``saved`` (what the backward reads:
+    the chunk states, the gate vectors and, with ``row_stats``, the row statistics, packed).
+    ``grad_mode`` is the backward's, kept with the op's inputs."""
     out = _outputs(q, v, chunk_size, row_stats)
-    pointers = {"q": q, "k": k, "v": v, "i": i, "f": f, "c0": c0, "n0": n0, "m0": m0}
-    pointers.update(zip(FWD_OUTPUTS, out))
+    dims, dtype = _dims(q, v), dtype_name("q", q)
+    pointers = _addresses(out[-1], _forward_plan(dims, dtype, chunk_size, row_stats)[2])
+    for name, t in zip(PUBLIC, out):
+        pointers[name] = _ptr(t)
+    for name, t in (("q", q), ("k", k), ("v", v), ("i", i), ("f", f), ("c0", c0), ("n0", n0), ("m0", m0)):
+        pointers[name] = _ptr(t)
+    index = q.get_device()
     _tfla.forward(
-        q.device.index, _stream(q.device), {n: _ptr(t) for n, t in pointers.items()},
-        *_dims(q, v), dtype_name("q", q), variant, normalize, eps, chunk_size, row_stats,
+        index, _stream(index), pointers, *dims, dtype, variant, normalize, eps, chunk_size,
+        row_stats,
     )  # fmt: skip
     return out
 
@@ -143,14 +189,7 @@ def backward(
     h: Tensor,
     c_final: Tensor,
     n_final: Tensor,
-    c_states: Tensor,
-    n_states: Tensor,
-    m_states: Tensor,
-    gate_b: Tensor,
-    gate_u: Tensor,
-    gate_cm: Tensor,
-    gate_g: Tensor,
-    norm_rows: Tensor,
+    saved: Tensor,
     dh: Tensor,
     dc: Optional[Tensor],
     dn: Optional[Tensor],
@@ -161,25 +200,27 @@ def backward(
     chunk_size: int,
     grad_mode: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The backward pass from a forward's outputs (with row statistics): ``GRADS`` (the
-    initial states' gradients empty where the forward had no initial state)."""
+    """The backward pass from a forward's outputs (``saved`` of a forward with row
+    statistics): ``GRADS`` (the initial states' gradients empty where the forward had no
+    initial state)."""
     grads = _grads(q, k, v, c0, n0, m0)
-    dims = _dims(q, v)
-    dtype = dtype_name("q", q)
-    workspace = {
-        name: q.new_empty(shape, dtype=DTYPES[dt])
-        for name, dt, shape in _workspace_layout(device_plan(q.device.index), *dims, dtype, chunk_size)
-    }
-    pointers = {
-        "q": q, "k": k, "v": v, "i": i, "f": f, "c0": c0, "n0": n0, "m0": m0, "h": h,
-        "c_final": c_final, "n_final": n_final, "c_states": c_states, "n_states": n_states,
-        "m_states": m_states, "gate_b": gate_b, "gate_u": gate_u, "gate_cm": gate_cm,
-        "gate_g": gate_g, "norm_rows": norm_rows, "dh": dh, "dc_final": dc, "dn_final": dn,
-        "dm_final": dm, **workspace, **dict(zip(GRADS, grads)),
-    }  # fmt: skip
+    dims, dtype = _dims(q, v), dtype_name("q", q)
+    index = q.get_device()
+    size, offsets = _workspace_plan(device_plan(index), dims, dtype, chunk_size)
+    workspace = q.new_empty(size, dtype=torch.uint8)
+    pointers = _addresses(saved, _forward_plan(dims, dtype, chunk_size, True)[2])
+    pointers.update(_addresses(workspace, offsets))
+    for name, t in (
+        ("q", q), ("k", k), ("v", v), ("i", i), ("f", f), ("c0", c0), ("n0", n0), ("m0", m0),
+        ("h", h), ("c_final", c_final), ("n_final", n_final), ("dh", dh), ("dc_final", dc),
+        ("dn_final", dn), ("dm_final", dm), *zip(GRADS, grads),
+    ):  # fmt: skip
+        pointers[name] = _ptr(t)
+    # The forward's m_rows is in `saved` too; the backward does not read it.
+    pointers.pop("m_rows", None)
     _tfla.backward(
-        q.device.index, _stream(q.device), {n: _ptr(t) for n, t in pointers.items()},
-        *dims, dtype, variant, normalize, eps, chunk_size, grad_mode,
+        index, _stream(index), pointers, *dims, dtype, variant, normalize, eps, chunk_size,
+        grad_mode,
     )  # fmt: skip
     return grads
 
@@ -194,15 +235,14 @@ def _(q, k, v, i, f, c0, n0, m0, *rest):
 
 def _setup_context(ctx, inputs, output):
     q, k, v, i, f, c0, n0, m0, variant, normalize, eps, chunk_size, row_stats, grad_mode = inputs
-    h, c, n, _m, cs, ns, ms, gb, gu, gcm, gg, m_rows, norm_rows = output
-    ctx.save_for_backward(q, k, v, i, f, c0, n0, m0, h, c, n, cs, ns, ms, gb, gu, gcm, gg, norm_rows)
+    h, c, n, _m, saved = output
+    ctx.save_for_backward(q, k, v, i, f, c0, n0, m0, h, c, n, saved)
     ctx.config = (variant, normalize, eps, chunk_size, grad_mode)
     ctx.row_stats = row_stats
     ctx.has_initial = (c0 is not None, n0 is not None, m0 is not None)
-    # Gradients of outputs nobody used stay None instead of materialized zeros (the chunk
-    # states alone are NC·DQK·DHV per head).
+    # Gradients of outputs nobody used stay None instead of materialized zeros.
     ctx.set_materialize_grads(False)
-    ctx.mark_non_differentiable(cs, ns, ms, gb, gu, gcm, gg, m_rows, norm_rows)
+    ctx.mark_non_differentiable(saved)
 
 
 def _backward_with(bwd, ctx, dh, dc, dn, dm):
@@ -213,12 +253,11 @@ def _backward_with(bwd, ctx, dh, dc, dn, dm):
             "tfla: this forward ran without row statistics (no input required grad when it "
             "ran), so it cannot be differentiated"
         )
-    q, k, v, i, f, c0, n0, m0, h, c, n, cs, ns, ms, gb, gu, gcm, gg, norm_rows = ctx.saved_tensors
+    q, k, v, i, f, c0, n0, m0, h, c, n, saved = ctx.saved_tensors
     dh = torch.zeros_like(h) if dh is None else dh.contiguous()
     dc, dn, dm = (None if t is None else t.contiguous() for t in (dc, dn, dm))
     dq, dk, dv, di, df, dc0, dn0, dm0 = bwd(
-        q, k, v, i, f, c0, n0, m0, h, c, n, cs, ns, ms, gb, gu, gcm, gg, norm_rows,
-        dh, dc, dn, dm, *ctx.config,
+        q, k, v, i, f, c0, n0, m0, h, c, n, saved, dh, dc, dn, dm, *ctx.config,
     )  # fmt: skip
     has_c0, has_n0, has_m0 = ctx.has_initial
     return (
@@ -228,7 +267,7 @@ def _backward_with(bwd, ctx, dh, dc, dn, dm):
     )  # fmt: skip
 
 
-def _backward(ctx, dh, dc, dn, dm, *_unused):
+def _backward(ctx, dh, dc, dn, dm, _saved):
     return _backward_with(mlstm_bwd, ctx, dh, dc, dn, dm)
 
 
@@ -238,10 +277,10 @@ mlstm_fwd.register_autograd(_backward, setup_context=_setup_context)
 class Chunkwise(torch.autograd.Function):
     """The same forward and backward as ``mlstm_fwd`` with its autograd, without the
     dispatcher: an eager call through ``torch.ops`` costs 15–50 µs of host time more (the
-    custom op's dispatch and its autograd wrapper, measured on the CPU), which at the small
-    heads is several percent of the call. ``mlstm_chunkwise`` takes this path where nothing
-    traces the call (see ``eager``); torch.compile, fake tensors, functorch transforms and
-    dispatch modes see the op."""
+    custom op's dispatch and its autograd wrapper), which at the small heads is several
+    percent of the call. ``mlstm_chunkwise`` takes this path where nothing traces the call
+    (see ``eager``); torch.compile, fake tensors, functorch transforms and dispatch modes see
+    the op."""
 
     @staticmethod
     def forward(*inputs):
@@ -252,7 +291,7 @@ class Chunkwise(torch.autograd.Function):
         _setup_context(ctx, inputs, output)
 
     @staticmethod
-    def backward(ctx, dh, dc, dn, dm, *_unused):
+    def backward(ctx, dh, dc, dn, dm, _saved):
         return _backward_with(backward, ctx, dh, dc, dn, dm)
 
 
@@ -296,8 +335,9 @@ def step_(
         "q": q, "k": k, "v": v, "i": i, "f": f, "c": c, "n": n, "m": m, "h": h,
         "tiles_done": tiles_done, "slots": slots,
     }  # fmt: skip
+    index = q.get_device()
     _tfla.step(
-        q.device.index, _stream(q.device), {name: _ptr(t) for name, t in pointers.items()},
+        index, _stream(index), {name: _ptr(t) for name, t in pointers.items()},
         b, nh, dqk, dhv, dtype_name("q", q), dtype_name("c", c), variant, normalize, eps,
     )  # fmt: skip
     return h
