@@ -95,10 +95,13 @@ def main() -> None:
     out = {"device": torch.cuda.get_device_name(), "chunkwise": [], "step": []}
     print(f"{'variant':10} {'NH/DQK/DHV':12} {'L':>5} {'fwd ms':>8} {'rust':>8} {'ratio':>6} "
           f"{'fwd+bwd':>8} {'rust':>8} {'ratio':>6} {'fwd q':>8} {'ratio':>6} {'f+b q':>8} {'ratio':>6} "
-          f"{'fwd us':>7} {'f+b us':>7} {'raw fwd':>8} {'ratio':>6}")
+          f"{'fwd us':>7} {'f+b us':>7} {'raw fwd':>8} {'ratio':>6} {'raw q':>8} {'ratio':>6} "
+          f"{'graph':>8} {'ratio':>6}")
     print("(q: calls queued back to back, time_queued_ms; the others wait for each call; us: the "
           "host time of a waited call until it returns, median; raw fwd: _tfla.forward on buffers "
-          "allocated once, in this process, and the waited forward's ratio to it)")
+          "allocated once, in this process, and the waited forward's ratio to it; raw q: the same "
+          "queued, and the queued forward's ratio to it; graph: the forward replayed from a CUDA "
+          "graph, and its ratio to tfla-bench)")
     g = torch.Generator(device="cuda").manual_seed(0)
     for nh, dqk, dhv in HEADS:
         for variant, normalize, name in (("exp", True, "exp"), ("sig", True, "sig"), ("sig", False, "sig_nonorm")):
@@ -122,8 +125,23 @@ def main() -> None:
             ptrs = _ops._addresses(outs[-1], _ops._forward_plan(_ops._dims(q, v), "bf16", chunk or 0, False)[2])
             ptrs.update({n: t.data_ptr() for n, t in zip(("q", "k", "v", "i", "f", *_ops.PUBLIC), (q, k, v, i, f, *outs))})
             stream = torch.cuda.current_stream().cuda_stream
-            fwd_raw = time_ms(lambda: _tfla.forward(0, stream, ptrs, b, nh, s, dqk, dhv, "bf16", variant, normalize, 1e-6, chunk or 0, False), args.reps)
+            raw = lambda: _tfla.forward(0, stream, ptrs, b, nh, s, dqk, dhv, "bf16", variant, normalize, 1e-6, chunk or 0, False)  # noqa: E731
+            fwd_raw = time_ms(raw, args.reps)
+            fwd_raw_q = time_queued_ms(raw, args.reps)
             del outs
+            # The forward replayed from a CUDA graph: no host work per call at all.
+            with torch.no_grad():
+                call = lambda: tt.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk, **kw)  # noqa: E731
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    call()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    call()
+            fwd_graph = time_ms(graph.replay, args.reps)
+            del graph
             leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
             dh = torch.randn_like(v)
             chunk_b = bwd_rust[1] if bwd_rust else None
@@ -147,11 +165,13 @@ def main() -> None:
             print(f"{name:10} {f'{nh}/{dqk}/{dhv}':12} {chunk or '-':>5} {fwd:8.3f} {rust(fwd_rust)} "
                   f"{ratio(fwd, fwd_rust)} {both:8.3f} {rust(bwd_rust)} {ratio(both, bwd_rust)} "
                   f"{fwd_q:8.3f} {ratio(fwd_q, fwd_rust)} {both_q:8.3f} {ratio(both_q, bwd_rust)} "
-                  f"{fwd_host:7.0f} {both_host:7.0f} {fwd_raw:8.3f} {fwd / fwd_raw:6.3f}")
+                  f"{fwd_host:7.0f} {both_host:7.0f} {fwd_raw:8.3f} {fwd / fwd_raw:6.3f} "
+                  f"{fwd_raw_q:8.3f} {fwd_q / fwd_raw_q:6.3f} {fwd_graph:8.3f} {ratio(fwd_graph, fwd_rust)}")
             out["chunkwise"].append(dict(variant=name, NH=nh, DQK=dqk, DHV=dhv, B=b, S=s, chunk=chunk,
                                          fwd_ms=fwd, fwdbwd_ms=both, fwd_queued_ms=fwd_q,
                                          fwdbwd_queued_ms=both_q, fwd_host_us=fwd_host,
-                                         fwdbwd_host_us=both_host, raw_fwd_ms=fwd_raw, rust_fwd_ms=fwd_rust and fwd_rust[0],
+                                         fwdbwd_host_us=both_host, raw_fwd_ms=fwd_raw, raw_fwd_queued_ms=fwd_raw_q,
+                                         graph_fwd_ms=fwd_graph, rust_fwd_ms=fwd_rust and fwd_rust[0],
                                          rust_fwdbwd_ms=bwd_rust and bwd_rust[0]))
             del q, k, v, leaves, dh
     # Generation: per-call cost of the op in an eager loop vs the same calls from a CUDA graph.
@@ -213,6 +233,19 @@ def host_costs(calls: int = 2000) -> dict:
             t.grad = None
         tt.mlstm_chunkwise(*leaves).backward(dh)
 
+    # The backward's arguments from one forward with row statistics, and its pointers.
+    saved_fwd = _ops.forward(*args[:12], True, "exact")
+    grad_args = (q, k, v, i, f, None, None, None, *saved_fwd[:3], saved_fwd[4], dh, None, None, None, "exp", True, 1e-6, 0, "exact")
+    grads = _ops._grads(q, k, v, None, None, None)
+    size, offsets = _ops._workspace_plan(_ops.device_plan(0), _ops._dims(q, v), "bf16", 0)
+    workspace = q.new_empty(size, dtype=torch.uint8)
+    bwd_ptrs = _ops._addresses(saved_fwd[4], _ops._forward_plan(_ops._dims(q, v), "bf16", 0, True)[2])
+    bwd_ptrs.pop("m_rows")
+    bwd_ptrs.update(_ops._addresses(workspace, offsets))
+    for name, t in (("q", q), ("k", k), ("v", v), ("i", i), ("f", f), ("h", saved_fwd[0]), ("c_final", saved_fwd[1]),
+                    ("n_final", saved_fwd[2]), ("dh", dh), *zip(_ops.GRADS, grads)):
+        bwd_ptrs[name] = _ops._ptr(t)
+
     class Nothing(torch.autograd.Function):
         @staticmethod
         def forward(x):
@@ -234,6 +267,8 @@ def host_costs(calls: int = 2000) -> dict:
         "custom op (torch.ops)": lambda: torch.ops.tfla.mlstm_fwd(*args),
         "mlstm_chunkwise": lambda: tt.mlstm_chunkwise(q, k, v, i, f),
         "mlstm_chunkwise fwd+bwd": fwd_bwd,
+        "backward body (_ops.backward)": lambda: _ops.backward(*grad_args),
+        "backward launch alone": lambda: _tfla.backward(0, stream, bwd_ptrs, 1, 1, 64, 64, 64, "bf16", "exp", True, 1e-6, 0, "exact"),
     }
     result = {}
     print(f"host time per call (B=NH=1, S=64, D=64, {calls} calls, no wait between them):")

@@ -191,7 +191,11 @@ def mlstm_chunkwise(
     chunk = chunk_size or 0  # 0: tfla chooses (inside the ops, so compile traces no call out)
     inputs = (q, k, v, i, f, c0, n0, m0)
     row_stats = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    fwd = _ops.Chunkwise.apply if _ops.eager(q) else torch.ops.tfla.mlstm_fwd
+    if not _ops.eager(q):
+        fwd = torch.ops.tfla.mlstm_fwd
+    else:
+        # Nothing to differentiate: the op's body alone, without an autograd node.
+        fwd = _ops.Chunkwise.apply if row_stats else _ops.forward
     out = fwd(
         q.contiguous(), k.contiguous(), v.contiguous(), i, f, c0, n0, m0,
         variant, normalize, float(eps), chunk, row_stats, grad_mode,
@@ -226,7 +230,7 @@ def _arrival_counters(heads: int, like: Tensor) -> Tensor:
         # Traced, or inside a CUDA graph: a buffer of its own (zeroed in the graph, owned by
         # its pool), no reuse across calls.
         return torch.zeros(heads, dtype=torch.int32, device=device)
-    key = (device.index, torch.cuda.current_stream(device).cuda_stream, heads)
+    key = (device.index, _ops._stream(device.index), heads)
     counters = _COUNTERS.get(key)
     if counters is None:
         counters = _COUNTERS[key] = torch.zeros(heads, dtype=torch.int32, device=device)
