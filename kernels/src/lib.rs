@@ -7,8 +7,9 @@
 #![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, stmt_expr_attributes)]
 #![allow(clippy::missing_safety_doc)]
 
+// `unroll!` (with the register tile it serves, in `tfla_params::fragment`).
 #[macro_use]
-mod unroll;
+extern crate tfla_params;
 
 pub mod arch;
 pub mod mlstm;

@@ -5,7 +5,8 @@
 //! The C layout of two adjacent n-blocks, packed pairwise, is exactly an A fragment: that is
 //! how a product computed in registers (P = S ⊙ gates) feeds the next `mma` without shared
 //! memory (see [`acc_to_a`]).
-use crate::arch::ldmatrix;
+use crate::arch::convert::Elem;
+use crate::arch::{global, ldmatrix, shared, thread};
 use tfla_params::fragment;
 
 /// A row-major tile of 16-bit elements in shared memory: `rows × cols`, rows `stride` bytes
@@ -72,7 +73,7 @@ impl SmemTile {
 /// Packs the f32 accumulators of n-blocks 2s and 2s+1 (16 rows × 16 cols) into the A fragment
 /// of the k-step s of the next product.
 #[inline(always)]
-pub fn acc_to_a<E: crate::arch::convert::Elem>(lo: &[f32; 4], hi: &[f32; 4]) -> [u32; 4] {
+pub fn acc_to_a<E: Elem>(lo: &[f32; 4], hi: &[f32; 4]) -> [u32; 4] {
     [
         E::pack(lo[0], lo[1]),
         E::pack(lo[2], lo[3]),
@@ -83,24 +84,60 @@ pub fn acc_to_a<E: crate::arch::convert::Elem>(lo: &[f32; 4], hi: &[f32; 4]) -> 
 
 pub use tfla_params::fragment::{a_pos, acc_pos, b_pos, leads_quad};
 
-/// Calls `f(nb, e, inside, idx)` for the accumulator element pairs (n-block nb < NB ≤ 32,
-/// first element e = 0, 2) of a warp's 16-row tile whose first element (e = 0 of lane 0's
-/// n-block 0 shifted to this lane: row g, column 2t) is (r0, c0) of a row-major (rows, cols)
-/// matrix: `idx` is the pair's first element index, `inside` whether the pair lies in the
-/// matrix. How register tiles of state are loaded, stored and dotted with global matrices.
+pub use tfla_params::fragment::RegTile;
+
+/// Loads a register tile from the row-major (rows, cols) f32 matrix at `base`, the lane's
+/// element 0 of block (0, 0) at `origin` (`RegTile::pairs`); zeros outside the matrix.
+///
+/// # Safety
+/// `base` holds the matrix, 8-byte aligned.
 #[inline(always)]
-pub fn acc_pairs<const NB: usize>(
-    (r0, c0): (u32, u32),
+pub unsafe fn load_tile<const MT: usize, const NB: usize>(
+    tile: &mut RegTile<MT, NB>,
+    base: u64,
+    origin: (u32, u32),
     (rows, cols): (u32, u32),
-    mut f: impl FnMut(usize, usize, bool, u64),
 ) {
-    unroll!(32, nb => {
-        if nb < NB {
-            for half in 0..2 {
-                let (r, c) = (r0 + half as u32 * 8, c0 + nb as u32 * 8);
-                f(nb, 2 * half, r < rows && c < cols, (r * cols + c) as u64);
-            }
-        }
+    let base = thread::opaque_u64(base);
+    RegTile::<MT, NB>::pairs(origin, |mt, nb, half, (r, c)| {
+        let at = base + (r * cols + c) as u64 * 4;
+        let x = unsafe { global::ld_v2_f32_or_zero(r < rows && c < cols, at) };
+        tile.set_pair(mt, nb, half, x);
+    });
+}
+
+/// Stores a register tile as [`load_tile`] reads it; nothing outside the matrix.
+///
+/// # Safety
+/// As [`load_tile`].
+#[inline(always)]
+pub unsafe fn store_tile<const MT: usize, const NB: usize>(
+    tile: &RegTile<MT, NB>,
+    base: u64,
+    origin: (u32, u32),
+    (rows, cols): (u32, u32),
+) {
+    let base = thread::opaque_u64(base);
+    RegTile::<MT, NB>::pairs(origin, |mt, nb, half, (r, c)| {
+        let at = base + (r * cols + c) as u64 * 4;
+        unsafe { global::st_v2_f32_if(r < rows && c < cols, at, tile.pair(mt, nb, half)) };
+    });
+}
+
+/// Writes a register tile, rounded to 16 bits, into a shared tile at the lane's positions from
+/// `origin` (as [`load_tile`]): how a block stages a tile for a store of whole rows.
+///
+/// # Safety
+/// The tile's rows and columns from `origin` lie inside `to`.
+#[inline(always)]
+pub unsafe fn stage_tile<E: Elem, const MT: usize, const NB: usize>(
+    tile: &RegTile<MT, NB>,
+    to: SmemTile,
+    origin: (u32, u32),
+) {
+    RegTile::<MT, NB>::pairs(origin, |mt, nb, half, (r, c)| {
+        let [x0, x1] = tile.pair(mt, nb, half);
+        unsafe { shared::st_u32(to.offset(r, c), E::pack(x0, x1)) };
     });
 }
 
@@ -108,7 +145,7 @@ pub fn acc_pairs<const NB: usize>(
 /// rounding error of that head: head + tail carries about 16 significant bits instead of 8
 /// (bf16) or 11 (f16), at the price of a second `mma` with the tail.
 #[inline(always)]
-pub fn split2<E: crate::arch::convert::Elem>(x: [f32; 2]) -> (u32, u32) {
+pub fn split2<E: Elem>(x: [f32; 2]) -> (u32, u32) {
     let hi = E::pack(x[0], x[1]);
     let (h0, h1) = E::unpack(hi);
     (hi, E::pack(x[0] - h0, x[1] - h1))

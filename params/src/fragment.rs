@@ -77,6 +77,100 @@ pub const fn b_kn_rows(lane: u32, (k0, n0): (u32, u32)) -> (u32, u32) {
     (k0 + lane % 8 + ((lane / 8) % 2) * 8, n0 + (lane / 16) * 8)
 }
 
+/// A warp's f32 accumulator tile: `MT` m-tiles of 16 rows × `NB` n-blocks of 8 columns, each
+/// block in the C layout above (lane holds elements e = 0..4 at [`acc_pos`]), so the warp's
+/// tile is 16·MT × 8·NB. A `wgmma` m64nN accumulator is this tile per warp with MT = 1 and
+/// NB = N / 8: its register 4·nb + e is element e of n-block nb ([`RegTile::flat`]), which is
+/// how the same tile serves `mma.sync` and `wgmma` kernels.
+///
+/// Every loop over the tile is unrolled (`unroll!`), so each element stays in a register; MT ≤ 4
+/// and NB ≤ 32.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct RegTile<const MT: usize, const NB: usize>(pub [[[f32; 4]; NB]; MT]);
+
+impl<const MT: usize, const NB: usize> RegTile<MT, NB> {
+    const FITS: () = assert!(MT <= 4 && NB <= 32, "unroll! below covers 4 m-tiles, 32 n-blocks");
+
+    /// All zeros (from a constant: a repeat expression this long can become a store loop that
+    /// keeps the tile out of registers).
+    pub const ZERO: Self = Self([[[0.0; 4]; NB]; MT]);
+
+    /// (row, column) in the warp's tile of element `e` of block (`mt`, `nb`) in `lane`.
+    #[inline(always)]
+    pub const fn pos(lane: u32, mt: usize, nb: usize, e: usize) -> (u32, u32) {
+        let (r, c) = acc_pos(lane, e);
+        (16 * mt as u32 + r, 8 * nb as u32 + c)
+    }
+
+    /// Calls `f(mt, nb, half, (r, c))` for each pair of horizontally adjacent elements (e =
+    /// 2·half, 2·half + 1) of the lane's tile, m-tiles, then halves, then n-blocks: (r, c) is
+    /// the pair's first element, where `origin` is the lane's element 0 of block (0, 0)
+    /// (`pos(lane, 0, 0, 0)` plus where the warp's tile lies).
+    #[inline(always)]
+    pub fn pairs((r0, c0): (u32, u32), mut f: impl FnMut(usize, usize, usize, (u32, u32))) {
+        let () = Self::FITS;
+        unroll!(4, mt => {
+            if mt < MT {
+                unroll!(2, half => {
+                    let r = r0 + mt as u32 * 16 + half as u32 * 8;
+                    unroll!(32, nb => {
+                        if nb < NB {
+                            f(mt, nb, half, (r, c0 + nb as u32 * 8));
+                        }
+                    });
+                });
+            }
+        });
+    }
+
+    /// The pair (e = 2·half, 2·half + 1) of block (mt, nb).
+    #[inline(always)]
+    pub fn pair(&self, mt: usize, nb: usize, half: usize) -> [f32; 2] {
+        let b = &self.0[mt][nb];
+        [b[2 * half], b[2 * half + 1]]
+    }
+
+    #[inline(always)]
+    pub fn set_pair(&mut self, mt: usize, nb: usize, half: usize, x: [f32; 2]) {
+        let b = &mut self.0[mt][nb];
+        (b[2 * half], b[2 * half + 1]) = (x[0], x[1]);
+    }
+
+    /// Every element times `x`.
+    #[inline(always)]
+    pub fn scale(&mut self, x: f32) {
+        let () = Self::FITS;
+        unroll!(4, mt => {
+            if mt < MT {
+                unroll!(32, nb => {
+                    if nb < NB {
+                        unroll!(4, e => { self.0[mt][nb][e] *= x; });
+                    }
+                });
+            }
+        });
+    }
+
+    /// The index of element e of n-block nb in the flat register list of a `wgmma` accumulator.
+    #[inline(always)]
+    pub const fn flat(nb: usize, e: usize) -> usize {
+        4 * nb + e
+    }
+}
+
+impl<const NB: usize> RegTile<1, NB> {
+    /// The tile as the flat register list a `wgmma` m64n(8·NB) instruction takes (`N` = 4·NB:
+    /// the layouts agree, [`RegTile::flat`]).
+    #[inline(always)]
+    pub fn flat_mut<const N: usize>(&mut self) -> &mut [f32; N] {
+        const { assert!(N == 4 * NB, "a wgmma accumulator of 4·NB registers") };
+        // SAFETY: [[[f32; 4]; NB]; 1] and [f32; 4·NB] have the same size and alignment, and
+        // arrays are laid out contiguously in index order.
+        unsafe { &mut *(self as *mut Self).cast::<[f32; N]>() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +261,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Visits every pair of a `RegTile<MT, NB>` in every lane: each at its `pos`, the warp's
+    /// 16·MT × 8·NB tile covered once.
+    fn check_tile<const MT: usize, const NB: usize>() {
+        let mut seen = std::vec![0u32; 16 * MT * 8 * NB];
+        for lane in 0..32 {
+            let origin = RegTile::<MT, NB>::pos(lane, 0, 0, 0);
+            let mut pairs = 0;
+            RegTile::<MT, NB>::pairs(origin, |mt, nb, half, (r, c)| {
+                assert_eq!((r, c), RegTile::<MT, NB>::pos(lane, mt, nb, 2 * half));
+                assert_eq!((r, c + 1), RegTile::<MT, NB>::pos(lane, mt, nb, 2 * half + 1));
+                for (r, c) in [(r, c), (r, c + 1)] {
+                    seen[r as usize * 8 * NB + c as usize] += 1;
+                }
+                pairs += 1;
+            });
+            assert_eq!(pairs, 2 * MT * NB, "lane {lane}");
+        }
+        assert!(seen.iter().all(|&n| n == 1), "{MT} x {NB}: every element once");
+    }
+
+    #[test]
+    fn register_tiles_cover_their_tile_once() {
+        check_tile::<4, 8>(); // chunk_state_wide: 64 × 64 per warp
+        check_tile::<1, 16>(); // chunk_state: 16 × 128
+        check_tile::<1, 32>(); // chunk_state_wg: the m64n256 accumulator, 16 rows per warp
+        check_tile::<1, 1>();
+    }
+
+    #[test]
+    fn a_one_row_tile_is_the_wgmma_accumulator_layout() {
+        // PTX ISA, wgmma .m64nNk16 D fragment: thread T's register i holds row
+        // 16·(T / 32) + (T % 32) / 4 + 8·((i / 2) % 2), column 8·(i / 4) + 2·(T % 4) + i % 2
+        // (rows within the warp's 16 below).
+        for lane in 0..32u32 {
+            for i in 0..128usize {
+                let want = (lane / 4 + 8 * ((i as u32 / 2) % 2), 8 * (i as u32 / 4) + 2 * (lane % 4) + i as u32 % 2);
+                let (nb, e) = (i / 4, i % 4);
+                assert_eq!(RegTile::<1, 32>::flat(nb, e), i);
+                assert_eq!(RegTile::<1, 32>::pos(lane, 0, nb, e), want, "lane {lane} register {i}");
+            }
+        }
+        let mut t = RegTile::<1, 32>::ZERO;
+        t.0[0][5][3] = 1.5;
+        t.set_pair(0, 31, 1, [2.0, 3.0]);
+        let flat: &mut [f32; 128] = t.flat_mut();
+        assert_eq!((flat[RegTile::<1, 32>::flat(5, 3)], flat[126], flat[127]), (1.5, 2.0, 3.0));
+        flat[0] = 4.0;
+        t.scale(0.5);
+        assert_eq!((t.0[0][0][0], t.pair(0, 5, 1)), (2.0, [0.0, 0.75]));
     }
 }

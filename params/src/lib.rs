@@ -9,6 +9,9 @@
 #[cfg(test)]
 extern crate std;
 
+#[macro_use]
+mod unroll;
+
 pub mod bwd;
 pub mod entries;
 pub mod fragment;

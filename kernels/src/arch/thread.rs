@@ -85,6 +85,19 @@ pub fn opaque(x: u32) -> u32 {
     y
 }
 
+/// [`opaque`] for a 64-bit address: a base whose parts LLVM would otherwise re-associate with
+/// each element's offset (`(a + b·4) + i·4` into `a + (b + i)·4`: a 64-bit add, shift and add
+/// per element where `base + i·4` is one wide multiply-add).
+#[inline(always)]
+pub fn opaque_u64(x: u64) -> u64 {
+    let y: u64;
+    // SAFETY: as `opaque`.
+    unsafe {
+        core::arch::asm!("mov.u64 {y}, {x};", y = out(reg64) y, x = in(reg64) x, options(nomem, nostack))
+    };
+    y
+}
+
 /// Runs `body(0)`, …, `body(n - 1)` (n ≥ 1) as a loop that neither LLVM nor ptxas unrolls:
 /// the counter passes through [`opaque`] (no trip count to unroll by) and the loop header
 /// carries PTX's `nounroll` pragma. For loops whose unrolled bodies would outgrow the

@@ -4,9 +4,9 @@
 //! tiles multiply and store.
 use super::gates::GateKind;
 use super::seqs::chunk_range;
-use crate::arch::{cp_async, global, math, shared, thread};
 use crate::arch::convert::Elem;
-use crate::tile::{SmemTile, a_pos, acc_pairs, leads_quad, split2};
+use crate::arch::{cp_async, global, math, shared, thread};
+use crate::tile::{SmemTile, a_pos, leads_quad, split2};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, StateTiles};
 
 /// What a chunk-state block walks: its tile of the state (rows from `d0`, columns from `v0`;
@@ -217,44 +217,6 @@ pub unsafe fn store_n_m<G: GateKind>(
     if k > k_lo && m_writer {
         unsafe { global::st_f32(m_out, m) };
     }
-}
-
-/// The initial state into a warp's f32 accumulators: `NB` (≤ 16) n-blocks of 16 rows × 8
-/// columns from element (r0, c0) (the kernel's `origin`) of a (dqk, dhv) f32 matrix at `base`;
-/// zeros outside the matrix.
-///
-/// # Safety
-/// `base` holds the (dqk, dhv) matrix, 8-byte aligned.
-#[inline(always)]
-pub unsafe fn load_state<const NB: usize>(
-    acc: &mut [[f32; 4]; NB],
-    base: u64,
-    origin: (u32, u32),
-    dims: (u32, u32),
-) {
-    acc_pairs::<NB>(origin, dims, |nb, e, inside, idx| {
-        let x = unsafe { global::ld_v2_f32_or_zero(inside, base + idx * 4) };
-        acc[nb][e] = x[0];
-        acc[nb][e + 1] = x[1];
-    });
-}
-
-/// The final state from a warp's f32 accumulators, laid out as [`load_state`] reads them;
-/// nothing is written outside the matrix.
-///
-/// # Safety
-/// `base` holds the (dqk, dhv) matrix, 8-byte aligned.
-#[inline(always)]
-pub unsafe fn store_state<const NB: usize>(
-    acc: &[[f32; 4]; NB],
-    base: u64,
-    origin: (u32, u32),
-    dims: (u32, u32),
-) {
-    acc_pairs::<NB>(origin, dims, |nb, e, inside, idx| {
-        let v = [acc[nb][e], acc[nb][e + 1]];
-        unsafe { global::st_v2_f32_if(inside, base + idx * 4, v) };
-    });
 }
 
 /// The weights e^{log_w0 + u_j} of the steps in `lane`'s A fragment of K̃ᵀ's 16-step slice `ks`

@@ -25,7 +25,10 @@ use super::stage;
 use super::state_walk;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{SmemTile, acc_pos, acc_to_a, b_pos, leads_quad, split2};
+use crate::tile::{
+    RegTile, SmemTile, acc_pos, acc_to_a, b_pos, leads_quad, load_tile, split2, stage_tile,
+    store_tile,
+};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, fused::*};
 
 const NB: usize = (TILE_HV / 8) as usize;
@@ -97,10 +100,10 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
     };
 
     let sh = unsafe { state_head(p, bh, seq) };
-    let mut acc = [[0f32; 4]; NB];
+    let mut acc = RegTile::<1, NB>::ZERO;
     if p.ptr.c0 != 0 {
         let base = p.ptr.c0 + sh * (dqk as u64) * (dhv as u64) * 4;
-        unsafe { state_walk::load_state(&mut acc, base, origin(), (dqk, dhv)) };
+        unsafe { load_tile(&mut acc, base, origin(), (dqk, dhv)) };
     }
     // ñ as a value column of ones (as in `chunk_state`); every block needs it for its outputs.
     let ones = [E::pack(1.0, 1.0); 2];
@@ -156,14 +159,11 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
         if k < k_hi {
             // C̃_k and ñ_k into shared memory (the previous chunk's readers passed the barrier
             // at the end of its iteration).
-            let (r0, c0) = (thread::opaque(warp * 16 + acc_pos(lane, 0).0), acc_pos(lane, 0).1);
-            unroll!(8, nb => {
-                unroll!(2, half => {
-                    let v = E::pack(acc[nb][2 * half], acc[nb][2 * half + 1]);
-                    let at = state.offset(r0 + half as u32 * 8, c0 + nb as u32 * 8);
-                    unsafe { shared::st_u32(at, v) };
-                });
-            });
+            let (r0, c0) = (
+                thread::opaque(warp * 16 + acc_pos(lane, 0).0),
+                acc_pos(lane, 0).1,
+            );
+            unsafe { stage_tile::<E, 1, NB>(&acc, state, (r0, c0)) };
             if G::NORMALIZED && leads_quad(lane) {
                 unroll!(2, half => {
                     unsafe { shared::st_f32(sn + 4 * row(2 * half), nacc[2 * half]) };
@@ -181,7 +181,7 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
                 );
             }
         } else if p.ptr.c_final != 0 {
-            unsafe { state_walk::store_state(&acc, c_out, origin(), (dqk, dhv)) };
+            unsafe { store_tile(&acc, c_out, origin(), (dqk, dhv)) };
         }
         if k < k_hi || p.ptr.c_final != 0 {
             unsafe {
@@ -321,11 +321,7 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
         // `chunk_state`, one 128-step sub-tile).
         let (m_next, decay, log_w0) = state_walk::max_step::<G>((g, umax), m);
         m = m_next;
-        for a in acc.iter_mut() {
-            for x in a.iter_mut() {
-                *x *= decay;
-            }
-        }
+        acc.scale(decay);
         for x in nacc.iter_mut() {
             *x *= decay;
         }
@@ -337,8 +333,8 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
             unroll!(4, pair => {
                 let b = unsafe { sv.b_kn(ks * 16, pair as u32 * 16, lane) };
                 unsafe {
-                    E::mma(&mut acc[2 * pair], a, b[0]);
-                    E::mma(&mut acc[2 * pair + 1], a, b[1]);
+                    E::mma(&mut acc.0[0][2 * pair], a, b[0]);
+                    E::mma(&mut acc.0[0][2 * pair + 1], a, b[1]);
                 }
             });
             if G::NORMALIZED {

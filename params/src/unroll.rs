@@ -1,4 +1,6 @@
-//! `unroll!`: a loop over a register tile, unrolled in the source.
+//! `unroll!`: a loop over a register tile, unrolled in the source (here, beside the register
+//! tile [`crate::fragment::RegTile`] that iterates with it, for the device crate and the host
+//! tests alike).
 //!
 //! LLVM keeps a register tile (`[[f32; 4]; N]`) in registers only when every index into it is
 //! a constant, i.e. when every loop over it is fully unrolled. Its unroller declines loops
