@@ -234,11 +234,11 @@ pub unsafe fn chunk_states<
         for it in first..(first + l / X::SUB_L).min(n_items) {
             let ahead = it + X::AHEAD;
             unsafe { X::advance((ahead < n_items).then_some(ahead), issue) };
-            let (k, v, u) = X::stage(it % X::STAGES);
+            let (sk, sv, su) = X::stage(it % X::STAGES);
             let t = SubTile {
-                k,
-                v,
-                u,
+                k: sk,
+                v: sv,
+                u: su,
                 log_w0,
                 with_n,
                 lane,
