@@ -22,7 +22,7 @@ use super::seqs::chunk_range;
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, shared, thread};
-use crate::tile::{SmemTile, a_pos, acc_pos, leads_quad};
+use crate::tile::{RegTile, SmemTile, a_pos, acc_pos, leads_quad};
 use tfla_params::bwd::{BwdParams, rows, state::*};
 use tfla_params::fwd::SMEM_ROW_PAD;
 
@@ -98,7 +98,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
     // forward): `nacc` holds dñ of the warp's rows g and g+8 in elements 0 and 2.
     let normalizer = G::NORMALIZED && p.exact != 0;
     let with_n = normalizer && v0 == 0;
-    let mut acc = [[0f32; 4]; NB];
+    let mut acc = RegTile::<1, NB>::ZERO;
     let mut nacc = [0f32; 4];
     let mut dot_final = 0f32;
     if p.ptr.dc_final != 0 {
@@ -109,8 +109,8 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
                 let (idx, inside) = at(o, nb, e);
                 let x = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.dc_final + (mat + idx) * 4) };
                 let c = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c_final + (mat + idx) * 4) };
-                acc[nb][e] = x[0];
-                acc[nb][e + 1] = x[1];
+                acc.0[0][nb][e] = x[0];
+                acc.0[0][nb][e + 1] = x[1];
                 dot_final += x[0] * c[0] + x[1] * c[1];
             }
         });
@@ -143,7 +143,10 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         k -= 1;
         // Store dC'_{k+1}, through the staging tile (`stage::store_rows`: whole sectors).
         let hk = head * nc as u64 + k as u64;
-        let (r0, c0) = (thread::opaque(warp * 16 + acc_pos(lane, 0).0), acc_pos(lane, 0).1);
+        let (r0, c0) = (
+            thread::opaque(warp * 16 + acc_pos(lane, 0).0),
+            acc_pos(lane, 0).1,
+        );
         unsafe {
             walk::store_dc::<NB, THREADS, { TILE_HV / 8 }>(
                 p,
@@ -152,7 +155,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
                 (d0, v0),
                 (r0, c0),
                 TILE_QK,
-                |nb, half| E::pack(acc[nb][2 * half], acc[nb][2 * half + 1]),
+                |nb, half| E::pack(acc.0[0][nb][2 * half], acc.0[0][nb][2 * half + 1]),
             )
         };
         if with_n && leads_quad(lane) {
@@ -202,7 +205,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
                     let e = 2 * half;
                     let (idx, inside) = at(o, nb, e);
                     let x = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c0 + (mat + idx) * 4) };
-                    dot += acc[nb][e] * x[0] + acc[nb][e + 1] * x[1];
+                    dot += acc.0[0][nb][e] * x[0] + acc.0[0][nb][e + 1] * x[1];
                 }
             });
         } else {
@@ -211,7 +214,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
                 for half in 0..2 {
                     let e = 2 * half;
                     let (x0, x1) = E::unpack(c_k[nb][half]);
-                    dot += acc[nb][e] * x0 + acc[nb][e + 1] * x1;
+                    dot += acc.0[0][nb][e] * x0 + acc.0[0][nb][e + 1] * x1;
                 }
             });
         }
@@ -227,11 +230,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
 
         let (wc, wn) = unsafe { walk::weight_scales::<THREADS>(w_max, decay, scratch) };
         let (scale_c, scale_n) = (p.scale / wc, p.scale / wn);
-        for a in acc.iter_mut() {
-            for x in a.iter_mut() {
-                *x *= decay / wc;
-            }
-        }
+        acc.scale(decay / wc);
         for x in nacc.iter_mut() {
             *x *= decay / wn;
         }
@@ -251,8 +250,8 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
                 unroll!(8, pair => {
                     let b = unsafe { sdh.b_kn(ks * 16, pair as u32 * 16, lane) };
                     unsafe {
-                        E::mma(&mut acc[2 * pair], a, b[0]);
-                        E::mma(&mut acc[2 * pair + 1], a, b[1]);
+                        E::mma(&mut acc.0[0][2 * pair], a, b[0]);
+                        E::mma(&mut acc.0[0][2 * pair + 1], a, b[1]);
                     }
                 });
                 if with_n {
@@ -262,11 +261,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
             });
             unsafe { thread::sync_threads() };
         }
-        for a in acc.iter_mut() {
-            for x in a.iter_mut() {
-                *x *= wc;
-            }
-        }
+        acc.scale(wc);
         for x in nacc.iter_mut() {
             *x *= wn;
         }
@@ -279,7 +274,7 @@ pub unsafe fn bwd_state<E: Elem, G: GateKind>(p: &BwdParams) {
         for half in 0..2 {
             let e = 2 * half;
             let (idx, inside) = at(o, nb, e);
-            let v = [acc[nb][e], acc[nb][e + 1]];
+            let v = [acc.0[0][nb][e], acc.0[0][nb][e + 1]];
             if p.ptr.dc0 != 0 {
                 unsafe { global::st_v2_f32_if(inside, p.ptr.dc0 + (mat + idx) * 4, v) };
             }

@@ -20,7 +20,7 @@ use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::wgmma::{self, Hold, Wgmma};
 use crate::arch::{cp_async, global, shared, thread};
-use crate::tile::{SmemTile, a_pos, acc_pos, leads_quad};
+use crate::tile::{RegTile, SmemTile, a_pos, acc_pos, leads_quad};
 use tfla_params::bwd::state::{MAX_TILES, dots_per_head, final_dot, init_dot};
 use tfla_params::bwd::{BwdParams, rows, state_wg::*};
 use tfla_params::fwd::SMEM_ROW_PAD;
@@ -106,10 +106,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
     // forward): `nacc` holds dñ of the warp's rows g and g+8 in elements 0 and 2.
     let normalizer = G::NORMALIZED && p.exact != 0;
     let with_n = normalizer && v0 == 0;
-    // (From a constant: a repeat expression this long becomes a store loop that keeps the
-    // array out of registers.)
-    const ZERO: [f32; 4 * NB] = [0.0; 4 * NB];
-    let mut acc = ZERO;
+    let mut acc = RegTile::<1, NB>::ZERO;
     let mut nacc = [0f32; 4];
     let mut dot_final = 0f32;
     if p.ptr.dc_final != 0 {
@@ -120,8 +117,8 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
                 let (idx, inside) = at(o, nb, e);
                 let x = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.dc_final + (mat + idx) * 4) };
                 let c = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c_final + (mat + idx) * 4) };
-                acc[4 * nb + e] = x[0];
-                acc[4 * nb + e + 1] = x[1];
+                acc.0[0][nb][e] = x[0];
+                acc.0[0][nb][e + 1] = x[1];
                 dot_final += x[0] * c[0] + x[1] * c[1];
             }
         });
@@ -173,7 +170,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
                 (d0, v0),
                 (r0, c0),
                 TILE_QK,
-                |nb, half| E::pack(acc[4 * nb + 2 * half], acc[4 * nb + 2 * half + 1]),
+                |nb, half| E::pack(acc.0[0][nb][2 * half], acc.0[0][nb][2 * half + 1]),
             )
         };
         if with_n && leads_quad(lane) {
@@ -195,7 +192,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
                     let e = 2 * half;
                     let (idx, inside) = at(o, nb, e);
                     let x = unsafe { global::ld_v2_f32_or_zero(inside, p.ptr.c0 + (mat + idx) * 4) };
-                    dot += acc[4 * nb + e] * x[0] + acc[4 * nb + e + 1] * x[1];
+                    dot += acc.0[0][nb][e] * x[0] + acc.0[0][nb][e + 1] * x[1];
                 }
             });
         } else {
@@ -206,7 +203,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
                     let (idx, inside) = at(o, nb, e);
                     let ptr = p.ptr.c_states + (hk * (dqk as u64) * (dhv as u64) + idx) * 2;
                     let (x0, x1) = E::unpack(unsafe { global::ld_nc_f32_or_zero(inside, ptr) }.to_bits());
-                    dot += acc[4 * nb + e] * x0 + acc[4 * nb + e + 1] * x1;
+                    dot += acc.0[0][nb][e] * x0 + acc.0[0][nb][e + 1] * x1;
                 }
             });
         }
@@ -227,9 +224,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
         let (wc, wn) = unsafe { walk::weight_scales::<THREADS>(w_max, decay, scratch) };
         let (scale_c, scale_n) = (p.scale / wc, p.scale / wn);
         let rescale = decay / wc;
-        unroll!(32, nb => {
-            unroll!(4, e => { acc[4 * nb + e] *= rescale; });
-        });
+        acc.scale(rescale);
         for x in nacc.iter_mut() {
             *x *= decay / wn;
         }
@@ -254,12 +249,12 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
             unsafe {
                 wgmma::fence();
                 unroll!(4, ks => {
-                    E::rs_n256_mn(&mut acc, a[ks], wgmma::mn_major(sdh, ks as u32, PANEL_DH));
+                    E::rs_n256_mn(acc.flat_mut(), a[ks], wgmma::mn_major(sdh, ks as u32, PANEL_DH));
                 });
                 wgmma::commit();
                 wgmma::wait_all();
             }
-            acc.hold();
+            acc.flat_mut::<{ 4 * NB }>().hold();
             if with_n {
                 // The ñ column (weights α δ) after the products, from a second `ldmatrix` of
                 // the Q fragment: beside the 128 accumulators and the A fragments the
@@ -274,9 +269,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
             }
             unsafe { thread::sync_threads() };
         }
-        unroll!(32, nb => {
-            unroll!(4, e => { acc[4 * nb + e] *= wc; });
-        });
+        acc.scale(wc);
         for x in nacc.iter_mut() {
             *x *= wn;
         }
@@ -289,7 +282,7 @@ pub unsafe fn bwd_state_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
         for half in 0..2 {
             let e = 2 * half;
             let (idx, inside) = at(o, nb, e);
-            let v = [acc[4 * nb + e], acc[4 * nb + e + 1]];
+            let v = [acc.0[0][nb][e], acc.0[0][nb][e + 1]];
             if p.ptr.dc0 != 0 {
                 unsafe { global::st_v2_f32_if(inside, p.ptr.dc0 + (mat + idx) * 4, v) };
             }
