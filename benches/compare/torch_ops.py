@@ -86,7 +86,12 @@ def main() -> None:
     ap.add_argument("--tfla", help="tfla-bench's JSON of the same run (for the ratios)")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", help="write the measurements here")
+    ap.add_argument("--layer-cost", metavar="JSON", help="only the Python layer against the "
+                    "launches alone, in rounds (`layer_cost`), written here")
     args = ap.parse_args()
+    if args.layer_cost:
+        json.dump(layer_cost(), open(args.layer_cost, "w"), indent=1)
+        return
     rows = []
     if args.tfla:
         data = json.load(open(args.tfla))
@@ -283,6 +288,90 @@ def host_costs(calls: int = 2000) -> dict:
         result[name] = (time.perf_counter() - t0) / calls * 1e6
         print(f"  {name:26} {result[name]:7.1f} us")
     return result
+
+
+def raw_calls(q, k, v, i, f, variant: str, normalize: bool, chunk: int):
+    """The forward and the forward+backward as the extension launches them on buffers
+    allocated once (no Python layer, no allocation): what tfla-bench does, in this process."""
+    from tfla import _tfla
+    from tfla.torch import _ops
+
+    dims, index = _ops._dims(q, v), q.get_device()
+    stream = torch.cuda.current_stream().cuda_stream
+    outs = _ops.forward(q, k, v, i, f, None, None, None, variant, normalize, 1e-6, chunk, True, "exact")
+    fwd_ptrs = _ops._addresses(outs[-1], _ops._forward_plan(dims, "bf16", chunk, True)[2])
+    fwd_ptrs.update({n: t.data_ptr() for n, t in zip(("q", "k", "v", "i", "f", *_ops.PUBLIC), (q, k, v, i, f, *outs))})
+    dh = torch.randn_like(v)
+    grads = _ops._grads(q, k, v, None, None, None)
+    size, offsets = _ops._workspace_plan(_ops.device_plan(index), dims, "bf16", chunk)
+    workspace = q.new_empty(size, dtype=torch.uint8)
+    bwd_ptrs = {n: a for n, a in fwd_ptrs.items() if n not in ("m_rows", "m_final")}
+    bwd_ptrs.update(_ops._addresses(workspace, offsets))
+    bwd_ptrs["dh"] = dh.data_ptr()
+    bwd_ptrs.update({n: _ops._ptr(t) for n, t in zip(_ops.GRADS, grads)})
+
+    plain = {n: a for n, a in fwd_ptrs.items() if n not in ("m_rows", "norm_rows")}
+
+    def fwd(row_stats: bool = False):
+        ptrs = fwd_ptrs if row_stats else plain
+        _tfla.forward(index, stream, ptrs, *dims, "bf16", variant, normalize, 1e-6, chunk, row_stats)
+
+    def fwd_bwd():
+        fwd(True)
+        _tfla.backward(index, stream, bwd_ptrs, *dims, "bf16", variant, normalize, 1e-6, chunk, "exact")
+
+    keep = (outs, dh, grads, workspace)  # alive as long as the closures
+    return fwd, fwd_bwd, keep
+
+
+def layer_cost(rounds: int = 7, reps: int = 10) -> list:
+    """The Python layer's cost in the same process and on the same buffers' card: each round
+    times `mlstm_chunkwise` (forward under no_grad; forward+backward with `.grad` cleared) and
+    the extension's launches on buffers allocated once (`raw_calls`), one after the other, both
+    waited for per call and queued; the median over rounds of the per-round ratio, and its
+    range. Alternating in rounds cancels the device's drift, which between two processes (this
+    and tfla-bench) moves single kernels by 5-10%."""
+    b, s = 8, 8192
+    g = torch.Generator(device="cuda").manual_seed(1)
+    rows = []
+    print(f"Python layer against the launches alone, same process, {rounds} rounds alternated "
+          f"(median ratio [min, max]):")
+    print(f"{'variant':10} {'NH/DQK/DHV':12} {'L':>4} {'fwd waited':>22} {'fwd queued':>22} "
+          f"{'f+b waited':>22} {'f+b queued':>22}")
+    for nh, dqk, dhv in HEADS:
+        for variant, normalize, name in (("exp", True, "exp"), ("sig", True, "sig"), ("sig", False, "sig_nonorm")):
+            q, k = (torch.randn(b, nh, s, dqk, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
+            v = torch.randn(b, nh, s, dhv, device="cuda", generator=g, dtype=torch.bfloat16)
+            i = torch.randn(b, nh, s, device="cuda", generator=g)
+            f = torch.randn(b, nh, s, device="cuda", generator=g) + 3
+            from tfla import _tfla
+
+            chunk = _tfla.chunk_size(b, nh, s, dqk, dhv, 0)
+            raw_fwd, raw_fb, keep = raw_calls(q, k, v, i, f, variant, normalize, chunk)
+            leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
+            dh = torch.randn_like(v)
+            kw = dict(variant=variant, normalize=normalize)
+
+            def py_fwd():
+                with torch.no_grad():
+                    tt.mlstm_chunkwise(q, k, v, i, f, **kw)
+
+            def py_fb():
+                for t in leaves:
+                    t.grad = None
+                tt.mlstm_chunkwise(*leaves, **kw).backward(dh)
+
+            ratios = {m: [] for m in ("fwd_w", "fwd_q", "fb_w", "fb_q")}
+            for _ in range(rounds):
+                for m, (py, raw) in (("fwd", (py_fwd, raw_fwd)), ("fb", (py_fb, raw_fb))):
+                    ratios[m + "_w"].append(time_ms(py, reps, warmup=1) / time_ms(raw, reps, warmup=1))
+                    ratios[m + "_q"].append(time_queued_ms(py, reps, warmup=1) / time_queued_ms(raw, reps, warmup=1))
+            cell = lambda xs: f"{statistics.median(xs):6.3f} [{min(xs):.3f}, {max(xs):.3f}]"  # noqa: E731
+            print(f"{name:10} {f'{nh}/{dqk}/{dhv}':12} {chunk:>4} {cell(ratios['fwd_w']):>22} "
+                  f"{cell(ratios['fwd_q']):>22} {cell(ratios['fb_w']):>22} {cell(ratios['fb_q']):>22}")
+            rows.append(dict(variant=name, NH=nh, DQK=dqk, DHV=dhv, chunk=chunk, **ratios))
+            del q, k, v, leaves, dh, keep, raw_fwd, raw_fb
+    return rows
 
 
 if __name__ == "__main__":
