@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import types
 
 import torch
 
@@ -69,6 +70,33 @@ def time_queued_ms(fn, reps: int, warmup: int = 3) -> float:
     return start.elapsed_time(stop) / reps
 
 
+def cases(seed: int, b: int = 8, s: int = 8192):
+    """(name, variant, normalize, (NH, DQK, DHV), (q, k, v, i, f)) of the benchmark's grid at
+    (B, S): each head config, each variant, random bf16 inputs and f32 gates."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    for nh, dqk, dhv in HEADS:
+        for variant, normalize, name in (("exp", True, "exp"), ("sig", True, "sig"), ("sig", False, "sig_nonorm")):
+            q, k = (torch.randn(b, nh, s, dqk, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
+            v = torch.randn(b, nh, s, dhv, device="cuda", generator=g, dtype=torch.bfloat16)
+            i = torch.randn(b, nh, s, device="cuda", generator=g)
+            f = torch.randn(b, nh, s, device="cuda", generator=g) + 3
+            yield name, variant, normalize, (nh, dqk, dhv), (q, k, v, i, f)
+
+
+def captured(fn) -> "torch.cuda.CUDAGraph":
+    """`fn`'s kernels in a CUDA graph, after one warm-up call on a side stream (as PyTorch's
+    CUDA-graph docs do: the runtime loads and allocates outside the capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
 def rust_best(rows: list, variant: str, nh: int, dqk: int, dhv: int, b: int, s: int, key: str):
     """tfla-bench's best (ms, chunk) at this point, or None."""
     best = None
@@ -107,78 +135,57 @@ def main() -> None:
           "allocated once, in this process, and the waited forward's ratio to it; raw q: the same "
           "queued, and the queued forward's ratio to it; graph: the forward replayed from a CUDA "
           "graph, and its ratio to tfla-bench)")
-    g = torch.Generator(device="cuda").manual_seed(0)
-    for nh, dqk, dhv in HEADS:
-        for variant, normalize, name in (("exp", True, "exp"), ("sig", True, "sig"), ("sig", False, "sig_nonorm")):
-            q, k = (torch.randn(b, nh, s, dqk, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
-            v = torch.randn(b, nh, s, dhv, device="cuda", generator=g, dtype=torch.bfloat16)
-            i = torch.randn(b, nh, s, device="cuda", generator=g)
-            f = torch.randn(b, nh, s, device="cuda", generator=g) + 3
-            fwd_rust = rust_best(rows, name, nh, dqk, dhv, b, s, "fwd_ms")
-            bwd_rust = rust_best(rows, name, nh, dqk, dhv, b, s, "fwdbwd_ms")
-            chunk = fwd_rust[1] if fwd_rust else None
-            kw = dict(variant=variant, normalize=normalize)
-            with torch.no_grad():
-                fwd = time_ms(lambda: tt.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk, **kw), args.reps)
-            fwd_host = statistics.median(HOST_US)
-            # The extension's launch alone on buffers allocated once: tfla-bench's work in this
-            # process (same buffers, same clocks), the floor of the Python layer.
-            from tfla import _tfla
-            from tfla.torch import _ops
+    for name, variant, normalize, (nh, dqk, dhv), (q, k, v, i, f) in cases(0, b, s):
+        fwd_rust = rust_best(rows, name, nh, dqk, dhv, b, s, "fwd_ms")
+        bwd_rust = rust_best(rows, name, nh, dqk, dhv, b, s, "fwdbwd_ms")
+        chunk = fwd_rust[1] if fwd_rust else None
+        kw = dict(variant=variant, normalize=normalize)
+        with torch.no_grad():
+            fwd = time_ms(lambda: tt.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk, **kw), args.reps)
+        fwd_host = statistics.median(HOST_US)
+        # The extension's launch alone on buffers allocated once: tfla-bench's work in this
+        # process (same buffers, same clocks), the floor of the Python layer.
+        raw = raw_calls(q, k, v, i, f, variant, normalize, chunk or 0)
+        fwd_raw = time_ms(raw.fwd, args.reps)
+        fwd_raw_q = time_queued_ms(raw.fwd, args.reps)
+        del raw
+        # The forward replayed from a CUDA graph: no host work per call at all.
+        with torch.no_grad():
+            graph = captured(lambda: tt.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk, **kw))
+        fwd_graph = time_ms(graph.replay, args.reps)
+        del graph
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
+        dh = torch.randn_like(v)
+        chunk_b = bwd_rust[1] if bwd_rust else None
 
-            outs = _ops.forward(q, k, v, i, f, None, None, None, variant, normalize, 1e-6, chunk or 0, False, "exact")
-            ptrs = _ops._addresses(outs[-1], _ops._forward_plan(_ops._dims(q, v), "bf16", chunk or 0, False)[2])
-            ptrs.update({n: t.data_ptr() for n, t in zip(("q", "k", "v", "i", "f", *_ops.PUBLIC), (q, k, v, i, f, *outs))})
-            stream = torch.cuda.current_stream().cuda_stream
-            raw = lambda: _tfla.forward(0, stream, ptrs, b, nh, s, dqk, dhv, "bf16", variant, normalize, 1e-6, chunk or 0, False)  # noqa: E731
-            fwd_raw = time_ms(raw, args.reps)
-            fwd_raw_q = time_queued_ms(raw, args.reps)
-            del outs
-            # The forward replayed from a CUDA graph: no host work per call at all.
-            with torch.no_grad():
-                call = lambda: tt.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk, **kw)  # noqa: E731
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    call()
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    call()
-            fwd_graph = time_ms(graph.replay, args.reps)
-            del graph
-            leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
-            dh = torch.randn_like(v)
-            chunk_b = bwd_rust[1] if bwd_rust else None
+        def fwd_bwd():
+            # As `optimizer.zero_grad()` does: without it every call after the first adds
+            # its gradients into the leaves' .grad (full-size q, k, v adds tfla-bench
+            # does not do).
+            for t in leaves:
+                t.grad = None
+            h = tt.mlstm_chunkwise(*leaves, chunk_size=chunk_b, **kw)
+            h.backward(dh)
 
-            def fwd_bwd():
-                # As `optimizer.zero_grad()` does: without it every call after the first adds
-                # its gradients into the leaves' .grad (full-size q, k, v adds tfla-bench
-                # does not do).
-                for t in leaves:
-                    t.grad = None
-                h = tt.mlstm_chunkwise(*leaves, chunk_size=chunk_b, **kw)
-                h.backward(dh)
-
-            both = time_ms(fwd_bwd, args.reps)
-            both_host = statistics.median(HOST_US)
-            with torch.no_grad():
-                fwd_q = time_queued_ms(lambda: tt.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk, **kw), args.reps)
-            both_q = time_queued_ms(fwd_bwd, args.reps)
-            ratio = lambda ms, r: f"{ms / r[0]:6.3f}" if r else "     -"  # noqa: E731
-            rust = lambda r: f"{r[0]:8.3f}" if r else "       -"  # noqa: E731
-            print(f"{name:10} {f'{nh}/{dqk}/{dhv}':12} {chunk or '-':>5} {fwd:8.3f} {rust(fwd_rust)} "
-                  f"{ratio(fwd, fwd_rust)} {both:8.3f} {rust(bwd_rust)} {ratio(both, bwd_rust)} "
-                  f"{fwd_q:8.3f} {ratio(fwd_q, fwd_rust)} {both_q:8.3f} {ratio(both_q, bwd_rust)} "
-                  f"{fwd_host:7.0f} {both_host:7.0f} {fwd_raw:8.3f} {fwd / fwd_raw:6.3f} "
-                  f"{fwd_raw_q:8.3f} {fwd_q / fwd_raw_q:6.3f} {fwd_graph:8.3f} {ratio(fwd_graph, fwd_rust)}")
-            out["chunkwise"].append(dict(variant=name, NH=nh, DQK=dqk, DHV=dhv, B=b, S=s, chunk=chunk,
-                                         fwd_ms=fwd, fwdbwd_ms=both, fwd_queued_ms=fwd_q,
-                                         fwdbwd_queued_ms=both_q, fwd_host_us=fwd_host,
-                                         fwdbwd_host_us=both_host, raw_fwd_ms=fwd_raw, raw_fwd_queued_ms=fwd_raw_q,
-                                         graph_fwd_ms=fwd_graph, rust_fwd_ms=fwd_rust and fwd_rust[0],
-                                         rust_fwdbwd_ms=bwd_rust and bwd_rust[0]))
-            del q, k, v, leaves, dh
+        both = time_ms(fwd_bwd, args.reps)
+        both_host = statistics.median(HOST_US)
+        with torch.no_grad():
+            fwd_q = time_queued_ms(lambda: tt.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk, **kw), args.reps)
+        both_q = time_queued_ms(fwd_bwd, args.reps)
+        ratio = lambda ms, r: f"{ms / r[0]:6.3f}" if r else "     -"  # noqa: E731
+        rust = lambda r: f"{r[0]:8.3f}" if r else "       -"  # noqa: E731
+        print(f"{name:10} {f'{nh}/{dqk}/{dhv}':12} {chunk or '-':>5} {fwd:8.3f} {rust(fwd_rust)} "
+              f"{ratio(fwd, fwd_rust)} {both:8.3f} {rust(bwd_rust)} {ratio(both, bwd_rust)} "
+              f"{fwd_q:8.3f} {ratio(fwd_q, fwd_rust)} {both_q:8.3f} {ratio(both_q, bwd_rust)} "
+              f"{fwd_host:7.0f} {both_host:7.0f} {fwd_raw:8.3f} {fwd / fwd_raw:6.3f} "
+              f"{fwd_raw_q:8.3f} {fwd_q / fwd_raw_q:6.3f} {fwd_graph:8.3f} {ratio(fwd_graph, fwd_rust)}")
+        out["chunkwise"].append(dict(variant=name, NH=nh, DQK=dqk, DHV=dhv, B=b, S=s, chunk=chunk,
+                                     fwd_ms=fwd, fwdbwd_ms=both, fwd_queued_ms=fwd_q,
+                                     fwdbwd_queued_ms=both_q, fwd_host_us=fwd_host,
+                                     fwdbwd_host_us=both_host, raw_fwd_ms=fwd_raw, raw_fwd_queued_ms=fwd_raw_q,
+                                     graph_fwd_ms=fwd_graph, rust_fwd_ms=fwd_rust and fwd_rust[0],
+                                     rust_fwdbwd_ms=bwd_rust and bwd_rust[0]))
+        del q, k, v, leaves, dh
     # Generation: per-call cost of the op in an eager loop vs the same calls from a CUDA graph.
     for bh in (64, 256):
         nh, dqk, dhv, calls = 8, 256, 512, 100
@@ -194,14 +201,7 @@ def main() -> None:
                 tt.mlstm_step(q, k, v, i, f, c, n, m, inplace=True)
 
         eager = time_ms(loop, 5) / calls
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            loop()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            loop()
+        graph = captured(loop)
         replay = time_ms(graph.replay, 5) / calls
         print(f"step B*NH={bh} DQK={dqk} DHV={dhv} bf16 state: eager {eager * 1e3:7.2f} us/call, "
               f"graph replay {replay * 1e3:7.2f} us/call, overhead {(eager - replay) * 1e3:6.2f} us")
@@ -220,16 +220,12 @@ def host_costs(calls: int = 2000) -> dict:
     forward+backward."""
     import time
 
-    from tfla import _tfla
     from tfla.torch import _ops
 
     q, k, v = (torch.randn(1, 1, 64, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     i, f = torch.randn(1, 1, 64, device="cuda"), torch.randn(1, 1, 64, device="cuda") + 3
     args = (q, k, v, i, f, None, None, None, "exp", True, 1e-6, 0, False, "exact")
-    outs = _ops.forward(*args)
-    pointers = _ops._addresses(outs[-1], _ops._forward_plan(_ops._dims(q, v), "bf16", 0, False)[2])
-    pointers.update({n: t.data_ptr() for n, t in zip(("q", "k", "v", "i", "f", *_ops.PUBLIC), (q, k, v, i, f, *outs))})
-    stream = torch.cuda.current_stream().cuda_stream
+    raw = raw_calls(q, k, v, i, f, "exp", True, 0)
     leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
     dh = torch.randn_like(v)
 
@@ -238,18 +234,9 @@ def host_costs(calls: int = 2000) -> dict:
             t.grad = None
         tt.mlstm_chunkwise(*leaves).backward(dh)
 
-    # The backward's arguments from one forward with row statistics, and its pointers.
-    saved_fwd = _ops.forward(*args[:12], True, "exact")
-    grad_args = (q, k, v, i, f, None, None, None, *saved_fwd[:3], saved_fwd[4], dh, None, None, None, "exp", True, 1e-6, 0, "exact")
-    grads = _ops._grads(q, k, v, None, None, None)
-    size, offsets = _ops._workspace_plan(_ops.device_plan(0), _ops._dims(q, v), "bf16", 0)
-    workspace = q.new_empty(size, dtype=torch.uint8)
-    bwd_ptrs = _ops._addresses(saved_fwd[4], _ops._forward_plan(_ops._dims(q, v), "bf16", 0, True)[2])
-    bwd_ptrs.pop("m_rows")
-    bwd_ptrs.update(_ops._addresses(workspace, offsets))
-    for name, t in (("q", q), ("k", k), ("v", v), ("i", i), ("f", f), ("h", saved_fwd[0]), ("c_final", saved_fwd[1]),
-                    ("n_final", saved_fwd[2]), ("dh", dh), *zip(_ops.GRADS, grads)):
-        bwd_ptrs[name] = _ops._ptr(t)
+    # The backward op's body on one forward's outputs (with row statistics).
+    saved = _ops.forward(*args[:12], True, "exact")
+    grad_args = (q, k, v, i, f, None, None, None, *saved[:3], saved[4], dh, None, None, None, "exp", True, 1e-6, 0, "exact")
 
     class Nothing(torch.autograd.Function):
         @staticmethod
@@ -267,13 +254,13 @@ def host_costs(calls: int = 2000) -> dict:
     layers = {
         "one torch.empty (1 MB)": lambda: torch.empty(1 << 20, device="cuda", dtype=torch.uint8),
         "autograd.Function.apply": lambda: Nothing.apply(q),
-        "launch (_tfla.forward)": lambda: _tfla.forward(0, stream, pointers, 1, 1, 64, 64, 64, "bf16", "exp", True, 1e-6, 0, False),
+        "launch (_tfla.forward)": raw.fwd,
         "op body (_ops.forward)": lambda: _ops.forward(*args),
         "custom op (torch.ops)": lambda: torch.ops.tfla.mlstm_fwd(*args),
         "mlstm_chunkwise": lambda: tt.mlstm_chunkwise(q, k, v, i, f),
         "mlstm_chunkwise fwd+bwd": fwd_bwd,
         "backward body (_ops.backward)": lambda: _ops.backward(*grad_args),
-        "backward launch alone": lambda: _tfla.backward(0, stream, bwd_ptrs, 1, 1, 64, 64, 64, "bf16", "exp", True, 1e-6, 0, "exact"),
+        "backward launch alone": raw.bwd,
     }
     result = {}
     print(f"host time per call (B=NH=1, S=64, D=64, {calls} calls, no wait between them):")
@@ -290,9 +277,10 @@ def host_costs(calls: int = 2000) -> dict:
     return result
 
 
-def raw_calls(q, k, v, i, f, variant: str, normalize: bool, chunk: int):
-    """The forward and the forward+backward as the extension launches them on buffers
-    allocated once (no Python layer, no allocation): what tfla-bench does, in this process."""
+def raw_calls(q, k, v, i, f, variant: str, normalize: bool, chunk: int) -> types.SimpleNamespace:
+    """The forward (`fwd`), the backward (`bwd`) and both (`fwd_bwd`) as the extension launches
+    them on buffers allocated once (no Python layer, no allocation): what tfla-bench does, in
+    this process."""
     from tfla import _tfla
     from tfla.torch import _ops
 
@@ -316,12 +304,15 @@ def raw_calls(q, k, v, i, f, variant: str, normalize: bool, chunk: int):
         ptrs = fwd_ptrs if row_stats else plain
         _tfla.forward(index, stream, ptrs, *dims, "bf16", variant, normalize, 1e-6, chunk, row_stats)
 
-    def fwd_bwd():
-        fwd(True)
+    def bwd():
         _tfla.backward(index, stream, bwd_ptrs, *dims, "bf16", variant, normalize, 1e-6, chunk, "exact")
 
-    keep = (outs, dh, grads, workspace)  # alive as long as the closures
-    return fwd, fwd_bwd, keep
+    def fwd_bwd():
+        fwd(True)
+        bwd()
+
+    # The buffers stay alive with the closures.
+    return types.SimpleNamespace(fwd=fwd, bwd=bwd, fwd_bwd=fwd_bwd, buffers=(outs, dh, grads, workspace))
 
 
 def layer_cost(rounds: int = 7, reps: int = 10) -> list:
@@ -332,45 +323,39 @@ def layer_cost(rounds: int = 7, reps: int = 10) -> list:
     range. Alternating in rounds cancels the device's drift, which between two processes (this
     and tfla-bench) moves single kernels by 5-10%."""
     b, s = 8, 8192
-    g = torch.Generator(device="cuda").manual_seed(1)
     rows = []
     print(f"Python layer against the launches alone, same process, {rounds} rounds alternated "
           f"(median ratio [min, max]):")
     print(f"{'variant':10} {'NH/DQK/DHV':12} {'L':>4} {'fwd waited':>22} {'fwd queued':>22} "
           f"{'f+b waited':>22} {'f+b queued':>22}")
-    for nh, dqk, dhv in HEADS:
-        for variant, normalize, name in (("exp", True, "exp"), ("sig", True, "sig"), ("sig", False, "sig_nonorm")):
-            q, k = (torch.randn(b, nh, s, dqk, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
-            v = torch.randn(b, nh, s, dhv, device="cuda", generator=g, dtype=torch.bfloat16)
-            i = torch.randn(b, nh, s, device="cuda", generator=g)
-            f = torch.randn(b, nh, s, device="cuda", generator=g) + 3
-            from tfla import _tfla
+    from tfla import _tfla
 
-            chunk = _tfla.chunk_size(b, nh, s, dqk, dhv, 0)
-            raw_fwd, raw_fb, keep = raw_calls(q, k, v, i, f, variant, normalize, chunk)
-            leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
-            dh = torch.randn_like(v)
-            kw = dict(variant=variant, normalize=normalize)
+    for name, variant, normalize, (nh, dqk, dhv), (q, k, v, i, f) in cases(1, b, s):
+        chunk = _tfla.chunk_size(b, nh, s, dqk, dhv, 0)
+        raw = raw_calls(q, k, v, i, f, variant, normalize, chunk)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
+        dh = torch.randn_like(v)
+        kw = dict(variant=variant, normalize=normalize)
 
-            def py_fwd():
-                with torch.no_grad():
-                    tt.mlstm_chunkwise(q, k, v, i, f, **kw)
+        def py_fwd():
+            with torch.no_grad():
+                tt.mlstm_chunkwise(q, k, v, i, f, **kw)
 
-            def py_fb():
-                for t in leaves:
-                    t.grad = None
-                tt.mlstm_chunkwise(*leaves, **kw).backward(dh)
+        def py_fb():
+            for t in leaves:
+                t.grad = None
+            tt.mlstm_chunkwise(*leaves, **kw).backward(dh)
 
-            ratios = {m: [] for m in ("fwd_w", "fwd_q", "fb_w", "fb_q")}
-            for _ in range(rounds):
-                for m, (py, raw) in (("fwd", (py_fwd, raw_fwd)), ("fb", (py_fb, raw_fb))):
-                    ratios[m + "_w"].append(time_ms(py, reps, warmup=1) / time_ms(raw, reps, warmup=1))
-                    ratios[m + "_q"].append(time_queued_ms(py, reps, warmup=1) / time_queued_ms(raw, reps, warmup=1))
-            cell = lambda xs: f"{statistics.median(xs):6.3f} [{min(xs):.3f}, {max(xs):.3f}]"  # noqa: E731
-            print(f"{name:10} {f'{nh}/{dqk}/{dhv}':12} {chunk:>4} {cell(ratios['fwd_w']):>22} "
-                  f"{cell(ratios['fwd_q']):>22} {cell(ratios['fb_w']):>22} {cell(ratios['fb_q']):>22}")
-            rows.append(dict(variant=name, NH=nh, DQK=dqk, DHV=dhv, chunk=chunk, **ratios))
-            del q, k, v, leaves, dh, keep, raw_fwd, raw_fb
+        ratios = {m: [] for m in ("fwd_w", "fwd_q", "fb_w", "fb_q")}
+        for _ in range(rounds):
+            for m, (py, alone) in (("fwd", (py_fwd, raw.fwd)), ("fb", (py_fb, raw.fwd_bwd))):
+                ratios[m + "_w"].append(time_ms(py, reps, warmup=1) / time_ms(alone, reps, warmup=1))
+                ratios[m + "_q"].append(time_queued_ms(py, reps, warmup=1) / time_queued_ms(alone, reps, warmup=1))
+        cell = lambda xs: f"{statistics.median(xs):6.3f} [{min(xs):.3f}, {max(xs):.3f}]"  # noqa: E731
+        print(f"{name:10} {f'{nh}/{dqk}/{dhv}':12} {chunk:>4} {cell(ratios['fwd_w']):>22} "
+              f"{cell(ratios['fwd_q']):>22} {cell(ratios['fb_w']):>22} {cell(ratios['fb_q']):>22}")
+        rows.append(dict(variant=name, NH=nh, DQK=dqk, DHV=dhv, chunk=chunk, **ratios))
+        del q, k, v, leaves, dh, raw
     return rows
 
 
