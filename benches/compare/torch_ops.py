@@ -284,28 +284,28 @@ def raw_calls(q, k, v, i, f, variant: str, normalize: bool, chunk: int) -> types
     from tfla import _tfla
     from tfla.torch import _ops
 
-    dims, index = _ops._dims(q, v), q.get_device()
-    stream = torch.cuda.current_stream().cuda_stream
-    outs = _ops.forward(q, k, v, i, f, None, None, None, variant, normalize, 1e-6, chunk, True, "exact")
-    fwd_ptrs = _ops._addresses(outs[-1], _ops._forward_plan(dims, "bf16", chunk, True)[2])
-    fwd_ptrs.update({n: t.data_ptr() for n, t in zip(("q", "k", "v", "i", "f", *_ops.PUBLIC), (q, k, v, i, f, *outs))})
+    index, stream = q.get_device(), torch.cuda.current_stream().cuda_stream
+    dims, dtype, plan = _ops._plan(q, v, chunk, True)
+    outs = _ops._allocate(q, plan)
     dh = torch.randn_like(v)
     grads = _ops._grads(q, k, v, None, None, None)
-    size, offsets = _ops._workspace_plan(_ops.device_plan(index), dims, "bf16", chunk)
+    size, offsets = _ops._workspace_plan(_ops.device_plan(index), dims, dtype, chunk)
     workspace = q.new_empty(size, dtype=torch.uint8)
-    bwd_ptrs = {n: a for n, a in fwd_ptrs.items() if n not in ("m_rows", "m_final")}
-    bwd_ptrs.update(_ops._addresses(workspace, offsets))
-    bwd_ptrs["dh"] = dh.data_ptr()
-    bwd_ptrs.update({n: _ops._ptr(t) for n, t in zip(_ops.GRADS, grads)})
-
-    plain = {n: a for n, a in fwd_ptrs.items() if n not in ("m_rows", "norm_rows")}
+    # The op bodies' pointer tables, on these buffers: with row statistics (what the backward
+    # reads), without (the forward alone, at the plan's offsets without them).
+    fwd_ptrs = _ops.forward_pointers(q, k, v, i, f, None, None, None, outs, plan[2])
+    plain = _ops.forward_pointers(q, k, v, i, f, None, None, None, outs, _ops._plan(q, v, chunk, False)[2][2])
+    bwd_ptrs = _ops.backward_pointers(
+        q, k, v, i, f, None, None, None, *outs[:3], outs[-1], plan[2],
+        dh, None, None, None, grads, workspace, offsets,
+    )  # fmt: skip
 
     def fwd(row_stats: bool = False):
         ptrs = fwd_ptrs if row_stats else plain
-        _tfla.forward(index, stream, ptrs, *dims, "bf16", variant, normalize, 1e-6, chunk, row_stats)
+        _tfla.forward(index, stream, ptrs, *dims, dtype, variant, normalize, 1e-6, chunk, row_stats)
 
     def bwd():
-        _tfla.backward(index, stream, bwd_ptrs, *dims, "bf16", variant, normalize, 1e-6, chunk, "exact")
+        _tfla.backward(index, stream, bwd_ptrs, *dims, dtype, variant, normalize, 1e-6, chunk, "exact")
 
     def fwd_bwd():
         fwd(True)

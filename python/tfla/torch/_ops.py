@@ -116,10 +116,48 @@ def _addresses(base: Tensor, offsets: dict[str, int]) -> dict[str, int]:
     return {name: start + offset for name, offset in offsets.items()}
 
 
-def _outputs(q: Tensor, v: Tensor, chunk_size: int, row_stats: bool) -> tuple[Tensor, ...]:
-    public, size, _ = _forward_plan(_dims(q, v), dtype_name("q", q), chunk_size, row_stats)
+def _plan(q: Tensor, v: Tensor, chunk_size: int, row_stats: bool):
+    """(dims, dtype name, `_forward_plan`) of a forward on q, v."""
+    dims, dtype = _dims(q, v), dtype_name("q", q)
+    return dims, dtype, _forward_plan(dims, dtype, chunk_size, row_stats)
+
+
+def _allocate(q: Tensor, plan) -> tuple[Tensor, ...]:
+    """The forward's outputs for `plan`: the public ones, then ``saved``."""
+    public, size, _ = plan
     out = tuple(q.new_empty(shape, dtype=dt) for _, dt, shape in public)
     return out + (q.new_empty(size, dtype=torch.uint8),)
+
+
+def forward_pointers(q, k, v, i, f, c0, n0, m0, out, offsets) -> dict[str, int]:
+    """The forward's device addresses by name (the extension's `FwdPointers`): its inputs,
+    its outputs `out` (`_allocate`'s), and the buffers in ``saved`` at `offsets`."""
+    pointers = _addresses(out[-1], offsets)
+    for name, t in zip(PUBLIC, out):
+        pointers[name] = _ptr(t)
+    for name, t in (("q", q), ("k", k), ("v", v), ("i", i), ("f", f), ("c0", c0), ("n0", n0), ("m0", m0)):
+        pointers[name] = _ptr(t)
+    return pointers
+
+
+def backward_pointers(
+    q, k, v, i, f, c0, n0, m0, h, c_final, n_final, saved, saved_offsets,
+    dh, dc, dn, dm, grads, workspace, workspace_offsets,
+) -> dict[str, int]:  # fmt: skip
+    """The backward's device addresses by name (the extension's `BwdPointers`): the forward's
+    inputs and outputs (``saved`` of a forward with row statistics, at `saved_offsets`), the
+    outputs' gradients, `grads` (`GRADS`) and the scratch at `workspace_offsets`."""
+    pointers = _addresses(saved, saved_offsets)
+    # The forward's m_rows is in `saved` too; the backward does not read it.
+    pointers.pop("m_rows", None)
+    pointers.update(_addresses(workspace, workspace_offsets))
+    for name, t in (
+        ("q", q), ("k", k), ("v", v), ("i", i), ("f", f), ("c0", c0), ("n0", n0), ("m0", m0),
+        ("h", h), ("c_final", c_final), ("n_final", n_final), ("dh", dh), ("dc_final", dc),
+        ("dn_final", dn), ("dm_final", dm), *zip(GRADS, grads),
+    ):  # fmt: skip
+        pointers[name] = _ptr(t)
+    return pointers
 
 
 def forward(
@@ -141,13 +179,9 @@ def forward(
     """The forward pass: h, the final states c, n, m, and ``saved`` (what the backward reads:
     the chunk states, the gate vectors and, with ``row_stats``, the row statistics, packed).
     ``grad_mode`` is the backward's, kept with the op's inputs."""
-    out = _outputs(q, v, chunk_size, row_stats)
-    dims, dtype = _dims(q, v), dtype_name("q", q)
-    pointers = _addresses(out[-1], _forward_plan(dims, dtype, chunk_size, row_stats)[2])
-    for name, t in zip(PUBLIC, out):
-        pointers[name] = _ptr(t)
-    for name, t in (("q", q), ("k", k), ("v", v), ("i", i), ("f", f), ("c0", c0), ("n0", n0), ("m0", m0)):
-        pointers[name] = _ptr(t)
+    dims, dtype, plan = _plan(q, v, chunk_size, row_stats)
+    out = _allocate(q, plan)
+    pointers = forward_pointers(q, k, v, i, f, c0, n0, m0, out, plan[2])
     index = q.get_device()
     _tfla.forward(
         index, _stream(index), pointers, *dims, dtype, variant, normalize, eps, chunk_size,
@@ -161,7 +195,7 @@ mlstm_fwd = torch.library.custom_op("tfla::mlstm_fwd", forward, mutates_args=(),
 
 @mlstm_fwd.register_fake
 def _(q, k, v, i, f, c0, n0, m0, variant, normalize, eps, chunk_size, row_stats, grad_mode):
-    return _outputs(q, v, chunk_size, row_stats)
+    return _allocate(q, _plan(q, v, chunk_size, row_stats)[2])
 
 
 def _grads(q, k, v, c0, n0, m0) -> tuple[Tensor, ...]:
@@ -204,20 +238,14 @@ def backward(
     statistics): ``GRADS`` (the initial states' gradients empty where the forward had no
     initial state)."""
     grads = _grads(q, k, v, c0, n0, m0)
-    dims, dtype = _dims(q, v), dtype_name("q", q)
+    dims, dtype, plan = _plan(q, v, chunk_size, True)
     index = q.get_device()
     size, offsets = _workspace_plan(device_plan(index), dims, dtype, chunk_size)
     workspace = q.new_empty(size, dtype=torch.uint8)
-    pointers = _addresses(saved, _forward_plan(dims, dtype, chunk_size, True)[2])
-    pointers.update(_addresses(workspace, offsets))
-    for name, t in (
-        ("q", q), ("k", k), ("v", v), ("i", i), ("f", f), ("c0", c0), ("n0", n0), ("m0", m0),
-        ("h", h), ("c_final", c_final), ("n_final", n_final), ("dh", dh), ("dc_final", dc),
-        ("dn_final", dn), ("dm_final", dm), *zip(GRADS, grads),
-    ):  # fmt: skip
-        pointers[name] = _ptr(t)
-    # The forward's m_rows is in `saved` too; the backward does not read it.
-    pointers.pop("m_rows", None)
+    pointers = backward_pointers(
+        q, k, v, i, f, c0, n0, m0, h, c_final, n_final, saved, plan[2],
+        dh, dc, dn, dm, grads, workspace, offsets,
+    )  # fmt: skip
     _tfla.backward(
         index, _stream(index), pointers, *dims, dtype, variant, normalize, eps, chunk_size,
         grad_mode,
