@@ -99,9 +99,9 @@ pub unsafe fn load_tile<const MT: usize, const NB: usize>(
     (rows, cols): (u32, u32),
 ) {
     let base = thread::opaque_u64(base);
-    RegTile::<MT, NB>::pairs(origin, |mt, nb, half, (r, c)| {
-        let at = base + (r * cols + c) as u64 * 4;
-        let x = unsafe { global::ld_v2_f32_or_zero(r < rows && c < cols, at) };
+    RegTile::<MT, NB>::pairs(origin, |mt, nb, half, rc| {
+        let (at, inside) = pair_at(base, rc, (rows, cols));
+        let x = unsafe { global::ld_v2_f32_or_zero(inside, at) };
         tile.set_pair(mt, nb, half, x);
     });
 }
@@ -118,10 +118,17 @@ pub unsafe fn store_tile<const MT: usize, const NB: usize>(
     (rows, cols): (u32, u32),
 ) {
     let base = thread::opaque_u64(base);
-    RegTile::<MT, NB>::pairs(origin, |mt, nb, half, (r, c)| {
-        let at = base + (r * cols + c) as u64 * 4;
-        unsafe { global::st_v2_f32_if(r < rows && c < cols, at, tile.pair(mt, nb, half)) };
+    RegTile::<MT, NB>::pairs(origin, |mt, nb, half, rc| {
+        let (at, inside) = pair_at(base, rc, (rows, cols));
+        unsafe { global::st_v2_f32_if(inside, at, tile.pair(mt, nb, half)) };
     });
+}
+
+/// The address of element (r, c) of the row-major (rows, cols) f32 matrix at `base`, and
+/// whether it lies in the matrix.
+#[inline(always)]
+fn pair_at(base: u64, (r, c): (u32, u32), (rows, cols): (u32, u32)) -> (u64, bool) {
+    (base + (r * cols + c) as u64 * 4, r < rows && c < cols)
 }
 
 /// Writes a register tile, rounded to 16 bits, into a shared tile at the lane's positions from

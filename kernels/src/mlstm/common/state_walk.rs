@@ -6,7 +6,7 @@ use super::gates::GateKind;
 use super::seqs::chunk_range;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, thread};
-use crate::tile::{SmemTile, a_pos, leads_quad, split2};
+use crate::tile::{RegTile, SmemTile, a_pos, leads_quad, split2};
 use tfla_params::fwd::{FwdParams, SMEM_ROW_PAD, StateTiles};
 
 /// What a chunk-state block walks: its tile of the state (rows from `d0`, columns from `v0`;
@@ -243,4 +243,41 @@ pub fn weighted_split<E: Elem>(a: [u32; 4], w: [f32; 4]) -> ([u32; 4], [u32; 4])
         (hi[r], lo[r]) = split2::<E>([x0 * w[wi], x1 * w[wi + 1]]);
     });
     (hi, lo)
+}
+
+/// Adds 16 steps of K̃ᵀV (slice `ks` of a staged sub-tile: K at `sk`, V at `sv`, u at `su`) to a
+/// warp's 16 × 8·NB tile of the state, rows 16·warp.., K̃ weighted by e^{log_w0 + u_j}
+/// ([`key_weights`], [`weighted_split`]); `with_n`, K̃ᵀ1 (head and tail) to ñ of its rows. The
+/// k-step of the narrow chunk-state walk and of `chunk_fused`.
+///
+/// # Safety
+/// Warp-collective; the sub-tile has landed and every thread sees it.
+#[inline(always)]
+pub unsafe fn add_slice<E: Elem, const NB: usize>(
+    (acc, nacc): (&mut RegTile<1, NB>, &mut [f32; 4]),
+    (sk, sv, su): (SmemTile, SmemTile, u32),
+    ks: u32,
+    (lane, warp): (u32, u32),
+    log_w0: f32,
+    with_n: bool,
+) {
+    let ones = [E::pack(1.0, 1.0); 2];
+    let a = unsafe { sk.a_trans(ks * 16, warp * 16, lane) };
+    let w = unsafe { key_weights(su, ks, lane, log_w0) };
+    let (a, a_lo) = weighted_split::<E>(a, w);
+    unroll!(16, pair => {
+        if 2 * pair < NB {
+            let b = unsafe { sv.b_kn(ks * 16, pair as u32 * 16, lane) };
+            unsafe {
+                E::mma(&mut acc.0[0][2 * pair], a, b[0]);
+                E::mma(&mut acc.0[0][2 * pair + 1], a, b[1]);
+            }
+        }
+    });
+    if with_n {
+        unsafe {
+            E::mma(nacc, a, ones);
+            E::mma(nacc, a_lo, ones);
+        }
+    }
 }

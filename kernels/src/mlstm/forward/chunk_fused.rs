@@ -105,8 +105,8 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
         let base = p.ptr.c0 + sh * (dqk as u64) * (dhv as u64) * 4;
         unsafe { load_tile(&mut acc, base, origin(), (dqk, dhv)) };
     }
-    // ñ as a value column of ones (as in `chunk_state`); every block needs it for its outputs.
-    let ones = [E::pack(1.0, 1.0); 2];
+    // ñ as a value column of ones (as in `chunk_state`, `state_walk::add_slice`); every block
+    // needs it for its outputs.
     let h0 = head * nc as u64 + k_lo as u64;
     let mut nacc = [0f32; 4];
     if G::NORMALIZED {
@@ -326,23 +326,9 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
             *x *= decay;
         }
         unroll!(8, ks => {
-            let ks = ks as u32;
-            let a = unsafe { sk.a_trans(ks * 16, warp * 16, lane) };
-            let w = unsafe { state_walk::key_weights(su, ks, lane, log_w0) };
-            let (a, a_lo) = state_walk::weighted_split::<E>(a, w);
-            unroll!(4, pair => {
-                let b = unsafe { sv.b_kn(ks * 16, pair as u32 * 16, lane) };
-                unsafe {
-                    E::mma(&mut acc.0[0][2 * pair], a, b[0]);
-                    E::mma(&mut acc.0[0][2 * pair + 1], a, b[1]);
-                }
-            });
-            if G::NORMALIZED {
-                unsafe {
-                    E::mma(&mut nacc, a, ones);
-                    E::mma(&mut nacc, a_lo, ones);
-                }
-            }
+            let (tiles, at) = ((sk, sv, su), (lane, warp));
+            let with_n = G::NORMALIZED;
+            unsafe { state_walk::add_slice::<E, NB>((&mut acc, &mut nacc), tiles, ks as u32, at, log_w0, with_n) };
         });
         // Everyone is done with this chunk's stage, C̃_k, ñ_k and gate terms.
         unsafe { thread::sync_threads() };

@@ -296,26 +296,9 @@ impl<E: Elem> StateEngine<E, 1, NB> for Narrow {
     unsafe fn multiply(acc: &mut RegTile<1, NB>, nacc: &mut [f32; 4], t: SubTile<SmemTile>) {
         let (sk, sv, su, lane, warp) = (t.k, t.v, t.u, t.lane, t.warp);
         let (log_w0, with_n) = (t.log_w0, t.with_n);
-        let ones = [E::pack(1.0, 1.0); 2];
         unroll!(4, ks => {
-            let ks = ks as u32;
-            let a = unsafe { sk.a_trans(ks * 16, warp * 16, lane) };
-            // The weighted K, head and tail (`state_walk::weighted_split`).
-            let w = unsafe { state_walk::key_weights(su, ks, lane, log_w0) };
-            let (a, a_lo) = state_walk::weighted_split::<E>(a, w);
-            unroll!(8, pair => {
-                let b = unsafe { sv.b_kn(ks * 16, pair as u32 * 16, lane) };
-                unsafe {
-                    E::mma(&mut acc.0[0][2 * pair], a, b[0]);
-                    E::mma(&mut acc.0[0][2 * pair + 1], a, b[1]);
-                }
-            });
-            if with_n {
-                unsafe {
-                    E::mma(nacc, a, ones);
-                    E::mma(nacc, a_lo, ones);
-                }
-            }
+            let (tiles, at) = ((sk, sv, su), (lane, warp));
+            unsafe { state_walk::add_slice::<E, NB>((acc, nacc), tiles, ks as u32, at, log_w0, with_n) };
         });
     }
 }
