@@ -3,112 +3,70 @@
 //! of the generic address space is the identity on every NVIDIA GPU.
 use core::arch::asm;
 
-/// Read-only (non-coherent cache) 16-byte load.
-///
-/// # Safety
-/// `ptr` is 16-byte aligned, points to 16 readable bytes, and nothing writes them during the
-/// kernel.
-#[inline(always)]
-pub unsafe fn ld_nc_v4(ptr: u64) -> [u32; 4] {
-    let (x, y, z, w): (u32, u32, u32, u32);
-    unsafe {
-        asm!("ld.global.nc.v4.b32 {{{x}, {y}, {z}, {w}}}, [{p}];", p = in(reg64) ptr,
-             x = out(reg32) x, y = out(reg32) y, z = out(reg32) z, w = out(reg32) w,
-             options(pure, readonly, nostack))
-    };
-    [x, y, z, w]
-}
+load!(
+    /// Read-only (non-coherent cache) 16-byte load.
+    ///
+    /// # Safety
+    /// `addr` is 16-byte aligned, points to 16 readable bytes, and nothing writes them during the
+    /// kernel.
+    ld_nc_v4(u64: reg64) -> [u32; 4] = "ld.global.nc.v4.b32"
+);
 
-/// Read-only 4-byte load.
-///
-/// # Safety
-/// As [`ld_nc_v4`] for 4 aligned bytes.
-#[inline(always)]
-pub unsafe fn ld_nc_f32(ptr: u64) -> f32 {
-    let v: f32;
-    unsafe {
-        asm!("ld.global.nc.f32 {v}, [{p}];", p = in(reg64) ptr, v = out(reg32) v,
-             options(pure, readonly, nostack))
-    };
-    v
-}
+load!(
+    /// Read-only 4-byte load.
+    ///
+    /// # Safety
+    /// As [`ld_nc_v4`] for 4 aligned bytes.
+    ld_nc_f32(u64: reg64) -> f32 = "ld.global.nc.f32"
+);
 
-/// 4-byte store.
-///
-/// # Safety
-/// `ptr` is 4-byte aligned and points to 4 writable bytes no other thread accesses.
-#[inline(always)]
-pub unsafe fn st_b32(ptr: u64, v: u32) {
-    unsafe {
-        asm!("st.global.b32 [{p}], {v};", p = in(reg64) ptr, v = in(reg32) v, options(nostack))
-    };
-}
+store!(
+    /// 4-byte store.
+    ///
+    /// # Safety
+    /// `addr` is 4-byte aligned and points to 4 writable bytes no other thread accesses.
+    st_b32(u64: reg64, u32) = "st.global.b32"
+);
 
-/// 4-byte f32 store.
-///
-/// # Safety
-/// As [`st_b32`].
-#[inline(always)]
-pub unsafe fn st_f32(ptr: u64, v: f32) {
-    unsafe {
-        asm!("st.global.f32 [{p}], {v};", p = in(reg64) ptr, v = in(reg32) v, options(nostack))
-    };
-}
+store!(
+    /// 4-byte f32 store.
+    ///
+    /// # Safety
+    /// As [`st_b32`].
+    st_f32(u64: reg64, f32) = "st.global.f32"
+);
 
-/// 8-byte store of two f32.
-///
-/// # Safety
-/// `ptr` is 8-byte aligned and points to 8 writable bytes no other thread accesses.
-#[inline(always)]
-pub unsafe fn st_v2_f32(ptr: u64, v: [f32; 2]) {
-    unsafe {
-        asm!("st.global.v2.f32 [{p}], {{{x}, {y}}};", p = in(reg64) ptr,
-             x = in(reg32) v[0], y = in(reg32) v[1], options(nostack))
-    };
-}
+store!(
+    /// 8-byte store of two f32.
+    ///
+    /// # Safety
+    /// `addr` is 8-byte aligned and points to 8 writable bytes no other thread accesses.
+    st_v2_f32(u64: reg64, [f32; 2]) = "st.global.v2.f32"
+);
 
-/// 8-byte load of two f32 (coherent: the data may have been written by an earlier launch).
-///
-/// # Safety
-/// `ptr` is 8-byte aligned and points to 8 readable bytes.
-#[inline(always)]
-pub unsafe fn ld_v2_f32(ptr: u64) -> [f32; 2] {
-    let (x, y): (f32, f32);
-    unsafe {
-        asm!("ld.global.v2.f32 {{{x}, {y}}}, [{p}];", p = in(reg64) ptr,
-             x = out(reg32) x, y = out(reg32) y, options(pure, readonly, nostack))
-    };
-    [x, y]
-}
+load!(
+    /// 8-byte load of two f32 (coherent: the data may have been written by an earlier launch).
+    ///
+    /// # Safety
+    /// `addr` is 8-byte aligned and points to 8 readable bytes.
+    ld_v2_f32(u64: reg64) -> [f32; 2] = "ld.global.v2.f32"
+);
 
-/// 4-byte load of an f32 (coherent: sees this kernel's own earlier stores).
-///
-/// # Safety
-/// `ptr` is 4-byte aligned and points to 4 readable bytes.
-#[inline(always)]
-pub unsafe fn ld_f32(ptr: u64) -> f32 {
-    let v: f32;
-    unsafe {
-        asm!("ld.global.f32 {v}, [{p}];", p = in(reg64) ptr, v = out(reg32) v,
-             options(pure, readonly, nostack))
-    };
-    v
-}
+load!(
+    /// 4-byte load of an f32 (coherent: sees this kernel's own earlier stores).
+    ///
+    /// # Safety
+    /// `addr` is 4-byte aligned and points to 4 readable bytes.
+    ld_f32(u64: reg64) -> f32 = "ld.global.f32"
+);
 
-/// 16-byte load of four f32 (coherent).
-///
-/// # Safety
-/// `ptr` is 16-byte aligned and points to 16 readable bytes.
-#[inline(always)]
-pub unsafe fn ld_v4_f32(ptr: u64) -> [f32; 4] {
-    let (x, y, z, w): (f32, f32, f32, f32);
-    unsafe {
-        asm!("ld.global.v4.f32 {{{x}, {y}, {z}, {w}}}, [{p}];", p = in(reg64) ptr,
-             x = out(reg32) x, y = out(reg32) y, z = out(reg32) z, w = out(reg32) w,
-             options(pure, readonly, nostack))
-    };
-    [x, y, z, w]
-}
+load!(
+    /// 16-byte load of four f32 (coherent).
+    ///
+    /// # Safety
+    /// `addr` is 16-byte aligned and points to 16 readable bytes.
+    ld_v4_f32(u64: reg64) -> [f32; 4] = "ld.global.v4.f32"
+);
 
 /// [`st_v2_f32`] when `pred` holds, nothing otherwise; branch-free (a predicated store), so
 /// loops over register tiles that contain it unroll and keep the tile in registers.

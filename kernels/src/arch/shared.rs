@@ -12,47 +12,29 @@ pub fn base() -> u32 {
     r
 }
 
-/// # Safety
-/// `addr` is a 4-byte aligned address inside the launch's dynamic shared memory.
-#[inline(always)]
-pub unsafe fn ld_f32(addr: u32) -> f32 {
-    let v: f32;
-    unsafe {
-        asm!("ld.shared.f32 {v}, [{a}];", v = out(reg32) v, a = in(reg32) addr,
-             options(pure, readonly, nostack))
-    };
-    v
-}
+load!(
+    /// # Safety
+    /// `addr` is a 4-byte aligned address inside the launch's dynamic shared memory.
+    ld_f32(u32: reg32) -> f32 = "ld.shared.f32"
+);
 
-/// # Safety
-/// As [`ld_f32`].
-#[inline(always)]
-pub unsafe fn st_f32(addr: u32, v: f32) {
-    unsafe {
-        asm!("st.shared.f32 [{a}], {v};", a = in(reg32) addr, v = in(reg32) v, options(nostack))
-    };
-}
+store!(
+    /// # Safety
+    /// As [`ld_f32`].
+    st_f32(u32: reg32, f32) = "st.shared.f32"
+);
 
-/// # Safety
-/// `addr` is an 8-byte aligned address inside the launch's dynamic shared memory.
-#[inline(always)]
-pub unsafe fn st_v2(addr: u32, v: [u32; 2]) {
-    unsafe {
-        asm!("st.shared.v2.b32 [{a}], {{{x}, {y}}};", a = in(reg32) addr,
-             x = in(reg32) v[0], y = in(reg32) v[1], options(nostack))
-    };
-}
+store!(
+    /// # Safety
+    /// `addr` is an 8-byte aligned address inside the launch's dynamic shared memory.
+    st_v2(u32: reg32, [u32; 2]) = "st.shared.v2.b32"
+);
 
-/// # Safety
-/// `addr` is a 16-byte aligned address inside the launch's dynamic shared memory.
-#[inline(always)]
-pub unsafe fn st_v4(addr: u32, v: [u32; 4]) {
-    unsafe {
-        asm!("st.shared.v4.b32 [{a}], {{{x}, {y}, {z}, {w}}};", a = in(reg32) addr,
-             x = in(reg32) v[0], y = in(reg32) v[1], z = in(reg32) v[2], w = in(reg32) v[3],
-             options(nostack))
-    };
-}
+store!(
+    /// # Safety
+    /// `addr` is a 16-byte aligned address inside the launch's dynamic shared memory.
+    st_v4(u32: reg32, [u32; 4]) = "st.shared.v4.b32"
+);
 
 /// Loads one 16-bit element, zero-extended.
 ///
@@ -68,40 +50,24 @@ pub unsafe fn ld_u16(addr: u32) -> u32 {
     v
 }
 
-/// # Safety
-/// As [`st_v4`].
-#[inline(always)]
-pub unsafe fn ld_v4(addr: u32) -> [u32; 4] {
-    let (x, y, z, w): (u32, u32, u32, u32);
-    unsafe {
-        asm!("ld.shared.v4.b32 {{{x}, {y}, {z}, {w}}}, [{a}];", a = in(reg32) addr,
-             x = out(reg32) x, y = out(reg32) y, z = out(reg32) z, w = out(reg32) w,
-             options(pure, readonly, nostack))
-    };
-    [x, y, z, w]
-}
+load!(
+    /// # Safety
+    /// As [`st_v4`].
+    ld_v4(u32: reg32) -> [u32; 4] = "ld.shared.v4.b32"
+);
 
-/// Loads one u32.
-///
-/// # Safety
-/// As [`ld_f32`].
-#[inline(always)]
-pub unsafe fn ld_u32(addr: u32) -> u32 {
-    let v: u32;
-    unsafe {
-        asm!("ld.shared.u32 {v}, [{a}];", v = out(reg32) v, a = in(reg32) addr,
-             options(pure, readonly, nostack))
-    };
-    v
-}
+load!(
+    /// Loads one u32.
+    ///
+    /// # Safety
+    /// As [`ld_f32`].
+    ld_u32(u32: reg32) -> u32 = "ld.shared.u32"
+);
 
-/// Stores one u32.
-///
-/// # Safety
-/// As [`ld_f32`].
-#[inline(always)]
-pub unsafe fn st_u32(addr: u32, v: u32) {
-    unsafe {
-        asm!("st.shared.u32 [{a}], {v};", a = in(reg32) addr, v = in(reg32) v, options(nostack))
-    };
-}
+store!(
+    /// Stores one u32.
+    ///
+    /// # Safety
+    /// As [`ld_f32`].
+    st_u32(u32: reg32, u32) = "st.shared.u32"
+);
