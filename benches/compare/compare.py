@@ -115,6 +115,8 @@ def build_plan(args):
                     else GRID_CHUNKS.get(args.grid, CHUNKS)
                 for L in chunks:
                     e = dict(base, chunk=L)
+                    if var == "exp" and args.exp_backward == "llvm-opt":
+                        e["bwd_llvm_opt"] = True
                     if S % L:
                         e["skip"] = f"S={S} is not a multiple of chunk {L}"
                     elif L == 64 and B >= 16 and not args.include_risky:
@@ -276,6 +278,18 @@ def run_bench(torch, e, row):
         for x in inputs:
             x.requires_grad_(True)
         dh = torch.randn_like(pick(fn()).detach())  # random upstream gradient
+        if e.get("bwd_llvm_opt"):
+            # The TFLA exp forward aborts Triton 3.6's compiler with LLVM's optimizations; its
+            # backward kernels are other functions, compiled at their first call: with this
+            # shape's forward compiled (the call above, as autograd calls it), the backward
+            # compiles with the optimizations on. Triton's in-process cache does not key on the
+            # variable, so every later call reuses both as compiled here.
+            out = pick(fn())
+            os.environ.pop("DISABLE_LLVM_OPT", None)
+            try:
+                out.backward(dh)
+            finally:
+                os.environ["DISABLE_LLVM_OPT"] = "1"
 
         def step():
             pick(fn()).backward(dh)
@@ -586,9 +600,11 @@ FLOP_TEXT = ("FLOPs: mLSTM/GLA fwd = B*NH*(4*S*DQK*DHV + S*L*(DQK+DHV)), fwd+bwd
 def workaround_lines(args, plan):
     lines = ["DISABLE_LLVM_OPT=1 is set in the TFLA exp worker (and the check worker) before "
              "Triton is imported: without it Triton 3.6 aborts (LLVM SLPVectorizer assertion) "
-             "compiling the TFLA exp forward kernel; the exp backward runs in the same process "
-             "(mlstm_kernels compiles both for one call), so it too runs without them. The TFLA "
-             "sig and sig_nonorm kernels and FLA compile with LLVM optimizations "
+             "compiling the TFLA exp forward kernel; the exp backward "
+             + ("compiles with them, after its forward compiled without (--exp-backward "
+                "llvm-opt). " if args.exp_backward == "llvm-opt" else
+                "runs without them too (--exp-backward with-forward). ")
+             + "The TFLA sig and sig_nonorm kernels and FLA compile with LLVM optimizations "
              + ("OFF too (--llvm-opt-off all)." if args.llvm_opt_off == "all" else "ON.")]
     risky = sorted({(e["B"], e["S"]) for e in plan if "illegal memory" in e.get("skip", "")})
     if risky:
@@ -627,6 +643,10 @@ def main():
     ap.add_argument("--llvm-opt-off", choices=["tfla", "all"], default="tfla",
                     help="which workers get DISABLE_LLVM_OPT=1 (default: only the TFLA exp "
                          "and check workers, whose compile aborts without it)")
+    ap.add_argument("--exp-backward", choices=["llvm-opt", "with-forward"], default="llvm-opt",
+                    help="the TFLA exp backward's LLVM setting: compiled with the optimizations "
+                         "after its forward compiled without (default), or without them as its "
+                         "forward (with-forward)")
     ap.add_argument("--chunks", metavar="L,...",
                     help="TFLA chunk sizes (default: 128,256 on the quick grid, else 64,128,256)")
     ap.add_argument("--entry-timeout", type=float, default=900.0,
