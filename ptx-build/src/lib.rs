@@ -427,15 +427,21 @@ pub fn ptxas_report(
     Ok(parse_ptxas(&text))
 }
 
-/// Parses `ptxas -v` output (one "Compiling entry function", then "Function properties",
-/// "N bytes stack frame, N bytes spill stores, N bytes spill loads" and "Used N registers, …
-/// N bytes smem" lines per kernel).
+/// Parses `ptxas -v` output (one "Compiling entry function", then "Function properties for
+/// NAME", "N bytes stack frame, N bytes spill stores, N bytes spill loads" and "Used N
+/// registers, … N bytes smem" lines per kernel).
+///
+/// After an entry, ptxas may print the properties of the non-entry functions it calls (the
+/// kernels' panic paths): a stack-frame line counts only under its own entry's "Function
+/// properties for" line, or those functions' zeros would overwrite the entry's spills.
 pub fn parse_ptxas(text: &str) -> Vec<KernelReport> {
     let mut reports: Vec<KernelReport> = Vec::new();
     let num_before = |line: &str, unit: &str| -> Option<u32> {
         let idx = line.find(unit)?;
         line[..idx].split_whitespace().last()?.parse().ok()
     };
+    // Whether the latest "Function properties for" line named the current entry.
+    let mut properties_of_entry = false;
     for line in text.lines() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             let name = rest.split('\'').next().unwrap_or("").to_string();
@@ -443,12 +449,18 @@ pub fn parse_ptxas(text: &str) -> Vec<KernelReport> {
                 name,
                 ..Default::default()
             });
+            properties_of_entry = false;
             continue;
         }
         let Some(r) = reports.last_mut() else {
             continue;
         };
-        if line.contains("stack frame") {
+        if let Some(rest) = line.split("Function properties for ").nth(1) {
+            properties_of_entry = rest.trim() == r.name;
+        } else if line.contains("stack frame") {
+            if !properties_of_entry {
+                continue;
+            }
             r.stack_bytes = num_before(line, "bytes stack frame").unwrap_or(0);
             r.spill_store_bytes = num_before(line, "bytes spill stores").unwrap_or(0);
             r.spill_load_bytes = num_before(line, "bytes spill loads").unwrap_or(0);
@@ -491,6 +503,23 @@ mod tests {
         assert_eq!(
             (r[1].name.as_str(), r[1].registers, r[1].stack_bytes),
             ("k2", 10, 0)
+        );
+    }
+
+    #[test]
+    fn called_functions_do_not_overwrite_an_entrys_spills() {
+        // As ptxas 12.9 and 13.0 print it: the panic functions an entry calls come after it.
+        let text = "ptxas info    : Compiling entry function 'k1' for 'sm_90a'\n\
+            ptxas info    : Function properties for k1\n\
+            \x20   24 bytes stack frame, 16 bytes spill stores, 28 bytes spill loads\n\
+            ptxas info    : Used 255 registers, used 1 barriers, 24 bytes cumulative stack size\n\
+            ptxas info    : Compile time = 720.389 ms\n\
+            ptxas info    : Function properties for _RNvNtCs_4core9panicking9panic_fmt\n\
+            \x20   0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n";
+        let r = parse_ptxas(text);
+        assert_eq!(
+            (r[0].registers, r[0].stack_bytes, r[0].spill_store_bytes, r[0].spill_load_bytes),
+            (255, 24, 16, 28)
         );
     }
 
