@@ -112,6 +112,20 @@ fn embedded_ptx_has_every_entry_point_and_no_externs() {
     }
 }
 
+/// The one place the portable module spills, as (target, entry-name prefix, most bytes of
+/// stack, spill stores and spill loads each): dq and dk of the normalizing variants on consumer Blackwell. Their register
+/// cap (`bwd::combine::BLOCKS_PER_SM`, three blocks of 128 threads: 168) is what Hopper and B200
+/// run fastest with, and one PTX module carries one cap for every card; sm_120's allocator keeps
+/// one row index across the walk in local memory there (one 4-byte store and two loads per
+/// thread, against ~10⁴ instructions). Listed with its size so a larger spill still fails, and
+/// checked to still occur so the list cannot go stale.
+const KNOWN_SPILLS: [(&str, &str, u32); 4] = [
+    ("sm_120", "mlstm_bwd_dq_exp_", 8),
+    ("sm_120", "mlstm_bwd_dq_sig_", 8),
+    ("sm_120", "mlstm_bwd_dk_exp_", 8),
+    ("sm_120", "mlstm_bwd_dk_sig_", 8),
+];
+
 /// Assembles `arch`'s module for `target` and checks every kernel's resources.
 fn assemble_without_spills(arch: PtxArch, target: &str) {
     // Found on the machine or fetched into target/ (pip); never skipped: a missing ptxas is a
@@ -127,6 +141,24 @@ fn assemble_without_spills(arch: PtxArch, target: &str) {
             "{target} {name}: {} registers, {} B stack, {} B spilled",
             k.registers, k.stack_bytes, k.spill_store_bytes
         );
+        let known = KNOWN_SPILLS.iter().find(|(t, prefix, _)| {
+            arch == PtxArch::Sm80 && *t == target && name.starts_with(prefix)
+        });
+        if let Some((_, _, most)) = known {
+            let worst = k
+                .stack_bytes
+                .max(k.spill_store_bytes)
+                .max(k.spill_load_bytes);
+            assert!(
+                worst > 0 && worst <= *most,
+                "{target}: {name}: {} B stack, {} B stored, {} B loaded, listed in KNOWN_SPILLS \
+                 with at most {most} B (grown, or gone: update the list)",
+                k.stack_bytes,
+                k.spill_store_bytes,
+                k.spill_load_bytes
+            );
+            continue;
+        }
         assert_eq!(
             (k.spill_store_bytes, k.spill_load_bytes),
             (0, 0),

@@ -90,7 +90,10 @@ pub const fn b_kn_rows(lane: u32, (k0, n0): (u32, u32)) -> (u32, u32) {
 pub struct RegTile<const MT: usize, const NB: usize>(pub [[[f32; 4]; NB]; MT]);
 
 impl<const MT: usize, const NB: usize> RegTile<MT, NB> {
-    const FITS: () = assert!(MT <= 4 && NB <= 32, "unroll! below covers 4 m-tiles, 32 n-blocks");
+    const FITS: () = assert!(
+        MT <= 4 && NB <= 32,
+        "unroll! below covers 4 m-tiles, 32 n-blocks"
+    );
 
     /// All zeros (from a constant: a repeat expression this long can become a store loop that
     /// keeps the tile out of registers).
@@ -272,7 +275,10 @@ mod tests {
             let mut pairs = 0;
             RegTile::<MT, NB>::pairs(origin, |mt, nb, half, (r, c)| {
                 assert_eq!((r, c), RegTile::<MT, NB>::pos(lane, mt, nb, 2 * half));
-                assert_eq!((r, c + 1), RegTile::<MT, NB>::pos(lane, mt, nb, 2 * half + 1));
+                assert_eq!(
+                    (r, c + 1),
+                    RegTile::<MT, NB>::pos(lane, mt, nb, 2 * half + 1)
+                );
                 for (r, c) in [(r, c), (r, c + 1)] {
                     seen[r as usize * 8 * NB + c as usize] += 1;
                 }
@@ -280,7 +286,10 @@ mod tests {
             });
             assert_eq!(pairs, 2 * MT * NB, "lane {lane}");
         }
-        assert!(seen.iter().all(|&n| n == 1), "{MT} x {NB}: every element once");
+        assert!(
+            seen.iter().all(|&n| n == 1),
+            "{MT} x {NB}: every element once"
+        );
     }
 
     #[test]
@@ -298,17 +307,27 @@ mod tests {
         // (rows within the warp's 16 below).
         for lane in 0..32u32 {
             for i in 0..128usize {
-                let want = (lane / 4 + 8 * ((i as u32 / 2) % 2), 8 * (i as u32 / 4) + 2 * (lane % 4) + i as u32 % 2);
+                let want = (
+                    lane / 4 + 8 * ((i as u32 / 2) % 2),
+                    8 * (i as u32 / 4) + 2 * (lane % 4) + i as u32 % 2,
+                );
                 let (nb, e) = (i / 4, i % 4);
                 assert_eq!(RegTile::<1, 32>::flat(nb, e), i);
-                assert_eq!(RegTile::<1, 32>::pos(lane, 0, nb, e), want, "lane {lane} register {i}");
+                assert_eq!(
+                    RegTile::<1, 32>::pos(lane, 0, nb, e),
+                    want,
+                    "lane {lane} register {i}"
+                );
             }
         }
         let mut t = RegTile::<1, 32>::ZERO;
         t.0[0][5][3] = 1.5;
         t.set_pair(0, 31, 1, [2.0, 3.0]);
         let flat: &mut [f32; 128] = t.flat_mut();
-        assert_eq!((flat[RegTile::<1, 32>::flat(5, 3)], flat[126], flat[127]), (1.5, 2.0, 3.0));
+        assert_eq!(
+            (flat[RegTile::<1, 32>::flat(5, 3)], flat[126], flat[127]),
+            (1.5, 2.0, 3.0)
+        );
         flat[0] = 4.0;
         t.scale(0.5);
         assert_eq!((t.0[0][0][0], t.pair(0, 5, 1)), (2.0, [0.0, 0.75]));

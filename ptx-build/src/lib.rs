@@ -518,7 +518,12 @@ mod tests {
             \x20   0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n";
         let r = parse_ptxas(text);
         assert_eq!(
-            (r[0].registers, r[0].stack_bytes, r[0].spill_store_bytes, r[0].spill_load_bytes),
+            (
+                r[0].registers,
+                r[0].stack_bytes,
+                r[0].spill_store_bytes,
+                r[0].spill_load_bytes
+            ),
             (255, 24, 16, 28)
         );
     }

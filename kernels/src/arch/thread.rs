@@ -44,6 +44,19 @@ pub fn block_idx() -> (u32, u32, u32) {
     }
 }
 
+/// [`block_idx`] read from its special registers where it is called (as [`thread_idx_here`]):
+/// values derived from it at the end of a long walk are not held in registers throughout it.
+#[inline(always)]
+pub fn block_idx_here() -> (u32, u32, u32) {
+    let (x, y, z): (u32, u32, u32);
+    // SAFETY: reads special registers; deliberately not `pure` (no CSE, no hoisting).
+    unsafe {
+        core::arch::asm!("mov.u32 {x}, %ctaid.x;", "mov.u32 {y}, %ctaid.y;", "mov.u32 {z}, %ctaid.z;",
+                         x = out(reg32) x, y = out(reg32) y, z = out(reg32) z, options(nomem, nostack))
+    };
+    (x, y, z)
+}
+
 /// `bar.sync 0`: waits for every thread of the block and orders their shared-memory accesses.
 ///
 /// # Safety

@@ -147,11 +147,12 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
     let (bx, by, bh) = thread::block_idx();
     let o = R::operands::<G>(p);
     let row_tiles = p.chunk / TILE;
-    let (k, own) = (by / row_tiles, by % row_tiles);
     let (l, s, nc) = (p.chunk, p.s, p.num_chunks);
+    // The block's chunk start t0 and its row tile's offset i0 in the chunk, from its index.
+    let place = |by: u32| ((by / row_tiles) * l, (by % row_tiles) * TILE);
+    let (t0, i0) = place(by);
+    let (k, own) = (by / row_tiles, by % row_tiles);
     let (a_dim, out_dim) = (o.a_dim, o.out_dim);
-    let t0 = k * l;
-    let i0 = own * TILE;
     if t0 + i0 >= s {
         return; // a row tile past the end of a ragged last chunk
     }
@@ -244,7 +245,9 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
     let row_dot = |acc: &[[f32; 4]; NB], e: usize, x: u64, plane: u32| unsafe {
         // Opaque: else the element addresses are shared with the final store's and kept live
         // across the walk (32 × 64-bit), and the driver's compiler spills dq and dk.
+        // (And the block's place read again: the rows kept across the walk spilled on sm_120.)
         let lane = thread::opaque(lane);
+        let (t0, i0) = place(thread::block_idx_here().1);
         let rr = warp * 16 + acc_pos(lane, e).0;
         let inside = i0 + rr < len;
         let row = head * s as u64 + (t0 + i0 + rr) as u64;
@@ -283,6 +286,10 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
         unsafe { stage::advance((item + 1 < n_items).then_some(item + 1), issue) };
         let st = item % STAGES;
         let sa = stage_a(st);
+        // (The fragments' addresses from an opaque lane, redone per item: kept across the walk,
+        // one per k-step and n-block pair, they made the portable module's dq and dk spill at
+        // their register cap on sm_80 and sm_120.)
+        let lane = thread::opaque(lane);
         if item < n_state {
             // (Past the head dim the staged slices are zero: no skip needed.)
             unroll!(4, ks => {

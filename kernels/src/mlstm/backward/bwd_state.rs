@@ -116,10 +116,16 @@ pub unsafe fn state_grads<
 {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
-    let (bx, bh, seq) = thread::block_idx();
     let (tile_qk, tile_hv) = X::TILE;
     let tiles_hv = p.dhv.div_ceil(tile_hv);
-    let (d0, v0) = ((bx / tiles_hv) * tile_qk, (bx % tiles_hv) * tile_hv);
+    // The block's tile corner (d0, v0), and the state head of its initial and final states and
+    // their gradients (B = 1 when packed), from its index.
+    let place = |(bx, bh, seq): (u32, u32, u32)| {
+        let corner = ((bx / tiles_hv) * tile_qk, (bx % tiles_hv) * tile_hv);
+        (corner, seq as u64 * p.bh as u64 + bh as u64)
+    };
+    let (bx, bh, seq) = thread::block_idx();
+    let ((d0, v0), sh) = place((bx, bh, seq));
     let (l, nc, s) = (p.chunk, p.num_chunks, p.s);
     let (dqk, dhv) = (p.dqk, p.dhv);
     let (scratch, staging) = (X::scratch(), X::staging());
@@ -135,20 +141,20 @@ pub unsafe fn state_grads<
     // The state row of this thread's accumulator element 2·half, and its element 0 (row, column
     // in the state), from the engine's coordinates once per use: the per-element addresses are
     // redone there instead of kept live across the walk.
-    let row = |half: usize| d0 + X::local().0 + 8 * half as u32;
-    let origin = || {
+    let row_at = |d0: u32, half: usize| d0 + X::local().0 + 8 * half as u32;
+    let origin_at = |(d0, v0): (u32, u32)| {
         let (r, c) = X::local();
         (d0 + r, v0 + c)
     };
+    let row = |half: usize| row_at(d0, half);
+    let origin = || origin_at((d0, v0));
     // Element offset of accumulator pair (nb, e) in a (DQK, DHV) matrix, and whether it exists.
     let at = |(r0, c0): (u32, u32), nb: usize, e: usize| {
         let (r, c) = (r0 + (e as u32 / 2) * 8, c0 + nb as u32 * 8);
         ((r * dhv + c) as u64, r < dqk && c < dhv)
     };
-    // This block's chunks [k_lo, k_hi) (all, or one sequence's: `super::seqs`), and the state
-    // head of its initial and final states and their gradients (B = 1 when packed).
+    // This block's chunks [k_lo, k_hi) (all, or one sequence's: `super::seqs`).
     let (k_lo, k_hi) = unsafe { chunk_range(p.ptr.seq_chunks, nc, seq) };
-    let sh = seq as u64 * p.bh as u64 + head;
     let mat = sh * (dqk as u64) * (dhv as u64);
     // This tile's entry of chunk 0 in the (BH, dots_per_head, MAX_TILES) state dots.
     let dots = p.ptr.state_dots
@@ -280,6 +286,10 @@ pub unsafe fn state_grads<
         // decay of the state into the next chunk).
         let mut dot = 0f32;
         if from_c0 {
+            // (The state head from the block index here and after the walk, not kept across
+            // it: beside the `wgmma` tile the driver's compiler spilled it.)
+            let (_, sh) = place(thread::block_idx_here());
+            let mat = sh * (dqk as u64) * (dhv as u64);
             let o = origin();
             unroll!(32, nb => {
                 if nb < NB {
@@ -369,9 +379,13 @@ pub unsafe fn state_grads<
         }
     }
 
-    // dC'_0: the initial-state gradient, and its dot with the initial state.
+    // dC'_0: the initial-state gradient, and its dot with the initial state; the block's place
+    // again from its index.
+    let ((d0, v0), sh) = place(thread::block_idx_here());
+    let (mat, vec) = (sh * (dqk as u64) * (dhv as u64), sh * dqk as u64);
+    let row = |half: usize| row_at(d0, half);
     let mut dot_init = 0f32;
-    let o = origin();
+    let o = origin_at((d0, v0));
     unroll!(32, nb => {
         if nb < NB {
             for half in 0..2 {

@@ -53,8 +53,12 @@ impl<E: Elem + Wgmma> GradEngine<E, NB> for Wg {
     /// The dH sub-tile's shared address (128-byte swizzle, for `wgmma` descriptors).
     type Dh = u32;
 
+    /// Through `thread::opaque`: the stage's addresses are its base plus constant offsets,
+    /// instead of one address per weight and Q row precomputed and kept across the walk (LLVM's
+    /// strength reduction of `it % STAGES`: 32 registers that made the driver's compiler spill).
     #[inline(always)]
     fn stage(st: u32) -> (SmemTile, u32, u32) {
+        let st = thread::opaque(st);
         let q = SmemTile {
             base: base() + STAGES * dh_bytes() + st * q_bytes(),
             stride: (TILE_QK + SMEM_ROW_PAD) * 2,
@@ -94,7 +98,9 @@ impl<E: Elem + Wgmma> GradEngine<E, NB> for Wg {
     /// issues one m64n256k16 `wgmma` with dH from shared memory; the ñ column after them.
     #[inline(always)]
     unsafe fn multiply(acc: &mut RegTile<1, NB>, nacc: &mut [f32; 4], t: GradSubTile<u32>) {
-        let (sq, sdh, sw, lane, warp) = (t.q, t.dh, t.w, t.lane, t.warp);
+        // The lane through `thread::opaque` for the same reason as the stage in `stage`: each
+        // weight's address is then one base plus a constant, not a register of its own.
+        let (sq, sdh, sw, lane, warp) = (t.q, t.dh, t.w, thread::opaque(t.lane), t.warp);
         // The weighted A fragments of the sub-tile's four 16-step slices, all before the
         // fence: a register written between two `wgmma`s makes ptxas wait for the first.
         let mut a = [[0u32; 4]; 4];
