@@ -643,10 +643,10 @@ def main():
     ap.add_argument("--llvm-opt-off", choices=["tfla", "all"], default="tfla",
                     help="which workers get DISABLE_LLVM_OPT=1 (default: only the TFLA exp "
                          "and check workers, whose compile aborts without it)")
-    ap.add_argument("--exp-backward", choices=["llvm-opt", "with-forward"], default="llvm-opt",
-                    help="the TFLA exp backward's LLVM setting: compiled with the optimizations "
-                         "after its forward compiled without (default), or without them as its "
-                         "forward (with-forward)")
+    ap.add_argument("--exp-backward", choices=["with-forward", "llvm-opt"], default="with-forward",
+                    help="the TFLA exp backward's LLVM setting: without the optimizations as its "
+                         "forward (default: the faster at each head's best chunk, BENCHMARKS.md), "
+                         "or compiled with them after its forward compiled without (llvm-opt)")
     ap.add_argument("--chunks", metavar="L,...",
                     help="TFLA chunk sizes (default: 128,256 on the quick grid, else 64,128,256)")
     ap.add_argument("--entry-timeout", type=float, default=900.0,
