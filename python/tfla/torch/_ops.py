@@ -129,13 +129,15 @@ def _allocate(q: Tensor, plan) -> tuple[Tensor, ...]:
     return out + (q.new_empty(size, dtype=torch.uint8),)
 
 
+# The forward's inputs, in the order the ops take them (and the extension's pointer names).
+INPUTS = ("q", "k", "v", "i", "f", "c0", "n0", "m0")
+
+
 def forward_pointers(q, k, v, i, f, c0, n0, m0, out, offsets) -> dict[str, int]:
     """The forward's device addresses by name (the extension's `FwdPointers`): its inputs,
     its outputs `out` (`_allocate`'s), and the buffers in ``saved`` at `offsets`."""
     pointers = _addresses(out[-1], offsets)
-    for name, t in zip(PUBLIC, out):
-        pointers[name] = _ptr(t)
-    for name, t in (("q", q), ("k", k), ("v", v), ("i", i), ("f", f), ("c0", c0), ("n0", n0), ("m0", m0)):
+    for name, t in (*zip(PUBLIC, out), *zip(INPUTS, (q, k, v, i, f, c0, n0, m0))):
         pointers[name] = _ptr(t)
     return pointers
 
@@ -152,7 +154,7 @@ def backward_pointers(
     pointers.pop("m_rows", None)
     pointers.update(_addresses(workspace, workspace_offsets))
     for name, t in (
-        ("q", q), ("k", k), ("v", v), ("i", i), ("f", f), ("c0", c0), ("n0", n0), ("m0", m0),
+        *zip(INPUTS, (q, k, v, i, f, c0, n0, m0)),
         ("h", h), ("c_final", c_final), ("n_final", n_final), ("dh", dh), ("dc_final", dc),
         ("dn_final", dn), ("dm_final", dm), *zip(GRADS, grads),
     ):  # fmt: skip
