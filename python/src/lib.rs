@@ -87,9 +87,11 @@ fn layout(entries: impl IntoIterator<Item = (&'static str, Dtype, Vec<usize>)>) 
         .collect()
 }
 
-/// The chunk size a call with these arguments runs (`chunk_size` validated, or chosen: 0).
+/// The chunk size a call with these arguments runs (`chunk_size` validated, or chosen: 0),
+/// for a forward alone or (`backward`) a forward with row statistics and its backward.
 #[pyfunction]
-#[pyo3(signature = (b, nh, s, dqk, dhv, chunk_size=0))]
+#[pyo3(signature = (b, nh, s, dqk, dhv, chunk_size=0, backward=false))]
+#[allow(clippy::too_many_arguments)]
 fn chunk_size(
     b: usize,
     nh: usize,
@@ -97,8 +99,9 @@ fn chunk_size(
     dqk: usize,
     dhv: usize,
     chunk_size: usize,
+    backward: bool,
 ) -> PyResult<usize> {
-    let cfg = config("exp", true, 1e-6, chunk_size, false)?;
+    let cfg = config("exp", true, 1e-6, chunk_size, backward)?;
     cfg.chunk_for(&dims(b, nh, s, dqk, dhv)?).map_err(py_err)
 }
 
@@ -124,6 +127,7 @@ fn output_layout(
 
 /// The backward's scratch: [(name, dtype, shape)], `tfla::workspace_layout`, for a device
 /// whose plan is `plan` = (shared memory per block, `wgmma`), as [`device_plan`] gives it.
+/// `chunk_size` 0 resolves as [`backward`] resolves it: as a forward with row statistics.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn workspace_layout(
@@ -136,7 +140,7 @@ fn workspace_layout(
     dtype: &str,
     chunk_size: usize,
 ) -> PyResult<Layout> {
-    let cfg = config("exp", true, 1e-6, chunk_size, false)?;
+    let cfg = config("exp", true, 1e-6, chunk_size, true)?;
     let d = dims(b, nh, s, dqk, dhv)?;
     let chunk = cfg.chunk_for(&d).map_err(py_err)?;
     let dev = tfla_params::Device::new(plan.0, plan.1);

@@ -47,12 +47,30 @@ def test_workspace_layout_depends_on_the_path_and_the_card():
 
 def test_chunk_size_is_chosen_or_validated():
     assert _tfla.chunk_size(1, 1, 8192, 128, 128, 0) in tfla.CHUNK_SIZES
-    # Small heads: 256 with at most 16 heads in the batch (B·NH), 128 with more (the Rust rule).
-    assert _tfla.chunk_size(1, 16, 8192, 128, 128, 0) == 256
+    # Small heads: 256 with at most 32 heads in the batch (B·NH), 128 with more (the Rust rule).
+    assert _tfla.chunk_size(2, 16, 8192, 128, 128, 0) == 256
     assert _tfla.chunk_size(8, 16, 8192, 128, 128, 0) == 128
+    # Before a backward: 16 heads from S = 4096; wide heads with few of them take 128.
+    assert _tfla.chunk_size(2, 16, 8192, 128, 128, 0, backward=True) == 128
+    assert _tfla.chunk_size(1, 8, 8192, 512, 512, 0) == 256
+    assert _tfla.chunk_size(1, 8, 8192, 512, 512, 0, backward=True) == 128
     assert _tfla.chunk_size(1, 1, 8192, 128, 128, 256) == 256
     with pytest.raises(ValueError, match="`chunk_size` = 100 is not supported"):
         _tfla.chunk_size(1, 1, 8192, 128, 128, 100)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8192, 512, 512), (2, 16, 8192, 128, 128), (2, 3, 300, 64, 32)])
+def test_the_backward_sizes_its_buffers_for_the_chunk_it_runs(shape):
+    # Chunk 0 (tfla chooses) reaches the ops; a forward with row statistics and its backward
+    # then run the L a backward is chosen for, which can differ from a forward alone's (the
+    # first two shapes): every layout the backward op allocates by must be that L's.
+    run = _tfla.chunk_size(*shape, 0, backward=True)
+    for plan in (HOPPER, SMALL):
+        assert _tfla.workspace_layout(plan, *shape, "bf16", 0) == _tfla.workspace_layout(plan, *shape, "bf16", run)
+    assert _tfla.output_layout(*shape, "bf16", 0, True) == _tfla.output_layout(*shape, "bf16", run, True)
+    assert _tfla.output_layout(*shape, "bf16", 0, False) == _tfla.output_layout(
+        *shape, "bf16", _tfla.chunk_size(*shape, 0), False
+    )
 
 
 @pytest.mark.parametrize(

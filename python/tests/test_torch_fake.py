@@ -33,7 +33,7 @@ def test_forward_fake_gives_the_kernels_shapes(dtype, chunk):
     with FakeTensorMode():
         q, k, v, i, f = fake_inputs(b, nh, s, dqk, dhv, dtype)
         out = torch.ops.tfla.mlstm_fwd(q, k, v, i, f, None, None, None, "exp", True, 1e-6, chunk, True, "exact")
-        run = chunk or _tfla.chunk_size(b, nh, s, dqk, dhv, 0)  # 0: the chunk tfla chooses
+        run = chunk or _tfla.chunk_size(b, nh, s, dqk, dhv, 0, backward=True)  # 0: tfla chooses
         nc = -(-s // run)
         h, c, n, m, saved = out
         assert (h.shape, h.dtype, h.device) == ((b, nh, s, dhv), dtype, CUDA)

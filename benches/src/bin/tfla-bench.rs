@@ -2,8 +2,8 @@
 //! GPU and prints one table (and, with `--json PATH`, every number). Run by `cargo xtask bench` and by the bundle on machines
 //! without Rust.
 //!
-//! Usage: tfla-bench [--grid paper|quick|smoke|long] [--json PATH] [--variants exp,sig,sig_nonorm]
-//!                   [--chunks 64,128,...] [--heads NH:DQK:DHV,...] [--reps N]
+//! Usage: tfla-bench [--grid paper|quick|smoke|long|chooser] [--points B:S,...] [--json PATH]
+//!                   [--variants exp,sig,sig_nonorm] [--chunks 64,128,...] [--heads NH:DQK:DHV,...] [--reps N]
 //!                   [--dtype bf16|f16|f32] [--no-bwd] [--step | --no-step] [--varlen N]
 //!                   [--recompute]
 //! Timing: CUDA events around each call on the runtime's stream, 3 warm-up calls, then the
@@ -33,6 +33,19 @@ fn grid(name: &str) -> Option<Vec<(usize, usize)>> {
         // One sequence, 16k to 256k tokens: time per token and memory against S
         // (`benches/compare/plot_long.py` draws them).
         "long" => vec![(1, 16384), (1, 32768), (1, 65536), (1, 131072), (1, 262144)],
+        // What the automatic chunk size is fitted to (`tfla::select_chunk_size`): batches of
+        // 1 to 64 sequences (8 to 1024 heads with the default head shapes), short to long.
+        "chooser" => vec![
+            (1, 2048),
+            (1, 8192),
+            (1, 32768),
+            (2, 8192),
+            (4, 8192),
+            (8, 8192),
+            (16, 8192),
+            (32, 2048),
+            (64, 1024),
+        ],
         _ => return None,
     })
 }
@@ -68,8 +81,8 @@ fn main() {
             .cloned()
     };
     let grid_name = opt("--grid").unwrap_or_else(|| "quick".into());
-    let Some(points) = grid(&grid_name) else {
-        eprintln!("tfla-bench: unknown --grid `{grid_name}`: paper, quick, smoke or long");
+    let Some(grid_points) = grid(&grid_name) else {
+        eprintln!("tfla-bench: unknown --grid `{grid_name}`: paper, quick, smoke, long or chooser");
         std::process::exit(2);
     };
     let list = |name: &str, default: &str| -> Vec<String> {
@@ -94,6 +107,19 @@ fn main() {
                     .map(|x| x.parse().expect("--heads NH:DQK:DHV"))
                     .collect();
                 (v[0], v[1], v[2])
+            })
+            .collect(),
+    };
+    let points: Vec<(usize, usize)> = match opt("--points") {
+        None => grid_points,
+        Some(p) => p
+            .split(',')
+            .map(|t| {
+                let v: Vec<usize> = t
+                    .split(':')
+                    .map(|x| x.parse().expect("--points B:S"))
+                    .collect();
+                (v[0], v[1])
             })
             .collect(),
     };
@@ -148,6 +174,7 @@ fn main() {
         // The step table alone, without the forward table's header.
         table.clear();
     }
+    let mut rows: Vec<Timed> = Vec::new();
     for &(nh, dqk, dhv) in heads.iter().filter(|_| !step_only) {
         for &(b, s) in &points {
             let dims = Dims { b, nh, s, dqk, dhv };
@@ -212,11 +239,25 @@ fn main() {
                         Some(Err(e)) => (format!("  bwd: {e}"), String::new()),
                         None => (String::new(), String::new()),
                     };
+                    let fb_ms = match &fb {
+                        Some(Ok((fb_ms, _))) => Some(*fb_ms),
+                        _ => None,
+                    };
+                    rows.push(Timed {
+                        variant: vname,
+                        dims,
+                        chunk,
+                        fwd_ms: ms,
+                        fwd_bwd_ms: fb_ms,
+                    });
                     writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1} {alloc_mb:>9.1} {fb_text}").unwrap();
                     writeln!(json, "  {{\"impl\": \"tfla\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}, \"alloc_bytes\": {}{fb_json}}},", dtype.name(), state_bytes(&dims, chunk, dtype), out.bytes()).unwrap();
                 }
             }
         }
+    }
+    if chunks.len() > 1 {
+        chooser_table(&rows, &mut table);
     }
     if with_step {
         step_table(&rt, dtype, &want_variants, reps, &mut table, &mut json);
@@ -242,6 +283,78 @@ fn main() {
     print!("{table}");
     if let Some(path) = opt("--json") {
         std::fs::write(&path, json).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+}
+
+/// One row of the forward table, for [`chooser_table`].
+struct Timed {
+    variant: &'static str,
+    dims: Dims,
+    chunk: usize,
+    fwd_ms: f64,
+    fwd_bwd_ms: Option<f64>,
+}
+
+/// The automatic chunk size against the measured best, per variant and shape: the L that
+/// `tfla::select_chunk_size` picks for a forward alone and for a forward that a backward
+/// follows, and its time over the best measured time (1.000: it picked the best L). A pick
+/// outside the measured chunk sizes prints as such.
+fn chooser_table(rows: &[Timed], table: &mut String) {
+    writeln!(
+        table,
+        "\nchunk size: automatic pick (tfla::select_chunk_size) against the best measured L\n\
+         {:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>9} {:>9} {:>7} {:>12} {:>12} {:>7}",
+        "variant",
+        "B",
+        "S",
+        "NH",
+        "DQK",
+        "DHV",
+        "fwd best",
+        "fwd auto",
+        "x best",
+        "fwd+bwd best",
+        "fwd+bwd auto",
+        "x best"
+    )
+    .unwrap();
+    let mut seen: Vec<(&str, Dims)> = Vec::new();
+    for row in rows {
+        let (variant, dims) = (row.variant, row.dims);
+        if seen.contains(&(variant, dims)) {
+            continue;
+        }
+        seen.push((variant, dims));
+        let cells: Vec<&Timed> = rows
+            .iter()
+            .filter(|r| r.variant == variant && r.dims == dims)
+            .collect();
+        // (best L, auto L, auto time / best time) for one column of times.
+        let pick = |time: fn(&Timed) -> Option<f64>, backward: bool| {
+            let best = cells
+                .iter()
+                .filter_map(|r| Some((r.chunk, time(r)?)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))?;
+            let auto = tfla::select_chunk_size(&dims, backward) as usize;
+            let ratio = cells
+                .iter()
+                .find(|r| r.chunk == auto)
+                .and_then(|r| time(r))
+                .map_or("not run".to_string(), |t| format!("{:.3}", t / best.1));
+            Some((best.0, auto, ratio))
+        };
+        let Some((fl, fa, fr)) = pick(|r| Some(r.fwd_ms), false) else {
+            continue;
+        };
+        let fb = pick(|r| r.fwd_bwd_ms, true)
+            .map(|(bl, ba, br)| format!("{bl:>12} {ba:>12} {br:>7}"))
+            .unwrap_or_default();
+        let Dims { b, nh, s, dqk, dhv } = dims;
+        writeln!(
+            table,
+            "{variant:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {fl:>9} {fa:>9} {fr:>7} {fb}"
+        )
+        .unwrap();
     }
 }
 

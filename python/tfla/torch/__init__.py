@@ -149,7 +149,8 @@ def mlstm_chunkwise(
 
     variant: "exp" (exponential input gate, max-state stabilizer, always normalized) or
     "sig" (sigmoid input gate; ``normalize=False`` drops the normalizer). chunk_size: one of
-    64, 128, 256, 512, 1024, or None to let tfla choose. grad_mode: "exact" (the true gradient,
+    64, 128, 256, 512, 1024, or None to let tfla choose (from the shapes, and whether an
+    input requires grad: a forward that a backward follows may take another L). grad_mode: "exact" (the true gradient,
     through the normalizer's max and the max state) or "detached" (normalizer and max state
     held constant, what the TFLA authors' Triton kernels compute).
 

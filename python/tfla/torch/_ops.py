@@ -9,7 +9,8 @@ share. So memory is accounted by PyTorch, CUDA-graph capture sees only PyTorch a
 nothing is copied.
 
 The ops take contiguous tensors (the public functions in ``tfla.torch`` make them so), f32
-gates and a chunk size (0: tfla chooses, from the shapes alone, so forward and backward
+gates and a chunk size (0: tfla chooses, from the shapes and ``row_stats``, which says a
+backward follows; the backward chooses as a forward with row statistics did, so the two
 agree); their fake implementations give the same shapes from the same layouts, so
 ``torch.compile`` traces them without running them.
 """
