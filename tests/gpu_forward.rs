@@ -145,6 +145,7 @@ fn max_state_verdict(got: &[f32], want: &[f64], tol: f64) -> Verdict {
     }
     Verdict {
         rms: worst / tol,
+        rms_limit: 1.0,
         worst: worst / tol,
         row,
         rel_err: worst,
