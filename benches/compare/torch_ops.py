@@ -331,8 +331,12 @@ def layer_cost(rounds: int = 7, reps: int = 10) -> list:
     from tfla import _tfla
 
     for name, variant, normalize, (nh, dqk, dhv), (q, k, v, i, f) in cases(1, b, s):
+        # The L the op picks for a forward alone and for one a backward follows, each timed
+        # against the launches at the same L.
         chunk = _tfla.chunk_size(b, nh, s, dqk, dhv, 0)
+        chunk_fb = _tfla.chunk_size(b, nh, s, dqk, dhv, 0, backward=True)
         raw = raw_calls(q, k, v, i, f, variant, normalize, chunk)
+        raw_fb = raw if chunk_fb == chunk else raw_calls(q, k, v, i, f, variant, normalize, chunk_fb)
         leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
         dh = torch.randn_like(v)
         kw = dict(variant=variant, normalize=normalize)
@@ -348,14 +352,15 @@ def layer_cost(rounds: int = 7, reps: int = 10) -> list:
 
         ratios = {m: [] for m in ("fwd_w", "fwd_q", "fb_w", "fb_q")}
         for _ in range(rounds):
-            for m, (py, alone) in (("fwd", (py_fwd, raw.fwd)), ("fb", (py_fb, raw.fwd_bwd))):
+            for m, (py, alone) in (("fwd", (py_fwd, raw.fwd)), ("fb", (py_fb, raw_fb.fwd_bwd))):
                 ratios[m + "_w"].append(time_ms(py, reps, warmup=1) / time_ms(alone, reps, warmup=1))
                 ratios[m + "_q"].append(time_queued_ms(py, reps, warmup=1) / time_queued_ms(alone, reps, warmup=1))
         cell = lambda xs: f"{statistics.median(xs):6.3f} [{min(xs):.3f}, {max(xs):.3f}]"  # noqa: E731
-        print(f"{name:10} {f'{nh}/{dqk}/{dhv}':12} {chunk:>4} {cell(ratios['fwd_w']):>22} "
+        ls = f"{chunk}" if chunk == chunk_fb else f"{chunk}/{chunk_fb}"
+        print(f"{name:10} {f'{nh}/{dqk}/{dhv}':12} {ls:>4} {cell(ratios['fwd_w']):>22} "
               f"{cell(ratios['fwd_q']):>22} {cell(ratios['fb_w']):>22} {cell(ratios['fb_q']):>22}")
-        rows.append(dict(variant=name, NH=nh, DQK=dqk, DHV=dhv, chunk=chunk, **ratios))
-        del q, k, v, leaves, dh, raw
+        rows.append(dict(variant=name, NH=nh, DQK=dqk, DHV=dhv, chunk=chunk, chunk_fwdbwd=chunk_fb, **ratios))
+        del q, k, v, leaves, dh, raw, raw_fb
     return rows
 
 

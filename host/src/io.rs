@@ -280,7 +280,6 @@ fn run(
 ) -> Result<()> {
     let dev = file.upload(rt, dtype)?;
     let inputs = dev.as_inputs();
-    let dims = inputs.dims()?;
     let grads_in = match mode {
         Some(_) => file.upload_grads(rt, dtype)?,
         None => None,
@@ -299,7 +298,6 @@ fn run(
     };
     let mut metadata = HashMap::from([
         ("variant".to_string(), variant.to_string()),
-        ("chunk".to_string(), cfg.chunk_for(&dims)?.to_string()),
         ("eps".to_string(), cfg.eps.to_string()),
         ("dtype".to_string(), dtype.name().to_string()),
     ]);
@@ -312,6 +310,9 @@ fn run(
         _ => (mlstm_fwd(rt, &inputs, cfg)?, None),
     };
     rt.synchronize()?;
+    // The chunk size that ran: with `dh` the forward ran before a backward, whose automatic L
+    // can differ from a forward alone's (`select_chunk_size`).
+    metadata.insert("chunk".to_string(), out.states.chunk_size.to_string());
     let MlstmOutputs { h, c, n, m, .. } = &out;
     let mut tensors = vec![
         ("h", host(h, dtype)?),

@@ -568,7 +568,8 @@ impl VarlenGrads {
 }
 
 /// The backward pass over a packed batch, allocating its gradients, from the outputs of a
-/// forward on the same inputs and `cfg` (with `row_stats` for the normalized variants).
+/// forward on the same inputs and `cfg` (with `row_stats`, which the normalized variants need and
+/// which picks the automatic chunk size for a forward+backward).
 pub fn mlstm_bwd_varlen(
     rt: &Runtime,
     inp: &VarlenInputs,

@@ -129,3 +129,22 @@ def test_bad_arguments_raise_before_any_launch(change, message):
         kwargs = {key: change[key] for key in ("variant", "grad_mode", "normalize", "cu_seqlens") if key in change}
         with pytest.raises(ValueError, match=message):
             tt.mlstm_chunkwise(q, k, v, i, f, **kwargs)
+
+
+def test_the_backward_rejects_saved_of_another_forward():
+    # 128/256 heads, one of them: a forward alone takes L = 256, one a backward follows 128,
+    # so a forward-alone's `saved` is not what the backward reads. Checked before any launch
+    # (CPU tensors reach no device).
+    b, nh, s, dqk, dhv = 1, 1, 512, 128, 256
+    assert _tfla.chunk_size(b, nh, s, dqk, dhv, 0) != _tfla.chunk_size(b, nh, s, dqk, dhv, 0, backward=True)
+    q, k = (torch.zeros(b, nh, s, dqk, dtype=torch.bfloat16) for _ in range(2))
+    v = torch.zeros(b, nh, s, dhv, dtype=torch.bfloat16)
+    i, f = (torch.zeros(b, nh, s) for _ in range(2))
+    alone = _ops._forward_plan((b, nh, s, dqk, dhv), "bf16", 0, False)[1]
+    saved = torch.zeros(alone, dtype=torch.uint8)
+    c, n = torch.zeros(b, nh, dqk, dhv), torch.zeros(b, nh, dqk)
+    with pytest.raises(ValueError, match="`saved` has"):
+        _ops.backward(
+            q, k, v, i, f, None, None, None, torch.zeros_like(v), c, n, saved,
+            torch.zeros_like(v), None, None, None, "exp", True, 1e-6, 0, "exact",
+        )  # fmt: skip

@@ -261,7 +261,8 @@ impl BwdWorkspace {
             return Err(Error::Invalid {
                 arg: "workspace.chunk_size",
                 value: self.chunk_size.to_string(),
-                reason: "the gradients were allocated for another chunk size",
+                reason: "the gradients were allocated for another chunk size (with chunk_size None the \
+                         size follows row_stats: allocate them with the backward's config)",
             });
         }
         for ((arg, dt, shape), t) in workspace_layout(dev, dims, dtype, chunk, seqs)

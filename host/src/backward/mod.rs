@@ -34,7 +34,8 @@ pub(crate) use raw::launch_bwd;
 pub use raw::mlstm_bwd_raw;
 
 /// Runs the backward pass, allocating the gradients. `fwd` holds the outputs of the forward
-/// pass on the same `inputs` and `cfg` (with `row_stats` for the normalized variants).
+/// pass on the same `inputs` and `cfg` (with `row_stats`, which the normalized variants need and
+/// which picks the automatic chunk size for a forward+backward).
 pub fn mlstm_bwd(
     rt: &Runtime,
     inputs: &MlstmInputs,

@@ -29,7 +29,9 @@ use tfla_params::bwd::{self, BwdParams};
 /// dq, dk, dv) or f32 (everything else; the workspace only what the dtype's path uses, see
 /// [`BwdWorkspace`]); the forward tensors hold what the forward pass wrote
 /// for these inputs and `cfg` (with row statistics for the normalized variants); outputs and
-/// workspace do not overlap each other or the inputs.
+/// workspace do not overlap each other or the inputs. With `chunk_size` None, L follows
+/// `cfg.row_stats` ([`crate::select_chunk_size`]): the forward must have run with the same
+/// `row_stats` (or fix L once: `cfg.with_chunk_size(cfg.chunk_for(&dims)?)`).
 pub unsafe fn mlstm_bwd_raw(
     rt: &Runtime,
     stream: CUstream,

@@ -228,7 +228,8 @@ impl MlstmOutputs {
             return Err(Error::Invalid {
                 arg: "states.chunk_size",
                 value: self.states.chunk_size.to_string(),
-                reason: "the outputs were allocated for another chunk size",
+                reason: "the outputs were allocated for another chunk size (with chunk_size None the \
+                         size follows row_stats: give the backward the forward's config)",
             });
         }
         // Released states (`release_chunk_states`) are for a backward only.

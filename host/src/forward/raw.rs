@@ -25,7 +25,8 @@ use tfla_params::{Dtype as KDtype, Gates, Path};
 /// else; slots u32); slots, if given, are B values below num_slots, no two equal
 /// ([`crate::slots::check_slots`]); outputs do not overlap inputs or each other, except that
 /// each final state may be the memory of its initial state (c_final = c0, n_final = n0,
-/// m_final = m0: updated in place).
+/// m_final = m0: updated in place). With `chunk_size` None, L follows `cfg.row_stats`
+/// ([`crate::select_chunk_size`]): a backward of these outputs must run with the same config.
 pub unsafe fn mlstm_fwd_raw(
     rt: &Runtime,
     stream: CUstream,

@@ -242,6 +242,13 @@ def backward(
     initial state)."""
     grads = _grads(q, k, v, c0, n0, m0)
     dims, dtype, plan = _plan(q, v, chunk_size, True)
+    if int(saved.numel()) != plan[1]:
+        # Another forward's buffer: without row statistics, or for another chunk size (with
+        # chunk_size 0 the L follows row_stats). The kernels would read past it.
+        raise ValueError(
+            f"`saved` has {int(saved.numel())} bytes where a forward with row statistics at "
+            f"chunk_size = {chunk_size} writes {plan[1]}: pass the `saved` of such a forward"
+        )
     index = q.get_device()
     size, offsets = _workspace_plan(device_plan(index), dims, dtype, chunk_size)
     workspace = q.new_empty(size, dtype=torch.uint8)
