@@ -13,8 +13,9 @@
 //!   and times them on the same card, then prints one merged table with the ratios. The
 //!   default grid (`quick`, B = 8, S = 8192) takes a few minutes; `--grid paper` is the paper's
 //!   four (B, S) points. Results go to `target/bench/results/`.
-//! - `cargo xtask report --tfla TFLA.json REFS.json…`: that merged table from saved results
-//!   (e.g. `benches/results/`).
+//! - `cargo xtask report --tfla TFLA.json [--rows OUT.json] REFS.json…`: that merged table from
+//!   saved results (e.g. `benches/results/`); `--rows` also writes its rows as JSON (FLOPs,
+//!   bytes and floor of each call, for `benches/compare/plot_roofline.py`).
 //! - `cargo xtask sass [--kernel SUBSTR] [--dump]`: each kernel's SASS instruction mix (ptxas
 //!   and cuobjdump, no GPU needed); `--dump` writes the listings to `target/sass/`.
 mod report;
@@ -47,12 +48,18 @@ fn main() -> ExitCode {
         ),
         Some("report") => match opt("--tfla") {
             Some(tfla) => {
-                let refs: Vec<String> = args.iter().skip(1).filter(|a| a.ends_with(".json") && **a != tfla).cloned().collect();
-                report::report(Path::new(&tfla), &refs)
+                let rows = opt("--rows");
+                let refs: Vec<String> = args
+                    .iter()
+                    .skip(1)
+                    .filter(|a| a.ends_with(".json") && **a != tfla && Some(*a) != rows.as_ref())
+                    .cloned()
+                    .collect();
+                report::report(Path::new(&tfla), &refs, rows.as_deref().map(Path::new))
             }
-            None => Err("usage: cargo xtask report --tfla TFLA.json REFS.json...".into()),
+            None => Err("usage: cargo xtask report --tfla TFLA.json [--rows OUT.json] REFS.json...".into()),
         },
-        _ => Err("usage: cargo xtask build-ptx [--arch sm_80|sm_90|sm_90a] [--out PATH] | bundle [--out DIR] | bench [--grid quick|paper|smoke|long] | report --tfla TFLA.json REFS.json... | sass [--kernel SUBSTR] [--dump]".into()),
+        _ => Err("usage: cargo xtask build-ptx [--arch sm_80|sm_90|sm_90a] [--out PATH] | bundle [--out DIR] | bench [--grid quick|paper|smoke|long] | report --tfla TFLA.json [--rows OUT.json] REFS.json... | sass [--kernel SUBSTR] [--dump]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

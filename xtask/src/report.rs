@@ -42,14 +42,13 @@ struct Ceilings {
     bytes_per_ms: f64,
 }
 
-/// The roofline floor of a tfla row in ms: max(FLOPs / matmul ceiling, bytes / copy ceiling).
-/// FLOPs are the row's model FLOPs (TFLOP/s × time). Bytes are what the call must move at
-/// least, each tensor once (16-bit q, k, v, h, dh, dq, dk, dv): the forward reads q, k, v,
-/// writes h and writes the chunk states for the backward (`state_bytes`; reading them back is
-/// a choice of the split kernels, which the fused one avoids); the backward reads q, k, v, h,
-/// dh and the states, writes dq, dk, dv, and writes and reads back the state gradients (as
-/// many bytes as the states).
-fn floor_ms(r: &Value, metric: &str, c: Ceilings) -> Option<f64> {
+/// A tfla row's model FLOPs (TFLOP/s × time) and the bytes its call must move at least, each
+/// tensor once (16-bit q, k, v, h, dh, dq, dk, dv): the forward reads q, k, v, writes h and
+/// writes the chunk states for the backward (`state_bytes`; reading them back is a choice of
+/// the split kernels, which the fused one avoids); the backward reads q, k, v, h, dh and the
+/// states, writes dq, dk, dv, and writes and reads back the state gradients (as many bytes as
+/// the states).
+fn work(r: &Value, metric: &str) -> Option<(f64, f64)> {
     let u = |k: &str| r.get(k).and_then(Value::as_f64);
     let (b, nh, s, dqk, dhv) = (u("B")?, u("NH")?, u("S")?, u("DQK")?, u("DHV")?);
     let (rows, states) = (b * nh * s, u("state_bytes")?);
@@ -59,13 +58,20 @@ fn floor_ms(r: &Value, metric: &str, c: Ceilings) -> Option<f64> {
         "fwd_ms" => (u("tflops")?, fwd),
         _ => (u("fwdbwd_tflops")?, fwd + bwd),
     };
-    let flops = tflops * 1e12 * num(r, metric)? / 1e3;
-    Some((flops / c.flops_per_ms).max(bytes / c.bytes_per_ms))
+    Some((tflops * 1e12 * num(r, metric)? / 1e3, bytes))
+}
+
+/// The roofline floor in ms of (FLOPs, bytes) ([`work`]): max(FLOPs / matmul ceiling, bytes /
+/// copy ceiling).
+fn floor_ms((flops, bytes): (f64, f64), c: Ceilings) -> f64 {
+    (flops / c.flops_per_ms).max(bytes / c.bytes_per_ms)
 }
 
 /// Prints the merged tables, forward and forward+backward. `tfla` is tfla-bench's JSON list;
-/// `refs` are compare.py outputs.
-pub fn report(tfla: &Path, refs: &[String]) -> Result<(), String> {
+/// `refs` are compare.py outputs. With `rows`, also writes every printed row there as JSON
+/// (each best-L call with its FLOPs, bytes, floor and the references' times, and the
+/// ceilings), what `benches/compare/plot_roofline.py` draws.
+pub fn report(tfla: &Path, refs: &[String], rows_out: Option<&Path>) -> Result<(), String> {
     let rows = read(tfla)?;
     let rows = rows.as_array().ok_or("tfla JSON: expected a list")?;
     let docs = refs
@@ -88,8 +94,21 @@ pub fn report(tfla: &Path, refs: &[String]) -> Result<(), String> {
             });
         }
     }
+    let mut printed = Vec::new();
     for (metric, what) in [("fwd_ms", "forward"), ("fwdbwd_ms", "forward+backward")] {
-        table(rows, &docs, metric, what, &card, ceilings);
+        printed.extend(table(rows, &docs, metric, what, &card, ceilings));
+    }
+    if let Some(path) = rows_out {
+        let doc = serde_json::json!({
+            "card": card,
+            "ceilings": ceilings.map(|c| serde_json::json!({
+                "matmul_tflops": c.flops_per_ms / 1e9,
+                "copy_gbps": c.bytes_per_ms / 1e6,
+            })),
+            "rows": printed,
+        });
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     println!("ratio = tfla time / reference time (below 1: tfla faster); best chunk size of each");
     if ceilings.is_some() {
@@ -101,7 +120,8 @@ pub fn report(tfla: &Path, refs: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// One table of `metric` (a time in ms) of tfla against every reference that measured it.
+/// One table of `metric` (a time in ms) of tfla against every reference that measured it;
+/// returns its rows as JSON.
 fn table(
     rows: &[Value],
     docs: &[Value],
@@ -109,19 +129,19 @@ fn table(
     what: &str,
     card: &str,
     ceilings: Option<Ceilings>,
-) {
+) -> Vec<Value> {
     let chunk_of = |r: &Value| r.get("chunk").and_then(Value::as_u64).unwrap_or(0);
     let mut ours = Best::new();
-    // The floor of each tfla row, by (key, chunk): the best row's floor is printed beside it.
-    let mut floors = BTreeMap::new();
+    // The work of each tfla row, by (key, chunk): the best row's floor is printed beside it.
+    let mut works = BTreeMap::new();
     for r in rows {
         let (Some(variant), Some(ms)) = (r.get("variant").and_then(Value::as_str), num(r, metric))
         else {
             continue;
         };
         if let Some(k) = key(r, variant) {
-            if let Some(f) = ceilings.and_then(|c| floor_ms(r, metric, c)) {
-                floors.insert((k.clone(), chunk_of(r)), f);
+            if let Some(w) = work(r, metric) {
+                works.insert((k.clone(), chunk_of(r)), w);
             }
             keep_best(&mut ours, k, ms, chunk_of(r));
         }
@@ -154,7 +174,7 @@ fn table(
         keep_best(theirs.entry(name).or_default(), k, ms, chunk_of(r));
     }
     if ours.is_empty() {
-        return;
+        return Vec::new();
     }
     let card = if card.is_empty() {
         String::new()
@@ -171,27 +191,40 @@ fn table(
         print!(" | {:>22}", format!("{n} ms (ratio)"));
     }
     println!();
+    let mut out = Vec::new();
     for ((variant, nh, dqk, dhv, b, s), (ms, chunk)) in &ours {
         let k = (variant.clone(), *nh, *dqk, *dhv, *b, *s);
-        let floor = floors
-            .get(&(k, *chunk))
-            .map_or("-".to_string(), |f: &f64| format!("{f:.3} ({:.2})", ms / f));
+        let work = works.get(&(k, *chunk)).copied();
+        let floor = work.zip(ceilings).map(|(w, c)| floor_ms(w, c));
+        let floor_text = floor.map_or("-".to_string(), |f| format!("{f:.3} ({:.2})", ms / f));
         print!(
-            "{variant:<11} {nh:>3} {dqk:>4} {dhv:>4} {b:>3} {s:>6} {:>13} {floor:>15}",
+            "{variant:<11} {nh:>3} {dqk:>4} {dhv:>4} {b:>3} {s:>6} {:>13} {floor_text:>15}",
             format!("{ms:.3} ({chunk})")
         );
+        let mut refs = serde_json::Map::new();
         for n in &names {
             let m = &theirs[*n];
             let exact = m.get(&(variant.clone(), *nh, *dqk, *dhv, *b, *s));
             let any = m.get(&(String::new(), *nh, *dqk, *dhv, *b, *s));
             match exact.or(any) {
-                Some((theirs_ms, _)) => print!(
-                    " | {:>22}",
-                    format!("{theirs_ms:.3} ({:.2})", ms / theirs_ms)
-                ),
+                Some((theirs_ms, _)) => {
+                    print!(
+                        " | {:>22}",
+                        format!("{theirs_ms:.3} ({:.2})", ms / theirs_ms)
+                    );
+                    refs.insert(n.to_string(), Value::from(*theirs_ms));
+                }
                 None => print!(" | {:>22}", "-"),
             }
         }
         println!();
+        out.push(serde_json::json!({
+            "pass": if metric == "fwd_ms" { "fwd" } else { "fwdbwd" },
+            "variant": variant, "NH": nh, "DQK": dqk, "DHV": dhv, "B": b, "S": s,
+            "chunk": chunk, "ms": ms,
+            "flops": work.map(|w| w.0), "bytes": work.map(|w| w.1), "floor_ms": floor,
+            "refs": refs,
+        }));
     }
+    out
 }
