@@ -131,6 +131,19 @@ def test_bad_arguments_raise_before_any_launch(change, message):
             tt.mlstm_chunkwise(q, k, v, i, f, **kwargs)
 
 
+def test_forward_fake_without_row_stats_takes_the_forward_alone_chunk():
+    # 128/256 heads, one of them: a forward alone takes L = 256, one a backward follows 128;
+    # the fake's `saved` is that of the L the real op runs with the same row_stats.
+    b, nh, s, dqk, dhv = 1, 1, 512, 128, 256
+    with FakeTensorMode():
+        q, k, v, i, f = fake_inputs(b, nh, s, dqk, dhv)
+        for row_stats in (False, True):
+            out = torch.ops.tfla.mlstm_fwd(q, k, v, i, f, None, None, None, "exp", True, 1e-6, 0, row_stats, "exact")
+            run = _tfla.chunk_size(b, nh, s, dqk, dhv, 0, backward=row_stats)
+            assert out[4].shape == (_ops._forward_plan((b, nh, s, dqk, dhv), "bf16", run, row_stats)[1],)
+    assert _tfla.chunk_size(b, nh, s, dqk, dhv, 0) != _tfla.chunk_size(b, nh, s, dqk, dhv, 0, backward=True)
+
+
 def test_the_backward_rejects_saved_of_another_forward():
     # 128/256 heads, one of them: a forward alone takes L = 256, one a backward follows 128,
     # so a forward-alone's `saved` is not what the backward reads. Checked before any launch
