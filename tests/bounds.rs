@@ -276,8 +276,8 @@ fn bound_follows_a_rows_conditioning() {
 }
 
 /// The mean over rows is the criterion where there are rows to average; a tensor of one row
-/// (dm̃_0) may reach 4 (the GPU run of session 17 failed a correct f16 dm̃_0 at 1.01, one row),
-/// while a dropped term (≥ 32) fails any tensor.
+/// (dm̃_0) may reach 4, where a correct kernel's single row can land just over 1, while a
+/// dropped term (≥ 32) fails any tensor.
 #[test]
 fn the_mean_criterion_widens_only_for_few_rows() {
     assert_eq!(rms_limit(1), 4.0);

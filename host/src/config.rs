@@ -149,8 +149,8 @@ impl MlstmConfig {
 ///   order over the chunks; at L = 128 the narrow walk runs 4× the blocks.
 ///
 /// Fitted to an H100 (132 SMs), bf16, mLSTMexp: `tfla-bench --grid chooser` (B = 1 … 64,
-/// S = 1k … 32k, the three head shapes, L = 64 … 512; `benches/results/s17/
-/// call1_chooser_sweep.txt`), where this rule picks the fastest L in all 27 forward and all 27
+/// S = 1k … 32k, the three head shapes, L = 64 … 512; `benches/results/chooser_sweep_h100.json`),
+/// where this rule picks the fastest L in all 27 forward and all 27
 /// forward+backward cells (the test `chooser_picks_the_measured_best` holds it to that
 /// sweep; `tfla-bench` with more than one chunk size prints its pick against the best). The
 /// switch at [`LONG_SEQUENCE`] lies between two measured S; other cards are not measured (a
@@ -219,7 +219,7 @@ mod tests {
     fn chooser_picks_the_measured_best() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../benches/results/s17/call1_chooser_sweep.json"
+            "/../benches/results/chooser_sweep_h100.json"
         );
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
         // One measurement per line: {"impl": "tfla", …, "B": 1, …, "fwd_ms": 0.2329, …}.

@@ -50,6 +50,16 @@ fn grid(name: &str) -> Option<Vec<(usize, usize)>> {
     })
 }
 
+/// The comma-separated `a:b:…` tuples of a flag's value, each of `n` numbers (`form` names the
+/// flag and its shape in the message of a malformed one).
+fn tuples<'a>(text: &'a str, form: &'a str, n: usize) -> impl Iterator<Item = Vec<usize>> + 'a {
+    text.split(',').map(move |t| {
+        let v: Vec<usize> = t.split(':').map(|x| x.parse().expect(form)).collect();
+        assert_eq!(v.len(), n, "{form}: `{t}`");
+        v
+    })
+}
+
 /// Median time in ms of `f` over `reps` calls, after `warmup` calls.
 fn time_ms(rt: &Runtime, warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..warmup {
@@ -99,28 +109,14 @@ fn main() {
         .collect();
     let heads: Vec<(usize, usize, usize)> = match opt("--heads") {
         None => HEADS.to_vec(),
-        Some(h) => h
-            .split(',')
-            .map(|t| {
-                let v: Vec<usize> = t
-                    .split(':')
-                    .map(|x| x.parse().expect("--heads NH:DQK:DHV"))
-                    .collect();
-                (v[0], v[1], v[2])
-            })
+        Some(h) => tuples(&h, "--heads NH:DQK:DHV", 3)
+            .map(|v| (v[0], v[1], v[2]))
             .collect(),
     };
     let points: Vec<(usize, usize)> = match opt("--points") {
         None => grid_points,
-        Some(p) => p
-            .split(',')
-            .map(|t| {
-                let v: Vec<usize> = t
-                    .split(':')
-                    .map(|x| x.parse().expect("--points B:S"))
-                    .collect();
-                (v[0], v[1])
-            })
+        Some(p) => tuples(&p, "--points B:S", 2)
+            .map(|v| (v[0], v[1]))
             .collect(),
     };
     let with_bwd = !args.iter().any(|a| a == "--no-bwd");
