@@ -567,6 +567,89 @@ fn backward_recomputes_released_chunk_states() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
+fn forward_without_row_stats_keeps_no_chunk_states_where_one_kernel_runs() {
+    // Without row_stats, at the heads and L of the one-kernel forward (and where the device
+    // runs it), the outputs hold no chunk states and the kernel stores none; h and the final
+    // states equal, bit for bit, those of the forward that keeps them (which the forward tests
+    // hold to the float64 reference). A backward from such outputs (the no-normalizer variant:
+    // the others need the row statistics) recomputes C̃_k and returns the same gradients.
+    let rt = runtime();
+    let mut rng = rng("forward_without_row_stats_keeps_no_chunk_states_where_one_kernel_runs");
+    let mut failures = Vec::new();
+    for (variant, dtype, shape) in [
+        (EXP, BF16, shape(1, 2, 300, 128, 128)),
+        (SIG, F16, shape(2, 1, 200, 48, 80)),
+        (SIG_NONORM, BF16, shape(1, 3, 1500, 64, 128)),
+        (SIG_NONORM, F16, shape(2, 1, 300, 128, 128)),
+    ] {
+        let c = case(shape, 128, variant, dtype, GradMode::Exact);
+        let (inp, g) = case_data(&c, &mut rng);
+        let dev = upload(&rt, &inp, dtype);
+        let dev_g = upload_grad_outputs(&rt, &g, c.shape, dtype);
+        let (inputs, kept_cfg, grad_out) = (dev.as_inputs(), c.config(), dev_g.as_grad_outputs());
+        let cfg = MlstmConfig {
+            row_stats: false,
+            ..kept_cfg
+        };
+        let dims = inputs.dims().unwrap();
+        let kept = tfla::mlstm_fwd(&rt, &inputs, &kept_cfg).unwrap();
+        let mut out = MlstmOutputs::alloc(&rt, &dims, dtype, &cfg).unwrap();
+        let one_kernel =
+            tfla_params::fwd::use_fused(&rt.plan_device(), 128, shape.dqk as u32, shape.dhv as u32);
+        assert_eq!(
+            out.states.released(),
+            one_kernel,
+            "{variant:?} {dtype:?} {shape:?}"
+        );
+        for t in [&mut out.h, &mut out.c, &mut out.n, &mut out.m] {
+            t.fill_nan().unwrap();
+        }
+        tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap();
+        rt.synchronize().unwrap();
+        for (name, got, want) in [
+            ("h", &out.h, &kept.h),
+            ("c", &out.c, &kept.c),
+            ("n", &out.n, &kept.n),
+            ("m", &out.m, &kept.m),
+        ] {
+            let bits = |t: &tfla::Tensor| {
+                t.to_f32_vec()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            if bits(got) != bits(want) {
+                failures.push(format!("{variant:?} {dtype:?} {shape:?}: {name} differs"));
+            }
+        }
+        if variant == SIG_NONORM {
+            let want = tfla::mlstm_bwd(&rt, &inputs, &kept, &grad_out, &kept_cfg, c.mode).unwrap();
+            let mut grads = MlstmGrads::alloc(&rt, &inputs, &cfg).unwrap();
+            poison(&mut grads);
+            tfla::mlstm_bwd_into(&rt, &inputs, &out, &grad_out, &cfg, c.mode, &mut grads).unwrap();
+            rt.synchronize().unwrap();
+            let (want, got) = (device_grads(&want), device_grads(&grads));
+            for name in ["dq", "dk", "dv", "di", "df", "dc0", "dn0", "dm0"] {
+                let w: Vec<f64> = want(name).unwrap().iter().map(|&x| x as f64).collect();
+                // The same kernels on the same states, bit for bit (as after a release).
+                let err = rel_err(&got(name).unwrap(), &w);
+                if err > 1e-6 {
+                    failures.push(format!("{variant:?} {dtype:?} {shape:?} {name}: {err:.2e}"));
+                }
+            }
+        }
+        eprintln!(
+            "ok   {variant:?} {dtype:?} {shape:?}: {} chunk-state bytes (kept: {})",
+            out.states.c.numel() * dtype.size(),
+            kept.states.c.numel() * dtype.size()
+        );
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn backward_long_sequence() {
     // S = 8192: 64 chunks of state gradients walked in reverse, df̃ summed over the whole row.
     let mut cases: Vec<Case> = MODES

@@ -38,7 +38,8 @@ pub use cust::sys::CUstream;
 pub use error::{Error, Result};
 pub use forward::{
     CheckedInputs, ChunkGates, ChunkStates, DeviceInputs, FwdPointers, MlstmInputs, MlstmOutputs,
-    RowStats, fwd_pointers, mlstm_fwd, mlstm_fwd_into, mlstm_fwd_raw, output_layout,
+    RowStats, forward_workspace_layout, fwd_pointers, mlstm_fwd, mlstm_fwd_into, mlstm_fwd_raw,
+    output_layout,
 };
 pub use runtime::Runtime;
 pub use slots::{PoolSlots, Slots, StatePool, check_slots};

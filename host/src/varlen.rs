@@ -438,8 +438,9 @@ impl VarlenOutputs {
         let cfg = cfg.with_chunk_size(layout.chunk);
         let pdims = layout.dims(d);
         let dtype = inp.q.dtype();
-        self.padded
-            .check_shapes(&pdims, dtype, &cfg, false, false)?;
+        // Outputs without chunk states pass here: the forward's launch refuses them where it
+        // needs them, the backward (`check_bwd`) always.
+        self.padded.check_shapes(&pdims, dtype, &cfg, false, true)?;
         expect_shape("h", &self.h, &[d.total, d.nh, d.dhv])?;
         expect_dtype("h", &self.h, dtype)?;
         for (arg, t, shape) in [
@@ -595,6 +596,15 @@ fn check_bwd(
 ) -> Result<(VarlenDims, Dims, MlstmConfig)> {
     let d = inp.dims()?;
     let (pdims, cfg) = fwd.check(&d, inp, cfg)?;
+    if fwd.padded.states.released() {
+        return Err(Error::Invalid {
+            arg: "fwd.states.c",
+            value: "empty".into(),
+            reason: "the forward kept no chunk states (without row_stats at the heads the \
+                     one-kernel forward takes): run the forward with MlstmConfig::row_stats = \
+                     true before a packed backward",
+        });
+    }
     if cfg.variant.normalizes() && fwd.padded.row_stats.is_none() {
         return Err(Error::Invalid {
             arg: "fwd.row_stats",

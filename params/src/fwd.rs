@@ -35,7 +35,9 @@ pub struct FwdPointers {
     pub m0: u64,
     /// States before each chunk, C̃_k: (BH, NC, DQK, DHV) in the input dtype (the output
     /// kernel's `mma` consumes it rounded to that dtype anyway). Written by chunk_state.
-    /// Every chunk-state tensor is required.
+    /// Every chunk-state tensor is required, except that C̃_k may be 0 where the forward runs
+    /// as one kernel ([`use_fused`]): `chunk_fused` then stores no C̃_k, which only a backward
+    /// reads (the host allows it for a forward no backward follows).
     pub c_states: u64,
     /// ñ_k: (BH, NC, DQK) f32. Written by chunk_state.
     pub n_states: u64,
@@ -370,9 +372,9 @@ pub fn plan(dev: &Device, p: &FwdParams, gates: Gates, path: Path, states_only: 
 
 /// The forward's pointers: q, k, v and the gates in, h, the chunk states and the gate vectors
 /// out are required; initial and final states, row statistics and slots are optional (the
-/// host checks that the final states come all three or none). Alignments: 16 bytes where a
-/// kernel moves 16-byte vectors (q, k, v, C̃0, the C̃ states, u), 8 for pairs of f32 (the final
-/// C̃), 4 for the rest.
+/// host checks that the final states come all three or none, and where C̃_k may be left
+/// out: [`FwdPointers::c_states`]). Alignments: 16 bytes where a kernel moves 16-byte vectors
+/// (q, k, v, C̃0, the C̃ states, u), 8 for pairs of f32 (the final C̃), 4 for the rest.
 pub const fn pointers(p: &FwdPointers) -> [Pointer; 22] {
     use Pointer as P;
     [
@@ -382,7 +384,7 @@ pub const fn pointers(p: &FwdPointers) -> [Pointer; 22] {
         P::required("i", p.i, 4),
         P::required("f", p.f, 4),
         P::required("h", p.h, 4),
-        P::required("c_states", p.c_states, 16),
+        P::optional("c_states", p.c_states, 16),
         P::required("n_states", p.n_states, 4),
         P::required("m_states", p.m_states, 4),
         P::required("gate_b", p.gate_b, 4),
@@ -542,7 +544,8 @@ pub mod output_wg {
 
 /// The forward in one kernel for small heads (`chunk_fused`): one block owns TILE_HV value
 /// columns of one head and walks its chunks in order, holding the state's columns (all of DQK)
-/// in registers; per chunk it stores C̃_k and adds the chunk's output rows (TFLA's chunk-output
+/// in registers; per chunk it stores C̃_k (unless `c_states` is 0: a forward no backward
+/// follows) and adds the chunk's output rows (TFLA's chunk-output
 /// tile with C̃_k taken from shared memory) before it advances the state. Against the
 /// two-kernel forward, C̃_k never travels back from DRAM and K, V are read once for both
 /// parts: at 128/128 those are 0.8 of the 2.1 GB the two kernels move. It serializes the

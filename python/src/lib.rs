@@ -125,6 +125,30 @@ fn output_layout(
     Ok(layout(entries))
 }
 
+/// What a forward needs beside its outputs on a device whose plan is `plan` (as
+/// [`device_plan`] gives it): [(name, dtype, shape)], `tfla::forward_workspace_layout` (the
+/// chunk states where the outputs leave them out but the device runs two kernels; else empty).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn forward_workspace_layout(
+    plan: (u32, bool),
+    b: usize,
+    nh: usize,
+    s: usize,
+    dqk: usize,
+    dhv: usize,
+    dtype: &str,
+    chunk_size: usize,
+    row_stats: bool,
+) -> PyResult<Layout> {
+    let cfg = config("exp", true, 1e-6, chunk_size, row_stats)?;
+    let d = dims(b, nh, s, dqk, dhv)?;
+    let dev = tfla_params::Device::new(plan.0, plan.1);
+    let entries =
+        tfla::forward_workspace_layout(&dev, &d, self::dtype(dtype)?, &cfg).map_err(py_err)?;
+    Ok(layout(entries))
+}
+
 /// The backward's scratch: [(name, dtype, shape)], `tfla::workspace_layout`, for a device
 /// whose plan is `plan` = (shared memory per block, `wgmma`), as [`device_plan`] gives it.
 /// `chunk_size` 0 resolves as [`backward`] resolves it: as a forward with row statistics.
@@ -480,6 +504,7 @@ fn _tfla(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CHUNK_SIZES", tfla_params::CHUNK_SIZES.to_vec())?;
     m.add_function(wrap_pyfunction!(chunk_size, m)?)?;
     m.add_function(wrap_pyfunction!(output_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(forward_workspace_layout, m)?)?;
     m.add_function(wrap_pyfunction!(workspace_layout, m)?)?;
     m.add_function(wrap_pyfunction!(device_info, m)?)?;
     m.add_function(wrap_pyfunction!(device_plan, m)?)?;

@@ -59,6 +59,27 @@ def test_chunk_size_is_chosen_or_validated():
         _tfla.chunk_size(1, 1, 8192, 128, 128, 100)
 
 
+def test_a_forward_without_row_stats_keeps_no_chunk_states_where_one_kernel_runs():
+    # 128/128 at L = 128, no backward (no row statistics): `saved` leaves C̃_k out; a card that
+    # runs two kernels there (an A100's shared memory is too small for the one kernel) gets
+    # them as the forward's scratch; a forward a backward follows keeps them in `saved`.
+    shape, nc = (2, 3, 300, 128, 128), 3
+
+    def states(shape, dtype, row_stats):
+        return {n: s for n, _, s in _tfla.output_layout(*shape, dtype, 128, row_stats)}["c_states"]
+
+    def scratch(plan, row_stats):
+        return _tfla.forward_workspace_layout(plan, *shape, "bf16", 128, row_stats)
+
+    assert states(shape, "bf16", False) == [0] and states(shape, "bf16", True) == [2, 3, nc, 128, 128]
+    assert scratch(HOPPER, False) == [] and scratch(PORTABLE, False) == []
+    assert scratch(A100, False) == [("c_states", "bf16", [2, 3, nc, 128, 128])]
+    assert scratch(A100, True) == []
+    # Heads the one kernel does not take, and f32 inputs, keep them.
+    assert states((2, 3, 300, 128, 256), "bf16", False) != [0]
+    assert states(shape, "f32", False) != [0]
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 8192, 512, 512), (2, 16, 8192, 128, 128), (2, 3, 300, 64, 32)])
 def test_the_backward_sizes_its_buffers_for_the_chunk_it_runs(shape):
     # Chunk 0 (tfla chooses) reaches the ops; a forward with row statistics and its backward

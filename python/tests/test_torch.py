@@ -96,6 +96,26 @@ def test_every_chunk_size(chunk_size):
     assert rel(h, ref_forward(x, "exp", True).h) < FWD_TOL["bf16"]
 
 
+@pytest.mark.parametrize("variant, normalize", VARIANTS)
+def test_a_forward_no_backward_follows_keeps_no_chunk_states(variant, normalize):
+    # Without row statistics (no input requires grad), at the one-kernel forward's heads and
+    # L, `saved` holds no chunk states and the kernel stores none: h and the final states equal
+    # those of the forward a backward follows, bit for bit, and match the reference.
+    b, nh, s, d = 2, 3, 300, 128
+    x = inputs(b, nh, s, d, d, torch.bfloat16, seed=7, states=True)
+    args = [x[n] for n in ("q", "k", "v", "i", "f", "c_initial", "n_initial")]
+    args.append(x["m_initial"].squeeze(-1))
+    kept, inference = (
+        torch.ops.tfla.mlstm_fwd(*args, variant, normalize, 1e-6, 128, row_stats, "exact")
+        for row_stats in (True, False)
+    )
+    states_bytes = b * nh * 3 * d * d * 2  # NC = 3 chunk states of 128 × 128 in bf16
+    assert kept[4].numel() - inference[4].numel() >= states_bytes
+    for got, want in zip(inference[:4], kept[:4]):
+        assert torch.equal(got, want)
+    assert rel(inference[0], ref_forward(x, variant, normalize).h) < FWD_TOL["bf16"]
+
+
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("variant, normalize", VARIANTS)
 @pytest.mark.parametrize("grad_mode", ["exact", "detached"])

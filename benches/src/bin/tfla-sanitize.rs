@@ -2,15 +2,16 @@
 //! kernels' edges, for compute-sanitizer (`bash run.sh sanitize` runs it under memcheck,
 //! racecheck, initcheck and synccheck): ragged tails including one-row chunks, S = 1, every
 //! chunk size, small, wide and `wgmma` heads, initial states, both gradient modes, bf16, f16
-//! and f32, a packed variable-length batch, the step kernel with f32 and bf16 states and a
-//! state pool. Every output is checked to be finite; at the end the entries never launched
+//! and f32, forwards no backward follows (no chunk states stored), a packed variable-length
+//! batch, the step kernel with f32 and bf16 states and a state pool. Every output is checked to be finite; at the end the entries never launched
 //! are listed, and any makes the run fail (a shape matrix that misses a kernel is a hole in
 //! the check, not a pass).
 //!
 //! Usage: tfla-sanitize (the module by the device, `TFLA_PORTABLE=1` for the sm_80 one).
 use tfla::{
     Dtype, GradMode, MlstmConfig, MlstmGradOutputs, Runtime, Slots, StatePool, StepStates, Tensor,
-    Variant, mlstm_bwd_varlen, mlstm_fwd_bwd, mlstm_fwd_varlen, mlstm_step, mlstm_step_pool,
+    Variant, mlstm_bwd_varlen, mlstm_fwd, mlstm_fwd_bwd, mlstm_fwd_varlen, mlstm_step,
+    mlstm_step_pool,
 };
 use tfla_benches::{RandomInputs, random_tensor};
 
@@ -107,6 +108,29 @@ fn chunkwise(rt: &Runtime, failures: &mut Failures) -> usize {
     runs
 }
 
+/// Forwards no backward follows (no row statistics) at the one-kernel forward's heads and L:
+/// where the device runs it, the outputs hold no chunk states and the kernel stores none.
+fn forward_alone(rt: &Runtime, failures: &mut Failures) -> usize {
+    let mut runs = 0;
+    for (b, nh, s, dqk, dhv) in [(1, 2, 129, 16, 16), (1, 1, 300, 128, 128)] {
+        for dtype in [Dtype::Bf16, Dtype::F16] {
+            let x = RandomInputs::new(rt, dtype, &[b, nh, s], dqk, dhv);
+            for variant in VARIANTS {
+                let cfg = MlstmConfig::new(variant).with_chunk_size(128);
+                let what =
+                    format!("forward alone {variant:?} {dtype:?} ({b}, {nh}, {s}, {dqk}, {dhv})");
+                failures.attempt(&what, || {
+                    let out = mlstm_fwd(rt, &x.mlstm(), &cfg).map_err(|e| e.to_string())?;
+                    finite("h", &out.h)?;
+                    finite("c", &out.c)
+                });
+                runs += 1;
+            }
+        }
+    }
+    runs
+}
+
 fn packed(rt: &Runtime, failures: &mut Failures) -> usize {
     let cu = [0u32, 5, 134, 135, 400];
     let mut runs = 0;
@@ -187,8 +211,10 @@ fn main() {
         std::process::exit(2)
     });
     let mut failures = Failures::default();
-    let runs =
-        chunkwise(&rt, &mut failures) + packed(&rt, &mut failures) + steps(&rt, &mut failures);
+    let runs = chunkwise(&rt, &mut failures)
+        + forward_alone(&rt, &mut failures)
+        + packed(&rt, &mut failures)
+        + steps(&rt, &mut failures);
     rt.synchronize().unwrap_or_else(|e| panic!("{e}"));
     for f in &failures.0 {
         eprintln!("tfla-sanitize: {f}");

@@ -24,7 +24,10 @@ mod inputs;
 mod outputs;
 mod raw;
 pub use inputs::{CheckedInputs, DeviceInputs, MlstmInputs};
-pub use outputs::{ChunkGates, ChunkStates, MlstmOutputs, RowStats, output_layout};
+pub(crate) use outputs::chunk_states_optional;
+pub use outputs::{
+    ChunkGates, ChunkStates, MlstmOutputs, RowStats, forward_workspace_layout, output_layout,
+};
 #[cfg(test)]
 pub(crate) use raw::fwd_params;
 pub use raw::mlstm_fwd_raw;
@@ -68,7 +71,8 @@ fn fwd_into_checked(
 ) -> Result<()> {
     // Every check (the pool's shapes and slots included) before anything is written.
     let (inputs, dims, dtype) = (checked.inputs(), checked.dims(), checked.dtype());
-    out.check_shapes(&dims, dtype, cfg, inputs.pool.is_none(), false)?;
+    let optional = chunk_states_optional(&rt.plan_device(), &dims, dtype, cfg)?;
+    out.check_shapes(&dims, dtype, cfg, inputs.pool.is_none(), optional)?;
     let ptrs = fwd_pointers(inputs, out);
     out.pooled = inputs.pool.is_some();
     // SAFETY: every pointer comes from a live tensor whose shape and dtype were checked
@@ -116,7 +120,12 @@ pub fn fwd_pointers(inputs: &MlstmInputs, out: &MlstmOutputs) -> FwdPointers {
         c0,
         n0,
         m0,
-        c_states: out.states.c.device_ptr(),
+        // Outputs without chunk states (`ChunkStates::released`): the forward stores none.
+        c_states: if out.states.released() {
+            0
+        } else {
+            out.states.c.device_ptr()
+        },
         n_states: out.states.n.device_ptr(),
         m_states: out.states.m.device_ptr(),
         c_final: out.c.device_ptr(),

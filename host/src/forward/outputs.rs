@@ -4,6 +4,8 @@ use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::tensor::{Dtype, Tensor, expect_dtype, expect_shape};
+use tfla_params::Device;
+use tfla_params::fwd::{fused, use_fused};
 
 /// The states at every chunk boundary: the interface between the two forward kernels, and
 /// what the backward pass starts from. C̃_k, ñ_k, m_k are the states *before* chunk k.
@@ -70,11 +72,62 @@ pub struct MlstmOutputs {
     pub(super) pooled: bool,
 }
 
+/// Whether a forward with `cfg` leaves the chunk states C̃_k out of its outputs: no backward
+/// follows (`cfg.row_stats` unset), and the inputs (16-bit), chunk size and heads are those
+/// of the one-kernel forward (`chunk_fused`), which holds C̃_k on chip. Only a backward reads
+/// C̃_k (a backward from such outputs recomputes them, as after
+/// [`MlstmOutputs::release_chunk_states`]); at 128/128 they are half of what a forward
+/// allocates, and storing them 4–5% of its time (BENCHMARKS.md).
+fn leaves_out_chunk_states(dims: &Dims, dtype: Dtype, cfg: &MlstmConfig) -> Result<bool> {
+    let chunk = cfg.chunk_for(dims)? as u32;
+    Ok(!cfg.row_stats
+        && dtype != Dtype::F32
+        && fused::applies(chunk, dims.dqk as u32, dims.dhv as u32))
+}
+
+/// Whether a forward with `cfg` on `dev` may run without C̃_k (`c_states` null): the outputs
+/// leave them out ([`leaves_out_chunk_states`]) and the device runs the one-kernel forward.
+pub(crate) fn chunk_states_optional(
+    dev: &Device,
+    dims: &Dims,
+    dtype: Dtype,
+    cfg: &MlstmConfig,
+) -> Result<bool> {
+    let chunk = cfg.chunk_for(dims)? as u32;
+    Ok(leaves_out_chunk_states(dims, dtype, cfg)?
+        && use_fused(dev, chunk, dims.dqk as u32, dims.dhv as u32))
+}
+
+/// What a forward on `dev` needs beside its outputs ([`output_layout`]), as (name in
+/// [`FwdPointers`], dtype, shape): the chunk states C̃_k where the outputs leave them out but
+/// the device runs the two-kernel forward, whose kernels hand them over (a card whose shared
+/// memory per block is too small for `chunk_fused`, such as the A100); else nothing. A
+/// framework that owns its buffers allocates it for [`mlstm_fwd_raw`] and may free it after.
+pub fn forward_workspace_layout(
+    dev: &Device,
+    dims: &Dims,
+    dtype: Dtype,
+    cfg: &MlstmConfig,
+) -> Result<Vec<(&'static str, Dtype, Vec<usize>)>> {
+    let Dims { b, nh, s, dqk, dhv } = *dims;
+    let nc = s.div_ceil(cfg.chunk_for(dims)?);
+    let needed = leaves_out_chunk_states(dims, dtype, cfg)?
+        && !chunk_states_optional(dev, dims, dtype, cfg)?;
+    Ok(if needed {
+        vec![("c_states", dtype, vec![b, nh, nc, dqk, dhv])]
+    } else {
+        Vec::new()
+    })
+}
+
 /// What a forward pass writes, as (name in [`FwdPointers`], dtype, shape), in the order of
 /// [`MlstmOutputs`]' fields: h, the final states, the chunk states, the gate vectors and, with
 /// `cfg.row_stats`, the row statistics. Without `finals` (a forward into a state pool) the final
-/// states are empty (shape `[0]`). What [`MlstmOutputs::alloc`] allocates, and what a framework
-/// that owns its buffers allocates for [`mlstm_fwd_raw`].
+/// states are empty (shape `[0]`); so are the chunk states C̃_k where no backward follows and
+/// the forward may run as one kernel (`cfg.row_stats` unset, 16-bit inputs, the heads and
+/// chunk size of `chunk_fused`; on a device that runs two kernels there,
+/// [`forward_workspace_layout`] lists them). What [`MlstmOutputs::alloc`] allocates, and what a
+/// framework that owns its buffers allocates for [`mlstm_fwd_raw`].
 pub fn output_layout(
     dims: &Dims,
     dtype: Dtype,
@@ -86,12 +139,17 @@ pub fn output_layout(
     let nc = s.div_ceil(chunk);
     let f32_ = Dtype::F32;
     let fin = |shape: Vec<usize>| if finals { shape } else { vec![0] };
+    let c_states = if leaves_out_chunk_states(dims, dtype, cfg)? {
+        vec![0]
+    } else {
+        vec![b, nh, nc, dqk, dhv]
+    };
     let mut layout = vec![
         ("h", dtype, vec![b, nh, s, dhv]),
         ("c_final", f32_, fin(vec![b, nh, dqk, dhv])),
         ("n_final", f32_, fin(vec![b, nh, dqk])),
         ("m_final", f32_, fin(vec![b, nh])),
-        ("c_states", dtype, vec![b, nh, nc, dqk, dhv]),
+        ("c_states", dtype, c_states),
         ("n_states", f32_, vec![b, nh, nc, dqk]),
         ("m_states", f32_, vec![b, nh, nc]),
         ("gate_b", f32_, vec![b, nh, nc * chunk]),
@@ -108,6 +166,8 @@ pub fn output_layout(
 
 impl MlstmOutputs {
     /// Allocates outputs for `dims` (contents unspecified until a forward pass writes them).
+    /// Without `cfg.row_stats` at the heads the one-kernel forward takes, and where the device
+    /// runs it, they hold no chunk states C̃_k (`states.released()`: [`output_layout`]).
     pub fn alloc(rt: &Runtime, dims: &Dims, dtype: Dtype, cfg: &MlstmConfig) -> Result<Self> {
         Self::alloc_with(rt, dims, dtype, cfg, true)
     }
@@ -122,9 +182,19 @@ impl MlstmOutputs {
         finals: bool,
     ) -> Result<Self> {
         let chunk = cfg.chunk_for(dims)?;
-        let mut tensors = output_layout(dims, dtype, cfg, finals)?
-            .into_iter()
-            .map(|(_, dt, shape)| Tensor::uninit(rt, dt, &shape));
+        // Where the device runs two kernels, the chunk states the layout leaves out are their
+        // interface: these outputs hold them.
+        let workspace = forward_workspace_layout(&rt.plan_device(), dims, dtype, cfg)?;
+        let mut tensors =
+            output_layout(dims, dtype, cfg, finals)?
+                .into_iter()
+                .map(|(name, dt, shape)| {
+                    let shape = workspace
+                        .iter()
+                        .find(|w| w.0 == name)
+                        .map_or(shape, |w| w.2.clone());
+                    Tensor::uninit(rt, dt, &shape)
+                });
         let mut next = || tensors.next().expect("output_layout lists every output");
         Ok(MlstmOutputs {
             h: next()?,
@@ -210,7 +280,8 @@ impl MlstmOutputs {
 
     /// Checks that these outputs were allocated for `dims`, `dtype` and the chunk size of
     /// `cfg`; the final states c, n, m only with `finals` (a forward with a pool writes none);
-    /// released chunk states pass with `released_ok` (a backward recomputes them).
+    /// released chunk states pass with `released_ok` (a backward recomputes them; a forward
+    /// where [`chunk_states_optional`] skips them).
     pub(crate) fn check_shapes(
         &self,
         dims: &Dims,
@@ -274,5 +345,76 @@ impl MlstmOutputs {
             (None, false) => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::variant::Variant;
+
+    fn shape_of(layout: &[(&'static str, Dtype, Vec<usize>)], name: &str) -> Vec<usize> {
+        layout.iter().find(|(n, ..)| *n == name).unwrap().2.clone()
+    }
+
+    #[test]
+    fn a_forward_no_backward_follows_leaves_out_the_chunk_states_where_one_kernel_runs() {
+        let d = |dqk, dhv| Dims {
+            b: 2,
+            nh: 3,
+            s: 1000,
+            dqk,
+            dhv,
+        };
+        let cfg = |row_stats, chunk| MlstmConfig {
+            row_stats,
+            ..MlstmConfig::new(Variant::Sig { normalize: false }).with_chunk_size(chunk)
+        };
+        let states = |dims: &Dims, dtype, cfg: &MlstmConfig| {
+            shape_of(&output_layout(dims, dtype, cfg, true).unwrap(), "c_states")
+        };
+        let bf16 = Dtype::Bf16;
+        // The one-kernel forward's heads and L, no backward: no C̃_k; the other buffers stay.
+        let small = d(128, 128);
+        assert_eq!(states(&small, bf16, &cfg(false, 128)), [0]);
+        assert_eq!(
+            shape_of(
+                &output_layout(&small, bf16, &cfg(false, 128), true).unwrap(),
+                "n_states"
+            ),
+            [2, 3, 8, 128]
+        );
+        // A backward follows, another L, wider heads, or the f32 recurrence: C̃_k is kept.
+        let kept = [2, 3, 8, 128, 128];
+        assert_eq!(states(&small, bf16, &cfg(true, 128)), kept);
+        assert_eq!(states(&small, Dtype::F32, &cfg(false, 128)), kept);
+        assert_eq!(states(&small, bf16, &cfg(false, 64)), [2, 3, 16, 128, 128]);
+        assert_eq!(
+            states(&d(128, 256), bf16, &cfg(false, 128)),
+            [2, 3, 8, 128, 256]
+        );
+        // Where the device runs two kernels there, they hand C̃_k over: the forward's
+        // workspace holds it, and a null pointer is not allowed.
+        for (dev, fused) in [
+            (Device::HOPPER, true),
+            (Device::PORTABLE_227K, true),
+            (Device::AMPERE_A100, false),
+        ] {
+            let ws = forward_workspace_layout(&dev, &small, bf16, &cfg(false, 128)).unwrap();
+            let optional = chunk_states_optional(&dev, &small, bf16, &cfg(false, 128)).unwrap();
+            assert_eq!(optional, fused, "{dev:?}");
+            if fused {
+                assert!(ws.is_empty(), "{dev:?}: {ws:?}");
+            } else {
+                assert_eq!(ws, [("c_states", bf16, kept.to_vec())]);
+            }
+            // With the states in the outputs, the workspace is empty on every device.
+            assert!(
+                forward_workspace_layout(&dev, &small, bf16, &cfg(true, 128))
+                    .unwrap()
+                    .is_empty()
+            );
+            assert!(!chunk_states_optional(&dev, &small, bf16, &cfg(true, 128)).unwrap());
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The forward pass on raw device pointers: the checks, the kernel parameters and the
 //! launches of its plan.
+use super::outputs::chunk_states_optional;
 use crate::config::{Dims, MlstmConfig};
 use crate::error::{Error, Result};
 use crate::launch;
@@ -27,6 +28,9 @@ use tfla_params::{Dtype as KDtype, Gates, Path};
 /// each final state may be the memory of its initial state (c_final = c0, n_final = n0,
 /// m_final = m0: updated in place). With `chunk_size` None, L follows `cfg.row_stats`
 /// ([`crate::select_chunk_size`]): a backward of these outputs must run with the same config.
+/// `c_states` may be null where [`crate::output_layout`] leaves it out and the device runs the
+/// one-kernel forward ([`crate::forward_workspace_layout`] is empty); a backward of such
+/// outputs then needs the chunk states recomputed (the safe API does that).
 pub unsafe fn mlstm_fwd_raw(
     rt: &Runtime,
     stream: CUstream,
@@ -71,6 +75,17 @@ pub(crate) unsafe fn launch_fwd(
         });
     }
     launch::check_pointers(&fwd::pointers(ptrs))?;
+    if ptrs.c_states == 0
+        && (states_only || !chunk_states_optional(&rt.plan_device(), &dims, dtype, cfg)?)
+    {
+        return Err(Error::Invalid {
+            arg: "c_states",
+            value: "null".into(),
+            reason: "required pointer, except for a forward without row_stats at the heads \
+                     the one-kernel forward takes on this device (tfla::output_layout leaves \
+                     it out there; tfla::forward_workspace_layout lists it where it is needed)",
+        });
+    }
     let params = fwd_params(ptrs, &dims, cfg, chunk, scale, seqs);
     let plan = fwd::plan(
         &rt.plan_device(),

@@ -107,6 +107,16 @@ def _forward_plan(dims, dtype: str, chunk_size: int, row_stats: bool):
 
 
 @functools.lru_cache(maxsize=256)
+def _forward_workspace_plan(
+    device_plan: tuple[int, bool], dims, dtype: str, chunk_size: int, row_stats: bool
+):
+    """(bytes, offsets) of what a forward needs beside its outputs on a device
+    (``_tfla.forward_workspace_layout``): the chunk states where ``saved`` leaves them out but
+    the device runs two kernels; nothing on a card that runs the one-kernel forward."""
+    return _pack(_tfla.forward_workspace_layout(device_plan, *dims, dtype, chunk_size, row_stats))
+
+
+@functools.lru_cache(maxsize=256)
 def _workspace_plan(device_plan: tuple[int, bool], dims, dtype: str, chunk_size: int):
     """(bytes, offsets) of the backward's scratch in one buffer (``_tfla.workspace_layout``)."""
     return _pack(_tfla.workspace_layout(device_plan, *dims, dtype, chunk_size))
@@ -180,12 +190,19 @@ def forward(
     grad_mode: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The forward pass: h, the final states c, n, m, and ``saved`` (what the backward reads:
-    the chunk states, the gate vectors and, with ``row_stats``, the row statistics, packed).
+    the chunk states, the gate vectors and, with ``row_stats``, the row statistics, packed;
+    without ``row_stats`` no chunk states at the heads the one-kernel forward takes).
     ``grad_mode`` is the backward's, kept with the op's inputs."""
     dims, dtype, plan = _plan(q, v, chunk_size, row_stats)
     out = _allocate(q, plan)
     pointers = forward_pointers(q, k, v, i, f, c0, n0, m0, out, plan[2])
     index = q.get_device()
+    size, offsets = _forward_workspace_plan(device_plan(index), dims, dtype, chunk_size, row_stats)
+    if size:
+        # Freed when the call returns; the caching allocator reuses it only for work queued
+        # after this forward on the same stream.
+        workspace = q.new_empty(size, dtype=torch.uint8)
+        pointers.update(_addresses(workspace, offsets))
     _tfla.forward(
         index, _stream(index), pointers, *dims, dtype, variant, normalize, eps, chunk_size,
         row_stats,

@@ -172,13 +172,17 @@ pub unsafe fn chunk_fused<E: Elem, G: GateKind>(p: &FwdParams) {
             unsafe {
                 // Chunk k has landed and everyone sees the tiles above; chunk k + 1 loads.
                 stage::advance((k + 1 < k_hi).then_some(k + 1), issue);
-                stage::store_rows::<THREADS, { TILE_HV / 8 }>(
-                    state,
-                    c_out,
-                    (0, dqk),
-                    (v0, dhv),
-                    TILE_QK,
-                );
+            }
+            if p.ptr.c_states != 0 {
+                unsafe {
+                    stage::store_rows::<THREADS, { TILE_HV / 8 }>(
+                        state,
+                        c_out,
+                        (0, dqk),
+                        (v0, dhv),
+                        TILE_QK,
+                    )
+                };
             }
         } else if p.ptr.c_final != 0 {
             unsafe { store_tile(&acc, c_out, origin(), (dqk, dhv)) };
