@@ -72,7 +72,9 @@ pub struct MlstmConfig {
     /// Also write the per-row max state and the signed normalizer readout (the backward pass
     /// of the normalized variants needs the readout). Set it where a backward follows, for
     /// every variant: the automatic chunk size then picks the forward+backward's best L
-    /// ([`select_chunk_size`]), and the backward, given the same config, the same one.
+    /// ([`select_chunk_size`]), and the backward, given the same config, the same one; and
+    /// the forward keeps the chunk states C̃_k, which without it a forward on the one-kernel
+    /// heads leaves out ([`crate::output_layout`]; a backward then recomputes them).
     pub row_stats: bool,
 }
 

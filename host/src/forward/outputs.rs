@@ -77,7 +77,7 @@ pub struct MlstmOutputs {
 /// of the one-kernel forward (`chunk_fused`), which holds C̃_k on chip. Only a backward reads
 /// C̃_k (a backward from such outputs recomputes them, as after
 /// [`MlstmOutputs::release_chunk_states`]); at 128/128 they are half of what a forward
-/// allocates, and storing them 4–5% of its time (BENCHMARKS.md).
+/// allocates, and storing them 3.5–4.7% of its time on an H100 (BENCHMARKS.md).
 fn leaves_out_chunk_states(dims: &Dims, dtype: Dtype, cfg: &MlstmConfig) -> Result<bool> {
     let chunk = cfg.chunk_for(dims)? as u32;
     Ok(!cfg.row_stats
@@ -99,10 +99,11 @@ pub(crate) fn chunk_states_optional(
 }
 
 /// What a forward on `dev` needs beside its outputs ([`output_layout`]), as (name in
-/// [`FwdPointers`], dtype, shape): the chunk states C̃_k where the outputs leave them out but
-/// the device runs the two-kernel forward, whose kernels hand them over (a card whose shared
-/// memory per block is too small for `chunk_fused`, such as the A100); else nothing. A
-/// framework that owns its buffers allocates it for [`mlstm_fwd_raw`] and may free it after.
+/// [`crate::FwdPointers`], dtype, shape): the chunk states C̃_k where the outputs leave them out
+/// but the device runs the two-kernel forward, whose kernels hand them over (a card whose
+/// shared memory per block is too small for `chunk_fused`, such as the A100); else nothing. A
+/// framework that owns its buffers allocates it for [`crate::mlstm_fwd_raw`] and may free it
+/// once the forward's work on the stream is done.
 pub fn forward_workspace_layout(
     dev: &Device,
     dims: &Dims,
