@@ -600,9 +600,9 @@ fn check_bwd(
         return Err(Error::Invalid {
             arg: "fwd.states.c",
             value: "empty".into(),
-            reason: "the forward kept no chunk states (without row_stats at the heads the \
-                     one-kernel forward takes): run the forward with MlstmConfig::row_stats = \
-                     true before a packed backward",
+            reason: "the outputs hold no chunk states (released, or a forward without \
+                     row_stats at the heads the one-kernel forward takes): a packed backward \
+                     needs a forward with MlstmConfig::row_stats = true",
         });
     }
     if cfg.variant.normalizes() && fwd.padded.row_stats.is_none() {
