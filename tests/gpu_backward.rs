@@ -270,6 +270,20 @@ fn device_grads(g: &MlstmGrads) -> impl Fn(&str) -> Option<Vec<f32>> + '_ {
     }
 }
 
+/// The gradients (dq … dm0) whose relative error of `got` against `want` exceeds `bound`, with
+/// that error.
+fn grads_over(want: &MlstmGrads, got: &MlstmGrads, bound: f64) -> Vec<(&'static str, f64)> {
+    let (want, got) = (device_grads(want), device_grads(got));
+    ["dq", "dk", "dv", "di", "df", "dc0", "dn0", "dm0"]
+        .into_iter()
+        .filter_map(|name| {
+            let w: Vec<f64> = want(name).unwrap().iter().map(|&x| x as f64).collect();
+            let err = rel_err(&got(name).unwrap(), &w);
+            (err > bound).then_some((name, err))
+        })
+        .collect()
+}
+
 /// Forward (with row statistics) and backward of `case` on the device, into poisoned
 /// gradients, against the stepwise float64 backward of the same (rounded) inputs.
 fn check(
@@ -530,22 +544,15 @@ fn backward_recomputes_released_chunk_states() {
             poison(&mut grads);
             tfla::mlstm_bwd_into(&rt, &inputs, &fwd, &grad_out, &cfg, c.mode, &mut grads).unwrap();
             rt.synchronize().unwrap();
-            let want = device_grads(&kept);
-            let got = device_grads(&grads);
-            for name in ["dq", "dk", "dv", "di", "df", "dc0", "dn0", "dm0"] {
-                let (w, g) = (want(name).unwrap(), got(name).unwrap());
-                let w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
-                // 16-bit: the same kernels on the same states, bit for bit; f32: its atomics
-                // add the column tiles in any order, and a sum with cancellation (dm0) keeps
-                // that reordering's rounding relative to its terms (2.3e-6 seen; a wrong
-                // recompute is off by O(1)).
-                let err = rel_err(&g, &w64);
-                let bound = if dtype == Dtype::F32 { 1e-4 } else { 1e-6 };
-                if err > bound {
-                    failures.push(format!(
-                        "{variant:?} {dtype:?} round {round} {name}: {err:.2e}"
-                    ));
-                }
+            // 16-bit: the same kernels on the same states, bit for bit; f32: its atomics add
+            // the column tiles in any order, and a sum with cancellation (dm0) keeps that
+            // reordering's rounding relative to its terms (2.3e-6 seen; a wrong recompute is
+            // off by O(1)).
+            let bound = if dtype == Dtype::F32 { 1e-4 } else { 1e-6 };
+            for (name, err) in grads_over(&kept, &grads, bound) {
+                failures.push(format!(
+                    "{variant:?} {dtype:?} round {round} {name}: {err:.2e}"
+                ));
             }
         }
         // A forward into released outputs is refused (they lack the states it writes).
@@ -612,13 +619,6 @@ fn forward_without_row_stats_keeps_no_chunk_states_where_one_kernel_runs() {
             ("n", &out.n, &kept.n),
             ("m", &out.m, &kept.m),
         ] {
-            let bits = |t: &tfla::Tensor| {
-                t.to_f32_vec()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.to_bits())
-                    .collect::<Vec<_>>()
-            };
             if bits(got) != bits(want) {
                 failures.push(format!("{variant:?} {dtype:?} {shape:?}: {name} differs"));
             }
@@ -629,14 +629,9 @@ fn forward_without_row_stats_keeps_no_chunk_states_where_one_kernel_runs() {
             poison(&mut grads);
             tfla::mlstm_bwd_into(&rt, &inputs, &out, &grad_out, &cfg, c.mode, &mut grads).unwrap();
             rt.synchronize().unwrap();
-            let (want, got) = (device_grads(&want), device_grads(&grads));
-            for name in ["dq", "dk", "dv", "di", "df", "dc0", "dn0", "dm0"] {
-                let w: Vec<f64> = want(name).unwrap().iter().map(|&x| x as f64).collect();
-                // The same kernels on the same states, bit for bit (as after a release).
-                let err = rel_err(&got(name).unwrap(), &w);
-                if err > 1e-6 {
-                    failures.push(format!("{variant:?} {dtype:?} {shape:?} {name}: {err:.2e}"));
-                }
+            // The same kernels on the same states, bit for bit (as after a release).
+            for (name, err) in grads_over(&want, &grads, 1e-6) {
+                failures.push(format!("{variant:?} {dtype:?} {shape:?} {name}: {err:.2e}"));
             }
         }
         eprintln!(

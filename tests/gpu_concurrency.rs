@@ -28,14 +28,6 @@ fn free_bytes() -> usize {
     cust::memory::mem_get_info().unwrap().0
 }
 
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_f32_vec()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
-}
-
 /// Every output of one forward+backward, as bits: h, the final states and the five gradients.
 type Bits = Vec<Vec<u32>>;
 

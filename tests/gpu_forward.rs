@@ -636,16 +636,6 @@ fn safetensors_file_round_trip_matches_reference() {
     let _ = std::fs::remove_file(&output);
 }
 
-/// The bits of a device tensor's values (as f32: exact for every dtype), for bit-exact
-/// comparisons.
-fn bits(t: &tfla::Tensor) -> Vec<u32> {
-    t.to_f32_vec()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
-}
-
 /// The rows `slots` of a (num_slots, per) host array, in order: (slots.len(), per).
 fn gather(x: &[f64], per: usize, slots: &[u32]) -> Vec<f64> {
     slots

@@ -80,6 +80,29 @@ fn dims(b: usize, nh: usize, s: usize, dqk: usize, dhv: usize) -> PyResult<Dims>
 
 type Layout = Vec<(String, String, Vec<usize>)>;
 
+/// The dims and a config of the layout and chunk-size queries: what they return depends on the
+/// shape, the chunk size and `row_stats`, not on the variant or eps.
+#[allow(clippy::too_many_arguments)]
+fn shape_config(
+    b: usize,
+    nh: usize,
+    s: usize,
+    dqk: usize,
+    dhv: usize,
+    chunk_size: usize,
+    row_stats: bool,
+) -> PyResult<(Dims, MlstmConfig)> {
+    Ok((
+        dims(b, nh, s, dqk, dhv)?,
+        config("exp", true, 1e-6, chunk_size, row_stats)?,
+    ))
+}
+
+/// The device of a plan = (shared memory per block, `wgmma`), as [`device_plan`] gives it.
+fn plan_device(plan: (u32, bool)) -> tfla_params::Device {
+    tfla_params::Device::new(plan.0, plan.1)
+}
+
 fn layout(entries: impl IntoIterator<Item = (&'static str, Dtype, Vec<usize>)>) -> Layout {
     entries
         .into_iter()
@@ -101,8 +124,8 @@ fn chunk_size(
     chunk_size: usize,
     backward: bool,
 ) -> PyResult<usize> {
-    let cfg = config("exp", true, 1e-6, chunk_size, backward)?;
-    cfg.chunk_for(&dims(b, nh, s, dqk, dhv)?).map_err(py_err)
+    let (d, cfg) = shape_config(b, nh, s, dqk, dhv, chunk_size, backward)?;
+    cfg.chunk_for(&d).map_err(py_err)
 }
 
 /// What the forward writes: [(name, dtype, shape)], `tfla::output_layout`.
@@ -119,8 +142,7 @@ fn output_layout(
     chunk_size: usize,
     row_stats: bool,
 ) -> PyResult<Layout> {
-    let cfg = config("exp", true, 1e-6, chunk_size, row_stats)?;
-    let d = dims(b, nh, s, dqk, dhv)?;
+    let (d, cfg) = shape_config(b, nh, s, dqk, dhv, chunk_size, row_stats)?;
     let entries = tfla::output_layout(&d, self::dtype(dtype)?, &cfg, true).map_err(py_err)?;
     Ok(layout(entries))
 }
@@ -141,11 +163,9 @@ fn forward_workspace_layout(
     chunk_size: usize,
     row_stats: bool,
 ) -> PyResult<Layout> {
-    let cfg = config("exp", true, 1e-6, chunk_size, row_stats)?;
-    let d = dims(b, nh, s, dqk, dhv)?;
-    let dev = tfla_params::Device::new(plan.0, plan.1);
-    let entries =
-        tfla::forward_workspace_layout(&dev, &d, self::dtype(dtype)?, &cfg).map_err(py_err)?;
+    let (d, cfg) = shape_config(b, nh, s, dqk, dhv, chunk_size, row_stats)?;
+    let entries = tfla::forward_workspace_layout(&plan_device(plan), &d, self::dtype(dtype)?, &cfg)
+        .map_err(py_err)?;
     Ok(layout(entries))
 }
 
@@ -164,12 +184,10 @@ fn workspace_layout(
     dtype: &str,
     chunk_size: usize,
 ) -> PyResult<Layout> {
-    let cfg = config("exp", true, 1e-6, chunk_size, true)?;
-    let d = dims(b, nh, s, dqk, dhv)?;
+    let (d, cfg) = shape_config(b, nh, s, dqk, dhv, chunk_size, true)?;
     let chunk = cfg.chunk_for(&d).map_err(py_err)?;
-    let dev = tfla_params::Device::new(plan.0, plan.1);
     Ok(layout(tfla::workspace_layout(
-        &dev,
+        &plan_device(plan),
         &d,
         self::dtype(dtype)?,
         chunk,

@@ -76,6 +76,16 @@ pub fn upload(rt: &Runtime, inp: &RefInputs, dtype: Dtype) -> DeviceInputs {
     }
 }
 
+/// The bits of a device tensor's values (as f32: exact for every dtype), for bit-exact
+/// comparisons.
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_f32_vec()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
 /// ‖got − want‖₂ / ‖want‖₂, or +∞ when `got` holds a NaN or ±∞ (which never passes).
 pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");

@@ -78,11 +78,21 @@ pub struct MlstmOutputs {
 /// C̃_k (a backward from such outputs recomputes them, as after
 /// [`MlstmOutputs::release_chunk_states`]); at 128/128 they are half of what a forward
 /// allocates, and storing them 3.5–4.7% of its time on an H100 (BENCHMARKS.md).
-fn leaves_out_chunk_states(dims: &Dims, dtype: Dtype, cfg: &MlstmConfig) -> Result<bool> {
-    let chunk = cfg.chunk_for(dims)? as u32;
-    Ok(!cfg.row_stats
+fn leaves_out_chunk_states(dims: &Dims, dtype: Dtype, cfg: &MlstmConfig, chunk: usize) -> bool {
+    !cfg.row_stats
         && dtype != Dtype::F32
-        && fused::applies(chunk, dims.dqk as u32, dims.dhv as u32))
+        && fused::applies(chunk as u32, dims.dqk as u32, dims.dhv as u32)
+}
+
+/// Whether the device runs the one-kernel forward at `dims` and `chunk`.
+fn one_kernel_on(dev: &Device, dims: &Dims, chunk: usize) -> bool {
+    use_fused(dev, chunk as u32, dims.dqk as u32, dims.dhv as u32)
+}
+
+/// The shape of C̃_k at `dims` and `chunk`: (B, NH, NC, DQK, DHV).
+fn chunk_states_shape(dims: &Dims, chunk: usize) -> Vec<usize> {
+    let Dims { b, nh, s, dqk, dhv } = *dims;
+    vec![b, nh, s.div_ceil(chunk), dqk, dhv]
 }
 
 /// Whether a forward with `cfg` on `dev` may run without C̃_k (`c_states` null): the outputs
@@ -93,9 +103,8 @@ pub(crate) fn chunk_states_optional(
     dtype: Dtype,
     cfg: &MlstmConfig,
 ) -> Result<bool> {
-    let chunk = cfg.chunk_for(dims)? as u32;
-    Ok(leaves_out_chunk_states(dims, dtype, cfg)?
-        && use_fused(dev, chunk, dims.dqk as u32, dims.dhv as u32))
+    let chunk = cfg.chunk_for(dims)?;
+    Ok(leaves_out_chunk_states(dims, dtype, cfg, chunk) && one_kernel_on(dev, dims, chunk))
 }
 
 /// What a forward on `dev` needs beside its outputs ([`output_layout`]), as (name in
@@ -110,12 +119,11 @@ pub fn forward_workspace_layout(
     dtype: Dtype,
     cfg: &MlstmConfig,
 ) -> Result<Vec<(&'static str, Dtype, Vec<usize>)>> {
-    let Dims { b, nh, s, dqk, dhv } = *dims;
-    let nc = s.div_ceil(cfg.chunk_for(dims)?);
-    let needed = leaves_out_chunk_states(dims, dtype, cfg)?
-        && !chunk_states_optional(dev, dims, dtype, cfg)?;
+    let chunk = cfg.chunk_for(dims)?;
+    let needed =
+        leaves_out_chunk_states(dims, dtype, cfg, chunk) && !one_kernel_on(dev, dims, chunk);
     Ok(if needed {
-        vec![("c_states", dtype, vec![b, nh, nc, dqk, dhv])]
+        vec![("c_states", dtype, chunk_states_shape(dims, chunk))]
     } else {
         Vec::new()
     })
@@ -140,10 +148,10 @@ pub fn output_layout(
     let nc = s.div_ceil(chunk);
     let f32_ = Dtype::F32;
     let fin = |shape: Vec<usize>| if finals { shape } else { vec![0] };
-    let c_states = if leaves_out_chunk_states(dims, dtype, cfg)? {
+    let c_states = if leaves_out_chunk_states(dims, dtype, cfg, chunk) {
         vec![0]
     } else {
-        vec![b, nh, nc, dqk, dhv]
+        chunk_states_shape(dims, chunk)
     };
     let mut layout = vec![
         ("h", dtype, vec![b, nh, s, dhv]),
@@ -306,7 +314,7 @@ impl MlstmOutputs {
         }
         // Released states (`release_chunk_states`) are for a backward only.
         if !(released_ok && self.states.released()) {
-            expect_shape("states.c", &self.states.c, &[b, nh, nc, dqk, dhv])?;
+            expect_shape("states.c", &self.states.c, &chunk_states_shape(dims, chunk))?;
         }
         expect_dtype("states.c", &self.states.c, dtype)?;
         let finals = [
