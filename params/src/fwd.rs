@@ -488,28 +488,23 @@ pub mod output_wg {
     pub const TILE_C: u32 = 64;
     /// Columns (DQK) of Q and K per item: one 128-byte swizzle panel.
     pub const KD: u32 = 64;
-    /// Stages of the Q and B-operand ring: two items load while the current one multiplies
-    /// (one block per SM has no other block to cover the latency of its loads).
-    pub const STAGES: u32 = 3;
-    /// Stages of the V ring: a key tile's V arrives with its first K slice and is read with
-    /// its last; with two K slices or more per key tile (DQK > KD, see `applies`) the next
-    /// tile's V is issued after the previous tile's was read.
-    pub const V_STAGES: u32 = 2;
+    /// Stages of the ring of items (a Q slice and a B operand: C̃_k slice, K slice or V tile):
+    /// the current item multiplies behind the previous one, whose `wgmma`s may still run, while
+    /// the next two load (one block per SM has no other block to cover the latency of its
+    /// loads, nor the tensor pipe's drain at a barrier).
+    pub const STAGES: u32 = 4;
     pub use super::SW128_ALIGN as ALIGN;
 
     /// One stage of the Q ring: a KD-wide slice of the Q tile (TILE_Q × KD, 16-bit, swizzled).
     pub const fn q_bytes() -> u32 {
         TILE_Q * KD * 2
     }
-    /// One stage of the B-operand ring: a C̃_k slice (TILE_C × TILE_HV) or a K slice
-    /// (TILE_K × KD), whichever is larger.
+    /// One stage's B operand: a C̃_k slice (TILE_C × TILE_HV), a V tile (TILE_K × TILE_HV) or a
+    /// K slice (TILE_K × KD), whichever is largest.
     pub const fn ring_bytes() -> u32 {
-        let (c, k) = (TILE_C * TILE_HV * 2, TILE_K * KD * 2);
-        if c > k { c } else { k }
-    }
-    /// One stage of the V ring (TILE_K × TILE_HV).
-    pub const fn v_bytes() -> u32 {
-        TILE_K * TILE_HV * 2
+        let (c, v, k) = (TILE_C * TILE_HV * 2, TILE_K * TILE_HV * 2, TILE_K * KD * 2);
+        let cv = if c > v { c } else { v };
+        if cv > k { cv } else { k }
     }
     /// ñ_k as the B operand of one m64n8 `wgmma` per TILE_C slice: an 8-row atom each (rows:
     /// ñ's 16-bit head, its tail, six zero rows).
@@ -522,11 +517,7 @@ pub mod output_wg {
         (chunk + 3 * TILE_Q) * 4
     }
     pub const fn smem_bytes(chunk: u32, dqk: u32) -> u32 {
-        ALIGN
-            + STAGES * (q_bytes() + ring_bytes())
-            + V_STAGES * v_bytes()
-            + n_bytes(dqk)
-            + gate_bytes(chunk)
+        ALIGN + STAGES * (q_bytes() + ring_bytes()) + n_bytes(dqk) + gate_bytes(chunk)
     }
 
     /// [`output_grid`] of this tile.
@@ -536,7 +527,8 @@ pub mod output_wg {
 
     /// Whether an sm_90a forward takes this kernel: chunks of whole row tiles, value heads
     /// wider than the `mma.sync` kernel's 128-column tile (at DHV ≤ 128 most of a 256-column
-    /// tile would be padding), and more than one K slice per key tile (`V_STAGES`).
+    /// tile would be padding), and more than one K slice per key tile (DQK > 64: the shapes it
+    /// was measured at against that kernel).
     pub const fn applies(chunk: u32, dqk: u32, dhv: u32) -> bool {
         chunk.is_multiple_of(TILE_Q) && dqk > KD && dhv > 128
     }

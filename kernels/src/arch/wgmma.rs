@@ -80,7 +80,18 @@ pub unsafe fn commit() {
 /// Executed by all threads of the warpgroup.
 #[inline(always)]
 pub unsafe fn wait_all() {
-    unsafe { asm!("wgmma.wait_group.sync.aligned 0;", options(nostack)) };
+    unsafe { wait::<0>() };
+}
+
+/// Waits until at most `N` committed groups of this warpgroup are still in flight: the
+/// groups before them have completed (their accumulators and operands are free; the
+/// accumulators of the ones in flight are not to be touched).
+///
+/// # Safety
+/// Executed by all threads of the warpgroup.
+#[inline(always)]
+pub unsafe fn wait<const N: u32>() {
+    unsafe { asm!("wgmma.wait_group.sync.aligned {n};", n = const N, options(nostack)) };
 }
 
 /// An accumulator array that can be pinned in place after [`wait_all`]: an empty `asm!` that

@@ -8,12 +8,13 @@
 //! the 128-byte swizzle and read by the tensor cores through descriptors; P = S ⊙ gates is the
 //! A operand of P·V from registers, as in the `mma.sync` kernel. ñ_kᵀq rides on an m64n8
 //! `wgmma` whose B rows are ñ_k's 16-bit head and tail (about 16 bits, as `chunk_output`'s
-//! split). Loads: the item pipeline of `chunk_output` (C̃_k slices, then per key tile its K
-//! slices with V on the first, each with its Q slice), two items ahead of the one that
-//! multiplies, every stage made visible to the async proxy before the barrier that releases
-//! it. The `wgmma`s are not waited for where they are issued but at the next item's barrier
-//! (or where their result is needed: S for the gates), so each item's multiplies overlap the
-//! wait for the next item's loads.
+//! split). Loads: one ring of STAGES items, each a Q slice and a B operand: the C̃_k slices,
+//! then per key tile its K slices and its V tile (an item of its own, so that V shares the
+//! ring instead of holding stages through the tile's K slices). Every stage is made visible to
+//! the async proxy before the barrier that releases it. The `wgmma`s are not waited for where
+//! they are issued but one item later (or where their result is needed: S for the gates): each
+//! item's queue behind the previous item's, still running, so the tensor pipe does not drain
+//! at the barriers between items, while the next two items load.
 //!
 //! Causal shape: warpgroup 0 (rows i0 .. i0 + 64) needs the key tiles up to its diagonal only
 //! and waits at the barriers while warpgroup 1 multiplies the last one.
@@ -38,7 +39,7 @@ const _: () = assert!(
     TILE_C == KD && KD == 64 && TILE_K == 64 && PANEL_C == PANEL_V,
     "one swizzle panel per Q and K slice; C̃_k slices and V tiles share one descriptor shape"
 );
-const _: () = assert!(STAGES == 3, "the pipeline keeps two items ahead");
+const _: () = assert!(STAGES >= 3, "an item in flight behind the current one, one loading ahead");
 const _: () = assert!(
     NB == 32 && NB_S == 8 && WARPGROUPS == 2,
     "the unroll! counts below assume 32 value n-blocks, 8 key n-blocks, two warpgroups"
@@ -72,14 +73,13 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let wg_live = wg_i0 < len;
     let wg_tiles = wg_i0 / TILE_K + 1;
 
-    // Shared memory: STAGES × Q slice, STAGES × B-operand slice, V_STAGES × V tile (all
-    // swizzled, 1024-byte aligned), ñ_k's atoms, gate vectors.
+    // Shared memory: STAGES × Q slice, STAGES × B operand (all swizzled, 1024-byte aligned),
+    // ñ_k's atoms, gate vectors.
     let base = (shared::base() + ALIGN - 1) & !(ALIGN - 1);
     let stage_q = |st: u32| base + st * q_bytes();
     let ring = base + STAGES * q_bytes();
     let stage_b = |st: u32| ring + st * ring_bytes();
-    let stage_v = |st: u32| ring + STAGES * ring_bytes() + st * v_bytes();
-    let sn = ring + STAGES * ring_bytes() + V_STAGES * v_bytes();
+    let sn = ring + STAGES * ring_bytes();
     // Gate vectors: the column terms (L f32), then the row terms.
     let scol = sn + n_bytes(dqk);
     let gt = RowTerms::at(scol + 4 * l, TILE_Q);
@@ -92,39 +92,40 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let gh = p.ptr.h + head * (s as u64) * (dhv as u64) * 2;
     let hk = tile.hk(p);
 
-    // Items 0..n_c are C̃_k slices, then key tile kt, K slice ds is item n_c + kt·n_d + ds.
+    // Items 0..n_c are C̃_k slices (with their Q slices); then per key tile kt, n_d + 1 items
+    // from n_c + kt·(n_d + 1): its K slices ds < n_d (with their Q slices), whose S the gates
+    // weight into P, and its V tile (ds = n_d), which P·V reads.
     let gc = p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 2;
     let (n_c, n_d) = (dqk.div_ceil(TILE_C).max(1), dqk.div_ceil(KD).max(1));
-    let n_items = n_c + nkeys.div_ceil(TILE_K) * n_d;
+    let per_tile = n_d + 1;
+    let n_items = n_c + nkeys.div_ceil(TILE_K) * per_tile;
+    let rows_q = (t0 + i0, t0 + len);
     let issue = |item: u32| unsafe {
         let st = item % STAGES;
-        let dd = if item < n_c {
-            item * TILE_C
-        } else {
-            ((item - n_c) % n_d) * KD
-        };
-        let rows_q = (t0 + i0, t0 + len);
-        stage::rows_sw128::<THREADS, { KD / 8 }>(stage_q(st), gq, rows_q, (dd, dqk), TILE_Q);
         if item < n_c {
-            let rows_c = (item * TILE_C, dqk);
-            let cols = (v0, dhv);
+            let (rows_c, cols) = ((item * TILE_C, dqk), (v0, dhv));
+            stage::rows_sw128::<THREADS, { KD / 8 }>(stage_q(st), gq, rows_q, (item * TILE_C, dqk), TILE_Q);
             stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(stage_b(st), gc, rows_c, cols, TILE_C);
         } else {
-            let (kt, ds) = ((item - n_c) / n_d, (item - n_c) % n_d);
+            let (kt, ds) = ((item - n_c) / per_tile, (item - n_c) % per_tile);
             let keys = (t0 + kt * TILE_K, t0 + len);
-            stage::rows_sw128::<THREADS, { KD / 8 }>(stage_b(st), gk, keys, (ds * KD, dqk), TILE_K);
-            if ds == 0 {
-                let sv = stage_v(kt % V_STAGES);
-                stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(sv, gv, keys, (v0, dhv), TILE_K);
+            if ds < n_d {
+                stage::rows_sw128::<THREADS, { KD / 8 }>(stage_q(st), gq, rows_q, (ds * KD, dqk), TILE_Q);
+                stage::rows_sw128::<THREADS, { KD / 8 }>(stage_b(st), gk, keys, (ds * KD, dqk), TILE_K);
+            } else {
+                stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(stage_b(st), gv, keys, (v0, dhv), TILE_K);
             }
         }
         cp_async::commit();
     };
-    issue(0);
-    if n_items > 1 {
-        issue(1);
-    } else {
-        unsafe { cp_async::commit() }; // an empty group: the waits count one behind
+    // Prime the ring with STAGES − 1 items (empty groups past the last: the waits count
+    // STAGES − 2 behind).
+    for item in 0..STAGES - 1 {
+        if item < n_items {
+            issue(item);
+        } else {
+            unsafe { cp_async::commit() };
+        }
     }
 
     // The gate vectors of this tile, while item 0 loads.
@@ -172,26 +173,36 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     // quad at the end.
     let mut row_sum = [0f32; 2];
     let wrow = 16 * warp; // the warp's first row in the tile (warpgroup wg's rows 64·wg ..)
-    // Item `item` has landed (the next one may still load) and this warpgroup's `wgmma`s of
-    // the previous item are done; after the barrier, every warpgroup's are, so the stages the
-    // previous item read are free for item + 2 (and a key tile's V stage for the tile after
-    // next: V_STAGES). The `wgmma`s of an item run on while the threads wait here for the next
-    // one's loads.
-    let step = |item: u32| unsafe {
-        cp_async::wait::<1>();
+    // Two barriers per item, so the tensor pipe never drains at an item boundary. `landed`:
+    // item `item` has landed (the next two may still load) and every thread sees it; its
+    // `wgmma`s are issued behind those of the previous item, still running. `release`, after
+    // they are issued: the previous item's `wgmma`s are done in this warpgroup, and after the
+    // barrier in every one, so the stage that item read is free for item + STAGES − 1, issued
+    // while this item multiplies.
+    let landed = || unsafe {
+        cp_async::wait::<{ STAGES - 2 }>();
         wgmma::fence_proxy_async();
-        wgmma::wait_all();
         thread::sync_threads();
-        match (item + 2 < n_items).then_some(item + 2) {
+    };
+    // (A warpgroup that issued nothing this item, past its diagonal, waits for all: its newest
+    // group is an earlier item's.)
+    let release = |item: u32, issued: bool| unsafe {
+        if issued {
+            wgmma::wait::<1>();
+        } else {
+            wgmma::wait_all();
+        }
+        thread::sync_threads();
+        match (item + STAGES - 1 < n_items).then_some(item + STAGES - 1) {
             Some(n) => issue(n),
-            None => cp_async::commit(), // an empty group: the waits count one behind
+            None => cp_async::commit(), // an empty group: the waits count STAGES − 2 behind
         }
     };
     // Inter-chunk term: acc += Q[:, dc..dc+TILE_C] · C̃_k[dc..dc+TILE_C, v0..] (the slices are
     // zero past DQK, ñ_k's atoms too). (Two loops: ptxas serializes `wgmma`s whose
     // accumulators other instructions write inside the loop that carries them in flight.)
     for item in 0..n_c {
-        step(item);
+        landed();
         let st = item % STAGES;
         let sq = stage_q(st) + HALF_Q * wg;
         if wg_live {
@@ -207,6 +218,7 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
                 wgmma::commit();
             }
         }
+        release(item, wg_live);
     }
     unsafe { wgmma::wait_all() };
     acc.hold();
@@ -223,15 +235,15 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
         });
         row_sum[half] = scale * (nacc[e] + nacc[e + 1]);
     });
-    // Intra-chunk term, key tile kt: S (+)= Q[:, ds·KD..] · K[kt, ds·KD..]ᵀ, left running but
-    // for the last slice, whose S the gates need now; then acc += P·V, left running.
+    // Intra-chunk term, key tile kt: S (+)= Q[:, ds·KD..] · K[kt, ds·KD..]ᵀ per K slice, left
+    // running; at the tile's V item the gates wait for S, then acc += P·V, left running.
     for item in n_c..n_items {
-        step(item);
+        landed();
         let st = item % STAGES;
-        let sq = stage_q(st) + HALF_Q * wg;
-        let (kt, ds) = ((item - n_c) / n_d, (item - n_c) % n_d);
-        if wg_live && kt < wg_tiles {
-            let sk = stage_b(st);
+        let (kt, ds) = ((item - n_c) / per_tile, (item - n_c) % per_tile);
+        let live = wg_live && kt < wg_tiles;
+        if live && ds < n_d {
+            let (sq, sk) = (stage_q(st) + HALF_Q * wg, stage_b(st));
             unsafe {
                 wgmma::fence();
                 unroll!(4, ks => {
@@ -240,38 +252,39 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
                 });
                 wgmma::commit();
             }
-            if ds + 1 == n_d {
-                unsafe { wgmma::wait_all() };
-                sacc.hold();
-                // P = S ⊙ 2^(R_i + C_j) (causal, ragged rows masked), straight into P·V's A
-                // fragments (n-blocks 2ks, 2ks + 1 for k-step ks), all before the fence: ptxas
-                // serializes `wgmma`s whose registers (S's accumulators, the A fragments) other
-                // instructions write while one may be in flight.
-                let kb = kt * TILE_K;
-                let mut a = [[0u32; 4]; 4];
-                unroll!(4, ks => {
-                    let mut pv = [0f32; 8];
-                    unroll!(8, x => {
-                        let (nb, e) = (2 * ks + x / 4, x % 4);
-                        let (r, c) = acc_pos(lane, e);
-                        let rr = wrow + r;
-                        let (i, j) = (i0 + rr, kb + nb as u32 * 8 + c);
-                        // Branch-free, as in `chunk_output`.
-                        let w = math::exp2(unsafe { shared::ld_f32(srow_r + 4 * rr) + shared::ld_f32(scol + 4 * j) });
-                        let w = if j <= i && i < len { w } else { 0.0 };
-                        pv[x] = sacc[4 * nb + e] * w;
-                        row_sum[e / 2] += pv[x];
-                    });
-                    a[ks] = acc_to_a::<E>(&[pv[0], pv[1], pv[2], pv[3]], &[pv[4], pv[5], pv[6], pv[7]]);
+        } else if live {
+            // The V tile: S of the last K slice is done once everything is.
+            unsafe { wgmma::wait_all() };
+            sacc.hold();
+            // P = S ⊙ 2^(R_i + C_j) (causal, ragged rows masked), straight into P·V's A
+            // fragments (n-blocks 2ks, 2ks + 1 for k-step ks), all before the fence: ptxas
+            // serializes `wgmma`s whose registers (S's accumulators, the A fragments) other
+            // instructions write while one may be in flight.
+            let kb = kt * TILE_K;
+            let mut a = [[0u32; 4]; 4];
+            unroll!(4, ks => {
+                let mut pv = [0f32; 8];
+                unroll!(8, x => {
+                    let (nb, e) = (2 * ks + x / 4, x % 4);
+                    let (r, c) = acc_pos(lane, e);
+                    let rr = wrow + r;
+                    let (i, j) = (i0 + rr, kb + nb as u32 * 8 + c);
+                    // Branch-free, as in `chunk_output`.
+                    let w = math::exp2(unsafe { shared::ld_f32(srow_r + 4 * rr) + shared::ld_f32(scol + 4 * j) });
+                    let w = if j <= i && i < len { w } else { 0.0 };
+                    pv[x] = sacc[4 * nb + e] * w;
+                    row_sum[e / 2] += pv[x];
                 });
-                let sv = stage_v(kt % V_STAGES);
-                unsafe {
-                    wgmma::fence();
-                    unroll!(4, ks => { E::rs_n256_mn(&mut acc, a[ks], wgmma::mn_major(sv, ks as u32, PANEL_C)) });
-                    wgmma::commit();
-                }
+                a[ks] = acc_to_a::<E>(&[pv[0], pv[1], pv[2], pv[3]], &[pv[4], pv[5], pv[6], pv[7]]);
+            });
+            let sv = stage_b(st);
+            unsafe {
+                wgmma::fence();
+                unroll!(4, ks => { E::rs_n256_mn(&mut acc, a[ks], wgmma::mn_major(sv, ks as u32, PANEL_C)) });
+                wgmma::commit();
             }
         }
+        release(item, live);
     }
     unsafe { wgmma::wait_all() };
     acc.hold();
