@@ -39,7 +39,10 @@ const _: () = assert!(
     TILE_C == KD && KD == 64 && TILE_K == 64 && PANEL_C == PANEL_V,
     "one swizzle panel per Q and K slice; C̃_k slices and V tiles share one descriptor shape"
 );
-const _: () = assert!(STAGES >= 3, "an item in flight behind the current one, one loading ahead");
+const _: () = assert!(
+    STAGES >= 3,
+    "an item in flight behind the current one, one loading ahead"
+);
 const _: () = assert!(
     NB == 32 && NB_S == 8 && WARPGROUPS == 2,
     "the unroll! counts below assume 32 value n-blocks, 8 key n-blocks, two warpgroups"
@@ -104,16 +107,40 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
         let st = item % STAGES;
         if item < n_c {
             let (rows_c, cols) = ((item * TILE_C, dqk), (v0, dhv));
-            stage::rows_sw128::<THREADS, { KD / 8 }>(stage_q(st), gq, rows_q, (item * TILE_C, dqk), TILE_Q);
+            stage::rows_sw128::<THREADS, { KD / 8 }>(
+                stage_q(st),
+                gq,
+                rows_q,
+                (item * TILE_C, dqk),
+                TILE_Q,
+            );
             stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(stage_b(st), gc, rows_c, cols, TILE_C);
         } else {
             let (kt, ds) = ((item - n_c) / per_tile, (item - n_c) % per_tile);
             let keys = (t0 + kt * TILE_K, t0 + len);
             if ds < n_d {
-                stage::rows_sw128::<THREADS, { KD / 8 }>(stage_q(st), gq, rows_q, (ds * KD, dqk), TILE_Q);
-                stage::rows_sw128::<THREADS, { KD / 8 }>(stage_b(st), gk, keys, (ds * KD, dqk), TILE_K);
+                stage::rows_sw128::<THREADS, { KD / 8 }>(
+                    stage_q(st),
+                    gq,
+                    rows_q,
+                    (ds * KD, dqk),
+                    TILE_Q,
+                );
+                stage::rows_sw128::<THREADS, { KD / 8 }>(
+                    stage_b(st),
+                    gk,
+                    keys,
+                    (ds * KD, dqk),
+                    TILE_K,
+                );
             } else {
-                stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(stage_b(st), gv, keys, (v0, dhv), TILE_K);
+                stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(
+                    stage_b(st),
+                    gv,
+                    keys,
+                    (v0, dhv),
+                    TILE_K,
+                );
             }
         }
         cp_async::commit();
