@@ -17,11 +17,11 @@ use backward::{
 };
 use common::gates::{ExpGates, SigGates, SigNoNormGates};
 use common::pack;
-#[cfg(target_feature = "sm_90a")]
-use forward::{chunk_output_wg, chunk_state_wg};
 use forward::{
     chunk_fused, chunk_gates, chunk_output, chunk_state, chunk_state_wide, recurrent_f32,
 };
+#[cfg(target_feature = "sm_90a")]
+use forward::{chunk_output_wg, chunk_state_wg};
 use generation::step::{self, StateBf16, StateF32};
 use tfla_params::bwd::BwdParams;
 use tfla_params::fwd::FwdParams;

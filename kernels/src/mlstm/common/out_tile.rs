@@ -5,8 +5,8 @@
 use super::gates::GateKind;
 use crate::arch::convert::Elem;
 use crate::arch::{global, math, shared, shfl, thread};
-use tfla_params::fwd::FwdParams;
 use crate::tile::{acc_pos, leads_quad};
+use tfla_params::fwd::FwdParams;
 
 /// Where an output tile lies: rows i0.. of chunk k (whose first step is t0 and which has `len`
 /// steps), value columns v0.., head `head`; `nkeys` its rows' key steps (up to its last row).
