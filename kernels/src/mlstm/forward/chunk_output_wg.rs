@@ -103,29 +103,21 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let per_tile = n_d + 1;
     let n_items = n_c + nkeys.div_ceil(TILE_K) * per_tile;
     let rows_q = (t0 + i0, t0 + len);
+    // The Q slice of DQK columns from `col`, beside a C̃_k slice or a K slice.
+    let stage_q_slice = |st: u32, col: u32| unsafe {
+        stage::rows_sw128::<THREADS, { KD / 8 }>(stage_q(st), gq, rows_q, (col, dqk), TILE_Q);
+    };
     let issue = |item: u32| unsafe {
         let st = item % STAGES;
         if item < n_c {
             let (rows_c, cols) = ((item * TILE_C, dqk), (v0, dhv));
-            stage::rows_sw128::<THREADS, { KD / 8 }>(
-                stage_q(st),
-                gq,
-                rows_q,
-                (item * TILE_C, dqk),
-                TILE_Q,
-            );
+            stage_q_slice(st, item * TILE_C);
             stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(stage_b(st), gc, rows_c, cols, TILE_C);
         } else {
             let (kt, ds) = ((item - n_c) / per_tile, (item - n_c) % per_tile);
             let keys = (t0 + kt * TILE_K, t0 + len);
             if ds < n_d {
-                stage::rows_sw128::<THREADS, { KD / 8 }>(
-                    stage_q(st),
-                    gq,
-                    rows_q,
-                    (ds * KD, dqk),
-                    TILE_Q,
-                );
+                stage_q_slice(st, ds * KD);
                 stage::rows_sw128::<THREADS, { KD / 8 }>(
                     stage_b(st),
                     gk,

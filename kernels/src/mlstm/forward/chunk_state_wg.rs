@@ -116,6 +116,9 @@ impl<E: Elem + Wgmma> StateEngine<E, 1, NB> for Wg {
                 E::rs_n256_mn(flat, a[ks], wgmma::mn_major(sv, ks as u32, PANEL_V));
             });
             wgmma::commit();
+            // All done within the item. Leaving them in flight into the next item needs a
+            // group per slice (the next item's A fragments reuse these registers, which an
+            // in-flight `wgmma` may still read): measured no faster (benches/LOG.md, session 20).
             wgmma::wait_all();
         }
         flat.hold();
