@@ -118,7 +118,8 @@ impl<E: Elem + Wgmma> StateEngine<E, 1, NB> for Wg {
             wgmma::commit();
             // All done within the item. Leaving them in flight into the next item needs a
             // group per slice (the next item's A fragments reuse these registers, which an
-            // in-flight `wgmma` may still read): measured no faster (benches/LOG.md, session 20).
+            // in-flight `wgmma` may still read), and that measured no faster: the walk is
+            // bound by its memory traffic, not by the tensor pipe's drain per item.
             wgmma::wait_all();
         }
         flat.hold();
