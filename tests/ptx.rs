@@ -27,12 +27,10 @@ fn bwd_entry_names(arch: PtxArch) -> Vec<&'static str> {
         names.push(tfla_params::bwd::recurrent::rows_entry(gates));
         names.push(tfla_params::bwd::recurrent::entry(gates));
         if arch == PtxArch::Sm90a {
-            for dtype in [Dtype::Bf16, Dtype::F16] {
-                names.push(tfla_params::bwd::entry_name(
-                    BwdKernel::StateWg,
-                    gates,
-                    dtype,
-                ));
+            for kernel in BwdKernel::WGMMA {
+                for dtype in [Dtype::Bf16, Dtype::F16] {
+                    names.push(tfla_params::bwd::entry_name(kernel, gates, dtype));
+                }
             }
         }
     }

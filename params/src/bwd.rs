@@ -338,11 +338,25 @@ pub fn plan(dev: &Device, p: &BwdParams, gates: Gates, path: Path) -> Plan {
         }
     };
     let name = |k| entry_name(k, gates, dtype);
-    let combine = |k, out_dim| Launch {
-        name: name(k),
-        grid: combine::grid(p, out_dim),
-        threads: combine::THREADS,
-        smem: combine::smem_bytes(),
+    // dq, dk, dv on `wgmma` where the module has it and the shape takes it
+    // ([`use_combine_wg`]).
+    let wg = use_combine_wg(dev, p.chunk, p.dqk, p.dhv);
+    let combine = |(k, k_wg), out_dim| {
+        if wg {
+            Launch {
+                name: name(k_wg),
+                grid: combine_wg::grid(p, out_dim),
+                threads: combine_wg::THREADS,
+                smem: combine_wg::smem_bytes(),
+            }
+        } else {
+            Launch {
+                name: name(k),
+                grid: combine::grid(p, out_dim),
+                threads: combine::THREADS,
+                smem: combine::smem_bytes(),
+            }
+        }
     };
     plan.push(Launch {
         name: name(BwdKernel::Rows),
@@ -381,9 +395,9 @@ pub fn plan(dev: &Device, p: &BwdParams, gates: Gates, path: Path) -> Plan {
             threads: scores::THREADS,
             smem: scores::smem_bytes(),
         });
-        plan.push(combine(BwdKernel::Dq, p.dqk));
-        plan.push(combine(BwdKernel::Dk, p.dqk));
-        plan.push(combine(BwdKernel::Dv, p.dhv));
+        plan.push(combine((BwdKernel::Dq, BwdKernel::DqWg), p.dqk));
+        plan.push(combine((BwdKernel::Dk, BwdKernel::DkWg), p.dqk));
+        plan.push(combine((BwdKernel::Dv, BwdKernel::DvWg), p.dhv));
     }
     plan.push(Launch {
         name: name(BwdKernel::Gates),
@@ -565,6 +579,77 @@ pub mod combine {
     }
 }
 
+/// Input gradients on `wgmma` (sm_90a builds; `bwd_combine_wg`), the same sums as [`combine`]
+/// for a block of TILE rows and TILE_OUT output columns held by two warpgroups as m64n256
+/// accumulators, every operand read by the tensor cores from shared memory (128-byte
+/// swizzle): the state term's KD-wide slices of A and M, then per key tile each warpgroup's
+/// score tile (transposed through the descriptor for dk and dv) and the key tile's rows of Z.
+/// Its partial row dots land in [`combine`]'s slots: one per 128 output columns.
+pub mod combine_wg {
+    use super::*;
+    pub const WARPGROUPS: u32 = 2;
+    pub const WARPS: u32 = 4 * WARPGROUPS;
+    pub const THREADS: u32 = WARPS * WARP;
+    /// Rows per block: 64 per warpgroup (the M of `wgmma`), one score tile each.
+    pub const TILE: u32 = 64 * WARPGROUPS;
+    /// Output columns per block (the N of the `wgmma`s).
+    pub const TILE_OUT: u32 = 256;
+    /// Contraction slice of the state term per ring item; a key tile's rows.
+    pub const KD: u32 = 64;
+    /// Stages of the ring of items: the current item multiplies behind the previous one, whose
+    /// `wgmma`s may still run, while the next two load (as `fwd::output_wg`).
+    pub const STAGES: u32 = 4;
+    pub use crate::fwd::SW128_ALIGN as ALIGN;
+    const _: () = assert!(
+        scores::TILE == TILE / WARPGROUPS && KD == scores::TILE,
+        "one score tile per warpgroup and key tile"
+    );
+    const _: () = assert!(
+        TILE_OUT == 2 * combine::TILE_OUT,
+        "a block's row dots fill two of combine's column slots"
+    );
+
+    /// Whether this kernel (in sm_90a builds) computes dq, dk and dv of these head dims and
+    /// chunk size: the wide heads (`fwd::wide_state`), a whole number of row tiles per chunk.
+    pub const fn applies(chunk: u32, dqk: u32, dhv: u32) -> bool {
+        crate::fwd::wide_state(dqk, dhv) && chunk.is_multiple_of(TILE)
+    }
+    /// A-operand stage: a TILE × KD slice of A (state term) or the two warpgroups' score tiles.
+    pub const fn a_bytes() -> u32 {
+        TILE * KD * 2
+    }
+    /// B-operand stage: a slice of M (KD × TILE_OUT or TILE_OUT × KD) or a key tile's rows of
+    /// Z (KD × TILE_OUT).
+    pub const fn b_bytes() -> u32 {
+        KD * TILE_OUT * 2
+    }
+    /// ALIGN, STAGES × (A stage, B stage), the block's columns of the rank-one term's u
+    /// (TILE_OUT f32). (After the walk the output tile is staged for its store where the ring
+    /// was.)
+    pub const fn smem_bytes() -> u32 {
+        ALIGN + STAGES * (a_bytes() + b_bytes()) + TILE_OUT * 4
+    }
+    const _: () = assert!(THREADS == TILE_OUT, "one thread stages each column of u");
+    const _: () = assert!(
+        STAGES * (a_bytes() + b_bytes()) >= TILE * (TILE_OUT + SMEM_ROW_PAD) * 2,
+        "the output tile is staged where the ring was"
+    );
+    /// (output column tiles, NC·L / TILE row tiles, BH).
+    pub const fn grid(p: &BwdParams, out_dim: u32) -> (u32, u32, u32) {
+        (
+            div_ceil(out_dim, TILE_OUT),
+            p.num_chunks * (p.chunk / TILE),
+            p.bh,
+        )
+    }
+}
+
+/// Whether dq, dk and dv run on the `wgmma` kernel on `dev` (the sm_90a module, where
+/// [`combine_wg::applies`] and the chunk kernel does not).
+pub const fn use_combine_wg(dev: &Device, chunk: u32, dqk: u32, dhv: u32) -> bool {
+    dev.wgmma && combine_wg::applies(chunk, dqk, dhv) && !use_chunk(dev, chunk, dqk, dhv)
+}
+
 /// The chunk's input gradients in one kernel for small heads (`bwd_chunk`), in place of the
 /// score and the three combine kernels: one block per (chunk, head) stages the chunk's Q, K, V,
 /// dH, C̃_k and dC̃_{k+1} whole in shared memory and computes dq (warp w: rows 16w.., the
@@ -724,6 +809,10 @@ pub enum BwdKernel {
     /// The state-gradient kernel on `wgmma` (`state_wg`; in sm_90a builds only, so not in
     /// `ALL`).
     StateWg,
+    /// dq, dk and dv on `wgmma` (`combine_wg`; sm_90a builds only, not in `ALL`).
+    DqWg,
+    DkWg,
+    DvWg,
 }
 
 impl BwdKernel {
@@ -737,6 +826,13 @@ impl BwdKernel {
         BwdKernel::Chunk,
         BwdKernel::Gates,
         BwdKernel::MaxPath,
+    ];
+    /// The `wgmma` kernels, in the sm_90a module only.
+    pub const WGMMA: [BwdKernel; 4] = [
+        BwdKernel::StateWg,
+        BwdKernel::DqWg,
+        BwdKernel::DkWg,
+        BwdKernel::DvWg,
     ];
 }
 
@@ -776,6 +872,9 @@ pub const fn entry_name(kernel: BwdKernel, gates: Gates, dtype: Dtype) -> &'stat
         // Only mLSTMexp has a max state: the name is the same for every `gates`.
         MaxPath => names::bwd_max_path_exp,
         StateWg => names::bwd_state_wg[g][d],
+        DqWg => names::bwd_dq_wg[g][d],
+        DkWg => names::bwd_dk_wg[g][d],
+        DvWg => names::bwd_dv_wg[g][d],
     }
 }
 
@@ -819,6 +918,7 @@ mod tests {
         assert!(state_wg::smem_bytes() <= HOPPER_SMEM);
         assert!(scores::smem_bytes() <= HOPPER_SMEM);
         assert!(combine::smem_bytes() <= HOPPER_SMEM);
+        assert!(combine_wg::smem_bytes() <= HOPPER_SMEM);
         assert!(chunk::smem_bytes() <= HOPPER_SMEM);
         assert!(recurrent::smem_bytes(1024) <= HOPPER_SMEM);
         // Two combine and two score blocks per SM.
@@ -861,6 +961,46 @@ mod tests {
             assert_eq!(state_tiles(256, dqk, dhv, false), state::tiles(dqk, dhv));
         }
         assert!(!state_wg::applies(256, 128, 128));
+    }
+
+    #[test]
+    fn wide_input_gradients_run_on_wgmma_in_the_sm90a_module() {
+        for (dqk, dhv) in [(512, 512), (256, 512), (144, 272)] {
+            for l in [128, 256, 512] {
+                assert!(combine_wg::applies(l, dqk, dhv), "L = {l}, {dqk}/{dhv}");
+            }
+            assert!(!combine_wg::applies(64, dqk, dhv), "L = 64, {dqk}/{dhv}");
+        }
+        assert!(!combine_wg::applies(256, 128, 128));
+        let p = BwdParams {
+            bh: 6,
+            s: 1000,
+            dqk: 144,
+            dhv: 272,
+            chunk: 256,
+            num_chunks: 4,
+            seqs: 1,
+            ..Default::default()
+        };
+        assert_eq!(combine_wg::grid(&p, 272), (2, 8, 6));
+        let f16 = Path::TensorCores(Dtype::F16);
+        let names = |dev: &Device| -> std::vec::Vec<_> {
+            let plan = plan(dev, &p, Gates::Sig, f16);
+            plan.as_slice().iter().map(|l| l.name).collect()
+        };
+        let (hopper, portable) = (names(&Device::HOPPER), names(&Device::PORTABLE_227K));
+        for (k, k_wg) in [
+            (BwdKernel::Dq, BwdKernel::DqWg),
+            (BwdKernel::Dk, BwdKernel::DkWg),
+            (BwdKernel::Dv, BwdKernel::DvWg),
+        ] {
+            let (n, n_wg) = (
+                entry_name(k, Gates::Sig, Dtype::F16),
+                entry_name(k_wg, Gates::Sig, Dtype::F16),
+            );
+            assert!(hopper.contains(&n_wg) && !hopper.contains(&n), "{n_wg}");
+            assert!(portable.contains(&n) && !portable.contains(&n_wg), "{n}");
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! crate (module and function of that name) with any extra generic argument. Kinds:
 //! - `gd`: `[gates][dtype]`, the 16-bit kernels: `{name}_{exp|sig|signn}_{bf16|f16}`, body
 //!   `<E, G>`; `gd_wg` the same in sm_90a builds only (`wgmma`); `gd_e` a body of `<E>` only
-//!   (the gates do not enter it, the names still do); `gd_x` a body of `<E, G, X>`.
+//!   (the gates do not enter it, the names still do); `gd_x` a body of `<E, G, X>`, `gd_wgx`
+//!   the same in sm_90a builds only.
 //! - `g`: `[gates]`, `{name}_{exp|sig|signn}`, body `<G>`; `g_f32`: `{name}_{…}_f32`, body
 //!   `<G>`; `g_f32e`: the same names, body `<F32, G>`; `g2`: `{name}_{exp|sig}` only (the
 //!   normalizer does not enter it), body `<G>`.
@@ -37,6 +38,9 @@ macro_rules! tfla_entries {
             gd_x BwdParams bwd_dq = bwd_combine<Dq>;
             gd_x BwdParams bwd_dk = bwd_combine<Dk>;
             gd_x BwdParams bwd_dv = bwd_combine<Dv>;
+            gd_wgx BwdParams bwd_dq_wg = bwd_combine_wg<Dq>;
+            gd_wgx BwdParams bwd_dk_wg = bwd_combine_wg<Dk>;
+            gd_wgx BwdParams bwd_dv_wg = bwd_combine_wg<Dv>;
             gd BwdParams bwd_chunk = bwd_chunk;
             g BwdParams bwd_gates = bwd_gates;
             g_f32e BwdParams bwd_rows = bwd_rows;
@@ -75,6 +79,7 @@ pub mod names {
         (@ gd_wg $name:ident) => { tables!(@ gd $name); };
         (@ gd_e $name:ident) => { tables!(@ gd $name); };
         (@ gd_x $name:ident) => { tables!(@ gd $name); };
+        (@ gd_wgx $name:ident) => { tables!(@ gd $name); };
         (@ g $name:ident) => {
             pub const $name: [&str; 3] =
                 [tables!(@n $name _exp), tables!(@n $name _sig), tables!(@n $name _signn)];

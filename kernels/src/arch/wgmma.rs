@@ -142,6 +142,10 @@ pub trait Wgmma {
     /// acc (+)= A·B, m64n256k16: A K-major (`da`), B MN-major (`db`); `accumulate` false
     /// overwrites acc.
     unsafe fn ss_n256_mn(acc: &mut [f32; 128], da: u64, db: u64, accumulate: bool);
+    /// acc (+)= A·Bᵀ, m64n256k16: A and B K-major (B stored as N × K).
+    unsafe fn ss_n256_k(acc: &mut [f32; 128], da: u64, db: u64, accumulate: bool);
+    /// acc (+)= A·B, m64n256k16: A MN-major (stored as K × M: Aᵀ row-major), B MN-major.
+    unsafe fn ss_n256_t_mn(acc: &mut [f32; 128], da: u64, db: u64, accumulate: bool);
     /// acc += A·B, m64n256k16: A from registers, B MN-major.
     unsafe fn rs_n256_mn(acc: &mut [f32; 128], a: [u32; 4], db: u64);
     /// acc (+)= A·Bᵀ, m64n64k16: A and B K-major (B stored as N × K).
@@ -151,14 +155,15 @@ pub trait Wgmma {
 }
 
 /// One `wgmma` in asm: the accumulator list is spelled out from the index list (positional
-/// operands 0 .. N/2 − 1), then the A operand (a descriptor or four registers) and B's.
+/// operands 0 .. N/2 − 1), then the A operand (a descriptor or four registers) and B's; the
+/// SS form's transpose literal is "imm-trans-a, imm-trans-b", the RS form's imm-trans-b.
 macro_rules! wgmma {
-    (ss, $ty:literal, $n:literal, $tb:literal, $acc:ident, [$i0:literal $(, $i:literal)*], $da:ident, $db:ident, $scale:expr) => {
+    (ss, $ty:literal, $n:literal, $t:literal, $acc:ident, [$i0:literal $(, $i:literal)*], $da:ident, $db:ident, $scale:expr) => {
         asm!(
             concat!(
                 "{{ .reg .pred p; setp.ne.b32 p, {scale}, 0;\n",
                 "wgmma.mma_async.sync.aligned.m64n", $n, "k16.f32.", $ty, ".", $ty,
-                " {{{", $i0, "}", $(", {", $i, "}",)* "}}, {da}, {db}, p, 1, 1, 0, ", $tb, "; }}"
+                " {{{", $i0, "}", $(", {", $i, "}",)* "}}, {da}, {db}, p, 1, 1, ", $t, "; }}"
             ),
             inout(reg32) $acc[$i0], $(inout(reg32) $acc[$i],)*
             da = in(reg64) $da,
@@ -185,57 +190,47 @@ macro_rules! wgmma {
     };
 }
 
+/// [`wgmma!`] of an m64n256 form: the 128 accumulator indices spelled out once.
+macro_rules! wgmma_n256 {
+    ($form:ident, $ty:literal, $t:literal, $acc:ident, $($rest:tt)*) => {
+        wgmma!(
+            $form,
+            $ty,
+            "256",
+            $t,
+            $acc,
+            [
+                0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+                23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43,
+                44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64,
+                65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85,
+                86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104,
+                105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121,
+                122, 123, 124, 125, 126, 127
+            ],
+            $($rest)*
+        )
+    };
+}
+
 macro_rules! impl_wgmma {
     ($e:ty, $ty:literal) => {
         impl Wgmma for $e {
             #[inline(always)]
             unsafe fn ss_n256_mn(acc: &mut [f32; 128], da: u64, db: u64, accumulate: bool) {
-                unsafe {
-                    wgmma!(
-                        ss,
-                        $ty,
-                        "256",
-                        "1",
-                        acc,
-                        [
-                            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
-                            20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37,
-                            38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
-                            56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73,
-                            74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91,
-                            92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107,
-                            108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121,
-                            122, 123, 124, 125, 126, 127
-                        ],
-                        da,
-                        db,
-                        accumulate as u32
-                    )
-                }
+                unsafe { wgmma_n256!(ss, $ty, "0, 1", acc, da, db, accumulate as u32) }
+            }
+            #[inline(always)]
+            unsafe fn ss_n256_k(acc: &mut [f32; 128], da: u64, db: u64, accumulate: bool) {
+                unsafe { wgmma_n256!(ss, $ty, "0, 0", acc, da, db, accumulate as u32) }
+            }
+            #[inline(always)]
+            unsafe fn ss_n256_t_mn(acc: &mut [f32; 128], da: u64, db: u64, accumulate: bool) {
+                unsafe { wgmma_n256!(ss, $ty, "1, 1", acc, da, db, accumulate as u32) }
             }
             #[inline(always)]
             unsafe fn rs_n256_mn(acc: &mut [f32; 128], a: [u32; 4], db: u64) {
-                unsafe {
-                    wgmma!(
-                        rs,
-                        $ty,
-                        "256",
-                        "1",
-                        acc,
-                        [
-                            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
-                            20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37,
-                            38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
-                            56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73,
-                            74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91,
-                            92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107,
-                            108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120, 121,
-                            122, 123, 124, 125, 126, 127
-                        ],
-                        a,
-                        db
-                    )
-                }
+                unsafe { wgmma_n256!(rs, $ty, "1", acc, a, db) }
             }
             #[inline(always)]
             unsafe fn ss_n64_k(acc: &mut [f32; 32], da: u64, db: u64, accumulate: bool) {
@@ -244,7 +239,7 @@ macro_rules! impl_wgmma {
                         ss,
                         $ty,
                         "64",
-                        "0",
+                        "0, 0",
                         acc,
                         [
                             0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
@@ -263,7 +258,7 @@ macro_rules! impl_wgmma {
                         ss,
                         $ty,
                         "8",
-                        "0",
+                        "0, 0",
                         acc,
                         [0, 1, 2, 3],
                         da,

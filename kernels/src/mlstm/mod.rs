@@ -9,12 +9,12 @@ mod generation;
 
 use crate::arch::convert::{Bf16, F16, F32};
 use backward::bwd_combine::{Dk, Dq, Dv};
-#[cfg(target_feature = "sm_90a")]
-use backward::bwd_state_wg;
 use backward::{
     bwd_chunk, bwd_combine, bwd_gates, bwd_max_path, bwd_recurrent_f32, bwd_rows, bwd_scores,
     bwd_state,
 };
+#[cfg(target_feature = "sm_90a")]
+use backward::{bwd_combine_wg, bwd_state_wg};
 use common::gates::{ExpGates, SigGates, SigNoNormGates};
 use common::pack;
 use forward::{
@@ -59,6 +59,12 @@ macro_rules! instantiate {
         #[cfg(target_feature = "sm_90a")]
         const _: () = {
             instantiate!(@ gd $params $name [$($body)+]);
+        };
+    };
+    (@ gd_wgx $params:ident $name:ident [$($body:tt)+] $x:ident) => {
+        #[cfg(target_feature = "sm_90a")]
+        const _: () = {
+            instantiate!(@ gd_x $params $name [$($body)+] $x);
         };
     };
     (@ gd_x $params:ident $name:ident [$($body:tt)+] $x:ident) => {

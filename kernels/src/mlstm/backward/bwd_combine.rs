@@ -136,6 +136,39 @@ impl Role for Dv {
     }
 }
 
+/// Row coefficient `plane` (`rows::*`) of row `row` (t0 + i0 + r: padded rows of the head).
+///
+/// # Safety
+/// On parameters validated by the host; `row` < NC·L.
+#[inline(always)]
+pub(super) unsafe fn row_coef(p: &BwdParams, plane: u32, head: u64, row: u32) -> f32 {
+    let padded = (p.num_chunks * p.chunk) as u64;
+    let at = plane as u64 * p.bh as u64 * padded + head * padded + row as u64;
+    unsafe { global::ld_nc_f32(p.ptr.row_coef + at * 4) }
+}
+
+/// Stores a block's part of a row dot: row `row` (padded rows of the head) of row-dot plane
+/// `plane`, column slot `slot` (one per 128 output columns, `combine::col_tiles`).
+///
+/// # Safety
+/// On parameters validated by the host; `row` < NC·L, `slot` < `col_tiles(DQK)`.
+#[inline(always)]
+pub(super) unsafe fn store_row_dot(
+    p: &BwdParams,
+    plane: u32,
+    head: u64,
+    row: u32,
+    slot: u32,
+    dot: f32,
+) {
+    let padded = (p.num_chunks * p.chunk) as u64;
+    let col_tiles = col_tiles(p.dqk) as u64;
+    let at = plane as u64 * p.bh as u64 * padded * col_tiles
+        + (head * padded + row as u64) * col_tiles
+        + slot as u64;
+    unsafe { global::st_f32(p.ptr.row_dots + at * 4, dot) };
+}
+
 /// # Safety
 /// Launched with `grid(p, out_dim)`, THREADS threads and `smem_bytes()` bytes of dynamic
 /// shared memory after the rows, state and scores kernels, on parameters validated by the
@@ -232,13 +265,7 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
     };
     issue(0);
 
-    let padded = (nc * l) as u64;
-    let coef = |plane: u32, rr: u32| unsafe {
-        global::ld_nc_f32(
-            p.ptr.row_coef
-                + (plane as u64 * p.bh as u64 * padded + head * padded + (t0 + i0 + rr) as u64) * 4,
-        )
-    };
+    let coef = |plane: u32, rr: u32| unsafe { row_coef(p, plane, head, t0 + i0 + rr) };
 
     // Writes this block's part of Σ_c x[row, c]·c_out·acc[row, c] for the warp's rows of half
     // `e` (row g for e = 0, g + 8 for e = 2) into row-dot plane `plane`.
@@ -261,11 +288,7 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
         dot += shfl::xor_f32(dot, 1);
         dot += shfl::xor_f32(dot, 2);
         if inside && lane.is_multiple_of(4) {
-            let col_tiles = col_tiles(p.dqk) as u64;
-            let at = plane as u64 * p.bh as u64 * padded * col_tiles
-                + (head * padded + (t0 + i0 + rr) as u64) * col_tiles
-                + bx as u64;
-            global::st_f32(p.ptr.row_dots + at * 4, dot);
+            store_row_dot(p, plane, head, t0 + i0 + rr, bx, dot);
         }
     };
 
