@@ -13,6 +13,9 @@
 //! - MN-major (rows of 64 n, k the row index, as C̃_k and V): SBO = 1024 between 8-row atoms
 //!   along K, LBO between 64-column panels along N, the start advanced 2048 bytes (two atoms)
 //!   per k16 step, `imm-trans-b` = 1. (The reading with LBO and SBO swapped computes garbage.)
+//!   An MN-major A operand (`imm-trans-a` = 1: a stored tile read transposed) takes the same
+//!   descriptor; the backward's dk and dv on `wgmma` read their score tiles so, checked by the
+//!   backward's GPU tests against the float64 reference.
 //!
 //! The accumulators of an m64nN instruction are the `mma.sync` m16n8 fragments of the four
 //! warps stacked: warp w of the warpgroup holds rows 16w .. 16w + 16, n-block j in elements
