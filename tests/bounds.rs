@@ -35,13 +35,18 @@ fn f32s(x: &[f64]) -> Vec<f32> {
 
 /// A stand-in for a correct kernel (the reference on inputs moved by another draw of their
 /// rounding) passes with room; the reference with the input gate or the forget gate dropped
-/// (ĩ ≡ 0, f̃ ≡ +∞) fails by far, in every variant and dtype.
+/// (ĩ ≡ 0, f̃ ≡ +∞) fails by far, in every variant and dtype. The inputs are moved off the
+/// kinks as the GPU backward's are (`away_from_kinks`): within rounding of the normalizer's
+/// floor or of a tie of the max state's branches one draw may move a row by far more than the
+/// samples did (without the move, seed 16817708270198890768 put one exp bf16 row at 15.6× its
+/// bound).
 #[test]
 fn forward_bound_passes_rounding_and_fails_a_dropped_gate() {
     let mut rng = rng("forward_bound_passes_rounding_and_fails_a_dropped_gate");
     for variant in VARIANTS {
         for dtype in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
-            let inp = inputs(dtype, &mut rng);
+            let mut inp = inputs(dtype, &mut rng);
+            away_from_kinks(&mut inp, variant, dtype, &mut rng);
             let p = RefParams::new(variant, inp.shape.dqk);
             let (want, samples) = forward_with_samples(&inp, variant, dtype, &mut rng);
             let check = |got: &[f64]| {
