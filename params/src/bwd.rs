@@ -587,19 +587,13 @@ pub mod combine {
 /// Its partial row dots land in [`combine`]'s slots: one per 128 output columns.
 pub mod combine_wg {
     use super::*;
-    pub const WARPGROUPS: u32 = 2;
-    pub const WARPS: u32 = 4 * WARPGROUPS;
-    pub const THREADS: u32 = WARPS * WARP;
-    /// Rows per block: 64 per warpgroup (the M of `wgmma`), one score tile each.
-    pub const TILE: u32 = 64 * WARPGROUPS;
-    /// Output columns per block (the N of the `wgmma`s).
-    pub const TILE_OUT: u32 = 256;
-    /// Contraction slice of the state term per ring item; a key tile's rows.
-    pub const KD: u32 = 64;
-    /// Stages of the ring of items: the current item multiplies behind the previous one, whose
-    /// `wgmma`s may still run, while the next two load (as `fwd::output_wg`).
-    pub const STAGES: u32 = 4;
-    pub use crate::fwd::SW128_ALIGN as ALIGN;
+    /// The forward output kernel's block and ring (`fwd::output_wg`): two warpgroups, TILE =
+    /// 128 rows (64 per warpgroup, one score tile each) × TILE_OUT = 256 output columns,
+    /// KD-wide slices (the state term's contraction slice and a key tile's rows), STAGES items
+    /// (the current one multiplies behind the previous one while the next two load).
+    pub use crate::fwd::output_wg::{
+        ALIGN, KD, STAGES, THREADS, TILE_HV as TILE_OUT, TILE_Q as TILE, WARPGROUPS, WARPS,
+    };
     const _: () = assert!(
         scores::TILE == TILE / WARPGROUPS && KD == scores::TILE,
         "one score tile per warpgroup and key tile"
