@@ -77,21 +77,18 @@ pub fn chunk_states(inp: &RefInputs, p: &RefParams, chunk: usize) -> ChunkStates
 /// # Panics
 /// If a tensor's length does not match `inp.shape`, a head dimension is 0 or `chunk` is 0.
 pub fn chunkwise(inp: &RefInputs, p: &RefParams, chunk: usize) -> RefOutputs {
-    inp.validate();
     assert!(chunk > 0, "reference: chunk size must be positive");
-    let shape = inp.shape;
-    let mut out = RefOutputs::zeros(&shape);
-    for bh in 0..shape.heads() {
-        let head = HeadInputs::new(inp, p.variant, bh);
-        let states = head_chunk_states(&head, p.variant, chunk);
-        let h = out.head_h_mut(&shape, bh);
-        for (range, before) in chunk_ranges(shape.s, chunk).zip(&states) {
-            let h_chunk = &mut h[range.start * shape.dhv..range.end * shape.dhv];
-            chunk_output(&head, p, range, before, h_chunk);
+    RefOutputs::per_head(inp, p.variant, |head, h| {
+        let mut states = head_chunk_states(head, p.variant, chunk);
+        let dhv = head.shape.dhv;
+        for (range, before) in chunk_ranges(head.shape.s, chunk).zip(&states) {
+            let h_chunk = &mut h[range.start * dhv..range.end * dhv];
+            chunk_output(head, p, range, before, h_chunk);
         }
-        out.store_final(bh, &states[states.len() - 1]);
-    }
-    out
+        states
+            .pop()
+            .expect("the boundary states include the initial one")
+    })
 }
 
 /// The step ranges of the chunks: [kL, min((k + 1)L, S)) for k = 0…NC − 1.

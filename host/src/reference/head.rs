@@ -103,13 +103,35 @@ impl RefOutputs {
         }
     }
 
+    /// Runs one of the reference's forms on every head of `inp`: `run` takes the head's
+    /// inputs and writes its h (S, DHV), returning its final state; collects h and the final
+    /// states.
+    ///
+    /// # Panics
+    /// If a tensor's length does not match `inp.shape` or a head dimension is 0.
+    pub(super) fn per_head(
+        inp: &RefInputs,
+        variant: Variant,
+        mut run: impl FnMut(&HeadInputs<'_>, &mut [f64]) -> State,
+    ) -> Self {
+        inp.validate();
+        let shape = inp.shape;
+        let mut out = Self::zeros(&shape);
+        for bh in 0..shape.heads() {
+            let head = HeadInputs::new(inp, variant, bh);
+            let last = run(&head, out.head_h_mut(&shape, bh));
+            out.store_final(bh, &last);
+        }
+        out
+    }
+
     /// h of sequence `bh`, (S, DHV).
-    pub(super) fn head_h_mut(&mut self, shape: &Shape, bh: usize) -> &mut [f64] {
+    fn head_h_mut(&mut self, shape: &Shape, bh: usize) -> &mut [f64] {
         head_slice_mut(&mut self.h, bh, shape.s * shape.dhv)
     }
 
     /// Stores the final state of sequence `bh`.
-    pub(super) fn store_final(&mut self, bh: usize, state: &State) {
+    fn store_final(&mut self, bh: usize, state: &State) {
         head_slice_mut(&mut self.c, bh, state.c.len()).copy_from_slice(&state.c);
         head_slice_mut(&mut self.n, bh, state.n.len()).copy_from_slice(&state.n);
         self.m[bh] = state.m;

@@ -18,15 +18,7 @@ use crate::Variant;
 /// # Panics
 /// If a tensor's length does not match `inp.shape` or a head dimension is 0.
 pub fn recurrent(inp: &RefInputs, p: &RefParams) -> RefOutputs {
-    inp.validate();
-    let shape = inp.shape;
-    let mut out = RefOutputs::zeros(&shape);
-    for bh in 0..shape.heads() {
-        let head = HeadInputs::new(inp, p.variant, bh);
-        let last = run_head(&head, p, out.head_h_mut(&shape, bh));
-        out.store_final(bh, &last);
-    }
-    out
+    RefOutputs::per_head(inp, p.variant, |head, h| run_head(head, p, h))
 }
 
 /// Runs one head, writing h (S, DHV); returns the final state.
