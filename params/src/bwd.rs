@@ -347,7 +347,7 @@ pub fn plan(dev: &Device, p: &BwdParams, gates: Gates, path: Path) -> Plan {
                 name: name(k_wg),
                 grid: combine_wg::grid(p, out_dim),
                 threads: combine_wg::THREADS,
-                smem: combine_wg::smem_bytes(),
+                smem: combine_wg::smem_bytes(combine_wg::row_dots(k_wg)),
             }
         } else {
             Launch {
@@ -589,14 +589,32 @@ pub mod combine_wg {
     use super::*;
     /// The forward output kernel's block and ring (`fwd::output_wg`): two warpgroups, TILE =
     /// 128 rows (64 per warpgroup, one score tile each) × TILE_OUT = 256 output columns,
-    /// KD-wide slices (the state term's contraction slice and a key tile's rows), STAGES items
-    /// (the current one multiplies behind the previous one while the next two load).
+    /// KD-wide slices (the state term's contraction slice and a key tile's rows).
     pub use crate::fwd::output_wg::{
-        ALIGN, KD, STAGES, THREADS, TILE_HV as TILE_OUT, TILE_Q as TILE, WARPGROUPS, WARPS,
+        ALIGN, KD, STAGES as RING_STAGES, THREADS, TILE_HV as TILE_OUT, TILE_Q as TILE, WARPGROUPS,
+        WARPS,
     };
+    /// Stages of the ring of items: the current item multiplies behind the previous one, whose
+    /// `wgmma`s may still run, while the next two load (the output kernel's ring); one fewer
+    /// where the block also holds the rows of its row dots' input ([`row_dots`]).
+    pub const fn stages(row_dots: bool) -> u32 {
+        if row_dots {
+            RING_STAGES - 1
+        } else {
+            RING_STAGES
+        }
+    }
+    /// Whether the kernel writes row dots (dq and dk: `bwd_combine`'s `inter_dot`, `end_dot`):
+    /// then it stages the rows of their input (q or k) in shared memory, [`x_bytes`], with its
+    /// first item, instead of each thread loading its elements from memory where the dots
+    /// are formed (latency the one block per SM cannot hide: they made dk 1.6× dv's time).
+    pub const fn row_dots(kernel: BwdKernel) -> bool {
+        matches!(kernel, BwdKernel::DqWg | BwdKernel::DkWg)
+    }
     const _: () = assert!(
-        scores::TILE == TILE / WARPGROUPS && KD == scores::TILE,
-        "one score tile per warpgroup and key tile"
+        scores::TILE == TILE / WARPGROUPS && KD == scores::TILE && stages(true) >= 3,
+        "one score tile per warpgroup and key tile; an item in flight behind the current one, \
+         one loading ahead"
     );
     const _: () = assert!(
         TILE_OUT == 2 * combine::TILE_OUT,
@@ -617,15 +635,20 @@ pub mod combine_wg {
     pub const fn b_bytes() -> u32 {
         KD * TILE_OUT * 2
     }
-    /// ALIGN, STAGES × (A stage, B stage), the block's columns of the rank-one term's u
-    /// (TILE_OUT f32). (After the walk the output tile is staged for its store where the ring
-    /// was.)
-    pub const fn smem_bytes() -> u32 {
-        ALIGN + STAGES * (a_bytes() + b_bytes()) + TILE_OUT * 4
+    /// The rows of the row dots' input: TILE × TILE_OUT, 16-bit, padded rows.
+    pub const fn x_bytes() -> u32 {
+        TILE * (TILE_OUT + SMEM_ROW_PAD) * 2
+    }
+    /// ALIGN, stages × (A stage, B stage), the block's columns of the rank-one term's u
+    /// (TILE_OUT f32), with `row_dots` the rows of their input. (After the walk the output tile
+    /// is staged for its store where the ring was.)
+    pub const fn smem_bytes(row_dots: bool) -> u32 {
+        let x = if row_dots { x_bytes() } else { 0 };
+        ALIGN + stages(row_dots) * (a_bytes() + b_bytes()) + TILE_OUT * 4 + x
     }
     const _: () = assert!(THREADS == TILE_OUT, "one thread stages each column of u");
     const _: () = assert!(
-        STAGES * (a_bytes() + b_bytes()) >= TILE * (TILE_OUT + SMEM_ROW_PAD) * 2,
+        stages(true) * (a_bytes() + b_bytes()) >= x_bytes(),
         "the output tile is staged where the ring was"
     );
     /// (output column tiles, NC·L / TILE row tiles, BH).
@@ -912,7 +935,8 @@ mod tests {
         assert!(state_wg::smem_bytes() <= HOPPER_SMEM);
         assert!(scores::smem_bytes() <= HOPPER_SMEM);
         assert!(combine::smem_bytes() <= HOPPER_SMEM);
-        assert!(combine_wg::smem_bytes() <= HOPPER_SMEM);
+        assert!(combine_wg::smem_bytes(true) <= HOPPER_SMEM);
+        assert!(combine_wg::smem_bytes(false) <= HOPPER_SMEM);
         assert!(chunk::smem_bytes() <= HOPPER_SMEM);
         assert!(recurrent::smem_bytes(1024) <= HOPPER_SMEM);
         // Two combine and two score blocks per SM.

@@ -55,6 +55,8 @@ pub trait Role {
     const TRANSPOSED: bool;
     /// M is stored (a_dim, out_dim) row-major; otherwise (out_dim, a_dim).
     const STATE_KN: bool;
+    /// It writes row dots (`inter_dot` or `end_dot`; `combine_wg::row_dots` of its kernel).
+    const ROW_DOTS: bool;
     fn operands<G: GateKind>(p: &BwdParams) -> Operands;
 }
 
@@ -65,6 +67,7 @@ pub struct Dv;
 impl Role for Dq {
     const TRANSPOSED: bool = false;
     const STATE_KN: bool = false;
+    const ROW_DOTS: bool = true;
     #[inline(always)]
     fn operands<G: GateKind>(p: &BwdParams) -> Operands {
         let normalizer = G::NORMALIZED && p.exact != 0;
@@ -90,6 +93,7 @@ impl Role for Dq {
 impl Role for Dk {
     const TRANSPOSED: bool = true;
     const STATE_KN: bool = false;
+    const ROW_DOTS: bool = true;
     #[inline(always)]
     fn operands<G: GateKind>(p: &BwdParams) -> Operands {
         let normalizer = G::NORMALIZED && p.exact != 0;
@@ -115,6 +119,7 @@ impl Role for Dk {
 impl Role for Dv {
     const TRANSPOSED: bool = true;
     const STATE_KN: bool = true;
+    const ROW_DOTS: bool = false;
     #[inline(always)]
     fn operands<G: GateKind>(p: &BwdParams) -> Operands {
         Operands {

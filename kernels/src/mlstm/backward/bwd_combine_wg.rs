@@ -10,8 +10,10 @@
 //! dq and dC̃ for dk; MN-major where it is stored a × out, dC̃ for dv); then per key tile the
 //! warpgroups' score tiles (K-major T for dq; for dk and dv Tᵀ, the stored tile read MN-major
 //! through the descriptor's transpose) and the key tile's rows of Z (MN-major). Loads and
-//! products run as in `chunk_output_wg`: one ring of STAGES items, each item's `wgmma`s waited
-//! for one item later, so the tensor pipe does not drain at the barriers between items.
+//! products run as in `chunk_output_wg`: one ring of items, each item's `wgmma`s waited for
+//! one item later, so the tensor pipe does not drain at the barriers between items. dq and dk
+//! stage the rows of their row dots' input (q, k) with the first item and form the dots from
+//! shared memory.
 //!
 //! Causal shape: for dq warpgroup 0 needs the key tiles up to its own only and waits at the
 //! barriers while warpgroup 1 multiplies the last one; for dk and dv warpgroup 1's tiles start
@@ -24,7 +26,10 @@ use crate::arch::wgmma::{self, Hold, Wgmma, k_major, mn_major};
 use crate::arch::{cp_async, global, shared, shfl, thread};
 use crate::tile::{SmemTile, acc_pos};
 use tfla_params::bwd::combine::col_tiles;
-use tfla_params::bwd::{BwdParams, combine_wg::*, scores};
+use tfla_params::bwd::combine_wg::{
+    self, ALIGN, KD, THREADS, TILE, TILE_OUT, WARPGROUPS, a_bytes, b_bytes,
+};
+use tfla_params::bwd::{BwdParams, scores};
 use tfla_params::fwd::SMEM_ROW_PAD;
 
 /// n-blocks (8 columns) of the accumulator.
@@ -33,9 +38,8 @@ const NB: usize = (TILE_OUT / 8) as usize;
 /// MN-major descriptors), and between the two warpgroups' halves of an A stage.
 const PANEL: u32 = stage::sw128_panel(KD);
 const _: () = assert!(
-    NB == 32 && KD == 64 && WARPGROUPS == 2 && STAGES >= 3,
-    "the unroll! counts below assume 32 n-blocks and 64-wide slices and key tiles; an item in \
-     flight behind the current one, one loading ahead"
+    NB == 32 && KD == 64 && WARPGROUPS == 2,
+    "the unroll! counts below assume 32 n-blocks and 64-wide slices and key tiles"
 );
 
 /// # Safety
@@ -62,12 +66,18 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
     let len = l.min(s - t0);
     let c0 = bx * TILE_OUT;
 
-    // Shared memory: STAGES × (A stage, B stage), swizzled, 1024-byte aligned.
+    // Shared memory: `stages` × (A stage, B stage), swizzled, 1024-byte aligned; the block's
+    // columns of u (TILE_OUT f32); for the row dots the rows of their input (padded rows).
+    let stages = combine_wg::stages(R::ROW_DOTS);
     let base = (shared::base() + ALIGN - 1) & !(ALIGN - 1);
     let stage_a = |st: u32| base + st * (a_bytes() + b_bytes());
     let stage_b = |st: u32| stage_a(st) + a_bytes();
-    // The block's columns of u (TILE_OUT f32), after the ring.
-    let su = stage_a(STAGES);
+    let su = stage_a(stages);
+    let sx = SmemTile {
+        base: su + TILE_OUT * 4,
+        stride: (TILE_OUT + SMEM_ROW_PAD) * 2,
+    };
+    let x_in = o.inter_dot.or(o.end_dot).map_or(0, |(x, _)| x);
 
     let head = bh as u64;
     let hk = head * nc as u64 + k as u64;
@@ -101,7 +111,12 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
     };
     let n_items = n_state + (kt_end - kt_first);
     let issue = |item: u32| unsafe {
-        let st = item % STAGES;
+        let st = item % stages;
+        if R::ROW_DOTS && item == 0 {
+            let gx = x_in + head * (s as u64) * (out_dim as u64) * 2;
+            let rows_x = (t0 + i0, t0 + len);
+            stage::rows::<THREADS, { TILE_OUT / 8 }>(sx, gx, rows_x, (c0, out_dim), TILE);
+        }
         if item < n_state {
             let d = item * KD;
             let rows_a = (t0 + i0, t0 + len);
@@ -139,7 +154,7 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
         }
         cp_async::commit();
     };
-    // Past the last item an empty group: the waits count STAGES − 2 groups behind.
+    // Past the last item an empty group: the waits count stages − 2 groups behind.
     let issue_or_empty = |item: u32| {
         if item < n_items {
             issue(item);
@@ -147,28 +162,26 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
             unsafe { cp_async::commit() };
         }
     };
-    // Prime the ring with STAGES − 1 items.
-    for item in 0..STAGES - 1 {
+    // Prime the ring with stages − 1 items.
+    for item in 0..stages - 1 {
         issue_or_empty(item);
     }
 
     let coef = |plane: u32, rr: u32| unsafe { row_coef(p, plane, head, t0 + i0 + rr) };
     // Writes this block's parts of Σ_c x[row, c]·c_out·acc[row, c] for the warp's rows of half
     // `e` (row g for e = 0, g + 8 for e = 2) into row-dot plane `plane`: one part per 128
-    // columns, `combine`'s slots.
-    let row_dot = |acc: &[f32; 4 * NB], e: usize, x: u64, plane: u32| unsafe {
+    // columns, `combine`'s slots. x from its staged rows (zeros past the rows and columns).
+    let row_dot = |acc: &[f32; 4 * NB], e: usize, plane: u32| unsafe {
         // (Opaque, and the block's place read again, as in `bwd_combine`: the element
         // addresses are not to be kept across the walk.)
         let lane = thread::opaque(lane);
         let (t0, i0) = place(thread::block_idx_here().1);
         let rr = warp * 16 + acc_pos(lane, e).0;
         let inside = i0 + rr < len;
-        let row = head * s as u64 + (t0 + i0 + rr) as u64;
         let mut dots = [0f32; 2];
         unroll!(32, nb => {
-            let c = c0 + nb as u32 * 8 + acc_pos(lane, e).1;
-            let at = (row * out_dim as u64 + c as u64) * 2;
-            let (x0, x1) = E::unpack(global::ld_nc_f32_or_zero(inside && c < out_dim, x + at).to_bits());
+            let c = nb as u32 * 8 + acc_pos(lane, e).1;
+            let (x0, x1) = E::unpack(shared::ld_f32(sx.offset(rr, c)).to_bits());
             dots[nb / 16] += o.c_out * (x0 * acc[4 * nb + e] + x1 * acc[4 * nb + e + 1]);
         });
         let col_tiles = col_tiles(p.dqk);
@@ -207,9 +220,13 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
     // Two barriers per item, as in `chunk_output_wg`: `landed`, item `item` has landed and
     // every thread sees it; `release`, after its `wgmma`s are issued: the previous item's are
     // done in this warpgroup, and after the barrier in every one, so the stage it read is free
-    // for item + STAGES − 1.
+    // for item + stages − 1.
     let landed = || unsafe {
-        cp_async::wait::<{ STAGES - 2 }>();
+        if R::ROW_DOTS {
+            cp_async::wait::<{ combine_wg::stages(true) - 2 }>();
+        } else {
+            cp_async::wait::<{ combine_wg::stages(false) - 2 }>();
+        }
         wgmma::fence_proxy_async();
         thread::sync_threads();
     };
@@ -221,14 +238,14 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
             wgmma::wait_all();
         }
         thread::sync_threads();
-        issue_or_empty(item + STAGES - 1);
+        issue_or_empty(item + stages - 1);
     };
     // State term: acc += A[:, d..d+KD] · M[d..d+KD, c0..] (the slices are zero past the dims).
     // (Two loops: ptxas serializes `wgmma`s whose accumulators other instructions write inside
     // the loop that carries them in flight.)
     for item in 0..n_state {
         landed();
-        let st = item % STAGES;
+        let st = item % stages;
         let (sa, sm) = (stage_a(st) + PANEL * wg, stage_b(st));
         if wg_live {
             unsafe {
@@ -266,15 +283,15 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
                 acc[4 * nb + e] = r * acc[4 * nb + e] + ecoef * u[0];
                 acc[4 * nb + e + 1] = r * acc[4 * nb + e + 1] + ecoef * u[1];
             });
-            if let Some((x, plane)) = o.inter_dot {
-                row_dot(&acc, e, x, plane);
+            if let Some((_, plane)) = o.inter_dot {
+                row_dot(&acc, e, plane);
             }
         });
     }
     // Key term: acc += T[rows, kt] · Z[kt, c0..] per key tile (Tᵀ for dk, dv).
     for item in n_state..n_items {
         landed();
-        let st = item % STAGES;
+        let st = item % stages;
         let kt = kt_first + item - n_state;
         let live = needs(wg, kt);
         if live {
@@ -312,8 +329,8 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
             let v = E::pack(o.c_out * acc[4 * nb + e], o.c_out * acc[4 * nb + e + 1]);
             unsafe { shared::st_u32(staging.offset(rr, nb as u32 * 8 + acc_pos(lane, e).1), v) };
         });
-        if let Some((x, plane)) = o.end_dot {
-            row_dot(&acc, e, x, plane);
+        if let Some((_, plane)) = o.end_dot {
+            row_dot(&acc, e, plane);
         }
     });
     unsafe {

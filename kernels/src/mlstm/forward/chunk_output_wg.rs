@@ -137,14 +137,17 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
         }
         cp_async::commit();
     };
-    // Prime the ring with STAGES − 1 items (empty groups past the last: the waits count
-    // STAGES − 2 behind).
-    for item in 0..STAGES - 1 {
+    // Past the last item an empty group: the waits count STAGES − 2 groups behind.
+    let issue_or_empty = |item: u32| {
         if item < n_items {
             issue(item);
         } else {
             unsafe { cp_async::commit() };
         }
+    };
+    // Prime the ring with STAGES − 1 items.
+    for item in 0..STAGES - 1 {
+        issue_or_empty(item);
     }
 
     // The gate vectors of this tile, while item 0 loads.
@@ -212,10 +215,7 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
             wgmma::wait_all();
         }
         thread::sync_threads();
-        match (item + STAGES - 1 < n_items).then_some(item + STAGES - 1) {
-            Some(n) => issue(n),
-            None => cp_async::commit(), // an empty group: the waits count STAGES − 2 behind
-        }
+        issue_or_empty(item + STAGES - 1);
     };
     // Inter-chunk term: acc += Q[:, dc..dc+TILE_C] · C̃_k[dc..dc+TILE_C, v0..] (the slices are
     // zero past DQK, ñ_k's atoms too). (Two loops: ptxas serializes `wgmma`s whose
