@@ -217,28 +217,17 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
     // array out of registers.)
     const ZERO: [f32; 4 * NB] = [0.0; 4 * NB];
     let mut acc = ZERO;
-    // Two barriers per item, as in `chunk_output_wg`: `landed`, item `item` has landed and
-    // every thread sees it; `release`, after its `wgmma`s are issued: the previous item's are
-    // done in this warpgroup, and after the barrier in every one, so the stage it read is free
-    // for item + stages − 1.
+    // Two barriers per item, as in `chunk_output_wg` (`stage::landed_for_wgmma`,
+    // `release_for_wgmma`): the stage the previous item read takes item + stages − 1.
     let landed = || unsafe {
         if R::ROW_DOTS {
-            cp_async::wait::<{ combine_wg::stages(true) - 2 }>();
+            stage::landed_for_wgmma::<{ combine_wg::stages(true) - 2 }>();
         } else {
-            cp_async::wait::<{ combine_wg::stages(false) - 2 }>();
+            stage::landed_for_wgmma::<{ combine_wg::stages(false) - 2 }>();
         }
-        wgmma::fence_proxy_async();
-        thread::sync_threads();
     };
-    // (A warpgroup that issued nothing this item waits for all: its newest group is older.)
     let release = |item: u32, issued: bool| unsafe {
-        if issued {
-            wgmma::wait::<1>();
-        } else {
-            wgmma::wait_all();
-        }
-        thread::sync_threads();
-        issue_or_empty(item + stages - 1);
+        stage::release_for_wgmma(issued, || issue_or_empty(item + stages - 1))
     };
     // State term: acc += A[:, d..d+KD] · M[d..d+KD, c0..] (the slices are zero past the dims).
     // (Two loops: ptxas serializes `wgmma`s whose accumulators other instructions write inside

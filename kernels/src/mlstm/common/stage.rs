@@ -224,6 +224,47 @@ pub unsafe fn advance_by_for_wgmma<const AHEAD: u32>(next: Option<u32>, issue: i
     unsafe { step::<AHEAD, true>(next, issue) }
 }
 
+/// The two barriers per item of a ring whose `wgmma`s stay one item in flight
+/// (`chunk_output_wg`, `bwd_combine_wg`), so the tensor pipe never drains at an item boundary.
+/// This one, before the item's `wgmma`s are issued: the item has landed while the `BEHIND`
+/// groups after it may still load, each thread's copies are visible to the async proxy, and
+/// every thread sees them.
+///
+/// # Safety
+/// Called by all threads of the block, with BEHIND groups committed after the item's.
+#[cfg(target_feature = "sm_90a")]
+#[inline(always)]
+pub unsafe fn landed_for_wgmma<const BEHIND: u32>() {
+    unsafe {
+        cp_async::wait::<BEHIND>();
+        crate::arch::wgmma::fence_proxy_async();
+        thread::sync_threads();
+    }
+}
+
+/// The second barrier of [`landed_for_wgmma`]'s ring, after the item's `wgmma`s are issued:
+/// the previous item's are done in this warpgroup (all of them where it `issued` nothing this
+/// item, its newest group being older), and after the barrier in every warpgroup, so the
+/// stage that item read is free for `issue_next`'s copies, which load while this item
+/// multiplies.
+///
+/// # Safety
+/// Called by all threads of the block; `issue_next` commits one group (empty past the last
+/// item: the waits count groups).
+#[cfg(target_feature = "sm_90a")]
+#[inline(always)]
+pub unsafe fn release_for_wgmma(issued: bool, issue_next: impl FnOnce()) {
+    unsafe {
+        if issued {
+            crate::arch::wgmma::wait::<1>();
+        } else {
+            crate::arch::wgmma::wait_all();
+        }
+        thread::sync_threads();
+    }
+    issue_next();
+}
+
 /// The pipeline step of [`advance_by`] and [`advance_by_for_wgmma`] (`ASYNC_PROXY`).
 #[inline(always)]
 unsafe fn step<const AHEAD: u32, const ASYNC_PROXY: bool>(next: Option<u32>, issue: impl Fn(u32)) {

@@ -195,27 +195,13 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     // quad at the end.
     let mut row_sum = [0f32; 2];
     let wrow = 16 * warp; // the warp's first row in the tile (warpgroup wg's rows 64·wg ..)
-    // Two barriers per item, so the tensor pipe never drains at an item boundary. `landed`:
-    // item `item` has landed (the next two may still load) and every thread sees it; its
-    // `wgmma`s are issued behind those of the previous item, still running. `release`, after
-    // they are issued: the previous item's `wgmma`s are done in this warpgroup, and after the
-    // barrier in every one, so the stage that item read is free for item + STAGES − 1, issued
-    // while this item multiplies.
-    let landed = || unsafe {
-        cp_async::wait::<{ STAGES - 2 }>();
-        wgmma::fence_proxy_async();
-        thread::sync_threads();
-    };
-    // (A warpgroup that issued nothing this item, past its diagonal, waits for all: its newest
-    // group is an earlier item's.)
+    // Two barriers per item (`stage::landed_for_wgmma`, `release_for_wgmma`): an item's
+    // `wgmma`s are issued behind those of the previous item, still running; once those are
+    // done, the stage they read takes item + STAGES − 1 while this item multiplies. (A
+    // warpgroup past its diagonal issues nothing.)
+    let landed = || unsafe { stage::landed_for_wgmma::<{ STAGES - 2 }>() };
     let release = |item: u32, issued: bool| unsafe {
-        if issued {
-            wgmma::wait::<1>();
-        } else {
-            wgmma::wait_all();
-        }
-        thread::sync_threads();
-        issue_or_empty(item + STAGES - 1);
+        stage::release_for_wgmma(issued, || issue_or_empty(item + STAGES - 1))
     };
     // Inter-chunk term: acc += Q[:, dc..dc+TILE_C] · C̃_k[dc..dc+TILE_C, v0..] (the slices are
     // zero past DQK, ñ_k's atoms too). (Two loops: ptxas serializes `wgmma`s whose
