@@ -23,6 +23,9 @@ use tfla::{
 };
 use tfla_benches::RandomInputs;
 
+/// The commit this binary was built from (`benches/build.rs`), in the table's header and every
+/// JSON row.
+const BUILD: &str = env!("TFLA_BUILD_COMMIT");
 const HEADS: [(usize, usize, usize); 3] = [(8, 512, 512), (8, 256, 512), (16, 128, 128)];
 
 fn grid(name: &str) -> Option<Vec<(usize, usize)>> {
@@ -143,7 +146,7 @@ fn main() {
     let with_step = step_only || (grid_name == "quick" && !args.iter().any(|a| a == "--no-step"));
     writeln!(
         table,
-        "tfla, {device}, {}; TFLOP/s of model FLOPs (README); fwd+bwd: Exact gradient, alloc: outputs, gradients and workspace",
+        "tfla {BUILD}, {device}, {}; TFLOP/s of model FLOPs (README); fwd+bwd: Exact gradient, alloc: outputs, gradients and workspace",
         dtype.name()
     )
     .unwrap();
@@ -247,7 +250,7 @@ fn main() {
                         fwd_bwd_ms: fb_ms,
                     });
                     writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1} {alloc_mb:>9.1} {fb_text}").unwrap();
-                    writeln!(json, "  {{\"impl\": \"tfla\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}, \"alloc_bytes\": {}{fb_json}}},", dtype.name(), state_bytes(&dims, chunk, dtype), out.bytes()).unwrap();
+                    writeln!(json, "  {{\"impl\": \"tfla\", \"commit\": \"{BUILD}\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}, \"alloc_bytes\": {}{fb_json}}},", dtype.name(), state_bytes(&dims, chunk, dtype), out.bytes()).unwrap();
                 }
             }
         }
@@ -542,7 +545,7 @@ fn step_table(
                 let num = |x: Option<f64>| x.map_or("null".into(), |c| format!("{c:.1}"));
                 writeln!(
                     json,
-                    "  {{\"impl\": \"tfla\", \"kind\": \"step\", \"dtype\": \"{}\", \"state_dtype\": \"{}\", \"variant\": \"{vname}\", \"BH\": {bh}, \"B\": {b}, \"NH\": {nh}, \"DQK\": {STEP_DQK}, \"DHV\": {STEP_DHV}, \"bytes\": {bytes}, \"step_us\": {:.3}, \"gbps\": {alone_gbps:.1}, \"loop_layers\": {LAYERS}, \"loop_step_us\": {:.3}, \"loop_gbps\": {loop_gbps:.1}, \"copy_gbps\": {}, \"same_size_copy_gbps\": {}, \"same_size_loop_copy_gbps\": {}{occ_json}}},",
+                    "  {{\"impl\": \"tfla\", \"commit\": \"{BUILD}\", \"kind\": \"step\", \"dtype\": \"{}\", \"state_dtype\": \"{}\", \"variant\": \"{vname}\", \"BH\": {bh}, \"B\": {b}, \"NH\": {nh}, \"DQK\": {STEP_DQK}, \"DHV\": {STEP_DHV}, \"bytes\": {bytes}, \"step_us\": {:.3}, \"gbps\": {alone_gbps:.1}, \"loop_layers\": {LAYERS}, \"loop_step_us\": {:.3}, \"loop_gbps\": {loop_gbps:.1}, \"copy_gbps\": {}, \"same_size_copy_gbps\": {}, \"same_size_loop_copy_gbps\": {}{occ_json}}},",
                     dtype.name(),
                     state.name(),
                     alone_ms * 1e3,
@@ -648,7 +651,7 @@ fn varlen_table(
                 "{vname:<11} {nh:>3} {dqk:>4} {dhv:>4} {fwd_ms:>9.3} {fb_ms:>11.3}"
             )
             .unwrap();
-            writeln!(json, "  {{\"impl\": \"tfla-varlen\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"seqs\": {}, \"tokens\": {total}, \"padded\": {padded}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {}, \"fwd_ms\": {fwd_ms:.4}, \"fwdbwd_ms\": {fb_ms:.4}}},", dtype.name(), runs.seqs, runs.chunk).unwrap();
+            writeln!(json, "  {{\"impl\": \"tfla-varlen\", \"commit\": \"{BUILD}\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"seqs\": {}, \"tokens\": {total}, \"padded\": {padded}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {}, \"fwd_ms\": {fwd_ms:.4}, \"fwdbwd_ms\": {fb_ms:.4}}},", dtype.name(), runs.seqs, runs.chunk).unwrap();
         }
     }
 }
@@ -707,6 +710,6 @@ fn recompute_table(
         let recomputed_ms = bwd(&fwd);
         let released_mb = fwd.bytes() as f64 / 1e6;
         writeln!(table, "{nh:>3} {dqk:>4} {dhv:>4} {kept_ms:>12.3} {recomputed_ms:>15.3} {kept_mb:>10.1} {released_mb:>14.1}").unwrap();
-        writeln!(json, "  {{\"impl\": \"tfla-recompute\", \"dtype\": \"{}\", \"variant\": \"exp\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"bwd_kept_ms\": {kept_ms:.4}, \"bwd_recomputed_ms\": {recomputed_ms:.4}, \"fwd_kept_bytes\": {}, \"fwd_released_bytes\": {}}},", dtype.name(), (kept_mb * 1e6) as u64, (released_mb * 1e6) as u64).unwrap();
+        writeln!(json, "  {{\"impl\": \"tfla-recompute\", \"commit\": \"{BUILD}\", \"dtype\": \"{}\", \"variant\": \"exp\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"bwd_kept_ms\": {kept_ms:.4}, \"bwd_recomputed_ms\": {recomputed_ms:.4}, \"fwd_kept_bytes\": {}, \"fwd_released_bytes\": {}}},", dtype.name(), (kept_mb * 1e6) as u64, (released_mb * 1e6) as u64).unwrap();
     }
 }
