@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Next call (prepared in session 23). b/ = main's bundle at 9e57933 (kernels = b96567c: the row
+# Next call (prepared in session 23). b/ = main's bundle at 1a99ec7 (kernels = b96567c: the row
 # dots + D2). new2 = 0a1450e's tfla-bench (the row dots without D2), scoreswg = wip/scores-wg's
 # (3f89ecc: bwd_scores_wg + stage::WgmmaRing). Fills session 23's gaps on main (memcheck,
 # racecheck, synccheck over every `_wg` entry; the sm_80 module's backward; Triton TFLA in the
