@@ -649,7 +649,7 @@ pub mod combine_wg {
     const _: () = assert!(THREADS == TILE_OUT, "one thread stages each column of u");
     const _: () = assert!(
         stages(true) * (a_bytes() + b_bytes()) >= x_bytes(),
-        "the output tile is staged where the ring was"
+        "the output tile (x's shape, TILE × TILE_OUT padded) is staged where the ring was"
     );
     /// (output column tiles, NC·L / TILE row tiles, BH).
     pub const fn grid(p: &BwdParams, out_dim: u32) -> (u32, u32, u32) {

@@ -16,7 +16,7 @@ use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, shared, shfl, thread};
 use crate::tile::{SmemTile, acc_pos};
-use tfla_params::bwd::{BwdParams, combine::*, rows, scores};
+use tfla_params::bwd::{BwdKernel, BwdParams, combine::*, combine_wg, rows, scores};
 use tfla_params::fwd::SMEM_ROW_PAD;
 
 const NB: usize = (TILE_OUT / 8) as usize;
@@ -43,10 +43,12 @@ pub struct Operands {
     /// u per (head, chunk): out_dim f32.
     pub u: u64,
     pub c_out: f32,
-    /// Row dots the gate gradients need, as (input, plane): of the inter-chunk part
-    /// c·(r ⊙ (A·M) + e ⊗ u) and of the whole output, with the same rows of that input.
-    pub inter_dot: Option<(u64, u32)>,
-    pub end_dot: Option<(u64, u32)>,
+    /// Row dots the gate gradients need, each with the rows of one input x (BH, S, out_dim):
+    /// their row-dot planes, of the inter-chunk part c·(r ⊙ (A·M) + e ⊗ u) and of the whole
+    /// output (`dot_input` is 0 where the role writes none).
+    pub dot_input: u64,
+    pub inter_dot: Option<u32>,
+    pub end_dot: Option<u32>,
 }
 
 /// One of dq, dk, dv.
@@ -55,7 +57,7 @@ pub trait Role {
     const TRANSPOSED: bool;
     /// M is stored (a_dim, out_dim) row-major; otherwise (out_dim, a_dim).
     const STATE_KN: bool;
-    /// It writes row dots (`inter_dot` or `end_dot`; `combine_wg::row_dots` of its kernel).
+    /// It writes row dots (`inter_dot` or `end_dot`): `combine_wg::row_dots` of its kernel.
     const ROW_DOTS: bool;
     fn operands<G: GateKind>(p: &BwdParams) -> Operands;
 }
@@ -67,7 +69,7 @@ pub struct Dv;
 impl Role for Dq {
     const TRANSPOSED: bool = false;
     const STATE_KN: bool = false;
-    const ROW_DOTS: bool = true;
+    const ROW_DOTS: bool = combine_wg::row_dots(BwdKernel::DqWg);
     #[inline(always)]
     fn operands<G: GateKind>(p: &BwdParams) -> Operands {
         let normalizer = G::NORMALIZED && p.exact != 0;
@@ -84,7 +86,8 @@ impl Role for Dq {
             e_plane: if normalizer { Some(rows::WN) } else { None },
             u: p.ptr.n_states,
             c_out: p.scale,
-            inter_dot: Some((p.ptr.q, DOT_Q_INTER)),
+            dot_input: p.ptr.q,
+            inter_dot: Some(DOT_Q_INTER),
             end_dot: None,
         }
     }
@@ -93,7 +96,7 @@ impl Role for Dq {
 impl Role for Dk {
     const TRANSPOSED: bool = true;
     const STATE_KN: bool = false;
-    const ROW_DOTS: bool = true;
+    const ROW_DOTS: bool = combine_wg::row_dots(BwdKernel::DkWg);
     #[inline(always)]
     fn operands<G: GateKind>(p: &BwdParams) -> Operands {
         let normalizer = G::NORMALIZED && p.exact != 0;
@@ -110,8 +113,9 @@ impl Role for Dk {
             e_plane: if normalizer { Some(rows::WK) } else { None },
             u: p.ptr.dn_states,
             c_out: p.scale,
-            inter_dot: Some((p.ptr.k, DOT_K_INTER)),
-            end_dot: Some((p.ptr.k, DOT_K)),
+            dot_input: p.ptr.k,
+            inter_dot: Some(DOT_K_INTER),
+            end_dot: Some(DOT_K),
         }
     }
 }
@@ -119,7 +123,7 @@ impl Role for Dk {
 impl Role for Dv {
     const TRANSPOSED: bool = true;
     const STATE_KN: bool = true;
-    const ROW_DOTS: bool = false;
+    const ROW_DOTS: bool = combine_wg::row_dots(BwdKernel::DvWg);
     #[inline(always)]
     fn operands<G: GateKind>(p: &BwdParams) -> Operands {
         Operands {
@@ -135,6 +139,7 @@ impl Role for Dv {
             e_plane: None,
             u: 0,
             c_out: 1.0,
+            dot_input: 0,
             inter_dot: None,
             end_dot: None,
         }
@@ -351,8 +356,8 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
                         acc[nb][e] = r * acc[nb][e] + ecoef * u[0];
                         acc[nb][e + 1] = r * acc[nb][e + 1] + ecoef * u[1];
                     });
-                    if let Some((x, plane)) = o.inter_dot {
-                        row_dot(&acc, e, x, plane);
+                    if let Some(plane) = o.inter_dot {
+                        row_dot(&acc, e, o.dot_input, plane);
                     }
                 });
             }
@@ -391,8 +396,8 @@ pub unsafe fn bwd_combine<E: Elem, G: GateKind, R: Role>(p: &BwdParams) {
             let v = E::pack(o.c_out * acc[nb][e], o.c_out * acc[nb][e + 1]);
             unsafe { shared::st_u32(staging.offset(rr, nb as u32 * 8 + acc_pos(lane, e).1), v) };
         });
-        if let Some((x, plane)) = o.end_dot {
-            row_dot(&acc, e, x, plane);
+        if let Some(plane) = o.end_dot {
+            row_dot(&acc, e, o.dot_input, plane);
         }
     });
     unsafe {

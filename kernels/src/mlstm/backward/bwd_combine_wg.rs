@@ -77,7 +77,6 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
         base: su + TILE_OUT * 4,
         stride: (TILE_OUT + SMEM_ROW_PAD) * 2,
     };
-    let x_in = o.inter_dot.or(o.end_dot).map_or(0, |(x, _)| x);
 
     let head = bh as u64;
     let hk = head * nc as u64 + k as u64;
@@ -113,7 +112,7 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
     let issue = |item: u32| unsafe {
         let st = item % stages;
         if R::ROW_DOTS && item == 0 {
-            let gx = x_in + head * (s as u64) * (out_dim as u64) * 2;
+            let gx = o.dot_input + head * (s as u64) * (out_dim as u64) * 2;
             let rows_x = (t0 + i0, t0 + len);
             stage::rows::<THREADS, { TILE_OUT / 8 }>(sx, gx, rows_x, (c0, out_dim), TILE);
         }
@@ -155,13 +154,7 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
         cp_async::commit();
     };
     // Past the last item an empty group: the waits count stages − 2 groups behind.
-    let issue_or_empty = |item: u32| {
-        if item < n_items {
-            issue(item);
-        } else {
-            unsafe { cp_async::commit() };
-        }
-    };
+    let issue_or_empty = |item: u32| unsafe { stage::issue_or_empty(item, n_items, &issue) };
     // Prime the ring with stages − 1 items.
     for item in 0..stages - 1 {
         issue_or_empty(item);
@@ -272,7 +265,7 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
                 acc[4 * nb + e] = r * acc[4 * nb + e] + ecoef * u[0];
                 acc[4 * nb + e + 1] = r * acc[4 * nb + e + 1] + ecoef * u[1];
             });
-            if let Some((_, plane)) = o.inter_dot {
+            if let Some(plane) = o.inter_dot {
                 row_dot(&acc, e, plane);
             }
         });
@@ -318,7 +311,7 @@ pub unsafe fn bwd_combine_wg<E: Elem + Wgmma, G: GateKind, R: Role>(p: &BwdParam
             let v = E::pack(o.c_out * acc[4 * nb + e], o.c_out * acc[4 * nb + e + 1]);
             unsafe { shared::st_u32(staging.offset(rr, nb as u32 * 8 + acc_pos(lane, e).1), v) };
         });
-        if let Some((_, plane)) = o.end_dot {
+        if let Some(plane) = o.end_dot {
             row_dot(&acc, e, plane);
         }
     });

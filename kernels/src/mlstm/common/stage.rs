@@ -224,6 +224,20 @@ pub unsafe fn advance_by_for_wgmma<const AHEAD: u32>(next: Option<u32>, issue: i
     unsafe { step::<AHEAD, true>(next, issue) }
 }
 
+/// Issues item `item` of a ring of `n_items` (`issue` commits one group), or past the last
+/// item an empty group: the waits count groups.
+///
+/// # Safety
+/// Called by all threads of the block.
+#[inline(always)]
+pub unsafe fn issue_or_empty(item: u32, n_items: u32, issue: &impl Fn(u32)) {
+    if item < n_items {
+        issue(item);
+    } else {
+        unsafe { cp_async::commit() };
+    }
+}
+
 /// The two barriers per item of a ring whose `wgmma`s stay one item in flight
 /// (`chunk_output_wg`, `bwd_combine_wg`), so the tensor pipe never drains at an item boundary.
 /// This one, before the item's `wgmma`s are issued: the item has landed while the `BEHIND`

@@ -138,13 +138,7 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
         cp_async::commit();
     };
     // Past the last item an empty group: the waits count STAGES − 2 groups behind.
-    let issue_or_empty = |item: u32| {
-        if item < n_items {
-            issue(item);
-        } else {
-            unsafe { cp_async::commit() };
-        }
-    };
+    let issue_or_empty = |item: u32| unsafe { stage::issue_or_empty(item, n_items, &issue) };
     // Prime the ring with STAGES − 1 items.
     for item in 0..STAGES - 1 {
         issue_or_empty(item);
