@@ -4,41 +4,23 @@
 # bwd_state_wg reads C'_k for its chunk dot from the staging tile, 3c49f0b); q = cf1551e's
 # tfla-bench (the output kernel alone); main = 1a99ec7's (main's kernels).
 # Order: the GPU tests of the changed kernels, A/B, Triton TFLA in the same call, A/B, the
-# sanitizers over the changed entries, ncu kernel times, A/B.
-# Run: run(command="END=540 bash devcall/go.sh", carry=["devcall"]); END = seconds it may use.
+# sanitizers over the changed entries, ncu kernel times, A/B, the sm_80 module's backward.
+# Run (a copy as devcall/go.sh): run(command="END=540 bash devcall/go.sh", carry=["devcall"]).
 set -u
-W=$OUT/w; mkdir -p $W
 here=$(cd "$(dirname "$0")" && pwd)
+cd "$here/.."
+. benches/device_call.sh
+call_begin "${END:-540}" "$here/whl"
 gunzip -c $here/main-bench.gz > /tmp/main; gunzip -c $here/q-bench.gz > /tmp/q
 gunzip -c $here/s/bin/bench-tfla-bench.gz > /tmp/s
 for t in gpu_forward gpu_backward gpu_kernels; do gunzip -c $here/s/bin/test-$t.gz > /tmp/$t; done
 chmod +x /tmp/main /tmp/q /tmp/s /tmp/gpu_*
-nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.memory,driver_version --format=csv > $W/card.txt
-T0=$(date +%s); END=${END:-540}
-run() {
-  local name=$1 t=$2; shift 2
-  local left=$(( END - ($(date +%s)-T0) ))
-  if [ $left -lt 15 ]; then echo "$name skipped (deadline)" >> $W/summary.txt; return; fi
-  [ $t -gt $left ] && t=$left
-  local s=$(date +%s); timeout $t "$@" > $W/$name.txt 2>&1; echo "$name rc=$? $(( $(date +%s)-s ))s" >> $W/summary.txt
-}
-pack() { echo "total $(( $(date +%s)-T0 ))s" >> $W/summary.txt; tar czf $OUT/out.tgz -C $OUT w; }
-trap pack EXIT
-cd $here/..
-( python3 -m pip install --quiet --disable-pip-version-check --no-deps --target /tmp/ref-site \
-    --no-index --find-links $here/whl mlstm-kernels==2.0.6 fla-core==0.6.0 einops > $W/pip.txt 2>&1 ) &
-export CUDA_CACHE_MAXSIZE=4294967296
 ( for b in main q; do /tmp/$b --heads 8:256:512 --points 1:256 --chunks 128 --reps 1 --no-step > $W/warm_$b.txt 2>&1; done ) &
-export TFLA_LOGS=$W/logs; mkdir -p $TFLA_LOGS
 # Correctness only: the two test binaries side by side.
 run gpu_forward 150 /tmp/gpu_forward --include-ignored --test-threads=1 &
 run gpu_backward 150 /tmp/gpu_backward --include-ignored --test-threads=1
 wait
 AB="--heads 8:256:512,8:512:512,16:128:128 --points 8:8192 --chunks 128,256 --reps 10 --no-step"
-ab() { for b in "$@"; do run ${b}_r$r 60 /tmp/$b $AB --json $W/${b}_r$r.json; done; }
-nc() { local name=$1 bin=$2 h=$3 l=$4 v=$5
-  run $name 40 ncu --clock-control none --metrics gpu__time_duration.sum,lts__t_bytes.sum,dram__bytes.sum --csv --print-units base \
-    /tmp/$bin --heads $h --points 8:8192 --chunks $l --variants $v --reps 1 --no-step; }
 r=1; ab s q main
 run s_l512 40 /tmp/s --heads 8:512:512,8:256:512 --points 8:8192 --chunks 512 --reps 10 --no-step --json $W/s_l512.json
 run triton 150 env PYTHONPATH=/tmp/ref-site python3 benches/compare/compare.py --points 8x8192 \
