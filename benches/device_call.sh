@@ -4,7 +4,9 @@
 # its output as it goes, and $OUT/out.tgz is packed on exit whatever happened.
 #   call_begin END WHEELS  results under $W = $OUT/w, the deadline END seconds from now, the card
 #                          in $W/card.txt, the pinned reference kernels installed from the
-#                          wheel folder WHEELS into /tmp/ref-site in the background (`wait`)
+#                          wheel folder WHEELS into /tmp/ref-site in the background (`wait`);
+#                          the folder holds the pinned versions (xtask's REF_PACKAGES owns the
+#                          pin), and compare.py records the versions it imported
 #   run NAME SECONDS CMD…  CMD, output in $W/NAME.txt, stopped at SECONDS or the deadline
 #                          (skipped with under 15 s left); "NAME rc=… Ns" in $W/summary.txt
 #   ab BIN…                each /tmp/BIN (a tfla-bench) over $AB, round $r: $W/BIN_r$r.{txt,json}
@@ -15,7 +17,7 @@ call_begin() {
   nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.memory,driver_version --format=csv > "$W/card.txt"
   trap 'echo "total $(( $(date +%s) - T0 ))s" >> "$W/summary.txt"; tar czf "$OUT/out.tgz" -C "$OUT" w' EXIT
   ( python3 -m pip install --quiet --disable-pip-version-check --no-deps --target /tmp/ref-site \
-      --no-index --find-links "$2" mlstm-kernels==2.0.6 fla-core==0.6.0 einops > "$W/pip.txt" 2>&1 ) &
+      --no-index --find-links "$2" mlstm-kernels fla-core einops > "$W/pip.txt" 2>&1 ) &
   # The driver compiles each module's PTX once; the cache keeps both builds' modules.
   export CUDA_CACHE_MAXSIZE=4294967296
   export TFLA_LOGS=$W/logs; mkdir -p "$TFLA_LOGS"

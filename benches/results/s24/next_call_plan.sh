@@ -27,8 +27,13 @@ run triton 150 env PYTHONPATH=/tmp/ref-site python3 benches/compare/compare.py -
   --heads 8:512:512,8:256:512,16:128:128 --chunks 128 --no-step --no-ceilings \
   --only tfla:exp,tfla:sig,tfla:sig_nonorm --dtype bf16 --json $W/triton.json
 r=2; ab main q s
-run sanitize_bwd_state 200 bash $here/s/run.sh sanitize sm_90a bwd_state
-run sanitize_output_wg 150 bash $here/s/run.sh sanitize sm_90a chunk_output_wg
+# Session 25 widened this step to session 23's gap (bwd_dq*, bwd_dk*, bwd_dv*: the wgmma
+# row-dot form and the portable kernels) beside the changed entries, the three side by side,
+# each with its own log folder (run.sh names its logs by tool).
+for k in bwd_state chunk_output_wg bwd_d; do
+  TFLA_LOGS=$W/logs/$k run sanitize_$k 240 bash $here/s/run.sh sanitize sm_90a $k &
+done
+wait
 nc ncu_s_8_512_512 s 8:512:512 256 exp
 nc ncu_main_8_512_512 main 8:512:512 256 exp
 run gpu_kernels 30 /tmp/gpu_kernels --include-ignored --test-threads=1
