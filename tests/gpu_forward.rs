@@ -283,9 +283,10 @@ fn forward_ragged_shapes_and_every_chunk_size() {
 
 /// Shapes for the `wgmma` output tiles (sm_90a builds: `fwd::output_wg`, 128 rows × 256 or
 /// 128 value columns; other builds run the same cases on the `mma.sync` kernel): every variant
-/// and dtype at both widths, partial column and head-dim slices, a ragged last chunk whose
-/// second warpgroup has no rows (L = 256, 40 steps), and one whose second row tile is empty
-/// (L = 256, 100 steps).
+/// and dtype at both widths, partial column and head-dim slices (DQK = 80: one K item, its
+/// columns past 80 zero; DQK = 192: the second K item's upper Q slice all zero), a ragged last
+/// chunk whose second warpgroup has no rows (L = 256, 40 steps), one whose second row tile is empty (L = 256, 100 steps), and the
+/// largest head (512/512: all 128 KB of Q slices held).
 #[test]
 #[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn forward_wgmma_output_tile_shapes() {
@@ -302,9 +303,14 @@ fn forward_wgmma_output_tile_shapes() {
                 });
             }
         }
-        for (s, dhv) in [(256 + 40, 512), (512 + 100, 512), (256 + 40, 80)] {
+        for (s, dqk, dhv) in [
+            (256 + 40, 192, 512),
+            (512 + 100, 192, 512),
+            (256 + 40, 192, 80),
+            (256 + 40, 512, 512),
+        ] {
             cases.push(Case {
-                shape: shape(1, 1, s, 192, dhv),
+                shape: shape(1, 1, s, dqk, dhv),
                 chunk: 256,
                 variant,
                 dtype: Dtype::Bf16,

@@ -587,16 +587,17 @@ pub mod combine {
 /// Its partial row dots land in [`combine`]'s slots: one per 128 output columns.
 pub mod combine_wg {
     use super::*;
-    /// The forward output kernel's block and ring (`fwd::output_wg`): two warpgroups, TILE =
-    /// 128 rows (64 per warpgroup, one score tile each) × TILE_OUT = 256 output columns,
-    /// KD-wide slices (the state term's contraction slice and a key tile's rows).
+    /// The forward output kernel's block (`fwd::output_wg`): two warpgroups, TILE = 128 rows
+    /// (64 per warpgroup, one score tile each) × TILE_OUT = 256 output columns, KD-wide
+    /// slices (the state term's contraction slice and a key tile's rows).
     pub use crate::fwd::output_wg::{
-        ALIGN, KD, STAGES as RING_STAGES, THREADS, TILE_HV as TILE_OUT, TILE_Q as TILE, WARPGROUPS,
-        WARPS,
+        ALIGN, KD, THREADS, TILE_HV as TILE_OUT, TILE_Q as TILE, WARPGROUPS, WARPS,
     };
+    /// Stages of the ring where the block holds no rows beside it.
+    pub const RING_STAGES: u32 = 4;
     /// Stages of the ring of items: the current item multiplies behind the previous one, whose
-    /// `wgmma`s may still run, while the next two load (the output kernel's ring); one fewer
-    /// where the block also holds the rows of its row dots' input ([`row_dots`]).
+    /// `wgmma`s may still run, while the next two load; one fewer where the block also holds
+    /// the rows of its row dots' input ([`row_dots`]).
     pub const fn stages(row_dots: bool) -> u32 {
         if row_dots {
             RING_STAGES - 1

@@ -471,8 +471,10 @@ pub mod output {
 /// 64 rows each. Against the `mma.sync` kernel's 64 × 128 tile, every staged C̃_k slice and
 /// V tile feeds twice the rows, and every S = Q·Kᵀ tile serves twice the value columns, so it
 /// moves half the L2 bytes per FLOP and does half the QKᵀ recompute; the operands reach the
-/// tensor cores from shared memory without `ldmatrix`. One block per SM (registers:
-/// 128 accumulators + 32 for S per thread).
+/// tensor cores from shared memory without `ldmatrix`. The block's Q rows (all of DQK, up to
+/// 128 KB) stay in shared memory from the inter-chunk term through every key tile: streamed
+/// beside each K slice instead, Q was half of the L2 bytes the kernel moved at 512/512. One
+/// block per SM (registers: 128 accumulators + 32 for S per thread).
 pub mod output_wg {
     use super::*;
     pub const WARPGROUPS: u32 = 2;
@@ -484,32 +486,38 @@ pub mod output_wg {
     pub const TILE_K: u32 = 64;
     /// Value columns per block (the N of the output `wgmma`s).
     pub const TILE_HV: u32 = 256;
-    /// Rows of C̃_k per item of the inter-chunk part.
-    pub const TILE_C: u32 = 64;
-    /// Columns (DQK) of Q and K per item: one 128-byte swizzle panel.
+    /// Columns (DQK) of one staged Q slice: one 128-byte swizzle panel.
     pub const KD: u32 = 64;
-    /// Stages of the ring of items (a Q slice and a B operand: C̃_k slice, K slice or V tile):
-    /// the current item multiplies behind the previous one, whose `wgmma`s may still run, while
-    /// the next two load (one block per SM has no other block to cover the latency of its
-    /// loads, nor the tensor pipe's drain at a barrier).
-    pub const STAGES: u32 = 4;
+    /// Columns (DQK) of K per item: two Q slices' worth (two panels).
+    pub const K_COLS: u32 = 2 * KD;
+    /// Rows of C̃_k per item of the inter-chunk part, and keys of V per item of a key tile
+    /// (two k16 steps of the output `wgmma`): every item's B operand is 16 KB.
+    pub const ITEM_ROWS: u32 = 32;
+    /// Stages of the ring of items (a B operand: C̃_k rows, K columns or V rows): the current
+    /// item multiplies behind the previous one, whose `wgmma`s may still run, while the next
+    /// three load (one block per SM has no other block to cover the latency of its loads, nor
+    /// the tensor pipe's drain at a barrier).
+    pub const STAGES: u32 = 5;
     pub use super::SW128_ALIGN as ALIGN;
 
-    /// One stage of the Q ring: a KD-wide slice of the Q tile (TILE_Q × KD, 16-bit, swizzled).
+    /// One staged Q slice: TILE_Q × KD, 16-bit, swizzled.
     pub const fn q_bytes() -> u32 {
         TILE_Q * KD * 2
     }
-    /// One stage's B operand: a C̃_k slice (TILE_C × TILE_HV), a V tile (TILE_K × TILE_HV) or a
-    /// K slice (TILE_K × KD), whichever is largest.
-    pub const fn ring_bytes() -> u32 {
-        let (c, v, k) = (TILE_C * TILE_HV * 2, TILE_K * TILE_HV * 2, TILE_K * KD * 2);
-        let cv = if c > v { c } else { v };
-        if cv > k { cv } else { k }
+    /// Q slices the block holds: whole K items' worth (zero past DQK).
+    pub const fn q_slices(dqk: u32) -> u32 {
+        2 * div_ceil(dqk, K_COLS)
     }
-    /// ñ_k as the B operand of one m64n8 `wgmma` per TILE_C slice: an 8-row atom each (rows:
-    /// ñ's 16-bit head, its tail, six zero rows).
+    /// One stage's B operand: ITEM_ROWS rows of C̃_k or V (× TILE_HV) or a key tile's K_COLS
+    /// columns of K, all the same size.
+    pub const fn ring_bytes() -> u32 {
+        ITEM_ROWS * TILE_HV * 2
+    }
+    const _: () = assert!(TILE_K * K_COLS == ITEM_ROWS * TILE_HV);
+    /// ñ_k as the B operand of one m64n8 `wgmma` per Q slice: an 8-row atom each (rows: ñ's
+    /// 16-bit head, its tail, six zero rows).
     pub const fn n_bytes(dqk: u32) -> u32 {
-        div_ceil(dqk, TILE_C) * ALIGN
+        div_ceil(dqk, KD) * ALIGN
     }
     /// f32 vectors: column gate terms (L), and per row: row gate term, inter-chunk scale,
     /// normalizer floor (3 × TILE_Q).
@@ -517,7 +525,7 @@ pub mod output_wg {
         (chunk + 3 * TILE_Q) * 4
     }
     pub const fn smem_bytes(chunk: u32, dqk: u32) -> u32 {
-        ALIGN + STAGES * (q_bytes() + ring_bytes()) + n_bytes(dqk) + gate_bytes(chunk)
+        ALIGN + q_slices(dqk) * q_bytes() + STAGES * ring_bytes() + n_bytes(dqk) + gate_bytes(chunk)
     }
 
     /// [`output_grid`] of this tile.

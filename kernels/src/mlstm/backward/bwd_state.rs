@@ -15,7 +15,8 @@
 //! shared memory and how dH is staged, the k-step, and what its registers allow around it
 //! (`Narrow` here: 16 × 128 per warp on `mma.sync`, C'_k read into registers before the
 //! chunk's weight maxima; `bwd_state_wg::Wg`: m64n256 `wgmma` accumulators at 255 registers,
-//! C'_k read inside its dot and the thread's coordinates re-read where used).
+//! C'_k copied into the staging tile during the previous chunk's items and the thread's
+//! coordinates re-read where used).
 //!
 //! Writes dC̃_{k+1} (input dtype: the dk and dv kernels consume it rounded for their `mma`) and
 //! dñ_{k+1} (f32) for every chunk k, dC̃_0, dñ_0 (f32) when asked, and per tile the partial
@@ -60,7 +61,8 @@ pub trait GradEngine<E: Elem, const NB: usize> {
     const AHEAD: u32;
     /// With registers to spare, the walk reads each chunk's C'_k into registers before the
     /// chunk's weight maxima (hiding their latency) and keeps the final-state dot to the end;
-    /// without, it reads C'_k inside the dot and stores the final-state dot at once.
+    /// without, C'_k comes through the staging tile (copied during the previous chunk's
+    /// items) and the final-state dot is stored at once.
     const SPARE_REGISTERS: bool;
     /// A stage's dH sub-tile, as the k-step reads it.
     type Dh: Copy;
@@ -209,7 +211,19 @@ pub unsafe fn state_grads<
         stage::f32_vec::<THREADS>(sw + 4 * sub_l, g_wn, (j0, s), sub_l);
         cp_async::commit();
     };
+    // Without spare registers, C'_k reaches the dot through the staging tile: its copies are
+    // issued with the previous chunk's items (the first chunk's with the first item), so the
+    // chunk boundary reads it from shared memory instead of waiting on 64 loads per thread
+    // from memory. (A'_k of the initial state's chunk reads C'_0 as given instead.)
+    let stage_c = |k: u32| unsafe {
+        if !X::SPARE_REGISTERS && !(k == k_lo && p.ptr.c0 != 0) {
+            let hk = head * nc as u64 + k as u64;
+            let c = p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 2;
+            stage::rows::<THREADS, HV_VECS>(staging, c, (d0, dqk), (v0, dhv), tile_qk);
+        }
+    };
     // AHEAD items ahead, walking down.
+    stage_c(k_hi - 1);
     issue(n_items - 1);
     if X::AHEAD == 2 {
         if n_items >= item_lo + 2 {
@@ -222,9 +236,10 @@ pub unsafe fn state_grads<
     let mut k = k_hi;
     while k > k_lo {
         k -= 1;
-        // Store dC'_{k+1}, through the staging tile (`stage::store_rows`: whole sectors).
         let hk = head * nc as u64 + k as u64;
-        unsafe {
+        // Store dC'_{k+1}, through the staging tile (`stage::store_rows`: whole sectors): with
+        // spare registers first, else after the dot has read C'_k from that tile.
+        let store = || unsafe {
             walk::store_dc::<NB, THREADS, HV_VECS>(
                 p,
                 staging,
@@ -236,16 +251,18 @@ pub unsafe fn state_grads<
                     let [x0, x1] = acc.pair(0, nb, half);
                     E::pack(x0, x1)
                 },
-            )
+            );
+            if with_n && leads_quad(lane) {
+                walk::store_dn(p, row, hk, &nacc);
+            }
         };
-        if with_n && leads_quad(lane) {
-            unsafe { walk::store_dn(p, row, hk, &nacc) };
+        if X::SPARE_REGISTERS {
+            store();
         }
 
-        // The chunk's reads from memory before its products (γ_k's gate scalars, C'_k for A_k,
-        // the largest row weights) are issued before any of them is used where the registers
-        // allow (`SPARE_REGISTERS`): one round trip per chunk on the walk's critical path instead
-        // of three.
+        // The chunk's reads from memory before its products (γ_k's gate scalars, ñ_k and, with
+        // spare registers, C'_k for A_k, the largest row weights) are issued before any of them
+        // is used: one round trip per chunk on the walk's critical path instead of three.
         let (g, m_k, cm_last) = unsafe { walk::gate_scalars::<G>(p, head, k) };
         // C'_0 as given (f32), not rounded to the input dtype as the chunk states are, is read
         // in its own loop below. (Branches around whole loops: one inside made the kernel 1.7×
@@ -255,32 +272,29 @@ pub unsafe fn state_grads<
         let n_states = |r: u32| p.ptr.n_states + (hk * dqk as u64 + r as u64) * 4;
         let mut c_k = [[0u32; 2]; NB];
         let mut n_k = [0f32; 2];
-        let mut w_max = (0f32, 0f32);
-        if X::SPARE_REGISTERS {
-            if !from_c0 {
-                let o = origin();
-                unroll!(32, nb => {
-                    if nb < NB {
-                        // (Indexed: the iterator form clippy suggests costs 56 more predicate
-                        // computations in the SASS.)
-                        #[allow(clippy::needless_range_loop)]
-                        for half in 0..2 {
-                            let (idx, inside) = at(o, nb, 2 * half);
-                            let x = unsafe { global::ld_nc_f32_or_zero(inside, c_states(idx)) };
-                            c_k[nb][half] = x.to_bits();
-                        }
+        if X::SPARE_REGISTERS && !from_c0 {
+            let o = origin();
+            unroll!(32, nb => {
+                if nb < NB {
+                    // (Indexed: the iterator form clippy suggests costs 56 more predicate
+                    // computations in the SASS.)
+                    #[allow(clippy::needless_range_loop)]
+                    for half in 0..2 {
+                        let (idx, inside) = at(o, nb, 2 * half);
+                        let x = unsafe { global::ld_nc_f32_or_zero(inside, c_states(idx)) };
+                        c_k[nb][half] = x.to_bits();
                     }
-                });
-            }
-            if with_n && leads_quad(lane) {
-                for (half, n) in n_k.iter_mut().enumerate() {
-                    let r = row(half);
-                    *n = unsafe { global::ld_nc_f32_or_zero(r < dqk, n_states(r)) };
                 }
-            }
-            let rows = (k * l, l.min(s - k * l));
-            w_max = unsafe { walk::weight_max::<THREADS>((g_wq, g_wn), rows, tid) };
+            });
         }
+        if with_n && leads_quad(lane) {
+            for (half, n) in n_k.iter_mut().enumerate() {
+                let r = row(half);
+                *n = unsafe { global::ld_nc_f32_or_zero(r < dqk, n_states(r)) };
+            }
+        }
+        let rows = (k * l, l.min(s - k * l));
+        let w_max = unsafe { walk::weight_max::<THREADS>((g_wq, g_wn), rows, tid) };
         let decay = walk::decay::<G>(g, m_k, cm_last);
         // A_k = γ_k ⟨dC'_{k+1}, C'_k⟩, this tile's part (the forget gates' share through the
         // decay of the state into the next chunk).
@@ -313,14 +327,19 @@ pub unsafe fn state_grads<
                 }
             });
         } else {
-            let o = origin();
+            // C'_k in the staging tile (zeros outside the state), at the places this thread's
+            // pairs of dC'_{k+1} are stored from: its copies have landed once every group has.
+            unsafe {
+                cp_async::wait::<0>();
+                thread::sync_threads();
+            }
+            let (r0, c0) = X::local();
             unroll!(32, nb => {
                 if nb < NB {
                     for half in 0..2 {
                         let e = 2 * half;
-                        let (idx, inside) = at(o, nb, e);
-                        let bits = unsafe { global::ld_nc_f32_or_zero(inside, c_states(idx)) };
-                        let (x0, x1) = E::unpack(bits.to_bits());
+                        let at = staging.offset(r0 + half as u32 * 8, c0 + nb as u32 * 8);
+                        let (x0, x1) = E::unpack(unsafe { shared::ld_u32(at) });
                         dot += acc.0[0][nb][e] * x0 + acc.0[0][nb][e + 1] * x1;
                     }
                 }
@@ -328,24 +347,24 @@ pub unsafe fn state_grads<
         }
         if with_n && leads_quad(lane) {
             for half in 0..2 {
-                let n = if X::SPARE_REGISTERS {
-                    n_k[half]
-                } else {
-                    let r = row(half);
-                    unsafe { global::ld_nc_f32_or_zero(r < dqk, n_states(r)) }
-                };
-                dot += nacc[2 * half] * n;
+                dot += nacc[2 * half] * n_k[half];
             }
         }
+        if !X::SPARE_REGISTERS {
+            // Every thread has read the staging tile before dC'_{k+1} goes there.
+            unsafe { thread::sync_threads() };
+            store();
+        }
+        // (The reduction's barriers also order the store's reads of the staging tile before
+        // the copies of C'_{k−1}, which land with this chunk's items.)
         let dot = unsafe { block::reduce::<Add, THREADS>(dot, scratch) };
         if tid == 0 {
             unsafe { global::st_f32(dots + k as u64 * per_chunk, decay * dot) };
         }
-
-        if !X::SPARE_REGISTERS {
-            let rows = (k * l, l.min(s - k * l));
-            w_max = unsafe { walk::weight_max::<THREADS>((g_wq, g_wn), rows, tid) };
+        if k > k_lo {
+            stage_c(k - 1);
         }
+
         let (wc, wn) = unsafe { walk::weight_scales::<THREADS>(w_max, decay, scratch) };
         let (scale_c, scale_n) = (p.scale / wc, p.scale / wn);
         acc.scale(decay / wc);

@@ -11,7 +11,8 @@
 //! Registers: the 128 accumulators leave ~125 for everything else, and the kernel takes all
 //! 255, so it has none to spare (`SPARE_REGISTERS = false`): what stays outside the walk is not
 //! kept across it (the final-state dot is stored at once, the thread's tile coordinates are
-//! re-read where used): one more live value and the driver's compiler spills. `gpu_kernels`
+//! re-read where used, C'_k for the chunk's dot comes through the staging tile instead of
+//! registers): one more live value and the driver's compiler spills. `gpu_kernels`
 //! checks the driver's build for local memory.
 use super::bwd_state::{GradEngine, GradSubTile, state_grads};
 use super::bwd_state_walk as walk;

@@ -4,17 +4,19 @@
 //! thread) holds all 256 columns, so one S = Q·Kᵀ tile per (row, key) tile serves every value
 //! column of the block.
 //!
-//! Operands: Q slices (A) and C̃_k slices, K slices and V tiles (B) are staged by `cp.async` in
-//! the 128-byte swizzle and read by the tensor cores through descriptors; P = S ⊙ gates is the
-//! A operand of P·V from registers, as in the `mma.sync` kernel. ñ_kᵀq rides on an m64n8
+//! Operands: the block's Q rows (A; all of DQK, in KD-wide slices) stay in shared memory from
+//! the first items on; C̃_k rows, K columns and V rows (B) stream through a ring of STAGES
+//! items of 16 KB: ITEM_ROWS rows of C̃_k (each item also brings one Q slice while there are
+//! slices to bring), then per key tile its K in K_COLS-wide items, whose S the gates weight
+//! into P, and its V in two items of ITEM_ROWS keys, which P·V reads. All are staged by
+//! `cp.async` in the 128-byte swizzle and read by the tensor cores through descriptors; P is
+//! the A operand of P·V from registers, as in the `mma.sync` kernel. ñ_kᵀq rides on an m64n8
 //! `wgmma` whose B rows are ñ_k's 16-bit head and tail (about 16 bits, as `chunk_output`'s
-//! split). Loads: one ring of STAGES items, each a Q slice and a B operand: the C̃_k slices,
-//! then per key tile its K slices and its V tile (an item of its own, so that V shares the
-//! ring instead of holding stages through the tile's K slices). Every stage is made visible to
-//! the async proxy before the barrier that releases it. The `wgmma`s are not waited for where
-//! they are issued but one item later (or where their result is needed: S for the gates): each
-//! item's queue behind the previous item's, still running, so the tensor pipe does not drain
-//! at the barriers between items, while the next two items load.
+//! split). Every stage is made visible to the async proxy before the barrier that releases it.
+//! The `wgmma`s are not waited for where they are issued but one item later (or where their
+//! result is needed: S for the gates): each item's queue behind the previous item's, still
+//! running, so the tensor pipe does not drain at the barriers between items, while the next
+//! three items load.
 //!
 //! Causal shape: warpgroup 0 (rows i0 .. i0 + 64) needs the key tiles up to its diagonal only
 //! and waits at the barriers while warpgroup 1 multiplies the last one.
@@ -30,14 +32,18 @@ use tfla_params::fwd::{FwdParams, output_wg::*};
 /// n-blocks (8 columns) of the output accumulator and of S.
 const NB: usize = (TILE_HV / 8) as usize;
 const NB_S: usize = (TILE_K / 8) as usize;
-/// Bytes between the 64-column panels of a swizzled C̃_k slice or V tile (the LBO of their
-/// MN-major descriptors), and between the two warpgroups' halves of a Q slice.
-const PANEL_C: u32 = stage::sw128_panel(TILE_C);
-const PANEL_V: u32 = stage::sw128_panel(TILE_K);
+/// Bytes between the 64-column panels of a swizzled item of C̃_k or V rows (the LBO of their
+/// MN-major descriptors), between the two panels of a K item, and between the two
+/// warpgroups' halves of a Q slice.
+const PANEL_CV: u32 = stage::sw128_panel(ITEM_ROWS);
+const PANEL_K: u32 = stage::sw128_panel(TILE_K);
 const HALF_Q: u32 = stage::sw128_panel(64);
+/// k16 steps of the output `wgmma`s per item of C̃_k or V rows, and V items per key tile.
+const KS_ITEM: u32 = ITEM_ROWS / 16;
+const V_ITEMS: u32 = TILE_K / ITEM_ROWS;
 const _: () = assert!(
-    TILE_C == KD && KD == 64 && TILE_K == 64 && PANEL_C == PANEL_V,
-    "one swizzle panel per Q and K slice; C̃_k slices and V tiles share one descriptor shape"
+    KD == 64 && K_COLS == 2 * KD && TILE_K == 64 && KD == 2 * ITEM_ROWS && KS_ITEM == 2,
+    "one swizzle panel per Q slice, two per K item; two items of C̃_k rows per Q slice and of V rows per key tile, two k-steps each"
 );
 const _: () = assert!(
     STAGES >= 3,
@@ -76,11 +82,13 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let wg_live = wg_i0 < len;
     let wg_tiles = wg_i0 / TILE_K + 1;
 
-    // Shared memory: STAGES × Q slice, STAGES × B operand (all swizzled, 1024-byte aligned),
-    // ñ_k's atoms, gate vectors.
+    // Shared memory: the Q slices, STAGES × B operand (all swizzled, 1024-byte aligned), ñ_k's
+    // atoms, gate vectors.
     let base = (shared::base() + ALIGN - 1) & !(ALIGN - 1);
-    let stage_q = |st: u32| base + st * q_bytes();
-    let ring = base + STAGES * q_bytes();
+    let n_q = q_slices(dqk);
+    // This warpgroup's rows of Q slice `slice`.
+    let sq = |slice: u32| base + slice * q_bytes() + HALF_Q * wg;
+    let ring = base + n_q * q_bytes();
     let stage_b = |st: u32| ring + st * ring_bytes();
     let sn = ring + STAGES * ring_bytes();
     // Gate vectors: the column terms (L f32), then the row terms.
@@ -95,43 +103,43 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let gh = p.ptr.h + head * (s as u64) * (dhv as u64) * 2;
     let hk = tile.hk(p);
 
-    // Items 0..n_c are C̃_k slices (with their Q slices); then per key tile kt, n_d + 1 items
-    // from n_c + kt·(n_d + 1): its K slices ds < n_d (with their Q slices), whose S the gates
-    // weight into P, and its V tile (ds = n_d), which P·V reads.
+    // Items 0..n_c are C̃_k's rows, ITEM_ROWS each; item x < n_q also brings Q slice x (C̃_k
+    // item x reads slice x / 2, so every slice has landed where it is first read; n_q ≤ n_c
+    // for the DQK > 64 that `applies`: 2⌈DQK/128⌉ ≤ ⌈DQK/32⌉). Then per key tile kt, per_tile items
+    // from n_c + kt·per_tile: its K columns (n_k items, which S reads) and its V rows
+    // (V_ITEMS items, which P·V reads).
     let gc = p.ptr.c_states + hk * (dqk as u64) * (dhv as u64) * 2;
-    let (n_c, n_d) = (dqk.div_ceil(TILE_C).max(1), dqk.div_ceil(KD).max(1));
-    let per_tile = n_d + 1;
+    let (n_c, n_k) = (dqk.div_ceil(ITEM_ROWS), n_q / 2);
+    let per_tile = n_k + V_ITEMS;
     let n_items = n_c + nkeys.div_ceil(TILE_K) * per_tile;
     let rows_q = (t0 + i0, t0 + len);
-    // The Q slice of DQK columns from `col`, beside a C̃_k slice or a K slice.
-    let stage_q_slice = |st: u32, col: u32| unsafe {
-        stage::rows_sw128::<THREADS, { KD / 8 }>(stage_q(st), gq, rows_q, (col, dqk), TILE_Q);
-    };
     let issue = |item: u32| unsafe {
         let st = item % STAGES;
+        if item < n_q {
+            let q = base + item * q_bytes();
+            stage::rows_sw128::<THREADS, { KD / 8 }>(q, gq, rows_q, (item * KD, dqk), TILE_Q);
+        }
         if item < n_c {
-            let (rows_c, cols) = ((item * TILE_C, dqk), (v0, dhv));
-            stage_q_slice(st, item * TILE_C);
-            stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(stage_b(st), gc, rows_c, cols, TILE_C);
+            let (rows_c, cols) = ((item * ITEM_ROWS, dqk), (v0, dhv));
+            stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(stage_b(st), gc, rows_c, cols, ITEM_ROWS);
         } else {
-            let (kt, ds) = ((item - n_c) / per_tile, (item - n_c) % per_tile);
-            let keys = (t0 + kt * TILE_K, t0 + len);
-            if ds < n_d {
-                stage_q_slice(st, ds * KD);
-                stage::rows_sw128::<THREADS, { KD / 8 }>(
+            let (kt, part) = ((item - n_c) / per_tile, (item - n_c) % per_tile);
+            let k0 = t0 + kt * TILE_K;
+            if part < n_k {
+                stage::rows_sw128::<THREADS, { K_COLS / 8 }>(
                     stage_b(st),
                     gk,
-                    keys,
-                    (ds * KD, dqk),
+                    (k0, t0 + len),
+                    (part * K_COLS, dqk),
                     TILE_K,
                 );
             } else {
                 stage::rows_sw128::<THREADS, { TILE_HV / 8 }>(
                     stage_b(st),
                     gv,
-                    keys,
+                    (k0 + (part - n_k) * ITEM_ROWS, t0 + len),
                     (v0, dhv),
-                    TILE_K,
+                    ITEM_ROWS,
                 );
             }
         }
@@ -150,10 +158,11 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
         tile.stage_gate_terms::<G, THREADS, TILE_Q>(p, scol, gt, m_k, tid)
     };
     if G::NORMALIZED {
-        // ñ_k's atoms: per slice, row 0 the 16-bit head of ñ_k (zero past DQK), row 1 its
-        // tail, rows 2–7 zero; swizzled like every K-major operand.
+        // ñ_k's atoms: per KD-wide slice, row 0 the 16-bit head of ñ_k (zero past DQK), row 1
+        // its tail, rows 2–7 zero; swizzled like every K-major operand.
+        let n_atoms = dqk.div_ceil(KD);
         let mut d = 2 * tid;
-        while d < n_c * TILE_C {
+        while d < n_atoms * KD {
             let at = |x: u32| {
                 let g = p.ptr.n_states + (hk * dqk as u64 + x as u64) * 4;
                 if x < dqk {
@@ -163,8 +172,8 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
                 }
             };
             let (hi, lo) = split2::<E>([at(d), at(d + 1)]);
-            let atom = sn + (d / TILE_C) * ALIGN;
-            let c = d % TILE_C;
+            let atom = sn + (d / KD) * ALIGN;
+            let c = d % KD;
             unsafe {
                 shared::st_u32(atom + stage::sw128(8, 0, c) + 2 * (c % 8), hi);
                 shared::st_u32(atom + stage::sw128(8, 1, c) + 2 * (c % 8), lo);
@@ -172,7 +181,7 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
             d += 2 * THREADS;
         }
         let mut x = tid;
-        while x < n_c * 48 {
+        while x < n_atoms * 48 {
             // 48 vectors of 16 bytes: rows 2–7 of atom x / 48.
             unsafe { shared::st_v4(sn + (x / 48) * ALIGN + 256 + 16 * (x % 48), [0; 4]) };
             x += THREADS;
@@ -197,21 +206,23 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
     let release = |item: u32, issued: bool| unsafe {
         stage::release_for_wgmma(issued, || issue_or_empty(item + STAGES - 1))
     };
-    // Inter-chunk term: acc += Q[:, dc..dc+TILE_C] · C̃_k[dc..dc+TILE_C, v0..] (the slices are
-    // zero past DQK, ñ_k's atoms too). (Two loops: ptxas serializes `wgmma`s whose
-    // accumulators other instructions write inside the loop that carries them in flight.)
+    // Inter-chunk term: acc += Q[:, r..r+ITEM_ROWS] · C̃_k[r..r+ITEM_ROWS, v0..] per item (zero
+    // past DQK, ñ_k's atoms too): k-steps KS_ITEM·(item % 2) .. of Q slice item / 2. (Two
+    // loops: ptxas serializes `wgmma`s whose accumulators other instructions write inside the
+    // loop that carries them in flight.)
     for item in 0..n_c {
         landed();
         let st = item % STAGES;
-        let sq = stage_q(st) + HALF_Q * wg;
+        let (q, atom) = (sq(item / 2), sn + (item / 2) * ALIGN);
         if wg_live {
             unsafe {
                 wgmma::fence();
-                unroll!(4, ks => {
-                    let ks = ks as u32;
-                    E::ss_n256_mn(&mut acc, k_major(sq, ks), wgmma::mn_major(stage_b(st), ks, PANEL_C), true);
+                unroll!(2, k => {
+                    let k = k as u32;
+                    let ks = KS_ITEM * (item % 2) + k;
+                    E::ss_n256_mn(&mut acc, k_major(q, ks), wgmma::mn_major(stage_b(st), k, PANEL_CV), true);
                     if G::NORMALIZED {
-                        E::ss_n8_k(&mut nacc, k_major(sq, ks), k_major(sn + item * ALIGN, ks), true);
+                        E::ss_n8_k(&mut nacc, k_major(q, ks), k_major(atom, ks), true);
                     }
                 });
                 wgmma::commit();
@@ -234,25 +245,29 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
         });
         row_sum[half] = scale * (nacc[e] + nacc[e + 1]);
     });
-    // Intra-chunk term, key tile kt: S (+)= Q[:, ds·KD..] · K[kt, ds·KD..]ᵀ per K slice, left
-    // running; at the tile's V item the gates wait for S, then acc += P·V, left running.
+    // Intra-chunk term, key tile kt: S (+)= Q[:, c..c+K_COLS] · K[kt, c..c+K_COLS]ᵀ per K item,
+    // left running; at the tile's first V item the gates wait for S and weight it into P's A
+    // fragments (all four k-steps), then acc += P·V over that item's keys, left running; the
+    // second V item multiplies the other two k-steps.
+    let mut a = [[0u32; 4]; 4];
     for item in n_c..n_items {
         landed();
         let st = item % STAGES;
-        let (kt, ds) = ((item - n_c) / per_tile, (item - n_c) % per_tile);
+        let (kt, part) = ((item - n_c) / per_tile, (item - n_c) % per_tile);
         let live = wg_live && kt < wg_tiles;
-        if live && ds < n_d {
-            let (sq, sk) = (stage_q(st) + HALF_Q * wg, stage_b(st));
+        let sb = stage_b(st);
+        if live && part < n_k {
             unsafe {
                 wgmma::fence();
-                unroll!(4, ks => {
-                    let ks = ks as u32;
-                    E::ss_n64_k(&mut sacc, k_major(sq, ks), k_major(sk, ks), ds > 0 || ks > 0);
+                unroll!(8, ks => {
+                    let (panel, k) = (ks as u32 / 4, ks as u32 % 4);
+                    let (q, sk) = (sq(2 * part + panel), sb + panel * PANEL_K);
+                    E::ss_n64_k(&mut sacc, k_major(q, k), k_major(sk, k), part > 0 || ks > 0);
                 });
                 wgmma::commit();
             }
-        } else if live {
-            // The V tile: S of the last K slice is done once everything is.
+        } else if live && part == n_k {
+            // S of the last K item is done once everything is.
             unsafe { wgmma::wait_all() };
             sacc.hold();
             // P = S ⊙ 2^(R_i + C_j) (causal, ragged rows masked), straight into P·V's A
@@ -260,7 +275,6 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
             // serializes `wgmma`s whose registers (S's accumulators, the A fragments) other
             // instructions write while one may be in flight.
             let kb = kt * TILE_K;
-            let mut a = [[0u32; 4]; 4];
             unroll!(4, ks => {
                 let mut pv = [0f32; 8];
                 unroll!(8, x => {
@@ -276,10 +290,15 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
                 });
                 a[ks] = acc_to_a::<E>(&[pv[0], pv[1], pv[2], pv[3]], &[pv[4], pv[5], pv[6], pv[7]]);
             });
-            let sv = stage_b(st);
             unsafe {
                 wgmma::fence();
-                unroll!(4, ks => { E::rs_n256_mn(&mut acc, a[ks], wgmma::mn_major(sv, ks as u32, PANEL_C)) });
+                unroll!(2, k => { E::rs_n256_mn(&mut acc, a[k], wgmma::mn_major(sb, k as u32, PANEL_CV)) });
+                wgmma::commit();
+            }
+        } else if live {
+            unsafe {
+                wgmma::fence();
+                unroll!(2, k => { E::rs_n256_mn(&mut acc, a[KS_ITEM as usize + k], wgmma::mn_major(sb, k as u32, PANEL_CV)) });
                 wgmma::commit();
             }
         }
