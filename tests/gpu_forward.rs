@@ -500,6 +500,72 @@ fn forward_state_passing_equals_one_call() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
+fn launch_trace_times_each_kernel_in_order_and_changes_nothing() {
+    // The trace lists every launch of the traced calls in order, each with a positive time,
+    // leaves the outputs bit for bit as an untraced call's, and stops when taken.
+    let rt = runtime();
+    let mut rng = rng("launch_trace_times_each_kernel_in_order_and_changes_nothing");
+    let mut inp = RefInputs::random(shape(2, 3, 700, 256, 512), false, &mut rng);
+    round_inputs(&mut inp, Dtype::Bf16);
+    let dev = upload(&rt, &inp, Dtype::Bf16);
+    for variant in [EXP, SIG_NONORM] {
+        let cfg = MlstmConfig::new(variant).with_chunk_size(256);
+        let plain = tfla::mlstm_fwd(&rt, &dev.as_inputs(), &cfg).unwrap();
+        assert!(
+            rt.take_launch_trace().unwrap().is_empty(),
+            "tracing was off"
+        );
+        rt.trace_launches().unwrap();
+        let traced = [0, 1].map(|_| tfla::mlstm_fwd(&rt, &dev.as_inputs(), &cfg).unwrap());
+        let trace = rt.take_launch_trace().unwrap();
+        let after = tfla::mlstm_fwd(&rt, &dev.as_inputs(), &cfg).unwrap();
+        assert!(
+            rt.take_launch_trace().unwrap().is_empty(),
+            "tracing stopped when taken"
+        );
+        eprintln!("{variant:?}: {trace:?}");
+        let per = trace.len() / 2;
+        assert!(
+            per >= 2 && trace.len() == 2 * per,
+            "{variant:?}: {} launches",
+            trace.len()
+        );
+        for (i, k) in trace.iter().enumerate() {
+            assert!(
+                k.name.starts_with("mlstm_fwd_"),
+                "{variant:?}: launch {i} is {}",
+                k.name
+            );
+            assert!(
+                k.ms > 0.0 && k.ms.is_finite(),
+                "{variant:?}: {} took {} ms",
+                k.name,
+                k.ms
+            );
+            assert!(
+                k.gap_ms >= 0.0 && k.gap_ms.is_finite(),
+                "{variant:?}: gap {}",
+                k.gap_ms
+            );
+            assert_eq!(
+                k.name,
+                trace[i % per].name,
+                "{variant:?}: both calls launch the same plan"
+            );
+        }
+        assert_eq!(trace[0].gap_ms, 0.0);
+        for out in traced.iter().chain([&after]) {
+            assert_eq!(
+                bits(&out.h),
+                bits(&plain.h),
+                "{variant:?}: h with and without the trace"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (compute capability 8.0 or later); run with --include-ignored"]
 fn bad_arguments_get_typed_errors() {
     use tfla::{Error, Tensor};
     let rt = runtime();

@@ -25,6 +25,7 @@ pub mod runtime;
 pub mod slots;
 pub mod step;
 pub mod tensor;
+pub mod trace;
 pub mod variant;
 pub mod varlen;
 
@@ -48,6 +49,7 @@ pub use step::{
     mlstm_step_pool_into, mlstm_step_raw, step_pointers,
 };
 pub use tensor::{Dtype, Tensor};
+pub use trace::LaunchTime;
 pub use variant::{GradMode, Variant};
 pub use varlen::{
     VarlenDims, VarlenGrads, VarlenInputs, VarlenOutputs, mlstm_bwd_varlen, mlstm_bwd_varlen_into,

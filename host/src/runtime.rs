@@ -1,12 +1,14 @@
 //! The device, its context, the loaded PTX module and a stream.
 use crate::error::{Error, Result};
+use crate::trace::{LaunchTime, Trace};
 use cust::context::{Context, CurrentContext};
 use cust::device::{Device, DeviceAttribute};
 use cust::module::Module;
 use cust::stream::{Stream, StreamFlags};
 use cust::sys::{CUfunction, CUfunction_attribute_enum};
 use std::collections::{HashMap, hash_map};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// The PTX of every tfla kernel for Hopper (sm_90a: with the `wgmma` kernels), built from
 /// `kernels/` by the build script.
@@ -83,7 +85,13 @@ impl RuntimeOptions {
 /// A CUDA device with tfla's module loaded and a stream to launch on. Kernels launched through
 /// one `Runtime` run in order on its stream.
 pub struct Runtime {
-    // Field order is drop order: the module and stream go before the context they live in.
+    // Field order is drop order: the trace's events, the module and the stream go before the
+    // context they live in.
+    /// The launches timed since [`Runtime::trace_launches`], while tracing is on.
+    trace: Mutex<Option<Trace>>,
+    /// Whether `trace` is on: a launch reads this flag instead of taking the mutex, so threads
+    /// sharing a runtime do not queue on it when nothing is traced.
+    tracing: AtomicBool,
     module: Module,
     stream: Stream,
     device: Device,
@@ -176,6 +184,8 @@ impl Runtime {
         let stream =
             Stream::new(StreamFlags::NON_BLOCKING, None).map_err(Error::cuda("cuStreamCreate"))?;
         Ok(Runtime {
+            trace: Mutex::new(None),
+            tracing: AtomicBool::new(false),
             module,
             stream,
             device,
@@ -275,6 +285,39 @@ impl Runtime {
             registers: get(A::NumRegisters)?,
             local_bytes: get(A::LocalSizeBytes)?,
         })
+    }
+
+    /// From now on, time every kernel this runtime launches on the GPU (an event before and
+    /// after each, on the launch's stream; `crate::trace`), until [`Runtime::take_launch_trace`].
+    /// Starts a new trace if one is running.
+    pub fn trace_launches(&self) -> Result<()> {
+        // A trace replaced here destroys its events, which needs the context.
+        self.make_current()?;
+        *self.trace.lock().unwrap_or_else(|e| e.into_inner()) = Some(Trace::default());
+        self.tracing.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The launches timed since [`Runtime::trace_launches`] in launch order, after waiting for
+    /// the last of them; tracing stops. Empty when tracing was off.
+    pub fn take_launch_trace(&self) -> Result<Vec<LaunchTime>> {
+        self.tracing.store(false, Ordering::Release);
+        let trace = self.trace.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match trace {
+            Some(t) => {
+                self.make_current()?;
+                t.times()
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The running trace, locked for a pass's launches; `None` (and no lock taken) when
+    /// tracing is off.
+    pub(crate) fn trace(&self) -> Option<MutexGuard<'_, Option<Trace>>> {
+        self.tracing
+            .load(Ordering::Acquire)
+            .then(|| self.trace.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Device name, e.g. "NVIDIA H100 80GB HBM3".

@@ -5,13 +5,16 @@
 //! Usage: tfla-bench [--grid paper|quick|smoke|long|chooser] [--points B:S,...] [--json PATH]
 //!                   [--variants exp,sig,sig_nonorm] [--chunks 64,128,...] [--heads NH:DQK:DHV,...] [--reps N]
 //!                   [--dtype bf16|f16|f32] [--no-bwd] [--step | --no-step] [--varlen N]
-//!                   [--recompute]
+//!                   [--recompute] [--trace]
 //! Timing: CUDA events around each call on the runtime's stream, 3 warm-up calls, then the
 //! median of 20 timed calls; inputs random (never zeros), bf16.
 //! The step kernel (generation) has its own table (`step_table`): after the forward table on
 //! the quick grid (unless `--no-step`), alone with `--step`. `--varlen N` adds a table of packed
 //! variable-length batches (`varlen_table`): N sequences of random lengths, 65,536 tokens.
 //! `--recompute` adds the backward with released chunk states (`recompute_table`).
+//! `--trace` adds under each forward row its kernels as they run back to back (`trace_line`):
+//! each launch's median GPU time and the gap before it over `--reps` calls, from events
+//! around every launch (`Runtime::trace_launches`), and the same for forward+backward.
 use cust::event::{Event, EventFlags};
 use cust::memory::{AsyncCopyDestination, DeviceBuffer};
 use rand::Rng;
@@ -123,6 +126,7 @@ fn main() {
             .collect(),
     };
     let with_bwd = !args.iter().any(|a| a == "--no-bwd");
+    let with_trace = args.iter().any(|a| a == "--trace");
     let reps: usize = opt("--reps").map_or(20, |r| r.parse().expect("--reps"));
     let dtype = Dtype::parse(&opt("--dtype").unwrap_or_else(|| "bf16".into()))
         .expect("--dtype: bf16, f16 or f32");
@@ -202,6 +206,11 @@ fn main() {
                     let ms = time_ms(&rt, 3, reps, || {
                         tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap()
                     });
+                    let trace_fwd = with_trace.then(|| {
+                        launch_trace(&rt, reps, || {
+                            tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap()
+                        })
+                    });
                     let tflops = forward_flops(&dims, chunk) / (ms * 1e-3) / 1e12;
                     let mb = state_bytes(&dims, chunk, dtype) as f64 / 1e6;
                     let alloc_mb = out.bytes() as f64 / 1e6;
@@ -209,7 +218,7 @@ fn main() {
                     let fb = with_bwd.then(|| {
                         MlstmGrads::alloc(&rt, &inputs, &cfg).map(|mut grads| {
                             let grad_out = MlstmGradOutputs::new(dh);
-                            let ms = time_ms(&rt, 3, reps, || {
+                            let mut call = || {
                                 tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap();
                                 tfla::mlstm_bwd_into(
                                     &rt,
@@ -221,12 +230,14 @@ fn main() {
                                     &mut grads,
                                 )
                                 .unwrap();
-                            });
-                            (ms, out.bytes() + grads.bytes())
+                            };
+                            let ms = time_ms(&rt, 3, reps, &mut call);
+                            let trace = with_trace.then(|| launch_trace(&rt, reps, &mut call));
+                            (ms, out.bytes() + grads.bytes(), trace)
                         })
                     });
                     let (fb_text, fb_json) = match &fb {
-                        Some(Ok((fb_ms, bytes))) => {
+                        Some(Ok((fb_ms, bytes, _))) => {
                             let tf = forward_backward_flops(&dims, chunk) / (fb_ms * 1e-3) / 1e12;
                             (
                                 format!("{fb_ms:>11.3} {tf:>8.1} {:>9.1}", *bytes as f64 / 1e6),
@@ -239,7 +250,7 @@ fn main() {
                         None => (String::new(), String::new()),
                     };
                     let fb_ms = match &fb {
-                        Some(Ok((fb_ms, _))) => Some(*fb_ms),
+                        Some(Ok((fb_ms, ..))) => Some(*fb_ms),
                         _ => None,
                     };
                     rows.push(Timed {
@@ -250,7 +261,28 @@ fn main() {
                         fwd_bwd_ms: fb_ms,
                     });
                     writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1} {alloc_mb:>9.1} {fb_text}").unwrap();
-                    writeln!(json, "  {{\"impl\": \"tfla\", \"commit\": \"{BUILD}\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}, \"alloc_bytes\": {}{fb_json}}},", dtype.name(), state_bytes(&dims, chunk, dtype), out.bytes()).unwrap();
+                    let trace_fb = match &fb {
+                        Some(Ok((_, _, t))) => t.as_deref(),
+                        _ => None,
+                    };
+                    let mut trace_json = String::new();
+                    for (pass, trace) in [("fwd", trace_fwd.as_deref()), ("fwdbwd", trace_fb)] {
+                        if let Some(t) = trace {
+                            trace_line(&mut table, pass, t);
+                            let items: Vec<String> = t
+                                .iter()
+                                .map(|k| {
+                                    format!(
+                                        "{{\"name\": \"{}\", \"ms\": {:.4}, \"gap_ms\": {:.4}}}",
+                                        k.name, k.ms, k.gap_ms
+                                    )
+                                })
+                                .collect();
+                            write!(trace_json, ", \"trace_{pass}\": [{}]", items.join(", "))
+                                .unwrap();
+                        }
+                    }
+                    writeln!(json, "  {{\"impl\": \"tfla\", \"commit\": \"{BUILD}\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}, \"alloc_bytes\": {}{fb_json}{trace_json}}},", dtype.name(), state_bytes(&dims, chunk, dtype), out.bytes()).unwrap();
                 }
             }
         }
@@ -283,6 +315,47 @@ fn main() {
     if let Some(path) = opt("--json") {
         std::fs::write(&path, json).unwrap_or_else(|e| panic!("writing {path}: {e}"));
     }
+}
+
+/// Each launch of `f`'s calls as it runs back to back: `reps` calls traced
+/// (`Runtime::trace_launches`), then per launch position the median GPU time and the median
+/// gap before it (for the first launch: since the previous call's last).
+fn launch_trace(rt: &Runtime, reps: usize, mut f: impl FnMut()) -> Vec<tfla::LaunchTime> {
+    rt.synchronize().unwrap();
+    rt.trace_launches().unwrap();
+    for _ in 0..reps {
+        f();
+    }
+    let all = rt.take_launch_trace().unwrap();
+    let per = all.len() / reps;
+    let median = |mut v: Vec<f32>| {
+        v.sort_by(f32::total_cmp);
+        v[v.len() / 2]
+    };
+    (0..per)
+        .map(|i| tfla::LaunchTime {
+            name: all[i].name,
+            ms: median((0..reps).map(|r| all[r * per + i].ms).collect()),
+            gap_ms: median((0..reps).map(|r| all[r * per + i].gap_ms).collect()),
+        })
+        .collect()
+}
+
+/// A traced pass under its row: each kernel's median ms (the gap before it in brackets where
+/// it is at least 1 µs), then the sums.
+fn trace_line(table: &mut String, pass: &str, trace: &[tfla::LaunchTime]) {
+    let mut line = format!("  {pass:<6}");
+    for k in trace {
+        let name = k.name.trim_start_matches("mlstm_");
+        write!(line, " {name} {:.3}", k.ms).unwrap();
+        if k.gap_ms >= 1e-3 {
+            write!(line, " [+{:.3}]", k.gap_ms).unwrap();
+        }
+        line.push_str(" |");
+    }
+    let kernels: f32 = trace.iter().map(|k| k.ms).sum();
+    let gaps: f32 = trace.iter().skip(1).map(|k| k.gap_ms).sum();
+    writeln!(table, "{line} kernels {kernels:.3} + gaps {gaps:.3} ms").unwrap();
 }
 
 /// One row of the forward table, for [`chooser_table`].
