@@ -1,8 +1,10 @@
 """Report of one scripted device call (benches/device_call.sh): per cell the median of each
 build's A/B rounds and their ratios to the first build named, the Triton TFLA times of the same
-call beside tfla's, and the ncu kernel times.
+call beside tfla's, the ncu kernel times, and the kernels of `tfla-bench --trace` rows as they
+ran back to back against the call's time.
 
     python3 benches/ab_report.py DIR BASE NAME...   # e.g. benches/results/s25 main q s
+    python3 benches/ab_report.py DIR                # the Triton, ncu and trace parts alone
 """
 import collections
 import csv
@@ -13,7 +15,7 @@ import statistics
 import sys
 
 d, names = sys.argv[1], sys.argv[2:]
-base = names[0]
+base = names[0] if names else None
 vals = collections.defaultdict(lambda: collections.defaultdict(list))
 for n in names:
     for f in sorted(glob.glob(f"{d}/*{n}_r*.json")):
@@ -30,7 +32,8 @@ for n in names:
                 if r.get(m):
                     vals[(m,) + key][n].append(r[m])
 med = {}
-print("metric variant heads L", *names, *(f"{n}/{base}" for n in names[1:]), "[min-max, n]")
+if names:
+    print("metric variant heads L", *names, *(f"{n}/{base}" for n in names[1:]), "[min-max, n]")
 for k in sorted(vals):
     m = {n: statistics.median(vals[k][n]) if vals[k][n] else None for n in names}
     med[k] = m
@@ -70,8 +73,10 @@ for f in sorted(glob.glob(f"{d}/*ncu_*.txt")):
     per = collections.defaultdict(lambda: collections.defaultdict(list))
     for row in rd:
         value = row[idx["Metric Value"]].replace(",", "")
-        if value:  # ncu leaves a metric empty where it could not collect it
+        try:
             per[row[idx["Kernel Name"]][:45]][row[idx["Metric Name"]]].append(float(value))
+        except ValueError:  # empty or "n/a" where ncu could not collect the metric
+            pass
     print("\n", os.path.basename(f), "(median ms, L2 GB, DRAM GB)")
     for k, ms in per.items():
         def mid(name):
@@ -79,3 +84,29 @@ for f in sorted(glob.glob(f"{d}/*ncu_*.txt")):
             return v[len(v) // 2]
         print(f"  {k:45s} n={len(ms.get('gpu__time_duration.sum', []))} {mid('gpu__time_duration.sum') / 1e6:.3f} ms"
               f"  L2 {mid('lts__t_bytes.sum') / 1e9:.2f}  DRAM {mid('dram__bytes.sum') / 1e9:.2f}")
+for f in sorted(glob.glob(f"{d}/*.json")):
+    try:
+        rows = json.load(open(f))
+    except Exception:
+        continue
+    if not isinstance(rows, list):
+        continue
+    traced = [r for r in rows if isinstance(r, dict) and ("trace_fwd" in r or "trace_fwdbwd" in r)]
+    if not traced:
+        continue
+    print(f"\n {os.path.basename(f)}: kernels back to back (median ms, [gap before it])")
+    for r in traced:
+        head = f'{r["variant"]:10s} {r["NH"]}/{r["DQK"]}/{r["DHV"]} B={r["B"]} S={r["S"]} L={r["chunk"]}'
+        for p, timed in (("fwd", "fwd_ms"), ("fwdbwd", "fwdbwd_ms")):
+            t = r.get(f"trace_{p}")
+            if not t:
+                continue
+            call = r.get(timed, 0.0)
+            kernels = sum(k["ms"] for k in t)
+            gaps = sum(k["gap_ms"] for k in t[1:])
+            print(f"  {head} {p:6s} call {call:.3f} = kernels {kernels:.3f} + gaps {gaps:.3f}"
+                  f" {call - kernels - gaps:+.3f}")
+            for k in t:
+                name = k["name"].removeprefix("mlstm_")
+                gap = f" [+{k['gap_ms']:.3f}]" if k["gap_ms"] >= 1e-3 else ""
+                print(f"      {name:40s} {k['ms']:.3f}{gap}")
