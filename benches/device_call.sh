@@ -11,6 +11,8 @@
 #                          (skipped with under 15 s left); "NAME rc=… Ns" in $W/summary.txt
 #   ab BIN…                each /tmp/BIN (a tfla-bench) over $AB, round $r: $W/BIN_r$r.{txt,json}
 #   nc NAME BIN HEADS L VARIANTS  ncu: kernel times, L2 and DRAM bytes of /tmp/BIN's calls
+#   unpack BUNDLE AS=FILE…  each BUNDLE/bin/FILE.gz (a `cargo xtask bundle --gzip` binary) as
+#                          the executable /tmp/AS
 call_begin() {
   W=$OUT/w; mkdir -p "$W"
   T0=$(date +%s); END=$1
@@ -40,4 +42,10 @@ nc() {
   run "$name" 40 ncu --clock-control none --csv --print-units base \
     --metrics gpu__time_duration.sum,lts__t_bytes.sum,dram__bytes.sum \
     "/tmp/$bin" --heads "$h" --points 8:8192 --chunks "$l" --variants "$v" --reps 1 --no-step
+}
+unpack() {
+  local dir=$1 pair; shift
+  for pair in "$@"; do
+    gunzip -c "$dir/bin/${pair#*=}.gz" > "/tmp/${pair%%=*}" && chmod +x "/tmp/${pair%%=*}"
+  done
 }

@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use cust::sys::{CUevent, CUstream};
 
 /// One traced launch: the entry point, the GPU time between its two events, and the time since
-/// the previous traced launch's end event (0 for the first).
+/// the previous traced launch's end event (0 for the first; negative where the two ran on
+/// different streams and overlapped).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LaunchTime {
     pub name: &'static str,
@@ -54,18 +55,15 @@ impl Trace {
         }
     }
 
-    /// The launches in order, after waiting for the last one.
+    /// The launches in order, after waiting for each (the passes traced may have run on
+    /// different streams).
     pub(crate) fn times(&self) -> Result<Vec<LaunchTime>> {
-        let Some(&(_, _, last)) = self.launches.last() else {
-            return Ok(Vec::new());
-        };
-        // SAFETY: a live event of this trace.
-        Error::check_driver("cuEventSynchronize", unsafe {
-            cust::sys::cuEventSynchronize(last)
-        })?;
         let mut out = Vec::with_capacity(self.launches.len());
         let mut prev_stop = None;
         for &(name, start, stop) in &self.launches {
+            // SAFETY: a live event of this trace.
+            let code = unsafe { cust::sys::cuEventSynchronize(stop) };
+            Error::check_driver("cuEventSynchronize", code)?;
             let ms = elapsed(start, stop)?;
             let gap_ms = match prev_stop {
                 Some(p) => elapsed(p, start)?,

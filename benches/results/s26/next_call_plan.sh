@@ -18,8 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/.."
 . benches/device_call.sh
 call_begin "${END:-420}" "$here/whl"
-gunzip -c $here/t/bin/bench-tfla-bench.gz > /tmp/t; gunzip -c $here/t/bin/test-gpu_forward.gz > /tmp/gpu_forward
-chmod +x /tmp/t /tmp/gpu_forward
+unpack $here/t t=bench-tfla-bench gpu_forward=test-gpu_forward
 run trace_test 60 /tmp/gpu_forward launch_trace --include-ignored --test-threads=1
 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv -lms 100 > $W/smi.txt 2>&1 &
 smi=$!
