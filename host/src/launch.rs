@@ -60,12 +60,11 @@ pub(crate) unsafe fn run_plan<P>(
     for l in launches {
         l.check(rt)?;
     }
-    let mut trace = rt.trace();
     for l in launches {
         let f = rt.function(l.name, l.smem)?;
         let (x, y, z) = l.grid;
         let mut args = [params as *const P as *mut c_void];
-        let mut launch = || {
+        let launch = || {
             // SAFETY: forwarded to the caller (pointer validity); `f` is a function of the
             // runtime's module, whose context the stream belongs to; grid and shared memory
             // were checked above.
@@ -86,10 +85,7 @@ pub(crate) unsafe fn run_plan<P>(
             };
             Error::check_driver("cuLaunchKernel", code)
         };
-        match trace.as_mut().and_then(|t| t.as_mut()) {
-            Some(t) => t.around(l.name, stream, launch)?,
-            None => launch()?,
-        }
+        rt.launch_traced(l.name, stream, launch)?;
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ pub mod runtime;
 pub mod slots;
 pub mod step;
 pub mod tensor;
-pub mod trace;
+mod trace;
 pub mod variant;
 pub mod varlen;
 

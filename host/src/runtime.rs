@@ -5,10 +5,9 @@ use cust::context::{Context, CurrentContext};
 use cust::device::{Device, DeviceAttribute};
 use cust::module::Module;
 use cust::stream::{Stream, StreamFlags};
-use cust::sys::{CUfunction, CUfunction_attribute_enum};
+use cust::sys::{CUfunction, CUfunction_attribute_enum, CUstream};
 use std::collections::{HashMap, hash_map};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 /// The PTX of every tfla kernel for Hopper (sm_90a: with the `wgmma` kernels), built from
 /// `kernels/` by the build script.
@@ -89,9 +88,6 @@ pub struct Runtime {
     // context they live in.
     /// The launches timed since [`Runtime::trace_launches`], while tracing is on.
     trace: Mutex<Option<Trace>>,
-    /// Whether `trace` is on: a launch reads this flag instead of taking the mutex, so threads
-    /// sharing a runtime do not queue on it when nothing is traced.
-    tracing: AtomicBool,
     module: Module,
     stream: Stream,
     device: Device,
@@ -185,7 +181,6 @@ impl Runtime {
             Stream::new(StreamFlags::NON_BLOCKING, None).map_err(Error::cuda("cuStreamCreate"))?;
         Ok(Runtime {
             trace: Mutex::new(None),
-            tracing: AtomicBool::new(false),
             module,
             stream,
             device,
@@ -294,14 +289,12 @@ impl Runtime {
         // A trace replaced here destroys its events, which needs the context.
         self.make_current()?;
         *self.trace.lock().unwrap_or_else(|e| e.into_inner()) = Some(Trace::default());
-        self.tracing.store(true, Ordering::Release);
         Ok(())
     }
 
     /// The launches timed since [`Runtime::trace_launches`] in launch order, after waiting for
     /// the last of them; tracing stops. Empty when tracing was off.
     pub fn take_launch_trace(&self) -> Result<Vec<LaunchTime>> {
-        self.tracing.store(false, Ordering::Release);
         let trace = self.trace.lock().unwrap_or_else(|e| e.into_inner()).take();
         match trace {
             Some(t) => {
@@ -312,12 +305,23 @@ impl Runtime {
         }
     }
 
-    /// The running trace, locked for a pass's launches; `None` (and no lock taken) when
-    /// tracing is off.
-    pub(crate) fn trace(&self) -> Option<MutexGuard<'_, Option<Trace>>> {
-        self.tracing
-            .load(Ordering::Acquire)
-            .then(|| self.trace.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Runs `launch` (one kernel launch on `stream`), between two events of the trace while
+    /// tracing is on. The trace's lock is held only for the launch it times, so passes of
+    /// several threads sharing this runtime interleave as they do untraced.
+    pub(crate) fn launch_traced(
+        &self,
+        name: &'static str,
+        stream: CUstream,
+        launch: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let mut trace = self.trace.lock().unwrap_or_else(|e| e.into_inner());
+        match trace.as_mut() {
+            Some(t) => t.around(name, stream, launch),
+            None => {
+                drop(trace);
+                launch()
+            }
+        }
     }
 
     /// Device name, e.g. "NVIDIA H100 80GB HBM3".

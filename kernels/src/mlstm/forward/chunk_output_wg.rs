@@ -296,6 +296,8 @@ pub unsafe fn chunk_output_wg<E: Elem + Wgmma, G: GateKind>(p: &FwdParams) {
                 wgmma::commit();
             }
         } else if live {
+            // The second V item: P's other two k-steps. (Its own branch with constant indices:
+            // an index into `a` offset by the item at run time would put `a` in local memory.)
             unsafe {
                 wgmma::fence();
                 unroll!(2, k => { E::rs_n256_mn(&mut acc, a[KS_ITEM as usize + k], wgmma::mn_major(sb, k as u32, PANEL_CV)) });
