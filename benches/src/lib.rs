@@ -1,4 +1,6 @@
 //! Shared pieces of the benchmarks (the `tfla-bench` binary and the criterion benches).
+pub mod clocks;
+
 use rand::Rng;
 use tfla::{Dtype, MlstmInputs, Runtime, StepInputs, Tensor, VarlenInputs};
 

@@ -15,16 +15,22 @@
 //! `--trace` adds under each forward row its kernels as they run back to back (`trace_line`):
 //! each launch's median GPU time and the gap before it over `--reps` calls, from events
 //! around every launch (`Runtime::trace_launches`), and the same for forward+backward.
+//! The last two columns are the card's mean SM clock while the forward and the
+//! forward+backward were timed (`tfla_benches::clocks`, NVML sampled every 2 ms), `*` where the
+//! driver held it down for power in at least a tenth of the samples: such a row is slower
+//! than its kernels, and the chunk-size table marks a comparison that rests on one.
 use cust::event::{Event, EventFlags};
 use cust::memory::{AsyncCopyDestination, DeviceBuffer};
 use rand::Rng;
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 use tfla::flops::{forward_backward_flops, forward_flops, state_bytes};
 use tfla::{
     Dims, Dtype, GradMode, MlstmConfig, MlstmGradOutputs, MlstmGrads, MlstmOutputs, Runtime,
     StepDims, StepStates, Tensor, Variant,
 };
 use tfla_benches::RandomInputs;
+use tfla_benches::clocks::{ClockSampler, Window};
 
 /// The commit this binary was built from (`benches/build.rs`), in the table's header and every
 /// JSON row.
@@ -64,6 +70,21 @@ fn tuples<'a>(text: &'a str, form: &'a str, n: usize) -> impl Iterator<Item = Ve
         assert_eq!(v.len(), n, "{form}: `{t}`");
         v
     })
+}
+
+/// The clock sampler of device 0 (the runtime's), or why there is none.
+fn clock_sampler() -> Result<ClockSampler, String> {
+    let mut bus = [0 as std::ffi::c_char; 32];
+    let dev = cust::device::Device::get_device(0).map_err(|e| e.to_string())?;
+    // SAFETY: writes at most `bus.len()` bytes, NUL-terminated, into `bus`.
+    let rc =
+        unsafe { cust::sys::cuDeviceGetPCIBusId(bus.as_mut_ptr(), bus.len() as i32, dev.as_raw()) };
+    if rc != cust::sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("cuDeviceGetPCIBusId: {rc:?}"));
+    }
+    // SAFETY: NUL-terminated by the driver above.
+    let bus = unsafe { std::ffi::CStr::from_ptr(bus.as_ptr()) }.to_string_lossy();
+    ClockSampler::start(&bus, Duration::from_millis(2))
 }
 
 /// Median time in ms of `f` over `reps` calls, after `warmup` calls.
@@ -144,19 +165,23 @@ fn main() {
         ("sig", Variant::Sig { normalize: true }),
         ("sig_nonorm", Variant::Sig { normalize: false }),
     ];
+    let clocks = clock_sampler();
     let mut table = String::new();
     let mut json = String::from("[\n");
     let step_only = args.iter().any(|a| a == "--step");
     let with_step = step_only || (grid_name == "quick" && !args.iter().any(|a| a == "--no-step"));
     writeln!(
         table,
-        "tfla {BUILD}, {device}, {}; TFLOP/s of model FLOPs (README); fwd+bwd: Exact gradient, alloc: outputs, gradients and workspace",
-        dtype.name()
+        "tfla {BUILD}, {device}, {}; TFLOP/s of model FLOPs (README); fwd+bwd: Exact gradient, alloc: outputs, gradients and workspace; MHz: mean SM clock while timed, * held for power{}",
+        dtype.name(),
+        clocks.as_ref().err().map_or(String::new(), |e| format!(" (not sampled: {e})"))
     )
     .unwrap();
+    let clocks = clocks.ok();
+    let window_since = |t: Instant| clocks.as_ref().and_then(|c| c.window_since(t));
     writeln!(
         table,
-        "{:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>5} {:>9} {:>8} {:>10} {:>9} {:>11} {:>8} {:>9}",
+        "{:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>5} {:>9} {:>8} {:>10} {:>9} {:>11} {:>8} {:>9} {:>8} {:>8}",
         "variant",
         "B",
         "S",
@@ -170,7 +195,9 @@ fn main() {
         "alloc MB",
         "fwd+bwd ms",
         "TFLOP/s",
-        "alloc MB"
+        "alloc MB",
+        "fwd MHz",
+        "f+b MHz"
     )
     .unwrap();
     if step_only {
@@ -203,9 +230,11 @@ fn main() {
                             continue;
                         }
                     };
+                    let timed = Instant::now();
                     let ms = time_ms(&rt, 3, reps, || {
                         tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap()
                     });
+                    let fwd_clock = window_since(timed);
                     let trace_fwd = with_trace.then(|| {
                         launch_trace(&rt, reps, || {
                             tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap()
@@ -231,13 +260,15 @@ fn main() {
                                 )
                                 .unwrap();
                             };
+                            let timed = Instant::now();
                             let ms = time_ms(&rt, 3, reps, &mut call);
+                            let clock = window_since(timed);
                             let trace = with_trace.then(|| launch_trace(&rt, reps, &mut call));
-                            (ms, out.bytes() + grads.bytes(), trace)
+                            (ms, out.bytes() + grads.bytes(), trace, clock)
                         })
                     });
                     let (fb_text, fb_json) = match &fb {
-                        Some(Ok((fb_ms, bytes, _))) => {
+                        Some(Ok((fb_ms, bytes, ..))) => {
                             let tf = forward_backward_flops(&dims, chunk) / (fb_ms * 1e-3) / 1e12;
                             (
                                 format!("{fb_ms:>11.3} {tf:>8.1} {:>9.1}", *bytes as f64 / 1e6),
@@ -249,9 +280,9 @@ fn main() {
                         Some(Err(e)) => (format!("  bwd: {e}"), String::new()),
                         None => (String::new(), String::new()),
                     };
-                    let fb_ms = match &fb {
-                        Some(Ok((fb_ms, ..))) => Some(*fb_ms),
-                        _ => None,
+                    let (fb_ms, fb_clock) = match &fb {
+                        Some(Ok((fb_ms, _, _, clock))) => (Some(*fb_ms), *clock),
+                        _ => (None, None),
                     };
                     rows.push(Timed {
                         variant: vname,
@@ -259,10 +290,13 @@ fn main() {
                         chunk,
                         fwd_ms: ms,
                         fwd_bwd_ms: fb_ms,
+                        fwd_capped: fwd_clock.is_some_and(|w| w.capped()),
+                        fwd_bwd_capped: fb_clock.is_some_and(|w| w.capped()),
                     });
-                    writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1} {alloc_mb:>9.1} {fb_text}").unwrap();
+                    // Blank forward+backward columns where none ran, so the clocks line up.
+                    writeln!(table, "{vname:<11} {b:>3} {s:>6} {nh:>3} {dqk:>4} {dhv:>4} {chunk:>5} {ms:>9.3} {tflops:>8.1} {mb:>10.1} {alloc_mb:>9.1} {fb_text:>30} {:>8} {:>8}", Window::column(fwd_clock), Window::column(fb_clock)).unwrap();
                     let trace_fb = match &fb {
-                        Some(Ok((_, _, t))) => t.as_deref(),
+                        Some(Ok((_, _, t, _))) => t.as_deref(),
                         _ => None,
                     };
                     let mut trace_json = String::new();
@@ -282,7 +316,7 @@ fn main() {
                                 .unwrap();
                         }
                     }
-                    writeln!(json, "  {{\"impl\": \"tfla\", \"commit\": \"{BUILD}\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}, \"alloc_bytes\": {}{fb_json}{trace_json}}},", dtype.name(), state_bytes(&dims, chunk, dtype), out.bytes()).unwrap();
+                    writeln!(json, "  {{\"impl\": \"tfla\", \"commit\": \"{BUILD}\", \"dtype\": \"{}\", \"variant\": \"{vname}\", \"B\": {b}, \"S\": {s}, \"NH\": {nh}, \"DQK\": {dqk}, \"DHV\": {dhv}, \"chunk\": {chunk}, \"fwd_ms\": {ms:.4}, \"tflops\": {tflops:.2}, \"state_bytes\": {}, \"alloc_bytes\": {}{fb_json}{}{}{trace_json}}},", dtype.name(), state_bytes(&dims, chunk, dtype), out.bytes(), Window::json(fwd_clock, "fwd"), Window::json(fb_clock, "fwdbwd")).unwrap();
                 }
             }
         }
@@ -365,6 +399,9 @@ struct Timed {
     chunk: usize,
     fwd_ms: f64,
     fwd_bwd_ms: Option<f64>,
+    /// Whether the clock was held for power while the forward, the forward+backward ran.
+    fwd_capped: bool,
+    fwd_bwd_capped: bool,
 }
 
 /// The automatic chunk size against the measured best, per variant and shape: the L that
@@ -374,7 +411,8 @@ struct Timed {
 fn chooser_table(rows: &[Timed], table: &mut String) {
     writeln!(
         table,
-        "\nchunk size: automatic pick (tfla::select_chunk_size) against the best measured L\n\
+        "\nchunk size: automatic pick (tfla::select_chunk_size) against the best measured L (* one of the two \
+         times taken with the clock held for power)\n\
          {:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>9} {:>9} {:>7} {:>12} {:>12} {:>7}",
         "variant",
         "B",
@@ -401,24 +439,27 @@ fn chooser_table(rows: &[Timed], table: &mut String) {
             .iter()
             .filter(|r| r.variant == variant && r.dims == dims)
             .collect();
-        // (best L, auto L, auto time / best time) for one column of times.
-        let pick = |time: fn(&Timed) -> Option<f64>, backward: bool| {
+        // (best L, auto L, auto time / best time) for one column of times, `*` where one of
+        // the two times was taken with the clock held for power.
+        let pick = |time: fn(&Timed) -> Option<f64>, capped: fn(&Timed) -> bool, backward| {
             let best = cells
                 .iter()
-                .filter_map(|r| Some((r.chunk, time(r)?)))
+                .filter_map(|r| Some((*r, time(r)?)))
                 .min_by(|a, b| a.1.total_cmp(&b.1))?;
             let auto = tfla::select_chunk_size(&dims, backward) as usize;
             let ratio = cells
                 .iter()
                 .find(|r| r.chunk == auto)
-                .and_then(|r| time(r))
-                .map_or("not run".to_string(), |t| format!("{:.3}", t / best.1));
-            Some((best.0, auto, ratio))
+                .and_then(|r| Some((time(r)?, capped(r) || capped(best.0))))
+                .map_or("not run".to_string(), |(t, held)| {
+                    format!("{:.3}{}", t / best.1, if held { "*" } else { "" })
+                });
+            Some((best.0.chunk, auto, ratio))
         };
-        let Some((fl, fa, fr)) = pick(|r| Some(r.fwd_ms), false) else {
+        let Some((fl, fa, fr)) = pick(|r| Some(r.fwd_ms), |r| r.fwd_capped, false) else {
             continue;
         };
-        let fb = pick(|r| r.fwd_bwd_ms, true)
+        let fb = pick(|r| r.fwd_bwd_ms, |r| r.fwd_bwd_capped, true)
             .map(|(bl, ba, br)| format!("{bl:>12} {ba:>12} {br:>7}"))
             .unwrap_or_default();
         let Dims { b, nh, s, dqk, dhv } = dims;
