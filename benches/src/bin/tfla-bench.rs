@@ -5,7 +5,7 @@
 //! Usage: tfla-bench [--grid paper|quick|smoke|long|chooser] [--points B:S,...] [--json PATH]
 //!                   [--variants exp,sig,sig_nonorm] [--chunks 64,128,...] [--heads NH:DQK:DHV,...] [--reps N]
 //!                   [--dtype bf16|f16|f32] [--no-bwd] [--step | --no-step] [--varlen N]
-//!                   [--recompute] [--trace]
+//!                   [--recompute] [--trace] [--cool-ms MS]
 //! Timing: CUDA events around each call on the runtime's stream, 3 warm-up calls, then the
 //! median of 20 timed calls; inputs random (never zeros), bf16.
 //! The step kernel (generation) has its own table (`step_table`): after the forward table on
@@ -19,6 +19,9 @@
 //! forward+backward were timed (`tfla_benches::clocks`, NVML sampled every 2 ms), `*` where the
 //! driver held it down for power in at least a tenth of the samples: such a row is slower
 //! than its kernels, and the chunk-size table marks a comparison that rests on one.
+//! `--cool-ms MS` idles the card that long before each timed forward and forward+backward, so
+//! each row starts below the power limit (a burst, as ncu times kernels); without it the rows
+//! inherit what ran before them, as a training loop does.
 use cust::event::{Event, EventFlags};
 use cust::memory::{AsyncCopyDestination, DeviceBuffer};
 use rand::Rng;
@@ -149,6 +152,7 @@ fn main() {
     let with_bwd = !args.iter().any(|a| a == "--no-bwd");
     let with_trace = args.iter().any(|a| a == "--trace");
     let reps: usize = opt("--reps").map_or(20, |r| r.parse().expect("--reps"));
+    let cool = Duration::from_millis(opt("--cool-ms").map_or(0, |c| c.parse().expect("--cool-ms")));
     let dtype = Dtype::parse(&opt("--dtype").unwrap_or_else(|| "bf16".into()))
         .expect("--dtype: bf16, f16 or f32");
     let rt = Runtime::new().unwrap_or_else(|e| {
@@ -230,6 +234,7 @@ fn main() {
                             continue;
                         }
                     };
+                    std::thread::sleep(cool);
                     let timed = Instant::now();
                     let ms = time_ms(&rt, 3, reps, || {
                         tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap()
@@ -260,6 +265,7 @@ fn main() {
                                 )
                                 .unwrap();
                             };
+                            std::thread::sleep(cool);
                             let timed = Instant::now();
                             let ms = time_ms(&rt, 3, reps, &mut call);
                             let clock = window_since(timed);
