@@ -1,7 +1,9 @@
 """Report of one scripted device call (benches/device_call.sh): per cell the median of each
 build's A/B rounds and their ratios to the first build named, the Triton TFLA times of the same
 call beside tfla's, the ncu kernel times, and the kernels of `tfla-bench --trace` rows as they
-ran back to back against the call's time.
+ran back to back against the call's time. A round timed with the card's clock held for power
+(`tfla-bench`'s `*`, JSON `*_power_capped` ≥ 0.1) is counted after its build's spread as `*N`:
+such rounds compare the power limit, not the kernels (time them with `--cool-ms`).
 
     python3 benches/ab_report.py DIR BASE NAME...   # e.g. benches/results/s25 main q s
     python3 benches/ab_report.py DIR                # the Triton, ncu and trace parts alone
@@ -17,6 +19,7 @@ import sys
 d, names = sys.argv[1], sys.argv[2:]
 base = names[0] if names else None
 vals = collections.defaultdict(lambda: collections.defaultdict(list))
+capped = collections.defaultdict(collections.Counter)
 for n in names:
     for f in sorted(glob.glob(f"{d}/*{n}_r*.json")):
         try:
@@ -31,6 +34,8 @@ for n in names:
             for m in ("fwd_ms", "fwdbwd_ms"):
                 if r.get(m):
                     vals[(m,) + key][n].append(r[m])
+                    if r.get(m.replace("_ms", "_power_capped"), 0) >= 0.1:
+                        capped[(m,) + key][n] += 1
 med = {}
 if names:
     print("metric variant heads L", *names, *(f"{n}/{base}" for n in names[1:]), "[min-max, n]")
@@ -39,7 +44,9 @@ for k in sorted(vals):
     med[k] = m
     ratios = [f"{m[n] / m[base]:.3f}" if m[n] and m[base] else "-" for n in names[1:]]
     spread = " ".join(
-        f"{n}[{min(v):.3f}-{max(v):.3f}]n{len(v)}" for n in names if (v := vals[k][n])
+        f"{n}[{min(v):.3f}-{max(v):.3f}]n{len(v)}" + (f"*{c}" if (c := capped[k][n]) else "")
+        for n in names
+        if (v := vals[k][n])
     )
     print(*k, *(f"{m[n]:.3f}" if m[n] else "-" for n in names), *ratios, spread)
 for tj in sorted(glob.glob(f"{d}/*triton*.json")):
