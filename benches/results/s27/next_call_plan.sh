@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
 # Prepared in session 27 (its device time was spent): the first GPU run of
-# benches/results/s27/fused128.patch, `chunk_fused` owning a whole 128-wide head (S = Q·Kᵀ once
-# per head instead of once per 64-column block; Q single-staged; ptxas 13.0: 255 registers, no
-# spill on either module). Not run on a GPU yet. Build here first (about 4 min each):
+# benches/results/s27/fused128.patch (three commits of branch wip/fused-128): `chunk_fused`
+# with a second value tile, a whole 128-wide head per block (S = Q·Kᵀ once per head instead of
+# once per 64-column block; Q single-staged, 209 KB), taken where a head wider than 64 has more
+# than fused::NARROW_MAX_HEADS = 66 heads (the narrow tile's two blocks per head then need a
+# second wave of an H100); below, the 64-column tile as on main (its PTX differs from main's
+# in address arithmetic only; 244-255 registers against main's 240-255). ptxas 13.0: no spill
+# on either module. Not run on a GPU yet. Build here first (about 4 min each):
 #   cargo xtask bundle --out devcall/m --gzip                     # main
 #   git switch -c wip/fused-128 && git am benches/results/s27/fused128.patch
 #   cargo xtask bundle --out devcall/f --gzip && git switch main
 # then prune m to bin/bench-tfla-bench.gz, f to bin/{bench-tfla-bench, test-gpu_forward,
 # test-gpu_varlen, test-gpu_kernels, bench-tfla-sanitize}.gz and run.sh (carry holds 64 MiB),
-# and copy this file to
-# devcall/go.sh, the reference wheels to devcall/whl. Questions, in order:
-#  1. correct: the forward and packed-batch GPU tests, and the driver's own compile of every
-#     entry (gpu_kernels: no local memory), with the patch;
+# and copy this file to devcall/go.sh, the reference wheels to devcall/whl. Questions, in order:
+#  1. correct: the forward GPU tests (the wide tile at 68 and 67 heads, every variant and
+#     dtype, ragged S and DHV), the packed-batch tests (narrow tile only: their 16 heads), and
+#     the driver's own compile of every entry (gpu_kernels: no local memory);
 #  2. faster: main (m) against the patch (f) at 16/128/128 over the paper grid, L = 128,
 #     forward+backward (whose forward is chunk_fused) and a forward alone, two rounds each,
-#     alternating. Predicted: 10–18% off the forward at 128 and 512 heads ((8, 8192),
-#     (32, 2048)); slower at 64 heads ((4, 16384): 64 blocks on 132 SMs where main runs 128),
-#     which is why a kept version needs both tiles (64 columns up to ~66 heads, 128 above);
-#  3. clean: compute-sanitizer's four tools over chunk_fused (sm_90a).
+#     alternating. Predicted: the forward 10–18% faster at 512, 256 and 128 heads ((32, 2048),
+#     (16, 4096), (8, 8192): the wide tile, 7 instead of 8.5 units of per-chunk work per head,
+#     Q's load less hidden), unchanged at 64 heads ((4, 16384): the narrow tile);
+#  3. clean: compute-sanitizer's four tools over chunk_fused (sm_90a; tfla-sanitize runs 67
+#     heads of 32/96 for the wide tile).
+# If the wide tile wins, NARROW_MAX_HEADS wants a sweep (`tfla-bench --grid chooser --heads
+# 16:128:128 --chunks 128`) and the chooser's FEW_HEADS rule a look; if it loses, drop it.
 # Run: run(command="END=540 bash devcall/go.sh", carry=["devcall"]).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
