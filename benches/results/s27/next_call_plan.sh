@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepared in session 27 (its device time was spent): the first GPU run of
-# benches/results/s27/fused128.patch (three commits of branch wip/fused-128): `chunk_fused`
+# benches/results/s27/fused128.patch (four commits of branch wip/fused-128): `chunk_fused`
 # with a second value tile, a whole 128-wide head per block (S = Q·Kᵀ once per head instead of
 # once per 64-column block; Q single-staged, 209 KB), taken where a head wider than 64 has more
 # than fused::NARROW_MAX_HEADS = 66 heads (the narrow tile's two blocks per head then need a
