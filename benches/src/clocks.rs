@@ -2,8 +2,8 @@
 //! while the benchmark times.
 //!
 //! At the wide heads tfla's kernels back to back draw an H100 to its power limit (700 W): the
-//! driver lowers the SM clock (to 1260–1800 MHz of 1980 in session 27's samples, reason "SW
-//! power cap") and a row timed then runs slower for a reason outside its kernels, which under
+//! driver lowers the SM clock (far below its 1980 MHz maximum, reason "SW power cap"; the
+//! measurements are in BENCHMARKS.md, "Power") and a row timed then runs slower for a reason outside its kernels, which under
 //! ncu (one kernel at a time, idle between) never shows. Which rows land in a capped window
 //! depends on what ran before them, so the benchmark says it per row. NVML is loaded at run
 //! time like libcuda (`tfla-driver`); where it is missing nothing is sampled and the columns

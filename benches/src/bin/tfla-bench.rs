@@ -182,7 +182,13 @@ fn main() {
     )
     .unwrap();
     let clocks = clocks.ok();
-    let window_since = |t: Instant| clocks.as_ref().and_then(|c| c.window_since(t));
+    // A row's timing: the card idle `cool`, then the median of `f` and the clock meanwhile.
+    let time_row = |f: &mut dyn FnMut()| {
+        std::thread::sleep(cool);
+        let timed = Instant::now();
+        let ms = time_ms(&rt, 3, reps, f);
+        (ms, clocks.as_ref().and_then(|c| c.window_since(timed)))
+    };
     writeln!(
         table,
         "{:<11} {:>3} {:>6} {:>3} {:>4} {:>4} {:>5} {:>9} {:>8} {:>10} {:>9} {:>11} {:>8} {:>9} {:>8} {:>8}",
@@ -234,12 +240,9 @@ fn main() {
                             continue;
                         }
                     };
-                    std::thread::sleep(cool);
-                    let timed = Instant::now();
-                    let ms = time_ms(&rt, 3, reps, || {
+                    let (ms, fwd_clock) = time_row(&mut || {
                         tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap()
                     });
-                    let fwd_clock = window_since(timed);
                     let trace_fwd = with_trace.then(|| {
                         launch_trace(&rt, reps, || {
                             tfla::mlstm_fwd_into(&rt, &inputs, &cfg, &mut out).unwrap()
@@ -265,10 +268,7 @@ fn main() {
                                 )
                                 .unwrap();
                             };
-                            std::thread::sleep(cool);
-                            let timed = Instant::now();
-                            let ms = time_ms(&rt, 3, reps, &mut call);
-                            let clock = window_since(timed);
+                            let (ms, clock) = time_row(&mut call);
                             let trace = with_trace.then(|| launch_trace(&rt, reps, &mut call));
                             (ms, out.bytes() + grads.bytes(), trace, clock)
                         })
