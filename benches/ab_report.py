@@ -30,7 +30,8 @@ for n in names:
         for r in rows:
             if r.get("impl") != "tfla":
                 continue
-            key = (r["variant"], f'{r["NH"]}/{r["DQK"]}/{r["DHV"]}', r["chunk"])
+            point = f'{r["B"]}x{r["S"]}'
+            key = (r["variant"], f'{r["NH"]}/{r["DQK"]}/{r["DHV"]}', point, r["chunk"])
             for m in ("fwd_ms", "fwdbwd_ms"):
                 if r.get(m):
                     vals[(m,) + key][n].append(r[m])
@@ -38,7 +39,7 @@ for n in names:
                         capped[(m,) + key][n] += 1
 med = {}
 if names:
-    print("metric variant heads L", *names, *(f"{n}/{base}" for n in names[1:]), "[min-max, n]")
+    print("metric variant heads BxS L", *names, *(f"{n}/{base}" for n in names[1:]), "[min-max, n]")
 for k in sorted(vals):
     m = {n: statistics.median(vals[k][n]) if vals[k][n] else None for n in names}
     med[k] = m
@@ -59,16 +60,19 @@ for tj in sorted(glob.glob(f"{d}/*triton*.json")):
         if not isinstance(r, dict) or r.get("ref") != "tfla" or r.get("kind") != "bench":
             continue
         h = f'{r["NH"]}/{r["DQK"]}/{r["DHV"]}'
+        point = f'{r["B"]}x{r["S"]}'
         for metric in ("fwd_ms", "fwdbwd_ms"):
             if not (tt := r.get(metric)):
                 continue
             for n in names:
                 best = [
-                    (m[n], k[3]) for k, m in med.items() if k[:3] == (metric, r["variant"], h) and m[n]
+                    (m[n], k[4])
+                    for k, m in med.items()
+                    if k[:4] == (metric, r["variant"], h, point) and m[n]
                 ]
                 if best:
                     ours, L = min(best)
-                    print(f"  {r['variant']:10s} {h:9s} {metric:9s} {n:5s} L={L} tfla {ours:.3f}"
+                    print(f"  {r['variant']:10s} {h:9s} {point:8s} {metric:9s} {n:5s} L={L} tfla {ours:.3f}"
                           f" triton {tt:.3f} ratio {ours / tt:.3f}")
 for f in sorted(glob.glob(f"{d}/*ncu_*.txt")):
     lines = [line for line in open(f) if line.startswith('"')]
