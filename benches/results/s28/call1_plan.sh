@@ -11,7 +11,8 @@
 #     the narrow tile needs two waves;
 #  3. clean: compute-sanitizer's four tools over chunk_fused;
 #  4. the no-norm forward against FLA's chunk_simple_gla over the paper grid, between f1's
-#     rounds 3 and 4 (target ≤ 0.6×).
+#     rounds 3 and 4 (target ≤ 0.6×);
+#  5. a trace of the 128/128 forward+backward, kernel by kernel; 6. bwd_chunk's stall reasons.
 # Run: run(command="END=560 bash devcall/go.sh", carry=["devcall"]).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,5 +40,12 @@ r=4; ab m1 f1
 ln -sf /tmp/m /tmp/m2; ln -sf /tmp/f /tmp/f2
 AB="--heads 16:128:128 --points 4:8192,5:8192,6:8192 --chunks 128 --variants exp --reps 20 --no-step --no-bwd"
 for r in 5 6; do ab m2 f2; done
+# 5. Where the 128/128 forward+backward's time goes, kernel by kernel (none traced before).
+run trace_128 60 /tmp/f --heads 16:128:128 --points 8:8192 --chunks 128 --variants exp,sig_nonorm \
+  --reps 10 --no-step --trace --json $W/trace_128.json
+# 6. Why bwd_chunk (1.80 ms at 16/128/128, 8 × 8192, latency-bound) waits: its warp stall reasons.
+run ncu_bwd_chunk_stalls 60 ncu --clock-control none --section WarpStateStats --section SchedulerStats \
+  --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis -k regex:bwd_chunk -c 1 \
+  /tmp/f --heads 16:128:128 --points 8:8192 --chunks 128 --variants exp --reps 1 --no-step
 { for pair in "m f" "m1 f1" "m2 f2"; do python3 benches/ab_report.py $W $pair; done; } > $W/ab.txt 2>&1
 cat $W/summary.txt $W/ab.txt
