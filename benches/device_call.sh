@@ -11,8 +11,9 @@
 #                          (skipped with under 15 s left); "NAME rc=… Ns" in $W/summary.txt
 #   ab BIN…                each /tmp/BIN (a tfla-bench) over $AB, round $r: $W/BIN_r$r.{txt,json}
 #   nc NAME BIN HEADS L VARIANTS  ncu: kernel times, L2 and DRAM bytes of /tmp/BIN's calls
-#   unpack BUNDLE AS=FILE…  each BUNDLE/bin/FILE.gz (a `cargo xtask bundle --gzip` binary) as
-#                          the executable /tmp/AS
+#   unpack BUNDLE AS=FILE…  each BUNDLE/bin/FILE.gz (a `cargo xtask bundle --gzip` binary), or
+#                          FILE.xz (recompressed: a sixth of the size, the PTX inside repeats
+#                          at long range), as the executable /tmp/AS
 call_begin() {
   W=$OUT/w; mkdir -p "$W"
   T0=$(date +%s); END=$1
@@ -44,8 +45,15 @@ nc() {
     "/tmp/$bin" --heads "$h" --points 8:8192 --chunks "$l" --variants "$v" --reps 1 --no-step
 }
 unpack() {
-  local dir=$1 pair; shift
+  local dir=$1 pair src; shift
   for pair in "$@"; do
-    gunzip -c "$dir/bin/${pair#*=}.gz" > "/tmp/${pair%%=*}" && chmod +x "/tmp/${pair%%=*}"
+    src=$dir/bin/${pair#*=}
+    if [ -f "$src.xz" ]; then
+      python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' \
+        "$src.xz" > "/tmp/${pair%%=*}"
+    else
+      gunzip -c "$src.gz" > "/tmp/${pair%%=*}"
+    fi
+    chmod +x "/tmp/${pair%%=*}"
   done
 }
