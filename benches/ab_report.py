@@ -18,6 +18,13 @@ import sys
 
 d, names = sys.argv[1], sys.argv[2:]
 base = names[0] if names else None
+
+
+def cell(r):
+    """A row's variant, heads (NH/DQK/DHV) and (B, S) point: what the builds are compared at."""
+    return (r["variant"], f'{r["NH"]}/{r["DQK"]}/{r["DHV"]}', f'{r["B"]}x{r["S"]}')
+
+
 vals = collections.defaultdict(lambda: collections.defaultdict(list))
 capped = collections.defaultdict(collections.Counter)
 for n in names:
@@ -30,8 +37,7 @@ for n in names:
         for r in rows:
             if r.get("impl") != "tfla":
                 continue
-            point = f'{r["B"]}x{r["S"]}'
-            key = (r["variant"], f'{r["NH"]}/{r["DQK"]}/{r["DHV"]}', point, r["chunk"])
+            key = cell(r) + (r["chunk"],)
             for m in ("fwd_ms", "fwdbwd_ms"):
                 if r.get(m):
                     vals[(m,) + key][n].append(r[m])
@@ -59,8 +65,7 @@ for tj in sorted(glob.glob(f"{d}/*triton*.json")):
     for r in rows:
         if not isinstance(r, dict) or r.get("ref") != "tfla" or r.get("kind") != "bench":
             continue
-        h = f'{r["NH"]}/{r["DQK"]}/{r["DHV"]}'
-        point = f'{r["B"]}x{r["S"]}'
+        variant, h, point = cell(r)
         for metric in ("fwd_ms", "fwdbwd_ms"):
             if not (tt := r.get(metric)):
                 continue
@@ -68,11 +73,11 @@ for tj in sorted(glob.glob(f"{d}/*triton*.json")):
                 best = [
                     (m[n], k[4])
                     for k, m in med.items()
-                    if k[:4] == (metric, r["variant"], h, point) and m[n]
+                    if k[:4] == (metric, variant, h, point) and m[n]
                 ]
                 if best:
                     ours, L = min(best)
-                    print(f"  {r['variant']:10s} {h:9s} {point:8s} {metric:9s} {n:5s} L={L} tfla {ours:.3f}"
+                    print(f"  {variant:10s} {h:9s} {point:8s} {metric:9s} {n:5s} L={L} tfla {ours:.3f}"
                           f" triton {tt:.3f} ratio {ours / tt:.3f}")
 for f in sorted(glob.glob(f"{d}/*ncu_*.txt")):
     lines = [line for line in open(f) if line.startswith('"')]

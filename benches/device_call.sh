@@ -11,9 +11,8 @@
 #                          (skipped with under 15 s left); "NAME rc=… Ns" in $W/summary.txt
 #   ab BIN…                each /tmp/BIN (a tfla-bench) over $AB, round $r: $W/BIN_r$r.{txt,json}
 #   nc NAME BIN HEADS L VARIANTS  ncu: kernel times, L2 and DRAM bytes of /tmp/BIN's calls
-#   unpack BUNDLE AS=FILE…  each BUNDLE/bin/FILE.gz (a `cargo xtask bundle --gzip` binary), or
-#                          FILE.xz (recompressed: a sixth of the size, the PTX inside repeats
-#                          at long range), as the executable /tmp/AS
+#   unpack BUNDLE AS=FILE…  each BUNDLE/bin/FILE.gz or FILE.xz (a `cargo xtask bundle --gzip`
+#                          or `--xz` binary) as the executable /tmp/AS
 call_begin() {
   W=$OUT/w; mkdir -p "$W"
   T0=$(date +%s); END=$1

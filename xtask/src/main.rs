@@ -4,10 +4,11 @@
 //!   PTX, checks it for unresolved externs and the instructions the kernels are meant to use,
 //!   and prints each kernel's registers, stack and spills from ptxas (failing on spills or a
 //!   stack frame; ptxas is fetched into target/ where the machine has none).
-//! - `cargo xtask bundle [--out DIR] [--gzip]`: builds the test binaries and the benchmark in
-//!   release mode plus the PTX into one folder with `run.sh`, for GPU machines that have the
-//!   CUDA driver but no Rust toolchain. `--gzip` compresses the binaries (each embeds the PTX:
-//!   ~5× smaller), which `run.sh` unpacks into a temporary folder.
+//! - `cargo xtask bundle [--out DIR] [--gzip | --xz]`: builds the test binaries and the
+//!   benchmark in release mode plus the PTX into one folder with `run.sh`, for GPU machines
+//!   that have the CUDA driver but no Rust toolchain. `--gzip` compresses the binaries (each
+//!   embeds the PTX: ~5× smaller), `--xz` about 6× more (the PTX repeats at long range; slower
+//!   to build); `run.sh` unpacks either into a temporary folder.
 //! - `cargo xtask bench [--grid quick|paper|smoke|long]`: the main job on a GPU machine: builds
 //!   the benchmark, times tfla, sets up the pinned reference kernels (when python3 has torch)
 //!   and times them on the same card, then prints one merged table with the ratios. The
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
     };
     let result = match args.first().map(String::as_str) {
         Some("build-ptx") => cmd_build_ptx(opt("--arch").as_deref(), opt("--out")),
-        Some("bundle") => cmd_bundle(opt("--out"), args.iter().any(|a| a == "--gzip")),
+        Some("bundle") => cmd_bundle(opt("--out"), Compress::from_args(&args)),
         Some("bench") => cmd_bench(opt("--grid").as_deref().unwrap_or("quick")),
         Some("sass") => sass::cmd_sass(
             opt("--kernel").as_deref(),
@@ -164,9 +165,36 @@ fn executables(json: &str) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
+/// How `bundle` compresses its binaries (`run.sh` and `benches/device_call.sh` unpack each).
+#[derive(Clone, Copy)]
+enum Compress {
+    None,
+    /// `gzip -9`: `NAME.gz`.
+    Gzip,
+    /// `xz -9`: `NAME.xz`.
+    Xz,
+}
+
+impl Compress {
+    fn from_args(args: &[String]) -> Self {
+        if args.iter().any(|a| a == "--xz") {
+            Compress::Xz
+        } else if args.iter().any(|a| a == "--gzip") {
+            Compress::Gzip
+        } else {
+            Compress::None
+        }
+    }
+}
+
 /// Builds with `cargo <args> --release --message-format=json` and copies each executable into
-/// `bin` as `<prefix>-<target name>` (gzipped with `gzip`); returns the file names.
-fn build_into(bin: &Path, prefix: &str, args: &[&str], gzip: bool) -> Result<Vec<String>, String> {
+/// `bin` as `<prefix>-<target name>` (compressed as `compress` says); returns the file names.
+fn build_into(
+    bin: &Path,
+    prefix: &str,
+    args: &[&str],
+    compress: Compress,
+) -> Result<Vec<String>, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let json = run(Command::new(&cargo)
         .current_dir(root())
@@ -176,8 +204,13 @@ fn build_into(bin: &Path, prefix: &str, args: &[&str], gzip: bool) -> Result<Vec
     for (name, exe) in executables(&json) {
         let file = format!("{prefix}-{name}");
         std::fs::copy(&exe, bin.join(&file)).map_err(|e| format!("{}: {e}", exe.display()))?;
-        if gzip {
-            run(Command::new("gzip").args(["-9", "-f"]).arg(bin.join(&file)))?;
+        let packer = match compress {
+            Compress::None => None,
+            Compress::Gzip => Some(("gzip", &["-9", "-f"][..])),
+            Compress::Xz => Some(("xz", &["-9", "-T0", "-f"][..])),
+        };
+        if let Some((tool, flags)) = packer {
+            run(Command::new(tool).args(flags).arg(bin.join(&file)))?;
         }
         names.push(file);
     }
@@ -204,17 +237,17 @@ fn lay_out(
     Ok(names)
 }
 
-fn cmd_bundle(out: Option<String>, gzip: bool) -> Result<(), String> {
+fn cmd_bundle(out: Option<String>, compress: Compress) -> Result<(), String> {
     let dir = out
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("bundle"));
     let names = lay_out(&dir, |bin| {
-        let mut names = build_into(bin, "test", &["test", "--workspace", "--no-run"], gzip)?;
+        let mut names = build_into(bin, "test", &["test", "--workspace", "--no-run"], compress)?;
         names.extend(build_into(
             bin,
             "bench",
             &["build", "-p", "tfla-benches", "--bins"],
-            gzip,
+            compress,
         )?);
         Ok(names)
     })?;
@@ -252,15 +285,24 @@ fn write_run_script(dir: &Path) -> Result<(), String> {
 #                           change on one machine: quick grid, L = 128, alternated twice)
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-# The binaries of a bundle made with --gzip are unpacked into a temporary folder.
+# The binaries of a bundle made with --gzip or --xz are unpacked into a temporary folder (xz
+# through python3's lzma: the GPU machine may have no xz).
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 # Each test binary's and sanitizer run's log, written as it runs: TFLA_LOGS=DIR keeps them
 # (for a run that may be cut off by a time limit).
 logs=${TFLA_LOGS:-$work}; mkdir -p "$logs"
 bindir() {
-  if ls "$1"/bin/*.gz > /dev/null 2>&1; then
-    local d; d=$(mktemp -d -p "$work")
-    for f in "$1"/bin/*.gz; do gunzip -c "$f" > "$d/$(basename "$f" .gz)"; chmod +x "$d/$(basename "$f" .gz)"; done
+  if compgen -G "$1/bin/*.[gx]z" > /dev/null; then
+    local d f x; d=$(mktemp -d -p "$work")
+    for f in "$1"/bin/*.gz "$1"/bin/*.xz; do
+      [ -f "$f" ] || continue
+      x=$d/$(basename "${f%.*}")
+      case $f in
+        *.gz) gunzip -c "$f" > "$x" ;;
+        *.xz) python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' "$f" > "$x" ;;
+      esac
+      chmod +x "$x"
+    done
     cp "$1/bin/xtask" "$d/"
     echo "$d"
   else
@@ -455,7 +497,7 @@ fn cmd_bench(grid: &str) -> Result<(), String> {
             bin,
             "bench",
             &["build", "-p", "tfla-benches", "--bin", "tfla-bench"],
-            false,
+            Compress::None,
         )
     })?;
     let status = Command::new("bash")

@@ -12,13 +12,13 @@
 #   m = main;  g = the patch's fifth commit (the narrow tile's stages addressed as on main; its
 #   PTX still differs from main's);  h = the sixth (Q's fragments read per product in both
 #   tiles: the narrow exp kernel at 243 registers instead of 255, sig 237, no-norm 255).
-#   cargo xtask bundle --out devcall/m --gzip; git switch -c wip/fused-128 && git am
+#   cargo xtask bundle --out devcall/m --xz; git switch -c wip/fused-128 && git am
 #   benches/results/s28/fused128_v2.patch; git checkout HEAD~1 && cargo xtask bundle --out
-#   devcall/g --gzip; git checkout wip/fused-128 && cargo xtask bundle --out devcall/h --gzip
+#   devcall/g --xz; git checkout wip/fused-128 && cargo xtask bundle --out devcall/h --xz
 # then keep bin/{bench-tfla-bench} of m, bin/{bench-tfla-bench, bench-tfla-sanitize,
-# test-gpu_forward, test-gpu_varlen, test-gpu_kernels} and run.sh of g and h, recompressed:
-#   for f in devcall/*/bin/*.gz; do gunzip -c $f | xz -9 -T2 > ${f%.gz}.xz && rm $f; done
-# (14 MB in all instead of 70), the wheels in devcall/whl, this file as devcall/go.sh.
+# test-gpu_forward, test-gpu_varlen, test-gpu_kernels, xtask} and run.sh of g and h (about
+# 15 MB in all with --xz, 70 with --gzip), the wheels in devcall/whl, this file as
+# devcall/go.sh.
 # Questions, in order:
 #  1. m, g, h forwards alone at 64 heads (narrow tile) and 128 (wide), three variants, two
 #     rounds; the build with the lower sum of medians is taken (x). Merge x only if its narrow
@@ -55,15 +55,12 @@ unpack $here/$x x=bench-tfla-bench gpu_forward=test-gpu_forward gpu_varlen=test-
 run forward_tests 150 /tmp/gpu_forward --include-ignored --test-threads=1
 run varlen_tests 60 /tmp/gpu_varlen --include-ignored --test-threads=1
 run kernels_test 60 /tmp/gpu_kernels --include-ignored --test-threads=1
-# run.sh takes the binaries of a bundle folder as they are where none is gzipped.
-mkdir -p /tmp/xs/bin; cp $here/$x/run.sh /tmp/xs/
-unpack $here/$x xs/bin/bench-tfla-sanitize=bench-tfla-sanitize
-run sanitize_1 80 bash /tmp/xs/run.sh sanitize sm_90a chunk_fused
+run sanitize_1 80 bash $here/$x/run.sh sanitize sm_90a chunk_fused
 P=32:2048,16:4096,8:8192,4:16384
 run tfla_r1 90 /tmp/x --heads 16:128:128 --points $P --chunks 128,256 --reps 10 --no-step --cool-ms 200 --json $W/tfla_r1.json
 wait  # the reference wheels
 run refs 200 env PYTHONPATH=/tmp/ref-site python3 benches/compare/compare.py --grid paper --heads 16:128:128 \
   --chunks 128 --only tfla:exp,tfla:sig,tfla:sig_nonorm,fla:simple_gla --dtype bf16 --json $W/refs.json
 run tfla_r2 90 /tmp/x --heads 16:128:128 --points $P --chunks 128,256 --reps 10 --no-step --cool-ms 200 --json $W/tfla_r2.json
-run sanitize_2 80 bash /tmp/xs/run.sh sanitize sm_90a chunk_fused
+run sanitize_2 80 bash $here/$x/run.sh sanitize sm_90a chunk_fused
 cat $W/summary.txt $W/chosen.txt $W/ab.txt
