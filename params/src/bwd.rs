@@ -302,6 +302,11 @@ pub const fn use_chunk(dev: &Device, chunk: u32, dqk: u32, dhv: u32) -> bool {
     chunk::applies(chunk, dqk, dhv) && dev.fits(chunk::smem_bytes())
 }
 
+/// Whether [`use_chunk`]'s kernel is the `wgmma` one on `dev` (the sm_90a module).
+pub const fn use_chunk_wg(dev: &Device, chunk: u32, dqk: u32, dhv: u32) -> bool {
+    dev.wgmma && use_chunk(dev, chunk, dqk, dhv) && dev.fits(chunk_wg::smem_bytes())
+}
+
 /// The launches of the backward pass on `dev`, in order: row coefficients, then on the
 /// tensor cores the state gradients (reverse walk), score matrices, dq, dk, dv (those four in
 /// one kernel where [`use_chunk`]) and the gate gradients (which sum the row dots of dq and
@@ -381,7 +386,14 @@ pub fn plan(dev: &Device, p: &BwdParams, gates: Gates, path: Path) -> Plan {
             smem: state::smem_bytes(),
         }
     });
-    if use_chunk(dev, p.chunk, p.dqk, p.dhv) {
+    if use_chunk_wg(dev, p.chunk, p.dqk, p.dhv) {
+        plan.push(Launch {
+            name: name(BwdKernel::ChunkWg),
+            grid: chunk_wg::grid(p),
+            threads: chunk_wg::THREADS,
+            smem: chunk_wg::smem_bytes(),
+        });
+    } else if use_chunk(dev, p.chunk, p.dqk, p.dhv) {
         plan.push(Launch {
             name: name(BwdKernel::Chunk),
             grid: chunk::grid(p),
@@ -718,6 +730,31 @@ pub mod chunk {
     }
 }
 
+/// The chunk gradients on `wgmma` (sm_90a builds): [`chunk`]'s work at its chunk size and head
+/// dims, by two warpgroups of 64 rows (warp w still owns rows 16w .. 16w + 16 of every tile,
+/// the `wgmma` accumulators being the warps' `mma.sync` fragments stacked) instead of eight
+/// warps that each read every B operand whole from shared memory; the operands are staged in
+/// the 128-byte swizzle the tensor cores' descriptors read.
+pub mod chunk_wg {
+    pub use super::chunk::{CHUNK, THREADS, TILE, TILE_D, TILES, VECTORS, WARPS, applies, grid};
+    pub use crate::fwd::SW128_ALIGN as ALIGN;
+    pub const WARPGROUPS: u32 = 2;
+    const _: () = assert!(
+        WARPS == 4 * WARPGROUPS && CHUNK == 64 * WARPGROUPS && TILE == 64 && TILE_D == 128,
+        "m64 per warpgroup: one score tile of rows each, operands of two 64-column panels"
+    );
+    /// One staged operand: CHUNK (or TILE_D) rows × TILE_D columns, 16-bit, in two 64-column
+    /// panels of the swizzle.
+    pub const fn tile_bytes() -> u32 {
+        CHUNK * TILE_D * 2
+    }
+    /// ALIGN (the swizzle's atoms are 1024-byte aligned), the operands, the row vectors and
+    /// the partial column sums as [`chunk::smem_bytes`].
+    pub const fn smem_bytes() -> u32 {
+        ALIGN + TILES * tile_bytes() + VECTORS * CHUNK * 4 + WARPS * 2 * TILE * 4
+    }
+}
+
 /// Gate gradients: one block per (chunk, head) (the forget-gate gradient is a sum inside the
 /// chunk: two block scans over its steps).
 pub mod gates {
@@ -831,6 +868,8 @@ pub enum BwdKernel {
     DqWg,
     DkWg,
     DvWg,
+    /// [`BwdKernel::Chunk`] on `wgmma` (`chunk_wg`; sm_90a builds only, not in `ALL`).
+    ChunkWg,
 }
 
 impl BwdKernel {
@@ -846,11 +885,12 @@ impl BwdKernel {
         BwdKernel::MaxPath,
     ];
     /// The `wgmma` kernels, in the sm_90a module only.
-    pub const WGMMA: [BwdKernel; 4] = [
+    pub const WGMMA: [BwdKernel; 5] = [
         BwdKernel::StateWg,
         BwdKernel::DqWg,
         BwdKernel::DkWg,
         BwdKernel::DvWg,
+        BwdKernel::ChunkWg,
     ];
 }
 
@@ -893,6 +933,7 @@ pub const fn entry_name(kernel: BwdKernel, gates: Gates, dtype: Dtype) -> &'stat
         DqWg => names::bwd_dq_wg[g][d],
         DkWg => names::bwd_dk_wg[g][d],
         DvWg => names::bwd_dv_wg[g][d],
+        ChunkWg => names::bwd_chunk_wg[g][d],
     }
 }
 

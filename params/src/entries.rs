@@ -42,6 +42,7 @@ macro_rules! tfla_entries {
             gd_wgx BwdParams bwd_dk_wg = bwd_combine_wg<Dk>;
             gd_wgx BwdParams bwd_dv_wg = bwd_combine_wg<Dv>;
             gd BwdParams bwd_chunk = bwd_chunk;
+            gd_wg BwdParams bwd_chunk_wg = bwd_chunk_wg;
             g BwdParams bwd_gates = bwd_gates;
             g_f32e BwdParams bwd_rows = bwd_rows;
             g_f32 BwdParams bwd_recurrent = bwd_recurrent_f32;

@@ -210,29 +210,37 @@ mod tests {
         assert_eq!(l[5].grid, bwd::combine::grid(&p, 128));
         assert!(l.iter().all(|l| l.threads % 32 == 0 && l.threads > 0));
 
-        // Heads up to 128 at L = 128: one kernel per chunk in place of those four.
+        // Heads up to 128 at L = 128: one kernel per chunk in place of those four, on `wgmma`
+        // in the sm_90a module, on `mma.sync` in the sm_80 one.
         let small = BwdParams { dqk: 64, ..exact };
-        let l = bwd_launches(&Device::HOPPER, &small, Gates::Exp, f16);
-        let chunk = |g| bwd::entry_name(BwdKernel::Chunk, g, KDtype::F16);
-        let want_small = [
-            BwdKernel::Rows,
-            BwdKernel::State,
-            BwdKernel::Chunk,
-            BwdKernel::Gates,
-            BwdKernel::MaxPath,
-        ]
-        .map(|k| bwd::entry_name(k, Gates::Exp, KDtype::F16));
-        assert_eq!(names(&l), want_small);
-        assert_eq!(l[2].name, chunk(Gates::Exp));
-        assert_eq!(l[2].grid, (8, 6, 1));
+        let want_small = |chunk| {
+            [
+                BwdKernel::Rows,
+                BwdKernel::State,
+                chunk,
+                BwdKernel::Gates,
+                BwdKernel::MaxPath,
+            ]
+            .map(|k| bwd::entry_name(k, Gates::Exp, KDtype::F16))
+        };
+        for (dev, chunk) in [
+            (Device::HOPPER, BwdKernel::ChunkWg),
+            (Device::PORTABLE_227K, BwdKernel::Chunk),
+        ] {
+            let l = bwd_launches(&dev, &small, Gates::Exp, f16);
+            assert_eq!(names(&l), want_small(chunk));
+            assert_eq!(l[2].grid, (8, 6, 1));
+        }
         let at_256 = BwdParams {
             chunk: 256,
             num_chunks: 4,
             ..small
         };
+        let l = bwd_launches(&Device::HOPPER, &at_256, Gates::Exp, f16);
         assert!(
-            !names(&bwd_launches(&Device::HOPPER, &at_256, Gates::Exp, f16))
-                .contains(&chunk(Gates::Exp))
+            [BwdKernel::Chunk, BwdKernel::ChunkWg]
+                .iter()
+                .all(|&k| !names(&l).contains(&bwd::entry_name(k, Gates::Exp, KDtype::F16)))
         );
 
         // f32: rows, the recurrence, and the max-state path where it applies.

@@ -127,6 +127,12 @@ impl_hold!(
     ]
 );
 impl_hold!(
+    64,
+    [
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63
+    ]
+);
+impl_hold!(
     32,
     [
         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
@@ -151,6 +157,12 @@ pub trait Wgmma {
     unsafe fn ss_n256_t_mn(acc: &mut [f32; 128], da: u64, db: u64, accumulate: bool);
     /// acc += A·B, m64n256k16: A from registers, B MN-major.
     unsafe fn rs_n256_mn(acc: &mut [f32; 128], a: [u32; 4], db: u64);
+    /// acc (+)= A·Bᵀ, m64n128k16: A and B K-major (B stored as N × K).
+    unsafe fn ss_n128_k(acc: &mut [f32; 64], da: u64, db: u64, accumulate: bool);
+    /// acc (+)= A·B, m64n128k16: A K-major, B MN-major.
+    unsafe fn ss_n128_mn(acc: &mut [f32; 64], da: u64, db: u64, accumulate: bool);
+    /// acc += A·B, m64n128k16: A from registers, B MN-major.
+    unsafe fn rs_n128_mn(acc: &mut [f32; 64], a: [u32; 4], db: u64);
     /// acc (+)= A·Bᵀ, m64n64k16: A and B K-major (B stored as N × K).
     unsafe fn ss_n64_k(acc: &mut [f32; 32], da: u64, db: u64, accumulate: bool);
     /// acc (+)= A·Bᵀ, m64n8k16: A and B K-major.
@@ -216,6 +228,23 @@ macro_rules! wgmma_n256 {
     };
 }
 
+/// [`wgmma!`] of an m64n128 form: the 64 accumulator indices spelled out once.
+macro_rules! wgmma_n128 {
+    ($form:ident, $ty:literal, $t:literal, $acc:ident, $($rest:tt)*) => {
+        wgmma!(
+            $form,
+            $ty,
+            "128",
+            $t,
+            $acc,
+            [
+                0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63
+            ],
+            $($rest)*
+        )
+    };
+}
+
 macro_rules! impl_wgmma {
     ($e:ty, $ty:literal) => {
         impl Wgmma for $e {
@@ -234,6 +263,18 @@ macro_rules! impl_wgmma {
             #[inline(always)]
             unsafe fn rs_n256_mn(acc: &mut [f32; 128], a: [u32; 4], db: u64) {
                 unsafe { wgmma_n256!(rs, $ty, "1", acc, a, db) }
+            }
+            #[inline(always)]
+            unsafe fn ss_n128_k(acc: &mut [f32; 64], da: u64, db: u64, accumulate: bool) {
+                unsafe { wgmma_n128!(ss, $ty, "0, 0", acc, da, db, accumulate as u32) }
+            }
+            #[inline(always)]
+            unsafe fn ss_n128_mn(acc: &mut [f32; 64], da: u64, db: u64, accumulate: bool) {
+                unsafe { wgmma_n128!(ss, $ty, "0, 1", acc, da, db, accumulate as u32) }
+            }
+            #[inline(always)]
+            unsafe fn rs_n128_mn(acc: &mut [f32; 64], a: [u32; 4], db: u64) {
+                unsafe { wgmma_n128!(rs, $ty, "1", acc, a, db) }
             }
             #[inline(always)]
             unsafe fn ss_n64_k(acc: &mut [f32; 32], da: u64, db: u64, accumulate: bool) {

@@ -14,7 +14,7 @@ use backward::{
     bwd_state,
 };
 #[cfg(target_feature = "sm_90a")]
-use backward::{bwd_combine_wg, bwd_state_wg};
+use backward::{bwd_chunk_wg, bwd_combine_wg, bwd_state_wg};
 use common::gates::{ExpGates, SigGates, SigNoNormGates};
 use common::pack;
 use forward::{

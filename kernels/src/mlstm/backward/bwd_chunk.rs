@@ -26,12 +26,13 @@
 //! dims are rolled loops (`thread::rolled_loop`), bounded by the head dims; only the products
 //! that read a register tile are unrolled. (Running 2 and 3 as one code path, selected per
 //! role, made the code smaller still but the kernel 10% slower: measured, not kept.)
+use super::bwd_chunk_terms::ChunkTerms;
 use super::gates::GateKind;
 use super::stage;
 use crate::arch::convert::Elem;
-use crate::arch::{cp_async, global, math, shared, shfl, thread};
-use crate::tile::{SmemTile, acc_pos, acc_to_a};
-use tfla_params::bwd::{BwdParams, chunk::*, combine, rows, scores};
+use crate::arch::{cp_async, shared, thread};
+use crate::tile::{SmemTile, acc_to_a};
+use tfla_params::bwd::{BwdParams, chunk::*, combine};
 use tfla_params::fwd::SMEM_ROW_PAD;
 
 const NB: usize = (TILE_D / 8) as usize;
@@ -40,6 +41,11 @@ const _: () = assert!(
     NB == 16 && TB == 8 && CHUNK == 2 * TILE,
     "the unroll! counts below assume 16 output n-blocks, 8 k-steps over a head dim, and two \
      64-wide score tiles per chunk"
+);
+
+const _: () = assert!(
+    smem_bytes() == TILES * tile_bytes() + ChunkTerms::BYTES,
+    "the operands, then the row vectors and column sums"
 );
 
 /// A warp's 16 rows × TILE_D columns of dq, dk or dv.
@@ -54,13 +60,10 @@ type Tile = [[f32; 4]; TB];
 pub unsafe fn bwd_chunk<E: Elem, G: GateKind>(p: &BwdParams) {
     let tid = thread::thread_idx();
     let (lane, warp) = (tid % 32, tid / 32);
-    let (k, bh, _) = thread::block_idx();
-    let (l, s, nc, dqk, dhv) = (p.chunk, p.s, p.num_chunks, p.dqk, p.dhv);
-    let t0 = k * l;
-    let len = l.min(s - t0);
+    let (dqk, dhv) = (p.dqk, p.dhv);
     let normalizer = G::NORMALIZED && p.exact != 0;
 
-    // Shared memory: Q, K, V, dH, C̃_k, dC̃_{k+1}; the row vectors; the column sums.
+    // Shared memory: Q, K, V, dH, C̃_k, dC̃_{k+1}; the row vectors and column sums.
     let operand = |x: u32| SmemTile {
         base: shared::base() + x * tile_bytes(),
         stride: (TILE_D + SMEM_ROW_PAD) * 2,
@@ -73,73 +76,15 @@ pub unsafe fn bwd_chunk<E: Elem, G: GateKind>(p: &BwdParams) {
         operand(4),
         operand(5),
     );
-    let s_r = shared::base() + TILES * tile_bytes();
-    let s_rho = s_r + 4 * CHUNK;
-    let s_delta = s_rho + 4 * CHUNK;
-    let s_u = s_delta + 4 * CHUNK;
-    // The rows' own coefficients α ρ, α δ (dq) and w (dk, dv).
-    let s_wq = s_u + 4 * CHUNK;
-    let s_wn = s_wq + 4 * CHUNK;
-    let s_wk = s_wn + 4 * CHUNK;
-    let s_cols = s_wk + 4 * CHUNK;
-    let col_sums = |w: u32, jt: u32| s_cols + 4 * (w * 2 + jt) * TILE;
-
-    let head = bh as u64;
-    let hk = head * nc as u64 + k as u64;
-    let rows_of = |ptr: u64, dim: u32| ptr + head * (s as u64) * (dim as u64) * 2;
-    let padded = (nc * l) as u64;
-    let plane = |pl: u32| p.ptr.row_coef + (pl as u64 * p.bh as u64 + head) * padded * 4;
-    let state = hk * (dqk as u64) * (dhv as u64) * 2;
+    let ct = ChunkTerms::at(p, shared::base() + TILES * tile_bytes());
+    let len = ct.len;
     unsafe {
-        // 1: what dq's inter-chunk term and every gating needs.
-        stage::rows::<THREADS, { TILE_D / 8 }>(
-            sdh,
-            rows_of(p.ptr.dh, dhv),
-            (t0, s),
-            (0, dhv),
-            CHUNK,
-        );
-        stage::rows::<THREADS, { TILE_D / 8 }>(
-            sc,
-            p.ptr.c_states + state,
-            (0, dqk),
-            (0, dhv),
-            TILE_D,
-        );
-        // (The planes run to NC·L; what rows past S hold is masked by i < len.)
-        let span = (t0, nc * l);
-        stage::f32_vec::<THREADS>(s_r, plane(rows::R_LOG2), span, CHUNK);
-        stage::f32_vec::<THREADS>(s_rho, plane(rows::RHO), span, CHUNK);
-        stage::f32_vec::<THREADS>(s_delta, plane(rows::DELTA), span, CHUNK);
-        stage::f32_vec::<THREADS>(s_u, p.ptr.gate_u + head * padded * 4, span, CHUNK);
-        stage::f32_vec::<THREADS>(s_wq, plane(rows::WQ), span, CHUNK);
-        if normalizer {
-            stage::f32_vec::<THREADS>(s_wn, plane(rows::WN), span, CHUNK);
-        }
-        stage::f32_vec::<THREADS>(s_wk, plane(rows::WK), span, CHUNK);
-        cp_async::commit();
-        // 2: the scores' other operands.
-        stage::rows::<THREADS, { TILE_D / 8 }>(sq, rows_of(p.ptr.q, dqk), (t0, s), (0, dqk), CHUNK);
-        stage::rows::<THREADS, { TILE_D / 8 }>(sk, rows_of(p.ptr.k, dqk), (t0, s), (0, dqk), CHUNK);
-        stage::rows::<THREADS, { TILE_D / 8 }>(sv, rows_of(p.ptr.v, dhv), (t0, s), (0, dhv), CHUNK);
-        cp_async::commit();
-        // 3: the state gradient, for dk and dv.
-        stage::rows::<THREADS, { TILE_D / 8 }>(
-            sdc,
-            p.ptr.dc_states + state,
-            (0, dqk),
-            (0, dhv),
-            TILE_D,
-        );
-        cp_async::commit();
-    }
+        ct.stage(normalizer, |x, global, rows, cols, n| {
+            stage::rows::<THREADS, { TILE_D / 8 }>(operand(x), global, rows, cols, n)
+        })
+    };
 
-    // The warp's rows (chunk-relative) of accumulator element e: query rows for dq, key rows
-    // for dk and dv.
-    let row = |e: usize| warp * 16 + acc_pos(lane, e).0;
     let active = warp * 16 < len;
-    // Their per-row coefficients, staged.
-    let coef = |base: u32| [0, 2].map(|e| unsafe { shared::ld_f32(base + 4 * row(e)) });
 
     // acc += A·B over `dim` (a head dim): A the warp's rows of `a`, B stored (n, k) where `nk`,
     // else (k, n); the k-steps a rolled loop. (This and `score_tile` address through an opaque
@@ -219,65 +164,8 @@ pub unsafe fn bwd_chunk<E: Elem, G: GateKind>(p: &BwdParams) {
             });
         });
     };
-    // acc = r ⊙ acc + e ⊗ u, u the out_dim f32 at `u` where `with_u` (else 0).
-    let scale_rows = #[inline(always)]
-    |acc: &mut Acc,
-                      r: [f32; 2],
-                      e: [f32; 2],
-                      (u, with_u): (u64, bool),
-                      out_dim: u32| {
-        let lane = thread::opaque(lane);
-        unroll!(16, nb => {
-            let c = nb as u32 * 8 + acc_pos(lane, 0).1;
-            let u = unsafe { global::ld_v2_f32_or_zero(with_u && c < out_dim, u + c as u64 * 4) };
-            unroll!(2, half => {
-                let x = &mut acc[nb];
-                x[2 * half] = r[half] * x[2 * half] + e[half] * u[0];
-                x[2 * half + 1] = r[half] * x[2 * half + 1] + e[half] * u[1];
-            });
-        });
-    };
-    // Row-dot plane `pl` of the warp's rows: Σ_c x[row, c]·c_out·acc[row, c], x staged.
-    let col_tiles = combine::col_tiles(dqk) as u64;
-    let row_dot = #[inline(always)]
-    |acc: &Acc, x: SmemTile, c_out: f32, pl: u32| {
-        let lane = thread::opaque(lane);
-        unroll!(2, half => {
-            let e = 2 * half;
-            let rr = warp * 16 + acc_pos(lane, e).0;
-            let mut dot = 0f32;
-            unroll!(16, nb => {
-                let c = nb as u32 * 8 + acc_pos(lane, e).1;
-                let (x0, x1) = E::unpack(unsafe { shared::ld_u32(x.offset(rr, c)) });
-                dot += x0 * acc[nb][e] + x1 * acc[nb][e + 1];
-            });
-            dot += unsafe { shfl::xor_f32(dot, 1) };
-            dot += unsafe { shfl::xor_f32(dot, 2) };
-            dot *= c_out;
-            if rr < len && lane.is_multiple_of(4) {
-                let at = (pl as u64 * p.bh as u64 * padded + head * padded + (t0 + rr) as u64)
-                    * col_tiles;
-                unsafe { global::st_f32(p.ptr.row_dots + at * 4, dot) };
-            }
-        });
-    };
-    // Stores c_out·acc into the warp's rows of (BH, S, out_dim) `out`.
-    let store = #[inline(always)]
-    |acc: &Acc, c_out: f32, out: u64, out_dim: u32| {
-        let lane = thread::opaque(lane);
-        let base = out + head * (s as u64) * (out_dim as u64) * 2;
-        unroll!(2, half => {
-            let e = 2 * half;
-            let rr = warp * 16 + acc_pos(lane, e).0;
-            unroll!(16, nb => {
-                let c = nb as u32 * 8 + acc_pos(lane, e).1;
-                let v = E::pack(c_out * acc[nb][e], c_out * acc[nb][e + 1]);
-                let at = base + ((t0 + rr) as u64 * out_dim as u64 + c as u64) * 2;
-                unsafe { global::st_b32_if(rr < len && c < out_dim, at, v) };
-            });
-        });
-    };
-    let tiles = scores::tiles(l) as u64;
+    // Element pair (r, c) of a staged operand, for the row dots.
+    let elem = |x: SmemTile| move |r: u32, c: u32| x.offset(r, c);
     let own_tile = warp / 4;
 
     // dq̂ = α ρ C̃_k dh + α δ ñ_k + Σ_{j ≤ i} dP_ij k_j (dq = scale·dq̂).
@@ -288,145 +176,54 @@ pub unsafe fn bwd_chunk<E: Elem, G: GateKind>(p: &BwdParams) {
     let mut acc = [[0f32; 4]; NB];
     if active {
         mma_ab(&mut acc, sdh, sc, dhv, true);
-        let n_k = p.ptr.n_states + hk * dqk as u64 * 4;
-        let wn = if normalizer { coef(s_wn) } else { [0.0; 2] };
-        scale_rows(&mut acc, coef(s_wq), wn, (n_k, normalizer), dqk);
+        ct.scale_dq(&mut acc, normalizer);
     }
     unsafe {
         cp_async::wait::<1>();
         thread::sync_threads();
     }
     if active {
-        row_dot(&acc, sq, p.scale, combine::DOT_Q_INTER);
-        let ld = |base: u32, e: usize| unsafe { shared::ld_f32(base + 4 * row(e)) };
-        let (r_i, rho, delta) = (
-            [ld(s_r, 0), ld(s_r, 2)],
-            [ld(s_rho, 0), ld(s_rho, 2)],
-            [ld(s_delta, 0), ld(s_delta, 2)],
-        );
+        ct.row_dot::<E, _>(&acc, elem(sq), p.scale, combine::DOT_Q_INTER);
+        let rows = ct.query_rows();
         // Key tiles up to the warp's rows (a loop, as the k-steps).
         for jt in 0..=own_tile {
-            let j0 = jt * TILE;
-            let (sacc, mut dp) = score_pair(j0);
-            // dP = W ⊙ (dS ρ + δ), W_ij = 2^(R_i + C_j) for j ≤ i < len; G_ij = scale·S_ij·dP_ij
-            // for j < i, summed per row over the tile and per column over the warp's rows.
-            let mut row_sum = [0f32; 2];
-            unroll!(8, nb => {
-                unroll!(2, x => {
-                    let j = j0 + nb as u32 * 8 + acc_pos(lane, 0).1 + x as u32;
-                    let c_j = unsafe { shared::ld_f32(s_u + 4 * j) } * math::LOG2_E;
-                    let mut col = 0f32;
-                    unroll!(2, half => {
-                        let e = 2 * half + x;
-                        let i = row(e);
-                        let w = math::exp2(r_i[half] + c_j);
-                        let w = if j <= i && i < len { w } else { 0.0 };
-                        let sc = sacc[nb][e] * p.scale;
-                        let d = w * (dp[nb][e] * rho[half] + delta[half]);
-                        dp[nb][e] = d;
-                        let g = if j < i { sc * d } else { 0.0 };
-                        row_sum[half] += g;
-                        col += g;
-                    });
-                    col += unsafe { shfl::xor_f32(col, 4) };
-                    col += unsafe { shfl::xor_f32(col, 8) };
-                    col += unsafe { shfl::xor_f32(col, 16) };
-                    if lane < 4 {
-                        let cc = nb as u32 * 8 + lane * 2 + x as u32;
-                        unsafe { shared::st_f32(col_sums(warp, jt) + 4 * cc, col) };
-                    }
-                });
-            });
-            unroll!(2, half => {
-                let mut sum = row_sum[half];
-                sum += unsafe { shfl::xor_f32(sum, 1) };
-                sum += unsafe { shfl::xor_f32(sum, 2) };
-                let i = row(2 * half);
-                if lane.is_multiple_of(4) && i < len {
-                    let at = (head * padded + (t0 + i) as u64) * tiles + jt as u64;
-                    unsafe { global::st_f32(p.ptr.pair_sums + at * 4, sum) };
-                }
-            });
-            mma_tile(&mut acc, &dp, sk, j0);
+            let (sacc, mut dp) = score_pair(jt * TILE);
+            ct.gate_dp(jt, rows, &sacc, &mut dp);
+            mma_tile(&mut acc, &dp, sk, jt * TILE);
         }
-        store(&acc, p.scale, p.ptr.dq, dqk);
+        ct.store::<E, _>(&acc, p.scale, p.ptr.dq, dqk);
     }
     unsafe {
         cp_async::wait::<0>();
         thread::sync_threads();
     }
+    ct.column_sums(tid);
 
-    // Column sums of the pair gradients per (row tile, key tile ≤ it), over the row tile's warps.
-    if tid < scores::pairs(CHUNK) * TILE {
-        let pair = tid / TILE;
-        let it = pair.div_ceil(2);
-        let jt = pair - scores::pair_index(it, 0);
-        let j = jt * TILE + tid % TILE;
-        if it * TILE < len && j < len {
-            let mut c = 0f32;
-            for w in 4 * it..4 * it + 4 {
-                if w * 16 < len {
-                    c += unsafe { shared::ld_f32(col_sums(w, jt) + 4 * (tid % TILE)) };
-                }
-            }
-            let at = (p.bh as u64 + head) * padded * tiles + (t0 + j) as u64 * tiles + it as u64;
-            unsafe { global::st_f32(p.ptr.pair_sums + at * 4, c) };
-        }
-    }
-
-    // Column terms of query column i of a transposed tile: R_i, ρ_i, δ_i.
-    let col = |base: u32, i: u32| unsafe { shared::ld_f32(base + 4 * i) };
     if active {
-        let c_j = [0, 2].map(|e| unsafe { shared::ld_f32(s_u + 4 * row(e)) } * math::LOG2_E);
-        // W_ij for the element (key row j, query column i) of a transposed tile. Each pass
-        // forms its own from an opaque lane: else the compiler keeps the first pass's weights
-        // (and ρ_i) live for the second, and spills.
-        let weight = #[inline(always)]
-        |lane: u32, e: usize, i: u32| {
-            let j = warp * 16 + acc_pos(lane, e).0;
-            let w = math::exp2(col(s_r, i) + c_j[e / 2]);
-            if j <= i && i < len { w } else { 0.0 }
-        };
+        let c_j = ct.key_rows();
 
         // dv_j = w_j dC̃_{k+1}ᵀ k_j + Σ_{i ≥ j} P_ij dh_i.
         let mut acc = [[0f32; 4]; NB];
         mma_ab(&mut acc, sk, sdc, dqk, false);
-        scale_rows(&mut acc, coef(s_wk), [0.0; 2], (0, false), dhv);
+        ct.scale_dv(&mut acc);
         for it in own_tile..len.div_ceil(TILE) {
-            let i0 = it * TILE;
-            let mut pt = score_tile(sk, sq, i0, dqk);
-            let lane = thread::opaque(lane);
-            unroll!(8, nb => {
-                unroll!(4, e => {
-                    let i = i0 + nb as u32 * 8 + acc_pos(lane, e).1;
-                    pt[nb][e] = weight(lane, e, i) * (pt[nb][e] * p.scale) * col(s_rho, i);
-                });
-            });
-            mma_tile(&mut acc, &pt, sdh, i0);
+            let mut pt = score_tile(sk, sq, it * TILE, dqk);
+            ct.gate_pt(c_j, it * TILE, &mut pt);
+            mma_tile(&mut acc, &pt, sdh, it * TILE);
         }
-        store(&acc, 1.0, p.ptr.dv, dhv);
+        ct.store::<E, _>(&acc, 1.0, p.ptr.dv, dhv);
 
         // dk_j = w_j (dC̃_{k+1} v_j + dñ_{k+1}) + scale · Σ_{i ≥ j} dP_ij q_i.
         let mut acc = [[0f32; 4]; NB];
         mma_ab(&mut acc, sv, sdc, dhv, true);
-        let r = coef(s_wk).map(|w| (1.0 / p.scale) * w);
-        let dn = p.ptr.dn_states + hk * dqk as u64 * 4;
-        let e = if normalizer { r } else { [0.0; 2] };
-        scale_rows(&mut acc, r, e, (dn, normalizer), dqk);
-        row_dot(&acc, sk, p.scale, combine::DOT_K_INTER);
+        ct.scale_dk(&mut acc, normalizer);
+        ct.row_dot::<E, _>(&acc, elem(sk), p.scale, combine::DOT_K_INTER);
         for it in own_tile..len.div_ceil(TILE) {
-            let i0 = it * TILE;
-            let mut dpt = score_tile(sv, sdh, i0, dhv);
-            let lane = thread::opaque(lane);
-            unroll!(8, nb => {
-                unroll!(4, e => {
-                    let i = i0 + nb as u32 * 8 + acc_pos(lane, e).1;
-                    dpt[nb][e] = weight(lane, e, i) * (dpt[nb][e] * col(s_rho, i) + col(s_delta, i));
-                });
-            });
-            mma_tile(&mut acc, &dpt, sq, i0);
+            let mut dpt = score_tile(sv, sdh, it * TILE, dhv);
+            ct.gate_dpt(c_j, it * TILE, &mut dpt);
+            mma_tile(&mut acc, &dpt, sq, it * TILE);
         }
-        row_dot(&acc, sk, p.scale, combine::DOT_K);
-        store(&acc, p.scale, p.ptr.dk, dqk);
+        ct.row_dot::<E, _>(&acc, elem(sk), p.scale, combine::DOT_K);
+        ct.store::<E, _>(&acc, p.scale, p.ptr.dk, dqk);
     }
 }
