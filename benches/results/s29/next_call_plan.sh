@@ -17,15 +17,23 @@
 # bin/{bench-tfla-bench, bench-tfla-sanitize, test-gpu_forward, test-gpu_varlen, xtask} and
 # run.sh of x, the wheels in devcall/whl (`pip download --no-deps mlstm-kernels==2.0.6
 # fla-core==0.6.0 einops`), this file as devcall/go.sh.
+# y = main with s29/chunk_wg_no_barrier.patch (bwd_chunk_wg without the block barrier between
+# its dq and its dv/dk passes; ptxas reports C7520, wgmma serialized in a divergent path, so
+# whether it is faster is a measurement): `git switch -c wip/chunk-wg-3 main && git am -3
+# benches/results/s29/chunk_wg_no_barrier.patch && cargo xtask bundle --out devcall/y --xz`;
+# keep bin/{bench-tfla-bench, test-gpu_backward}.
 # Questions, in order:
 #  1. x's forward GPU tests (first: the driver's compile of x's module lands in the cache);
 #  2. m against x, forwards alone at 64 heads (narrow) and 128 (wide), three variants, two
 #     rounds; merge x only if every narrow cell is within 1% of m's;
 #  3. compute-sanitizer over chunk_fused;
+#  3b. y's backward GPU tests, and m against y, forward+backward at 16/128/128 (8, 8192), three
+#     variants, two rounds; merge y if faster in every cell;
 #  4. main (m) over the paper grid at 16/128/128 (L = 128, 256), two rounds around Triton TFLA's
 #     three variants (compare.py, fair anchors) and FLA's chunk_simple_gla: the same-run ratios
 #     of the 128/128 forward+backward with bwd_chunk_wg (session 29 measured it against main
 #     only; its ratios in BENCHMARKS are against session 26's Triton times).
+# (About 800 s in all: split it into two calls, 1-3 and 3b-4, where one call allows 600.)
 # Run: run(command="END=580 bash devcall/go.sh", carry=["devcall"]).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +48,12 @@ AB="--heads 16:128:128 --points 4:8192,8:8192 --chunks 128 --variants exp,sig,si
 for r in 1 2; do ab m x; done
 python3 benches/ab_report.py $W m x > $W/ab.txt 2>&1
 run sanitize_x 80 bash $here/x/run.sh sanitize sm_90a chunk_fused
+unpack $here/y y=bench-tfla-bench gpu_backward_y=test-gpu_backward
+run backward_tests_y 200 /tmp/gpu_backward_y --include-ignored --test-threads=1
+AB="--heads 16:128:128 --points 8:8192 --chunks 128 --variants exp,sig,sig_nonorm --reps 20 --no-step"
+ln -sf /tmp/m /tmp/mb
+for r in 3 4; do ab mb y; done
+python3 benches/ab_report.py $W mb y >> $W/ab.txt 2>&1
 P=32:2048,16:4096,8:8192,4:16384
 run tfla_r1 90 /tmp/m --heads 16:128:128 --points $P --chunks 128,256 --reps 10 --no-step --cool-ms 200 --json $W/tfla_r1.json
 wait  # the reference wheels
