@@ -18,8 +18,9 @@
 # run.sh of x, the wheels in devcall/whl (`pip download --no-deps mlstm-kernels==2.0.6
 # fla-core==0.6.0 einops`), this file as devcall/go.sh.
 # y = main with s29/chunk_wg_no_barrier.patch (bwd_chunk_wg without the block barrier between
-# its dq and its dv/dk passes; ptxas reports C7520, wgmma serialized in a divergent path, so
-# whether it is faster is a measurement): `git switch -c wip/chunk-wg-3 main && git am -3
+# its dq and its dv/dk passes, which held warpgroup 0 for a sixth of the kernel; the
+# warpgroup index broadcast from lane 0 so that ptxas does not serialize the wgmmas behind the
+# passes' warpgroup-dependent loops, C7520): `git switch -c wip/chunk-wg-3 main && git am -3
 # benches/results/s29/chunk_wg_no_barrier.patch && cargo xtask bundle --out devcall/y --xz`;
 # keep bin/{bench-tfla-bench, test-gpu_backward}.
 # Questions, in order:
