@@ -711,10 +711,14 @@ pub mod chunk {
     /// The chunk's row vectors staged beside them: R (log2 row factor), ρ, δ, u, α ρ, α δ, w
     /// (`rows`; CHUNK f32 each).
     pub const VECTORS: u32 = 7;
-    /// The operands, the row vectors, then per warp and key tile the partial column sums of
-    /// the pair gradients (WARPS × 2 × TILE f32).
+    /// The row vectors, then per warp and key tile the partial column sums of the pair
+    /// gradients (WARPS × 2 × TILE f32): what both chunk kernels stage after their operands.
+    pub const fn terms_bytes() -> u32 {
+        VECTORS * CHUNK * 4 + WARPS * 2 * TILE * 4
+    }
+    /// The operands, then [`terms_bytes`].
     pub const fn smem_bytes() -> u32 {
-        TILES * tile_bytes() + VECTORS * CHUNK * 4 + WARPS * 2 * TILE * 4
+        TILES * tile_bytes() + terms_bytes()
     }
     /// Registers per thread it is built for (`register_caps`; one block per SM, its shared
     /// memory allows no second). Left alone, ptxas takes all 255 and still spills a few
@@ -736,7 +740,9 @@ pub mod chunk {
 /// warps that each read every B operand whole from shared memory; the operands are staged in
 /// the 128-byte swizzle the tensor cores' descriptors read.
 pub mod chunk_wg {
-    pub use super::chunk::{CHUNK, THREADS, TILE, TILE_D, TILES, VECTORS, WARPS, applies, grid};
+    pub use super::chunk::{
+        CHUNK, THREADS, TILE, TILE_D, TILES, WARPS, applies, grid, terms_bytes,
+    };
     pub use crate::fwd::SW128_ALIGN as ALIGN;
     pub const WARPGROUPS: u32 = 2;
     const _: () = assert!(
@@ -748,10 +754,10 @@ pub mod chunk_wg {
     pub const fn tile_bytes() -> u32 {
         CHUNK * TILE_D * 2
     }
-    /// ALIGN (the swizzle's atoms are 1024-byte aligned), the operands, the row vectors and
-    /// the partial column sums as [`chunk::smem_bytes`].
+    /// ALIGN (the swizzle's atoms are 1024-byte aligned), the operands, then
+    /// [`chunk::terms_bytes`].
     pub const fn smem_bytes() -> u32 {
-        ALIGN + TILES * tile_bytes() + VECTORS * CHUNK * 4 + WARPS * 2 * TILE * 4
+        ALIGN + TILES * tile_bytes() + terms_bytes()
     }
 }
 

@@ -43,11 +43,6 @@ const _: () = assert!(
      64-wide score tiles per chunk"
 );
 
-const _: () = assert!(
-    smem_bytes() == TILES * tile_bytes() + ChunkTerms::BYTES,
-    "the operands, then the row vectors and column sums"
-);
-
 /// A warp's 16 rows × TILE_D columns of dq, dk or dv.
 type Acc = [[f32; 4]; NB];
 /// A warp's 16 rows × TILE columns of a score tile.

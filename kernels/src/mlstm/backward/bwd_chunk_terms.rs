@@ -68,9 +68,6 @@ pub struct ChunkTerms<'a> {
 }
 
 impl<'a> ChunkTerms<'a> {
-    /// Bytes of the row vectors and the column sums that [`ChunkTerms::at`] lays out.
-    pub const BYTES: u32 = VECTORS * CHUNK * 4 + WARPS * 2 * TILE * 4;
-
     /// The block's chunk, its row vectors and column sums at shared address `vectors`.
     #[inline(always)]
     pub fn at(p: &'a BwdParams, vectors: u32) -> Self {
@@ -374,21 +371,16 @@ impl<'a> ChunkTerms<'a> {
     #[inline(always)]
     fn weight(&self, lane: u32, c_j: [f32; 2], e: usize, i: u32) -> f32 {
         let j = self.warp * 16 + acc_pos(lane, e).0;
-        let w = math::exp2(unsafe { shared::ld_f32(self.s_r + 4 * i) } + c_j[e / 2]);
+        let w = math::exp2(self.col(self.s_r, i) + c_j[e / 2]);
         if j <= i && i < self.len { w } else { 0.0 }
     }
 
     /// dv's transposed score tile of query tile i0..: Pᵀ = W ⊙ (scale·Sᵀ) ρ_i, given Sᵀ.
     #[inline(always)]
     pub fn gate_pt<T: Frags>(&self, c_j: [f32; 2], i0: u32, pt: &mut T) {
-        let lane = thread::opaque(self.lane);
-        unroll!(8, nb => {
-            unroll!(4, e => {
-                let i = i0 + nb as u32 * 8 + acc_pos(lane, e).1;
-                let rho = unsafe { shared::ld_f32(self.s_rho + 4 * i) };
-                let x = pt.at_mut(nb, e);
-                *x = self.weight(lane, c_j, e, i) * (*x * self.p.scale) * rho;
-            });
+        let scale = self.p.scale;
+        self.gate_transposed(c_j, i0, pt, |w, x, i| {
+            w * (x * scale) * self.col(self.s_rho, i)
         });
     }
 
@@ -396,20 +388,42 @@ impl<'a> ChunkTerms<'a> {
     /// dSᵀ.
     #[inline(always)]
     pub fn gate_dpt<T: Frags>(&self, c_j: [f32; 2], i0: u32, dpt: &mut T) {
+        self.gate_transposed(c_j, i0, dpt, |w, x, i| {
+            w * (x * self.col(self.s_rho, i) + self.col(self.s_delta, i))
+        });
+    }
+
+    /// t ← f(W, t, i) over a transposed tile of query tile i0.. (element e of n-block nb at
+    /// query column i), W from [`ChunkTerms::weight`].
+    #[inline(always)]
+    fn gate_transposed<T: Frags>(
+        &self,
+        c_j: [f32; 2],
+        i0: u32,
+        t: &mut T,
+        f: impl Fn(f32, f32, u32) -> f32,
+    ) {
         let lane = thread::opaque(self.lane);
         unroll!(8, nb => {
             unroll!(4, e => {
                 let i = i0 + nb as u32 * 8 + acc_pos(lane, e).1;
-                let (rho, delta) = unsafe {
-                    (shared::ld_f32(self.s_rho + 4 * i), shared::ld_f32(self.s_delta + 4 * i))
-                };
-                let x = dpt.at_mut(nb, e);
-                *x = self.weight(lane, c_j, e, i) * (*x * rho + delta);
+                let x = t.at_mut(nb, e);
+                *x = f(self.weight(lane, c_j, e, i), *x, i);
             });
         });
     }
+
+    /// Staged row vector `base` at query row i.
+    #[inline(always)]
+    fn col(&self, base: u32, i: u32) -> f32 {
+        unsafe { shared::ld_f32(base + 4 * i) }
+    }
 }
 
+const _: () = assert!(
+    VECTORS == 7 && terms_bytes() == VECTORS * 4 * CHUNK + WARPS * 2 * TILE * 4,
+    "`ChunkTerms::at` lays out seven row vectors, then the column sums, in `terms_bytes()`"
+);
 const _: () = assert!(
     NB == 16 && TB == 8,
     "the unroll! counts above assume 16 output n-blocks and 8 score n-blocks"

@@ -27,7 +27,7 @@ use super::gates::GateKind;
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::wgmma::{self, Hold, Wgmma, k_major, mn_major};
-use crate::arch::{cp_async, shared, thread};
+use crate::arch::{shared, thread};
 use crate::tile::acc_to_a;
 use tfla_params::bwd::{BwdParams, chunk_wg::*, combine};
 
@@ -41,11 +41,6 @@ const _: () = assert!(
     "m64n128 accumulators, m64n64 score tiles (4 k16 steps of the products that read them), 8 \
      k16 steps over a head dim; every operand CHUNK rows"
 );
-const _: () = assert!(
-    smem_bytes() == ALIGN + TILES * tile_bytes() + ChunkTerms::BYTES,
-    "the operands (aligned), then the row vectors and column sums"
-);
-
 /// A warpgroup's 64 rows × TILE_D columns of dq, dk or dv (m64n128 accumulators).
 type Acc = [f32; 4 * NB];
 /// A warpgroup's 64 rows × TILE columns of a score tile (m64n64).
@@ -97,18 +92,6 @@ pub unsafe fn bwd_chunk_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
             stage::rows_sw128::<THREADS, { TILE_D / 8 }>(operand(x), global, rows, cols, n)
         })
     };
-    // All but the last `behind` groups landed, visible to the tensor cores' async proxy and
-    // to every thread.
-    let landed = |behind: u32| unsafe {
-        match behind {
-            2 => cp_async::wait::<2>(),
-            1 => cp_async::wait::<1>(),
-            _ => cp_async::wait::<0>(),
-        }
-        wgmma::fence_proxy_async();
-        thread::sync_threads();
-    };
-
     // acc = the warpgroup's rows of `a` times B over `ks` k16 steps: B K-major (stored N × K,
     // rows 0 .. TILE_D of `b`) where `nk`, else MN-major. Waited for. (Every array a `wgmma`
     // writes is held before the fence: the zeros it starts from, moved in after the fence,
@@ -174,13 +157,13 @@ pub unsafe fn bwd_chunk_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
     };
 
     // dq̂ = α ρ C̃_k dh + α δ ñ_k + Σ_{j ≤ i} dP_ij k_j (dq = scale·dq̂).
-    landed(2);
+    unsafe { stage::landed_for_wgmma::<2>() };
     let mut acc = ZERO_ACC;
     if wg_live {
         product(&mut acc, sdh, sc, ks_hv, true);
         ct.scale_dq(&mut acc, normalizer);
     }
-    landed(1);
+    unsafe { stage::landed_for_wgmma::<1>() };
     if wg_live {
         ct.row_dot::<E, _>(&acc, elem(sq), p.scale, combine::DOT_Q_INTER);
         let rows = ct.query_rows();
@@ -204,7 +187,7 @@ pub unsafe fn bwd_chunk_wg<E: Elem + Wgmma, G: GateKind>(p: &BwdParams) {
         }
         ct.store::<E, _>(&acc, p.scale, p.ptr.dq, dqk);
     }
-    landed(0);
+    unsafe { stage::landed_for_wgmma::<0>() };
     ct.column_sums(tid);
 
     if wg_live {
