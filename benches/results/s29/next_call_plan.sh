@@ -16,9 +16,10 @@
 # cargo xtask bundle --out devcall/x --xz`; keep bin/{bench-tfla-bench} of m,
 # bin/{bench-tfla-bench, bench-tfla-sanitize, test-gpu_forward, test-gpu_varlen, xtask} and
 # run.sh of x, the wheels in devcall/whl (`pip download --no-deps mlstm-kernels==2.0.6
-# fla-core==0.6.0 einops`), this file as devcall/go.sh. (Session 29 left the three built from
-# a946794 in devcall/, which git ignores: m, x, y and go.sh as described; where they survive
-# and main has not moved, they can run as they are.)
+# fla-core==0.6.0 einops`), this file as devcall/go.sh; keep test-gpu_backward of m too.
+# (Session 29 left the three built from a946794 in devcall/, which git ignores; its review
+# then changed bwd_chunk_wg's code (a1e461e: the same arithmetic, not run on a GPU), so
+# rebuild them from main, and m's backward tests, in part 2, check that change.)
 # y = main with s29/chunk_wg_no_barrier.patch (bwd_chunk_wg without the block barrier between
 # its dq and its dv/dk passes, which held warpgroup 0 for a sixth of the kernel; the
 # warpgroup index broadcast from lane 0 so that ptxas does not serialize the wgmmas behind the
@@ -37,7 +38,7 @@
 #     of the 128/128 forward+backward with bwd_chunk_wg (session 29 measured it against main
 #     only; its ratios in BENCHMARKS are against session 26's Triton times).
 # Two calls (about 800 s in all; one call allows 600): this file runs 1-3b (about 450 s), with
-# PART=2 it runs 4 (about 350 s).
+# PART=2 it runs main's backward tests and 4 (about 500 s).
 # Run: run(command="END=580 bash devcall/go.sh", carry=["devcall"]), then
 #      run(command="PART=2 END=580 bash devcall/go.sh", carry=["devcall"]).
 set -u
@@ -61,6 +62,8 @@ ln -sf /tmp/m /tmp/mb
 for r in 3 4; do ab mb y; done
 python3 benches/ab_report.py $W mb y >> $W/ab.txt 2>&1
 else
+unpack $here/m gpu_backward_m=test-gpu_backward
+run backward_tests_m 200 /tmp/gpu_backward_m --include-ignored --test-threads=1
 P=32:2048,16:4096,8:8192,4:16384
 run tfla_r1 90 /tmp/m --heads 16:128:128 --points $P --chunks 128,256 --reps 10 --no-step --cool-ms 200 --json $W/tfla_r1.json
 wait  # the reference wheels
