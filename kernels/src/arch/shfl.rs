@@ -56,3 +56,17 @@ pub unsafe fn idx_f32(v: f32, src: u32) -> f32 {
     };
     r
 }
+
+/// Value of `v` held by lane `src`, u32.
+///
+/// # Safety
+/// All 32 lanes of the warp call it together.
+#[inline(always)]
+pub unsafe fn idx_u32(v: u32, src: u32) -> u32 {
+    let r: u32;
+    unsafe {
+        asm!("shfl.sync.idx.b32 {r}, {v}, {s}, 0x1f, 0xffffffff;", r = out(reg32) r,
+             v = in(reg32) v, s = in(reg32) src, options(nomem, nostack))
+    };
+    r
+}

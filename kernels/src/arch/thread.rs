@@ -67,6 +67,17 @@ pub unsafe fn sync_threads() {
     unsafe { nvptx::_syncthreads() }
 }
 
+/// The thread's warpgroup (128 threads), broadcast from lane 0: ptxas then knows it is the same
+/// in every lane of a warp (it keeps it in a uniform register), so a `wgmma` behind a loop or
+/// branch that depends on it is not serialized as one in a divergent path (C7520).
+///
+/// # Safety
+/// All 32 lanes of the warp call it together.
+#[inline(always)]
+pub unsafe fn warpgroup() -> u32 {
+    unsafe { super::shfl::idx_u32(thread_idx() / 128, 0) }
+}
+
 /// `bar.warp.sync`: waits for every lane of the warp and orders their shared-memory accesses.
 ///
 /// # Safety
