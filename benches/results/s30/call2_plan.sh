@@ -9,16 +9,19 @@
 # prefetches only the first group (dH, C̃_k, row vectors: 64 KB a block, what a block waits
 # for before it multiplies) half a wave ahead. Prediction: DRAM bytes back to about 2.5 GB,
 # the kernel 0–8% faster.
+# f's backward tests come first: call 1 ran them on z (this change plus the prefetch hint).
 # Run: run(command="END=570 bash devcall/go.sh", carry=["devcall"]).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/.."
 . benches/device_call.sh
 call_begin "${END:-570}" "$here/whl"
-unpack $here/f f=bench-tfla-bench gpu_kernels=test-gpu_kernels
+unpack $here/f f=bench-tfla-bench gpu_kernels=test-gpu_kernels gpu_backward=test-gpu_backward
 unpack $here/z2 z2=bench-tfla-bench
 # The driver's compile of f's module lands in the cache; no entry uses local memory.
 run kernels_test_f 120 /tmp/gpu_kernels --include-ignored --test-threads=1
+# The merged kernel's own build against the float64 reference (call 1 ran these on z).
+run backward_tests_f 200 /tmp/gpu_backward --include-ignored --test-threads=1
 P=32:2048,16:4096,8:8192,4:16384
 run tfla_r1 90 /tmp/f --heads 16:128:128 --points $P --chunks 128,256 --reps 10 --no-step --cool-ms 200 --json $W/tfla_r1.json
 wait  # the reference wheels
