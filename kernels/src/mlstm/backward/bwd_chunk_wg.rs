@@ -21,7 +21,10 @@
 //! 3. dk: V·dC̃_{k+1}ᵀ (B K-major), per query tile dSᵀ = V·dHᵀ gated into dPᵀ, A of dPᵀ·Q.
 //!
 //! Each `wgmma` group is waited for before its registers are read or written again (the two
-//! warpgroups' gating overlaps the other's products).
+//! warpgroups' gating overlaps the other's products). After the operands have landed the two
+//! warpgroups run their passes without waiting for each other: warpgroup 0 has one key tile
+//! in the dq pass and two query tiles each in dv and dk, warpgroup 1 the other way round, and
+//! a barrier between the passes held warpgroup 0 for a sixth of the kernel.
 use super::bwd_chunk_terms::ChunkTerms;
 use super::gates::GateKind;
 use super::stage;
