@@ -202,6 +202,13 @@ impl Runtime {
         self.plan
     }
 
+    /// Whether the launch plan may take entry `name` on this device: every entry of the module
+    /// but, where it has `wgmma`, the `mma.sync` kernels whose `wgmma` twins run instead
+    /// (`tfla_params::entries::mma_only`).
+    pub fn plan_reaches(&self, name: &str) -> bool {
+        !(self.plan.wgmma && tfla_params::entries::mma_only(name))
+    }
+
     /// Shared memory per block the device allows a kernel that opts in (227 KiB on Hopper).
     pub fn max_shared_memory_per_block(&self) -> u32 {
         self.max_smem_optin

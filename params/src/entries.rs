@@ -9,7 +9,9 @@
 //! - `gd`: `[gates][dtype]`, the 16-bit kernels: `{name}_{exp|sig|signn}_{bf16|f16}`, body
 //!   `<E, G>`; `gd_wg` the same in sm_90a builds only (`wgmma`); `gd_e` a body of `<E>` only
 //!   (the gates do not enter it, the names still do); `gd_x` a body of `<E, G, X>`, `gd_wgx`
-//!   the same in sm_90a builds only.
+//!   the same in sm_90a builds only; `gd_mma` as `gd`, for an `mma.sync` kernel the launch plan
+//!   takes only where the module has no `wgmma` (a `gd_wg` twin runs there instead: see
+//!   [`mma_only`]).
 //! - `g`: `[gates]`, `{name}_{exp|sig|signn}`, body `<G>`; `g_f32`: `{name}_{…}_f32`, body
 //!   `<G>`; `g_f32e`: the same names, body `<F32, G>`; `g2`: `{name}_{exp|sig}` only (the
 //!   normalizer does not enter it), body `<G>`.
@@ -25,7 +27,7 @@ macro_rules! tfla_entries {
         $cb! {
             g2 FwdParams fwd_chunk_gates = chunk_gates;
             gd FwdParams fwd_chunk_state = chunk_state;
-            gd FwdParams fwd_chunk_state_wide = chunk_state_wide;
+            gd_mma FwdParams fwd_chunk_state_wide = chunk_state_wide;
             gd FwdParams fwd_chunk_output = chunk_output;
             gd FwdParams fwd_chunk_fused = chunk_fused;
             g_f32 FwdParams fwd_recurrent = recurrent_f32;
@@ -41,7 +43,7 @@ macro_rules! tfla_entries {
             gd_wgx BwdParams bwd_dq_wg = bwd_combine_wg<Dq>;
             gd_wgx BwdParams bwd_dk_wg = bwd_combine_wg<Dk>;
             gd_wgx BwdParams bwd_dv_wg = bwd_combine_wg<Dv>;
-            gd BwdParams bwd_chunk = bwd_chunk;
+            gd_mma BwdParams bwd_chunk = bwd_chunk;
             gd_wg BwdParams bwd_chunk_wg = bwd_chunk_wg;
             g BwdParams bwd_gates = bwd_gates;
             g_f32e BwdParams bwd_rows = bwd_rows;
@@ -78,6 +80,7 @@ pub mod names {
             ];
         };
         (@ gd_wg $name:ident) => { tables!(@ gd $name); };
+        (@ gd_mma $name:ident) => { tables!(@ gd $name); };
         (@ gd_e $name:ident) => { tables!(@ gd $name); };
         (@ gd_x $name:ident) => { tables!(@ gd $name); };
         (@ gd_wgx $name:ident) => { tables!(@ gd $name); };
@@ -129,4 +132,44 @@ pub mod names {
         };
     }
     crate::tfla_entries!(tables);
+}
+
+/// `mma_only`, from the list.
+macro_rules! mma_only {
+    ($($kind:ident $params:ident $name:ident = $($body:ident)::+ $(<$x:ident>)?;)*) => {
+        /// Whether `entry` is a `gd_mma` kernel: one the launch plan never takes where the
+        /// module has `wgmma` (its `wgmma` twin runs there), so a run on such a module cannot
+        /// launch it.
+        pub fn mma_only(entry: &str) -> bool {
+            false $(|| mma_only!(@ $kind $name entry))*
+        }
+    };
+    (@ gd_mma $name:ident $entry:ident) => {
+        names::$name.iter().flatten().any(|n| *n == $entry)
+    };
+    (@ $other:ident $name:ident $entry:ident) => {
+        false
+    };
+}
+crate::tfla_entries!(mma_only);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mma_only_names_the_kernels_with_wgmma_twins() {
+        for g in 0..3 {
+            for d in 0..2 {
+                assert!(mma_only(names::bwd_chunk[g][d]));
+                assert!(mma_only(names::fwd_chunk_state_wide[g][d]));
+                assert!(!mma_only(names::bwd_chunk_wg[g][d]));
+                assert!(!mma_only(names::fwd_chunk_state_wg[g][d]));
+                assert!(!mma_only(names::fwd_chunk_state[g][d]));
+                assert!(!mma_only(names::fwd_chunk_fused[g][d]));
+            }
+        }
+        assert!(!mma_only(names::bwd_max_path_exp));
+        assert!(!mma_only("mlstm_bwd_chunk"));
+    }
 }

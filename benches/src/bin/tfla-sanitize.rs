@@ -220,14 +220,9 @@ fn main() {
         eprintln!("tfla-sanitize: {f}");
     }
     let launched = rt.launched_entries();
-    // Where the module has `wgmma` the plan takes its kernels for the wide state tile and the
-    // small heads' chunk gradients, never the `mma.sync` ones (which the sm_80 module's run
-    // covers: `TFLA_PORTABLE=1`).
-    let superseded = |e: &str| {
-        e.contains("chunk_state_wide")
-            || (e.starts_with("mlstm_bwd_chunk_") && !e.starts_with("mlstm_bwd_chunk_wg_"))
-    };
-    let reachable = |e: &str| !(rt.plan_device().wgmma && superseded(e));
+    // (The `mma.sync` kernels the plan does not reach here are the sm_80 module's run's:
+    // `TFLA_PORTABLE=1`.)
+    let reachable = |e: &str| rt.plan_reaches(e);
     let missing: Vec<String> = tfla_ptx_build::entry_points(rt.arch().ptx())
         .into_iter()
         .filter(|e| reachable(e) && !launched.contains(&e.as_str()))

@@ -55,6 +55,9 @@ macro_rules! instantiate {
         instantiate!(@gd2 $params $name [$($body)+] [] _sig SigGates);
         instantiate!(@gd2 $params $name [$($body)+] [] _signn SigNoNormGates);
     };
+    (@ gd_mma $params:ident $name:ident [$($body:tt)+]) => {
+        instantiate!(@ gd $params $name [$($body)+]);
+    };
     (@ gd_wg $params:ident $name:ident [$($body:tt)+]) => {
         #[cfg(target_feature = "sm_90a")]
         const _: () = {
