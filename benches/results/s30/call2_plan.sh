@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Call 2 (cut twice to fit the device time left after six refused starts): main with y merged
+# NOT RUN (session 30's device time went to refused starts): the next session's first call.
+# Call 2 (cut twice to fit the device time left after five refused starts): main with y merged
 # (bundle f = wip/y-s30: bafe1b4 + s29/chunk_wg_no_barrier.patch, whose kernels are main's
 # after the merge, 300ec8b) over the paper grid at 16/128/128, L = 128 (the best L of every
 # 128/128 cell in sessions 26 and 27), in one call with the reference kernels at their fair
