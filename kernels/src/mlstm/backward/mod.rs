@@ -1,7 +1,8 @@
 //! The backward pass: per-row coefficients, the reverse state walk (narrow and `wgmma`
 //! tiles, sharing `bwd_state_walk`), the score tiles and the dq, dk, dv combines (`mma.sync`
 //! and `wgmma` tiles, sharing `bwd_combine`'s roles; in one kernel for small heads,
-//! `bwd_chunk`, on `wgmma` `bwd_chunk_wg`), the gate gradients, the max-state path, and the f32 reverse recurrence.
+//! `bwd_chunk`, on `wgmma` `bwd_chunk_wg`), the gate gradients, the max-state path, and the
+//! f32 reverse recurrence.
 use super::common::{block, gates, seqs, stage};
 
 pub mod bwd_chunk;
