@@ -48,20 +48,6 @@ pub unsafe fn down_f32(v: f32, delta: u32) -> f32 {
 /// # Safety
 /// All 32 lanes of the warp call it together.
 #[inline(always)]
-pub unsafe fn idx_f32(v: f32, src: u32) -> f32 {
-    let r: f32;
-    unsafe {
-        asm!("shfl.sync.idx.b32 {r}, {v}, {s}, 0x1f, 0xffffffff;", r = out(reg32) r,
-             v = in(reg32) v, s = in(reg32) src, options(nomem, nostack))
-    };
-    r
-}
-
-/// Value of `v` held by lane `src`, u32.
-///
-/// # Safety
-/// All 32 lanes of the warp call it together.
-#[inline(always)]
 pub unsafe fn idx_u32(v: u32, src: u32) -> u32 {
     let r: u32;
     unsafe {
@@ -69,4 +55,13 @@ pub unsafe fn idx_u32(v: u32, src: u32) -> u32 {
              v = in(reg32) v, s = in(reg32) src, options(nomem, nostack))
     };
     r
+}
+
+/// Value of `v` held by lane `src`, f32.
+///
+/// # Safety
+/// As [`idx_u32`].
+#[inline(always)]
+pub unsafe fn idx_f32(v: f32, src: u32) -> f32 {
+    f32::from_bits(unsafe { idx_u32(v.to_bits(), src) })
 }
