@@ -1,9 +1,10 @@
 //! What the two chunk-gradient kernels share, `bwd_chunk` (`mma.sync`) and `bwd_chunk_wg`
-//! (`wgmma`): the chunk's row vectors staged beside the operands, the gating of the score
-//! tiles a warp holds in registers, the pair and column sums of the forget-gate gradient, and
-//! the rows' scaling, row dots and stores (notation as in `bwd_chunk`). Warp w owns rows
-//! 16w .. 16w + 16 of every tile in both kernels: its `mma.sync` fragments, or its part of a
-//! warpgroup's `wgmma` accumulator, which is the same layout ([`Frags`]).
+//! (`wgmma`): the chunk's row vectors staged beside the operands, the three passes (dq, dv,
+//! dk) over the kernel's products ([`ChunkProducts`]), the gating of the score tiles a warp
+//! holds in registers, the pair and column sums of the forget-gate gradient, and the rows'
+//! scaling, row dots and stores (notation as in `bwd_chunk`). Warp w owns rows 16w .. 16w + 16
+//! of every tile in both kernels: its `mma.sync` fragments, or its part of a warpgroup's
+//! `wgmma` accumulator, which is the same layout ([`Frags`]).
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, shfl, thread};
 use crate::tile::acc_pos;
@@ -37,6 +38,45 @@ impl<const N: usize> Frags for [f32; N] {
     fn at_mut(&mut self, nb: usize, e: usize) -> &mut f32 {
         &mut self[4 * nb + e]
     }
+}
+
+/// The staged operands' slots ([`ChunkTerms::stage`]).
+pub mod slot {
+    pub const Q: u32 = 0;
+    pub const K: u32 = 1;
+    pub const V: u32 = 2;
+    pub const DH: u32 = 3;
+    pub const C: u32 = 4;
+    pub const DC: u32 = 5;
+
+    /// Of `(qk, hv)`, the one for operand x's columns: Q and K have DQK, V, dH, C̃ and dC̃ DHV.
+    #[inline(always)]
+    pub fn head_dim<T>(x: u32, (qk, hv): (T, T)) -> T {
+        if x == Q || x == K { qk } else { hv }
+    }
+}
+
+/// A kernel's products on its staged operands (by [`slot`]), each over the calling warp's (or
+/// warpgroup's) rows and finished when it returns: `mma.sync` per warp in `bwd_chunk`, `wgmma`
+/// per warpgroup in `bwd_chunk_wg`. The passes ([`ChunkTerms::dq_inter`] and after) are
+/// written once over them.
+pub trait ChunkProducts {
+    /// The rows × TILE_D columns of dq, dk or dv.
+    type Acc: Frags;
+    /// The rows × TILE columns of a score tile.
+    type Tile: Frags;
+    fn zero_acc(&self) -> Self::Acc;
+    /// acc = the rows of operand `a` times operand `b`, b stored (n, k) where `nk`, else
+    /// (k, n). (Every product sums over the head dim of `a`'s columns: [`slot::head_dim`].)
+    fn product(&self, acc: &mut Self::Acc, a: u32, b: u32, nk: bool);
+    /// dq's score tiles of key tile j0..: S = Q·Kᵀ and dS = dH·Vᵀ.
+    fn score_pair(&self, j0: u32) -> (Self::Tile, Self::Tile);
+    /// The rows of operand `a` times rows n0 .. n0 + TILE of `b`, transposed.
+    fn scores(&self, a: u32, b: u32, n0: u32) -> Self::Tile;
+    /// acc += T·Z: T a gated score tile, Z rows z0 .. z0 + TILE of operand `z`.
+    fn mma_tile(&self, acc: &mut Self::Acc, t: &Self::Tile, z: u32, z0: u32);
+    /// The shared address of element pair (r, c) of operand `x`, for the row dots.
+    fn elem(&self, x: u32, r: u32, c: u32) -> u32;
 }
 
 /// n-blocks of a dq, dk or dv row tile and of a score tile.
@@ -105,8 +145,7 @@ impl<'a> ChunkTerms<'a> {
     /// Issues the chunk's three `cp.async` groups, in the order the passes need them: dH, C̃_k
     /// and the row vectors (dq's inter-chunk term, every gating); Q, K, V (the scores); dC̃_{k+1}
     /// (dk, dv). `operand(slot, global, rows, cols, n)` stages n rows of a row-major 16-bit
-    /// tensor (`stage::rows` and its swizzled twin) into operand slot Q, K, V, dH, C̃, dC̃ =
-    /// 0 .. 6.
+    /// tensor (`stage::rows` and its swizzled twin) into operand [`slot`] `slot`.
     ///
     /// # Safety
     /// Called by all THREADS threads of the block.
@@ -117,15 +156,15 @@ impl<'a> ChunkTerms<'a> {
         let state = self.hk * (dqk as u64) * (dhv as u64) * 2;
         let rows = (self.t0, p.s);
         unsafe {
-            operand(3, self.rows_of(p.ptr.dh, dhv), rows, (0, dhv), CHUNK);
-            operand(4, p.ptr.c_states + state, (0, dqk), (0, dhv), TILE_D);
+            operand(slot::DH, self.rows_of(p.ptr.dh, dhv), rows, (0, dhv), CHUNK);
+            operand(slot::C, p.ptr.c_states + state, (0, dqk), (0, dhv), TILE_D);
             self.stage_vectors(normalizer);
             cp_async::commit();
-            operand(0, self.rows_of(p.ptr.q, dqk), rows, (0, dqk), CHUNK);
-            operand(1, self.rows_of(p.ptr.k, dqk), rows, (0, dqk), CHUNK);
-            operand(2, self.rows_of(p.ptr.v, dhv), rows, (0, dhv), CHUNK);
+            operand(slot::Q, self.rows_of(p.ptr.q, dqk), rows, (0, dqk), CHUNK);
+            operand(slot::K, self.rows_of(p.ptr.k, dqk), rows, (0, dqk), CHUNK);
+            operand(slot::V, self.rows_of(p.ptr.v, dhv), rows, (0, dhv), CHUNK);
             cp_async::commit();
-            operand(5, p.ptr.dc_states + state, (0, dqk), (0, dhv), TILE_D);
+            operand(slot::DC, p.ptr.dc_states + state, (0, dqk), (0, dhv), TILE_D);
             cp_async::commit();
         }
     }
@@ -154,6 +193,66 @@ impl<'a> ChunkTerms<'a> {
             }
             f32_vec::<THREADS>(self.s_wk, plane(rows::WK), span, CHUNK);
         }
+    }
+
+    /// dq̂'s inter-chunk term, α ρ C̃_k dh + α δ ñ_k, of the caller's rows (dH, C̃_k and the row
+    /// vectors landed).
+    #[inline(always)]
+    pub fn dq_inter<O: ChunkProducts>(&self, ops: &O, normalizer: bool) -> O::Acc {
+        let mut acc = ops.zero_acc();
+        ops.product(&mut acc, slot::DH, slot::C, true);
+        self.scale_dq(&mut acc, normalizer);
+        acc
+    }
+
+    /// dq̂ += Σ_{j ≤ i} dP_ij k_j over key tiles 0 ..= `last` (those up to the caller's rows),
+    /// with the row dots and the store of dq = scale·dq̂ (Q, K and V landed).
+    #[inline(always)]
+    pub fn dq_intra<E: Elem, O: ChunkProducts>(&self, ops: &O, mut acc: O::Acc, last: u32) {
+        let p = self.p;
+        self.row_dot::<E, _>(&acc, |r, c| ops.elem(slot::Q, r, c), p.scale, combine::DOT_Q_INTER);
+        let rows = self.query_rows();
+        // (A loop: the k-steps are one too.)
+        for jt in 0..=last {
+            let (sacc, mut dp) = ops.score_pair(jt * TILE);
+            self.gate_dp(jt, rows, &sacc, &mut dp);
+            ops.mma_tile(&mut acc, &dp, slot::K, jt * TILE);
+        }
+        self.store::<E, _>(&acc, p.scale, p.ptr.dq, p.dqk);
+    }
+
+    /// dv and dk of the caller's key rows over query tiles `first` .. (those from the caller's
+    /// rows on; every operand landed):
+    /// dv_j = w_j dC̃_{k+1}ᵀ k_j + Σ_{i ≥ j} P_ij dh_i,
+    /// dk_j = w_j (dC̃_{k+1} v_j + dñ_{k+1}) + scale · Σ_{i ≥ j} dP_ij q_i.
+    #[inline(always)]
+    pub fn dv_dk<E: Elem, O: ChunkProducts>(&self, ops: &O, first: u32, normalizer: bool) {
+        let p = self.p;
+        let tiles = first..self.len.div_ceil(TILE);
+        let c_j = self.key_rows();
+
+        let mut acc = ops.zero_acc();
+        ops.product(&mut acc, slot::K, slot::DC, false);
+        self.scale_dv(&mut acc);
+        for it in tiles.clone() {
+            let mut pt = ops.scores(slot::K, slot::Q, it * TILE);
+            self.gate_pt(c_j, it * TILE, &mut pt);
+            ops.mma_tile(&mut acc, &pt, slot::DH, it * TILE);
+        }
+        self.store::<E, _>(&acc, 1.0, p.ptr.dv, p.dhv);
+
+        let mut acc = ops.zero_acc();
+        ops.product(&mut acc, slot::V, slot::DC, true);
+        self.scale_dk(&mut acc, normalizer);
+        let k = |r, c| ops.elem(slot::K, r, c);
+        self.row_dot::<E, _>(&acc, k, p.scale, combine::DOT_K_INTER);
+        for it in tiles {
+            let mut dpt = ops.scores(slot::V, slot::DH, it * TILE);
+            self.gate_dpt(c_j, it * TILE, &mut dpt);
+            ops.mma_tile(&mut acc, &dpt, slot::Q, it * TILE);
+        }
+        self.row_dot::<E, _>(&acc, k, p.scale, combine::DOT_K);
+        self.store::<E, _>(&acc, p.scale, p.ptr.dk, p.dqk);
     }
 
     /// The warp's row (chunk-relative) of accumulator element e: a query row for dq, a key
