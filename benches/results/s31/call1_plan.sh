@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# NOT RUN in session 31: seven starts were refused (721 s of the session's device time), then
+# Run in session 32 (results in s32/call1/). NOT RUN in session 31: seven starts were refused (721 s of the session's device time), then
 # new loans were paused. The next session's first call. Its binaries are in devcall/ (ignored
 # by git); to rebuild them: stag = `cargo xtask bundle` on branch wip/stagger (main +
 # s31/stagger.patch), d1s = on branch wip/d1-stag (main + s31/chunk_passes.patch + the same

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# NOT RUN in session 31 (see call1_plan.sh). Session 30's unrun call 2 on main's own build
+# Superseded by s32/call2_plan.sh (run in session 32 on the next main). NOT RUN in session 31 (see call1_plan.sh). Session 30's unrun call 2 on main's own build
 # (517ea40, bundle in devcall/m: `cargo xtask bundle --xz` on main): the paper grid at
 # 16/128/128, L = 128, in one call with Triton TFLA at its fair best (compare.py: the exp
 # kernel without LLVM optimizations, which it needs to compile, sig and no-norm with them; FLA
