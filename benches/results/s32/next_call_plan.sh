@@ -15,8 +15,12 @@
 # touches the wide kernels too), two rounds.
 # Run: run(command="END=540 bash benches/results/s32/next_call_plan.sh", carry=["devcall/n2",
 #   "devcall/fma", "devcall/st", "devcall/whl"]).
-# Second call (st's checks): `bash devcall/st/run.sh sanitize sm_90a bwd_chunk` and st's
-# gpu_backward (about 130 s together), with whichever candidate won merged first.
+# Second call: st's checks (`bash devcall/st/run.sh sanitize sm_90a bwd_chunk` and st's
+# gpu_backward, about 130 s), with whichever candidate won merged first; and main's
+# `bwd_chunk` (mma.sync) through the sm_80 module, which the chunk-passes refactor (7040b71)
+# changed and no GPU has run yet (an H100's sm_90a module takes `bwd_chunk_wg` wherever the
+# chunk kernel applies): `TFLA_PORTABLE=1` over devcall/n's gpu_backward and
+# `bash devcall/n/run.sh sanitize sm_80 bwd_chunk` (about 150 s).
 set -u
 cd "$(dirname "$0")/../../.."
 . benches/device_call.sh

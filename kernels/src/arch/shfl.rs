@@ -56,12 +56,3 @@ pub unsafe fn idx_u32(v: u32, src: u32) -> u32 {
     };
     r
 }
-
-/// Value of `v` held by lane `src`, f32.
-///
-/// # Safety
-/// As [`idx_u32`].
-#[inline(always)]
-pub unsafe fn idx_f32(v: f32, src: u32) -> f32 {
-    f32::from_bits(unsafe { idx_u32(v.to_bits(), src) })
-}
