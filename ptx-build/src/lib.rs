@@ -53,7 +53,15 @@ impl Arch {
     }
 
     fn rustc_flags(self) -> Vec<String> {
-        let mut f = vec![format!("-Ctarget-cpu={}", self.name())];
+        // rustc allows no floating-point contraction, so the NVPTX backend writes every
+        // product as `mul.rn` and every sum as `add.rn`, which ptxas may not fuse either: the
+        // kernels' gating ran with no `fma` at all. Naming the contraction level on the
+        // command line is what the backend honors over rustc's default (nvcc and clang fuse
+        // by default too).
+        let mut f = vec![
+            format!("-Ctarget-cpu={}", self.name()),
+            "-Cllvm-args=-nvptx-fma-level=2".into(),
+        ];
         if self == Arch::Sm90a {
             f.push("-Ctarget-feature=+ptx80".into());
         }
