@@ -460,9 +460,10 @@ pub const fn pointers(
         P::required("dh", p.dh, 16),
         P::required("row_coef", p.row_coef, 16),
         P::required("state_dots", p.state_dots, 4),
-        P::required("dq", p.dq, wide),
-        P::required("dk", p.dk, wide),
-        P::required("dv", p.dv, 4),
+        // The chunk kernels store dq, dk and dv 8 bytes a lane (`ChunkTerms::store`).
+        P::required("dq", p.dq, wide8),
+        P::required("dk", p.dk, wide8),
+        P::required("dv", p.dv, 8),
         P::required("di", p.di, 4),
         P::required("df", p.df, 4),
         P::required_if(tc, "dc_states", p.dc_states, 16),

@@ -312,8 +312,9 @@ mod tests {
         // One spoiled pointer at a time (a final-state gradient without its state, misaligned
         // addresses): the error names the argument.
         type Spoil = fn(&mut BwdPointers);
-        let spoiled: [(Spoil, &str); 5] = [
+        let spoiled: [(Spoil, &str); 6] = [
             (|p| p.dc_final = 0x2000_0000, "c_final"),
+            (|p| p.dv += 4, "dv"),
             (|p| p.row_coef += 4, "row_coef"),
             (|p| p.dh += 8, "dh"),
             (|p| p.dn_states += 4, "dn_states"),

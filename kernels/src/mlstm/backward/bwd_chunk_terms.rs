@@ -355,19 +355,33 @@ impl<'a> ChunkTerms<'a> {
         });
     }
 
-    /// Stores c_out·acc into the warp's rows of (BH, S, out_dim) `out`.
+    /// Stores c_out·acc into the warp's rows of (BH, S, out_dim) `out`. A lane holds two
+    /// columns (4 bytes) of each 8-column block, so the warp's store of one block fills half
+    /// of each row's 32-byte sector; instead lanes 2m and 2m + 1 swap a pair of neighbouring
+    /// blocks' values and store 8 bytes each, the even lane in the first block, the odd lane
+    /// in the second, which fills the sector (head dims are multiples of 16, so a pair of
+    /// blocks lies wholly inside or outside `out_dim`).
     #[inline(always)]
     pub fn store<E: Elem, A: Frags>(&self, acc: &A, c_out: f32, out: u64, out_dim: u32) {
         let lane = thread::opaque(self.lane);
+        let odd = lane % 2 == 1;
         let base = out + self.head * (self.p.s as u64) * (out_dim as u64) * 2;
         unroll!(2, half => {
             let e = 2 * half;
-            let rr = self.warp * 16 + acc_pos(lane, e).0;
-            unroll!(16, nb => {
-                let c = nb as u32 * 8 + acc_pos(lane, e).1;
-                let v = E::pack(c_out * acc.at(nb, e), c_out * acc.at(nb, e + 1));
+            let (rr, c_lane) = acc_pos(lane, e);
+            let rr = self.warp * 16 + rr;
+            unroll!(8, pair => {
+                let pack = |nb: usize| E::pack(c_out * acc.at(nb, e), c_out * acc.at(nb, e + 1));
+                let (first, second) = (pack(2 * pair), pack(2 * pair + 1));
+                let theirs = unsafe { shfl::xor_u32(if odd { first } else { second }, 1) };
+                let (nb, v) = if odd {
+                    (2 * pair as u32 + 1, [theirs, second])
+                } else {
+                    (2 * pair as u32, [first, theirs])
+                };
+                let c = nb * 8 + (c_lane & !3);
                 let at = base + ((self.t0 + rr) as u64 * out_dim as u64 + c as u64) * 2;
-                unsafe { global::st_b32_if(rr < self.len && c < out_dim, at, v) };
+                unsafe { global::st_v2_b32_if(rr < self.len && c < out_dim, at, v) };
             });
         });
     }
