@@ -4,7 +4,7 @@
 //! - [`tile`]: fragment layouts of `mma.sync` m16n8k16 and shared-memory tile addressing.
 //! - [`mlstm`]: the mLSTM kernels, one file per output; gate variant and dtype are type parameters.
 #![no_std]
-#![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, stmt_expr_attributes)]
+#![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch)]
 #![allow(clippy::missing_safety_doc)]
 
 // `unroll!` (with the register tile it serves, in `tfla_params::fragment`).

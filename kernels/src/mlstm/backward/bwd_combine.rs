@@ -16,7 +16,9 @@ use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, shared, shfl, thread};
 use crate::tile::{SmemTile, acc_pos};
-use tfla_params::bwd::{BwdKernel, BwdParams, combine::*, combine_wg, rows, scores};
+use tfla_params::bwd::{BwdParams, combine::*, rows, scores};
+#[cfg(target_feature = "sm_90a")]
+use tfla_params::bwd::{BwdKernel, combine_wg};
 use tfla_params::fwd::SMEM_ROW_PAD;
 
 const NB: usize = (TILE_OUT / 8) as usize;
@@ -58,6 +60,7 @@ pub trait Role {
     /// M is stored (a_dim, out_dim) row-major; otherwise (out_dim, a_dim).
     const STATE_KN: bool;
     /// It writes row dots (`inter_dot` or `end_dot`): `combine_wg::row_dots` of its kernel.
+    #[cfg(target_feature = "sm_90a")]
     const ROW_DOTS: bool;
     fn operands<G: GateKind>(p: &BwdParams) -> Operands;
 }
@@ -69,6 +72,7 @@ pub struct Dv;
 impl Role for Dq {
     const TRANSPOSED: bool = false;
     const STATE_KN: bool = false;
+    #[cfg(target_feature = "sm_90a")]
     const ROW_DOTS: bool = combine_wg::row_dots(BwdKernel::DqWg);
     #[inline(always)]
     fn operands<G: GateKind>(p: &BwdParams) -> Operands {
@@ -96,6 +100,7 @@ impl Role for Dq {
 impl Role for Dk {
     const TRANSPOSED: bool = true;
     const STATE_KN: bool = false;
+    #[cfg(target_feature = "sm_90a")]
     const ROW_DOTS: bool = combine_wg::row_dots(BwdKernel::DkWg);
     #[inline(always)]
     fn operands<G: GateKind>(p: &BwdParams) -> Operands {
@@ -123,6 +128,7 @@ impl Role for Dk {
 impl Role for Dv {
     const TRANSPOSED: bool = true;
     const STATE_KN: bool = true;
+    #[cfg(target_feature = "sm_90a")]
     const ROW_DOTS: bool = combine_wg::row_dots(BwdKernel::DvWg);
     #[inline(always)]
     fn operands<G: GateKind>(p: &BwdParams) -> Operands {

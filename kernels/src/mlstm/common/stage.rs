@@ -229,6 +229,7 @@ pub unsafe fn advance_by_for_wgmma<const AHEAD: u32>(next: Option<u32>, issue: i
 ///
 /// # Safety
 /// Called by all threads of the block.
+#[cfg(target_feature = "sm_90a")]
 #[inline(always)]
 pub unsafe fn issue_or_empty(item: u32, n_items: u32, issue: &impl Fn(u32)) {
     if item < n_items {
