@@ -6,7 +6,10 @@
 #       block beyond 66 heads, QKᵀ once per head; branch wip/wide-s33, session 30's x rebased
 #       on main, now with FMA contraction: its mLSTMexp narrow tile ran 13% slower than main's
 #       in session 30, which is the question) + `bwd_max_path` as a tiled scan (branch
-#       wip/max-path-tiles; 0.118 ms at (4, 16384) in session 32's trace, 0.03–0.045 elsewhere).
+#       wip/max-path-tiles; 0.118 ms at (4, 16384) in session 32's trace, 0.03–0.045 elsewhere)
+#       + each kernel entry loaded as a module of its own on first use (wip/lazy-modules: the
+#       driver compiled the whole 16 MB sm_90a text, 40–65 s, before a process's first kernel;
+#       ptxas gives every entry alone the resources it has in the whole module).
 #       Full bundle in devcall/c34 (`cargo xtask bundle --xz` on the branch).
 # Reading the A/B: the forward rows are the wide tile's alone (grid points (32, 2048), (16,
 # 4096), (8, 8192) = 512, 256, 128 heads take it; (4, 16384) = 64 heads the narrow tile);
@@ -24,7 +27,10 @@ call_begin "${END:-560}" devcall/whl
 unpack devcall/m34 m=bench-tfla-bench
 unpack devcall/c34 c=bench-tfla-bench
 if [ "${PART:-1}" = 1 ]; then
-  # The driver compiles each module on its first load (45–90 s): once here, from the cache after.
+  # The driver compiles what it loads (main: the whole module, 40–65 s; c: the entries one
+  # 128/128 forward+backward runs): these two rows' times in summary.txt are each build's
+  # first-call wait on an empty cache, and the rows after them load from the cache.
+  export CUDA_CACHE_PATH=/tmp/tfla-cuda-cache
   run jit_m 150 /tmp/m --heads 16:128:128 --points 1:1024 --chunks 128 --reps 1 --no-step
   run jit_c 150 /tmp/c --heads 16:128:128 --points 1:1024 --chunks 128 --reps 1 --no-step
   P="--heads 16:128:128 --points 32:2048,16:4096,8:8192,4:16384 --chunks 128 --reps 10 --no-step --cool-ms 200"
