@@ -11,6 +11,10 @@
 #                          (skipped with under 15 s left); "NAME rc=… Ns" in $W/summary.txt
 #   ab BIN…                each /tmp/BIN (a tfla-bench) over $AB, round $r: $W/BIN_r$r.{txt,json}
 #   nc NAME BIN HEADS L VARIANTS  ncu: kernel times, L2 and DRAM bytes of /tmp/BIN's calls
+#   grid BIN HEADS L       the paper's four (B, S) points of /tmp/BIN (every variant, chunk L)
+#                          in two rounds around Triton TFLA at its fair best (compare.py: exp
+#                          without LLVM's optimizations, which it needs to compile, sig and
+#                          no-norm with them): $W/tfla_r1.json, $W/refs.json, $W/tfla_r2.json
 #   unpack BUNDLE AS=FILE…  each BUNDLE/bin/FILE.gz or FILE.xz (a `cargo xtask bundle --gzip`
 #                          or `--xz` binary) as the executable /tmp/AS
 call_begin() {
@@ -42,6 +46,16 @@ nc() {
   run "$name" 40 ncu --clock-control none --csv --print-units base \
     --metrics gpu__time_duration.sum,lts__t_bytes.sum,dram__bytes.sum \
     "/tmp/$bin" --heads "$h" --points 8:8192 --chunks "$l" --variants "$v" --reps 1 --no-step
+}
+grid() {
+  local bin=$1 heads=$2 l=$3 p=32:2048,16:4096,8:8192,4:16384
+  local tfla="/tmp/$bin --heads $heads --points $p --chunks $l --reps 10 --no-step --cool-ms 200"
+  run tfla_r1 45 $tfla --json "$W/tfla_r1.json"
+  wait  # the reference wheels
+  run refs 150 env PYTHONPATH=/tmp/ref-site python3 benches/compare/compare.py --grid paper \
+    --heads "$heads" --chunks "$l" --only tfla:exp,tfla:sig,tfla:sig_nonorm --dtype bf16 \
+    --json "$W/refs.json"
+  run tfla_r2 45 $tfla --json "$W/tfla_r2.json"
 }
 unpack() {
   local dir=$1 pair src; shift

@@ -43,11 +43,6 @@ else
   run portable 200 bash devcall/c34/run.sh portable 227
   run sanitize_fused 90 bash devcall/c34/run.sh sanitize both chunk_fused
   run sanitize_max_path 90 bash devcall/c34/run.sh sanitize both max_path
-  P=32:2048,16:4096,8:8192,4:16384
-  run tfla_r1 45 /tmp/c --heads 16:128:128 --points $P --chunks 128 --reps 10 --no-step --cool-ms 200 --json $W/tfla_r1.json
-  wait  # the reference wheels
-  run refs 150 env PYTHONPATH=/tmp/ref-site python3 benches/compare/compare.py --grid paper --heads 16:128:128 \
-    --chunks 128 --only tfla:exp,tfla:sig,tfla:sig_nonorm --dtype bf16 --json $W/refs.json
-  run tfla_r2 45 /tmp/c --heads 16:128:128 --points $P --chunks 128 --reps 10 --no-step --cool-ms 200 --json $W/tfla_r2.json
+  grid c 16:128:128 128
 fi
 cat $W/summary.txt
