@@ -707,8 +707,24 @@ pub mod chunk {
     pub const fn tile_bytes() -> u32 {
         CHUNK * (TILE_D + SMEM_ROW_PAD) * 2
     }
-    /// Staged operands: Q, K, V, dH, C̃_k, dC̃_{k+1}.
-    pub const TILES: u32 = 6;
+    /// The staged operands' slots, in shared memory in this order (both chunk kernels).
+    pub mod slot {
+        pub const Q: u32 = 0;
+        pub const K: u32 = 1;
+        pub const V: u32 = 2;
+        pub const DH: u32 = 3;
+        pub const C: u32 = 4;
+        pub const DC: u32 = 5;
+
+        /// Of `(qk, hv)`, the one for operand x's columns: Q and K have DQK, V, dH, C̃ and dC̃
+        /// DHV.
+        #[inline(always)]
+        pub fn head_dim<T>(x: u32, (qk, hv): (T, T)) -> T {
+            if x == Q || x == K { qk } else { hv }
+        }
+    }
+    /// Staged operands: Q, K, V, dH, C̃_k, dC̃_{k+1} ([`slot`]).
+    pub const TILES: u32 = slot::DC + 1;
     /// The chunk's row vectors staged beside them: R (log2 row factor), ρ, δ, u, α ρ, α δ, w
     /// (`rows`; CHUNK f32 each).
     pub const VECTORS: u32 = 7;

@@ -8,6 +8,7 @@
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, shfl, thread};
 use crate::tile::acc_pos;
+pub use tfla_params::bwd::chunk::slot;
 use tfla_params::bwd::{BwdParams, chunk::*, combine, rows, scores};
 
 /// A warp's accumulator fragments, n-block (8 columns) nb, element e (`acc_pos`): nested
@@ -37,22 +38,6 @@ impl<const N: usize> Frags for [f32; N] {
     #[inline(always)]
     fn at_mut(&mut self, nb: usize, e: usize) -> &mut f32 {
         &mut self[4 * nb + e]
-    }
-}
-
-/// The staged operands' slots ([`ChunkTerms::stage`]).
-pub mod slot {
-    pub const Q: u32 = 0;
-    pub const K: u32 = 1;
-    pub const V: u32 = 2;
-    pub const DH: u32 = 3;
-    pub const C: u32 = 4;
-    pub const DC: u32 = 5;
-
-    /// Of `(qk, hv)`, the one for operand x's columns: Q and K have DQK, V, dH, C̃ and dC̃ DHV.
-    #[inline(always)]
-    pub fn head_dim<T>(x: u32, (qk, hv): (T, T)) -> T {
-        if x == Q || x == K { qk } else { hv }
     }
 }
 
