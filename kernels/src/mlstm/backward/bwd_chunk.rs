@@ -26,7 +26,7 @@
 //! dims are rolled loops (`thread::rolled_loop`), bounded by the head dims; only the products
 //! that read a register tile are unrolled. (Running 2 and 3 as one code path, selected per
 //! role, made the code smaller still but the kernel 10% slower: measured, not kept.)
-use super::bwd_chunk_terms::{ChunkProducts, ChunkTerms, slot};
+use super::bwd_chunk_terms::{ChunkProducts, ChunkTerms};
 use super::gates::GateKind;
 use super::stage;
 use crate::arch::convert::Elem;

@@ -8,7 +8,6 @@
 use crate::arch::convert::Elem;
 use crate::arch::{cp_async, global, math, shared, shfl, thread};
 use crate::tile::acc_pos;
-pub use tfla_params::bwd::chunk::slot;
 use tfla_params::bwd::{BwdParams, chunk::*, combine, rows, scores};
 
 /// A warp's accumulator fragments, n-block (8 columns) nb, element e (`acc_pos`): nested

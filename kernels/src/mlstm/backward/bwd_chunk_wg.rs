@@ -25,14 +25,14 @@
 //! warpgroups run their passes without waiting for each other: warpgroup 0 has one key tile
 //! in the dq pass and two query tiles each in dv and dk, warpgroup 1 the other way round, and
 //! a barrier between the passes held warpgroup 0 for a sixth of the kernel.
-use super::bwd_chunk_terms::{ChunkProducts, ChunkTerms, slot};
+use super::bwd_chunk_terms::{ChunkProducts, ChunkTerms};
 use super::gates::GateKind;
 use super::stage;
 use crate::arch::convert::Elem;
 use crate::arch::wgmma::{self, Hold, Wgmma, k_major, mn_major};
 use crate::arch::{shared, thread};
 use crate::tile::acc_to_a;
-use tfla_params::bwd::{BwdParams, chunk_wg::*};
+use tfla_params::bwd::{BwdParams, chunk::slot, chunk_wg::*};
 
 /// n-blocks (8 columns) of a dq, dk or dv accumulator and of a score tile.
 const NB: usize = (TILE_D / 8) as usize;
